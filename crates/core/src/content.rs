@@ -1,0 +1,308 @@
+//! What a message carries. Rich content follows the shapes business chat
+//! has settled on: text, attachments by reference, quick replies, button
+//! templates, and postbacks (a button press sent back to the business).
+
+use bytes::Bytes;
+
+use crate::error::{Invalid, Result};
+use crate::limits::Limits;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Text(String),
+    Attachment(Attachment),
+    QuickReplies(QuickReplies),
+    Template(Template),
+    Postback(Postback),
+}
+
+/// A file stored elsewhere; Natter keeps only the reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub url: String,
+    pub mime_type: String,
+    pub size_bytes: u64,
+    pub file_name: String,
+    /// A small preview so clients can render before fetching `url`.
+    pub thumbnail: Option<Bytes>,
+}
+
+/// A prompt with tappable answers; a tap comes back as a [`Postback`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuickReplies {
+    pub text: String,
+    pub replies: Vec<QuickReply>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuickReply {
+    pub title: String,
+    pub payload: String,
+}
+
+/// Text with buttons that either post back or open a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub text: String,
+    pub buttons: Vec<Button>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Button {
+    pub title: String,
+    pub action: ButtonAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ButtonAction {
+    Postback { payload: String },
+    OpenUrl { url: String },
+}
+
+/// A quick reply or button press, sent back by the visitor's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postback {
+    pub title: String,
+    pub payload: String,
+}
+
+impl Content {
+    /// The bytes this content weighs against [`Limits::max_message_bytes`].
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Content::Text(text) => text.len(),
+            Content::Attachment(a) => {
+                a.url.len()
+                    + a.mime_type.len()
+                    + a.file_name.len()
+                    + a.thumbnail.as_ref().map_or(0, Bytes::len)
+            }
+            Content::QuickReplies(q) => {
+                q.text.len()
+                    + q.replies
+                        .iter()
+                        .map(|r| r.title.len() + r.payload.len())
+                        .sum::<usize>()
+            }
+            Content::Template(t) => {
+                t.text.len()
+                    + t.buttons
+                        .iter()
+                        .map(|b| {
+                            b.title.len()
+                                + match &b.action {
+                                    ButtonAction::Postback { payload } => payload.len(),
+                                    ButtonAction::OpenUrl { url } => url.len(),
+                                }
+                        })
+                        .sum::<usize>()
+            }
+            Content::Postback(p) => p.title.len() + p.payload.len(),
+        }
+    }
+
+    /// Checks every rule that does not need storage: non-empty, within
+    /// limits, well-formed references.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        let size = self.size_bytes();
+        if size > limits.max_message_bytes {
+            return Err(Invalid::new(
+                "content",
+                format!(
+                    "message is {size} bytes, the limit is {}",
+                    limits.max_message_bytes
+                ),
+            ));
+        }
+        match self {
+            Content::Text(text) => non_blank("content.text", text),
+            Content::Attachment(a) => {
+                check_url("content.attachment.url", &a.url)?;
+                check_mime("content.attachment.mime_type", &a.mime_type)?;
+                if let Some(thumb) = &a.thumbnail
+                    && thumb.len() > limits.max_thumbnail_bytes
+                {
+                    return Err(Invalid::new(
+                        "content.attachment.thumbnail",
+                        format!(
+                            "thumbnail is {} bytes, the limit is {}",
+                            thumb.len(),
+                            limits.max_thumbnail_bytes
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Content::QuickReplies(q) => {
+                non_blank("content.quick_replies.text", &q.text)?;
+                bounded_list(
+                    "content.quick_replies.replies",
+                    q.replies.len(),
+                    limits.max_quick_replies,
+                )?;
+                for reply in &q.replies {
+                    title("content.quick_replies.replies.title", &reply.title, limits)?;
+                    payload("content.quick_replies.replies.payload", &reply.payload, limits)?;
+                }
+                Ok(())
+            }
+            Content::Template(t) => {
+                non_blank("content.template.text", &t.text)?;
+                bounded_list("content.template.buttons", t.buttons.len(), limits.max_buttons)?;
+                for button in &t.buttons {
+                    title("content.template.buttons.title", &button.title, limits)?;
+                    match &button.action {
+                        ButtonAction::Postback { payload: p } => {
+                            payload("content.template.buttons.payload", p, limits)?
+                        }
+                        ButtonAction::OpenUrl { url } => {
+                            check_url("content.template.buttons.url", url)?
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Content::Postback(p) => {
+                title("content.postback.title", &p.title, limits)?;
+                payload("content.postback.payload", &p.payload, limits)
+            }
+        }
+    }
+}
+
+fn non_blank(field: &'static str, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Invalid::new(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn bounded_list(field: &'static str, len: usize, max: usize) -> Result<()> {
+    if len == 0 || len > max {
+        return Err(Invalid::new(
+            field,
+            format!("must have 1 to {max} entries, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+fn title(field: &'static str, value: &str, limits: &Limits) -> Result<()> {
+    non_blank(field, value)?;
+    let chars = value.chars().count();
+    if chars > limits.max_title_chars {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "must be at most {} characters, got {chars}",
+                limits.max_title_chars
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn payload(field: &'static str, value: &str, limits: &Limits) -> Result<()> {
+    non_blank(field, value)?;
+    if value.len() > limits.max_payload_bytes {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "must be at most {} bytes, got {}",
+                limits.max_payload_bytes,
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_url(field: &'static str, url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| Invalid::new(field, "must be an http or https url"))?;
+    if rest.is_empty() || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Invalid::new(field, "must be an absolute url without spaces"));
+    }
+    Ok(())
+}
+
+fn check_mime(field: &'static str, mime: &str) -> Result<()> {
+    match mime.split_once('/') {
+        Some((kind, sub))
+            if !kind.is_empty()
+                && !sub.is_empty()
+                && !mime.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(())
+        }
+        _ => Err(Invalid::new(field, "must be a media type such as image/png")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn text_must_be_non_blank_and_within_size() {
+        assert!(Content::Text("hi".into()).validate(&limits()).is_ok());
+        assert_eq!(
+            Content::Text("  ".into()).validate(&limits()).unwrap_err().field,
+            "content.text"
+        );
+        let big = Content::Text("x".repeat(64 * 1024 + 1));
+        assert_eq!(big.validate(&limits()).unwrap_err().field, "content");
+    }
+
+    #[test]
+    fn attachment_checks_url_mime_and_thumbnail() {
+        let ok = Attachment {
+            url: "https://cdn.example/a.png".into(),
+            mime_type: "image/png".into(),
+            size_bytes: 10,
+            file_name: "a.png".into(),
+            thumbnail: Some(Bytes::from(vec![0; 16 * 1024])),
+        };
+        assert!(Content::Attachment(ok.clone()).validate(&limits()).is_ok());
+        let bad_url = Attachment {
+            url: "ftp://x".into(),
+            ..ok.clone()
+        };
+        assert!(Content::Attachment(bad_url).validate(&limits()).is_err());
+        let big_thumb = Attachment {
+            thumbnail: Some(Bytes::from(vec![0; 16 * 1024 + 1])),
+            ..ok
+        };
+        assert_eq!(
+            Content::Attachment(big_thumb)
+                .validate(&limits())
+                .unwrap_err()
+                .field,
+            "content.attachment.thumbnail"
+        );
+    }
+
+    #[test]
+    fn templates_bound_their_buttons() {
+        let button = Button {
+            title: "Yes".into(),
+            action: ButtonAction::Postback {
+                payload: "YES".into(),
+            },
+        };
+        let four = Content::Template(Template {
+            text: "Pick".into(),
+            buttons: vec![button; 4],
+        });
+        assert_eq!(
+            four.validate(&limits()).unwrap_err().field,
+            "content.template.buttons"
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! Natter's domain: the types every service speaks, their validation, and
+//! the sans-I/O rules of the message path.
+//!
+//! Nothing here touches the network, a database or the wall clock: callers
+//! pass `now` in. The one exception is [`MessageId::generate`] and
+//! [`ConversationId::generate`], which read the clock and the OS random
+//! source through `uuid`, because a UUIDv7 is defined by both.
+
+mod content;
+mod error;
+mod ids;
+mod limits;
+mod model;
+
+pub use content::{
+    Attachment, Button, ButtonAction, Content, Postback, QuickReplies, QuickReply, Template,
+};
+pub use error::{Invalid, Result};
+pub use ids::{
+    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, TenantId, Timestamp,
+    UserId,
+};
+pub use limits::Limits;
+pub use model::{
+    Conversation, Device, Event, Member, MembershipChange, MembershipKind, Message, NewConversation,
+    NewMessage, ReadMarker, Role, Update, validate_member_list,
+};

@@ -1,0 +1,57 @@
+/// Every size and count the domain bounds, in one place so operators can
+/// tune them and the API can document them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Upper bound on a message's content, counted as the bytes of all its
+    /// strings plus its thumbnail.
+    pub max_message_bytes: usize,
+    /// Upper bound on an attachment's inline thumbnail.
+    pub max_thumbnail_bytes: usize,
+    /// Upper bound on members of one conversation.
+    pub max_members: usize,
+    /// Upper bound on members named in one create or add request.
+    pub max_members_per_request: usize,
+    /// Upper bound on quick replies offered by one message.
+    pub max_quick_replies: usize,
+    /// Upper bound on buttons in one template.
+    pub max_buttons: usize,
+    /// Upper bound on a button, quick reply or postback title, in characters.
+    pub max_title_chars: usize,
+    /// Upper bound on a postback payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Upper bound on a conversation subject, in characters.
+    pub max_subject_chars: usize,
+    /// Page size used when a list request names none.
+    pub default_page_size: u32,
+    /// Upper bound on any page; larger requests are clamped to it.
+    pub max_page_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_thumbnail_bytes: 16 * 1024,
+            max_members: 100_000,
+            max_members_per_request: 1_000,
+            max_quick_replies: 13,
+            max_buttons: 3,
+            max_title_chars: 80,
+            max_payload_bytes: 1_000,
+            max_subject_chars: 200,
+            default_page_size: 50,
+            max_page_size: 1_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The page size to use for a request that asked for `requested`
+    /// (zero meaning "no preference").
+    pub fn page_size(&self, requested: u32) -> u32 {
+        match requested {
+            0 => self.default_page_size,
+            n => n.min(self.max_page_size),
+        }
+    }
+}
