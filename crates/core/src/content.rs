@@ -142,13 +142,21 @@ impl Content {
                 )?;
                 for reply in &q.replies {
                     title("content.quick_replies.replies.title", &reply.title, limits)?;
-                    payload("content.quick_replies.replies.payload", &reply.payload, limits)?;
+                    payload(
+                        "content.quick_replies.replies.payload",
+                        &reply.payload,
+                        limits,
+                    )?;
                 }
                 Ok(())
             }
             Content::Template(t) => {
                 non_blank("content.template.text", &t.text)?;
-                bounded_list("content.template.buttons", t.buttons.len(), limits.max_buttons)?;
+                bounded_list(
+                    "content.template.buttons",
+                    t.buttons.len(),
+                    limits.max_buttons,
+                )?;
                 for button in &t.buttons {
                     title("content.template.buttons.title", &button.title, limits)?;
                     match &button.action {
@@ -223,7 +231,10 @@ fn check_url(field: &'static str, url: &str) -> Result<()> {
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| Invalid::new(field, "must be an http or https url"))?;
     if rest.is_empty() || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Invalid::new(field, "must be an absolute url without spaces"));
+        return Err(Invalid::new(
+            field,
+            "must be an absolute url without spaces",
+        ));
     }
     Ok(())
 }
@@ -237,7 +248,10 @@ fn check_mime(field: &'static str, mime: &str) -> Result<()> {
         {
             Ok(())
         }
-        _ => Err(Invalid::new(field, "must be a media type such as image/png")),
+        _ => Err(Invalid::new(
+            field,
+            "must be a media type such as image/png",
+        )),
     }
 }
 
@@ -253,7 +267,10 @@ mod tests {
     fn text_must_be_non_blank_and_within_size() {
         assert!(Content::Text("hi".into()).validate(&limits()).is_ok());
         assert_eq!(
-            Content::Text("  ".into()).validate(&limits()).unwrap_err().field,
+            Content::Text("  ".into())
+                .validate(&limits())
+                .unwrap_err()
+                .field,
             "content.text"
         );
         let big = Content::Text("x".repeat(64 * 1024 + 1));

@@ -17,11 +17,10 @@ pub use content::{
 };
 pub use error::{Invalid, Result};
 pub use ids::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, TenantId, Timestamp,
-    UserId,
+    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, TenantId, Timestamp, UserId,
 };
 pub use limits::Limits;
 pub use model::{
-    Conversation, Device, Event, Member, MembershipChange, MembershipKind, Message, NewConversation,
-    NewMessage, ReadMarker, Role, Update, validate_member_list,
+    Conversation, Device, Event, Member, MembershipChange, MembershipKind, Message,
+    NewConversation, NewMessage, ReadMarker, Role, Update, validate_member_list,
 };

@@ -4,8 +4,7 @@
 use crate::content::Content;
 use crate::error::{Invalid, Result};
 use crate::ids::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, TenantId, Timestamp,
-    UserId,
+    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, TenantId, Timestamp, UserId,
 };
 use crate::limits::Limits;
 

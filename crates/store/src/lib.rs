@@ -15,6 +15,9 @@ use natter_core::{
 };
 use thiserror::Error;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// The input breaks a domain rule; nothing was written.
@@ -195,10 +198,10 @@ pub trait SyncStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<UpdateBatch>;
 
-    /// Forgets updates at or before `through`; devices behind it must
-    /// resync. Implementations may keep a little more than asked.
-    async fn trim_updates(&self, tenant: &TenantId, user: &UserId, through: Cursor)
-    -> Result<()>;
+    /// Forgets updates at or before `through`: from then on a read after a
+    /// cursor below `through` is `ResyncRequired`, whether or not the bytes
+    /// are gone yet (implementations may reclaim space in coarser steps).
+    async fn trim_updates(&self, tenant: &TenantId, user: &UserId, through: Cursor) -> Result<()>;
 
     /// Registers a device or refreshes its label and last-seen time; the
     /// cursor is left as it was. Fails with `FailedPrecondition` for a
@@ -230,6 +233,10 @@ pub trait SyncStore: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Marks a device revoked; it can no longer connect.
-    async fn revoke_device(&self, tenant: &TenantId, user: &UserId, device: &DeviceId)
-    -> Result<()>;
+    async fn revoke_device(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<()>;
 }
