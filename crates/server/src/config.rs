@@ -1,0 +1,105 @@
+//! Config layering: compiled-in defaults, then a TOML file, then `NATTER_*`
+//! environment variables (`__` separates nested keys, so
+//! `NATTER_GATEWAY__HTTP_ADDR` sets `gateway.http_addr`). Secrets may come
+//! from files: a key `x_file` is read into `x` by the service that owns it.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+/// The exit code for a bad configuration (`EX_CONFIG` is 78, but sysexits'
+/// `EX_USAGE`, 64, is what operators grep for in orchestrators' events).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A key has a value of the wrong shape, or fails validation.
+    #[error("bad config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    /// The config file named on the command line cannot be read.
+    #[error("cannot read config file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+impl ConfigError {
+    pub fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads `T` from its defaults, the optional TOML file and the environment.
+pub fn load_config<T>(file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                message: "no such file".into(),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(Env::prefixed("NATTER_").split("__"))
+        .extract()
+        .map_err(|e| {
+            let key = e.path.join(".");
+            let key = if key.is_empty() { "<root>".into() } else { key };
+            ConfigError::Key {
+                key,
+                message: e.kind.to_string(),
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    struct Sample {
+        grace_seconds: u64,
+        nested: Nested,
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    struct Nested {
+        addr: String,
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_bad_values_name_their_key() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "grace_seconds = 7\n[nested]\naddr = \"127.0.0.1:1\"").unwrap();
+        let loaded: Sample = load_config(Some(file.path())).unwrap();
+        assert_eq!(loaded.grace_seconds, 7);
+        assert_eq!(loaded.nested.addr, "127.0.0.1:1");
+
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "grace_seconds = \"soon\"").unwrap();
+        match load_config::<Sample>(Some(bad.path())) {
+            Err(ConfigError::Key { key, .. }) => assert_eq!(key, "grace_seconds"),
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = load_config::<Sample>(Some(Path::new("/nonexistent/natter.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }));
+    }
+}
