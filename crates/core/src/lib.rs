@@ -8,6 +8,7 @@
 
 mod content;
 mod error;
+pub mod handoff;
 mod ids;
 mod limits;
 mod model;
