@@ -1,0 +1,216 @@
+//! Who is calling. Devices and backends present a JWT whose claims name
+//! the user (`sub`), the tenant (`tid`), the user's role (`role`) and an
+//! expiry (`exp`). Development installs sign with a shared HS256 secret;
+//! production installs verify RS256 or EdDSA signatures against the keys in
+//! a JWKS file the business publishes, so Natter never holds a signing key.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use natter_core::{Role, TenantId, UserId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant: TenantId,
+    pub user: UserId,
+    pub role: Role,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("token is expired")]
+    Expired,
+    #[error("token signature or algorithm is not accepted: {0}")]
+    BadSignature(String),
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("token names key {0:?}, which is not in the key set")]
+    UnknownKey(String),
+    #[error("token claim `{claim}` is invalid: {reason}")]
+    BadClaim { claim: &'static str, reason: String },
+    #[error("cannot load keys: {0}")]
+    Keys(String),
+}
+
+impl AuthError {
+    /// A stable machine-readable reason for error details.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Expired => "TOKEN_EXPIRED",
+            AuthError::BadSignature(_) => "TOKEN_SIGNATURE_INVALID",
+            AuthError::Malformed(_) => "TOKEN_MALFORMED",
+            AuthError::UnknownKey(_) => "TOKEN_KEY_UNKNOWN",
+            AuthError::BadClaim { .. } => "TOKEN_CLAIM_INVALID",
+            AuthError::Keys(_) => "TOKEN_KEYS_UNAVAILABLE",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    tid: String,
+    role: String,
+    exp: u64,
+}
+
+/// Verifies tokens against one HS256 secret or a JWKS key set.
+pub struct Verifier {
+    keys: Keys,
+    leeway_seconds: u64,
+}
+
+enum Keys {
+    Secret(DecodingKey),
+    /// By key id; a set with one key also verifies tokens without `kid`.
+    Set(HashMap<String, (DecodingKey, Algorithm)>),
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = match &self.keys {
+            Keys::Secret(_) => "hs256 secret".to_owned(),
+            Keys::Set(set) => format!("{} jwks keys", set.len()),
+        };
+        f.debug_struct("Verifier").field("keys", &keys).finish()
+    }
+}
+
+impl Verifier {
+    /// Verifies HS256 tokens signed with `secret`.
+    pub fn hs256(secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.len() < 32 {
+            return Err(AuthError::Keys(
+                "an HS256 secret must be at least 32 bytes".into(),
+            ));
+        }
+        Ok(Self {
+            keys: Keys::Secret(DecodingKey::from_secret(secret)),
+            leeway_seconds: 30,
+        })
+    }
+
+    /// Verifies RS256 and EdDSA tokens against the keys of a JWKS document.
+    pub fn jwks(document: &str) -> Result<Self, AuthError> {
+        let set: JwkSet =
+            serde_json::from_str(document).map_err(|e| AuthError::Keys(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let algorithm = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                _ => {
+                    return Err(AuthError::Keys(format!(
+                        "key {i}: only RSA (RS256) and OKP (EdDSA) keys are accepted"
+                    )));
+                }
+            };
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Keys(format!("key {i}: {e}")))?;
+            let kid = jwk.common.key_id.clone().unwrap_or_default();
+            keys.insert(kid, (key, algorithm));
+        }
+        if keys.is_empty() {
+            return Err(AuthError::Keys("the key set has no keys".into()));
+        }
+        Ok(Self {
+            keys: Keys::Set(keys),
+            leeway_seconds: 30,
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let (key, algorithm) = match &self.keys {
+            Keys::Secret(key) => (key, Algorithm::HS256),
+            Keys::Set(set) => {
+                let kid = header.kid.clone().unwrap_or_default();
+                let only = (set.len() == 1 && kid.is_empty())
+                    .then(|| set.values().next())
+                    .flatten();
+                let (key, algorithm) = only
+                    .or_else(|| set.get(&kid))
+                    .ok_or(AuthError::UnknownKey(kid))?;
+                (key, *algorithm)
+            }
+        };
+        if header.alg != algorithm {
+            return Err(AuthError::BadSignature(format!(
+                "expected {algorithm:?}, token says {:?}",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway_seconds;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    AuthError::BadSignature(e.to_string())
+                }
+                _ => AuthError::Malformed(e.to_string()),
+            }
+        })?;
+        identity(data.claims)
+    }
+}
+
+fn identity(claims: Claims) -> Result<Identity, AuthError> {
+    let bad = |claim, reason: String| AuthError::BadClaim { claim, reason };
+    Ok(Identity {
+        tenant: TenantId::new(claims.tid).map_err(|e| bad("tid", e.reason))?,
+        user: UserId::new(claims.sub).map_err(|e| bad("sub", e.reason))?,
+        role: Role::parse(&claims.role).map_err(|e| bad("role", e.reason))?,
+    })
+}
+
+/// Mints HS256 tokens: for development installs and tests, and the
+/// reference for how a business backend mints its own.
+#[derive(Clone)]
+pub struct Signer {
+    key: EncodingKey,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(hs256)")
+    }
+}
+
+impl Signer {
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret),
+        }
+    }
+
+    /// A token for `identity` that expires `ttl_seconds` from now.
+    pub fn token(&self, identity: &Identity, ttl_seconds: u64) -> Result<String, AuthError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| AuthError::Keys(e.to_string()))?
+            .as_secs();
+        self.token_expiring_at(identity, now + ttl_seconds)
+    }
+
+    /// A token for `identity` with an explicit `exp` (Unix seconds).
+    pub fn token_expiring_at(&self, identity: &Identity, exp: u64) -> Result<String, AuthError> {
+        let claims = Claims {
+            sub: identity.user.to_string(),
+            tid: identity.tenant.to_string(),
+            role: identity.role.as_str().to_owned(),
+            exp,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+            .map_err(|e| AuthError::Keys(e.to_string()))
+    }
+}

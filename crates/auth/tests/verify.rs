@@ -1,0 +1,108 @@
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use natter_auth::{AuthError, Identity, Signer, Verifier};
+use natter_core::{Role, TenantId, UserId};
+use serde_json::json;
+
+const SECRET: &[u8] = b"a-development-secret-of-32-bytes!!";
+
+// A test-only Ed25519 key pair: the private key in PKCS#8 PEM, the public
+// key as the JWKS `x` value.
+const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIBY1IacCS4jzvBW3bEJiksvXkaIczpNpbscip6KuA13Q
+-----END PRIVATE KEY-----";
+const ED_PUBLIC_X: &str = "JA-gZLVGrXO4mrz4EvB7hk_2TATofcPEfZ0YBUPH9eA";
+
+fn alice() -> Identity {
+    Identity {
+        tenant: TenantId::new("acme").expect("tenant"),
+        user: UserId::new("alice").expect("user"),
+        role: Role::Customer,
+    }
+}
+
+fn far_future() -> u64 {
+    4_000_000_000
+}
+
+#[test]
+fn hs256_tokens_round_trip() {
+    let token = Signer::hs256(SECRET).token(&alice(), 60).unwrap();
+    assert_eq!(
+        Verifier::hs256(SECRET).unwrap().verify(&token).unwrap(),
+        alice()
+    );
+}
+
+#[test]
+fn expired_forged_and_garbage_tokens_are_refused() {
+    let verifier = Verifier::hs256(SECRET).unwrap();
+    let expired = Signer::hs256(SECRET)
+        .token_expiring_at(&alice(), 1_000)
+        .unwrap();
+    assert_eq!(verifier.verify(&expired).unwrap_err(), AuthError::Expired);
+
+    let forged = Signer::hs256(b"another-secret-that-is-32-bytes-long")
+        .token(&alice(), 60)
+        .unwrap();
+    assert_eq!(
+        verifier.verify(&forged).unwrap_err().reason(),
+        "TOKEN_SIGNATURE_INVALID"
+    );
+    assert_eq!(
+        verifier.verify("not.a.token").unwrap_err().reason(),
+        "TOKEN_MALFORMED"
+    );
+}
+
+#[test]
+fn claims_are_validated() {
+    let key = EncodingKey::from_secret(SECRET);
+    let verifier = Verifier::hs256(SECRET).unwrap();
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    };
+    let bad_role = sign(json!({"sub": "a", "tid": "acme", "role": "admin", "exp": far_future()}));
+    assert!(matches!(
+        verifier.verify(&bad_role).unwrap_err(),
+        AuthError::BadClaim { claim: "role", .. }
+    ));
+    let no_tenant = sign(json!({"sub": "a", "role": "agent", "exp": far_future()}));
+    assert_eq!(
+        verifier.verify(&no_tenant).unwrap_err().reason(),
+        "TOKEN_MALFORMED"
+    );
+    let spaced_user =
+        sign(json!({"sub": "a b", "tid": "acme", "role": "agent", "exp": far_future()}));
+    assert!(matches!(
+        verifier.verify(&spaced_user).unwrap_err(),
+        AuthError::BadClaim { claim: "sub", .. }
+    ));
+}
+
+#[test]
+fn short_secrets_are_refused() {
+    assert!(Verifier::hs256(b"short").is_err());
+}
+
+#[test]
+fn eddsa_tokens_verify_against_a_jwks_and_other_algorithms_do_not() {
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED_PUBLIC_X, "kid": "k1", "use": "sig", "alg": "EdDSA"}]});
+    let verifier = Verifier::jwks(&jwks.to_string()).unwrap();
+    let claims = json!({"sub": "alice", "tid": "acme", "role": "customer", "exp": far_future()});
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let key = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    assert_eq!(verifier.verify(&token).unwrap(), alice());
+
+    header.kid = Some("k2".into());
+    let unknown = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    assert_eq!(
+        verifier.verify(&unknown).unwrap_err(),
+        AuthError::UnknownKey("k2".into())
+    );
+
+    // An HS256 token must not be accepted by a verifier of public keys.
+    let hs = Signer::hs256(SECRET).token(&alice(), 60).unwrap();
+    assert!(verifier.verify(&hs).is_err());
+}

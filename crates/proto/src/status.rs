@@ -1,0 +1,282 @@
+//! The one place errors become gRPC statuses.
+//!
+//! Every status carries `google.rpc` details: an `ErrorInfo` with domain
+//! [`DOMAIN`] and a [`reason`], and for INVALID_ARGUMENT a `BadRequest`
+//! naming the offending field. `proto/natter/v1/common.proto` documents the
+//! same table for callers; keep the two in step.
+
+use std::collections::HashMap;
+
+use natter_core::{ClientMessageId, Invalid};
+use natter_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::v1;
+
+/// The `ErrorInfo.domain` of every Natter error.
+pub const DOMAIN: &str = "natter.dev";
+
+/// `ErrorInfo.reason` values. Not-found reasons are built from the kind of
+/// record instead: `CONVERSATION_NOT_FOUND`, `DEVICE_NOT_FOUND`, ...
+pub mod reason {
+    /// INVALID_ARGUMENT: a request field breaks a rule.
+    pub const INVALID_FIELD: &str = "INVALID_FIELD";
+    /// UNAUTHENTICATED: the token is missing, malformed, expired or badly signed.
+    pub const TOKEN_INVALID: &str = "TOKEN_INVALID";
+    /// PERMISSION_DENIED: the caller is not a member of the conversation.
+    pub const NOT_A_MEMBER: &str = "NOT_A_MEMBER";
+    /// PERMISSION_DENIED: the caller's role may not do this.
+    pub const ROLE_NOT_ALLOWED: &str = "ROLE_NOT_ALLOWED";
+    /// ALREADY_EXISTS: the record exists, or a concurrent write won.
+    pub const CONFLICT: &str = "CONFLICT";
+    /// FAILED_PRECONDITION: a bound such as the member limit would be passed.
+    pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+    /// FAILED_PRECONDITION: the record is not in the state the call needs.
+    pub const FAILED_PRECONDITION: &str = "FAILED_PRECONDITION";
+    /// UNAVAILABLE: storage could not be reached; retry with backoff.
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    /// INTERNAL: a stored record could not be read.
+    pub const CORRUPT_RECORD: &str = "CORRUPT_RECORD";
+}
+
+/// INVALID_ARGUMENT with a `BadRequest` field violation for `err.field`.
+pub fn invalid_argument(err: Invalid) -> Status {
+    let mut details = ErrorDetails::with_bad_request_violation(err.field, err.reason.as_str());
+    details.set_error_info(
+        reason::INVALID_FIELD,
+        DOMAIN,
+        HashMap::from([("field".to_owned(), err.field.to_owned())]),
+    );
+    Status::with_error_details(Code::InvalidArgument, err.to_string(), details)
+}
+
+/// The status for a store failure.
+///
+/// UNAVAILABLE and INTERNAL carry a fixed message, not the backend's: the
+/// caller logs `err` before mapping it, so nothing about the backend leaks
+/// to clients.
+///
+/// LIMIT_EXCEEDED maps to FAILED_PRECONDITION, not RESOURCE_EXHAUSTED: a
+/// full conversation stays full however often the call is retried, and
+/// RESOURCE_EXHAUSTED is what retry policies back off and retry on (keep it
+/// for rate limits).
+pub fn store_error(err: StoreError) -> Status {
+    match err {
+        StoreError::Invalid(invalid) => invalid_argument(invalid),
+        StoreError::NotFound { kind, ref id } => {
+            let metadata = HashMap::from([("id".to_owned(), id.clone())]);
+            with_info(
+                Code::NotFound,
+                &not_found_reason(kind),
+                err.to_string(),
+                metadata,
+            )
+        }
+        StoreError::Conflict(_) => plain(Code::AlreadyExists, reason::CONFLICT, err.to_string()),
+        StoreError::LimitExceeded(_) => plain(
+            Code::FailedPrecondition,
+            reason::LIMIT_EXCEEDED,
+            err.to_string(),
+        ),
+        StoreError::FailedPrecondition(_) => plain(
+            Code::FailedPrecondition,
+            reason::FAILED_PRECONDITION,
+            err.to_string(),
+        ),
+        StoreError::Unavailable(_) => plain(
+            Code::Unavailable,
+            reason::STORE_UNAVAILABLE,
+            "storage is unavailable, retry later",
+        ),
+        StoreError::Corrupt(_) => plain(
+            Code::Internal,
+            reason::CORRUPT_RECORD,
+            "a stored record could not be read",
+        ),
+    }
+}
+
+/// PERMISSION_DENIED for an authorization failure, such as
+/// `permission_denied(reason::NOT_A_MEMBER, "not a member of the conversation")`.
+pub fn permission_denied(reason: &str, message: impl Into<String>) -> Status {
+    plain(Code::PermissionDenied, reason, message)
+}
+
+/// UNAUTHENTICATED for a missing or unacceptable token, such as
+/// `unauthenticated(reason::TOKEN_INVALID, "token expired")`.
+pub fn unauthenticated(reason: &str, message: impl Into<String>) -> Status {
+    plain(Code::Unauthenticated, reason, message)
+}
+
+/// The gateway's `error` frame for a status, so a failed frame reports the
+/// same code, reason and field as the unary RPC would. `client_message_id`
+/// is set when the status answers a `send`.
+pub fn error_frame(status: &Status, client_message_id: Option<&ClientMessageId>) -> v1::ErrorFrame {
+    v1::ErrorFrame {
+        code: status.code().into(),
+        message: status.message().to_owned(),
+        client_message_id: client_message_id
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        reason: status
+            .get_details_error_info()
+            .map(|info| info.reason)
+            .unwrap_or_default(),
+        field: status
+            .get_details_bad_request()
+            .and_then(|bad| bad.field_violations.into_iter().next())
+            .map(|violation| violation.field)
+            .unwrap_or_default(),
+    }
+}
+
+fn plain(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    with_info(code, reason, message, HashMap::new())
+}
+
+fn with_info(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: HashMap<String, String>,
+) -> Status {
+    let details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+/// `CONVERSATION_NOT_FOUND` for kind "conversation".
+fn not_found_reason(kind: &str) -> String {
+    let kind: String = kind
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{kind}_NOT_FOUND")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason_of(status: &Status) -> String {
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.domain, DOMAIN);
+        info.reason
+    }
+
+    #[test]
+    fn invalid_input_names_the_field() {
+        let status = invalid_argument(Invalid::new("content.text", "must not be empty"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(reason_of(&status), reason::INVALID_FIELD);
+        let bad = status.get_details_bad_request().expect("a BadRequest");
+        assert_eq!(bad.field_violations.len(), 1);
+        assert_eq!(bad.field_violations[0].field, "content.text");
+        assert_eq!(bad.field_violations[0].description, "must not be empty");
+    }
+
+    #[test]
+    fn store_errors_map_to_codes_and_reasons() {
+        let cases = [
+            (
+                StoreError::Invalid(Invalid::new("members", "listed twice")),
+                Code::InvalidArgument,
+                "INVALID_FIELD",
+            ),
+            (
+                StoreError::not_found("conversation", "0190"),
+                Code::NotFound,
+                "CONVERSATION_NOT_FOUND",
+            ),
+            (
+                StoreError::not_found("update log", "bob"),
+                Code::NotFound,
+                "UPDATE_LOG_NOT_FOUND",
+            ),
+            (
+                StoreError::Conflict("id taken".into()),
+                Code::AlreadyExists,
+                "CONFLICT",
+            ),
+            (
+                StoreError::LimitExceeded("too many members".into()),
+                Code::FailedPrecondition,
+                "LIMIT_EXCEEDED",
+            ),
+            (
+                StoreError::FailedPrecondition("device revoked".into()),
+                Code::FailedPrecondition,
+                "FAILED_PRECONDITION",
+            ),
+            (
+                StoreError::Unavailable("10.0.0.7:9042 timed out".into()),
+                Code::Unavailable,
+                "STORE_UNAVAILABLE",
+            ),
+            (
+                StoreError::Corrupt("bad row".into()),
+                Code::Internal,
+                "CORRUPT_RECORD",
+            ),
+        ];
+        for (err, code, reason) in cases {
+            let status = store_error(err);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(reason_of(&status), reason);
+        }
+    }
+
+    #[test]
+    fn backend_details_stay_out_of_client_messages() {
+        let status = store_error(StoreError::Unavailable("10.0.0.7:9042 timed out".into()));
+        assert!(
+            !status.message().contains("10.0.0.7"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn not_found_carries_the_id() {
+        let status = store_error(StoreError::not_found("device", "phone-1"));
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.metadata.get("id").map(String::as_str), Some("phone-1"));
+        assert_eq!(status.message(), "device phone-1 not found");
+    }
+
+    #[test]
+    fn authorization_helpers_carry_their_reason() {
+        let denied = permission_denied(reason::NOT_A_MEMBER, "not a member");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert_eq!(reason_of(&denied), "NOT_A_MEMBER");
+        let unauthenticated = unauthenticated(reason::TOKEN_INVALID, "token expired");
+        assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+        assert_eq!(reason_of(&unauthenticated), "TOKEN_INVALID");
+    }
+
+    #[test]
+    fn error_frames_repeat_code_reason_and_field() {
+        let id = ClientMessageId::new("c-9").unwrap();
+        let frame = error_frame(
+            &invalid_argument(Invalid::new("content", "is required")),
+            Some(&id),
+        );
+        assert_eq!(frame.code, Code::InvalidArgument as i32);
+        assert_eq!(frame.reason, "INVALID_FIELD");
+        assert_eq!(frame.field, "content");
+        assert_eq!(frame.client_message_id, "c-9");
+        assert_eq!(frame.message, "invalid content: is required");
+
+        let frame = error_frame(&permission_denied(reason::NOT_A_MEMBER, "no"), None);
+        assert_eq!(frame.code, 7);
+        assert_eq!(frame.reason, "NOT_A_MEMBER");
+        assert_eq!(frame.field, "");
+        assert_eq!(frame.client_message_id, "");
+    }
+}
