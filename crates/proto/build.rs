@@ -24,7 +24,8 @@ fn main() -> Result<(), Error> {
     let proto_root = manifest_dir.join("../../proto");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
-    let protos = proto_files(&proto_root.join("natter/v1"))?;
+    let mut protos = proto_files(&proto_root.join("natter/v1"))?;
+    protos.extend(proto_files(&proto_root.join("natter/bus/v1"))?);
     println!("cargo:rerun-if-changed={}", proto_root.display());
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
@@ -53,7 +54,8 @@ fn main() -> Result<(), Error> {
 
     // google.protobuf types map to prost-types; prost-build needs their
     // descriptors all the same, to decide what the generated types derive.
-    let descriptors = FileDescriptorSet::decode(fs::read(&descriptor_path)?.as_slice())?;
+    let encoded = fs::read(&descriptor_path)?;
+    let descriptors = FileDescriptorSet::decode(encoded.as_slice())?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
@@ -63,7 +65,17 @@ fn main() -> Result<(), Error> {
         .build_transport(false)
         // `bytes::Bytes` is what the domain holds thumbnails in.
         .bytes(".natter")
+        // pbjson-types' well-known types serialize in the proto3 JSON
+        // mapping, which the WebSocket JSON subprotocol speaks.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(descriptors)?;
+
+    // serde impls in the proto3 JSON mapping, for the public API only.
+    pbjson_build::Builder::new()
+        .register_descriptors(&encoded)?
+        .preserve_proto_field_names()
+        .build(&[".natter.v1"])?;
     Ok(())
 }
 

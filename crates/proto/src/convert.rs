@@ -41,10 +41,10 @@ pub fn required<T>(field: &'static str, value: Option<T>) -> Result<T> {
 }
 
 /// A domain timestamp on the wire.
-pub fn timestamp_to_wire(at: Timestamp) -> prost_types::Timestamp {
+pub fn timestamp_to_wire(at: Timestamp) -> pbjson_types::Timestamp {
     let millis = at.as_millis();
     let sub_second_millis = millis.rem_euclid(MILLIS_PER_SECOND);
-    prost_types::Timestamp {
+    pbjson_types::Timestamp {
         seconds: millis.div_euclid(MILLIS_PER_SECOND),
         // Below 1000, so the cast cannot truncate.
         nanos: sub_second_millis as i32 * NANOS_PER_MILLI,
@@ -55,7 +55,7 @@ pub fn timestamp_to_wire(at: Timestamp) -> prost_types::Timestamp {
 /// is dropped.
 pub fn timestamp_from_wire(
     field: &'static str,
-    at: Option<prost_types::Timestamp>,
+    at: Option<pbjson_types::Timestamp>,
 ) -> Result<Timestamp> {
     let at = required(field, at)?;
     if !(0..1_000_000_000).contains(&at.nanos) {
@@ -545,7 +545,7 @@ mod tests {
             assert!((0..1_000_000_000).contains(&wire.nanos), "{wire:?}");
             assert_eq!(timestamp_from_wire("at", Some(wire)).unwrap(), at);
         }
-        let bad = prost_types::Timestamp {
+        let bad = pbjson_types::Timestamp {
             seconds: 0,
             nanos: -1,
         };
@@ -553,7 +553,7 @@ mod tests {
             timestamp_from_wire("at", Some(bad)).unwrap_err().field,
             "at"
         );
-        let huge = prost_types::Timestamp {
+        let huge = pbjson_types::Timestamp {
             seconds: i64::MAX,
             nanos: 0,
         };

@@ -22,6 +22,16 @@ mod testdata;
 #[allow(clippy::all, unreachable_pub, missing_debug_implementations)]
 pub mod v1 {
     tonic::include_proto!("natter.v1");
+    include!(concat!(env!("OUT_DIR"), "/natter.v1.serde.rs"));
+}
+
+/// `natter.bus.v1`: what the services exchange over NATS. Internal.
+// Generated code: its lints are prost's business, not ours.
+#[allow(clippy::all, unreachable_pub, missing_debug_implementations)]
+pub mod bus {
+    pub mod v1 {
+        tonic::include_proto!("natter.bus.v1");
+    }
 }
 
 /// The encoded `FileDescriptorSet` of `natter.v1` and its imports, with

@@ -1,0 +1,301 @@
+//! Natter's single-process store: conversations, members, messages, update
+//! logs and devices in one [redb] file under a data directory, with no
+//! database server. It is what `natter dev` runs on.
+//!
+//! # Why redb
+//!
+//! redb is pure Rust, keeps its data in copy-on-write B-trees, and commits
+//! each write transaction atomically with checksummed commit slots, so a
+//! crash leaves the last committed state; its file format is stable. Its
+//! write transactions are serializable by construction (one writer at a
+//! time, readers on snapshots), which is what the message path needs: an
+//! idempotent, gap-free append is a single atomic transaction that reads
+//! the idempotency index and the conversation's last seq and writes the
+//! message, the index entry and the new last seq, with no lock, retry loop
+//! or conflict handling of our own. fjall, the LSM-tree alternative, offers
+//! transactions as an optional layer (single-writer, or optimistic with
+//! conflicts to retry) and by default leaves writes in OS buffers until an
+//! explicit persist; redb's default is the one contract we want.
+//!
+//! # Transactions and durability
+//!
+//! Every operation is one redb transaction run on tokio's blocking pool
+//! (`spawn_blocking`), because redb is synchronous and a commit waits for
+//! `fsync`. Writes use [`Durability::Immediate`]: when a call returns `Ok`,
+//! what it wrote is on disk. A call that fails writes nothing. The table
+//! layout is in `tables.rs`, the value encodings in `record.rs`.
+//!
+//! # Sharing
+//!
+//! One process has the data directory open at a time; a second
+//! [`EmbeddedStore::open`] of it fails with [`StoreError::Unavailable`]
+//! until the first store is dropped.
+
+mod conversations;
+mod record;
+mod sync;
+mod tables;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use natter_core::Limits;
+use natter_store::{Page, Result, StoreError};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
+use tempfile::TempDir;
+
+use crate::tables::{FORMAT_KEY, FORMAT_VERSION, META};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "natter.redb";
+
+/// The most devices one user may register, revoked ones included (a revoked
+/// device stays on record so it cannot come back).
+pub const MAX_DEVICES_PER_USER: usize = 100;
+
+/// Upper bound on the page cache. redb's default is 1 GiB, more than a
+/// development machine should give a background service.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The embedded store. Cheap to share behind an `Arc`; every method runs
+/// one transaction.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    limits: Limits,
+    path: PathBuf,
+    /// Holds the directory of a [`temporary`](Self::temporary) store; it is
+    /// removed after the database closes (fields drop in order).
+    _temporary: Option<TempDir>,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `dir`, creating the directory and the database
+    /// file if they do not exist. After a crash, redb recovers the last
+    /// committed state here, which reads the whole file.
+    ///
+    /// This blocks on file I/O: call it at start-up, before serving, or
+    /// from `spawn_blocking`.
+    pub fn open(dir: impl AsRef<Path>, limits: Limits) -> Result<Self> {
+        Self::open_in(dir.as_ref(), limits, None)
+    }
+
+    /// Opens a store in a new temporary directory that is deleted when the
+    /// store is dropped: for tests and throwaway demos.
+    pub fn temporary(limits: Limits) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("natter-store-")
+            .tempdir()
+            .map_err(|e| io_error("create temporary directory", e))?;
+        let path = dir.path().to_owned();
+        Self::open_in(&path, limits, Some(dir))
+    }
+
+    fn open_in(dir: &Path, limits: Limits, temporary: Option<TempDir>) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error("create data directory", e))?;
+        let path = dir.join(DATABASE_FILE);
+        let fresh = !path
+            .try_exists()
+            .map_err(|e| io_error("open database", e))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                    "database {} is open in another store or process",
+                    path.display()
+                )),
+                other => storage_error(other),
+            })?;
+        init(&db).map_err(|e| e.0)?;
+        if fresh {
+            // The new file's directory entry must reach the disk too, or a
+            // crash could lose the whole database.
+            sync_dir(dir)?;
+        }
+        Ok(Self {
+            db: Arc::new(db),
+            limits,
+            path,
+            _temporary: temporary,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The number of items to return for a request of `requested`: the
+    /// limits' default for zero, clamped to their maximum, never zero.
+    fn page_size(&self, requested: u32) -> usize {
+        self.limits.page_size(requested).max(1) as usize
+    }
+
+    /// Runs `f` in a read transaction (a snapshot of the last commit) on
+    /// the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> TxResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read()?;
+            f(&txn)
+        })
+        .await
+    }
+
+    /// Runs `f` in a write transaction on the blocking pool and commits it
+    /// durably if `f` succeeds; an error aborts it, so nothing is written.
+    /// redb runs one write transaction at a time, so `f` reads and writes
+    /// as if alone.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            // On an error `txn` is dropped, which aborts it.
+            let value = f(&txn)?;
+            txn.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+}
+
+/// Makes a page of up to `size` items from a scan that read up to
+/// `size + 1`: one more item than the page holds means another page follows,
+/// which starts after the last item of this one.
+fn into_page<T, K>(mut items: Vec<T>, size: usize, key: impl FnOnce(&T) -> K) -> Page<T, K> {
+    let more = items.len() > size;
+    items.truncate(size);
+    let next = if more { items.last().map(key) } else { None };
+    Page { items, next }
+}
+
+/// Creates every table, so read transactions can open them, and checks the
+/// file's format version.
+fn init(db: &Database) -> TxResult<()> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let stored = meta.get(FORMAT_KEY)?.map(|v| v.value());
+        match stored {
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "database format {other} is not supported; this build reads format {FORMAT_VERSION}"
+                ))
+                .into());
+            }
+        }
+        txn.open_table(tables::CONVERSATIONS)?;
+        txn.open_table(tables::MEMBERS)?;
+        txn.open_table(tables::MEMBERSHIPS)?;
+        txn.open_table(tables::MESSAGES)?;
+        txn.open_table(tables::MESSAGE_KEYS)?;
+        txn.open_table(tables::LOG_HEADS)?;
+        txn.open_table(tables::UPDATES)?;
+        txn.open_table(tables::DEVICES)?;
+    }
+    Ok(txn.commit()?)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync data directory", e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// Runs blocking work off the runtime threads. A panic in it is re-raised
+/// in the caller, as if the work had run inline.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> TxResult<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(|e| e.0),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::Unavailable(format!("store task ended: {e}"))),
+    }
+}
+
+fn io_error(action: &str, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{action}: {e}"))
+}
+
+/// The error of a transaction's work: a store error, or a redb error
+/// already mapped by [`storage_error`], so `?` takes both.
+pub(crate) struct TxError(StoreError);
+
+pub(crate) type TxResult<T> = std::result::Result<T, TxError>;
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        Self(e)
+    }
+}
+
+macro_rules! from_redb {
+    ($($error:ty),*) => {
+        $(impl From<$error> for TxError {
+            fn from(e: $error) -> Self {
+                Self(storage_error(e))
+            }
+        })*
+    };
+}
+
+from_redb!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Maps redb's errors onto the store's: damage and a file of unexpected
+/// shape are `Corrupt`; I/O and lifecycle failures are `Unavailable`.
+fn storage_error(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Corrupted(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)
+        | redb::Error::UpgradeRequired(_) => StoreError::Corrupt(e.to_string()),
+        redb::Error::ValueTooLarge(len) => {
+            StoreError::LimitExceeded(format!("record of {len} bytes is too large to store"))
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}

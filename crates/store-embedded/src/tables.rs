@@ -1,0 +1,62 @@
+//! The tables of the database file and what their keys mean.
+//!
+//! Keys are redb tuples, which compare element by element (strings by
+//! bytes, integers by value), so a range over a key prefix is one tenant's,
+//! one conversation's or one user's records in order. Every key starts with
+//! the tenant id, so a record of another tenant is simply not found. UUIDs
+//! are keyed as `u128` (`Uuid::as_u128` reads their bytes big-endian), so
+//! they sort as their bytes do: for UUIDv7 ids, in creation order.
+//!
+//! Values are a single integer, nothing, or bytes in the encodings of
+//! [`crate::record`]. Message content and update-log events are protobuf,
+//! through `natter_proto::codec`.
+
+use redb::TableDefinition;
+
+/// The on-disk format this build reads and writes, stored under
+/// [`FORMAT_KEY`] in [`META`]. Bump it with any change to a table's key or
+/// value encoding, together with a migration.
+pub(crate) const FORMAT_VERSION: u64 = 1;
+pub(crate) const FORMAT_KEY: &str = "format_version";
+
+/// Store-wide settings: `name → u64`.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// `(tenant, conversation) → ConversationRecord`.
+pub(crate) const CONVERSATIONS: TableDefinition<(&str, u128), &[u8]> =
+    TableDefinition::new("conversations");
+
+/// `(tenant, conversation, user) → MemberRecord`, so members list in user
+/// id order.
+pub(crate) const MEMBERS: TableDefinition<(&str, u128, &str), &[u8]> =
+    TableDefinition::new("members");
+
+/// `(tenant, user, conversation) → ()`: the conversations a user is in,
+/// kept with [`MEMBERS`] in the same transactions. Scanned backwards it
+/// lists them newest first.
+pub(crate) const MEMBERSHIPS: TableDefinition<(&str, &str, u128), ()> =
+    TableDefinition::new("memberships");
+
+/// `(tenant, conversation, seq) → MessageRecord`.
+pub(crate) const MESSAGES: TableDefinition<(&str, u128, u64), &[u8]> =
+    TableDefinition::new("messages");
+
+/// `(tenant, conversation, sender, client_message_id) → seq`: the
+/// idempotency index of [`MESSAGES`].
+pub(crate) const MESSAGE_KEYS: TableDefinition<(&str, u128, &str, &str), u64> =
+    TableDefinition::new("message_keys");
+
+/// `(tenant, user) → LogHead`: the head of a user's update log and the
+/// cursor it has been trimmed through. Kept apart from the entries so the
+/// head survives trimming everything.
+pub(crate) const LOG_HEADS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("log_heads");
+
+/// `(tenant, user, cursor) → Event` (protobuf).
+pub(crate) const UPDATES: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("updates");
+
+/// `(tenant, user, device) → DeviceRecord`, so devices list in device id
+/// order.
+pub(crate) const DEVICES: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("devices");
