@@ -12,7 +12,7 @@ use natter_store::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::v1;
+use crate::{bus, v1};
 
 /// The `ErrorInfo.domain` of every Natter error.
 pub const DOMAIN: &str = "natter.dev";
@@ -131,6 +131,33 @@ pub fn error_frame(status: &Status, client_message_id: Option<&ClientMessageId>)
     }
 }
 
+/// A status as it travels between services (`natter.bus.v1.Failure`).
+pub fn to_failure(status: &Status) -> bus::v1::Failure {
+    let frame = error_frame(status, None);
+    bus::v1::Failure {
+        code: frame.code,
+        reason: frame.reason,
+        message: frame.message,
+        field: frame.field,
+    }
+}
+
+/// The status a service reports for a failure another service sent it.
+pub fn from_failure(failure: bus::v1::Failure) -> Status {
+    let code = Code::from_i32(failure.code);
+    if failure.field.is_empty() {
+        return plain(code, &failure.reason, failure.message);
+    }
+    let mut details =
+        ErrorDetails::with_bad_request_violation(failure.field.clone(), failure.message.clone());
+    details.set_error_info(
+        failure.reason,
+        DOMAIN,
+        HashMap::from([("field".to_owned(), failure.field)]),
+    );
+    Status::with_error_details(code, failure.message, details)
+}
+
 fn plain(code: Code, reason: &str, message: impl Into<String>) -> Status {
     with_info(code, reason, message, HashMap::new())
 }
@@ -179,6 +206,22 @@ mod tests {
         assert_eq!(bad.field_violations.len(), 1);
         assert_eq!(bad.field_violations[0].field, "content.text");
         assert_eq!(bad.field_violations[0].description, "must not be empty");
+    }
+
+    #[test]
+    fn failures_cross_services_without_losing_code_reason_or_field() {
+        let original = invalid_argument(Invalid::new("content.text", "must not be empty"));
+        let back = from_failure(to_failure(&original));
+        assert_eq!(back.code(), Code::InvalidArgument);
+        assert_eq!(reason_of(&back), reason::INVALID_FIELD);
+        let bad = back.get_details_bad_request().expect("a BadRequest");
+        assert_eq!(bad.field_violations[0].field, "content.text");
+
+        let denied = permission_denied(reason::NOT_A_MEMBER, "not a member");
+        let back = from_failure(to_failure(&denied));
+        assert_eq!(back.code(), Code::PermissionDenied);
+        assert_eq!(reason_of(&back), reason::NOT_A_MEMBER);
+        assert_eq!(back.message(), "not a member");
     }
 
     #[test]

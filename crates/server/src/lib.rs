@@ -2,9 +2,15 @@
 //! lines: load and validate config before binding anything, serve gRPC with
 //! health and reflection, and shut down gracefully on SIGTERM.
 
+mod auth;
 pub mod config;
 mod grpc;
+pub mod launch;
+pub mod settings;
 pub mod shutdown;
 
+pub use auth::authenticate;
 pub use config::{ConfigError, load_config};
 pub use grpc::GrpcServer;
+pub use launch::{InfraArgs, StartError, run_binary};
+pub use settings::{Settings, Stores};

@@ -1,0 +1,470 @@
+//! The NATS implementation of [`natter_bus::Bus`]: core NATS for
+//! publish/subscribe and request/reply, JetStream for durable streams.
+//!
+//! - Subjects become `<prefix>.<subject>`, stream names `<prefix>-<name>`.
+//!   Reply inboxes live under `<prefix>._INBOX`, so a responder replies
+//!   with an ordinary [`Bus::publish`] to [`Incoming::reply`].
+//! - Streams use file storage, limits retention (discarding the oldest)
+//!   and [`NatsConfig::replicas`] replicas.
+//! - A durable consumer is a pull consumer with explicit acks and
+//!   `max_ack_pending = 1`, the basis of the ordering and
+//!   one-processor-per-partition guarantees described in `natter_bus`.
+//!   Each pull asks for one message, since servers before 2.11 refuse a
+//!   pull batch larger than `max_ack_pending`.
+//! - Acks and naks wait for the server's confirmation.
+//! - `async-nats` reconnects on its own; connection events are logged.
+//!   Headers NATS sets itself (`Nats-*`) are not passed on.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::{
+    CreateStreamErrorKind, GetStreamErrorKind, PublishError, PublishErrorKind,
+};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{
+    ConsumerErrorKind, DiscardPolicy, RetentionPolicy, StorageType,
+};
+use async_nats::jetstream::{self, AckKind, ErrorCode};
+use async_nats::{ConnectOptions, Event, RequestErrorKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+use natter_bus::{
+    Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
+    Delivery, Headers, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig, Subscription,
+    check_dedup_id, check_name, overlaps,
+};
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// One or more server URLs, comma-separated (`nats://host:4222`).
+    pub url: String,
+    /// See [`natter_bus::Prefix`].
+    pub prefix: String,
+    /// Copies of each stream: 1 on a single server, 3 in a cluster.
+    pub replicas: usize,
+    /// Messages a subscription buffers before it is a slow consumer.
+    pub subscription_capacity: usize,
+    /// The name the server shows for this connection.
+    pub connection_name: Option<String>,
+}
+
+impl NatsConfig {
+    pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: prefix.into(),
+            replicas: 1,
+            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
+            connection_name: None,
+        }
+    }
+}
+
+/// A [`Bus`] over one NATS connection. Cheap to clone; clones share the
+/// connection.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    prefix: Prefix,
+    replicas: usize,
+}
+
+impl NatsBus {
+    /// Connects with the defaults of [`NatsConfig::new`].
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        Self::connect_with(NatsConfig::new(url, prefix)).await
+    }
+
+    /// Connects; fails if no server answers now. Once connected, lost
+    /// connections are re-established in the background.
+    pub async fn connect_with(config: NatsConfig) -> Result<Self> {
+        let prefix = Prefix::new(&config.prefix)?;
+        if config.replicas == 0 || config.subscription_capacity == 0 {
+            return Err(BusError::Invalid {
+                what: "nats config",
+                value: format!("{config:?}"),
+                reason: "replicas and subscription_capacity must be positive",
+            });
+        }
+        let mut options = ConnectOptions::new()
+            .custom_inbox_prefix(format!("{prefix}._INBOX"))
+            .subscription_capacity(config.subscription_capacity)
+            .event_callback({
+                let url = config.url.clone();
+                move |event| {
+                    let url = url.clone();
+                    async move { log_event(&url, event) }
+                }
+            });
+        if let Some(name) = &config.connection_name {
+            options = options.name(name);
+        }
+        let client = options.connect(config.url.as_str()).await.map_err(|err| {
+            BusError::Unavailable(format!("cannot connect to NATS at {}: {err}", config.url))
+        })?;
+        Ok(Self {
+            jetstream: jetstream::new(client.clone()),
+            client,
+            prefix,
+            replicas: config.replicas,
+        })
+    }
+}
+
+fn log_event(url: &str, event: Event) {
+    match event {
+        Event::Connected => tracing::info!(url, "nats connection established"),
+        Event::Disconnected => tracing::warn!(url, "nats connection lost; reconnecting"),
+        Event::LameDuckMode => tracing::warn!(url, "nats server entered lame duck mode"),
+        Event::Draining => tracing::info!(url, "nats connection draining"),
+        Event::Closed => tracing::info!(url, "nats connection closed"),
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(
+                url,
+                subscription = sid,
+                "slow nats subscriber: messages dropped"
+            );
+        }
+        Event::ServerError(err) => tracing::error!(url, %err, "nats server error"),
+        Event::ClientError(err) => tracing::error!(url, %err, "nats client error"),
+    }
+}
+
+fn unavailable(context: &str, err: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{context}: {err}"))
+}
+
+/// Our headers as NATS headers. They were checked by `Outgoing::prepare`;
+/// a failure here would be a gap in that check, reported rather than
+/// panicked on.
+fn header_map(headers: &Headers) -> Result<HeaderMap> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter() {
+        let invalid = || BusError::Invalid {
+            what: "header",
+            value: name.to_owned(),
+            reason: "not representable in NATS",
+        };
+        let name = HeaderName::from_str(name).map_err(|_| invalid())?;
+        let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// NATS headers as ours, without the ones NATS sets (`Nats-*`).
+fn headers(map: Option<&HeaderMap>) -> Headers {
+    map.into_iter()
+        .flat_map(HeaderMap::iter)
+        .filter(|(name, _)| {
+            let name: &str = name.as_ref();
+            !name
+                .get(..5)
+                .is_some_and(|s| s.eq_ignore_ascii_case("nats-"))
+        })
+        .filter_map(|(name, values)| {
+            let value: &str = values.first()?.as_ref();
+            Some((name.to_string(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn incoming(prefix: &Prefix, message: &async_nats::Message) -> Incoming {
+    Incoming {
+        subject: prefix
+            .strip(&message.subject)
+            .unwrap_or(&message.subject)
+            .to_owned(),
+        reply: message
+            .reply
+            .as_deref()
+            .and_then(|r| prefix.strip(r))
+            .map(str::to_owned),
+        headers: headers(message.headers.as_ref()),
+        payload: message.payload.clone(),
+    }
+}
+
+fn too_large(payload: usize) -> BusError {
+    BusError::Invalid {
+        what: "payload",
+        value: format!("{payload} bytes"),
+        reason: "exceeds the server's max_payload",
+    }
+}
+
+fn durable_publish_error(subject: &str, payload: usize, err: PublishError) -> BusError {
+    match err.kind() {
+        PublishErrorKind::StreamNotFound => BusError::NoStream {
+            subject: subject.to_owned(),
+        },
+        PublishErrorKind::MaxPayloadExceeded => too_large(payload),
+        _ => unavailable("durable publish", err),
+    }
+}
+
+fn is_jetstream_error(error: &jetstream::Error, code: ErrorCode) -> bool {
+    error.error_code() == code
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, subject: &str, message: Outgoing) -> Result<()> {
+        let full = self.prefix.subject(subject)?;
+        let message = message.prepare()?;
+        let size = message.payload.len();
+        let result = if message.headers.is_empty() {
+            self.client.publish(full, message.payload).await
+        } else {
+            let headers = header_map(&message.headers)?;
+            self.client
+                .publish_with_headers(full, headers, message.payload)
+                .await
+        };
+        result.map_err(|err| match err.kind() {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded => too_large(size),
+            _ => unavailable("publish", err),
+        })
+    }
+
+    async fn subscribe(&self, subject: &str, queue_group: Option<&str>) -> Result<Subscription> {
+        let filter = self.prefix.filter(subject)?;
+        let subscriber = match queue_group {
+            Some(group) => {
+                check_name("queue group", group)?;
+                self.client.queue_subscribe(filter, group.to_owned()).await
+            }
+            None => self.client.subscribe(filter).await,
+        }
+        .map_err(|err| unavailable("subscribe", err))?;
+        // Get the subscription to the server before returning.
+        self.client
+            .flush()
+            .await
+            .map_err(|err| unavailable("subscribe", err))?;
+        let prefix = self.prefix.clone();
+        Ok(Subscription::new(
+            subscriber.map(move |message| incoming(&prefix, &message)),
+        ))
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        message: Outgoing,
+        timeout: Duration,
+    ) -> Result<Incoming> {
+        let full = self.prefix.subject(subject)?;
+        let message = message.prepare()?;
+        let size = message.payload.len();
+        let request = async_nats::Request::new()
+            .headers(header_map(&message.headers)?)
+            .payload(message.payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(full, request).await {
+            Ok(reply) => Ok(incoming(&self.prefix, &reply)),
+            Err(err) => Err(match err.kind() {
+                RequestErrorKind::NoResponders => BusError::NoResponders {
+                    subject: subject.to_owned(),
+                },
+                RequestErrorKind::TimedOut => BusError::Timeout {
+                    subject: subject.to_owned(),
+                    timeout,
+                },
+                RequestErrorKind::MaxPayloadExceeded => too_large(size),
+                _ => unavailable("request", err),
+            }),
+        }
+    }
+
+    async fn ensure_stream(&self, config: &StreamConfig) -> Result<()> {
+        config.check()?;
+        let name = self.prefix.stream(&config.name)?;
+        let stream = jetstream::stream::Config {
+            name: name.clone(),
+            subjects: config
+                .subjects
+                .iter()
+                .map(|s| self.prefix.filter(s))
+                .collect::<Result<_>>()?,
+            max_age: config.max_age,
+            max_messages: config
+                .max_messages
+                .map_or(-1, |max| i64::try_from(max).unwrap_or(i64::MAX)),
+            duplicate_window: config.duplicate_window,
+            num_replicas: self.replicas,
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            ..Default::default()
+        };
+        match self.jetstream.create_or_update_stream(stream).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(match err.kind() {
+                CreateStreamErrorKind::JetStream(error)
+                    if is_jetstream_error(&error, ErrorCode::STREAM_SUBJECT_OVERLAP) =>
+                {
+                    BusError::Conflict(format!(
+                        "subjects of stream {name} overlap another stream's"
+                    ))
+                }
+                CreateStreamErrorKind::JetStream(error) => {
+                    BusError::Conflict(format!("stream {name} refused: {error}"))
+                }
+                _ => unavailable("ensure stream", err),
+            }),
+        }
+    }
+
+    async fn delete_stream(&self, name: &str) -> Result<()> {
+        let name = self.prefix.stream(name)?;
+        match self.jetstream.delete_stream(&name).await {
+            Ok(_) => Ok(()),
+            Err(err) => match err.kind() {
+                GetStreamErrorKind::JetStream(error)
+                    if is_jetstream_error(&error, ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    Ok(())
+                }
+                _ => Err(unavailable("delete stream", err)),
+            },
+        }
+    }
+
+    async fn publish_durable(
+        &self,
+        subject: &str,
+        message: Outgoing,
+        dedup_id: Option<&str>,
+    ) -> Result<Persisted> {
+        let full = self.prefix.subject(subject)?;
+        if let Some(id) = dedup_id {
+            check_dedup_id(id)?;
+        }
+        let message = message.prepare()?;
+        let size = message.payload.len();
+        let mut publish = PublishMessage::build()
+            .payload(message.payload)
+            .headers(header_map(&message.headers)?);
+        if let Some(id) = dedup_id {
+            publish = publish.message_id(id);
+        }
+        let ack = self
+            .jetstream
+            .send_publish(full, publish)
+            .await
+            .map_err(|err| durable_publish_error(subject, size, err))?
+            .await
+            .map_err(|err| durable_publish_error(subject, size, err))?;
+        Ok(Persisted {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    async fn consume(&self, config: &ConsumerConfig) -> Result<Deliveries> {
+        config.check()?;
+        let stream_name = self.prefix.stream(&config.stream)?;
+        let filter = self.prefix.filter(&config.filter_subject)?;
+        let stream = self
+            .jetstream
+            .get_stream(&stream_name)
+            .await
+            .map_err(|err| match err.kind() {
+                GetStreamErrorKind::JetStream(error)
+                    if is_jetstream_error(&error, ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    BusError::StreamNotFound {
+                        name: config.stream.clone(),
+                    }
+                }
+                _ => unavailable("consume", err),
+            })?;
+        if !stream
+            .cached_info()
+            .config
+            .subjects
+            .iter()
+            .any(|s| overlaps(s, &filter))
+        {
+            return Err(BusError::Invalid {
+                what: "subject filter",
+                value: config.filter_subject.clone(),
+                reason: "matches none of the stream's subjects",
+            });
+        }
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(config.name.clone()),
+                filter_subject: filter,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_ack_pending: 1,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| match err.kind() {
+                ConsumerErrorKind::JetStream(error) => {
+                    BusError::Conflict(format!("consumer {} refused: {error}", config.name))
+                }
+                _ => unavailable("consume", err),
+            })?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .heartbeat(Duration::from_secs(15))
+            .messages()
+            .await
+            .map_err(|err| unavailable("consume", err))?;
+        let prefix = self.prefix.clone();
+        Ok(Deliveries::new(messages.map(move |message| {
+            message
+                .map_err(|err| unavailable("consume", err))
+                .and_then(|message| delivery(&prefix, message))
+        })))
+    }
+}
+
+fn delivery(prefix: &Prefix, message: jetstream::Message) -> Result<Delivery> {
+    let info = message
+        .info()
+        .map_err(|err| unavailable("malformed delivery", err))?;
+    let sequence = info.stream_sequence;
+    let delivered = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+    let mut incoming = incoming(prefix, &message.message);
+    // The reply subject is JetStream's ack subject, not for responders.
+    incoming.reply = None;
+    Ok(Delivery::new(
+        incoming,
+        sequence,
+        delivered,
+        Box::new(NatsAck(message)),
+    ))
+}
+
+#[derive(Debug)]
+struct NatsAck(jetstream::Message);
+
+#[async_trait]
+impl Acknowledge for NatsAck {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.0
+            .double_ack()
+            .await
+            .map_err(|err| unavailable("ack", err))
+    }
+
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {
+        let delay = (!delay.is_zero()).then_some(delay);
+        self.0
+            .double_ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(|err| unavailable("nak", err))
+    }
+}

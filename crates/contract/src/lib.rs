@@ -1,0 +1,127 @@
+//! The contract between Natter's services over NATS: which subjects and
+//! streams exist, what travels on each (`natter.bus.v1` messages), and the
+//! typed helpers every service uses to talk and to serve.
+//!
+//! ```text
+//! gateway ──SendCommand──▶ SEND stream (by conversation) ──▶ storage
+//! storage ──SendOutcome──▶ the sender's reply subject
+//! storage ──ConversationEvent──▶ EVENTS stream (by conversation) ──▶ fanout
+//! fanout ──UserEvent──▶ USERS stream (by user) ──▶ sync
+//! sync ──ServerFrame(update)──▶ live.<tenant>.<user> ──▶ gateways
+//! fanout ──ServerFrame(typing)──▶ live.<tenant>.<user> ──▶ gateways
+//! ```
+//!
+//! Subjects here carry no prefix: the bus adds its own, so one NATS server
+//! can host several installs (or tests) side by side.
+
+mod consume;
+mod request;
+mod send;
+pub mod subjects;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use natter_bus::{Bus, BusError, StreamConfig};
+use thiserror::Error;
+
+pub use consume::{Handled, consume_partitions};
+pub use request::{decode, encode, request, serve};
+pub use send::SendClient;
+
+#[derive(Debug, Error)]
+pub enum ContractError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot decode {what}: {reason}")]
+    Decode { what: &'static str, reason: String },
+}
+
+impl ContractError {
+    /// How a caller reports it: the peer service is unreachable or answered
+    /// nonsense, which is the caller's UNAVAILABLE either way.
+    pub fn into_status(self, peer: &str) -> tonic::Status {
+        tracing::warn!(error = %self, peer, "call to peer service failed");
+        match self {
+            ContractError::Bus(BusError::Timeout { .. }) => {
+                tonic::Status::unavailable(format!("{peer} did not answer in time; retry"))
+            }
+            ContractError::Bus(_) => {
+                tonic::Status::unavailable(format!("{peer} is unreachable; retry"))
+            }
+            ContractError::Decode { .. } => {
+                tonic::Status::internal(format!("{peer} answered with an unreadable message"))
+            }
+        }
+    }
+}
+
+pub type Result<T, E = ContractError> = std::result::Result<T, E>;
+
+/// How the durable streams are laid out; every service of one install must
+/// agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    /// Partitions of each stream. A conversation's commands and events, and
+    /// a user's log entries, each stay on one partition, in order.
+    pub partitions: NonZeroU32,
+    /// How long the streams keep messages nobody has consumed.
+    pub retention: Duration,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            partitions: NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// A durable stream and the subjects it captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream {
+    pub name: &'static str,
+    /// Subjects are `<base>.<partition>`.
+    pub base: &'static str,
+}
+
+/// Commands to store a message, by conversation; consumed by storage.
+pub const SEND: Stream = Stream {
+    name: "SEND",
+    base: "send",
+};
+/// Durable conversation events, by conversation; consumed by fanout.
+pub const EVENTS: Stream = Stream {
+    name: "EVENTS",
+    base: "events",
+};
+/// Events for users' update logs, by user; consumed by sync.
+pub const USERS: Stream = Stream {
+    name: "USERS",
+    base: "users",
+};
+
+impl Stream {
+    pub fn config(&self, topology: &Topology) -> StreamConfig {
+        StreamConfig::new(
+            self.name,
+            &[&format!("{}.*", self.base)],
+            topology.retention,
+        )
+    }
+
+    /// The subject of the partition that `key` belongs to.
+    pub fn subject(&self, topology: &Topology, key: &[u8]) -> String {
+        natter_bus::partition_subject(self.base, key, topology.partitions)
+    }
+}
+
+/// Creates the durable streams if they do not exist; safe to call from
+/// every service at start-up.
+pub async fn ensure_streams(bus: &dyn Bus, topology: &Topology) -> Result<()> {
+    for stream in [SEND, EVENTS, USERS] {
+        bus.ensure_stream(&stream.config(topology)).await?;
+    }
+    Ok(())
+}

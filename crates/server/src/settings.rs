@@ -1,0 +1,400 @@
+//! The settings every service shares: where the bus and the store are, how
+//! tokens are verified, the domain limits, and how long shutdown may take.
+//! One file configures a whole install; each service reads its own section
+//! beside these.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_auth::Verifier;
+use natter_bus::Bus;
+use natter_contract::Topology;
+use natter_core::Limits;
+use natter_store::{ConversationStore, SyncStore};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub bus: BusSettings,
+    pub store: StoreSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    /// How long a service waits for open calls and streams after SIGTERM.
+    pub grace_period_seconds: u64,
+    /// `json` (one object per line) or `pretty`.
+    pub log_format: String,
+    pub gateway: GatewaySettings,
+    pub storage: ServiceSettings,
+    pub sync: SyncSettings,
+    pub fanout: FanoutSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bus: BusSettings::default(),
+            store: StoreSettings::default(),
+            auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
+            grace_period_seconds: 10,
+            log_format: "json".into(),
+            gateway: GatewaySettings::default(),
+            storage: ServiceSettings::at("127.0.0.1:7200"),
+            sync: SyncSettings::default(),
+            fanout: FanoutSettings::default(),
+        }
+    }
+}
+
+/// A service with only a gRPC address to configure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Where the service's gRPC API listens.
+    pub grpc_addr: String,
+}
+
+impl ServiceSettings {
+    fn at(addr: &str) -> Self {
+        Self {
+            grpc_addr: addr.into(),
+        }
+    }
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self::at("127.0.0.1:0")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Where `GatewayService.Connect` (gRPC) listens.
+    pub grpc_addr: String,
+    /// Where the WebSocket endpoint `GET /v1/connect` listens.
+    pub http_addr: String,
+    /// Frames queued for one device before it counts as too slow and is
+    /// disconnected (it catches up on reconnect).
+    pub outbound_queue: usize,
+    /// Live updates held for one device while its catch-up runs.
+    pub max_held_updates: usize,
+    /// Largest client frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// How long a new connection may take to say hello.
+    pub hello_timeout_seconds: u64,
+    /// How long a send waits for storage before the device is told to retry.
+    pub send_timeout_seconds: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:7100".into(),
+            http_addr: "127.0.0.1:8080".into(),
+            outbound_queue: 256,
+            max_held_updates: 1024,
+            max_frame_bytes: 128 * 1024,
+            hello_timeout_seconds: 10,
+            send_timeout_seconds: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    pub grpc_addr: String,
+    /// Updates kept per user; a device further behind must resync.
+    pub retained_updates: u64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:7300".into(),
+            retained_updates: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutSettings {
+    pub grpc_addr: String,
+    /// Typing signals older than this are dropped.
+    pub typing_ttl_seconds: u64,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:7400".into(),
+            typing_ttl_seconds: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    /// NATS server URLs, comma-separated. Empty: the in-process bus, which
+    /// only works when all services run in one process.
+    pub nats_url: String,
+    /// Prepended to every subject and stream name.
+    pub prefix: String,
+    /// Partitions of each durable stream.
+    pub partitions: u32,
+    /// Copies of each stream: 1 on a single server, 3 in a cluster.
+    pub replicas: usize,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            nats_url: String::new(),
+            prefix: "natter".into(),
+            partitions: 16,
+            replicas: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// CQL contact points (`host:port`). Empty: the embedded store.
+    pub cql_nodes: Vec<String>,
+    pub keyspace: String,
+    /// The local datacenter of the CQL cluster.
+    pub datacenter: String,
+    pub replication_factor: u32,
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            cql_nodes: Vec::new(),
+            keyspace: "natter".into(),
+            datacenter: "datacenter1".into(),
+            replication_factor: 3,
+            data_dir: PathBuf::from("natter-data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 secret, at least 32 bytes (development).
+    pub hs256_secret: String,
+    /// A file holding the HS256 secret (for Kubernetes secrets).
+    pub hs256_secret_file: PathBuf,
+    /// A JWKS file with the RS256 or EdDSA keys tokens are signed with.
+    pub jwks_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_message_bytes: usize,
+    pub max_members: usize,
+    pub max_page_size: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_message_bytes: limits.max_message_bytes,
+            max_members: limits.max_members,
+            max_page_size: limits.max_page_size,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks everything that can be checked without connecting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.bus.nats_url;
+        if !url.is_empty()
+            && !url
+                .split(',')
+                .all(|u| u.starts_with("nats://") || u.starts_with("tls://"))
+        {
+            return Err(ConfigError::key(
+                "bus.nats_url",
+                "must be nats:// or tls:// URLs, comma-separated",
+            ));
+        }
+        if !(1..=1024).contains(&self.bus.partitions) {
+            return Err(ConfigError::key("bus.partitions", "must be 1 to 1024"));
+        }
+        if self.bus.replicas == 0 {
+            return Err(ConfigError::key("bus.replicas", "must be at least 1"));
+        }
+        natter_bus::Prefix::new(&self.bus.prefix)
+            .map_err(|e| ConfigError::key("bus.prefix", e.to_string()))?;
+        if self.store.cql_nodes.is_empty() && self.store.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::key(
+                "store.data_dir",
+                "is required when store.cql_nodes is empty",
+            ));
+        }
+        if self.limits.max_message_bytes == 0 || self.limits.max_message_bytes > 1 << 20 {
+            return Err(ConfigError::key(
+                "limits.max_message_bytes",
+                "must be 1 byte to 1 MiB",
+            ));
+        }
+        if self.limits.max_members == 0 {
+            return Err(ConfigError::key("limits.max_members", "must be positive"));
+        }
+        if self.limits.max_page_size == 0 {
+            return Err(ConfigError::key("limits.max_page_size", "must be positive"));
+        }
+        for (key, addr) in [
+            ("gateway.grpc_addr", &self.gateway.grpc_addr),
+            ("gateway.http_addr", &self.gateway.http_addr),
+            ("storage.grpc_addr", &self.storage.grpc_addr),
+            ("sync.grpc_addr", &self.sync.grpc_addr),
+            ("fanout.grpc_addr", &self.fanout.grpc_addr),
+        ] {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::key(key, format!("{addr:?} is not host:port: {e}")))?;
+        }
+        for (key, value) in [
+            ("gateway.outbound_queue", self.gateway.outbound_queue),
+            ("gateway.max_held_updates", self.gateway.max_held_updates),
+            ("gateway.max_frame_bytes", self.gateway.max_frame_bytes),
+            (
+                "gateway.hello_timeout_seconds",
+                self.gateway.hello_timeout_seconds as usize,
+            ),
+            (
+                "gateway.send_timeout_seconds",
+                self.gateway.send_timeout_seconds as usize,
+            ),
+            ("sync.retained_updates", self.sync.retained_updates as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be positive"));
+            }
+        }
+        if !matches!(self.log_format.as_str(), "json" | "pretty") {
+            return Err(ConfigError::key("log_format", "must be json or pretty"));
+        }
+        self.verifier().map(drop)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.limits.max_message_bytes,
+            max_members: self.limits.max_members,
+            max_page_size: self.limits.max_page_size,
+            ..Limits::default()
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology {
+            partitions: std::num::NonZeroU32::new(self.bus.partitions)
+                .unwrap_or(std::num::NonZeroU32::MIN),
+            ..Topology::default()
+        }
+    }
+
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs(self.grace_period_seconds)
+    }
+
+    /// The token verifier the auth settings describe: exactly one of the
+    /// secret, the secret file or the JWKS file.
+    pub fn verifier(&self) -> Result<Verifier, ConfigError> {
+        let auth = &self.auth;
+        let given = [
+            !auth.hs256_secret.is_empty(),
+            !auth.hs256_secret_file.as_os_str().is_empty(),
+            !auth.jwks_file.as_os_str().is_empty(),
+        ];
+        match given {
+            [true, false, false] => Verifier::hs256(auth.hs256_secret.as_bytes())
+                .map_err(|e| ConfigError::key("auth.hs256_secret", e.to_string())),
+            [false, true, false] => {
+                let secret = read("auth.hs256_secret_file", &auth.hs256_secret_file)?;
+                Verifier::hs256(secret.trim_end().as_bytes())
+                    .map_err(|e| ConfigError::key("auth.hs256_secret_file", e.to_string()))
+            }
+            [false, false, true] => {
+                let jwks = read("auth.jwks_file", &auth.jwks_file)?;
+                Verifier::jwks(&jwks).map_err(|e| ConfigError::key("auth.jwks_file", e.to_string()))
+            }
+            _ => Err(ConfigError::key(
+                "auth",
+                "set exactly one of hs256_secret, hs256_secret_file and jwks_file",
+            )),
+        }
+    }
+
+    /// Connects to NATS, or makes an in-process bus when no URL is set.
+    pub async fn connect_bus(&self) -> Result<Arc<dyn Bus>, natter_bus::BusError> {
+        if self.bus.nats_url.is_empty() {
+            return Ok(Arc::new(natter_bus::LocalBus::new(&self.bus.prefix)?));
+        }
+        let mut config = natter_bus_nats::NatsConfig::new(&self.bus.nats_url, &self.bus.prefix);
+        config.replicas = self.bus.replicas;
+        Ok(Arc::new(
+            natter_bus_nats::NatsBus::connect_with(config).await?,
+        ))
+    }
+
+    /// Opens the stores: the CQL cluster (running its migrations) or the
+    /// embedded store under `data_dir`.
+    pub async fn open_stores(&self) -> Result<Stores, natter_store::StoreError> {
+        if self.store.cql_nodes.is_empty() {
+            let store = Arc::new(natter_store_embedded::EmbeddedStore::open(
+                &self.store.data_dir,
+                self.limits(),
+            )?);
+            return Ok(Stores {
+                conversations: store.clone(),
+                sync: store,
+            });
+        }
+        let mut config =
+            natter_store_cql::CqlConfig::new(self.store.cql_nodes.clone(), &self.store.keyspace);
+        config.datacenter = self.store.datacenter.clone();
+        config.replication_factor = self.store.replication_factor;
+        config.limits = self.limits();
+        let store = Arc::new(natter_store_cql::CqlStore::connect(config).await?);
+        Ok(Stores {
+            conversations: store.clone(),
+            sync: store,
+        })
+    }
+}
+
+/// Both halves of the storage boundary, from one backend.
+#[derive(Clone)]
+pub struct Stores {
+    pub conversations: Arc<dyn ConversationStore>,
+    pub sync: Arc<dyn SyncStore>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stores")
+    }
+}
+
+fn read(key: &'static str, path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::key(key, format!("cannot read {}: {e}", path.display())))
+}
