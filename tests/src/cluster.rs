@@ -1,0 +1,330 @@
+//! Runs Natter's real binaries as child processes: the four services
+//! separately on real NATS and Cassandra, or all of them in one process
+//! on the embedded defaults.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use natter_auth::{Identity, Signer};
+use natter_core::{Role, TenantId, UserId};
+use natter_proto::v1::conversation_service_client::ConversationServiceClient;
+use natter_proto::v1::fanout_service_client::FanoutServiceClient;
+use natter_proto::v1::sync_service_client::SyncServiceClient;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const SECRET: &str = "end-to-end-test-secret-of-at-least-32-bytes";
+
+/// How the system under test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Four processes on the test NATS server and Cassandra node.
+    Separate,
+    /// `natter dev`: one process, in-process bus, embedded store.
+    Single,
+}
+
+/// One of the processes a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Gateway,
+    Storage,
+    Sync,
+    Fanout,
+    /// All four in one process (`natter dev`).
+    All,
+}
+
+impl Service {
+    pub const SEPARATE: [Service; 4] = [
+        Service::Storage,
+        Service::Sync,
+        Service::Fanout,
+        Service::Gateway,
+    ];
+
+    fn command(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Service::Gateway => ("natter-gateway", &[]),
+            Service::Storage => ("natter-storage", &[]),
+            Service::Sync => ("natter-sync", &[]),
+            Service::Fanout => ("natter-fanout", &[]),
+            Service::All => ("natter", &["dev"]),
+        }
+    }
+}
+
+/// Addresses of a running cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub gateway_grpc: SocketAddr,
+    pub gateway_http: SocketAddr,
+    pub storage: SocketAddr,
+    pub sync: SocketAddr,
+    pub fanout: SocketAddr,
+}
+
+/// A running Natter; every process is killed when it drops.
+#[derive(Debug)]
+pub struct Cluster {
+    pub mode: Mode,
+    pub addrs: Addrs,
+    config: PathBuf,
+    dir: PathBuf,
+    children: HashMap<Service, Child>,
+    signer: Signer,
+    tenant: TenantId,
+}
+
+impl Cluster {
+    pub async fn start(mode: Mode) -> Cluster {
+        let name = natter_testkit::unique_name("e2e");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).expect("create the cluster's directory");
+        let addrs = Addrs {
+            gateway_grpc: free_port(),
+            gateway_http: free_port(),
+            storage: free_port(),
+            sync: free_port(),
+            fanout: free_port(),
+        };
+        let infra = match mode {
+            Mode::Separate => format!(
+                "[bus]\nnats_url = {:?}\nprefix = {name:?}\npartitions = 4\n\n\
+                 [store]\ncql_nodes = [{:?}]\nkeyspace = {name:?}\ndatacenter = {:?}\nreplication_factor = 1\n",
+                natter_testkit::nats_url(),
+                natter_testkit::cql_node(),
+                natter_testkit::cql_datacenter(),
+            ),
+            Mode::Single => format!(
+                "[bus]\nprefix = {name:?}\npartitions = 4\n\n[store]\ndata_dir = {:?}\n",
+                dir.join("data")
+            ),
+        };
+        let config = dir.join("natter.toml");
+        let settings = format!(
+            "log_format = \"json\"\ngrace_period_seconds = 2\n\n{infra}\n\
+             [auth]\nhs256_secret = {SECRET:?}\n\n\
+             [gateway]\ngrpc_addr = \"{}\"\nhttp_addr = \"{}\"\n\n\
+             [storage]\ngrpc_addr = \"{}\"\n\n[sync]\ngrpc_addr = \"{}\"\n\n[fanout]\ngrpc_addr = \"{}\"\n",
+            addrs.gateway_grpc, addrs.gateway_http, addrs.storage, addrs.sync, addrs.fanout,
+        );
+        std::fs::write(&config, settings).expect("write the cluster's settings");
+
+        let mut cluster = Cluster {
+            mode,
+            addrs,
+            config,
+            dir,
+            children: HashMap::new(),
+            signer: Signer::hs256(SECRET.as_bytes()),
+            tenant: TenantId::new(natter_testkit::unique_name("tenant")).expect("tenant id"),
+        };
+        for service in cluster.services() {
+            cluster.spawn(service);
+        }
+        for service in cluster.services() {
+            cluster.wait_serving(service).await;
+        }
+        cluster
+    }
+
+    /// The processes this cluster runs.
+    pub fn services(&self) -> Vec<Service> {
+        match self.mode {
+            Mode::Separate => Service::SEPARATE.to_vec(),
+            Mode::Single => vec![Service::All],
+        }
+    }
+
+    fn spawn(&mut self, service: Service) {
+        let (binary, args) = service.command();
+        let path = binary_path(binary);
+        let log = self.dir.join(format!("{binary}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the service log");
+        let child = Command::new(&path)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().expect("clone the log handle")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        self.children.insert(service, child);
+    }
+
+    async fn wait_serving(&mut self, service: Service) {
+        let addrs = match service {
+            Service::Gateway => vec![self.addrs.gateway_grpc],
+            Service::Storage => vec![self.addrs.storage],
+            Service::Sync => vec![self.addrs.sync],
+            Service::Fanout => vec![self.addrs.fanout],
+            Service::All => vec![
+                self.addrs.gateway_grpc,
+                self.addrs.storage,
+                self.addrs.sync,
+                self.addrs.fanout,
+            ],
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for addr in addrs {
+            loop {
+                if let Some(child) = self.children.get_mut(&service)
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!(
+                        "{service:?} exited with {status} while starting; log:\n{}",
+                        self.log_tail(service)
+                    );
+                }
+                if serving(addr).await {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{service:?} is not serving on {addr} after 90 s; log:\n{}",
+                    self.log_tail(service)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Kills a process with SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self, service: Service) {
+        if let Some(mut child) = self.children.remove(&service) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed process again and waits until it serves.
+    pub async fn restart(&mut self, service: Service) {
+        self.kill(service);
+        self.spawn(service);
+        self.wait_serving(service).await;
+    }
+
+    /// The last lines a process logged, for failure messages.
+    pub fn log_tail(&self, service: Service) -> String {
+        let log = self.dir.join(format!("{}.log", service.command().0));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The tenant this cluster's tests act in.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// A token for `user` in this cluster's tenant.
+    pub fn token(&self, user: &str, role: Role) -> String {
+        self.token_in(&self.tenant.clone(), user, role)
+    }
+
+    pub fn token_in(&self, tenant: &TenantId, user: &str, role: Role) -> String {
+        let identity = Identity {
+            tenant: tenant.clone(),
+            user: UserId::new(user).expect("user id"),
+            role,
+        };
+        self.signer.token(&identity, 3600).expect("sign a token")
+    }
+
+    pub async fn conversations(&self) -> ConversationServiceClient<Channel> {
+        ConversationServiceClient::new(channel(self.addrs.storage).await)
+    }
+
+    pub async fn sync(&self) -> SyncServiceClient<Channel> {
+        SyncServiceClient::new(channel(self.addrs.sync).await)
+    }
+
+    pub async fn fanout(&self) -> FanoutServiceClient<Channel> {
+        FanoutServiceClient::new(channel(self.addrs.fanout).await)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A request carrying `token` as its bearer.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"))
+}
+
+async fn serving(addr: SocketAddr) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let check = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    check.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// The binaries are built beside the test executable (`target/<profile>`);
+/// `scripts/test` builds them before running tests.
+fn binary_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`), \
+         which `scripts/test` does",
+        path.display()
+    );
+    path
+}

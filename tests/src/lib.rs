@@ -1,0 +1,9 @@
+//! The end-to-end harness: run Natter as its users would (the real binaries
+//! on real infrastructure) and drive it as clients would.
+
+pub mod cluster;
+pub mod device;
+pub mod scenarios;
+
+pub use cluster::{Cluster, Mode, Service, authed};
+pub use device::{Closed, Device, Outbound, Transport};

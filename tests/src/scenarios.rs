@@ -1,0 +1,460 @@
+//! The scenarios every deployment mode must pass, written once and run
+//! against each mode and transport by the test files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natter_core::Role;
+use natter_proto::v1::client_frame::Frame as ClientKind;
+use natter_proto::v1::{
+    ClientFrame, CreateConversationRequest, ListMessagesRequest, MessageContent, NewMember, Read,
+    SendMessageRequest, event, list_messages_request, message_content,
+};
+use tokio::sync::Mutex;
+
+use crate::cluster::{Cluster, Mode, authed};
+use crate::device::{Device, Outbound, Transport, event_kind, text_of};
+
+const INVALID_ARGUMENT: i32 = 3;
+const NOT_FOUND: i32 = 5;
+const PERMISSION_DENIED: i32 = 7;
+const UNAUTHENTICATED: i32 = 16;
+
+fn role_wire(role: Role) -> i32 {
+    natter_proto::v1::Role::from(role) as i32
+}
+
+/// Creates a conversation of `members` through the public API, acting as
+/// the tenant's backend.
+pub async fn conversation(cluster: &Cluster, members: &[(&str, Role)]) -> String {
+    let admin = cluster.token("crm", Role::Service);
+    let request = CreateConversationRequest {
+        conversation_id: String::new(),
+        subject: "Order #1234".into(),
+        members: members
+            .iter()
+            .map(|(user, role)| NewMember {
+                user_id: (*user).into(),
+                role: role_wire(*role),
+            })
+            .collect(),
+    };
+    cluster
+        .conversations()
+        .await
+        .create_conversation(authed(&admin, request))
+        .await
+        .expect("create a conversation")
+        .into_inner()
+        .conversation
+        .expect("the created conversation")
+        .conversation_id
+}
+
+async fn device(cluster: &Cluster, transport: Transport, user: &str, role: Role, id: &str) -> Device {
+    device_at(cluster, transport, user, role, id, 0).await
+}
+
+async fn device_at(
+    cluster: &Cluster,
+    transport: Transport,
+    user: &str,
+    role: Role,
+    id: &str,
+    cursor: u64,
+) -> Device {
+    Device::connect(cluster, transport, &cluster.token(user, role), id, cursor)
+        .await
+        .unwrap_or_else(|closed| panic!("{user}/{id} could not connect: {closed:?}"))
+}
+
+/// A customer on web and phone and an agent: each message reaches every
+/// member's devices, the sender's other device included, in order.
+pub async fn two_devices_and_an_agent(mode: Mode, transport: Transport) {
+    let cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let mut web = device(&cluster, transport, "alice", Role::Customer, "web").await;
+    let mut phone = device(&cluster, Transport::Grpc, "alice", Role::Customer, "phone").await;
+    let mut agent = device(&cluster, transport, "bob", Role::Agent, "console").await;
+
+    for (i, text) in ["hello", "my order is late", "order 1234"].iter().enumerate() {
+        let ack = web
+            .send_text(&conv, &format!("w{i}"), text)
+            .await
+            .expect("the send is acknowledged");
+        assert_eq!(ack.seq, i as u64 + 1);
+    }
+    for receiver in [&mut phone, &mut agent, &mut web] {
+        let got = receiver.messages(&conv, 3).await;
+        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(text_of(&got[1]), "my order is late");
+        assert!(got.iter().all(|m| m.sender_id == "alice"));
+    }
+
+    let reply = agent
+        .send_text(&conv, "r0", "sorry, checking now")
+        .await
+        .expect("the reply is acknowledged");
+    assert_eq!(reply.seq, 4);
+    for receiver in [&mut web, &mut phone] {
+        let got = receiver.messages(&conv, 1).await;
+        assert_eq!(got[0].seq, 4);
+        assert_eq!(got[0].sender_id, "bob");
+        assert_eq!(text_of(&got[0]), "sorry, checking now");
+    }
+}
+
+/// A device that was away gets exactly what it missed, in order, then
+/// continues live without a gap or a repeat at the hand-off.
+pub async fn offline_device_catches_up(mode: Mode, transport: Transport) {
+    let cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let mut phone = device(&cluster, transport, "alice", Role::Customer, "phone").await;
+    let mut agent = device(&cluster, Transport::Grpc, "bob", Role::Agent, "console").await;
+
+    agent.send_text(&conv, "hi", "hi").await.expect("ack");
+    phone.messages(&conv, 1).await;
+    phone.ack().await;
+    let cursor = phone.cursor;
+    drop(phone);
+
+    for i in 0..200 {
+        agent
+            .send_text(&conv, &format!("away-{i}"), &format!("away {i}"))
+            .await
+            .expect("ack");
+    }
+    let mut phone = device_at(&cluster, transport, "alice", Role::Customer, "phone", cursor).await;
+    let missed = phone.messages(&conv, 200).await;
+    assert_eq!(
+        missed.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (2..=201).collect::<Vec<_>>(),
+        "exactly the missed messages, in order"
+    );
+    assert_eq!(text_of(&missed[199]), "away 199");
+
+    for i in 0..5 {
+        agent
+            .send_text(&conv, &format!("live-{i}"), "live")
+            .await
+            .expect("ack");
+    }
+    // `updates` checks every cursor is the previous plus one.
+    let live = phone.messages(&conv, 5).await;
+    assert_eq!(
+        live.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (202..=206).collect::<Vec<_>>()
+    );
+}
+
+/// A retried send is stored once; reading on one device shows on the
+/// user's other devices and to the other members.
+pub async fn retries_and_read_markers(mode: Mode, transport: Transport) {
+    let cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let mut web = device(&cluster, transport, "alice", Role::Customer, "web").await;
+    let mut phone = device(&cluster, transport, "alice", Role::Customer, "phone").await;
+    let mut agent = device(&cluster, transport, "bob", Role::Agent, "console").await;
+
+    let first = web.send_text(&conv, "same", "once").await.expect("ack");
+    let retry = web.send_text(&conv, "same", "once").await.expect("ack");
+    assert_eq!((retry.message_id.as_str(), retry.seq), (first.message_id.as_str(), first.seq));
+    let next = web.send_text(&conv, "after", "after").await.expect("ack");
+    assert_eq!(next.seq, first.seq + 1, "the retry took no seq");
+
+    // Through the backend API too.
+    let backend = cluster.token("crm", Role::Service);
+    let send = || SendMessageRequest {
+        conversation_id: conv.clone(),
+        client_message_id: "api-1".into(),
+        content: Some(MessageContent {
+            kind: Some(message_content::Kind::Text("from the crm".into())),
+        }),
+    };
+    let mut api = cluster.conversations().await;
+    let a = api.send_message(authed(&backend, send())).await.expect("send").into_inner();
+    let b = api.send_message(authed(&backend, send())).await.expect("resend").into_inner();
+    assert_eq!(a.message, b.message);
+    assert!(b.duplicate);
+
+    let got = phone.messages(&conv, 3).await;
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+
+    web.send(ClientKind::Read(Read {
+        conversation_id: conv.clone(),
+        seq: 2,
+    }))
+    .await;
+    for receiver in [&mut phone, &mut agent] {
+        let marker = receiver
+            .expect(|frame| {
+                let Some(natter_proto::v1::server_frame::Frame::Update(update)) = &frame.frame else {
+                    return None;
+                };
+                match event_kind(update) {
+                    Some(event::Kind::ReadMarker(marker)) => Some(marker.clone()),
+                    _ => None,
+                }
+            })
+            .await;
+        assert_eq!((marker.user_id.as_str(), marker.seq), ("alice", 2));
+    }
+}
+
+/// Nobody reads or sends outside their conversations or their tenant; bad
+/// input gets a precise error and the gateway keeps serving.
+pub async fn access_and_bad_input(mode: Mode, transport: Transport) {
+    let cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let mut alice = device(&cluster, transport, "alice", Role::Customer, "web").await;
+    let mut eve = device(&cluster, transport, "eve", Role::Customer, "web").await;
+
+    let denied = eve.send_text(&conv, "e1", "let me in").await.expect_err("denied");
+    assert_eq!((denied.code, denied.reason.as_str()), (PERMISSION_DENIED, "NOT_A_MEMBER"));
+    let listing = cluster
+        .conversations()
+        .await
+        .list_messages(authed(
+            &cluster.token("eve", Role::Customer),
+            ListMessagesRequest {
+                conversation_id: conv.clone(),
+                start: Some(list_messages_request::Start::AfterSeq(0)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("eve may not read");
+    assert_eq!(listing.code(), tonic::Code::PermissionDenied);
+
+    // Another tenant's user with a valid token does not even see it.
+    let other = natter_core::TenantId::new(natter_testkit::unique_name("other")).expect("tenant");
+    let mut mallory = Device::connect(
+        &cluster,
+        transport,
+        &cluster.token_in(&other, "alice", Role::Customer),
+        "web",
+        0,
+    )
+    .await
+    .expect("a valid token of another tenant connects");
+    let foreign = mallory.send_text(&conv, "m1", "hello?").await.expect_err("denied");
+    assert_eq!(foreign.code, NOT_FOUND);
+
+    // Each kind of bad input, on one session that stays open.
+    let empty = alice.send_text(&conv, "b1", "   ").await.expect_err("empty");
+    assert_eq!((empty.code, empty.field.as_str()), (INVALID_ARGUMENT, "content.text"));
+    let oversized = alice
+        .send_text(&conv, "b2", &"x".repeat(64 * 1024 + 1))
+        .await
+        .expect_err("oversized");
+    assert_eq!(oversized.code, INVALID_ARGUMENT);
+    let unknown = alice
+        .send_text(&conv_unknown(), "b3", "anyone?")
+        .await
+        .expect_err("unknown conversation");
+    assert_eq!(unknown.code, NOT_FOUND);
+    let malformed = alice.send_text("not-a-uuid", "b4", "hi").await.expect_err("bad id");
+    assert_eq!(
+        (malformed.code, malformed.field.as_str()),
+        (INVALID_ARGUMENT, "conversation_id")
+    );
+    alice.send_raw(Outbound::Frame(ClientFrame { frame: None })).await;
+    assert_eq!(alice.error().await.code, INVALID_ARGUMENT);
+    if transport == Transport::WsJson {
+        alice
+            .send_raw(Outbound::Raw(tokio_tungstenite::tungstenite::Message::Text(
+                "{\"send\": 42".into(),
+            )))
+            .await;
+        assert_eq!(alice.error().await.code, INVALID_ARGUMENT);
+        alice
+            .send_raw(Outbound::Raw(tokio_tungstenite::tungstenite::Message::Text(
+                "{\"teleport\": {}}".into(),
+            )))
+            .await;
+        assert_eq!(alice.error().await.code, INVALID_ARGUMENT);
+    }
+    let ok = alice.send_text(&conv, "b5", "still here").await.expect("served");
+    assert_eq!(ok.seq, 1, "nothing was half-written by the rejected sends");
+
+    // Bad tokens end the session before anything else.
+    let garbage = Device::connect(&cluster, transport, "garbage", "web", 0)
+        .await
+        .expect_err("garbage token");
+    assert_unauthenticated(transport, &garbage);
+    let expired = natter_auth::Signer::hs256(b"end-to-end-test-secret-of-at-least-32-bytes")
+        .token_expiring_at(
+            &natter_auth::Identity {
+                tenant: cluster.tenant().clone(),
+                user: natter_core::UserId::new("alice").expect("user"),
+                role: Role::Customer,
+            },
+            1_000,
+        )
+        .expect("token");
+    let expired = Device::connect(&cluster, transport, &expired, "web", 0)
+        .await
+        .expect_err("expired token");
+    assert_unauthenticated(transport, &expired);
+
+    // And the gateway still serves everyone else.
+    let mut bob = device(&cluster, transport, "bob", Role::Agent, "console").await;
+    assert_eq!(bob.messages(&conv, 1).await[0].seq, 1);
+}
+
+fn conv_unknown() -> String {
+    natter_core::ConversationId::generate().to_string()
+}
+
+fn assert_unauthenticated(transport: Transport, closed: &crate::device::Closed) {
+    match transport {
+        Transport::Grpc => assert_eq!(closed.code, UNAUTHENTICATED, "{closed:?}"),
+        // 1008: policy violation, the close code for a refused credential.
+        Transport::WsJson | Transport::WsProto => assert_eq!(closed.code, 1008, "{closed:?}"),
+    }
+    assert!(!closed.reason.is_empty(), "the close says why");
+}
+
+/// Kills each process in turn with SIGKILL while messages flow and starts
+/// it again: no acknowledged message is lost or stored twice, and every
+/// device converges on the same history.
+pub async fn survives_kill_9(mode: Mode) {
+    let mut cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let victims = cluster.services();
+
+    for (round, victim) in victims.into_iter().enumerate() {
+        let sender = tokio::spawn(send_until_stopped(
+            cluster.token("bob", Role::Agent),
+            cluster.addrs,
+            conv.clone(),
+            format!("round{round}"),
+            acked.clone(),
+            Duration::from_secs(3),
+        ));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        cluster.kill(victim);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.restart(victim).await;
+        sender.await.expect("sender task");
+    }
+
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() >= 8, "traffic flowed: {} acknowledged", acked.len());
+
+    // Storage holds every acknowledged message exactly once, gap-free.
+    let history = list_all(&cluster, &conv).await;
+    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "gap-free");
+    let by_key: BTreeMap<&str, u64> = history
+        .iter()
+        .map(|m| (m.client_message_id.as_str(), m.seq))
+        .collect();
+    assert_eq!(by_key.len(), history.len(), "no message stored twice");
+    for (key, seq) in &acked {
+        assert_eq!(by_key.get(key.as_str()), Some(seq), "acknowledged {key} kept its seq");
+    }
+
+    // Every member's fresh device converges on that history.
+    for (user, role) in [("alice", Role::Customer), ("bob", Role::Agent)] {
+        let mut fresh = Device::connect(
+            &cluster,
+            Transport::Grpc,
+            &cluster.token(user, role),
+            "fresh",
+            0,
+        )
+        .await
+        .expect("connect");
+        let got = fresh.messages(&conv, history.len()).await;
+        let ids: BTreeSet<&str> = got.iter().map(|m| m.message_id.as_str()).collect();
+        assert_eq!(ids.len(), history.len(), "{user} sees each message once");
+        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs, "{user} in order");
+    }
+}
+
+/// Sends for `duration` like a well-behaved client: every send is retried
+/// with its client message id until acknowledged, reconnecting as needed.
+async fn send_until_stopped(
+    token: String,
+    addrs: crate::cluster::Addrs,
+    conv: String,
+    round: String,
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    duration: Duration,
+) {
+    let stop = Instant::now() + duration;
+    let mut i = 0;
+    while Instant::now() < stop {
+        let key = format!("{round}-{i}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "{key} never acknowledged");
+            match try_send(&token, addrs, &conv, &key).await {
+                Some(seq) => {
+                    acked.lock().await.insert(key.clone(), seq);
+                    break;
+                }
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        i += 1;
+    }
+}
+
+async fn try_send(token: &str, addrs: crate::cluster::Addrs, conv: &str, key: &str) -> Option<u64> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs.storage))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .ok()?;
+    let mut api =
+        natter_proto::v1::conversation_service_client::ConversationServiceClient::new(channel);
+    let response = api
+        .send_message(authed(
+            token,
+            SendMessageRequest {
+                conversation_id: conv.into(),
+                client_message_id: key.into(),
+                content: Some(MessageContent {
+                    kind: Some(message_content::Kind::Text(key.into())),
+                }),
+            },
+        ))
+        .await
+        .ok()?;
+    response.into_inner().message.map(|m| m.seq)
+}
+
+async fn list_all(cluster: &Cluster, conv: &str) -> Vec<natter_proto::v1::Message> {
+    let token = cluster.token("crm", Role::Service);
+    let mut api = cluster.conversations().await;
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = api
+            .list_messages(authed(
+                &token,
+                ListMessagesRequest {
+                    conversation_id: conv.into(),
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    start: page_token
+                        .is_empty()
+                        .then_some(list_messages_request::Start::AfterSeq(0)),
+                },
+            ))
+            .await
+            .expect("list messages")
+            .into_inner();
+        all.extend(page.messages);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}

@@ -1,0 +1,52 @@
+//! Every scenario against both ways Natter runs: the four services as
+//! separate processes on real NATS and Cassandra (`separate`), and all of
+//! it in one process on the embedded defaults, `natter dev` (`single`).
+
+macro_rules! scenarios {
+    ($name:ident, $mode:expr) => {
+        mod $name {
+            use natter_tests::scenarios;
+            use natter_tests::{Mode, Transport};
+
+            const MODE: Mode = $mode;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_devices_and_an_agent_over_grpc() {
+                scenarios::two_devices_and_an_agent(MODE, Transport::Grpc).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_devices_and_an_agent_over_websocket() {
+                scenarios::two_devices_and_an_agent(MODE, Transport::WsJson).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn offline_device_catches_up_over_websocket() {
+                scenarios::offline_device_catches_up(MODE, Transport::WsProto).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retries_and_read_markers_over_grpc() {
+                scenarios::retries_and_read_markers(MODE, Transport::Grpc).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn access_and_bad_input_over_websocket() {
+                scenarios::access_and_bad_input(MODE, Transport::WsJson).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn access_and_bad_input_over_grpc() {
+                scenarios::access_and_bad_input(MODE, Transport::Grpc).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn survives_kill_9() {
+                scenarios::survives_kill_9(MODE).await;
+            }
+        }
+    };
+}
+
+scenarios!(separate, Mode::Separate);
+scenarios!(single, Mode::Single);
