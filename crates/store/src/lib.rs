@@ -139,7 +139,9 @@ pub trait ConversationStore: Send + Sync + 'static {
         user: &UserId,
     ) -> Result<Option<Member>>;
 
-    /// Members in user id order.
+    /// Members, each exactly once, in an order that is stable across pages
+    /// (user id order within an implementation-defined grouping: the CQL
+    /// store shards big rooms by user).
     async fn list_members(
         &self,
         tenant: &TenantId,

@@ -1,0 +1,388 @@
+//! Every statement the store runs, prepared once at connect. Each reads or
+//! writes a single partition, and every read carries a LIMIT.
+
+use natter_store::{Result, StoreError};
+use scylla::client::session::Session;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+
+const MESSAGE_COLUMNS: &str = "seq, message_id, sender_id, client_message_id, sent_at, content";
+const MEMBER_COLUMNS: &str = "role, joined_at, read_seq";
+const DEVICE_COLUMNS: &str = "label, sync_cursor, last_seen, revoked";
+
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) conversation_insert: PreparedStatement,
+    pub(crate) conversation_get: PreparedStatement,
+    pub(crate) conversation_set_count: PreparedStatement,
+    pub(crate) conversation_set_hint: PreparedStatement,
+
+    pub(crate) message_insert: PreparedStatement,
+    pub(crate) message_tail: PreparedStatement,
+    pub(crate) message_get: PreparedStatement,
+    pub(crate) message_get_serial: PreparedStatement,
+    pub(crate) messages_after: PreparedStatement,
+    pub(crate) messages_through_desc: PreparedStatement,
+    pub(crate) message_ids_after: PreparedStatement,
+    pub(crate) message_ids_after_serial: PreparedStatement,
+
+    pub(crate) key_claim: PreparedStatement,
+    pub(crate) key_get_serial: PreparedStatement,
+    pub(crate) key_take_over: PreparedStatement,
+    pub(crate) key_set_seq: PreparedStatement,
+    pub(crate) key_release: PreparedStatement,
+
+    pub(crate) member_insert: PreparedStatement,
+    pub(crate) member_get: PreparedStatement,
+    pub(crate) member_delete: PreparedStatement,
+    pub(crate) members_after: PreparedStatement,
+    pub(crate) member_mark_read: PreparedStatement,
+
+    pub(crate) user_conversation_put: PreparedStatement,
+    pub(crate) user_conversation_delete: PreparedStatement,
+    pub(crate) user_conversations_first: PreparedStatement,
+    pub(crate) user_conversations_before: PreparedStatement,
+    pub(crate) user_bucket_put: PreparedStatement,
+    pub(crate) user_buckets_through: PreparedStatement,
+
+    pub(crate) log_insert: PreparedStatement,
+    pub(crate) log_tail: PreparedStatement,
+    pub(crate) log_after: PreparedStatement,
+    pub(crate) log_drop_bucket: PreparedStatement,
+    pub(crate) log_meta_get: PreparedStatement,
+    pub(crate) log_meta_set_head: PreparedStatement,
+    pub(crate) log_meta_trim: PreparedStatement,
+    pub(crate) log_meta_set_swept: PreparedStatement,
+
+    pub(crate) device_get: PreparedStatement,
+    pub(crate) devices_after: PreparedStatement,
+    pub(crate) device_insert: PreparedStatement,
+    pub(crate) device_touch: PreparedStatement,
+    pub(crate) device_save_cursor: PreparedStatement,
+    pub(crate) device_revoke: PreparedStatement,
+}
+
+impl Statements {
+    pub(crate) async fn prepare(
+        session: &Session,
+        keyspace: &str,
+        serial: Consistency,
+    ) -> Result<Self> {
+        let p = Preparer {
+            session,
+            keyspace,
+            serial,
+        };
+        Ok(Self {
+            conversation_insert: p
+                .lwt(
+                    "INSERT INTO {ks}.conversations \
+                     (conversation_id, tenant_id, subject, created_by, created_at, member_count) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            conversation_get: p
+                .read(
+                    "SELECT tenant_id, subject, created_by, created_at, member_count, last_seq \
+                     FROM {ks}.conversations WHERE conversation_id = ?",
+                )
+                .await?,
+            conversation_set_count: p
+                .lwt(
+                    "UPDATE {ks}.conversations SET member_count = ? \
+                     WHERE conversation_id = ? IF member_count = ?",
+                )
+                .await?,
+            conversation_set_hint: p
+                .write("UPDATE {ks}.conversations SET last_seq = ? WHERE conversation_id = ?")
+                .await?,
+
+            message_insert: p
+                .lwt(
+                    "INSERT INTO {ks}.messages (conversation_id, bucket, seq, message_id, \
+                     sender_id, client_message_id, sent_at, content) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            message_tail: p
+                .read(
+                    "SELECT seq FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? \
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .await?,
+            message_get: p
+                .read(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND seq = ?"
+                ))
+                .await?,
+            message_get_serial: p
+                .serial_read(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND seq = ?"
+                ))
+                .await?,
+            messages_after: p
+                .read(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND seq > ? LIMIT ?"
+                ))
+                .await?,
+            messages_through_desc: p
+                .read(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND seq <= ? \
+                     ORDER BY seq DESC LIMIT ?"
+                ))
+                .await?,
+            message_ids_after: p
+                .read(
+                    "SELECT seq, message_id FROM {ks}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND seq > ? LIMIT ?",
+                )
+                .await?,
+            message_ids_after_serial: p
+                .serial_read(
+                    "SELECT seq, message_id FROM {ks}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND seq > ? LIMIT ?",
+                )
+                .await?,
+
+            key_claim: p
+                .lwt(
+                    "INSERT INTO {ks}.message_keys (conversation_id, sender_id, client_message_id, \
+                     message_id, base_seq, claim_id, claimed_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            key_get_serial: p
+                .serial_read(
+                    "SELECT message_id, seq, base_seq, claim_id, claimed_at FROM {ks}.message_keys \
+                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ?",
+                )
+                .await?,
+            key_take_over: p
+                .lwt(
+                    "UPDATE {ks}.message_keys \
+                     SET message_id = ?, base_seq = ?, claim_id = ?, claimed_at = ? \
+                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ? \
+                     IF seq = null AND claim_id = ?",
+                )
+                .await?,
+            key_set_seq: p
+                .write(
+                    "UPDATE {ks}.message_keys SET seq = ? \
+                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ?",
+                )
+                .await?,
+            key_release: p
+                .lwt(
+                    "DELETE FROM {ks}.message_keys \
+                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ? \
+                     IF seq = null AND claim_id = ?",
+                )
+                .await?,
+
+            member_insert: p
+                .lwt(
+                    "INSERT INTO {ks}.members \
+                     (conversation_id, shard, user_id, role, joined_at, read_seq) \
+                     VALUES (?, ?, ?, ?, ?, 0) IF NOT EXISTS",
+                )
+                .await?,
+            member_get: p
+                .read(&format!(
+                    "SELECT {MEMBER_COLUMNS} FROM {{ks}}.members \
+                     WHERE conversation_id = ? AND shard = ? AND user_id = ?"
+                ))
+                .await?,
+            member_delete: p
+                .lwt(
+                    "DELETE FROM {ks}.members \
+                     WHERE conversation_id = ? AND shard = ? AND user_id = ? IF EXISTS",
+                )
+                .await?,
+            members_after: p
+                .read(&format!(
+                    "SELECT user_id, {MEMBER_COLUMNS} FROM {{ks}}.members \
+                     WHERE conversation_id = ? AND shard = ? AND user_id > ? LIMIT ?"
+                ))
+                .await?,
+            member_mark_read: p
+                .lwt(
+                    "UPDATE {ks}.members SET read_seq = ? \
+                     WHERE conversation_id = ? AND shard = ? AND user_id = ? IF read_seq < ?",
+                )
+                .await?,
+
+            user_conversation_put: p
+                .write(
+                    "INSERT INTO {ks}.user_conversations \
+                     (tenant_id, user_id, bucket, conversation_id) VALUES (?, ?, ?, ?)",
+                )
+                .await?,
+            user_conversation_delete: p
+                .write(
+                    "DELETE FROM {ks}.user_conversations WHERE tenant_id = ? AND user_id = ? \
+                     AND bucket = ? AND conversation_id = ?",
+                )
+                .await?,
+            user_conversations_first: p
+                .read(
+                    "SELECT conversation_id FROM {ks}.user_conversations \
+                     WHERE tenant_id = ? AND user_id = ? AND bucket = ? LIMIT ?",
+                )
+                .await?,
+            user_conversations_before: p
+                .read(
+                    "SELECT conversation_id FROM {ks}.user_conversations \
+                     WHERE tenant_id = ? AND user_id = ? AND bucket = ? \
+                     AND conversation_id < ? LIMIT ?",
+                )
+                .await?,
+            user_bucket_put: p
+                .write(
+                    "INSERT INTO {ks}.user_conversation_buckets (tenant_id, user_id, bucket) \
+                     VALUES (?, ?, ?)",
+                )
+                .await?,
+            user_buckets_through: p
+                .read(
+                    "SELECT bucket FROM {ks}.user_conversation_buckets \
+                     WHERE tenant_id = ? AND user_id = ? AND bucket <= ? LIMIT ?",
+                )
+                .await?,
+
+            log_insert: p
+                .lwt(
+                    "INSERT INTO {ks}.user_logs \
+                     (tenant_id, user_id, bucket, position, event, written_at) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            log_tail: p
+                .read(
+                    "SELECT position FROM {ks}.user_logs \
+                     WHERE tenant_id = ? AND user_id = ? AND bucket = ? \
+                     ORDER BY position DESC LIMIT 1",
+                )
+                .await?,
+            log_after: p
+                .read(
+                    "SELECT position, event FROM {ks}.user_logs \
+                     WHERE tenant_id = ? AND user_id = ? AND bucket = ? AND position > ? LIMIT ?",
+                )
+                .await?,
+            log_drop_bucket: p
+                .write(
+                    "DELETE FROM {ks}.user_logs WHERE tenant_id = ? AND user_id = ? AND bucket = ?",
+                )
+                .await?,
+            log_meta_get: p
+                .read(
+                    "SELECT head_hint, trimmed_through, swept_bucket FROM {ks}.user_log_meta \
+                     WHERE tenant_id = ? AND user_id = ?",
+                )
+                .await?,
+            log_meta_set_head: p
+                .write(
+                    "UPDATE {ks}.user_log_meta SET head_hint = ? \
+                     WHERE tenant_id = ? AND user_id = ?",
+                )
+                .await?,
+            log_meta_trim: p
+                .lwt(
+                    "UPDATE {ks}.user_log_meta SET trimmed_through = ? \
+                     WHERE tenant_id = ? AND user_id = ? IF trimmed_through = ?",
+                )
+                .await?,
+            log_meta_set_swept: p
+                .write(
+                    "UPDATE {ks}.user_log_meta SET swept_bucket = ? \
+                     WHERE tenant_id = ? AND user_id = ?",
+                )
+                .await?,
+
+            device_get: p
+                .read(&format!(
+                    "SELECT {DEVICE_COLUMNS} FROM {{ks}}.devices \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id = ?"
+                ))
+                .await?,
+            devices_after: p
+                .read(&format!(
+                    "SELECT device_id, {DEVICE_COLUMNS} FROM {{ks}}.devices \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id > ? LIMIT ?"
+                ))
+                .await?,
+            device_insert: p
+                .lwt(
+                    "INSERT INTO {ks}.devices (tenant_id, user_id, device_id, label, sync_cursor, \
+                     last_seen, revoked) VALUES (?, ?, ?, ?, 0, ?, false) IF NOT EXISTS",
+                )
+                .await?,
+            device_touch: p
+                .lwt(
+                    "UPDATE {ks}.devices SET label = ?, last_seen = ? \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id = ? IF revoked = false",
+                )
+                .await?,
+            device_save_cursor: p
+                .lwt(
+                    "UPDATE {ks}.devices SET sync_cursor = ? \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id = ? \
+                     IF revoked = false AND sync_cursor < ?",
+                )
+                .await?,
+            device_revoke: p
+                .lwt(
+                    "UPDATE {ks}.devices SET revoked = true \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id = ? IF EXISTS",
+                )
+                .await?,
+        })
+    }
+}
+
+struct Preparer<'a> {
+    session: &'a Session,
+    keyspace: &'a str,
+    serial: Consistency,
+}
+
+impl Preparer<'_> {
+    async fn prepare(&self, cql: &str) -> Result<PreparedStatement> {
+        let cql = cql.replace("{ks}", self.keyspace);
+        self.session
+            .prepare(cql.as_str())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cql prepare {cql:?}: {e}")))
+    }
+
+    /// A read the driver may retry on another replica.
+    async fn read(&self, cql: &str) -> Result<PreparedStatement> {
+        let mut statement = self.prepare(cql).await?;
+        statement.set_is_idempotent(true);
+        Ok(statement)
+    }
+
+    /// A linearizable read: it also completes any LWT left half-done on
+    /// the partition, so what it returns cannot change under the caller.
+    async fn serial_read(&self, cql: &str) -> Result<PreparedStatement> {
+        let mut statement = self.read(cql).await?;
+        statement.set_consistency(self.serial);
+        Ok(statement)
+    }
+
+    /// A plain write whose repeat is harmless.
+    async fn write(&self, cql: &str) -> Result<PreparedStatement> {
+        self.read(cql).await
+    }
+
+    /// A conditional write: never retried blindly by the driver.
+    async fn lwt(&self, cql: &str) -> Result<PreparedStatement> {
+        let mut statement = self.prepare(cql).await?;
+        statement.set_is_idempotent(false);
+        Ok(statement)
+    }
+}
