@@ -1,7 +1,8 @@
 //! What Natter's services need from the message bus, as one object-safe
 //! trait, [`Bus`], that services hold as `Arc<dyn Bus>`. Implementations:
-//! [`LocalBus`] here (tokio channels, for single-process mode) and
-//! `natter-bus-nats` (NATS core plus JetStream).
+//! [`LocalBus`] here (tokio channels, with streams in memory or also in a
+//! local file, for single-process mode) and `natter-bus-nats` (NATS core
+//! plus JetStream).
 //!
 //! Two kinds of traffic:
 //!
@@ -67,7 +68,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
-pub use local::LocalBus;
+pub use local::{LOCAL_BUS_FILE, LocalBus};
 pub use message::{
     Acknowledge, Deliveries, Delivery, Headers, Incoming, MAX_PAYLOAD_BYTES, Outgoing, Persisted,
     Subscription, TRACEPARENT,

@@ -213,6 +213,30 @@ impl Event {
             Event::Membership(m) => m.conversation_id,
         }
     }
+
+    /// Names this event uniquely and the same way every time it is seen,
+    /// for deduplication across redeliveries: the message id for a
+    /// message, `read/<conversation>/<user>/<seq>` for a read marker, and
+    /// `member/<conversation>/<user>/<joined|left>/<at millis>` for a
+    /// membership change.
+    pub fn key(&self) -> String {
+        match self {
+            Event::Message(m) => m.id.to_string(),
+            Event::Read(r) => format!("read/{}/{}/{}", r.conversation_id, r.user_id, r.seq),
+            Event::Membership(m) => {
+                let kind = match m.kind {
+                    MembershipKind::Joined => "joined",
+                    MembershipKind::Left => "left",
+                };
+                format!(
+                    "member/{}/{}/{kind}/{}",
+                    m.conversation_id,
+                    m.user_id,
+                    m.at.as_millis()
+                )
+            }
+        }
+    }
 }
 
 /// An event at its position in one user's update log.
@@ -232,6 +256,52 @@ mod tests {
             assert_eq!(Role::parse(role.as_str()).unwrap(), role);
         }
         assert_eq!(Role::parse("admin").unwrap_err().field, "role");
+    }
+
+    #[test]
+    fn event_keys_name_each_event_stably_and_distinctly() {
+        use crate::content::Content;
+
+        let conversation = ConversationId::generate();
+        let alice = UserId::new("alice").unwrap();
+        let message = Message {
+            id: MessageId::generate(),
+            conversation_id: conversation,
+            seq: Seq::new(3),
+            sender_id: alice.clone(),
+            client_message_id: ClientMessageId::new("c-1").unwrap(),
+            sent_at: Timestamp::from_millis(1_700_000_000_000),
+            content: Content::Text("hi".into()),
+        };
+        let read = Event::Read(ReadMarker {
+            conversation_id: conversation,
+            user_id: alice.clone(),
+            seq: Seq::new(3),
+        });
+        let change = |kind| {
+            Event::Membership(MembershipChange {
+                conversation_id: conversation,
+                user_id: alice.clone(),
+                role: Role::Agent,
+                kind,
+                at: Timestamp::from_millis(1_700_000_000_123),
+            })
+        };
+
+        assert_eq!(
+            Event::Message(message.clone()).key(),
+            message.id.to_string()
+        );
+        assert_eq!(read.key(), format!("read/{conversation}/alice/3"));
+        assert_eq!(
+            change(MembershipKind::Left).key(),
+            format!("member/{conversation}/alice/left/1700000000123")
+        );
+        assert_eq!(read.key(), read.clone().key());
+        assert_ne!(
+            change(MembershipKind::Joined).key(),
+            change(MembershipKind::Left).key()
+        );
     }
 
     #[test]

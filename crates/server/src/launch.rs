@@ -32,7 +32,17 @@ pub struct InfraArgs {
 impl InfraArgs {
     /// Loads, overrides and validates the settings.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.settings_with(|_| {})
+    }
+
+    /// Like [`settings`](Self::settings), letting `adjust` fill in what the
+    /// file and environment left unset before validation.
+    pub fn settings_with(
+        &self,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Result<Settings, ConfigError> {
         let mut settings: Settings = load_config(self.config.as_deref())?;
+        adjust(&mut settings);
         if let Some(nats) = &self.nats {
             settings.bus.nats_url = nats.clone();
         }
@@ -74,7 +84,20 @@ where
     F: FnOnce(Settings, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
 {
-    let settings = match args.settings() {
+    run_with(name, args.settings(), service).await
+}
+
+/// [`run_binary`] for settings the caller loaded itself.
+pub async fn run_with<F, Fut>(
+    name: &'static str,
+    settings: Result<Settings, ConfigError>,
+    service: F,
+) -> ExitCode
+where
+    F: FnOnce(Settings, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), StartError>>,
+{
+    let settings = match settings {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("natter {name}: {e}");

@@ -12,5 +12,5 @@ pub mod shutdown;
 pub use auth::authenticate;
 pub use config::{ConfigError, load_config};
 pub use grpc::GrpcServer;
-pub use launch::{InfraArgs, StartError, run_binary};
+pub use launch::{InfraArgs, StartError, run_binary, run_with};
 pub use settings::{Settings, Stores};

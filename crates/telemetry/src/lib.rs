@@ -37,7 +37,12 @@ pub fn init(service: &'static str, format: LogFormat, default_filter: &str) {
     // `try_init` fails only when a subscriber is already set.
     let _ = match format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
             .try_init(),
         LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
     };

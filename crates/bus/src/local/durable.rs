@@ -1,23 +1,61 @@
-//! The in-memory streams and consumers behind [`LocalBus`]: a plain state
-//! machine that is handed `now` and never waits, so the async shell around
-//! it stays thin.
+//! The streams and consumers behind [`LocalBus`]: a plain state machine
+//! that is handed the time and never waits or touches a file, so the async
+//! shell around it stays thin.
 //!
 //! It follows JetStream where the services can observe the difference:
 //! sequences start at 1 and have no gaps, limits discard the oldest
 //! messages, a dedup id is remembered for the duplicate window, streams may
 //! not overlap, and a consumer has at most one unacknowledged delivery.
 //!
+//! # Plan, then apply
+//!
+//! Every change a restart must not lose comes in two steps. `plan_*` checks
+//! the request and decides everything (the sequence a message gets, what
+//! its stream keeps afterwards, a consumer's new ack floor) and returns it
+//! as a value, changing nothing but what a restart recomputes anyway: it
+//! may discard messages and dedup ids that have aged out. `apply_*` carries
+//! the plan out and cannot fail. A persistent bus writes the plan to its
+//! journal in between, so nothing is answered or visible before it is on
+//! disk; an in-memory bus applies it at once. Plans must be applied in the
+//! order they were made, one at a time; the shell ensures that.
+//!
+//! # Two clocks
+//!
+//! [`Now`] carries both. Message ages and dedup windows follow the wall
+//! clock, as they do in JetStream, because they must mean the same after a
+//! restart; a wall clock set back keeps messages longer, never loses them.
+//! Ack deadlines follow the monotonic clock: they live in memory only.
+//!
 //! [`LocalBus`]: super::LocalBus
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{BusError, Headers, Persisted, Result, StreamConfig, matches, overlaps};
+
+/// The time as the shell reads it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Now {
+    /// For ack deadlines.
+    pub(super) instant: Instant,
+    /// For message ages and dedup windows.
+    pub(super) wall: SystemTime,
+}
+
+impl Now {
+    /// Reads both clocks; the shell's only source of time.
+    pub(super) fn current() -> Self {
+        Self {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
 
 /// A stored message. Subjects here carry the bus prefix.
 #[derive(Debug, Clone)]
@@ -26,7 +64,8 @@ pub(super) struct Stored {
     pub(super) subject: String,
     pub(super) headers: Headers,
     pub(super) payload: Bytes,
-    at: Instant,
+    /// When the stream stored it, by the wall clock.
+    pub(super) at: SystemTime,
 }
 
 /// What a consumer should do next.
@@ -42,11 +81,79 @@ pub(super) enum Next {
     Gone(BusError),
 }
 
-/// How a delivery was settled.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Settle {
-    Ack,
-    Nak(Duration),
+/// The lowest sequences for which a stream still holds a message and a
+/// dedup id; everything below has been discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Floors {
+    pub(super) messages: u64,
+    pub(super) dedup_ids: u64,
+}
+
+/// The plan for storing one message.
+#[derive(Debug)]
+pub(super) enum Store {
+    /// The dedup id was seen within the duplicate window: nothing changes.
+    Duplicate(Persisted),
+    Append(Append),
+}
+
+/// A message to append to a stream.
+#[derive(Debug)]
+pub(super) struct Append {
+    /// The stream's (prefixed) name.
+    pub(super) stream: String,
+    pub(super) message: Stored,
+    pub(super) dedup_id: Option<String>,
+    /// What the stream holds once the message is in and its limits applied.
+    pub(super) floors: Floors,
+}
+
+/// What a durable consumer keeps across restarts. Deliveries in flight and
+/// their counts are not kept: after a restart, everything above the ack
+/// floor is delivered again, counted from 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ConsumerState {
+    /// Prefixed, as are all subjects here.
+    pub(super) filter: String,
+    pub(super) ack_wait: Duration,
+    /// Every message up to this sequence that the filter matches has been
+    /// acked (or discarded by the stream's limits).
+    pub(super) ack_floor: u64,
+}
+
+/// The plan to create or update a consumer, or to move its ack floor.
+#[derive(Debug, Clone)]
+pub(super) struct ConsumerPlan {
+    pub(super) stream: String,
+    pub(super) name: String,
+    pub(super) state: ConsumerState,
+}
+
+/// The plan to ack one delivery: the consumer with its new ack floor.
+#[derive(Debug)]
+pub(super) struct Ack {
+    pub(super) consumer: ConsumerPlan,
+    sequence: u64,
+}
+
+/// The plan to delete a stream.
+#[derive(Debug)]
+pub(super) struct Deletion {
+    /// The stream's (prefixed) name.
+    pub(super) stream: String,
+}
+
+/// A stream as a journal read it back.
+#[derive(Debug)]
+pub(super) struct Restored {
+    /// Carries the prefixed name.
+    pub(super) config: StreamConfig,
+    pub(super) last_sequence: u64,
+    /// In sequence order.
+    pub(super) messages: Vec<Stored>,
+    /// `(sequence, stored at, id)`, in sequence order.
+    pub(super) dedup_ids: Vec<(u64, SystemTime, String)>,
+    pub(super) consumers: Vec<(String, ConsumerState)>,
 }
 
 #[derive(Debug, Default)]
@@ -57,10 +164,12 @@ pub(super) struct Streams {
 #[derive(Debug)]
 struct Stream {
     config: StreamConfig,
+    /// Consecutive sequences, oldest first.
     messages: VecDeque<Stored>,
     last_sequence: u64,
     dedup: HashMap<String, u64>,
-    dedup_order: VecDeque<(Instant, String, u64)>,
+    /// In sequence order, which is the order they were stored in.
+    dedup_order: VecDeque<(SystemTime, String, u64)>,
     consumers: HashMap<String, Consumer>,
 }
 
@@ -88,9 +197,19 @@ fn after(now: Instant, duration: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// How long ago `at` was; zero if the wall clock was set back since.
+fn age(now: SystemTime, at: SystemTime) -> Duration {
+    now.duration_since(at).unwrap_or_default()
+}
+
+fn corrupt(stream: &str, reason: &str) -> BusError {
+    BusError::Unavailable(format!("journal of stream {stream} is corrupt: {reason}"))
+}
+
 impl Streams {
-    /// Creates or updates a stream; `config` carries prefixed names.
-    pub(super) fn ensure(&mut self, config: StreamConfig, now: Instant) -> Result<()> {
+    /// Checks that `config` (with prefixed names) overlaps no other stream
+    /// and hands it back to apply.
+    pub(super) fn plan_ensure(&self, config: StreamConfig) -> Result<StreamConfig> {
         for (name, other) in &self.by_name {
             if *name == config.name {
                 continue;
@@ -104,86 +223,129 @@ impl Streams {
                 }
             }
         }
+        Ok(config)
+    }
+
+    /// Creates or updates a stream planned by [`plan_ensure`](Self::plan_ensure).
+    pub(super) fn apply_ensure(&mut self, config: StreamConfig, now: Now) {
         match self.by_name.entry(config.name.clone()) {
             Entry::Occupied(mut entry) => {
                 let stream = entry.get_mut();
                 stream.config = config;
-                stream.prune(now);
+                stream.prune(now.wall);
             }
             Entry::Vacant(entry) => {
-                entry.insert(Stream {
-                    config,
-                    messages: VecDeque::new(),
-                    last_sequence: 0,
-                    dedup: HashMap::new(),
-                    dedup_order: VecDeque::new(),
-                    consumers: HashMap::new(),
-                });
+                entry.insert(Stream::new(config));
             }
         }
-        Ok(())
     }
 
-    pub(super) fn delete(&mut self, name: &str) {
-        self.by_name.remove(name);
+    /// Plans deleting a stream; `None` if there is none of that name.
+    pub(super) fn plan_delete(&self, name: &str) -> Option<Deletion> {
+        self.by_name.contains_key(name).then(|| Deletion {
+            stream: name.to_owned(),
+        })
     }
 
-    /// Stores a message in the stream capturing `subject`; `None` if no
-    /// stream does.
-    pub(super) fn store(
+    pub(super) fn apply_delete(&mut self, deletion: Deletion) {
+        self.by_name.remove(&deletion.stream);
+    }
+
+    /// Whether a stream captures `subject`.
+    pub(super) fn captures(&self, subject: &str) -> bool {
+        self.capturing(subject).is_some()
+    }
+
+    fn capturing(&self, subject: &str) -> Option<&String> {
+        self.by_name
+            .iter()
+            .find(|(_, s)| s.config.subjects.iter().any(|f| matches(f, subject)))
+            .map(|(name, _)| name)
+    }
+
+    /// Plans storing a message in the stream capturing `subject`; `None`
+    /// if no stream does.
+    pub(super) fn plan_store(
         &mut self,
         subject: &str,
         headers: &Headers,
         payload: &Bytes,
         dedup_id: Option<&str>,
-        now: Instant,
-    ) -> Option<Persisted> {
-        let stream = self
-            .by_name
-            .values_mut()
-            .find(|s| s.config.subjects.iter().any(|f| matches(f, subject)))?;
-        stream.prune(now);
+        now: Now,
+    ) -> Option<Store> {
+        let name = self.capturing(subject)?.clone();
+        let stream = self.by_name.get_mut(&name)?;
+        stream.prune(now.wall);
         if let Some(&sequence) = dedup_id.and_then(|id| stream.dedup.get(id)) {
-            return Some(Persisted {
+            return Some(Store::Duplicate(Persisted {
                 sequence,
                 duplicate: true,
-            });
+            }));
         }
-        stream.last_sequence += 1;
-        let sequence = stream.last_sequence;
-        stream.messages.push_back(Stored {
-            sequence,
-            subject: subject.to_owned(),
-            headers: headers.clone(),
-            payload: payload.clone(),
-            at: now,
-        });
+        let sequence = stream.last_sequence + 1;
+        Some(Store::Append(Append {
+            stream: name,
+            message: Stored {
+                sequence,
+                subject: subject.to_owned(),
+                headers: headers.clone(),
+                payload: payload.clone(),
+                at: now.wall,
+            },
+            dedup_id: dedup_id.map(str::to_owned),
+            floors: stream.floors_with(sequence),
+        }))
+    }
+
+    /// Carries out a plan of [`plan_store`](Self::plan_store).
+    pub(super) fn apply_store(&mut self, store: Store, now: Now) -> Persisted {
+        let append = match store {
+            Store::Duplicate(persisted) => return persisted,
+            Store::Append(append) => append,
+        };
+        let Append {
+            stream,
+            message,
+            dedup_id,
+            ..
+        } = append;
+        let persisted = Persisted {
+            sequence: message.sequence,
+            duplicate: false,
+        };
+        // Plans are applied in order, so the stream is still there and the
+        // sequence is the next one.
+        let Some(stream) = self.by_name.get_mut(&stream) else {
+            return persisted;
+        };
+        debug_assert_eq!(message.sequence, stream.last_sequence + 1);
+        stream.last_sequence = message.sequence;
         if let Some(id) = dedup_id {
-            stream.dedup.insert(id.to_owned(), sequence);
-            stream.dedup_order.push_back((now, id.to_owned(), sequence));
+            stream.dedup.insert(id.clone(), message.sequence);
+            stream
+                .dedup_order
+                .push_back((message.at, id, message.sequence));
         }
-        stream.prune(now);
         for consumer in stream.consumers.values() {
-            if matches(&consumer.filter, subject) {
+            if matches(&consumer.filter, &message.subject) {
                 consumer.changed.send_replace(());
             }
         }
-        Some(Persisted {
-            sequence,
-            duplicate: false,
-        })
+        stream.messages.push_back(message);
+        stream.prune(now.wall);
+        persisted
     }
 
-    /// Creates or updates a durable consumer and returns what wakes its
-    /// readers.
-    pub(super) fn consumer(
-        &mut self,
+    /// Plans creating or updating a durable consumer; an existing one
+    /// keeps its ack floor.
+    pub(super) fn plan_consumer(
+        &self,
         stream: &str,
         name: &str,
         filter: &str,
         ack_wait: Duration,
-    ) -> Result<watch::Receiver<()>> {
-        let Some(stream_state) = self.by_name.get_mut(stream) else {
+    ) -> Result<ConsumerPlan> {
+        let Some(stream_state) = self.by_name.get(stream) else {
             return Err(BusError::StreamNotFound {
                 name: stream.to_owned(),
             });
@@ -200,31 +362,53 @@ impl Streams {
                 reason: "matches none of the stream's subjects",
             });
         }
-        let consumer = stream_state
-            .consumers
-            .entry(name.to_owned())
-            .or_insert_with(|| Consumer {
+        Ok(ConsumerPlan {
+            stream: stream.to_owned(),
+            name: name.to_owned(),
+            state: ConsumerState {
                 filter: filter.to_owned(),
                 ack_wait,
-                next: 1,
-                in_flight: None,
-                changed: watch::channel(()).0,
-            });
-        consumer.filter = filter.to_owned();
-        consumer.ack_wait = ack_wait;
+                ack_floor: stream_state
+                    .consumers
+                    .get(name)
+                    .map_or(0, Consumer::ack_floor),
+            },
+        })
+    }
+
+    /// Creates or updates the consumer planned by
+    /// [`plan_consumer`](Self::plan_consumer) and returns what wakes its
+    /// readers.
+    pub(super) fn apply_consumer(&mut self, plan: ConsumerPlan) -> watch::Receiver<()> {
+        let ConsumerPlan {
+            stream,
+            name,
+            state,
+        } = plan;
+        let Some(stream) = self.by_name.get_mut(&stream) else {
+            // The stream is gone: a receiver whose sender is dropped ends
+            // the reader at once.
+            return watch::channel(()).1;
+        };
+        let consumer = stream
+            .consumers
+            .entry(name)
+            .or_insert_with(|| Consumer::new(&state));
+        consumer.filter = state.filter;
+        consumer.ack_wait = state.ack_wait;
         consumer.changed.send_replace(());
-        Ok(consumer.changed.subscribe())
+        consumer.changed.subscribe()
     }
 
     /// The consumer's next step: redeliver the message in flight once it is
     /// due, else deliver the next matching message, else wait.
-    pub(super) fn next(&mut self, stream: &str, consumer: &str, now: Instant) -> Next {
+    pub(super) fn next(&mut self, stream: &str, consumer: &str, now: Now) -> Next {
         let Some(stream_state) = self.by_name.get_mut(stream) else {
             return Next::Gone(BusError::StreamNotFound {
                 name: stream.to_owned(),
             });
         };
-        stream_state.prune(now);
+        stream_state.prune(now.wall);
         let Stream {
             messages,
             last_sequence,
@@ -236,6 +420,7 @@ impl Streams {
                 "consumer {consumer} of stream {stream} was deleted"
             )));
         };
+        let now = now.instant;
         let first = messages.front().map_or(*last_sequence + 1, |m| m.sequence);
         let index = |sequence: u64| usize::try_from(sequence.saturating_sub(first)).ok();
 
@@ -283,44 +468,137 @@ impl Streams {
         }
     }
 
-    /// Settles the delivery of `sequence`; a delivery no longer in flight
-    /// (redelivered meanwhile, or discarded) is ignored.
-    pub(super) fn settle(
+    /// Plans acking the delivery of `sequence`; `None` when that delivery
+    /// is no longer in flight (redelivered and acked meanwhile, or
+    /// discarded by the stream's limits), which makes the ack a no-op.
+    pub(super) fn plan_ack(&self, stream: &str, consumer: &str, sequence: u64) -> Option<Ack> {
+        let state = self.by_name.get(stream)?.consumers.get(consumer)?;
+        let in_flight = state.in_flight.as_ref()?;
+        (in_flight.sequence == sequence).then(|| Ack {
+            consumer: ConsumerPlan {
+                stream: stream.to_owned(),
+                name: consumer.to_owned(),
+                state: ConsumerState {
+                    filter: state.filter.clone(),
+                    ack_wait: state.ack_wait,
+                    // Everything below `next` but the delivery in flight is
+                    // settled, so acking it settles everything below `next`.
+                    ack_floor: state.next - 1,
+                },
+            },
+            sequence,
+        })
+    }
+
+    /// Settles a delivery planned by [`plan_ack`](Self::plan_ack), unless
+    /// it was settled since.
+    pub(super) fn apply_ack(&mut self, ack: Ack) {
+        let Ack { consumer, sequence } = ack;
+        if let Some(consumer) = self.in_flight(&consumer.stream, &consumer.name, sequence) {
+            consumer.in_flight = None;
+            consumer.changed.send_replace(());
+        }
+    }
+
+    /// Gives the delivery of `sequence` back, to be delivered again after
+    /// `delay`; a delivery no longer in flight is ignored. Not journaled:
+    /// after a restart everything unacked is delivered again anyway.
+    pub(super) fn nak(
         &mut self,
         stream: &str,
         consumer: &str,
         sequence: u64,
-        how: Settle,
-        now: Instant,
+        delay: Duration,
+        now: Now,
     ) {
-        let Some(consumer) = self
-            .by_name
-            .get_mut(stream)
-            .and_then(|s| s.consumers.get_mut(consumer))
-        else {
-            return;
-        };
-        match (&mut consumer.in_flight, how) {
-            (Some(in_flight), Settle::Ack) if in_flight.sequence == sequence => {
-                consumer.in_flight = None;
+        if let Some(consumer) = self.in_flight(stream, consumer, sequence) {
+            if let Some(in_flight) = &mut consumer.in_flight {
+                in_flight.due = after(now.instant, delay);
             }
-            (Some(in_flight), Settle::Nak(delay)) if in_flight.sequence == sequence => {
-                in_flight.due = after(now, delay);
-            }
-            _ => return,
+            consumer.changed.send_replace(());
         }
-        consumer.changed.send_replace(());
+    }
+
+    /// The consumer, if the delivery of `sequence` is its one in flight.
+    fn in_flight(&mut self, stream: &str, consumer: &str, sequence: u64) -> Option<&mut Consumer> {
+        self.by_name
+            .get_mut(stream)?
+            .consumers
+            .get_mut(consumer)
+            .filter(|c| c.in_flight.as_ref().is_some_and(|f| f.sequence == sequence))
+    }
+
+    /// Puts back a stream a journal read, applies its limits as of `now`
+    /// and returns what it still holds. Fails, changing nothing, on
+    /// records no sequence of plans could have written.
+    pub(super) fn restore(&mut self, restored: Restored, now: Now) -> Result<Floors> {
+        let Restored {
+            config,
+            last_sequence,
+            messages,
+            dedup_ids,
+            consumers,
+        } = restored;
+        let name = config.name.clone();
+        let consecutive = messages
+            .windows(2)
+            .all(|w| w[0].sequence.checked_add(1) == Some(w[1].sequence));
+        let in_range = messages.first().is_none_or(|m| m.sequence > 0)
+            && messages.last().is_none_or(|m| m.sequence <= last_sequence);
+        if !consecutive || !in_range {
+            return Err(corrupt(
+                &name,
+                "messages are not consecutive up to the last sequence",
+            ));
+        }
+        if !dedup_ids.is_sorted_by_key(|(s, _, _)| *s)
+            || dedup_ids.last().is_some_and(|(s, _, _)| *s > last_sequence)
+        {
+            return Err(corrupt(&name, "dedup ids are out of sequence"));
+        }
+        if consumers.iter().any(|(_, c)| c.ack_floor > last_sequence) {
+            return Err(corrupt(&name, "a consumer acked past the last sequence"));
+        }
+        if self.plan_ensure(config.clone()).is_err() {
+            return Err(corrupt(&name, "it overlaps another stream"));
+        }
+
+        let mut stream = Stream::new(config);
+        stream.last_sequence = last_sequence;
+        stream.messages = messages.into();
+        for (sequence, at, id) in dedup_ids {
+            stream.dedup.insert(id.clone(), sequence);
+            stream.dedup_order.push_back((at, id, sequence));
+        }
+        for (consumer, state) in consumers {
+            stream.consumers.insert(consumer, Consumer::new(&state));
+        }
+        stream.prune(now.wall);
+        let floors = stream.floors();
+        self.by_name.insert(name, stream);
+        Ok(floors)
     }
 }
 
 impl Stream {
+    fn new(config: StreamConfig) -> Self {
+        Self {
+            config,
+            messages: VecDeque::new(),
+            last_sequence: 0,
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            consumers: HashMap::new(),
+        }
+    }
+
     /// Applies the age and count limits and forgets expired dedup ids.
-    fn prune(&mut self, now: Instant) {
+    fn prune(&mut self, now: SystemTime) {
         let max_age = self.config.max_age;
         while self
             .messages
             .front()
-            .is_some_and(|m| now.saturating_duration_since(m.at) >= max_age)
+            .is_some_and(|m| age(now, m.at) >= max_age)
         {
             self.messages.pop_front();
         }
@@ -332,7 +610,7 @@ impl Stream {
         }
         let window = self.config.duplicate_window;
         while let Some((at, id, sequence)) = self.dedup_order.front() {
-            if now.saturating_duration_since(*at) < window {
+            if age(now, *at) < window {
                 break;
             }
             if self.dedup.get(id) == Some(sequence) {
@@ -340,6 +618,44 @@ impl Stream {
             }
             self.dedup_order.pop_front();
         }
+    }
+
+    fn floors(&self) -> Floors {
+        let next = self.last_sequence + 1;
+        Floors {
+            messages: self.messages.front().map_or(next, |m| m.sequence),
+            dedup_ids: self.dedup_order.front().map_or(next, |(_, _, s)| *s),
+        }
+    }
+
+    /// The floors once message `sequence`, the next one, is appended and
+    /// the count limit applied. Messages are consecutive, so the count
+    /// limit keeps the last `max` sequences.
+    fn floors_with(&self, sequence: u64) -> Floors {
+        let first = self.messages.front().map_or(sequence, |m| m.sequence);
+        Floors {
+            messages: self
+                .config
+                .max_messages
+                .map_or(first, |max| first.max((sequence + 1).saturating_sub(max))),
+            dedup_ids: self.dedup_order.front().map_or(sequence, |(_, _, s)| *s),
+        }
+    }
+}
+
+impl Consumer {
+    fn new(state: &ConsumerState) -> Self {
+        Self {
+            filter: state.filter.clone(),
+            ack_wait: state.ack_wait,
+            next: state.ack_floor + 1,
+            in_flight: None,
+            changed: watch::channel(()).0,
+        }
+    }
+
+    fn ack_floor(&self) -> u64 {
+        self.in_flight.as_ref().map_or(self.next, |f| f.sequence) - 1
     }
 }
 
@@ -351,10 +667,49 @@ mod tests {
         StreamConfig::new(name, subjects, Duration::from_secs(60))
     }
 
-    fn store(streams: &mut Streams, subject: &str, dedup: Option<&str>, now: Instant) -> Persisted {
-        streams
-            .store(subject, &Headers::new(), &Bytes::new(), dedup, now)
-            .expect("a stream captures the subject")
+    fn start() -> Now {
+        Now {
+            instant: Instant::now(),
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    /// `now`, `duration` later on both clocks.
+    fn later(now: Now, duration: Duration) -> Now {
+        Now {
+            instant: now.instant + duration,
+            wall: now.wall + duration,
+        }
+    }
+
+    fn ensure(streams: &mut Streams, config: StreamConfig, now: Now) -> Result<()> {
+        let config = streams.plan_ensure(config)?;
+        streams.apply_ensure(config, now);
+        Ok(())
+    }
+
+    fn consumer(streams: &mut Streams, name: &str, filter: &str) -> ConsumerPlan {
+        let plan = streams
+            .plan_consumer("s", name, filter, Duration::from_secs(5))
+            .expect("consumer");
+        streams.apply_consumer(plan.clone());
+        plan
+    }
+
+    fn store(streams: &mut Streams, subject: &str, dedup: Option<&str>, now: Now) -> Persisted {
+        let plan = streams
+            .plan_store(subject, &Headers::new(), &Bytes::new(), dedup, now)
+            .expect("a stream captures the subject");
+        streams.apply_store(plan, now)
+    }
+
+    /// Acks a delivery of consumer `c`; its new ack floor, if it was in
+    /// flight.
+    fn ack(streams: &mut Streams, sequence: u64) -> Option<u64> {
+        let plan = streams.plan_ack("s", "c", sequence)?;
+        let floor = plan.consumer.state.ack_floor;
+        streams.apply_ack(plan);
+        Some(floor)
     }
 
     fn delivered(next: Next) -> (u64, u32) {
@@ -366,73 +721,266 @@ mod tests {
 
     #[test]
     fn one_in_flight_then_redelivery_after_ack_wait() {
-        let now = Instant::now();
+        let now = start();
         let mut streams = Streams::default();
-        streams.ensure(stream("s", &["a.*"]), now).expect("ensure");
-        streams
-            .consumer("s", "c", "a.*", Duration::from_secs(5))
-            .expect("consumer");
+        ensure(&mut streams, stream("s", &["a.*"]), now).expect("ensure");
+        consumer(&mut streams, "c", "a.*");
         store(&mut streams, "a.1", None, now);
         store(&mut streams, "a.2", None, now);
 
         assert_eq!(delivered(streams.next("s", "c", now)), (1, 1));
-        let due = now + Duration::from_secs(5);
-        assert!(matches!(streams.next("s", "c", now), Next::Wait(Some(d)) if d == due));
+        let due = later(now, Duration::from_secs(5));
+        assert!(matches!(streams.next("s", "c", now), Next::Wait(Some(d)) if d == due.instant));
         assert_eq!(delivered(streams.next("s", "c", due)), (1, 2));
-        streams.settle("s", "c", 1, Settle::Ack, due);
+        ack(&mut streams, 1).expect("in flight");
         assert_eq!(delivered(streams.next("s", "c", due)), (2, 1));
-        streams.settle("s", "c", 2, Settle::Nak(Duration::ZERO), due);
+        streams.nak("s", "c", 2, Duration::ZERO, due);
         assert_eq!(delivered(streams.next("s", "c", due)), (2, 2));
-        streams.settle("s", "c", 2, Settle::Ack, due);
+        ack(&mut streams, 2).expect("in flight");
         assert!(matches!(streams.next("s", "c", due), Next::Wait(None)));
     }
 
     #[test]
     fn limits_discard_the_oldest_and_skip_the_consumer_past_them() {
-        let now = Instant::now();
+        let now = start();
         let mut streams = Streams::default();
         let mut config = stream("s", &["a"]);
         config.max_messages = Some(2);
-        streams.ensure(config, now).expect("ensure");
-        streams
-            .consumer("s", "c", "a", Duration::from_secs(5))
-            .expect("consumer");
+        ensure(&mut streams, config, now).expect("ensure");
+        consumer(&mut streams, "c", "a");
         for _ in 0..3 {
             store(&mut streams, "a", None, now);
         }
         assert_eq!(delivered(streams.next("s", "c", now)), (2, 1));
-        let later = now + Duration::from_secs(61);
-        assert!(matches!(streams.next("s", "c", later), Next::Wait(None)));
+        let aged = later(now, Duration::from_secs(61));
+        assert!(matches!(streams.next("s", "c", aged), Next::Wait(None)));
     }
 
     #[test]
     fn dedup_ids_expire_with_the_window() {
-        let now = Instant::now();
+        let now = start();
         let mut streams = Streams::default();
         let mut config = stream("s", &["a"]);
         config.duplicate_window = Duration::from_secs(2);
-        streams.ensure(config, now).expect("ensure");
+        ensure(&mut streams, config, now).expect("ensure");
         assert_eq!(store(&mut streams, "a", Some("x"), now).sequence, 1);
-        let again = store(&mut streams, "a", Some("x"), now + Duration::from_secs(1));
+        let again = store(
+            &mut streams,
+            "a",
+            Some("x"),
+            later(now, Duration::from_secs(1)),
+        );
         assert_eq!((again.sequence, again.duplicate), (1, true));
-        let after_window = store(&mut streams, "a", Some("x"), now + Duration::from_secs(2));
+        let after_window = store(
+            &mut streams,
+            "a",
+            Some("x"),
+            later(now, Duration::from_secs(2)),
+        );
         assert_eq!((after_window.sequence, after_window.duplicate), (2, false));
     }
 
     #[test]
     fn overlapping_streams_conflict() {
-        let now = Instant::now();
+        let now = start();
         let mut streams = Streams::default();
-        streams.ensure(stream("s", &["a.*"]), now).expect("ensure");
-        streams
-            .ensure(stream("s", &["a.*", "b"]), now)
-            .expect("a stream may update itself");
+        ensure(&mut streams, stream("s", &["a.*"]), now).expect("ensure");
+        ensure(&mut streams, stream("s", &["a.*", "b"]), now).expect("a stream may update itself");
         assert!(matches!(
-            streams.ensure(stream("t", &["a.b"]), now),
+            ensure(&mut streams, stream("t", &["a.b"]), now),
             Err(BusError::Conflict(_))
         ));
-        streams
-            .ensure(stream("t", &["c.>"]), now)
-            .expect("disjoint");
+        ensure(&mut streams, stream("t", &["c.>"]), now).expect("disjoint");
+    }
+
+    #[test]
+    fn a_plan_changes_nothing_until_applied() {
+        let now = start();
+        let mut streams = Streams::default();
+        ensure(&mut streams, stream("s", &["a"]), now).expect("ensure");
+        consumer(&mut streams, "c", "a");
+        let plan = streams
+            .plan_store("a", &Headers::new(), &Bytes::new(), Some("x"), now)
+            .expect("captured");
+        assert!(matches!(&plan, Store::Append(a) if a.message.sequence == 1));
+        assert!(matches!(streams.next("s", "c", now), Next::Wait(None)));
+        // A plan that is dropped (its journal write failed) leaves no trace.
+        drop(plan);
+        assert_eq!(store(&mut streams, "a", Some("x"), now).sequence, 1);
+        assert!(matches!(
+            streams.plan_store("a", &Headers::new(), &Bytes::new(), Some("x"), now),
+            Some(Store::Duplicate(Persisted {
+                sequence: 1,
+                duplicate: true
+            }))
+        ));
+    }
+
+    #[test]
+    fn planned_floors_match_what_the_stream_keeps() {
+        let now = start();
+        let mut streams = Streams::default();
+        let mut config = stream("s", &["a"]);
+        config.max_messages = Some(3);
+        config.duplicate_window = Duration::from_secs(10);
+        ensure(&mut streams, config, now).expect("ensure");
+        let mut at = now;
+        for i in 1..=8u64 {
+            at = later(at, Duration::from_secs(4));
+            let dedup = format!("id-{i}");
+            let plan = streams
+                .plan_store("a", &Headers::new(), &Bytes::new(), Some(&dedup), at)
+                .expect("captured");
+            let Store::Append(append) = &plan else {
+                panic!("not a duplicate")
+            };
+            let planned = append.floors;
+            streams.apply_store(plan, at);
+            let kept = streams.by_name["s"].floors();
+            assert_eq!(planned, kept, "after message {i}");
+            assert_eq!(
+                kept.messages,
+                i.saturating_sub(2).max(1),
+                "the last 3 messages"
+            );
+            // Ids 4 s apart with a 10 s window: the last three are remembered.
+            assert_eq!(kept.dedup_ids, i.saturating_sub(2).max(1), "the last 3 ids");
+        }
+    }
+
+    #[test]
+    fn the_ack_floor_covers_what_was_acked_and_skipped() {
+        let now = start();
+        let mut streams = Streams::default();
+        ensure(&mut streams, stream("s", &["a", "b"]), now).expect("ensure");
+        consumer(&mut streams, "c", "a");
+        for subject in ["a", "b", "b", "a", "b"] {
+            store(&mut streams, subject, None, now);
+        }
+        assert_eq!(delivered(streams.next("s", "c", now)), (1, 1));
+        assert_eq!(ack(&mut streams, 1), Some(1));
+        assert_eq!(ack(&mut streams, 1), None, "acked twice");
+        assert_eq!(delivered(streams.next("s", "c", now)), (4, 1));
+        assert_eq!(
+            streams
+                .plan_consumer("s", "c", "a", Duration::from_secs(5))
+                .expect("plan")
+                .state
+                .ack_floor,
+            3,
+            "the delivery in flight is not acked"
+        );
+        assert_eq!(ack(&mut streams, 4), Some(4));
+    }
+
+    #[test]
+    fn a_restored_consumer_resumes_above_its_ack_floor() {
+        let now = start();
+        let mut streams = Streams::default();
+        ensure(&mut streams, stream("s", &["a.*"]), now).expect("ensure");
+        let plan = consumer(&mut streams, "c", "a.*");
+        for subject in ["a.1", "a.2", "a.3"] {
+            store(&mut streams, subject, Some(subject), now);
+        }
+        assert_eq!(delivered(streams.next("s", "c", now)), (1, 1));
+        let floor = ack(&mut streams, 1).expect("in flight");
+        assert_eq!(delivered(streams.next("s", "c", now)), (2, 1));
+
+        let old = &streams.by_name["s"];
+        let restored = Restored {
+            config: old.config.clone(),
+            last_sequence: old.last_sequence,
+            messages: old.messages.iter().cloned().collect(),
+            dedup_ids: old
+                .dedup_order
+                .iter()
+                .map(|(at, id, s)| (*s, *at, id.clone()))
+                .collect(),
+            consumers: vec![(
+                "c".to_owned(),
+                ConsumerState {
+                    ack_floor: floor,
+                    ..plan.state
+                },
+            )],
+        };
+        let mut streams = Streams::default();
+        let floors = streams
+            .restore(restored, later(now, Duration::from_secs(1)))
+            .expect("restore");
+        assert_eq!(
+            floors,
+            Floors {
+                messages: 1,
+                dedup_ids: 1
+            }
+        );
+        assert_eq!(
+            delivered(streams.next("s", "c", now)),
+            (2, 1),
+            "unacked, counted anew"
+        );
+        assert_eq!(ack(&mut streams, 2), Some(2));
+        assert_eq!(delivered(streams.next("s", "c", now)), (3, 1));
+        assert!(store(&mut streams, "a.x", Some("a.1"), now).duplicate);
+        assert_eq!(store(&mut streams, "a.4", None, now).sequence, 4);
+    }
+
+    #[test]
+    fn a_restore_prunes_by_age_and_refuses_gaps() {
+        let now = start();
+        let message = |sequence: u64, at: SystemTime| Stored {
+            sequence,
+            subject: "a".to_owned(),
+            headers: Headers::new(),
+            payload: Bytes::new(),
+            at,
+        };
+        let restored = |sequences: &[u64], last_sequence: u64| Restored {
+            config: stream("s", &["a"]),
+            last_sequence,
+            messages: sequences
+                .iter()
+                .map(|s| message(*s, now.wall - Duration::from_secs(100 - *s)))
+                .collect(),
+            dedup_ids: Vec::new(),
+            consumers: Vec::new(),
+        };
+        let mut streams = Streams::default();
+        assert!(streams.restore(restored(&[3, 5], 5), now).is_err(), "a gap");
+        assert!(
+            streams.restore(restored(&[3, 4], 3), now).is_err(),
+            "past the last"
+        );
+        assert!(
+            streams.by_name.is_empty(),
+            "a failed restore changes nothing"
+        );
+        // Messages 40 and older are 60 s or more old: past max_age.
+        let floors = streams
+            .restore(restored(&[38, 39, 40, 41], 43), now)
+            .expect("restore");
+        assert_eq!(
+            floors,
+            Floors {
+                messages: 41,
+                dedup_ids: 44
+            }
+        );
+        assert_eq!(store(&mut streams, "a", None, now).sequence, 44);
+    }
+
+    #[test]
+    fn a_wall_clock_set_back_keeps_messages() {
+        let now = start();
+        let mut streams = Streams::default();
+        ensure(&mut streams, stream("s", &["a"]), now).expect("ensure");
+        consumer(&mut streams, "c", "a");
+        store(&mut streams, "a", None, now);
+        let earlier = Now {
+            instant: now.instant,
+            wall: now.wall - Duration::from_secs(3600),
+        };
+        assert_eq!(delivered(streams.next("s", "c", earlier)), (1, 1));
     }
 }

@@ -1,19 +1,29 @@
 //! The in-process bus, for single-process mode and tests: tokio channels
-//! for core traffic, memory for streams.
+//! for core traffic, a state machine in memory for streams (`durable`),
+//! and optionally a journal file that keeps the streams across restarts
+//! (`journal`, with its encodings in `record`).
 //!
-//! Streams live in memory only. That is acceptable for the embedded
-//! default because in one process nothing acknowledged to a client rides
-//! on the bus alone: the storage consumer writes to the embedded store
-//! before it acks, and a client considers a message sent only once it has
-//! the stored message's seq, retrying with the same client message id
-//! (which the store deduplicates) otherwise. A crash loses what was queued
-//! in memory together with the connections waiting for it, and those
-//! clients retry. Memory is bounded by each stream's `max_age` and
-//! `max_messages`.
+//! [`LocalBus::new`] keeps streams in memory only; a crash loses them. That
+//! suits tests and tools, not the single-process default: there the
+//! storage service answers a sender once a message is stored, and what
+//! tells devices about it still rides on durable streams (the stored event
+//! to fanout, the per-user events to sync). Lost from memory, those events
+//! never reach the devices, and they never converge.
+//!
+//! [`LocalBus::open`] writes every change to a stream or a consumer's ack
+//! floor to its journal before applying it, so it survives `kill -9`: when
+//! the bus is opened again, every message whose durable publish returned
+//! `Ok` and that a consumer had not acked is delivered to that consumer
+//! again, in order, and the streams' sequences and dedup ids carry on.
+//! Either way the streams are served from memory, bounded by each stream's
+//! `max_age` and `max_messages`.
 
 mod durable;
+mod journal;
+mod record;
 
 use std::fmt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -23,9 +33,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
-use self::durable::{Next, Settle, Stored, Streams};
+use self::durable::{Next, Now, Stored, Streams};
+pub use self::journal::LOCAL_BUS_FILE;
+use self::journal::{Journal, Journaled};
 use crate::subject::INBOX;
 use crate::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
@@ -33,7 +44,9 @@ use crate::{
     check_dedup_id, check_name, matches,
 };
 
-/// The in-process [`Bus`]. Clones share one bus;
+/// The in-process [`Bus`], with its streams in memory
+/// ([`new`](Self::new)) or also in a journal file that survives a crash
+/// ([`open`](Self::open)). Clones share one bus;
 /// [`with_prefix`](Self::with_prefix) opens the same bus under another
 /// prefix, as a second NATS connection would.
 #[derive(Clone)]
@@ -49,6 +62,8 @@ struct Hub {
     turn: AtomicUsize,
     subscribers: Mutex<Vec<Subscriber>>,
     streams: Mutex<Streams>,
+    /// Where a persistent bus writes its streams' changes ahead.
+    journal: Option<Journal>,
 }
 
 struct Subscriber {
@@ -76,16 +91,59 @@ impl LocalBus {
 
     /// A new, empty bus whose subscriptions buffer `capacity` messages each.
     pub fn with_capacity(prefix: &str, capacity: usize) -> Result<Self> {
-        Ok(Self {
-            prefix: Prefix::new(prefix)?,
+        Ok(Self::build(
+            Prefix::new(prefix)?,
+            capacity,
+            Streams::default(),
+            None,
+        ))
+    }
+
+    /// Opens the persistent bus kept in `dir`, creating the directory and
+    /// its journal file, [`LOCAL_BUS_FILE`], if they do not exist, and
+    /// restoring the streams, messages, dedup ids and consumers' ack floors
+    /// it holds. Subscriptions buffer [`DEFAULT_SUBSCRIPTION_CAPACITY`]
+    /// messages each.
+    ///
+    /// Durable publishes, stream changes, new consumers and acks return
+    /// once they are on disk. What is not kept: deliveries in flight and
+    /// their counts, so after a restart every message a consumer had not
+    /// acked is delivered again, counted from 1.
+    ///
+    /// One bus has the directory open at a time: a second `open` of it
+    /// fails with [`BusError::Unavailable`] until every clone of the first
+    /// bus, and every delivery and consumer stream it handed out, is
+    /// dropped. This blocks on file I/O, reading the whole journal: call it
+    /// at start-up, before serving, or from `spawn_blocking`.
+    pub fn open(prefix: &str, dir: impl AsRef<Path>) -> Result<Self> {
+        let prefix = Prefix::new(prefix)?;
+        let mut streams = Streams::default();
+        let journal = Journal::open(dir.as_ref(), &mut streams, Now::current())?;
+        Ok(Self::build(
+            prefix,
+            DEFAULT_SUBSCRIPTION_CAPACITY,
+            streams,
+            Some(journal),
+        ))
+    }
+
+    fn build(prefix: Prefix, capacity: usize, streams: Streams, journal: Option<Journal>) -> Self {
+        Self {
+            prefix,
             hub: Arc::new(Hub {
                 capacity: capacity.max(1),
                 next_id: AtomicU64::new(1),
                 turn: AtomicUsize::new(0),
                 subscribers: Mutex::new(Vec::new()),
-                streams: Mutex::new(Streams::default()),
+                streams: Mutex::new(streams),
+                journal,
             }),
-        })
+        }
+    }
+
+    /// The journal file of a persistent bus; `None` for one in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.hub.journal.as_ref().map(Journal::path)
     }
 
     /// This bus under another prefix.
@@ -124,11 +182,46 @@ impl fmt::Debug for LocalBus {
         f.debug_struct("LocalBus")
             .field("prefix", &self.prefix.as_str())
             .field("capacity", &self.hub.capacity)
+            .field("path", &self.path())
             .finish_non_exhaustive()
     }
 }
 
 impl Hub {
+    /// Makes one change to the streams: `plan` decides it (see `durable`),
+    /// a persistent bus writes the plan to its journal, and `apply` carries
+    /// it out. On a persistent bus, changes are made one at a time, and a
+    /// plan is applied right after it is written, on the blocking pool, so
+    /// a caller that stops waiting cannot leave a written plan unapplied.
+    async fn change<P, T>(
+        self: &Arc<Self>,
+        plan: impl FnOnce(&mut Streams) -> Result<P>,
+        apply: impl FnOnce(&mut Streams, P) -> T + Send + 'static,
+    ) -> Result<T>
+    where
+        P: Journaled + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(journal) = &self.journal else {
+            let mut streams = lock(&self.streams);
+            let planned = plan(&mut streams)?;
+            return Ok(apply(&mut streams, planned));
+        };
+        let writer = journal.writer().await;
+        let planned = plan(&mut lock(&self.streams))?;
+        if planned.entries().is_empty() {
+            return Ok(apply(&mut lock(&self.streams), planned));
+        }
+        let hub = Arc::clone(self);
+        blocking(move || {
+            writer.commit(&planned.entries())?;
+            let applied = apply(&mut lock(&hub.streams), planned);
+            drop(writer);
+            Ok(applied)
+        })
+        .await
+    }
+
     /// Offers a message to every matching subscriber outside queue groups
     /// and to one member of each matching queue group. Returns how many
     /// subscribers matched, whether or not they had room.
@@ -160,6 +253,18 @@ impl Hub {
                 .any(|member| offer(member, subject, reply, message));
         }
         matched
+    }
+}
+
+/// Runs blocking work off the runtime threads. A panic in it is re-raised
+/// in the caller, as if the work had run inline.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(BusError::Unavailable(format!(
+            "bus journal task ended: {e}"
+        ))),
     }
 }
 
@@ -221,14 +326,30 @@ impl Bus for LocalBus {
         let subject = self.prefix.subject(subject)?;
         let message = message.prepare()?;
         self.hub.deliver(&subject, None, &message);
-        // As on NATS, a stream captures core publishes too.
-        lock(&self.hub.streams).store(
-            &subject,
-            &message.headers,
-            &message.payload,
-            None,
-            Instant::now(),
-        );
+        // As on NATS, a stream captures core publishes too, and the
+        // publisher learns nothing of how that went. Checked first, so core
+        // traffic waits for the journal only when a stream captures it.
+        if !lock(&self.hub.streams).captures(&subject) {
+            return Ok(());
+        }
+        let stored = self
+            .hub
+            .change(
+                |streams| {
+                    Ok(streams.plan_store(
+                        &subject,
+                        &message.headers,
+                        &message.payload,
+                        None,
+                        Now::current(),
+                    ))
+                },
+                |streams, plan| plan.map(|plan| streams.apply_store(plan, Now::current())),
+            )
+            .await;
+        if let Err(err) = stored {
+            tracing::warn!(subject, error = %err, "core message not stored in its stream");
+        }
         Ok(())
     }
 
@@ -279,13 +400,26 @@ impl Bus for LocalBus {
                 .collect::<Result<_>>()?,
             ..config.clone()
         };
-        lock(&self.hub.streams).ensure(prefixed, Instant::now())
+        self.hub
+            .change(
+                |streams| streams.plan_ensure(prefixed),
+                |streams, config| streams.apply_ensure(config, Now::current()),
+            )
+            .await
     }
 
     async fn delete_stream(&self, name: &str) -> Result<()> {
         let name = self.prefix.stream(name)?;
-        lock(&self.hub.streams).delete(&name);
-        Ok(())
+        self.hub
+            .change(
+                |streams| Ok(streams.plan_delete(&name)),
+                |streams, deletion| {
+                    if let Some(deletion) = deletion {
+                        streams.apply_delete(deletion);
+                    }
+                },
+            )
+            .await
     }
 
     async fn publish_durable(
@@ -299,17 +433,25 @@ impl Bus for LocalBus {
             check_dedup_id(id)?;
         }
         let message = message.prepare()?;
-        let persisted = lock(&self.hub.streams)
-            .store(
-                &full,
-                &message.headers,
-                &message.payload,
-                dedup_id,
-                Instant::now(),
+        let persisted = self
+            .hub
+            .change(
+                |streams| {
+                    streams
+                        .plan_store(
+                            &full,
+                            &message.headers,
+                            &message.payload,
+                            dedup_id,
+                            Now::current(),
+                        )
+                        .ok_or_else(|| BusError::NoStream {
+                            subject: subject.to_owned(),
+                        })
+                },
+                |streams, plan| streams.apply_store(plan, Now::current()),
             )
-            .ok_or_else(|| BusError::NoStream {
-                subject: subject.to_owned(),
-            })?;
+            .await?;
         if !persisted.duplicate {
             self.hub.deliver(&full, None, &message);
         }
@@ -320,8 +462,13 @@ impl Bus for LocalBus {
         config.check()?;
         let stream = self.prefix.stream(&config.stream)?;
         let filter = self.prefix.filter(&config.filter_subject)?;
-        let changed =
-            lock(&self.hub.streams).consumer(&stream, &config.name, &filter, config.ack_wait)?;
+        let changed = self
+            .hub
+            .change(
+                |streams| streams.plan_consumer(&stream, &config.name, &filter, config.ack_wait),
+                |streams, plan| streams.apply_consumer(plan),
+            )
+            .await?;
         let reader = Reader {
             bus: self.clone(),
             stream,
@@ -354,7 +501,7 @@ impl Reader {
         loop {
             self.changed.borrow_and_update();
             let next =
-                lock(&self.bus.hub.streams).next(&self.stream, &self.consumer, Instant::now());
+                lock(&self.bus.hub.streams).next(&self.stream, &self.consumer, Now::current());
             let changed = match next {
                 Next::Deliver { message, delivered } => {
                     return Ok(self.delivery(message, delivered));
@@ -405,18 +552,6 @@ struct LocalAck {
     sequence: u64,
 }
 
-impl LocalAck {
-    fn settle(&self, how: Settle) {
-        lock(&self.hub.streams).settle(
-            &self.stream,
-            &self.consumer,
-            self.sequence,
-            how,
-            Instant::now(),
-        );
-    }
-}
-
 impl fmt::Debug for LocalAck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalAck")
@@ -430,12 +565,26 @@ impl fmt::Debug for LocalAck {
 #[async_trait]
 impl Acknowledge for LocalAck {
     async fn ack(self: Box<Self>) -> Result<()> {
-        self.settle(Settle::Ack);
-        Ok(())
+        self.hub
+            .change(
+                |streams| Ok(streams.plan_ack(&self.stream, &self.consumer, self.sequence)),
+                |streams, ack| {
+                    if let Some(ack) = ack {
+                        streams.apply_ack(ack);
+                    }
+                },
+            )
+            .await
     }
 
     async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {
-        self.settle(Settle::Nak(delay));
+        lock(&self.hub.streams).nak(
+            &self.stream,
+            &self.consumer,
+            self.sequence,
+            delay,
+            Now::current(),
+        );
         Ok(())
     }
 }

@@ -1,0 +1,320 @@
+//! The value encodings of the journal's tables: fields in a fixed order,
+//! integers big-endian and fixed-width, strings as a `u32` byte length then
+//! UTF-8, a duration as `u64` seconds then `u32` nanoseconds, and a wall
+//! clock time as the duration since the Unix epoch. What a key already says
+//! (stream name, sequence, consumer name) is not repeated in the value. A
+//! payload or a dedup id comes last and runs to the end.
+//!
+//! A value that does not decode is reported as a corrupt journal.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::durable::{ConsumerState, Stored};
+use crate::{BusError, Headers, Result, StreamConfig};
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u32(mut self, value: u32) -> Self {
+        self.0.extend_from_slice(&value.to_be_bytes());
+        self
+    }
+
+    fn u64(mut self, value: u64) -> Self {
+        self.0.extend_from_slice(&value.to_be_bytes());
+        self
+    }
+
+    fn len(self, len: usize) -> Self {
+        // Every string and count the bus stores is bounded far below 4 GiB
+        // (subjects, headers and payloads are checked on publish).
+        self.u32(u32::try_from(len).unwrap_or(u32::MAX))
+    }
+
+    fn str(self, value: &str) -> Self {
+        let mut this = self.len(value.len());
+        this.0.extend_from_slice(value.as_bytes());
+        this
+    }
+
+    fn duration(self, value: Duration) -> Self {
+        self.u64(value.as_secs()).u32(value.subsec_nanos())
+    }
+
+    fn time(self, value: SystemTime) -> Self {
+        // A time before the epoch is not one this bus ever stores.
+        self.duration(
+            value
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
+    }
+
+    fn rest(mut self, value: &[u8]) -> Vec<u8> {
+        self.0.extend_from_slice(value);
+        self.0
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Reads the fields of one record; every error names the record.
+struct Reader<'a> {
+    what: &'static str,
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
+        Self { what, bytes }
+    }
+
+    fn corrupt(&self, reason: &str) -> BusError {
+        BusError::Unavailable(format!(
+            "bus journal is corrupt: {} record {reason}",
+            self.what
+        ))
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let (head, rest) = self
+            .bytes
+            .split_first_chunk::<N>()
+            .ok_or_else(|| self.corrupt("is truncated"))?;
+        self.bytes = rest;
+        Ok(*head)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        self.take().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        self.take().map(u64::from_be_bytes)
+    }
+
+    fn len(&mut self) -> Result<usize> {
+        let len = self.u32()?;
+        usize::try_from(len).map_err(|_| self.corrupt("has a length beyond memory"))
+    }
+
+    fn str(&mut self) -> Result<String> {
+        let len = self.len()?;
+        if len > self.bytes.len() {
+            return Err(self.corrupt("is truncated"));
+        }
+        let (text, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        String::from_utf8(text.to_vec()).map_err(|_| self.corrupt("has a string that is not UTF-8"))
+    }
+
+    fn duration(&mut self) -> Result<Duration> {
+        let secs = self.u64()?;
+        let nanos = self.u32()?;
+        if nanos >= 1_000_000_000 {
+            return Err(self.corrupt("has a duration with too many nanoseconds"));
+        }
+        Ok(Duration::new(secs, nanos))
+    }
+
+    fn time(&mut self) -> Result<SystemTime> {
+        let since_epoch = self.duration()?;
+        SystemTime::UNIX_EPOCH
+            .checked_add(since_epoch)
+            .ok_or_else(|| self.corrupt("has a time beyond the clock's range"))
+    }
+
+    fn rest(self) -> &'a [u8] {
+        self.bytes
+    }
+
+    fn end(self) -> Result<()> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(self.corrupt("has trailing bytes"))
+        }
+    }
+}
+
+/// A stream's configuration but its name: subjects, `max_age`,
+/// `max_messages` (0 for none), `duplicate_window`.
+pub(super) fn stream(config: &StreamConfig) -> Vec<u8> {
+    let mut writer = Writer::default().len(config.subjects.len());
+    for subject in &config.subjects {
+        writer = writer.str(subject);
+    }
+    writer
+        .duration(config.max_age)
+        .u64(config.max_messages.unwrap_or(0))
+        .duration(config.duplicate_window)
+        .finish()
+}
+
+pub(super) fn read_stream(name: &str, bytes: &[u8]) -> Result<StreamConfig> {
+    let mut reader = Reader::new("stream", bytes);
+    let count = reader.len()?;
+    // Each subject takes at least its length, so a count beyond the bytes
+    // left is damage, not a reason to allocate.
+    if count > reader.bytes.len() / 4 {
+        return Err(reader.corrupt("has more subjects than bytes"));
+    }
+    let subjects = (0..count).map(|_| reader.str()).collect::<Result<_>>()?;
+    let max_age = reader.duration()?;
+    let max_messages = Some(reader.u64()?).filter(|&max| max > 0);
+    let duplicate_window = reader.duration()?;
+    reader.end()?;
+    Ok(StreamConfig {
+        name: name.to_owned(),
+        subjects,
+        max_age,
+        max_messages,
+        duplicate_window,
+    })
+}
+
+/// A message but its sequence: stored at, subject, header count, each
+/// header's name and value, then the payload.
+pub(super) fn message(message: &Stored) -> Vec<u8> {
+    let mut writer = Writer::default()
+        .time(message.at)
+        .str(&message.subject)
+        .len(message.headers.len());
+    for (name, value) in message.headers.iter() {
+        writer = writer.str(name).str(value);
+    }
+    writer.rest(&message.payload)
+}
+
+pub(super) fn read_message(sequence: u64, bytes: &[u8]) -> Result<Stored> {
+    let mut reader = Reader::new("message", bytes);
+    let at = reader.time()?;
+    let subject = reader.str()?;
+    let count = reader.len()?;
+    if count > reader.bytes.len() / 8 {
+        return Err(reader.corrupt("has more headers than bytes"));
+    }
+    let headers = (0..count)
+        .map(|_| Ok((reader.str()?, reader.str()?)))
+        .collect::<Result<Headers>>()?;
+    Ok(Stored {
+        sequence,
+        subject,
+        headers,
+        payload: Bytes::copy_from_slice(reader.rest()),
+        at,
+    })
+}
+
+/// A dedup id with the time its message was stored: the time, then the id.
+pub(super) fn dedup_id(at: SystemTime, id: &str) -> Vec<u8> {
+    Writer::default().time(at).rest(id.as_bytes())
+}
+
+pub(super) fn read_dedup_id(bytes: &[u8]) -> Result<(SystemTime, String)> {
+    let mut reader = Reader::new("dedup id", bytes);
+    let at = reader.time()?;
+    let id = std::str::from_utf8(reader.bytes).map_err(|_| reader.corrupt("is not UTF-8"))?;
+    Ok((at, id.to_owned()))
+}
+
+/// A consumer: filter, ack wait, ack floor.
+pub(super) fn consumer(state: &ConsumerState) -> Vec<u8> {
+    Writer::default()
+        .str(&state.filter)
+        .duration(state.ack_wait)
+        .u64(state.ack_floor)
+        .finish()
+}
+
+pub(super) fn read_consumer(bytes: &[u8]) -> Result<ConsumerState> {
+    let mut reader = Reader::new("consumer", bytes);
+    let filter = reader.str()?;
+    let ack_wait = reader.duration()?;
+    let ack_floor = reader.u64()?;
+    reader.end()?;
+    Ok(ConsumerState {
+        filter,
+        ack_wait,
+        ack_floor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let mut config = StreamConfig::new("s", &["a.*", "b.>"], Duration::new(3600, 5));
+        config.max_messages = Some(7);
+        assert_eq!(read_stream("s", &stream(&config)).expect("stream"), config);
+        config.max_messages = None;
+        assert_eq!(read_stream("s", &stream(&config)).expect("stream"), config);
+
+        let stored = Stored {
+            sequence: 9,
+            subject: "a.b".to_owned(),
+            headers: [("traceparent", "00-1"), ("x-kind", "")]
+                .into_iter()
+                .collect(),
+            payload: Bytes::from_static(b"\0payload"),
+            at: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123),
+        };
+        let read = read_message(9, &message(&stored)).expect("message");
+        assert_eq!(
+            (
+                read.sequence,
+                &read.subject,
+                &read.headers,
+                &read.payload,
+                read.at
+            ),
+            (
+                9,
+                &stored.subject,
+                &stored.headers,
+                &stored.payload,
+                stored.at
+            )
+        );
+
+        let at = stored.at;
+        assert_eq!(
+            read_dedup_id(&dedup_id(at, "id-1")).expect("dedup id"),
+            (at, "id-1".to_owned())
+        );
+
+        let state = ConsumerState {
+            filter: "a.*".to_owned(),
+            ack_wait: Duration::from_millis(1500),
+            ack_floor: 42,
+        };
+        assert_eq!(read_consumer(&consumer(&state)).expect("consumer"), state);
+    }
+
+    #[test]
+    fn damage_is_reported_not_panicked_on() {
+        let config = StreamConfig::new("s", &["a"], Duration::from_secs(60));
+        let bytes = stream(&config);
+        for len in 0..bytes.len() {
+            assert!(
+                read_stream("s", &bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(read_stream("s", &long).is_err(), "trailing bytes");
+        let mut huge_count = bytes;
+        huge_count[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(read_stream("s", &huge_count).is_err(), "huge count");
+        assert!(read_consumer(&[0, 0, 0, 9, b'a']).is_err(), "short string");
+        assert!(read_message(1, &[0; 11]).is_err(), "truncated time");
+    }
+}

@@ -1,0 +1,143 @@
+//! The sync service: the owner of every user's update log and devices.
+//!
+//! - It consumes the USERS stream (consumer `sync`), appends each event to
+//!   its user's log at the next cursor, exactly once however often the
+//!   event is delivered, and publishes it as a live `ServerFrame` on the
+//!   user's live subject for the gateways.
+//! - It answers the gateways over the bus: the updates after a cursor
+//!   (`UPDATES`), device hellos (`DEVICE_HELLO`) and cursor acks
+//!   (`CURSOR_ACK`).
+//! - It serves `natter.v1.SyncService` over gRPC to callers without a
+//!   gateway connection.
+//!
+//! Only this service writes the `SyncStore`; it never reads conversation
+//! state, and reaches storage (for `MarkRead`) only over the bus.
+
+mod api;
+mod log;
+mod responders;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use natter_auth::Verifier;
+use natter_bus::Bus;
+use natter_core::Timestamp;
+use natter_server::{GrpcServer, Settings, StartError};
+use natter_store::SyncStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The consumer name sync consumes USERS under, and its queue group.
+pub const CONSUMER: &str = "sync";
+
+/// Requests a responder handles at once, per subject.
+const RESPONDER_CONCURRENCY: usize = 256;
+
+/// How long a request to a peer service may take.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the service runs on, built by [`start`] or by whoever composes the
+/// services in one process.
+pub struct Deps {
+    pub bus: Arc<dyn Bus>,
+    pub verifier: Arc<Verifier>,
+    pub store: Arc<dyn SyncStore>,
+    /// Unique per process; names this process in logs.
+    pub instance: String,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("bus", &self.bus)
+            .field("verifier", &self.verifier)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the service on `listener` until `shutdown`: the USERS consumer, the
+/// bus responders and the gRPC API. The streams must exist
+/// ([`natter_contract::ensure_streams`]). Returns once the gRPC server has
+/// drained and the consumer has settled what it was handling.
+#[tracing::instrument(name = "sync", skip_all, fields(instance = %deps.instance))]
+pub async fn run(
+    settings: &Settings,
+    deps: Deps,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let limits = settings.limits();
+    // Stops the bus side when the server ends for any reason, not only on
+    // `shutdown`.
+    let stop = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+
+    // Responders first, so the gateways find them as soon as this process
+    // reports serving.
+    let responders = responders::Responders::new(deps.store.clone(), limits.clone());
+    responders
+        .start(deps.bus.clone(), &stop, &mut tasks)
+        .await?;
+
+    let appender = Arc::new(log::Appender::new(
+        deps.store.clone(),
+        deps.bus.clone(),
+        settings.sync.retained_updates,
+    ));
+    tasks.spawn(natter_contract::consume_partitions(
+        deps.bus.clone(),
+        natter_contract::USERS,
+        CONSUMER,
+        settings.topology(),
+        stop.clone(),
+        move |event, delivered| {
+            let appender = appender.clone();
+            async move { appender.handle(event, delivered).await }
+        },
+    ));
+
+    let api = api::Api::new(deps.bus, deps.verifier, deps.store, limits);
+    let served = GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .add_service(natter_proto::v1::sync_service_server::SyncServiceServer::new(api))
+        .serve(
+            listener,
+            shutdown.cancelled_owned(),
+            settings.grace_period(),
+        )
+        .await;
+
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    served?;
+    Ok(())
+}
+
+/// Connects to the bus and the store the settings name, makes sure the
+/// streams exist, binds `sync.grpc_addr` and runs until `shutdown`.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
+    let bus = settings.connect_bus().await?;
+    let stores = settings.open_stores().await?;
+    natter_contract::ensure_streams(bus.as_ref(), &settings.topology()).await?;
+    let verifier = Arc::new(settings.verifier()?);
+    let listener = TcpListener::bind(&settings.sync.grpc_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "sync listening");
+    let deps = Deps {
+        bus,
+        verifier,
+        store: stores.sync,
+        instance: format!("sync-{}", uuid::Uuid::new_v4().simple()),
+    };
+    run(&settings, deps, listener, shutdown).await
+}
+
+/// The wall clock as the domain counts time. The domain never reads the
+/// clock; the service edge does.
+fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Timestamp::from_millis(millis)
+}

@@ -1,0 +1,271 @@
+//! What sync answers on the bus, for the gateways: the updates after a
+//! cursor, device hellos, and cursor acks.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use natter_bus::{Bus, BusError, Subscription};
+use natter_contract::{decode, serve, subjects};
+use natter_core::{Cursor, Device, DeviceId, Invalid, Limits, TenantId, UserId};
+use natter_proto::bus::v1::{
+    Actor, CursorAck, DeviceHello, DeviceWelcome, Failure, UpdatesPage, UpdatesQuery,
+};
+use natter_proto::convert::{parse_id, required};
+use natter_proto::status::{invalid_argument, store_error, to_failure};
+use natter_store::{StoreError, SyncStore, UpdateBatch};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{CONSUMER, RESPONDER_CONCURRENCY, now};
+
+/// Longest device label kept; longer ones (whole user agents) are cut.
+const MAX_LABEL_BYTES: usize = 256;
+
+pub(crate) struct Responders {
+    store: Arc<dyn SyncStore>,
+    limits: Limits,
+}
+
+impl Responders {
+    pub(crate) fn new(store: Arc<dyn SyncStore>, limits: Limits) -> Self {
+        Self { store, limits }
+    }
+
+    /// Subscribes to the three subjects (queue group `sync`) and spawns
+    /// their loops on `tasks`; they stop on `stop`. Returns once every
+    /// subscription is in place.
+    pub(crate) async fn start(
+        self,
+        bus: Arc<dyn Bus>,
+        stop: &CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<(), BusError> {
+        let updates = bus.subscribe(subjects::UPDATES, Some(CONSUMER)).await?;
+        let hellos = bus
+            .subscribe(subjects::DEVICE_HELLO, Some(CONSUMER))
+            .await?;
+        let acks = bus.subscribe(subjects::CURSOR_ACK, Some(CONSUMER)).await?;
+        let this = Arc::new(self);
+
+        let responder = this.clone();
+        tasks.spawn(until(
+            stop.clone(),
+            serve(bus.clone(), updates, RESPONDER_CONCURRENCY, move |query| {
+                let responder = responder.clone();
+                async move { responder.updates(query).await }
+            }),
+        ));
+        let responder = this.clone();
+        tasks.spawn(until(
+            stop.clone(),
+            serve(bus, hellos, RESPONDER_CONCURRENCY, move |hello| {
+                let responder = responder.clone();
+                async move { responder.hello(hello).await }
+            }),
+        ));
+        tasks.spawn(until(stop.clone(), this.record_acks(acks)));
+        Ok(())
+    }
+
+    /// `UPDATES`: a page of the log after a cursor. `complete` is set when
+    /// the page reaches the head as it was when the query arrived, so
+    /// anything later reaches the asking gateway live (it subscribed
+    /// before asking).
+    #[tracing::instrument(skip_all, fields(tenant = %query.tenant_id, user = %query.user_id, after = query.after))]
+    async fn updates(&self, query: UpdatesQuery) -> UpdatesPage {
+        let (tenant, user) = match ids(&query.tenant_id, &query.user_id) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed updates query");
+                return UpdatesPage {
+                    failure: Some(to_failure(&invalid_argument(e))),
+                    ..UpdatesPage::default()
+                };
+            }
+        };
+        let after = Cursor::new(query.after);
+        let limit = self.limits.page_size(query.limit);
+        let read = async {
+            let head = self.store.log_head(&tenant, &user).await?;
+            let batch = self
+                .store
+                .read_updates(&tenant, &user, after, limit)
+                .await?;
+            Ok::<_, StoreError>((head, batch))
+        };
+        match read.await {
+            Ok((head, UpdateBatch::Updates(updates))) => {
+                let last = updates.last().map_or(after, |update| update.cursor);
+                UpdatesPage {
+                    complete: last >= head,
+                    head: head.max(last).get(),
+                    updates: updates.into_iter().map(Into::into).collect(),
+                    ..UpdatesPage::default()
+                }
+            }
+            Ok((_, UpdateBatch::ResyncRequired { head })) => UpdatesPage {
+                resync_required: true,
+                head: head.get(),
+                ..UpdatesPage::default()
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the update log");
+                UpdatesPage {
+                    failure: store_failure(e),
+                    ..UpdatesPage::default()
+                }
+            }
+        }
+    }
+
+    /// `DEVICE_HELLO`: registers or refreshes the device and tells the
+    /// gateway its recorded cursor; a revoked device fails
+    /// (FAILED_PRECONDITION).
+    #[tracing::instrument(skip_all, fields(device = %hello.device_id))]
+    async fn hello(&self, hello: DeviceHello) -> DeviceWelcome {
+        let device = match device_of(hello) {
+            Ok(device) => device,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed device hello");
+                return DeviceWelcome {
+                    failure: Some(to_failure(&invalid_argument(e))),
+                    cursor: 0,
+                };
+            }
+        };
+        match self.store.touch_device(&device).await {
+            Ok(device) => DeviceWelcome {
+                failure: None,
+                cursor: device.cursor.get(),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    tenant = %device.tenant_id, user = %device.user_id, error = %e,
+                    "device may not connect"
+                );
+                DeviceWelcome {
+                    failure: store_failure(e),
+                    cursor: 0,
+                }
+            }
+        }
+    }
+
+    /// `CURSOR_ACK`: records devices' cursors. Nobody waits for an answer,
+    /// and a lost ack is made good by the next, so failures are only
+    /// logged.
+    async fn record_acks(self: Arc<Self>, mut acks: Subscription) {
+        let permits = Arc::new(Semaphore::new(RESPONDER_CONCURRENCY));
+        while let Some(incoming) = acks.next().await {
+            let ack: CursorAck = match decode(&incoming.payload) {
+                Ok(ack) => ack,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable cursor ack dropped");
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.record_ack(ack).await;
+                drop(permit);
+            });
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(device = %ack.device_id, cursor = ack.cursor))]
+    async fn record_ack(&self, ack: CursorAck) {
+        let parsed = actor_ids(ack.actor).and_then(|(tenant, user)| {
+            Ok((
+                tenant,
+                user,
+                parse_id::<DeviceId>("device_id", &ack.device_id)?,
+            ))
+        });
+        let (tenant, user, device) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed cursor ack dropped");
+                return;
+            }
+        };
+        let cursor = Cursor::new(ack.cursor);
+        if let Err(e) = self
+            .store
+            .save_cursor(&tenant, &user, &device, cursor)
+            .await
+        {
+            tracing::warn!(%tenant, %user, error = %e, "cannot record a cursor ack");
+        }
+    }
+}
+
+/// Runs `work` until it ends or `stop` is cancelled.
+async fn until(stop: CancellationToken, work: impl Future<Output = ()>) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = work => {}
+    }
+}
+
+fn ids(tenant: &str, user: &str) -> Result<(TenantId, UserId), Invalid> {
+    Ok((parse_id("tenant_id", tenant)?, parse_id("user_id", user)?))
+}
+
+fn actor_ids(actor: Option<Actor>) -> Result<(TenantId, UserId), Invalid> {
+    let actor = required("actor", actor)?;
+    Ok((
+        parse_id("actor.tenant_id", &actor.tenant_id)?,
+        parse_id("actor.user_id", &actor.user_id)?,
+    ))
+}
+
+/// The device a hello describes, as the store should record it now.
+fn device_of(hello: DeviceHello) -> Result<Device, Invalid> {
+    let (tenant_id, user_id) = actor_ids(hello.actor)?;
+    Ok(Device {
+        tenant_id,
+        user_id,
+        device_id: parse_id("device_id", &hello.device_id)?,
+        label: bounded_label(hello.label),
+        // The store keeps the recorded cursor; a new device starts at zero.
+        cursor: Cursor::ZERO,
+        last_seen: now(),
+        revoked: false,
+    })
+}
+
+/// The label cut to [`MAX_LABEL_BYTES`] on a character boundary: a label
+/// is a description, not worth refusing a connection over.
+fn bounded_label(mut label: String) -> String {
+    if label.len() > MAX_LABEL_BYTES {
+        let mut end = MAX_LABEL_BYTES;
+        while !label.is_char_boundary(end) {
+            end -= 1;
+        }
+        label.truncate(end);
+    }
+    label
+}
+
+fn store_failure(e: StoreError) -> Option<Failure> {
+    Some(to_failure(&store_error(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_labels_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded_label("web".into()), "web");
+        let long = "é".repeat(MAX_LABEL_BYTES);
+        let cut = bounded_label(long);
+        assert!(cut.len() <= MAX_LABEL_BYTES && cut.len() >= MAX_LABEL_BYTES - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}
