@@ -1,0 +1,296 @@
+//! The EVENTS consumer: every durable conversation event becomes one
+//! `UserEvent` per user it concerns, stored on the USERS stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use natter_bus::{Bus, BusError, Outgoing};
+use natter_contract::{Handled, Topology, USERS, subjects};
+use natter_core::{Event, Invalid, TenantId, UserId};
+use natter_proto::bus::v1::{ConversationEvent, UserEvent};
+use natter_proto::convert::{parse_id, required};
+use natter_proto::v1;
+use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint};
+use sha2::{Digest, Sha256};
+
+use crate::directory::Directory;
+use crate::members::Members;
+use crate::stats::Stats;
+
+/// Durable publishes in flight for one event.
+const PUBLISH_CONCURRENCY: usize = 64;
+
+/// The longest dedup id the bus carries (`Nats-Msg-Id`).
+const MAX_DEDUP_ID_BYTES: usize = 256;
+
+/// First and longest wait before an event is handled again after a failure.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Expands conversation events to the users they concern.
+#[derive(Debug)]
+pub(crate) struct Expander {
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) topology: Topology,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Expander {
+    /// Handles one delivery of the EVENTS stream. `Done` only once every
+    /// recipient's user event is persisted; `Retry` if anything failed, and
+    /// the next attempt publishes again under the same dedup ids.
+    #[tracing::instrument(skip_all, fields(delivered, conversation, key))]
+    pub(crate) async fn handle(&self, message: ConversationEvent, delivered: u32) -> Handled {
+        let _pending = self.stats.event_received();
+        let span = tracing::Span::current();
+        span.record("delivered", delivered);
+        let (tenant, wire, event) = match parse(message) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // Asking again cannot fix it, and holding it would block the
+                // partition: report and skip.
+                tracing::error!(error = %e, "invalid conversation event dropped");
+                return Handled::Done;
+            }
+        };
+        let key = event.key();
+        span.record(
+            "conversation",
+            tracing::field::display(event.conversation_id()),
+        );
+        span.record("key", key.as_str());
+
+        if let Event::Membership(change) = &event {
+            self.directory.apply(&tenant, change);
+        }
+        let members = match self
+            .directory
+            .members(&tenant, event.conversation_id())
+            .await
+        {
+            Ok(members) => members,
+            Err(e) if e.is_permanent() => {
+                tracing::error!(error = %e, "no member list for the event; delivering to the affected user only");
+                Arc::new(Members::default())
+            }
+            Err(e) => {
+                let delay = retry_delay(delivered);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot list members; retrying");
+                return Handled::Retry(delay);
+            }
+        };
+
+        let common = UserEvent {
+            tenant_id: tenant.to_string(),
+            user_id: String::new(),
+            event: Some(wire),
+        }
+        .encode_to_vec();
+        match self
+            .publish(&tenant, &key, &common, recipients(&event, &members))
+            .await
+        {
+            Ok(()) => Handled::Done,
+            Err(e) => {
+                let delay = retry_delay(delivered);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store user events; retrying");
+                Handled::Retry(delay)
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        common: &[u8],
+        recipients: Vec<&UserId>,
+    ) -> Result<(), BusError> {
+        let mut in_flight = FuturesUnordered::new();
+        for user in recipients {
+            if in_flight.len() >= PUBLISH_CONCURRENCY
+                && let Some(result) = in_flight.next().await
+            {
+                result?;
+            }
+            in_flight.push(self.publish_one(tenant, key, common, user));
+        }
+        while let Some(result) = in_flight.next().await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn publish_one(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        common: &[u8],
+        user: &UserId,
+    ) -> Result<(), BusError> {
+        let subject = USERS.subject(&self.topology, &subjects::user_key(tenant, user));
+        let persisted = self
+            .bus
+            .publish_durable(
+                &subject,
+                Outgoing::new(payload(common, user)),
+                Some(&dedup_id(key, user)),
+            )
+            .await?;
+        if !persisted.duplicate {
+            Stats::add(&self.stats.updates_written, 1);
+        }
+        Ok(())
+    }
+}
+
+fn parse(message: ConversationEvent) -> Result<(TenantId, v1::Event, Event), Invalid> {
+    let tenant = parse_id("tenant_id", &message.tenant_id)?;
+    let wire = required("event", message.event)?;
+    let event = Event::try_from(wire.clone())?;
+    Ok((tenant, wire, event))
+}
+
+/// Who receives `event`: every current member, and for a membership change
+/// also the user it is about, so a leaver learns they left and a joiner
+/// learns they joined even when the member list has moved on since.
+pub(crate) fn recipients<'a>(event: &'a Event, members: &'a Members) -> Vec<&'a UserId> {
+    let affected = match event {
+        Event::Membership(change) => Some(&change.user_id),
+        Event::Message(_) | Event::Read(_) => None,
+    };
+    let mut out: Vec<&UserId> = Vec::with_capacity(members.len() + 1);
+    out.extend(members.iter());
+    if let Some(user) = affected.filter(|user| !members.contains(user)) {
+        out.push(user);
+    }
+    out
+}
+
+/// A `UserEvent` for `user`: its `user_id` field followed by the fields the
+/// event's recipients share, encoded once per event. Protobuf decodes
+/// fields in any order, so this is the message prost would encode.
+fn payload(common: &[u8], user: &UserId) -> Vec<u8> {
+    let id = user.as_str().as_bytes();
+    let mut buf = Vec::with_capacity(common.len() + id.len() + 4);
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(id.len() as u64, &mut buf);
+    buf.extend_from_slice(id);
+    buf.extend_from_slice(common);
+    buf
+}
+
+/// `<event key>/<user>`, or for ids too long for the bus (long user ids)
+/// `sha256/<hex digest of that>`, which no event key starts with.
+pub(crate) fn dedup_id(key: &str, user: &UserId) -> String {
+    let id = format!("{key}/{user}");
+    if id.len() <= MAX_DEDUP_ID_BYTES {
+        return id;
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256/");
+    for byte in digest {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// Doubles from [`RETRY_FIRST`] with each delivery, up to [`RETRY_MAX`].
+fn retry_delay(delivered: u32) -> Duration {
+    let doublings = delivered.saturating_sub(1).min(10);
+    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use natter_core::{
+        ConversationId, MembershipChange, MembershipKind, ReadMarker, Role, Seq, Timestamp,
+    };
+
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::new(name).unwrap()
+    }
+
+    fn change(name: &str, kind: MembershipKind) -> Event {
+        Event::Membership(MembershipChange {
+            conversation_id: ConversationId::generate(),
+            user_id: user(name),
+            role: Role::Customer,
+            kind,
+            at: Timestamp::from_millis(5),
+        })
+    }
+
+    fn sorted(mut users: Vec<&UserId>) -> Vec<&str> {
+        users.sort();
+        users.into_iter().map(UserId::as_str).collect()
+    }
+
+    #[test]
+    fn members_receive_reads_and_the_affected_user_their_change() {
+        let members: Members = ["a", "b"].into_iter().map(user).collect();
+        let read = Event::Read(ReadMarker {
+            conversation_id: ConversationId::generate(),
+            user_id: user("a"),
+            seq: Seq::new(1),
+        });
+        assert_eq!(sorted(recipients(&read, &members)), ["a", "b"]);
+        let left = change("c", MembershipKind::Left);
+        assert_eq!(sorted(recipients(&left, &members)), ["a", "b", "c"]);
+        let joined = change("a", MembershipKind::Joined);
+        assert_eq!(sorted(recipients(&joined, &members)), ["a", "b"]);
+    }
+
+    #[test]
+    fn payloads_decode_as_the_user_event() {
+        let wire = v1::Event::from(change("c", MembershipKind::Joined));
+        let common = UserEvent {
+            tenant_id: "acme".into(),
+            user_id: String::new(),
+            event: Some(wire.clone()),
+        }
+        .encode_to_vec();
+        let decoded = UserEvent::decode(payload(&common, &user("bob")).as_slice()).unwrap();
+        assert_eq!(
+            decoded,
+            UserEvent {
+                tenant_id: "acme".into(),
+                user_id: "bob".into(),
+                event: Some(wire),
+            }
+        );
+    }
+
+    #[test]
+    fn dedup_ids_fit_the_bus() {
+        let key = change("c", MembershipKind::Left).key();
+        assert_eq!(dedup_id(&key, &user("bob")), format!("{key}/bob"));
+        let long = user(&"x".repeat(UserId::MAX_BYTES));
+        let key = change(long.as_str(), MembershipKind::Left).key();
+        let hashed = dedup_id(&key, &long);
+        assert!(
+            hashed.starts_with("sha256/") && hashed.len() == 71,
+            "{hashed}"
+        );
+        natter_bus::check_dedup_id(&hashed).unwrap();
+        assert_eq!(hashed, dedup_id(&key, &long));
+        assert_ne!(
+            hashed,
+            dedup_id(&key, &user(&"y".repeat(UserId::MAX_BYTES)))
+        );
+    }
+
+    #[test]
+    fn retries_back_off_up_to_a_cap() {
+        assert_eq!(retry_delay(1), RETRY_FIRST);
+        assert_eq!(retry_delay(2), RETRY_FIRST * 2);
+        assert_eq!(retry_delay(1_000), RETRY_MAX);
+    }
+}

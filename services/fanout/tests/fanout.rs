@@ -1,0 +1,545 @@
+//! Component tests of the fan-out service: its gRPC API and its bus side
+//! over the in-process bus. Storage's `MembersQuery` responder is played by
+//! a responder in the test (see `harness`) answering from an embedded
+//! store, which can be made to fail; one test runs the real storage service
+//! instead, to hold the two to the same contract.
+
+// A test failing loudly on the first unexpected error is the point; the
+// harness's helpers are outside `#[test]` functions, where clippy's
+// test exemption does not reach.
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use harness::{Harness, Peer, TENANT, per_user, ready, take, test_bus};
+use natter_bus::{
+    Bus, BusError, ConsumerConfig, Deliveries, Incoming, LocalBus, Outgoing, Persisted,
+    StreamConfig, Subscription,
+};
+use natter_contract::{USERS, subjects};
+use natter_core::{
+    ClientMessageId, Content, ConversationId, Event, Message, MessageId, Role, Seq, Timestamp,
+    UserId,
+};
+use natter_proto::bus::v1::{Actor, EphemeralSignal, ephemeral_signal};
+use natter_proto::convert::timestamp_to_wire;
+use natter_proto::v1::{self, PublishEphemeralRequest, TypingSignal, publish_ephemeral_request};
+use natter_store::ConversationStore;
+use prost::Message as _;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).unwrap()
+}
+
+fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    Timestamp::from_millis(i64::try_from(millis).unwrap())
+}
+
+fn message(conversation: ConversationId, seq: u64, sender: &str) -> Event {
+    Event::Message(Message {
+        id: MessageId::generate(),
+        conversation_id: conversation,
+        seq: Seq::new(seq),
+        sender_id: user(sender),
+        client_message_id: ClientMessageId::new(format!("c-{seq}")).unwrap(),
+        sent_at: now(),
+        content: Content::Text(format!("message {seq}")),
+    })
+}
+
+fn users_of(events: &[(Incoming, natter_proto::bus::v1::UserEvent)]) -> Vec<String> {
+    let mut users: Vec<String> = events.iter().map(|(_, e)| e.user_id.clone()).collect();
+    users.sort();
+    users
+}
+
+fn typing(conversation: ConversationId, from: &str, at: Timestamp) -> Outgoing {
+    let signal = EphemeralSignal {
+        actor: Some(Actor {
+            tenant_id: TENANT.into(),
+            user_id: from.into(),
+            role: v1::Role::Customer as i32,
+        }),
+        conversation_id: conversation.to_string(),
+        at: Some(timestamp_to_wire(at)),
+        signal: Some(ephemeral_signal::Signal::Typing(true)),
+    };
+    Outgoing::new(signal.encode_to_vec())
+}
+
+fn typing_frame(incoming: &Incoming) -> TypingSignal {
+    match v1::ServerFrame::decode(incoming.payload.as_ref())
+        .unwrap()
+        .frame
+    {
+        Some(v1::server_frame::Frame::Typing(typing)) => typing,
+        other => panic!("expected a typing frame, got {other:?}"),
+    }
+}
+
+fn reason_of(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_message_reaches_each_members_partition_once() {
+    let h = Harness::start().await;
+    let conversation = h.conversation(&["alice", "bob", "carol"]).await;
+    let mut users = h.users_stream().await;
+    let event = message(conversation, 1, "alice");
+    h.publish_event(&event, Some(&event.key())).await;
+
+    let got = take(&mut users, 3).await;
+    assert_eq!(users_of(&got), ["alice", "bob", "carol"]);
+    let topology = h.settings.topology();
+    for (incoming, user_event) in &got {
+        assert_eq!(user_event.tenant_id, TENANT);
+        assert_eq!(
+            Event::try_from(user_event.event.clone().unwrap()).unwrap(),
+            event
+        );
+        let expected = USERS.subject(
+            &topology,
+            &subjects::user_key(&h.tenant(), &user(&user_event.user_id)),
+        );
+        assert_eq!(incoming.subject, expected);
+    }
+    let stats = h.stats_until(|s| s.events_pending == 0).await;
+    assert_eq!((stats.events_received, stats.updates_written), (1, 3));
+    assert!(ready(&mut users).is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_handled_twice_is_stored_once_per_member() {
+    let h = Harness::start().await;
+    let conversation = h.conversation(&["alice", "bob", "carol"]).await;
+    let mut users = h.users_stream().await;
+    let event = message(conversation, 1, "alice");
+    // No dedup id on EVENTS: fanout gets the event twice, as after a
+    // redelivery.
+    h.publish_event(&event, None).await;
+    h.publish_event(&event, None).await;
+
+    let stats = h
+        .stats_until(|s| s.events_received == 2 && s.events_pending == 0)
+        .await;
+    assert_eq!(stats.updates_written, 3);
+    let got = ready(&mut users);
+    assert_eq!(got.len(), 3, "one user event per member");
+    h.stop().await;
+}
+
+/// A bus that fails the `n`th durable publish to USERS once, as a NATS
+/// hiccup would, and passes everything else to the in-process bus.
+#[derive(Debug)]
+struct FlakyBus {
+    inner: LocalBus,
+    fail_at: u32,
+    seen: AtomicU32,
+}
+
+#[async_trait]
+impl Bus for FlakyBus {
+    async fn publish(&self, subject: &str, message: Outgoing) -> natter_bus::Result<()> {
+        self.inner.publish(subject, message).await
+    }
+
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+    ) -> natter_bus::Result<Subscription> {
+        self.inner.subscribe(subject, queue_group).await
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        message: Outgoing,
+        timeout: Duration,
+    ) -> natter_bus::Result<Incoming> {
+        self.inner.request(subject, message, timeout).await
+    }
+
+    async fn ensure_stream(&self, config: &StreamConfig) -> natter_bus::Result<()> {
+        self.inner.ensure_stream(config).await
+    }
+
+    async fn delete_stream(&self, name: &str) -> natter_bus::Result<()> {
+        self.inner.delete_stream(name).await
+    }
+
+    async fn publish_durable(
+        &self,
+        subject: &str,
+        message: Outgoing,
+        dedup_id: Option<&str>,
+    ) -> natter_bus::Result<Persisted> {
+        if subject.starts_with("users.") && self.seen.fetch_add(1, Ordering::SeqCst) == self.fail_at
+        {
+            return Err(BusError::Unavailable("injected failure".into()));
+        }
+        self.inner.publish_durable(subject, message, dedup_id).await
+    }
+
+    async fn consume(&self, config: &ConsumerConfig) -> natter_bus::Result<Deliveries> {
+        self.inner.consume(config).await
+    }
+}
+
+#[tokio::test]
+async fn a_fan_out_that_fails_halfway_is_retried_without_copies() {
+    let bus = test_bus();
+    let flaky = FlakyBus {
+        inner: bus.clone(),
+        fail_at: 2,
+        seen: AtomicU32::new(0),
+    };
+    let h = Harness::start_with(bus, Arc::new(flaky), Peer::Double).await;
+    let members: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    let conversation = h.conversation(&names).await;
+    let mut users = h.users_stream().await;
+    let event = message(conversation, 1, "m0");
+    h.publish_event(&event, Some(&event.key())).await;
+
+    let got = take(&mut users, 5).await;
+    assert_eq!(users_of(&got), members);
+    let stats = h
+        .stats_until(|s| s.events_pending == 0 && s.updates_written == 5)
+        .await;
+    assert_eq!(stats.events_received, 2, "handled again after the failure");
+    assert!(
+        ready(&mut users).is_empty(),
+        "no copies: {:?}",
+        per_user(&got)
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn storage_down_delays_delivery_but_loses_nothing() {
+    let h = Harness::start().await;
+    let conversation = h.conversation(&["alice", "bob"]).await;
+    h.failing_queries.store(2, Ordering::SeqCst);
+    let mut users = h.users_stream().await;
+    let event = message(conversation, 1, "alice");
+    h.publish_event(&event, Some(&event.key())).await;
+
+    let got = take(&mut users, 2).await;
+    assert_eq!(users_of(&got), ["alice", "bob"]);
+    assert_eq!(h.failing_queries.load(Ordering::SeqCst), 0);
+    let stats = h.stats_until(|s| s.events_pending == 0).await;
+    assert_eq!(stats.events_received, 3, "two retries, then delivery");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn membership_changes_reach_the_affected_user_and_move_the_member_list() {
+    let h = Harness::start().await;
+    let tenant = h.tenant();
+    let conversation = h.conversation(&["alice", "bob", "carol"]).await;
+    let mut users = h.users_stream().await;
+
+    // Loads the member list into the cache.
+    let first = message(conversation, 1, "alice");
+    h.publish_event(&first, Some(&first.key())).await;
+    assert_eq!(
+        users_of(&take(&mut users, 3).await),
+        ["alice", "bob", "carol"]
+    );
+
+    let left = h
+        .store
+        .remove_members(&tenant, conversation, &[user("carol")], now())
+        .await
+        .unwrap();
+    let joined = h
+        .store
+        .add_members(&tenant, conversation, &[(user("dave"), Role::Agent)], now())
+        .await
+        .unwrap();
+    let (left, joined) = (
+        Event::Membership(left[0].clone()),
+        Event::Membership(joined[0].clone()),
+    );
+    h.publish_event(&left, Some(&left.key())).await;
+    let got = take(&mut users, 3).await;
+    assert_eq!(users_of(&got), ["alice", "bob", "carol"], "the leaver too");
+    h.publish_event(&joined, Some(&joined.key())).await;
+    assert_eq!(
+        users_of(&take(&mut users, 3).await),
+        ["alice", "bob", "dave"]
+    );
+
+    // The cached list moved with the events (the cache has not expired).
+    let second = message(conversation, 2, "bob");
+    h.publish_event(&second, Some(&second.key())).await;
+    assert_eq!(
+        users_of(&take(&mut users, 3).await),
+        ["alice", "bob", "dave"]
+    );
+    h.stats_until(|s| s.events_pending == 0 && s.events_received == 4)
+        .await;
+    assert!(ready(&mut users).is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_members_but_not_the_typist() {
+    let h = Harness::start().await;
+    let conversation = h.conversation(&["alice", "bob", "carol"]).await;
+    let mut alice = h.live("alice").await;
+    let mut bob = h.live("bob").await;
+    let mut carol = h.live("carol").await;
+
+    h.bus
+        .publish(subjects::EPHEMERAL, typing(conversation, "alice", now()))
+        .await
+        .unwrap();
+    h.stats_until(|s| s.ephemeral_published == 1).await;
+    for live in [&mut bob, &mut carol] {
+        let frames = ready(live);
+        assert_eq!(frames.len(), 1);
+        let frame = typing_frame(&frames[0]);
+        assert_eq!(frame.user_id, "alice");
+        assert_eq!(frame.conversation_id, conversation.to_string());
+        assert!(frame.active);
+    }
+    assert!(ready(&mut alice).is_empty(), "not echoed to the typist");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stale_and_non_member_signals_are_dropped() {
+    let h = Harness::start().await;
+    let conversation = h.conversation(&["alice", "bob"]).await;
+    let mut bob = h.live("bob").await;
+
+    let stale = Timestamp::from_millis(now().as_millis() - 60_000);
+    h.bus
+        .publish(subjects::EPHEMERAL, typing(conversation, "alice", stale))
+        .await
+        .unwrap();
+    h.bus
+        .publish(subjects::EPHEMERAL, typing(conversation, "mallory", now()))
+        .await
+        .unwrap();
+    let stats = h.stats_until(|s| s.ephemeral_dropped == 2).await;
+    assert_eq!(stats.ephemeral_published, 0);
+    assert!(ready(&mut bob).is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn publish_ephemeral_checks_membership_synchronously() {
+    let h = Harness::start().await;
+    let conversation = h.conversation(&["alice", "bob"]).await;
+    let mut bob = h.live("bob").await;
+    let mut client = h.client.clone();
+    let signal = |user_id: &str| PublishEphemeralRequest {
+        signal: Some(publish_ephemeral_request::Signal::Typing(TypingSignal {
+            conversation_id: conversation.to_string(),
+            user_id: user_id.into(),
+            active: true,
+        })),
+    };
+
+    let denied = client
+        .publish_ephemeral(h.request("mallory", Role::Customer, signal("")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(reason_of(&denied), "NOT_A_MEMBER");
+
+    let impersonating = client
+        .publish_ephemeral(h.request("alice", Role::Customer, signal("bob")))
+        .await
+        .unwrap_err();
+    assert_eq!(impersonating.code(), Code::PermissionDenied);
+    assert_eq!(reason_of(&impersonating), "ROLE_NOT_ALLOWED");
+
+    let unauthenticated = client
+        .publish_ephemeral(tonic::Request::new(signal("")))
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+
+    let bad = client
+        .publish_ephemeral(h.request(
+            "alice",
+            Role::Customer,
+            PublishEphemeralRequest {
+                signal: Some(publish_ephemeral_request::Signal::Typing(TypingSignal {
+                    conversation_id: "not-a-uuid".into(),
+                    user_id: String::new(),
+                    active: true,
+                })),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let field = bad.get_details_bad_request().unwrap().field_violations[0]
+        .field
+        .clone();
+    assert_eq!(field, "typing.conversation_id");
+
+    let unknown = client
+        .publish_ephemeral(h.request(
+            "svc",
+            Role::Service,
+            PublishEphemeralRequest {
+                signal: Some(publish_ephemeral_request::Signal::Typing(TypingSignal {
+                    conversation_id: ConversationId::generate().to_string(),
+                    user_id: "alice".into(),
+                    active: true,
+                })),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(ready(&mut bob).is_empty(), "nothing relayed for refusals");
+
+    client
+        .publish_ephemeral(h.request("alice", Role::Customer, signal("")))
+        .await
+        .unwrap();
+    let frames = ready(&mut bob);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(typing_frame(&frames[0]).user_id, "alice");
+
+    // A backend signals for a member without being one itself.
+    client
+        .publish_ephemeral(h.request("svc", Role::Service, signal("alice")))
+        .await
+        .unwrap();
+    assert_eq!(ready(&mut bob).len(), 1);
+
+    let stats = client
+        .get_stats(h.request("alice", Role::Customer, v1::GetStatsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(stats.code(), Code::PermissionDenied);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_members_each_get_the_message() {
+    const MEMBERS: usize = 10_000;
+    let h = Harness::start().await;
+    let members: Vec<UserId> = (0..MEMBERS).map(|i| user(&format!("u{i:05}"))).collect();
+    let conversation = h.conversation_of(&members).await;
+    let mut users = h.users_stream().await;
+
+    // Cold: the member list is paged in from storage first.
+    let first = message(conversation, 1, "u00000");
+    let start = Instant::now();
+    h.publish_event(&first, Some(&first.key())).await;
+    let got = take(&mut users, MEMBERS).await;
+    let cold = start.elapsed();
+    let counts = per_user(&got);
+    assert_eq!(counts.len(), MEMBERS);
+    assert!(counts.values().all(|&n| n == 1));
+    let expected: HashSet<String> = members.iter().map(ToString::to_string).collect();
+    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), expected);
+
+    // Warm: the per-message cost.
+    let second = message(conversation, 2, "u00001");
+    let start = Instant::now();
+    h.publish_event(&second, Some(&second.key())).await;
+    let got = take(&mut users, MEMBERS).await;
+    let warm = start.elapsed();
+    assert_eq!(per_user(&got).len(), MEMBERS);
+
+    let stats = h.stats_until(|s| s.events_pending == 0).await;
+    assert_eq!(stats.updates_written, 2 * MEMBERS as u64);
+    eprintln!(
+        "fan-out of one message to {MEMBERS} members on the in-process bus: \
+         {cold:?} with the member list loaded from storage, {warm:?} with it cached"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn what_the_storage_service_announces_reaches_every_member() {
+    let bus = test_bus();
+    let h = Harness::start_with(bus.clone(), Arc::new(bus), Peer::Storage).await;
+    let mut storage = h.storage.clone().unwrap();
+    let mut users = h.users_stream().await;
+    let member = |id: &str| v1::NewMember {
+        user_id: id.into(),
+        role: v1::Role::Customer as i32,
+    };
+    let created = storage
+        .create_conversation(h.request(
+            "svc",
+            Role::Service,
+            v1::CreateConversationRequest {
+                conversation_id: String::new(),
+                subject: "order 42".into(),
+                members: vec![member("alice"), member("bob"), member("carol")],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    let sent = storage
+        .send_message(h.request(
+            "alice",
+            Role::Customer,
+            v1::SendMessageRequest {
+                conversation_id: created.conversation_id.clone(),
+                client_message_id: "c-1".into(),
+                content: Some(v1::MessageContent::from(Content::Text("hello".into()))),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+
+    // Three joins and the message, each to all three members, each once.
+    let got = take(&mut users, 12).await;
+    let mut seen = HashSet::new();
+    for (_, user_event) in &got {
+        let event = Event::try_from(user_event.event.clone().unwrap()).unwrap();
+        assert_eq!(event.conversation_id().to_string(), created.conversation_id);
+        assert!(
+            seen.insert((user_event.user_id.clone(), event.key())),
+            "{} got {} twice",
+            user_event.user_id,
+            event.key()
+        );
+    }
+    for user in ["alice", "bob", "carol"] {
+        assert!(
+            seen.contains(&(user.to_owned(), sent.message_id.clone())),
+            "{user}"
+        );
+    }
+    h.stats_until(|s| s.events_pending == 0 && s.events_received >= 4)
+        .await;
+    assert!(ready(&mut users).is_empty());
+    h.stop().await;
+}
