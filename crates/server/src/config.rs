@@ -50,7 +50,8 @@ where
         figment = figment.merge(Toml::file_exact(path));
     }
     figment
-        .merge(Env::prefixed("NATTER_").split("__"))
+        // NATTER_CONFIG names the file itself (see `InfraArgs`).
+        .merge(Env::prefixed("NATTER_").ignore(&["CONFIG"]).split("__"))
         .extract()
         .map_err(|e| {
             let key = e.path.join(".");
