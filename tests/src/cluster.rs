@@ -212,6 +212,30 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to exit;
+    /// returns its exit status, or `None` if it did not exit in time.
+    pub fn terminate(
+        &mut self,
+        service: Service,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut child = self.children.remove(&service)?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// Starts a killed process again and waits until it serves.
     pub async fn restart(&mut self, service: Service) {
         self.kill(service);
@@ -317,7 +341,7 @@ fn free_port() -> SocketAddr {
 
 /// The binaries are built beside the test executable (`target/<profile>`);
 /// `scripts/test` builds them before running tests.
-fn binary_path(name: &str) -> PathBuf {
+pub fn binary_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable");
     let profile_dir = exe
         .parent()

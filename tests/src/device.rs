@@ -344,7 +344,9 @@ async fn ws(
                 Outbound::Frame(frame) if json => tungstenite::Message::Text(
                     serde_json::to_string(&frame).expect("json frame").into(),
                 ),
-                Outbound::Frame(frame) => tungstenite::Message::Binary(frame.encode_to_vec().into()),
+                Outbound::Frame(frame) => {
+                    tungstenite::Message::Binary(frame.encode_to_vec().into())
+                }
                 Outbound::Raw(message) => message,
             };
             if sink.send(message).await.is_err() {

@@ -13,12 +13,13 @@ use natter_proto::v1::{
 };
 use tokio::sync::Mutex;
 
-use crate::cluster::{Cluster, Mode, authed};
+use crate::cluster::{Cluster, Mode, Service, authed};
 use crate::device::{Device, Outbound, Transport, event_kind, text_of};
 
 const INVALID_ARGUMENT: i32 = 3;
 const NOT_FOUND: i32 = 5;
 const PERMISSION_DENIED: i32 = 7;
+const UNAVAILABLE: i32 = 14;
 const UNAUTHENTICATED: i32 = 16;
 
 fn role_wire(role: Role) -> i32 {
@@ -52,7 +53,13 @@ pub async fn conversation(cluster: &Cluster, members: &[(&str, Role)]) -> String
         .conversation_id
 }
 
-async fn device(cluster: &Cluster, transport: Transport, user: &str, role: Role, id: &str) -> Device {
+async fn device(
+    cluster: &Cluster,
+    transport: Transport,
+    user: &str,
+    role: Role,
+    id: &str,
+) -> Device {
     device_at(cluster, transport, user, role, id, 0).await
 }
 
@@ -78,7 +85,10 @@ pub async fn two_devices_and_an_agent(mode: Mode, transport: Transport) {
     let mut phone = device(&cluster, Transport::Grpc, "alice", Role::Customer, "phone").await;
     let mut agent = device(&cluster, transport, "bob", Role::Agent, "console").await;
 
-    for (i, text) in ["hello", "my order is late", "order 1234"].iter().enumerate() {
+    for (i, text) in ["hello", "my order is late", "order 1234"]
+        .iter()
+        .enumerate()
+    {
         let ack = web
             .send_text(&conv, &format!("w{i}"), text)
             .await
@@ -125,7 +135,15 @@ pub async fn offline_device_catches_up(mode: Mode, transport: Transport) {
             .await
             .expect("ack");
     }
-    let mut phone = device_at(&cluster, transport, "alice", Role::Customer, "phone", cursor).await;
+    let mut phone = device_at(
+        &cluster,
+        transport,
+        "alice",
+        Role::Customer,
+        "phone",
+        cursor,
+    )
+    .await;
     let missed = phone.messages(&conv, 200).await;
     assert_eq!(
         missed.iter().map(|m| m.seq).collect::<Vec<_>>(),
@@ -159,7 +177,10 @@ pub async fn retries_and_read_markers(mode: Mode, transport: Transport) {
 
     let first = web.send_text(&conv, "same", "once").await.expect("ack");
     let retry = web.send_text(&conv, "same", "once").await.expect("ack");
-    assert_eq!((retry.message_id.as_str(), retry.seq), (first.message_id.as_str(), first.seq));
+    assert_eq!(
+        (retry.message_id.as_str(), retry.seq),
+        (first.message_id.as_str(), first.seq)
+    );
     let next = web.send_text(&conv, "after", "after").await.expect("ack");
     assert_eq!(next.seq, first.seq + 1, "the retry took no seq");
 
@@ -173,8 +194,16 @@ pub async fn retries_and_read_markers(mode: Mode, transport: Transport) {
         }),
     };
     let mut api = cluster.conversations().await;
-    let a = api.send_message(authed(&backend, send())).await.expect("send").into_inner();
-    let b = api.send_message(authed(&backend, send())).await.expect("resend").into_inner();
+    let a = api
+        .send_message(authed(&backend, send()))
+        .await
+        .expect("send")
+        .into_inner();
+    let b = api
+        .send_message(authed(&backend, send()))
+        .await
+        .expect("resend")
+        .into_inner();
     assert_eq!(a.message, b.message);
     assert!(b.duplicate);
 
@@ -189,7 +218,8 @@ pub async fn retries_and_read_markers(mode: Mode, transport: Transport) {
     for receiver in [&mut phone, &mut agent] {
         let marker = receiver
             .expect(|frame| {
-                let Some(natter_proto::v1::server_frame::Frame::Update(update)) = &frame.frame else {
+                let Some(natter_proto::v1::server_frame::Frame::Update(update)) = &frame.frame
+                else {
                     return None;
                 };
                 match event_kind(update) {
@@ -210,8 +240,14 @@ pub async fn access_and_bad_input(mode: Mode, transport: Transport) {
     let mut alice = device(&cluster, transport, "alice", Role::Customer, "web").await;
     let mut eve = device(&cluster, transport, "eve", Role::Customer, "web").await;
 
-    let denied = eve.send_text(&conv, "e1", "let me in").await.expect_err("denied");
-    assert_eq!((denied.code, denied.reason.as_str()), (PERMISSION_DENIED, "NOT_A_MEMBER"));
+    let denied = eve
+        .send_text(&conv, "e1", "let me in")
+        .await
+        .expect_err("denied");
+    assert_eq!(
+        (denied.code, denied.reason.as_str()),
+        (PERMISSION_DENIED, "NOT_A_MEMBER")
+    );
     let listing = cluster
         .conversations()
         .await
@@ -238,12 +274,21 @@ pub async fn access_and_bad_input(mode: Mode, transport: Transport) {
     )
     .await
     .expect("a valid token of another tenant connects");
-    let foreign = mallory.send_text(&conv, "m1", "hello?").await.expect_err("denied");
+    let foreign = mallory
+        .send_text(&conv, "m1", "hello?")
+        .await
+        .expect_err("denied");
     assert_eq!(foreign.code, NOT_FOUND);
 
     // Each kind of bad input, on one session that stays open.
-    let empty = alice.send_text(&conv, "b1", "   ").await.expect_err("empty");
-    assert_eq!((empty.code, empty.field.as_str()), (INVALID_ARGUMENT, "content.text"));
+    let empty = alice
+        .send_text(&conv, "b1", "   ")
+        .await
+        .expect_err("empty");
+    assert_eq!(
+        (empty.code, empty.field.as_str()),
+        (INVALID_ARGUMENT, "content.text")
+    );
     let oversized = alice
         .send_text(&conv, "b2", &"x".repeat(64 * 1024 + 1))
         .await
@@ -254,28 +299,36 @@ pub async fn access_and_bad_input(mode: Mode, transport: Transport) {
         .await
         .expect_err("unknown conversation");
     assert_eq!(unknown.code, NOT_FOUND);
-    let malformed = alice.send_text("not-a-uuid", "b4", "hi").await.expect_err("bad id");
+    let malformed = alice
+        .send_text("not-a-uuid", "b4", "hi")
+        .await
+        .expect_err("bad id");
     assert_eq!(
         (malformed.code, malformed.field.as_str()),
         (INVALID_ARGUMENT, "conversation_id")
     );
-    alice.send_raw(Outbound::Frame(ClientFrame { frame: None })).await;
+    alice
+        .send_raw(Outbound::Frame(ClientFrame { frame: None }))
+        .await;
     assert_eq!(alice.error().await.code, INVALID_ARGUMENT);
     if transport == Transport::WsJson {
         alice
-            .send_raw(Outbound::Raw(tokio_tungstenite::tungstenite::Message::Text(
-                "{\"send\": 42".into(),
-            )))
+            .send_raw(Outbound::Raw(
+                tokio_tungstenite::tungstenite::Message::Text("{\"send\": 42".into()),
+            ))
             .await;
         assert_eq!(alice.error().await.code, INVALID_ARGUMENT);
         alice
-            .send_raw(Outbound::Raw(tokio_tungstenite::tungstenite::Message::Text(
-                "{\"teleport\": {}}".into(),
-            )))
+            .send_raw(Outbound::Raw(
+                tokio_tungstenite::tungstenite::Message::Text("{\"teleport\": {}}".into()),
+            ))
             .await;
         assert_eq!(alice.error().await.code, INVALID_ARGUMENT);
     }
-    let ok = alice.send_text(&conv, "b5", "still here").await.expect("served");
+    let ok = alice
+        .send_text(&conv, "b5", "still here")
+        .await
+        .expect("served");
     assert_eq!(ok.seq, 1, "nothing was half-written by the rejected sends");
 
     // Bad tokens end the session before anything else.
@@ -342,19 +395,31 @@ pub async fn survives_kill_9(mode: Mode) {
     }
 
     let acked = acked.lock().await.clone();
-    assert!(acked.len() >= 8, "traffic flowed: {} acknowledged", acked.len());
+    assert!(
+        acked.len() >= 8,
+        "traffic flowed: {} acknowledged",
+        acked.len()
+    );
 
     // Storage holds every acknowledged message exactly once, gap-free.
     let history = list_all(&cluster, &conv).await;
     let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "gap-free");
+    assert_eq!(
+        seqs,
+        (1..=history.len() as u64).collect::<Vec<_>>(),
+        "gap-free"
+    );
     let by_key: BTreeMap<&str, u64> = history
         .iter()
         .map(|m| (m.client_message_id.as_str(), m.seq))
         .collect();
     assert_eq!(by_key.len(), history.len(), "no message stored twice");
     for (key, seq) in &acked {
-        assert_eq!(by_key.get(key.as_str()), Some(seq), "acknowledged {key} kept its seq");
+        assert_eq!(
+            by_key.get(key.as_str()),
+            Some(seq),
+            "acknowledged {key} kept its seq"
+        );
     }
 
     // Every member's fresh device converges on that history.
@@ -371,7 +436,11 @@ pub async fn survives_kill_9(mode: Mode) {
         let got = fresh.messages(&conv, history.len()).await;
         let ids: BTreeSet<&str> = got.iter().map(|m| m.message_id.as_str()).collect();
         assert_eq!(ids.len(), history.len(), "{user} sees each message once");
-        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs, "{user} in order");
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            seqs,
+            "{user} in order"
+        );
     }
 }
 
@@ -456,5 +525,31 @@ async fn list_all(cluster: &Cluster, conv: &str) -> Vec<natter_proto::v1::Messag
             return all;
         }
         page_token = page.next_page_token;
+    }
+}
+
+/// SIGTERM: the gateway tells connected devices it is going away and every
+/// process exits cleanly within its grace period (2 s in these settings).
+pub async fn graceful_shutdown(mode: Mode) {
+    let mut cluster = Cluster::start(mode).await;
+    let mut web = device(&cluster, Transport::WsJson, "alice", Role::Customer, "web").await;
+    let mut phone = device(&cluster, Transport::Grpc, "alice", Role::Customer, "phone").await;
+    let front = match mode {
+        Mode::Separate => Service::Gateway,
+        Mode::Single => Service::All,
+    };
+    let status = cluster
+        .terminate(front, Duration::from_secs(5))
+        .expect("exits within the grace period");
+    assert!(status.success(), "clean exit, got {status}");
+    let ws = web.closed().await;
+    assert_eq!(ws.code, 1001, "going away: {ws:?}");
+    let grpc = phone.closed().await;
+    assert_eq!(grpc.code, UNAVAILABLE, "{grpc:?}");
+    for service in cluster.services().into_iter().filter(|s| *s != front) {
+        let status = cluster
+            .terminate(service, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{service:?} exits within the grace period"));
+        assert!(status.success(), "{service:?} exits cleanly, got {status}");
     }
 }

@@ -41,6 +41,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn graceful_shutdown() {
+                scenarios::graceful_shutdown(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn survives_kill_9() {
                 scenarios::survives_kill_9(MODE).await;
             }

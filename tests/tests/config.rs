@@ -1,0 +1,53 @@
+//! Bad settings stop a service before it binds anything, with exit code 64
+//! and a message naming the key.
+
+use std::process::Command;
+
+use natter_tests::cluster::binary_path;
+
+fn start_with(binary: &str, settings: &str) -> (Option<i32>, String) {
+    let dir = std::env::temp_dir().join(natter_testkit::unique_name("config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("natter.toml");
+    std::fs::write(&file, settings).unwrap();
+    let output = Command::new(binary_path(binary))
+        .arg("--config")
+        .arg(&file)
+        .env_remove("NATTER_TEST_NATS_URL")
+        .env_remove("NATTER_TEST_CQL")
+        .env_remove("NATTER_TEST_CQL_DC")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_service_names_the_bad_key_and_exits_64() {
+    let secret = "[auth]\nhs256_secret = \"a-secret-that-is-at-least-32-bytes-long\"\n";
+    for binary in [
+        "natter-gateway",
+        "natter-storage",
+        "natter-sync",
+        "natter-fanout",
+    ] {
+        let (code, stderr) = start_with(binary, &format!("{secret}[bus]\npartitions = 0\n"));
+        assert_eq!(code, Some(64), "{binary}: {stderr}");
+        assert!(stderr.contains("bus.partitions"), "{binary}: {stderr}");
+    }
+    let (code, stderr) = start_with(
+        "natter-gateway",
+        &format!("{secret}[gateway]\nhttp_addr = \"nowhere\"\n"),
+    );
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("gateway.http_addr"), "{stderr}");
+    let (code, stderr) = start_with("natter-storage", "[auth]\nhs256_secret = \"short\"\n");
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("auth.hs256_secret"), "{stderr}");
+    let (code, stderr) = start_with("natter-sync", "grace_period_seconds = \"soon\"\n");
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("grace_period_seconds"), "{stderr}");
+}
