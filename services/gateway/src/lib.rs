@@ -1,0 +1,263 @@
+//! The gateway: holds device sessions and delivers to them live.
+//!
+//! A device connects over gRPC (`natter.v1.GatewayService/Connect`) or over
+//! WebSocket (`GET /v1/connect` on the HTTP address, subprotocol
+//! `natter.v1.json` or `natter.v1.proto`). Both transports only decode and
+//! encode frames; one session core (`session.rs`) does the rest:
+//!
+//! ```text
+//! hello ─▶ verify token ─▶ watch revocations ─▶ DeviceHello (sync)
+//!       ─▶ subscribe live.<tenant>.<user> ─▶ welcome ─▶ catch-up ⇄ live
+//! ```
+//!
+//! Catch-up and live delivery meet in `natter_core::handoff::Handoff`, so a
+//! device sees every update after its cursor once, in order. Sends go to
+//! the SEND stream through one `SendClient` per process; reads, acks and
+//! typing go to storage, sync and fanout over the bus.
+//!
+//! # Bounds
+//!
+//! Everything a session holds is bounded: the outbound queue
+//! (`gateway.outbound_queue` frames; a device that falls behind it is
+//! disconnected and catches up on reconnect), the live updates held during
+//! catch-up (`gateway.max_held_updates`), requests in flight per session
+//! (`session::MAX_IN_FLIGHT`), and frame sizes (`gateway.max_frame_bytes`).
+//! Catch-up pages are only fetched when the outbound queue has room for a
+//! whole page, so replaying a long backlog goes at the device's pace
+//! instead of overflowing its queue.
+//!
+//! # Memory per connection
+//!
+//! An idle session is one task holding the socket, the session state and
+//! one bus subscription (the user's live subject). WebSocket buffers are
+//! kept small (see `ws.rs`), the outbound queue and the request pipeline
+//! hold no buffer while empty, and the state needed only while a session
+//! opens is dropped once it is open. `tests/memory.rs` measures it: about
+//! 5.5 KB of the gateway's own per idle WebSocket session, plus what the
+//! bus spends on the session's live subscription (about 4 KB on the
+//! in-process bus, most of it the first block of its channel).
+//!
+//! Revocations arrive on one subscription per process (`revoked.*.*`) and
+//! are routed to sessions through `revoke.rs`, instead of one subscription
+//! per session: revocations are rare, so every gateway hearing all of
+//! them costs little, while a subscription per session would cost another
+//! channel per connection.
+//!
+//! # Typing and presence
+//!
+//! Typing signals from a device go to fanout at most once per conversation
+//! per second (a change between started and stopped always goes). Typing
+//! and presence frames on the live subject are forwarded as they come:
+//! fanout has dropped stale ones already, and the frames carry no time of
+//! their own for the gateway to judge.
+
+mod grpc;
+mod outbound;
+mod peers;
+mod revoke;
+mod session;
+mod typing;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_auth::Verifier;
+use natter_bus::Bus;
+use natter_contract::SendClient;
+use natter_core::Limits;
+use natter_server::{GrpcServer, Settings, StartError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::grpc::{ConnectStream, GatewayGrpc};
+use crate::revoke::Revocations;
+pub use crate::ws::{JSON_PROTOCOL, PROTO_PROTOCOL};
+
+/// `ErrorInfo` reasons the gateway adds to those of `natter_proto::status`,
+/// for statuses that end a session.
+pub mod reason {
+    /// PERMISSION_DENIED: the device was revoked; it may not connect.
+    pub const DEVICE_REVOKED: &str = "DEVICE_REVOKED";
+    /// RESOURCE_EXHAUSTED: the device reads too slowly, or fell too far
+    /// behind during catch-up; reconnect to catch up.
+    pub const SLOW_CONSUMER: &str = "SLOW_CONSUMER";
+    /// UNAVAILABLE: the gateway is shutting down; reconnect elsewhere.
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+}
+
+/// What the gateway needs from its process.
+#[derive(Debug)]
+pub struct Deps {
+    pub bus: Arc<dyn Bus>,
+    pub verifier: Arc<Verifier>,
+    /// Unique per process: names this process's reply subject for sends.
+    pub instance: String,
+}
+
+/// The session settings, taken from `gateway.*` once at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) outbound_queue: usize,
+    pub(crate) max_held_updates: usize,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) hello_timeout: Duration,
+    /// How long a request to a peer service (a send, a read, a catch-up
+    /// page, a device hello) may take.
+    pub(crate) peer_timeout: Duration,
+    pub(crate) limits: Limits,
+}
+
+impl Config {
+    fn from_settings(settings: &Settings) -> Self {
+        let gateway = &settings.gateway;
+        Self {
+            outbound_queue: gateway.outbound_queue.max(1),
+            max_held_updates: gateway.max_held_updates,
+            max_frame_bytes: gateway.max_frame_bytes,
+            hello_timeout: Duration::from_secs(gateway.hello_timeout_seconds),
+            peer_timeout: Duration::from_secs(gateway.send_timeout_seconds),
+            limits: settings.limits(),
+        }
+    }
+
+    /// Updates asked for per catch-up page: at most half the outbound
+    /// queue, so a page fits in the room the fetch waits for.
+    pub(crate) fn page_size(&self) -> usize {
+        (self.outbound_queue / 2)
+            .clamp(1, 256)
+            .min(self.limits.max_page_size as usize)
+    }
+}
+
+/// One gateway process: what every session shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) verifier: Arc<Verifier>,
+    pub(crate) sends: SendClient,
+    pub(crate) config: Config,
+    pub(crate) revocations: Arc<Revocations>,
+    /// Cancelled when the gateway shuts down; every session then ends.
+    pub(crate) shutdown: CancellationToken,
+    /// Every session task, so shutdown can wait for them.
+    pub(crate) sessions: TaskTracker,
+}
+
+impl Gateway {
+    /// Starts what sessions share: the send client (its reply
+    /// subscription) and the revocation listener. Both stop with
+    /// `shutdown`.
+    pub async fn new(
+        settings: &Settings,
+        deps: Deps,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let sends =
+            SendClient::start(deps.bus.clone(), settings.topology(), &deps.instance).await?;
+        let revocations = Arc::new(Revocations::default());
+        revoke::listen(deps.bus.clone(), revocations.clone(), shutdown.clone()).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                bus: deps.bus,
+                verifier: deps.verifier,
+                sends,
+                config: Config::from_settings(settings),
+                revocations,
+                shutdown,
+                sessions: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// `natter.v1.GatewayService`, to add to a gRPC server.
+    pub fn grpc_service(
+        &self,
+    ) -> natter_proto::v1::gateway_service_server::GatewayServiceServer<GatewayGrpc> {
+        grpc::service(self.shared.clone())
+    }
+
+    /// The HTTP routes: `GET /v1/connect` (WebSocket) and `GET /healthz`.
+    /// Merge further routes (static files, a demo page) into it.
+    pub fn router(&self) -> axum::Router {
+        ws::router(self.shared.clone())
+    }
+
+    /// Waits up to `grace` for every session to end; sessions end by
+    /// themselves once `shutdown` is cancelled.
+    pub async fn drain(&self, grace: Duration) {
+        self.shared.sessions.close();
+        if tokio::time::timeout(grace, self.shared.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = self.shared.sessions.len(),
+                "grace period elapsed with sessions still open"
+            );
+        }
+    }
+}
+
+/// Serves `GatewayService` on `grpc_listener` and WebSockets on
+/// `http_listener` until `shutdown` is cancelled (or either server fails),
+/// then ends every session with UNAVAILABLE (close 1001) and waits up to
+/// the grace period for them.
+pub async fn run(
+    settings: &Settings,
+    deps: Deps,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    // Either server failing stops the other and every session.
+    let stop = shutdown.child_token();
+    let gateway = Gateway::new(settings, deps, stop.clone()).await?;
+    let grace = settings.grace_period();
+
+    let grpc = GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .add_service(gateway.grpc_service())
+        .serve(grpc_listener, stop.clone().cancelled_owned(), grace);
+    let grpc = async {
+        let result = grpc.await;
+        stop.cancel();
+        result
+    };
+    let http = async {
+        let result = ws::serve(http_listener, gateway.router(), stop.clone(), grace).await;
+        stop.cancel();
+        result
+    };
+    let (grpc, http) = tokio::join!(grpc, http);
+    gateway.drain(grace).await;
+    grpc?;
+    http?;
+    Ok(())
+}
+
+/// The binary's service: connects the bus, ensures the streams, binds both
+/// addresses, and runs until `shutdown`.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
+    let bus = settings.connect_bus().await?;
+    natter_contract::ensure_streams(bus.as_ref(), &settings.topology()).await?;
+    let verifier = Arc::new(settings.verifier()?);
+    let grpc = TcpListener::bind(&settings.gateway.grpc_addr).await?;
+    let http = TcpListener::bind(&settings.gateway.http_addr).await?;
+    tracing::info!(
+        grpc_addr = %grpc.local_addr()?,
+        http_addr = %http.local_addr()?,
+        "gateway listening"
+    );
+    let deps = Deps {
+        bus,
+        verifier,
+        instance: format!("gateway-{}", uuid::Uuid::new_v4().simple()),
+    };
+    run(&settings, deps, grpc, http, shutdown).await
+}

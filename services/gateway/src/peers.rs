@@ -1,0 +1,240 @@
+//! What a session asks of the other services over the bus, and the
+//! statuses the gateway reports when they fail. Every status is built by
+//! `natter_proto::status`, so each carries an `ErrorInfo` reason.
+
+use std::sync::Arc;
+
+use natter_auth::Identity;
+use natter_contract::subjects;
+use natter_core::{ClientMessageId, ConversationId, DeviceId};
+use natter_proto::bus::v1::{
+    Actor, CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, Failure, MarkReadCommand,
+    MarkReadOutcome, SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
+};
+use natter_proto::status::{self, reason};
+use natter_proto::v1::{SendAck, server_frame::Frame};
+use tonic::{Code, Status};
+
+use crate::Shared;
+use crate::outbound::Outbound;
+use crate::session::Stop;
+
+/// A status with an `ErrorInfo`, for the cases `natter_proto::status` has
+/// no helper for.
+fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    status::from_failure(Failure {
+        code: code.into(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        field: String::new(),
+    })
+}
+
+/// A peer service (storage, sync) did not answer; the client retries.
+pub(crate) fn unavailable(message: impl Into<String>) -> Status {
+    status(Code::Unavailable, reason::STORE_UNAVAILABLE, message)
+}
+
+/// A peer answered with something that cannot be read.
+pub(crate) fn unreadable(message: impl Into<String>) -> Status {
+    status(Code::Internal, reason::CORRUPT_RECORD, message)
+}
+
+pub(crate) fn shutting_down() -> Status {
+    status(
+        Code::Unavailable,
+        crate::reason::SHUTTING_DOWN,
+        "server shutting down; reconnect",
+    )
+}
+
+pub(crate) fn device_revoked() -> Status {
+    status(
+        Code::PermissionDenied,
+        crate::reason::DEVICE_REVOKED,
+        "device revoked",
+    )
+}
+
+pub(crate) fn slow_consumer(message: &str) -> Status {
+    status(
+        Code::ResourceExhausted,
+        crate::reason::SLOW_CONSUMER,
+        message,
+    )
+}
+
+pub(crate) fn actor(identity: &Identity) -> Actor {
+    Actor {
+        tenant_id: identity.tenant.to_string(),
+        user_id: identity.user.to_string(),
+        role: natter_proto::v1::Role::from(identity.role).into(),
+    }
+}
+
+/// Registers the device with sync and learns whether it may connect.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn device_hello(
+    shared: &Shared,
+    identity: &Identity,
+    device: &DeviceId,
+    label: String,
+) -> Result<(), Status> {
+    let hello = DeviceHello {
+        actor: Some(actor(identity)),
+        device_id: device.to_string(),
+        label,
+    };
+    let welcome: DeviceWelcome = natter_contract::request(
+        shared.bus.as_ref(),
+        subjects::DEVICE_HELLO,
+        &hello,
+        shared.config.peer_timeout,
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "device hello to sync failed");
+        unavailable("sync did not answer; reconnect later")
+    })?;
+    match welcome.failure {
+        None => Ok(()),
+        // Sync reports a revoked device as a failed precondition of the
+        // device record; to the device it means it may not connect.
+        Some(failure)
+            if failure.code == i32::from(Code::FailedPrecondition)
+                || failure.code == i32::from(Code::PermissionDenied) =>
+        {
+            tracing::info!(reason = %failure.reason, message = %failure.message, "device may not connect");
+            Err(device_revoked())
+        }
+        Some(failure) => {
+            let status = status::from_failure(failure);
+            tracing::warn!(code = ?status.code(), message = status.message(), "device hello refused");
+            Err(status)
+        }
+    }
+}
+
+/// Fetches one catch-up page, once the outbound queue has room for it.
+#[tracing::instrument(skip_all, fields(after = query.after))]
+pub(crate) async fn fetch(
+    shared: Arc<Shared>,
+    outbound: Outbound,
+    query: UpdatesQuery,
+) -> Result<UpdatesPage, Stop> {
+    outbound.room_for(query.limit as usize).await?;
+    natter_contract::request(
+        shared.bus.as_ref(),
+        subjects::UPDATES,
+        &query,
+        shared.config.peer_timeout,
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "catch-up request to sync failed");
+        Stop::Fail(unavailable("sync did not answer; reconnect to catch up"))
+    })
+}
+
+/// Stores a message through the SEND stream; answers `send_ack` or `error`.
+#[tracing::instrument(skip_all, fields(conversation = %conversation, client_message_id = %client_message_id))]
+pub(crate) async fn send(
+    shared: Arc<Shared>,
+    conversation: ConversationId,
+    client_message_id: ClientMessageId,
+    command: SendCommand,
+) -> Option<Frame> {
+    let error = |status: Status| {
+        Some(Frame::Error(status::error_frame(
+            &status,
+            Some(&client_message_id),
+        )))
+    };
+    let outcome = match shared
+        .sends
+        .send(conversation, command, shared.config.peer_timeout)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::warn!(error = %e, "send not confirmed");
+            return error(unavailable(
+                "storage did not confirm the send in time; retry with the same client_message_id",
+            ));
+        }
+    };
+    match outcome.result {
+        Some(send_outcome::Result::Stored(stored)) => {
+            let message = stored.message.unwrap_or_default();
+            Some(Frame::SendAck(SendAck {
+                client_message_id: client_message_id.to_string(),
+                message_id: message.message_id,
+                seq: message.seq,
+                conversation_id: message.conversation_id,
+                duplicate: stored.duplicate,
+            }))
+        }
+        Some(send_outcome::Result::Failure(failure)) => {
+            let status = status::from_failure(failure);
+            tracing::info!(code = ?status.code(), message = status.message(), "send refused");
+            error(status)
+        }
+        None => {
+            tracing::error!("storage answered a send with neither a message nor a failure");
+            error(unreadable(
+                "storage answered the send with an unreadable outcome",
+            ))
+        }
+    }
+}
+
+/// Marks a conversation read; answers only on failure (the new watermark
+/// arrives as an update).
+#[tracing::instrument(skip_all, fields(conversation = %command.conversation_id, seq = command.seq))]
+pub(crate) async fn mark_read(shared: Arc<Shared>, command: MarkReadCommand) -> Option<Frame> {
+    let outcome: MarkReadOutcome = match natter_contract::request(
+        shared.bus.as_ref(),
+        subjects::MARK_READ,
+        &command,
+        shared.config.peer_timeout,
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::warn!(error = %e, "read not confirmed");
+            let status = unavailable("storage did not confirm the read in time; retry");
+            return Some(Frame::Error(status::error_frame(&status, None)));
+        }
+    };
+    let failure = outcome.failure?;
+    let status = status::from_failure(failure);
+    tracing::info!(code = ?status.code(), message = status.message(), "read refused");
+    Some(Frame::Error(status::error_frame(&status, None)))
+}
+
+/// Tells sync how far the device got. Lost acks only delay the news, so
+/// failures are logged, not reported.
+pub(crate) async fn ack(shared: Arc<Shared>, ack: CursorAck) -> Option<Frame> {
+    if let Err(e) = shared
+        .bus
+        .publish(subjects::CURSOR_ACK, natter_contract::encode(&ack))
+        .await
+    {
+        tracing::warn!(error = %e, cursor = ack.cursor, "cannot publish a cursor ack");
+    }
+    None
+}
+
+/// Passes a typing signal to fanout, which checks membership and tells
+/// the other members. Never answered.
+pub(crate) async fn typing(shared: Arc<Shared>, signal: EphemeralSignal) -> Option<Frame> {
+    if let Err(e) = shared
+        .bus
+        .publish(subjects::EPHEMERAL, natter_contract::encode(&signal))
+        .await
+    {
+        tracing::debug!(error = %e, "cannot publish a typing signal");
+    }
+    None
+}

@@ -1,0 +1,592 @@
+//! One device session, whatever the transport: a stream of decoded client
+//! frames in, a bounded queue of server frames out.
+//!
+//! The session opens with `hello` (token, device, cursor), then runs one
+//! loop that reacts to whichever comes first: a client frame, a live frame
+//! from the user's subject, a catch-up page, the answer to an earlier
+//! request, a revocation, or shutdown. The loop itself never waits on the
+//! network: requests to other services run as futures beside it, at most
+//! [`MAX_IN_FLIGHT`] at a time, and their answers go out in the order the
+//! frames that caused them came in. Sends are also submitted in that
+//! order, so one device's messages keep their order: a send's future hands
+//! its command to the bus when first polled, pending futures are first
+//! polled in the order they were added, and both bus implementations queue
+//! durable publishes in the order they are called.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
+use natter_auth::Identity;
+use natter_bus::{Incoming, MAX_PAYLOAD_BYTES, Subscription};
+use natter_contract::subjects;
+use natter_core::handoff::{Handoff, Step};
+use natter_core::{ClientMessageId, ConversationId, Cursor, DeviceId, Invalid, Timestamp, Update};
+use natter_proto::bus::v1::{
+    CursorAck, EphemeralSignal, MarkReadCommand, SendCommand, UpdatesPage, UpdatesQuery,
+    ephemeral_signal,
+};
+use natter_proto::convert::{content_from_wire, parse_id, timestamp_to_wire};
+use natter_proto::status::{self, reason};
+use natter_proto::v1::{
+    self, ClientFrame, Hello, Pong, ResyncRequired, Welcome, client_frame, server_frame::Frame,
+};
+use prost::Message as _;
+use tonic::Status;
+use tracing::field::Empty;
+
+use crate::Shared;
+use crate::outbound::{Outbound, Refused};
+use crate::peers::{self, shutting_down, slow_consumer, unavailable};
+use crate::revoke::Watch;
+use crate::typing::TypingLimiter;
+
+/// Requests to other services one session may have in flight; past it the
+/// session reads no more client frames until one answers.
+pub(crate) const MAX_IN_FLIGHT: usize = 32;
+
+/// At most one typing signal per conversation per this interval.
+const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Upper bound on `hello.device_label`.
+const MAX_LABEL_BYTES: usize = 256;
+
+/// Room left in a bus message for the fields the send client fills in.
+const SEND_ENVELOPE_BYTES: usize = 1024;
+
+/// A client frame the transport could not decode. The framing around it
+/// was intact, so the next frame may be fine.
+#[derive(Debug)]
+pub(crate) struct Undecodable(pub(crate) String);
+
+/// What a transport feeds the session.
+pub(crate) type Inbound = Result<ClientFrame, Undecodable>;
+
+/// Why the session stops.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The device went away; there is nobody to tell.
+    Gone,
+    /// The session fails with this status.
+    Fail(Status),
+}
+
+impl From<Refused> for Stop {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Gone => Stop::Gone,
+            Refused::Full => Stop::Fail(slow_consumer("too slow; reconnect to catch up")),
+        }
+    }
+}
+
+type Flow = Result<(), Stop>;
+type Reply = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
+type Fetch = Pin<Box<dyn Future<Output = Result<UpdatesPage, Stop>> + Send>>;
+
+fn invalid(invalid: Invalid) -> Stop {
+    Stop::Fail(status::invalid_argument(invalid))
+}
+
+fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Timestamp::from_millis(millis)
+}
+
+/// Runs one session to its end: `Ok` when the device went away, else the
+/// status that ended it, for the transport to report.
+///
+/// `fallback_token` is the transport's token (gRPC metadata, WebSocket
+/// query or header), used when `hello.token` is empty.
+#[tracing::instrument(name = "session", skip_all, fields(transport = transport, tenant = Empty, user = Empty, device = Empty))]
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    transport: &'static str,
+    mut inbound: S,
+    outbound: Outbound,
+    fallback_token: Option<String>,
+) -> Result<(), Status>
+where
+    S: Stream<Item = Inbound> + Unpin + Send,
+{
+    let result = open_and_serve(&shared, &mut inbound, outbound, fallback_token).await;
+    match result {
+        Ok(()) | Err(Stop::Gone) => {
+            tracing::debug!("session closed by the device");
+            Ok(())
+        }
+        Err(Stop::Fail(status)) => {
+            tracing::info!(code = ?status.code(), message = status.message(), "session ended");
+            Err(status)
+        }
+    }
+}
+
+/// The session from hello to its end. The open session's state is built
+/// in place and the loop borrows it, so the task holding the session keeps
+/// it once, not a moved copy beside it.
+async fn open_and_serve<S>(
+    shared: &Arc<Shared>,
+    inbound: &mut S,
+    outbound: Outbound,
+    fallback_token: Option<String>,
+) -> Flow
+where
+    S: Stream<Item = Inbound> + Unpin,
+{
+    // Boxed: opening needs more state than an open session, and the
+    // session's task stays the size of its largest state for its life.
+    let opening = Box::pin(async {
+        let hello = wait_hello(shared, inbound).await?;
+        Session::open(shared.clone(), hello, fallback_token, outbound).await
+    });
+    let (mut session, mut live, mut watch) = tokio::select! {
+        () = shared.shutdown.cancelled() => return Err(Stop::Fail(shutting_down())),
+        opened = opening => opened?,
+    };
+    session.serve(inbound, &mut live, &mut watch).await
+}
+
+async fn wait_hello<S>(shared: &Shared, inbound: &mut S) -> Result<Hello, Stop>
+where
+    S: Stream<Item = Inbound> + Unpin,
+{
+    let timeout = shared.config.hello_timeout;
+    let first = match tokio::time::timeout(timeout, inbound.next()).await {
+        Err(_) => {
+            return Err(invalid(Invalid::new(
+                "hello",
+                format!("is required within {} s of connecting", timeout.as_secs()),
+            )));
+        }
+        Ok(None) => return Err(Stop::Gone),
+        Ok(Some(first)) => first,
+    };
+    match first {
+        Ok(ClientFrame {
+            frame: Some(client_frame::Frame::Hello(hello)),
+        }) => Ok(hello),
+        Ok(_) => Err(invalid(Invalid::new(
+            "hello",
+            "the first frame must be hello",
+        ))),
+        Err(Undecodable(reason)) => Err(invalid(Invalid::new(
+            "hello",
+            format!("the first frame must be hello, and it could not be decoded: {reason}"),
+        ))),
+    }
+}
+
+/// The page being fetched, if any; never resolves without one.
+async fn next_page(fetch: &mut Option<Fetch>) -> Result<UpdatesPage, Stop> {
+    match fetch {
+        Some(fetch) => fetch.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Requests in flight, answered in the order they were made. Allocated
+/// only while any are.
+#[derive(Default)]
+struct Pipeline(Option<FuturesOrdered<Reply>>);
+
+impl Pipeline {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn push(&mut self, reply: Reply) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(reply);
+    }
+
+    /// The next answer (`None` for a request that needs none); never
+    /// resolves while nothing is in flight.
+    async fn next(&mut self) -> Option<Frame> {
+        let Some(replies) = self.0.as_mut() else {
+            return std::future::pending().await;
+        };
+        let answer = replies.next().await.flatten();
+        if replies.is_empty() {
+            self.0 = None;
+        }
+        answer
+    }
+}
+
+/// An open session's state. Small while idle: nothing here allocates
+/// before it is used.
+struct Session {
+    shared: Arc<Shared>,
+    identity: Identity,
+    device: DeviceId,
+    out: Outbound,
+    handoff: Handoff,
+    /// The catch-up page being fetched; the handoff asks for one at a time.
+    fetch: Option<Fetch>,
+    replies: Pipeline,
+    typing: TypingLimiter,
+    /// The highest cursor acknowledged to sync by this session.
+    acked: u64,
+}
+
+impl Session {
+    /// Authenticates, registers the device, subscribes to the user's live
+    /// subject, sends `welcome`, and starts the catch-up.
+    async fn open(
+        shared: Arc<Shared>,
+        hello: Hello,
+        fallback_token: Option<String>,
+        out: Outbound,
+    ) -> Result<(Self, Subscription, Watch), Stop> {
+        let token = match (hello.token.is_empty(), fallback_token) {
+            (false, _) => hello.token,
+            (true, Some(token)) => token,
+            (true, None) => {
+                return Err(Stop::Fail(status::unauthenticated(
+                    reason::TOKEN_INVALID,
+                    "no token: send it in hello.token",
+                )));
+            }
+        };
+        let identity = shared.verifier.verify(&token).map_err(|e| {
+            tracing::info!(error = %e, "token refused");
+            Stop::Fail(status::unauthenticated(
+                reason::TOKEN_INVALID,
+                e.to_string(),
+            ))
+        })?;
+        let device: DeviceId = parse_id("device_id", &hello.device_id).map_err(invalid)?;
+        if hello.device_label.len() > MAX_LABEL_BYTES {
+            return Err(invalid(Invalid::new(
+                "device_label",
+                format!("must be at most {MAX_LABEL_BYTES} bytes"),
+            )));
+        }
+        let span = tracing::Span::current();
+        span.record("tenant", identity.tenant.as_str());
+        span.record("user", identity.user.as_str());
+        span.record("device", device.as_str());
+
+        // Registered before sync is asked, so no revocation slips between.
+        let watch = shared
+            .revocations
+            .watch(&identity.tenant, &identity.user, &device);
+        peers::device_hello(&shared, &identity, &device, hello.device_label)
+            .await
+            .map_err(Stop::Fail)?;
+        // Subscribed before the first fetch, so nothing falls between the
+        // catch-up and live delivery.
+        let live = shared
+            .bus
+            .subscribe(&subjects::live(&identity.tenant, &identity.user), None)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot subscribe to live updates");
+                Stop::Fail(unavailable("cannot subscribe to live updates; reconnect"))
+            })?;
+        out.push(Frame::Welcome(Welcome {
+            user_id: identity.user.to_string(),
+            device_id: device.to_string(),
+            cursor: hello.cursor,
+        }))?;
+        let (handoff, first) =
+            Handoff::start(Cursor::new(hello.cursor), shared.config.max_held_updates);
+        let mut session = Session {
+            shared,
+            identity,
+            device,
+            out,
+            handoff,
+            fetch: None,
+            replies: Pipeline::default(),
+            typing: TypingLimiter::new(TYPING_INTERVAL),
+            acked: 0,
+        };
+        session.steps(vec![first])?;
+        tracing::debug!(cursor = hello.cursor, "session open");
+        Ok((session, live, watch))
+    }
+
+    async fn serve<S>(
+        &mut self,
+        inbound: &mut S,
+        live: &mut Subscription,
+        watch: &mut Watch,
+    ) -> Flow
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shared.shutdown.cancelled() => return Err(Stop::Fail(shutting_down())),
+                () = watch.revoked() => return Err(Stop::Fail(peers::device_revoked())),
+                answer = self.replies.next() => {
+                    if let Some(frame) = answer {
+                        self.out.push(frame)?;
+                    }
+                }
+                page = next_page(&mut self.fetch), if self.fetch.is_some() => {
+                    self.fetch = None;
+                    self.on_page(page?)?;
+                }
+                frame = inbound.next(), if self.replies.len() < MAX_IN_FLIGHT => match frame {
+                    Some(frame) => self.on_client(frame)?,
+                    None => return Ok(()),
+                },
+                incoming = live.next() => self.on_live(incoming)?,
+            }
+        }
+    }
+
+    /// Carries out what the handoff asks for.
+    fn steps(&mut self, steps: Vec<Step>) -> Flow {
+        for step in steps {
+            match step {
+                Step::Deliver(updates) => {
+                    for update in updates {
+                        self.out.push(Frame::Update(update.into()))?;
+                    }
+                }
+                Step::Fetch { after } => {
+                    let query = UpdatesQuery {
+                        tenant_id: self.identity.tenant.to_string(),
+                        user_id: self.identity.user.to_string(),
+                        after: after.get(),
+                        limit: u32::try_from(self.shared.config.page_size()).unwrap_or(u32::MAX),
+                    };
+                    self.fetch = Some(Box::pin(peers::fetch(
+                        self.shared.clone(),
+                        self.out.clone(),
+                        query,
+                    )));
+                }
+                Step::Overflow => {
+                    return Err(Stop::Fail(slow_consumer(
+                        "too far behind; reconnect to catch up",
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_page(&mut self, page: UpdatesPage) -> Flow {
+        if let Some(failure) = page.failure {
+            let status = status::from_failure(failure);
+            tracing::warn!(code = ?status.code(), message = status.message(), "catch-up refused");
+            return Err(Stop::Fail(status));
+        }
+        if page.resync_required {
+            // The device's cursor is older than the log keeps: it refetches
+            // its conversations and continues from the head.
+            self.out
+                .push(Frame::ResyncRequired(ResyncRequired { cursor: page.head }))?;
+            let (handoff, first) =
+                Handoff::start(Cursor::new(page.head), self.shared.config.max_held_updates);
+            self.handoff = handoff;
+            return self.steps(vec![first]);
+        }
+        let updates = page
+            .updates
+            .into_iter()
+            .map(Update::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                tracing::error!(error = %e, "sync sent an unreadable update");
+                Stop::Fail(peers::unreadable("an update could not be read; reconnect"))
+            })?;
+        let steps = self.handoff.on_page(updates, page.complete);
+        self.steps(steps)
+    }
+
+    fn on_live(&mut self, incoming: Option<Incoming>) -> Flow {
+        let Some(incoming) = incoming else {
+            tracing::warn!("live subscription ended");
+            return Err(Stop::Fail(unavailable("live updates stopped; reconnect")));
+        };
+        let frame = match v1::ServerFrame::decode(incoming.payload) {
+            Ok(frame) => frame.frame,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable live frame dropped");
+                return Ok(());
+            }
+        };
+        match frame {
+            Some(Frame::Update(update)) => match Update::try_from(update) {
+                Ok(update) => {
+                    let steps = self.handoff.on_live(update);
+                    self.steps(steps)
+                }
+                // Dropping it leaves a gap the handoff fills from the log.
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable live update dropped");
+                    Ok(())
+                }
+            },
+            // Ephemeral: fanout already dropped stale ones and checked
+            // membership; the frames carry no time of their own.
+            Some(frame @ (Frame::Typing(_) | Frame::Presence(_))) => Ok(self.out.push(frame)?),
+            other => {
+                tracing::warn!(frame = ?other, "unexpected live frame dropped");
+                Ok(())
+            }
+        }
+    }
+
+    fn on_client(&mut self, frame: Inbound) -> Flow {
+        let frame = match frame {
+            Ok(ClientFrame { frame: Some(frame) }) => frame,
+            Ok(ClientFrame { frame: None }) => {
+                return self.reject(
+                    Invalid::new(
+                        "frame",
+                        "is required: one of hello, send, ack, read, typing or ping",
+                    ),
+                    "",
+                );
+            }
+            Err(Undecodable(reason)) => {
+                return self.reject(
+                    Invalid::new("frame", format!("cannot be decoded: {reason}")),
+                    "",
+                );
+            }
+        };
+        match frame {
+            client_frame::Frame::Hello(_) => self.reject(
+                Invalid::new("hello", "the session is already open; send hello once"),
+                "",
+            ),
+            client_frame::Frame::Send(send) => self.on_send(send),
+            client_frame::Frame::Ack(ack) => self.on_ack(ack.cursor),
+            client_frame::Frame::Read(read) => self.on_read(read),
+            client_frame::Frame::Typing(typing) => self.on_typing(typing),
+            client_frame::Frame::Ping(ping) => {
+                Ok(self.out.push(Frame::Pong(Pong { nonce: ping.nonce }))?)
+            }
+        }
+    }
+
+    /// Answers a bad frame with an INVALID_ARGUMENT `error` frame; the
+    /// session goes on.
+    fn reject(&mut self, invalid: Invalid, client_message_id: &str) -> Flow {
+        tracing::debug!(error = %invalid, "client frame rejected");
+        let mut frame = status::error_frame(&status::invalid_argument(invalid), None);
+        frame.client_message_id = client_message_id.to_owned();
+        Ok(self.out.push(Frame::Error(frame))?)
+    }
+
+    fn on_send(&mut self, send: v1::Send) -> Flow {
+        let v1::Send {
+            conversation_id,
+            client_message_id,
+            content,
+        } = send;
+        let limits = &self.shared.config.limits;
+        let checked = (|| {
+            let conversation: ConversationId = parse_id("conversation_id", &conversation_id)?;
+            let id: ClientMessageId = parse_id("client_message_id", &client_message_id)?;
+            let content = content_from_wire(content)?;
+            content.validate(limits)?;
+            Ok((conversation, id, content))
+        })();
+        let (conversation, id, content) = match checked {
+            Ok(checked) => checked,
+            Err(e) => return self.reject(e, &client_message_id),
+        };
+        let command = SendCommand {
+            actor: Some(peers::actor(&self.identity)),
+            conversation_id: conversation.to_string(),
+            client_message_id: id.to_string(),
+            content: Some(content.into()),
+            sent_at: Some(timestamp_to_wire(now())),
+            reply_subject: String::new(),
+            correlation_id: 0,
+        };
+        if command.encoded_len() + SEND_ENVELOPE_BYTES > MAX_PAYLOAD_BYTES {
+            return self.reject(
+                Invalid::new("content", "is too large to send"),
+                &client_message_id,
+            );
+        }
+        self.replies.push(Box::pin(peers::send(
+            self.shared.clone(),
+            conversation,
+            id,
+            command,
+        )));
+        Ok(())
+    }
+
+    fn on_ack(&mut self, cursor: u64) -> Flow {
+        let delivered = self.handoff.delivered().get();
+        if cursor > delivered {
+            return self.reject(
+                Invalid::new(
+                    "cursor",
+                    format!("is past the last update this session sent, {delivered}"),
+                ),
+                "",
+            );
+        }
+        if cursor <= self.acked {
+            return Ok(());
+        }
+        self.acked = cursor;
+        let ack = CursorAck {
+            actor: Some(peers::actor(&self.identity)),
+            device_id: self.device.to_string(),
+            cursor,
+        };
+        self.replies
+            .push(Box::pin(peers::ack(self.shared.clone(), ack)));
+        Ok(())
+    }
+
+    fn on_read(&mut self, read: v1::Read) -> Flow {
+        let conversation: ConversationId = match parse_id("conversation_id", &read.conversation_id)
+        {
+            Ok(conversation) => conversation,
+            Err(e) => return self.reject(e, ""),
+        };
+        let command = MarkReadCommand {
+            actor: Some(peers::actor(&self.identity)),
+            conversation_id: conversation.to_string(),
+            seq: read.seq,
+        };
+        self.replies
+            .push(Box::pin(peers::mark_read(self.shared.clone(), command)));
+        Ok(())
+    }
+
+    fn on_typing(&mut self, typing: v1::Typing) -> Flow {
+        let conversation: ConversationId =
+            match parse_id("conversation_id", &typing.conversation_id) {
+                Ok(conversation) => conversation,
+                Err(e) => return self.reject(e, ""),
+            };
+        if !self
+            .typing
+            .allow(conversation, typing.active, tokio::time::Instant::now())
+        {
+            return Ok(());
+        }
+        let signal = EphemeralSignal {
+            actor: Some(peers::actor(&self.identity)),
+            conversation_id: conversation.to_string(),
+            at: Some(timestamp_to_wire(now())),
+            signal: Some(ephemeral_signal::Signal::Typing(typing.active)),
+        };
+        self.replies
+            .push(Box::pin(peers::typing(self.shared.clone(), signal)));
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! `natter`: every Natter service in one binary.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use natter_server::{InfraArgs, run_binary, run_with};
+
+mod dev;
+mod token;
+
+#[derive(Debug, Parser)]
+#[command(name = "natter", version, about = "Natter: self-hosted business chat")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run all four services in one process. With no --nats and no --cql
+    /// this needs nothing installed: an in-process bus and an embedded
+    /// store under --data-dir.
+    Dev(InfraArgs),
+    /// Run the gateway (device connections) alone.
+    Gateway(InfraArgs),
+    /// Run the storage service (conversations and messages) alone.
+    Storage(InfraArgs),
+    /// Run the sync service (update logs, cursors, catch-up) alone.
+    Sync(InfraArgs),
+    /// Run the fanout service (delivery to members) alone.
+    Fanout(InfraArgs),
+    /// Print a signed token for a user, using the HS256 secret from the
+    /// settings (development and tests; production tokens come from the
+    /// business's own identity service).
+    Token(token::TokenArgs),
+    /// Create or upgrade the CQL schema, then exit.
+    Migrate(InfraArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Dev(args) => run_with("natter", args.settings_with(dev::defaults), dev::run).await,
+        Command::Gateway(args) => run_binary("gateway", &args, natter_gateway::start).await,
+        Command::Storage(args) => run_binary("storage", &args, natter_storage::start).await,
+        Command::Sync(args) => run_binary("sync", &args, natter_sync::start).await,
+        Command::Fanout(args) => run_binary("fanout", &args, natter_fanout::start).await,
+        Command::Token(args) => token::print(&args),
+        Command::Migrate(args) => run_binary("migrate", &args, dev::migrate).await,
+    }
+}
