@@ -43,7 +43,7 @@ pub struct Closed {
 
 #[derive(Debug)]
 enum Inbound {
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
     Closed(Closed),
 }
 
@@ -95,13 +95,13 @@ impl Device {
             }))
             .await;
         match device.next().await {
-            Inbound::Frame(ServerFrame {
-                frame: Some(ServerKind::Welcome(welcome)),
-            }) => {
-                device.welcome = welcome;
-                Ok(device)
-            }
-            Inbound::Frame(other) => panic!("expected welcome, got {other:?}"),
+            Inbound::Frame(frame) => match frame.frame {
+                Some(ServerKind::Welcome(welcome)) => {
+                    device.welcome = welcome;
+                    Ok(device)
+                }
+                other => panic!("expected welcome, got {other:?}"),
+            },
             Inbound::Closed(closed) => Err(closed),
         }
     }
@@ -137,7 +137,7 @@ impl Device {
             match self.next().await {
                 Inbound::Frame(frame) => match pick(&frame) {
                     Some(found) => return found,
-                    None => self.stash.push_back(frame),
+                    None => self.stash.push_back(*frame),
                 },
                 Inbound::Closed(closed) => panic!("session closed while waiting: {closed:?}"),
             }
@@ -288,7 +288,11 @@ async fn grpc(cluster: &Cluster) -> (mpsc::Sender<Outbound>, mpsc::Receiver<Inbo
                 loop {
                     match stream.message().await {
                         Ok(Some(frame)) => {
-                            if inbound_tx.send(Inbound::Frame(frame)).await.is_err() {
+                            if inbound_tx
+                                .send(Inbound::Frame(Box::new(frame)))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -390,7 +394,11 @@ async fn ws(
                     };
                 }
             };
-            if inbound_tx.send(Inbound::Frame(frame)).await.is_err() {
+            if inbound_tx
+                .send(Inbound::Frame(Box::new(frame)))
+                .await
+                .is_err()
+            {
                 return;
             }
         };

@@ -7,9 +7,9 @@ use natter_tests::cluster::binary_path;
 
 fn start_with(binary: &str, settings: &str) -> (Option<i32>, String) {
     let dir = std::env::temp_dir().join(natter_testkit::unique_name("config"));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("natter.toml");
-    std::fs::write(&file, settings).unwrap();
+    std::fs::write(&file, settings).expect("settings file");
     let output = Command::new(binary_path(binary))
         .arg("--config")
         .arg(&file)
@@ -17,8 +17,8 @@ fn start_with(binary: &str, settings: &str) -> (Option<i32>, String) {
         .env_remove("NATTER_TEST_CQL")
         .env_remove("NATTER_TEST_CQL_DC")
         .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+        .expect("run the binary");
+    std::fs::remove_dir_all(&dir).expect("clean up");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -99,6 +99,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_settings_file_is_complete_and_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/natter.toml");
+        let settings: crate::Settings = load_config(Some(&path)).unwrap();
+        assert_eq!(settings.bus.replicas, 3);
+        assert_eq!(settings.gateway.http_addr, "0.0.0.0:8080");
+        // Validation needs the JWKS file itself; everything else must pass.
+        let mut without_keys = settings;
+        without_keys.auth.jwks_file = Default::default();
+        without_keys.auth.hs256_secret = "x".repeat(32);
+        without_keys.validate().unwrap();
+    }
+
+    #[test]
     fn a_missing_file_is_an_error() {
         let err = load_config::<Sample>(Some(Path::new("/nonexistent/natter.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::File { .. }));

@@ -40,7 +40,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Dev(args) => run_with("natter", args.settings_with(dev::defaults), dev::run).await,
+        // Four services in one future: box it rather than grow main's stack.
+        Command::Dev(args) => {
+            Box::pin(run_with(
+                "natter",
+                args.settings_with(dev::defaults),
+                dev::run,
+            ))
+            .await
+        }
         Command::Gateway(args) => run_binary("gateway", &args, natter_gateway::start).await,
         Command::Storage(args) => run_binary("storage", &args, natter_storage::start).await,
         Command::Sync(args) => run_binary("sync", &args, natter_sync::start).await,
