@@ -38,6 +38,13 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     /// INTERNAL: a stored record could not be read.
     pub const CORRUPT_RECORD: &str = "CORRUPT_RECORD";
+    /// PERMISSION_DENIED: the device was revoked; it may not connect.
+    pub const DEVICE_REVOKED: &str = "DEVICE_REVOKED";
+    /// RESOURCE_EXHAUSTED: the device reads too slowly, or fell too far
+    /// behind during catch-up; reconnect to catch up.
+    pub const SLOW_CONSUMER: &str = "SLOW_CONSUMER";
+    /// UNAVAILABLE: the gateway is shutting down; reconnect elsewhere.
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
 }
 
 /// INVALID_ARGUMENT with a `BadRequest` field violation for `err.field`.

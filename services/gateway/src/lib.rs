@@ -75,18 +75,6 @@ pub use crate::grpc::{ConnectStream, GatewayGrpc};
 use crate::revoke::Revocations;
 pub use crate::ws::{JSON_PROTOCOL, PROTO_PROTOCOL};
 
-/// `ErrorInfo` reasons the gateway adds to those of `natter_proto::status`,
-/// for statuses that end a session.
-pub mod reason {
-    /// PERMISSION_DENIED: the device was revoked; it may not connect.
-    pub const DEVICE_REVOKED: &str = "DEVICE_REVOKED";
-    /// RESOURCE_EXHAUSTED: the device reads too slowly, or fell too far
-    /// behind during catch-up; reconnect to catch up.
-    pub const SLOW_CONSUMER: &str = "SLOW_CONSUMER";
-    /// UNAVAILABLE: the gateway is shutting down; reconnect elsewhere.
-    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
-}
-
 /// What the gateway needs from its process.
 #[derive(Debug)]
 pub struct Deps {

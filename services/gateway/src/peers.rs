@@ -43,7 +43,7 @@ pub(crate) fn unreadable(message: impl Into<String>) -> Status {
 pub(crate) fn shutting_down() -> Status {
     status(
         Code::Unavailable,
-        crate::reason::SHUTTING_DOWN,
+        natter_proto::status::reason::SHUTTING_DOWN,
         "server shutting down; reconnect",
     )
 }
@@ -51,7 +51,7 @@ pub(crate) fn shutting_down() -> Status {
 pub(crate) fn device_revoked() -> Status {
     status(
         Code::PermissionDenied,
-        crate::reason::DEVICE_REVOKED,
+        natter_proto::status::reason::DEVICE_REVOKED,
         "device revoked",
     )
 }
@@ -59,7 +59,7 @@ pub(crate) fn device_revoked() -> Status {
 pub(crate) fn slow_consumer(message: &str) -> Status {
     status(
         Code::ResourceExhausted,
-        crate::reason::SLOW_CONSUMER,
+        natter_proto::status::reason::SLOW_CONSUMER,
         message,
     )
 }

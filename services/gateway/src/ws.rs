@@ -327,7 +327,7 @@ fn close_frame(status: &Status) -> CloseFrame {
         | Code::PermissionDenied
         | Code::InvalidArgument
         | Code::FailedPrecondition => 1008,
-        Code::Unavailable if reason == crate::reason::SHUTTING_DOWN => 1001,
+        Code::Unavailable if reason == natter_proto::status::reason::SHUTTING_DOWN => 1001,
         Code::ResourceExhausted | Code::Unavailable | Code::DeadlineExceeded => 1013,
         Code::OutOfRange => 1009,
         _ => 1011,
