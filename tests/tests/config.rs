@@ -13,9 +13,6 @@ fn start_with(binary: &str, settings: &str) -> (Option<i32>, String) {
     let output = Command::new(binary_path(binary))
         .arg("--config")
         .arg(&file)
-        .env_remove("NATTER_TEST_NATS_URL")
-        .env_remove("NATTER_TEST_CQL")
-        .env_remove("NATTER_TEST_CQL_DC")
         .output()
         .expect("run the binary");
     std::fs::remove_dir_all(&dir).expect("clean up");

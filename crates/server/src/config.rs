@@ -7,6 +7,7 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Value;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -50,8 +51,7 @@ where
         figment = figment.merge(Toml::file_exact(path));
     }
     figment
-        // NATTER_CONFIG names the file itself (see `InfraArgs`).
-        .merge(Env::prefixed("NATTER_").ignore(&["CONFIG"]).split("__"))
+        .merge(settings_env::<T>())
         .extract()
         .map_err(|e| {
             let key = e.path.join(".");
@@ -61,6 +61,20 @@ where
                 message: e.kind.to_string(),
             }
         })
+}
+
+/// `NATTER_*` variables that name a setting. Others with the prefix (the
+/// config file's path, scripts' own variables) are not settings; a typo
+/// inside a known section still fails as an unknown key.
+fn settings_env<T: Serialize + Default>() -> Env {
+    let sections: Vec<String> = match Value::serialize(T::default()) {
+        Ok(Value::Dict(_, dict)) => dict.into_keys().collect(),
+        _ => Vec::new(),
+    };
+    Env::prefixed("NATTER_").split("__").filter(move |key| {
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        sections.iter().any(|section| section.eq_ignore_ascii_case(top))
+    })
 }
 
 #[cfg(test)]
@@ -109,6 +123,24 @@ mod tests {
         without_keys.auth.jwks_file = Default::default();
         without_keys.auth.hs256_secret = "x".repeat(32);
         without_keys.validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_known_keys_and_leaves_other_variables_alone() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("NATTER_BUS__PARTITIONS", "4");
+            jail.set_env("NATTER_CONFIG", "/elsewhere.toml");
+            jail.set_env("NATTER_INFRA_DIR", "/tmp/infra");
+            let settings: crate::Settings = load_config(None).unwrap();
+            assert_eq!(settings.bus.partitions, 4);
+
+            jail.set_env("NATTER_BUS__PARTITONS", "4");
+            match load_config::<crate::Settings>(None) {
+                Err(ConfigError::Key { key, .. }) => assert_eq!(key, "bus.partitons"),
+                other => panic!("a typo in a known section must fail, got {other:?}"),
+            }
+            Ok(())
+        });
     }
 
     #[test]

@@ -155,17 +155,28 @@ fn parse(message: ConversationEvent) -> Result<(TenantId, v1::Event, Event), Inv
     Ok((tenant, wire, event))
 }
 
-/// Who receives `event`: every current member, and for a membership change
-/// also the user it is about, so a leaver learns they left and a joiner
-/// learns they joined even when the member list has moved on since.
+/// Rooms up to this size share membership changes and read receipts with
+/// every member. In larger rooms those reach only the user they are about:
+/// otherwise filling a 10,000-member room would write 50 million log
+/// entries, and every read in it 10,000.
+pub(crate) const SHARED_SIGNALS_MAX_MEMBERS: usize = 100;
+
+/// Who receives `event`: every current member for a message; for a
+/// membership change or a read marker, every member of a small room, and
+/// always the user it is about, so a leaver learns they left and a joiner
+/// that they joined even when the member list has moved on since.
 pub(crate) fn recipients<'a>(event: &'a Event, members: &'a Members) -> Vec<&'a UserId> {
-    let affected = match event {
+    let concerned = match event {
         Event::Membership(change) => Some(&change.user_id),
-        Event::Message(_) | Event::Read(_) => None,
+        Event::Read(marker) => Some(&marker.user_id),
+        Event::Message(_) => None,
     };
-    let mut out: Vec<&UserId> = Vec::with_capacity(members.len() + 1);
-    out.extend(members.iter());
-    if let Some(user) = affected.filter(|user| !members.contains(user)) {
+    let shared = concerned.is_none() || members.len() <= SHARED_SIGNALS_MAX_MEMBERS;
+    let mut out: Vec<&UserId> = Vec::with_capacity(if shared { members.len() + 1 } else { 1 });
+    if shared {
+        out.extend(members.iter());
+    }
+    if let Some(user) = concerned.filter(|user| !shared || !members.contains(user)) {
         out.push(user);
     }
     out
@@ -246,6 +257,23 @@ mod tests {
         assert_eq!(sorted(recipients(&left, &members)), ["a", "b", "c"]);
         let joined = change("a", MembershipKind::Joined);
         assert_eq!(sorted(recipients(&joined, &members)), ["a", "b"]);
+    }
+
+    #[test]
+    fn big_rooms_keep_joins_and_reads_to_the_user_concerned() {
+        let members: Members = (0..=SHARED_SIGNALS_MAX_MEMBERS)
+            .map(|i| user(&format!("u{i}")))
+            .collect();
+        let joined = change("u7", MembershipKind::Joined);
+        assert_eq!(sorted(recipients(&joined, &members)), ["u7"]);
+        let left = change("gone", MembershipKind::Left);
+        assert_eq!(sorted(recipients(&left, &members)), ["gone"]);
+        let read = Event::Read(ReadMarker {
+            conversation_id: ConversationId::generate(),
+            user_id: user("u3"),
+            seq: Seq::new(1),
+        });
+        assert_eq!(sorted(recipients(&read, &members)), ["u3"]);
     }
 
     #[test]
