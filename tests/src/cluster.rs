@@ -156,10 +156,7 @@ impl Cluster {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
-            // The harness's own variables are not settings.
-            .env_remove("NATTER_TEST_NATS_URL")
-            .env_remove("NATTER_TEST_CQL")
-            .env_remove("NATTER_TEST_CQL_DC")
+
             .stdout(Stdio::from(out.try_clone().expect("clone the log handle")))
             .stderr(Stdio::from(out))
             .spawn()
