@@ -64,8 +64,6 @@ pub struct Device {
     pub welcome: Welcome,
     /// The cursor of the last update this device received.
     pub cursor: u64,
-    /// How long to wait for a frame before failing the test.
-    pub patience: Duration,
 }
 
 impl Device {
@@ -87,7 +85,6 @@ impl Device {
             stash: VecDeque::new(),
             welcome: Welcome::default(),
             cursor,
-            patience: WAIT,
         };
         device
             .send(ClientKind::Hello(Hello {
@@ -119,13 +116,13 @@ impl Device {
     }
 
     async fn next(&mut self) -> Inbound {
-        match tokio::time::timeout(self.patience, self.inbox.recv()).await {
+        match tokio::time::timeout(WAIT, self.inbox.recv()).await {
             Ok(Some(inbound)) => inbound,
             Ok(None) => Inbound::Closed(Closed {
                 code: -1,
                 reason: "transport ended".into(),
             }),
-            Err(_) => panic!("no frame from the gateway within {:?}", self.patience),
+            Err(_) => panic!("no frame from the gateway within {WAIT:?}"),
         }
     }
 
