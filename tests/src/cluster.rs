@@ -156,7 +156,6 @@ impl Cluster {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
-
             .stdout(Stdio::from(out.try_clone().expect("clone the log handle")))
             .stderr(Stdio::from(out))
             .spawn()

@@ -50,17 +50,14 @@ where
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment
-        .merge(settings_env::<T>())
-        .extract()
-        .map_err(|e| {
-            let key = e.path.join(".");
-            let key = if key.is_empty() { "<root>".into() } else { key };
-            ConfigError::Key {
-                key,
-                message: e.kind.to_string(),
-            }
-        })
+    figment.merge(settings_env::<T>()).extract().map_err(|e| {
+        let key = e.path.join(".");
+        let key = if key.is_empty() { "<root>".into() } else { key };
+        ConfigError::Key {
+            key,
+            message: e.kind.to_string(),
+        }
+    })
 }
 
 /// `NATTER_*` variables that name a setting. Others with the prefix (the
@@ -73,7 +70,9 @@ fn settings_env<T: Serialize + Default>() -> Env {
     };
     Env::prefixed("NATTER_").split("__").filter(move |key| {
         let top = key.as_str().split('.').next().unwrap_or_default();
-        sections.iter().any(|section| section.eq_ignore_ascii_case(top))
+        sections
+            .iter()
+            .any(|section| section.eq_ignore_ascii_case(top))
     })
 }
 
@@ -126,6 +125,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail fixes the closure's error type"
+    )]
     fn environment_overrides_known_keys_and_leaves_other_variables_alone() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("NATTER_BUS__PARTITIONS", "4");

@@ -13,4 +13,4 @@ pub use auth::authenticate;
 pub use config::{ConfigError, load_config};
 pub use grpc::GrpcServer;
 pub use launch::{InfraArgs, StartError, run_binary, run_with};
-pub use settings::{Settings, Stores};
+pub use settings::{Infra, Settings, Stores, bind};

@@ -388,6 +388,45 @@ impl Settings {
     }
 }
 
+/// What every service process connects to before it serves.
+#[derive(Clone)]
+pub struct Infra {
+    pub bus: Arc<dyn Bus>,
+    pub verifier: Arc<Verifier>,
+    /// Unique among the processes of an install: names this process's
+    /// reply subjects.
+    pub instance: String,
+}
+
+impl std::fmt::Debug for Infra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Infra")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Connects the bus, makes sure the durable streams exist, and loads the
+    /// token keys, for a process named after `service`.
+    pub async fn infra(&self, service: &str) -> Result<Infra, crate::StartError> {
+        let bus = self.connect_bus().await?;
+        natter_contract::ensure_streams(bus.as_ref(), &self.topology()).await?;
+        Ok(Infra {
+            bus,
+            verifier: Arc::new(self.verifier()?),
+            instance: format!("{service}-{}", uuid::Uuid::now_v7().simple()),
+        })
+    }
+}
+
+/// Binds a service's listener and says where it listens.
+pub async fn bind(service: &str, addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(service, addr = %listener.local_addr()?, "listening");
+    Ok(listener)
+}
+
 /// Both halves of the storage boundary, from one backend.
 #[derive(Clone)]
 pub struct Stores {

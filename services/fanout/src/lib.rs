@@ -207,23 +207,14 @@ pub async fn run(
 /// Connects to the bus, makes sure the streams exist, binds
 /// `fanout.grpc_addr` and runs the service until `shutdown`.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let bus = settings.connect_bus().await?;
-    natter_contract::ensure_streams(&*bus, &settings.topology()).await?;
-    let verifier = Arc::new(settings.verifier()?);
-    let listener = TcpListener::bind(&settings.fanout.grpc_addr).await?;
-    let instance = format!("fanout-{}", uuid::Uuid::now_v7().simple());
-    tracing::info!(addr = %listener.local_addr()?, %instance, "fanout listening");
-    run(
-        &settings,
-        Deps {
-            bus,
-            verifier,
-            instance,
-        },
-        listener,
-        shutdown,
-    )
-    .await
+    let infra = settings.infra("fanout").await?;
+    let listener = natter_server::bind("fanout", &settings.fanout.grpc_addr).await?;
+    let deps = Deps {
+        bus: infra.bus,
+        verifier: infra.verifier,
+        instance: infra.instance,
+    };
+    run(&settings, deps, listener, shutdown).await
 }
 
 /// Logs the counters, and the member cache's size that `GetStats` has no

@@ -232,20 +232,13 @@ pub async fn run(
 /// The binary's service: connects the bus, ensures the streams, binds both
 /// addresses, and runs until `shutdown`.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let bus = settings.connect_bus().await?;
-    natter_contract::ensure_streams(bus.as_ref(), &settings.topology()).await?;
-    let verifier = Arc::new(settings.verifier()?);
-    let grpc = TcpListener::bind(&settings.gateway.grpc_addr).await?;
-    let http = TcpListener::bind(&settings.gateway.http_addr).await?;
-    tracing::info!(
-        grpc_addr = %grpc.local_addr()?,
-        http_addr = %http.local_addr()?,
-        "gateway listening"
-    );
+    let infra = settings.infra("gateway").await?;
+    let grpc = natter_server::bind("gateway grpc", &settings.gateway.grpc_addr).await?;
+    let http = natter_server::bind("gateway websocket", &settings.gateway.http_addr).await?;
     let deps = Deps {
-        bus,
-        verifier,
-        instance: format!("gateway-{}", uuid::Uuid::new_v4().simple()),
+        bus: infra.bus,
+        verifier: infra.verifier,
+        instance: infra.instance,
     };
     run(&settings, deps, grpc, http, shutdown).await
 }

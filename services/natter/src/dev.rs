@@ -1,11 +1,9 @@
 //! `natter dev`: the four services in one process, sharing one bus and one
 //! store, each on its own port exactly as when they run apart.
 
-use std::sync::Arc;
-
 use natter_auth::{Identity, Signer};
 use natter_core::{Role, TenantId, UserId};
-use natter_server::{Settings, StartError};
+use natter_server::{Infra, Settings, StartError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,11 +23,12 @@ pub(crate) fn defaults(settings: &mut Settings) {
 }
 
 pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let bus = settings.connect_bus().await?;
+    let Infra {
+        bus,
+        verifier,
+        instance,
+    } = settings.infra("dev").await?;
     let stores = settings.open_stores().await?;
-    natter_contract::ensure_streams(bus.as_ref(), &settings.topology()).await?;
-    let verifier = Arc::new(settings.verifier()?);
-    let instance = format!("dev-{}", uuid::Uuid::new_v4().simple());
 
     let gateway_grpc = TcpListener::bind(&settings.gateway.grpc_addr).await?;
     let gateway_http = TcpListener::bind(&settings.gateway.http_addr).await?;

@@ -169,17 +169,14 @@ pub async fn run(
 /// store, makes sure the streams exist, binds `storage.grpc_addr`, and runs
 /// until `shutdown`.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let bus = settings.connect_bus().await?;
+    let infra = settings.infra("storage").await?;
     let stores = settings.open_stores().await?;
-    natter_contract::ensure_streams(bus.as_ref(), &settings.topology()).await?;
-    let verifier = Arc::new(settings.verifier()?);
-    let listener = TcpListener::bind(&settings.storage.grpc_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "storage listening for grpc");
+    let listener = natter_server::bind("storage", &settings.storage.grpc_addr).await?;
     let deps = Deps {
-        bus,
-        verifier,
+        bus: infra.bus,
+        verifier: infra.verifier,
         conversations: stores.conversations,
-        instance: format!("storage-{}", uuid::Uuid::now_v7().simple()),
+        instance: infra.instance,
     };
     run(&settings, deps, listener, shutdown).await
 }

@@ -118,17 +118,14 @@ pub async fn run(
 /// Connects to the bus and the store the settings name, makes sure the
 /// streams exist, binds `sync.grpc_addr` and runs until `shutdown`.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let bus = settings.connect_bus().await?;
+    let infra = settings.infra("sync").await?;
     let stores = settings.open_stores().await?;
-    natter_contract::ensure_streams(bus.as_ref(), &settings.topology()).await?;
-    let verifier = Arc::new(settings.verifier()?);
-    let listener = TcpListener::bind(&settings.sync.grpc_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "sync listening");
+    let listener = natter_server::bind("sync", &settings.sync.grpc_addr).await?;
     let deps = Deps {
-        bus,
-        verifier,
+        bus: infra.bus,
+        verifier: infra.verifier,
         store: stores.sync,
-        instance: format!("sync-{}", uuid::Uuid::new_v4().simple()),
+        instance: infra.instance,
     };
     run(&settings, deps, listener, shutdown).await
 }
