@@ -1,0 +1,215 @@
+//! The command line. Options shared by every scenario (where the gateway
+//! is, how to mint tokens, how to open connections, how to print) are
+//! flattened into each subcommand, so a new scenario takes them as they
+//! are and adds only its own.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "natter-load",
+    version,
+    about = "Load generator for Natter: drives a running gateway and measures it",
+    long_about = "Load generator for Natter: drives a running gateway and measures it.\n\n\
+        Progress goes to stderr once a second; the results go to stdout, as a table or \
+        (--json) as one JSON document. Exit codes: 0 the run completed, 1 it could not \
+        run (bad target, failed setup, not one session opened), 2 bad usage."
+)]
+pub(crate) struct Cli {
+    /// Worker threads of the load generator's runtime [default: one per CPU].
+    #[arg(long, global = true, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Conversations of a customer and an agent, one device each: customers
+    /// send text open-loop at a fixed total rate, agents receive and ack.
+    /// Measures send-to-deliver latency from each message's intended send
+    /// time (corrected for coordinated omission), throughput and loss.
+    Pairs(PairsArgs),
+    /// Many device sessions that say hello and then idle. Measures how fast
+    /// they open and, with --server-pid, the server's memory per idle
+    /// connection.
+    Idle(IdleArgs),
+}
+
+/// Where the gateway is and how devices reach it.
+#[derive(Debug, Args)]
+pub(crate) struct TargetArgs {
+    /// The gateway's WebSocket URL; devices use the natter.v1.proto
+    /// subprotocol.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "grpc",
+        conflicts_with = "grpc"
+    )]
+    pub(crate) ws: Option<String>,
+    /// The gateway's gRPC address (host:port); each device gets its own
+    /// HTTP/2 connection.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) grpc: Option<String>,
+    /// The HS256 secret the server verifies tokens with (`natter dev` uses
+    /// natter-dev-secret-not-for-production-use unless configured).
+    #[arg(long, env = "NATTER_LOAD_SECRET", hide_env_values = true)]
+    pub(crate) secret: String,
+    /// The tenant every user of the run belongs to.
+    #[arg(long, default_value = "load")]
+    pub(crate) tenant: String,
+    /// Spread connections over the loopback source addresses
+    /// 127.0.0.1..127.0.0.N, binding each client socket before it connects,
+    /// so more connections fit than one address has ephemeral ports. Only
+    /// for a gateway on an IPv4 loopback address.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub(crate) source_addrs: u8,
+    /// New connections per second at most; connections are started at this
+    /// pace whatever the server's answer time.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 1000.0)]
+    pub(crate) connect_rate: f64,
+    /// Connections opening at once at most (TCP, WebSocket handshake, hello
+    /// and welcome).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub(crate) connect_concurrency: usize,
+    /// How long opening one connection may take, welcome included.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) connect_timeout: Duration,
+    /// The server's process id, when it runs on this machine: its CPU time
+    /// and resident memory (/proc/PID/stat and status) are reported beside
+    /// the load generator's own; `idle` reports its memory per connection.
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
+}
+
+/// How results are printed.
+#[derive(Debug, Args)]
+pub(crate) struct OutputArgs {
+    /// Print the results as one JSON document on stdout instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PairsArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// The storage service's gRPC address (host:port), where the run's
+    /// conversations are created with a service-role token.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) storage: String,
+    /// Conversations, each of one customer and one agent with one device
+    /// each.
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) pairs: u32,
+    /// Messages per second sent in total, spread evenly over the pairs:
+    /// message k of the run is due k/RATE seconds after the start and goes
+    /// to pair k mod PAIRS.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0)]
+    pub(crate) rate: f64,
+    /// How long the measured part of the run lasts.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// How long to send before measuring; messages due in the warmup are
+    /// sent but left out of the figures (except loss, reported apart).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub(crate) warmup: Duration,
+    /// After the last send, how long to wait for the outstanding acks and
+    /// deliveries before counting what is missing.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Duration,
+    /// Bytes of text per message (at least 48: the intended send time and
+    /// the message's number travel in the text).
+    #[arg(long, value_name = "BYTES", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(48..=60_000))]
+    pub(crate) message_bytes: u32,
+    /// How often each device acks its cursor (when it moved).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) ack_interval: Duration,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IdleArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Device sessions to open, each for its own user.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) connections: u32,
+    /// How long to hold the sessions open once they are all opened.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) hold: Duration,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds (`1.5`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s, 2m or 1h"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ws_and_grpc_exclude_each_other() {
+        let both = Cli::try_parse_from([
+            "natter-load",
+            "idle",
+            "--ws",
+            "ws://127.0.0.1:8080/v1/connect",
+            "--grpc",
+            "127.0.0.1:7100",
+            "--secret",
+            "s",
+        ]);
+        assert!(both.is_err());
+        let neither = Cli::try_parse_from(["natter-load", "idle", "--secret", "s"]);
+        assert!(neither.is_err());
+    }
+}
