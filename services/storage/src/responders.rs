@@ -35,13 +35,15 @@ pub(crate) async fn serve_mark_read(
             let storage = storage.clone();
             async move {
                 match mark_read(&storage, command).await {
-                    Ok(seq) => MarkReadOutcome {
+                    Ok((seq, raised)) => MarkReadOutcome {
                         failure: None,
                         seq: seq.get(),
+                        raised,
                     },
                     Err(status) => MarkReadOutcome {
                         failure: Some(to_failure(&status)),
                         seq: 0,
+                        raised: false,
                     },
                 }
             }
@@ -84,7 +86,8 @@ async fn until(shutdown: CancellationToken, work: impl Future<Output = ()>) {
 /// Raises the reader's watermark and, if it rose, announces the read
 /// marker to the conversation. Returns the watermark after the command.
 #[tracing::instrument(skip_all, fields(conversation = %command.conversation_id, seq = command.seq))]
-async fn mark_read(storage: &Storage, command: MarkReadCommand) -> Result<Seq, Status> {
+/// The watermark after the command, and whether the command raised it.
+async fn mark_read(storage: &Storage, command: MarkReadCommand) -> Result<(Seq, bool), Status> {
     let reader = actor_from_wire(command.actor).map_err(invalid)?;
     let id: ConversationId =
         parse_id("conversation_id", &command.conversation_id).map_err(invalid)?;
@@ -100,11 +103,11 @@ async fn mark_read(storage: &Storage, command: MarkReadCommand) -> Result<Seq, S
             storage
                 .announce(&reader.tenant, vec![Event::Read(marker)])
                 .await?;
-            Ok(seq)
+            Ok((seq, true))
         }
         // Already at or past it: report where it is now.
         None => match storage.store.member(&reader.tenant, id, &reader.user).await {
-            Ok(Some(member)) => Ok(member.read_seq),
+            Ok(Some(member)) => Ok((member.read_seq, false)),
             Ok(None) => Err(policy::not_a_member()),
             Err(e) => Err(store_status(e)),
         },

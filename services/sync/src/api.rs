@@ -105,9 +105,8 @@ impl SyncService for Api {
             tracing::info!(code = ?status.code(), message = status.message(), "storage refused to mark read");
             return Err(status);
         }
-        // The outcome carries the watermark after the command: at the asked
-        // seq it moved there (or already was); past it, nothing changed.
-        let read_marker = (outcome.seq == request.seq).then(|| {
+        // A marker only when this call moved the watermark.
+        let read_marker = outcome.raised.then(|| {
             ReadMarker {
                 conversation_id: conversation,
                 user_id: caller.user.clone(),

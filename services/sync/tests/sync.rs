@@ -652,14 +652,17 @@ fn serve_mark_read(
                     return MarkReadOutcome {
                         failure: Some(to_failure(&denied)),
                         seq: 0,
+                        raised: false,
                     };
                 }
                 let mut watermarks = watermarks.lock().unwrap();
                 let seq = watermarks.entry(command.conversation_id).or_default();
+                let raised = command.seq > *seq;
                 *seq = (*seq).max(command.seq);
                 MarkReadOutcome {
                     failure: None,
                     seq: *seq,
+                    raised,
                 }
             }
         },
@@ -704,6 +707,12 @@ async fn mark_read_is_forwarded_to_storage_and_its_answer_reported() {
         .unwrap()
         .into_inner();
     assert_eq!(behind.read_marker, None);
+    let again = client
+        .mark_read(authed(mark(c.to_string(), 5), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.read_marker, None, "already at 5: nothing moved");
 
     let denied = client
         .mark_read(authed(mark(forbidden.to_string(), 1), &token))
@@ -719,7 +728,7 @@ async fn mark_read_is_forwarded_to_storage_and_its_answer_reported() {
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(
         seen.lock().unwrap().len(),
-        3,
+        4,
         "bad input never reaches storage"
     );
 
