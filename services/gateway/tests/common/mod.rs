@@ -500,6 +500,7 @@ impl FakeStorage {
                     MarkReadOutcome {
                         failure: (!member).then(not_a_member),
                         seq,
+                        raised: member,
                     }
                 }
             },
