@@ -32,7 +32,7 @@ use crate::plan::Plan;
 use crate::report::{self, Run, Table, mib};
 use crate::setup::{self, Minter, Pair};
 use crate::stats::{Latencies, Marks, Summary, Tally, lock};
-use crate::system::{Sample, Usage};
+use crate::system::{Probe, Usage};
 
 /// Time between the last device connecting and the first message being
 /// due, so every task is waiting when the run starts.
@@ -199,9 +199,7 @@ pub(crate) async fn run(args: PairsArgs) -> anyhow::Result<PairsReport> {
         Plan::new(args.rate, args.pairs, args.warmup, args.duration).map_err(anyhow::Error::msg)?;
     let quiet = args.output.quiet;
     let pairs = u64::from(args.pairs);
-    if let Some(pid) = args.target.server_pid {
-        crate::system::rss_bytes(&pid.to_string()).context("--server-pid")?;
-    }
+    let probe = Probe::new(args.target.server_pid)?;
     crate::system::raise_fd_limit(2 * pairs)?;
     let gateway = Gateway::resolve(&args.target).await?;
     let connector = Connector::new(gateway, &args.target)?;
@@ -262,24 +260,13 @@ pub(crate) async fn run(args: PairsArgs) -> anyhow::Result<PairsReport> {
         move |_| progress_line(&shared, &mut last)
     });
 
-    let server_pid = args.target.server_pid;
-    let server_id = server_pid.map(|pid| pid.to_string());
-    let take = |pid: Option<&str>| pid.and_then(Sample::take);
     tokio::time::sleep_until(shared.clock.at(plan.window_start())).await;
-    let first = (take(server_id.as_deref()), take(Some("self")));
+    let first = probe.take();
     tokio::time::sleep_until(shared.clock.at(plan.end())).await;
-    let second = (take(server_id.as_deref()), take(Some("self")));
-    let server = first
-        .0
-        .zip(second.0)
-        .map(|(a, b)| Usage::between(server_pid, a, b));
-    let client = first
-        .1
-        .zip(second.1)
-        .map(|(a, b)| Usage::between(None, a, b));
+    let (server, client) = probe.between(first, probe.take());
     let drain_started = tokio::time::Instant::now();
     let deadline = drain_started + args.drain_timeout;
-    while tokio::time::Instant::now() < deadline && !drained(&shared, pairs) {
+    while tokio::time::Instant::now() < deadline && !drained(&shared) {
         tokio::time::sleep(DRAIN_POLL).await;
     }
     let drain = drain_started.elapsed();
@@ -735,10 +722,10 @@ fn parse_payload(text: &str) -> Option<(u64, u64)> {
 
 /// Whether everything sent has come back: every writer done, every send
 /// answered, and at least as many deliveries as acks.
-fn drained(shared: &Shared, pairs: u64) -> bool {
+fn drained(shared: &Shared) -> bool {
     let c = &shared.counters;
     let sent = c.sent.load(Relaxed);
-    c.writers_done.load(Relaxed) >= pairs
+    c.writers_done.load(Relaxed) >= shared.pairs
         && c.acked.load(Relaxed) + c.errors.load(Relaxed) >= sent
         && c.delivered.load(Relaxed) >= c.acked.load(Relaxed)
 }

@@ -86,7 +86,7 @@ impl Table {
     }
 
     pub(crate) fn row(&mut self, label: &str, value: impl std::fmt::Display) {
-        let _ = writeln!(self.0, "  {label:<28} {value}");
+        let _ = writeln!(self.0, "  {label:<32} {value}");
     }
 
     /// Rows for a latency distribution.

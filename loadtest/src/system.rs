@@ -53,12 +53,61 @@ pub(crate) struct Sample {
 
 impl Sample {
     /// `pid` is a process id or `self`; `None` if it cannot be read.
-    pub(crate) fn take(pid: &str) -> Option<Sample> {
+    fn take(pid: &str) -> Option<Sample> {
         Some(Sample {
             at: Instant::now(),
             cpu_s: cpu_seconds(pid).ok()?,
             rss_bytes: rss_bytes(pid).ok()?,
         })
+    }
+}
+
+/// Looks at the server (with --server-pid) and at the load generator
+/// itself, to report what each used over a stretch of the run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probe {
+    server_pid: Option<u32>,
+}
+
+/// Both processes at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snapshot {
+    server: Option<Sample>,
+    client: Option<Sample>,
+}
+
+impl Probe {
+    /// Fails if the server's process cannot be read.
+    pub(crate) fn new(server_pid: Option<u32>) -> anyhow::Result<Probe> {
+        if let Some(pid) = server_pid {
+            rss_bytes(&pid.to_string())
+                .with_context(|| format!("--server-pid {pid}: cannot read the process"))?;
+        }
+        Ok(Probe { server_pid })
+    }
+
+    pub(crate) fn take(&self) -> Snapshot {
+        Snapshot {
+            server: self
+                .server_pid
+                .and_then(|pid| Sample::take(&pid.to_string())),
+            client: Sample::take("self"),
+        }
+    }
+
+    /// What the server and the load generator used between two snapshots.
+    pub(crate) fn between(
+        &self,
+        first: Snapshot,
+        second: Snapshot,
+    ) -> (Option<Usage>, Option<Usage>) {
+        let usage = |pid, a: Option<Sample>, b: Option<Sample>| {
+            a.zip(b).map(|(a, b)| Usage::between(pid, a, b))
+        };
+        (
+            usage(self.server_pid, first.server, second.server),
+            usage(None, first.client, second.client),
+        )
     }
 }
 
@@ -76,7 +125,7 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
-    pub(crate) fn between(pid: Option<u32>, first: Sample, second: Sample) -> Usage {
+    fn between(pid: Option<u32>, first: Sample, second: Sample) -> Usage {
         let cpu_s = (second.cpu_s - first.cpu_s).max(0.0);
         let wall = second.at.duration_since(first.at).as_secs_f64();
         Usage {
