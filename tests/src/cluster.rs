@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use natter_auth::{Identity, Signer};
@@ -329,10 +330,20 @@ async fn serving(addr: SocketAddr) -> bool {
     check.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
 }
 
+/// A port for a service to listen on. Asking the OS for port 0 and
+/// releasing it races: the OS hands the same port to outgoing connections
+/// (the CQL driver's, NATS clients') before the service binds it. So ports
+/// come from below the Linux ephemeral range (32768 and up), from a counter
+/// that keeps this process's tests apart, skipping any in use.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 200) as u16 * 50;
+    loop {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("a bound address");
+        }
+    }
 }
 
 /// The binaries are built beside the test executable (`target/<profile>`);
