@@ -10,121 +10,23 @@ use natter_core::{
     Seq, TenantId, Timestamp, UserId,
 };
 use natter_proto::codec;
+use natter_record::{Damaged, Reader, Writer, read};
 use natter_store::{Result, StoreError};
 use uuid::Uuid;
 
-#[derive(Default)]
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u8(mut self, value: u8) -> Self {
-        self.0.push(value);
-        self
-    }
-
-    fn u64(mut self, value: u64) -> Self {
-        self.0.extend_from_slice(&value.to_be_bytes());
-        self
-    }
-
-    fn i64(mut self, value: i64) -> Self {
-        self.0.extend_from_slice(&value.to_be_bytes());
-        self
-    }
-
-    fn u128(mut self, value: u128) -> Self {
-        self.0.extend_from_slice(&value.to_be_bytes());
-        self
-    }
-
-    fn str(mut self, value: &str) -> Self {
-        // Every string the domain stores is bounded far below 4 GiB, and
-        // redb refuses values of that size before this could matter.
-        let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-        self.0.extend_from_slice(&len.to_be_bytes());
-        self.0.extend_from_slice(value.as_bytes());
-        self
-    }
-
-    fn rest(mut self, value: &[u8]) -> Vec<u8> {
-        self.0.extend_from_slice(value);
-        self.0
-    }
-
-    fn finish(self) -> Vec<u8> {
-        self.0
-    }
+/// A damaged value is a corrupt record to the store.
+fn corrupt(damaged: Damaged) -> StoreError {
+    StoreError::Corrupt(damaged.to_string())
 }
 
-/// Reads the fields of one record; every error names the record.
-struct Reader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        Self { what, bytes }
-    }
-
-    fn corrupt(&self, reason: impl std::fmt::Display) -> StoreError {
-        StoreError::Corrupt(format!("{} record: {reason}", self.what))
-    }
-
-    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let (head, rest) = self
-            .bytes
-            .split_first_chunk::<N>()
-            .ok_or_else(|| self.corrupt("truncated"))?;
-        self.bytes = rest;
-        Ok(*head)
-    }
-
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take::<1>()?[0])
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        self.take().map(u64::from_be_bytes)
-    }
-
-    fn i64(&mut self) -> Result<i64> {
-        self.take().map(i64::from_be_bytes)
-    }
-
-    fn u128(&mut self) -> Result<u128> {
-        self.take().map(u128::from_be_bytes)
-    }
-
-    fn str(&mut self) -> Result<&'a str> {
-        let len = usize::try_from(self.take().map(u32::from_be_bytes)?)
-            .map_err(|_| self.corrupt("string length overflows usize"))?;
-        if self.bytes.len() < len {
-            return Err(self.corrupt("truncated"));
-        }
-        let (head, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        std::str::from_utf8(head).map_err(|e| self.corrupt(e))
-    }
-
-    /// A domain value parsed from a string field; a stored value that no
-    /// longer parses is corruption, not invalid input.
-    fn parse<T>(&mut self, parse: impl FnOnce(&'a str) -> natter_core::Result<T>) -> Result<T> {
-        let raw = self.str()?;
-        parse(raw).map_err(|e| self.corrupt(e))
-    }
-
-    fn rest(self) -> &'a [u8] {
-        self.bytes
-    }
-
-    fn finish(self) -> Result<()> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(self.corrupt(format!("{} trailing bytes", self.bytes.len())))
-        }
-    }
+/// A domain value parsed from a string field; a stored value that no
+/// longer parses is corruption, not invalid input.
+fn parse<'a, T>(
+    r: &mut Reader<'a>,
+    parse: impl FnOnce(&'a str) -> natter_core::Result<T>,
+) -> Result<T, Damaged> {
+    let raw = r.str()?;
+    parse(raw).map_err(|e| r.damaged(e))
 }
 
 /// A conversation id from its key. Ids are never nil, so one that is was
@@ -160,16 +62,16 @@ impl ConversationRecord {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader::new("conversation", bytes);
-        let record = Self {
-            subject: r.str()?.to_owned(),
-            created_by: r.parse(UserId::new)?,
-            created_at: Timestamp::from_millis(r.i64()?),
-            last_seq: Seq::new(r.u64()?),
-            member_count: r.u64()?,
-        };
-        r.finish()?;
-        Ok(record)
+        read("conversation", bytes, |r| {
+            Ok(Self {
+                subject: r.str()?.to_owned(),
+                created_by: parse(r, UserId::new)?,
+                created_at: Timestamp::from_millis(r.i64()?),
+                last_seq: Seq::new(r.u64()?),
+                member_count: r.u64()?,
+            })
+        })
+        .map_err(corrupt)
     }
 
     pub(crate) fn into_conversation(
@@ -198,13 +100,13 @@ fn role_code(role: Role) -> u8 {
     }
 }
 
-fn role_from_code(r: &Reader<'_>, code: u8) -> Result<Role> {
+fn role_from_code(r: &Reader<'_>, code: u8) -> Result<Role, Damaged> {
     match code {
         1 => Ok(Role::Customer),
         2 => Ok(Role::Agent),
         3 => Ok(Role::Bot),
         4 => Ok(Role::Service),
-        other => Err(r.corrupt(format!("unknown role code {other}"))),
+        other => Err(r.damaged(format!("has unknown role code {other}"))),
     }
 }
 
@@ -218,16 +120,16 @@ pub(crate) fn encode_member(member: &Member) -> Vec<u8> {
 }
 
 pub(crate) fn decode_member(user_id: UserId, bytes: &[u8]) -> Result<Member> {
-    let mut r = Reader::new("member", bytes);
-    let code = r.u8()?;
-    let member = Member {
-        user_id,
-        role: role_from_code(&r, code)?,
-        joined_at: Timestamp::from_millis(r.i64()?),
-        read_seq: Seq::new(r.u64()?),
-    };
-    r.finish()?;
-    Ok(member)
+    read("member", bytes, |r| {
+        let code = r.u8()?;
+        Ok(Member {
+            user_id,
+            role: role_from_code(r, code)?,
+            joined_at: Timestamp::from_millis(r.i64()?),
+            read_seq: Seq::new(r.u64()?),
+        })
+    })
+    .map_err(corrupt)
 }
 
 /// A message without its conversation and seq, which are in the key; the
@@ -246,22 +148,24 @@ pub(crate) fn decode_message(
     seq: Seq,
     bytes: &[u8],
 ) -> Result<Message> {
-    let mut r = Reader::new("message", bytes);
-    let id = MessageId::from_uuid(Uuid::from_u128(r.u128()?)).map_err(|e| r.corrupt(e))?;
-    let sender_id = r.parse(UserId::new)?;
-    let client_message_id = r.parse(ClientMessageId::new)?;
-    let sent_at = Timestamp::from_millis(r.i64()?);
-    let content = codec::decode_content(r.rest())
-        .map_err(|e| StoreError::Corrupt(format!("message record content: {e}")))?;
-    Ok(Message {
-        id,
-        conversation_id,
-        seq,
-        sender_id,
-        client_message_id,
-        sent_at,
-        content,
+    read("message", bytes, |r| {
+        let id = MessageId::from_uuid(Uuid::from_u128(r.u128()?)).map_err(|e| r.damaged(e))?;
+        let sender_id = parse(r, UserId::new)?;
+        let client_message_id = parse(r, ClientMessageId::new)?;
+        let sent_at = Timestamp::from_millis(r.i64()?);
+        let content =
+            codec::decode_content(r.rest()).map_err(|e| r.damaged(format!("content: {e}")))?;
+        Ok(Message {
+            id,
+            conversation_id,
+            seq,
+            sender_id,
+            client_message_id,
+            sent_at,
+            content,
+        })
     })
+    .map_err(corrupt)
 }
 
 /// A device without tenant, user and device id, which are in the key.
@@ -280,25 +184,26 @@ pub(crate) fn decode_device(
     device_id: DeviceId,
     bytes: &[u8],
 ) -> Result<Device> {
-    let mut r = Reader::new("device", bytes);
-    let label = r.str()?.to_owned();
-    let cursor = Cursor::new(r.u64()?);
-    let last_seen = Timestamp::from_millis(r.i64()?);
-    let revoked = match r.u8()? {
-        0 => false,
-        1 => true,
-        other => return Err(r.corrupt(format!("revoked flag is {other}"))),
-    };
-    r.finish()?;
-    Ok(Device {
-        tenant_id: tenant_id.clone(),
-        user_id: user_id.clone(),
-        device_id,
-        label,
-        cursor,
-        last_seen,
-        revoked,
+    read("device", bytes, |r| {
+        let label = r.str()?.to_owned();
+        let cursor = Cursor::new(r.u64()?);
+        let last_seen = Timestamp::from_millis(r.i64()?);
+        let revoked = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(r.damaged(format!("has revoked flag {other}"))),
+        };
+        Ok(Device {
+            tenant_id: tenant_id.clone(),
+            user_id: user_id.clone(),
+            device_id,
+            label,
+            cursor,
+            last_seen,
+            revoked,
+        })
     })
+    .map_err(corrupt)
 }
 
 /// Where a user's update log stands: updates `floor + 1 ..= head` are
@@ -318,19 +223,17 @@ impl LogHead {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader::new("log head", bytes);
-        let head = Self {
-            head: Cursor::new(r.u64()?),
-            floor: Cursor::new(r.u64()?),
-        };
-        r.finish()?;
-        if head.floor > head.head {
-            return Err(StoreError::Corrupt(format!(
-                "log head record: floor {} above head {}",
-                head.floor, head.head
-            )));
-        }
-        Ok(head)
+        read("log head", bytes, |r| {
+            let head = Self {
+                head: Cursor::new(r.u64()?),
+                floor: Cursor::new(r.u64()?),
+            };
+            if head.floor > head.head {
+                return Err(r.damaged(format!("has floor {} above head {}", head.floor, head.head)));
+            }
+            Ok(head)
+        })
+        .map_err(corrupt)
     }
 }
 

@@ -7,145 +7,24 @@
 //!
 //! A value that does not decode is reported as a corrupt journal.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
+use natter_record::{Damaged, Reader, Writer};
 
 use super::durable::{ConsumerState, Stored};
 use crate::{BusError, Headers, Result, StreamConfig};
 
-#[derive(Default)]
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u32(mut self, value: u32) -> Self {
-        self.0.extend_from_slice(&value.to_be_bytes());
-        self
-    }
-
-    fn u64(mut self, value: u64) -> Self {
-        self.0.extend_from_slice(&value.to_be_bytes());
-        self
-    }
-
-    fn len(self, len: usize) -> Self {
-        // Every string and count the bus stores is bounded far below 4 GiB
-        // (subjects, headers and payloads are checked on publish).
-        self.u32(u32::try_from(len).unwrap_or(u32::MAX))
-    }
-
-    fn str(self, value: &str) -> Self {
-        let mut this = self.len(value.len());
-        this.0.extend_from_slice(value.as_bytes());
-        this
-    }
-
-    fn duration(self, value: Duration) -> Self {
-        self.u64(value.as_secs()).u32(value.subsec_nanos())
-    }
-
-    fn time(self, value: SystemTime) -> Self {
-        // A time before the epoch is not one this bus ever stores.
-        self.duration(
-            value
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        )
-    }
-
-    fn rest(mut self, value: &[u8]) -> Vec<u8> {
-        self.0.extend_from_slice(value);
-        self.0
-    }
-
-    fn finish(self) -> Vec<u8> {
-        self.0
-    }
-}
-
-/// Reads the fields of one record; every error names the record.
-struct Reader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        Self { what, bytes }
-    }
-
-    fn corrupt(&self, reason: &str) -> BusError {
-        BusError::Unavailable(format!(
-            "bus journal is corrupt: {} record {reason}",
-            self.what
-        ))
-    }
-
-    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let (head, rest) = self
-            .bytes
-            .split_first_chunk::<N>()
-            .ok_or_else(|| self.corrupt("is truncated"))?;
-        self.bytes = rest;
-        Ok(*head)
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        self.take().map(u32::from_be_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        self.take().map(u64::from_be_bytes)
-    }
-
-    fn len(&mut self) -> Result<usize> {
-        let len = self.u32()?;
-        usize::try_from(len).map_err(|_| self.corrupt("has a length beyond memory"))
-    }
-
-    fn str(&mut self) -> Result<String> {
-        let len = self.len()?;
-        if len > self.bytes.len() {
-            return Err(self.corrupt("is truncated"));
-        }
-        let (text, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        String::from_utf8(text.to_vec()).map_err(|_| self.corrupt("has a string that is not UTF-8"))
-    }
-
-    fn duration(&mut self) -> Result<Duration> {
-        let secs = self.u64()?;
-        let nanos = self.u32()?;
-        if nanos >= 1_000_000_000 {
-            return Err(self.corrupt("has a duration with too many nanoseconds"));
-        }
-        Ok(Duration::new(secs, nanos))
-    }
-
-    fn time(&mut self) -> Result<SystemTime> {
-        let since_epoch = self.duration()?;
-        SystemTime::UNIX_EPOCH
-            .checked_add(since_epoch)
-            .ok_or_else(|| self.corrupt("has a time beyond the clock's range"))
-    }
-
-    fn rest(self) -> &'a [u8] {
-        self.bytes
-    }
-
-    fn end(self) -> Result<()> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(self.corrupt("has trailing bytes"))
-        }
+impl From<Damaged> for BusError {
+    fn from(damaged: Damaged) -> Self {
+        BusError::Unavailable(format!("bus journal is corrupt: {damaged}"))
     }
 }
 
 /// A stream's configuration but its name: subjects, `max_age`,
 /// `max_messages` (0 for none), `duplicate_window`.
 pub(super) fn stream(config: &StreamConfig) -> Vec<u8> {
-    let mut writer = Writer::default().len(config.subjects.len());
+    let mut writer = Writer::default().length(config.subjects.len());
     for subject in &config.subjects {
         writer = writer.str(subject);
     }
@@ -158,17 +37,21 @@ pub(super) fn stream(config: &StreamConfig) -> Vec<u8> {
 
 pub(super) fn read_stream(name: &str, bytes: &[u8]) -> Result<StreamConfig> {
     let mut reader = Reader::new("stream", bytes);
-    let count = reader.len()?;
+    let count = reader.length()?;
     // Each subject takes at least its length, so a count beyond the bytes
     // left is damage, not a reason to allocate.
-    if count > reader.bytes.len() / 4 {
-        return Err(reader.corrupt("has more subjects than bytes"));
+    if count > reader.remaining() / 4 {
+        return Err(BusError::from(
+            reader.damaged("has more subjects than bytes"),
+        ));
     }
-    let subjects = (0..count).map(|_| reader.str()).collect::<Result<_>>()?;
+    let subjects = (0..count)
+        .map(|_| reader.str().map(str::to_owned))
+        .collect::<Result<_, _>>()?;
     let max_age = reader.duration()?;
     let max_messages = Some(reader.u64()?).filter(|&max| max > 0);
     let duplicate_window = reader.duration()?;
-    reader.end()?;
+    reader.finish()?;
     Ok(StreamConfig {
         name: name.to_owned(),
         subjects,
@@ -184,7 +67,7 @@ pub(super) fn message(message: &Stored) -> Vec<u8> {
     let mut writer = Writer::default()
         .time(message.at)
         .str(&message.subject)
-        .len(message.headers.len());
+        .length(message.headers.len());
     for (name, value) in message.headers.iter() {
         writer = writer.str(name).str(value);
     }
@@ -195,16 +78,18 @@ pub(super) fn read_message(sequence: u64, bytes: &[u8]) -> Result<Stored> {
     let mut reader = Reader::new("message", bytes);
     let at = reader.time()?;
     let subject = reader.str()?;
-    let count = reader.len()?;
-    if count > reader.bytes.len() / 8 {
-        return Err(reader.corrupt("has more headers than bytes"));
+    let count = reader.length()?;
+    if count > reader.remaining() / 8 {
+        return Err(BusError::from(
+            reader.damaged("has more headers than bytes"),
+        ));
     }
     let headers = (0..count)
-        .map(|_| Ok((reader.str()?, reader.str()?)))
-        .collect::<Result<Headers>>()?;
+        .map(|_| Ok::<_, Damaged>((reader.str()?.to_owned(), reader.str()?.to_owned())))
+        .collect::<Result<Headers, Damaged>>()?;
     Ok(Stored {
         sequence,
-        subject,
+        subject: subject.to_owned(),
         headers,
         payload: Bytes::copy_from_slice(reader.rest()),
         at,
@@ -219,7 +104,8 @@ pub(super) fn dedup_id(at: SystemTime, id: &str) -> Vec<u8> {
 pub(super) fn read_dedup_id(bytes: &[u8]) -> Result<(SystemTime, String)> {
     let mut reader = Reader::new("dedup id", bytes);
     let at = reader.time()?;
-    let id = std::str::from_utf8(reader.bytes).map_err(|_| reader.corrupt("is not UTF-8"))?;
+    let damaged = reader.damaged("is not UTF-8");
+    let id = std::str::from_utf8(reader.rest()).map_err(|_| damaged)?;
     Ok((at, id.to_owned()))
 }
 
@@ -237,9 +123,9 @@ pub(super) fn read_consumer(bytes: &[u8]) -> Result<ConsumerState> {
     let filter = reader.str()?;
     let ack_wait = reader.duration()?;
     let ack_floor = reader.u64()?;
-    reader.end()?;
+    reader.finish()?;
     Ok(ConsumerState {
-        filter,
+        filter: filter.to_owned(),
         ack_wait,
         ack_floor,
     })
@@ -247,6 +133,8 @@ pub(super) fn read_consumer(bytes: &[u8]) -> Result<ConsumerState> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
