@@ -2,7 +2,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -56,6 +58,25 @@ impl GrpcServer {
     /// (NATS, the database) is down.
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
+    }
+
+    /// [`serve`](Self::serve) until `shutdown`, then cancels `stop`, which the
+    /// service's bus-side `work` watches, and waits for that work to settle:
+    /// also when serving failed, so the work never outlives the server.
+    pub async fn serve_with_work(
+        self,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+        grace: Duration,
+        stop: CancellationToken,
+        mut work: JoinSet<()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let served = self
+            .serve(listener, shutdown.clone().cancelled_owned(), grace)
+            .await;
+        stop.cancel();
+        while work.join_next().await.is_some() {}
+        served
     }
 
     /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops

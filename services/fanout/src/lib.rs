@@ -186,22 +186,11 @@ pub async fn run(
         relay,
         stats,
     };
-    let served = async {
-        GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
-            .add_service(FanoutServiceServer::new(api))
-            .serve(
-                listener,
-                shutdown.clone().cancelled_owned(),
-                settings.grace_period(),
-            )
-            .await?;
-        Ok::<_, StartError>(())
-    }
-    .await;
-    // Also when serving failed: the bus-side work must not outlive it.
-    work.cancel();
-    while tasks.join_next().await.is_some() {}
-    served
+    GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .add_service(FanoutServiceServer::new(api))
+        .serve_with_work(listener, &shutdown, settings.grace_period(), work, tasks)
+        .await?;
+    Ok(())
 }
 
 /// Connects to the bus, makes sure the streams exist, binds

@@ -148,21 +148,11 @@ pub async fn run(
     tasks.spawn(send::consume(storage.clone(), stop.clone()));
 
     let api = ConversationApi::new(storage, sends, deps.verifier);
-    let served = async {
-        GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
-            .add_service(ConversationServiceServer::new(api))
-            .serve(
-                listener,
-                shutdown.cancelled_owned(),
-                settings.grace_period(),
-            )
-            .await?;
-        Ok::<_, StartError>(())
-    }
-    .await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    served
+    GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .add_service(ConversationServiceServer::new(api))
+        .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
+        .await?;
+    Ok(())
 }
 
 /// Starts the service from its settings: connects the bus, opens the

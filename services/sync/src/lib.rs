@@ -100,18 +100,10 @@ pub async fn run(
     ));
 
     let api = api::Api::new(deps.bus, deps.verifier, deps.store, limits);
-    let served = GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+    GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .add_service(natter_proto::v1::sync_service_server::SyncServiceServer::new(api))
-        .serve(
-            listener,
-            shutdown.cancelled_owned(),
-            settings.grace_period(),
-        )
-        .await;
-
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    served?;
+        .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
+        .await?;
     Ok(())
 }
 
