@@ -1,0 +1,876 @@
+// @ts-check
+/**
+ * The Natter chat widget: one script tag puts a chat bubble on a page.
+ *
+ *   <script src="https://natter.example/widget.js" data-tenant="acme"
+ *           data-token-url="/natter-token" async></script>
+ *
+ * It asks the business's token endpoint for a token (POST {guestId}, with
+ * the page's cookies), then keeps one WebSocket to the gateway
+ * (`/v1/connect`, subprotocol `natter.v1.json`) and shows the visitor's
+ * conversation in a panel inside a shadow root, so the page's styles and
+ * the widget's never meet.
+ *
+ * Delivery: every message the visitor sends is put in an outbox in
+ * localStorage before it goes on the wire, under a client message id that
+ * never changes, and leaves the outbox only when the server has stored it
+ * (`send_ack`, or the stored message arriving) or refused it for good. After
+ * a drop the widget reconnects with backoff, replays the outbox with the
+ * same ids (the server stores each id once) and catches up from its cursor.
+ * Messages are kept by (conversation, seq), so one that arrives twice, as a
+ * `message` of the watched conversation and inside an `update`, shows once.
+ *
+ * Plain JavaScript checked with `tsc --checkJs`; no build step, no
+ * dependencies.
+ */
+(function () {
+  'use strict';
+
+  const PROTOCOL = 'natter.v1.json';
+  /** Messages kept in localStorage per conversation, newest last. */
+  const CACHE_LIMIT = 200;
+  /** How often the connection is checked with a ping, and how long a pong may take. */
+  const PING_MS = 20000;
+  const PONG_TIMEOUT_MS = 10000;
+  /** Typing: repeat `active` this often while typing; stop after this long idle. */
+  const TYPING_REPEAT_MS = 3000;
+  const TYPING_IDLE_MS = 4000;
+  /** Others' typing indicators fade after this long without news. */
+  const TYPING_SHOWN_MS = 10000;
+  /** Updates between cursor acks, and the longest an ack waits. */
+  const ACK_EVERY = 20;
+  const ACK_DELAY_MS = 1000;
+
+  /**
+   * @typedef {{ url: string, mime_type?: string, size_bytes?: string | number,
+   *   file_name?: string, thumbnail?: string }} Attachment
+   * @typedef {{ title: string, payload: string }} QuickReply
+   * @typedef {{ title: string, postback?: { payload: string }, open_url?: { url: string } }} Button
+   * @typedef {{ text?: string, attachment?: Attachment,
+   *   quick_replies?: { text: string, replies?: QuickReply[] },
+   *   template?: { text: string, buttons?: Button[] },
+   *   postback?: { title: string, payload: string } }} Content
+   * @typedef {{ message_id?: string, conversation_id: string, seq: number,
+   *   sender_id: string, client_message_id?: string, sent_at?: string,
+   *   content: Content }} Message
+   * @typedef {{ conversation_id: string, client_message_id: string, content: Content,
+   *   user_id: string }} Pending
+   * @typedef {{ token: string, userId: string, conversationId: string,
+   *   guestId?: string, exp: number }} Auth
+   */
+
+  const script = /** @type {HTMLScriptElement | null} */ (
+    document.currentScript ||
+      document.querySelector('script[data-token-url][src*="widget"]')
+  );
+  const win = /** @type {any} */ (window);
+  if (!script || win.Natter) return;
+
+  const data = script.dataset;
+  const tenant = data.tenant || 'default';
+  const tokenUrl = data.tokenUrl ? new URL(data.tokenUrl, document.baseURI).href : '';
+  const title = data.title || 'Chat';
+  const greeting = data.greeting || '';
+  const left = data.position === 'left';
+  const accent = data.color && CSS.supports('color', data.color) ? data.color : '#3b5bdb';
+  const gatewayUrl = socketUrl(data.gateway || script.src);
+
+  // ---- storage: localStorage when it works, memory when it does not ----
+
+  /** @type {Record<string, string>} */
+  const memory = {};
+  const prefix = 'natter:' + tenant + ':';
+  /** @param {string} key */
+  function load(key) {
+    try {
+      return localStorage.getItem(prefix + key);
+    } catch (_) {
+      return memory[key] ?? null;
+    }
+  }
+  /** @param {string} key @param {string | null} value */
+  function save(key, value) {
+    try {
+      if (value === null) localStorage.removeItem(prefix + key);
+      else localStorage.setItem(prefix + key, value);
+    } catch (_) {
+      if (value === null) delete memory[key];
+      else memory[key] = value;
+    }
+  }
+  /** @template T @param {string} key @param {T} fallback @returns {T} */
+  function loadJson(key, fallback) {
+    try {
+      const text = load(key);
+      return text ? JSON.parse(text) : fallback;
+    } catch (_) {
+      return fallback;
+    }
+  }
+
+  /** A random UUID (v4); works outside secure contexts too. */
+  function uuid() {
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  /** @param {string} base the script's own URL or `data-gateway` */
+  function socketUrl(base) {
+    const url = new URL(base, document.baseURI);
+    url.protocol = url.protocol === 'https:' || url.protocol === 'wss:' ? 'wss:' : 'ws:';
+    url.pathname = url.pathname.replace(/\/(widget\.js)?$/, '').replace(/\/v1\/connect$/, '') + '/v1/connect';
+    url.search = url.hash = '';
+    return url.href;
+  }
+
+  /**
+   * Frames arrive in the proto3 JSON mapping: field names as in the proto
+   * (camelCase is accepted too), 64-bit numbers as strings, defaults
+   * left out.
+   * @param {any} value
+   * @returns {any}
+   */
+  function snake(value) {
+    if (Array.isArray(value)) return value.map(snake);
+    if (!value || typeof value !== 'object') return value;
+    /** @type {Record<string, any>} */
+    const out = {};
+    for (const key of Object.keys(value)) {
+      out[key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())] = snake(value[key]);
+    }
+    return out;
+  }
+
+  // ---- state ----
+
+  let deviceId = load('device');
+  if (!deviceId) save('device', (deviceId = 'web-' + uuid()));
+  /** @type {Auth | null} */
+  let auth = null;
+  /** @type {WebSocket | null} */
+  let ws = null;
+  let online = false;
+  let attempt = 0;
+  let retryTimer = 0;
+  let pingTimer = 0;
+  let pongTimer = 0;
+  /** Bumped whenever the identity changes, so stale callbacks do nothing. */
+  let epoch = 0;
+  let cursor = 0;
+  let unacked = 0;
+  let ackTimer = 0;
+  /** Messages of the shown conversation by seq. @type {Map<number, Message>} */
+  let messages = new Map();
+  /** Client message ids sent on the current connection and not yet answered. */
+  let inFlight = new Set();
+  /** The visitor's own read watermark, and the highest the others reached. */
+  let readSeq = 0;
+  let othersReadSeq = 0;
+  let isOpen = false;
+  /** Users typing now, with the timer that forgets them. @type {Map<string, number>} */
+  const typing = new Map();
+  let typingSentAt = 0;
+  let typingStopTimer = 0;
+
+  /** @returns {Pending[]} */
+  function outbox() {
+    return loadJson('outbox', []);
+  }
+  /** @param {Pending[]} items */
+  function saveOutbox(items) {
+    save('outbox', items.length ? JSON.stringify(items) : null);
+  }
+
+  // ---- the DOM, inside a shadow root ----
+
+  const host = document.createElement('natter-chat');
+  host.style.cssText = 'all:initial!important;position:fixed!important;z-index:2147483000!important;';
+  const root = host.attachShadow({ mode: 'open' });
+  root.innerHTML = `<style>${css()}</style>
+<div class="root${left ? ' left' : ''}">
+  <section class="panel" id="panel" role="dialog" aria-labelledby="title" hidden>
+    <header>
+      <h2 id="title"></h2>
+      <span class="status" role="status"></span>
+      <button type="button" class="close" aria-label="Close chat">&times;</button>
+    </header>
+    <div class="log" role="log" aria-live="polite" aria-label="Messages" tabindex="0">
+      <p class="greeting" hidden></p>
+      <ol class="msgs"></ol>
+    </div>
+    <div class="typing" role="status" aria-live="polite"></div>
+    <form class="composer">
+      <label class="sr" for="input">Message</label>
+      <textarea id="input" rows="1" placeholder="Write a message…" autocomplete="off"></textarea>
+      <button type="submit" class="send" aria-label="Send">
+        <svg viewBox="0 0 24 24" aria-hidden="true" focusable="false"><path d="M3 20l18-8L3 4v6l12 2-12 2z"/></svg>
+      </button>
+    </form>
+  </section>
+  <button type="button" class="launcher" aria-controls="panel" aria-expanded="false">
+    <svg viewBox="0 0 24 24" aria-hidden="true" focusable="false"><path d="M4 4h16a2 2 0 012 2v10a2 2 0 01-2 2H9l-5 4v-4a2 2 0 01-2-2V6a2 2 0 012-2z"/></svg>
+    <span class="badge" aria-hidden="true" hidden></span>
+  </button>
+</div>`;
+  /** @template {Element} E @param {string} selector @returns {E} */
+  const $ = (selector) => /** @type {E} */ (root.querySelector(selector));
+  const panel = /** @type {HTMLElement} */ ($('.panel'));
+  const launcher = /** @type {HTMLButtonElement} */ ($('.launcher'));
+  const badge = /** @type {HTMLElement} */ ($('.badge'));
+  const statusLine = /** @type {HTMLElement} */ ($('.status'));
+  const log = /** @type {HTMLElement} */ ($('.log'));
+  const list = /** @type {HTMLOListElement} */ ($('.msgs'));
+  const typingLine = /** @type {HTMLElement} */ ($('.typing'));
+  const form = /** @type {HTMLFormElement} */ ($('.composer'));
+  const input = /** @type {HTMLTextAreaElement} */ ($('#input'));
+  $('#title').textContent = title;
+  const greetingLine = /** @type {HTMLElement} */ ($('.greeting'));
+  greetingLine.textContent = greeting;
+  greetingLine.hidden = !greeting;
+  (/** @type {HTMLElement} */ ($('.root'))).style.setProperty('--accent', accent);
+
+  function css() {
+    return `
+.root{all:initial;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;
+  --accent:#3b5bdb;-webkit-text-size-adjust:100%}
+*,*::before,*::after{box-sizing:border-box}
+[hidden]{display:none!important}
+button,textarea{font:inherit;color:inherit;margin:0}
+.launcher{position:fixed;bottom:20px;right:20px;width:56px;height:56px;border:0;border-radius:50%;
+  background:var(--accent);color:#fff;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.25);padding:0;
+  display:flex;align-items:center;justify-content:center}
+.left .launcher{right:auto;left:20px}
+.launcher svg{width:28px;height:28px;fill:currentColor}
+.launcher:focus-visible,button:focus-visible,.log:focus-visible,textarea:focus-visible{outline:3px solid #1c7ed6;outline-offset:2px}
+.badge{position:absolute;top:-4px;right:-4px;min-width:22px;height:22px;padding:0 6px;border-radius:11px;
+  background:#e03131;color:#fff;font-size:12px;font-weight:700;line-height:22px;text-align:center}
+.panel{position:fixed;bottom:88px;right:20px;width:370px;height:min(560px,calc(100vh - 108px));background:#fff;
+  border-radius:14px;box-shadow:0 8px 32px rgba(0,0,0,.22);display:flex;flex-direction:column;overflow:hidden}
+.left .panel{right:auto;left:20px}
+header{display:flex;align-items:center;gap:8px;padding:12px 14px;background:var(--accent);color:#fff}
+h2{margin:0;font-size:16px;font-weight:600;flex:1;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.status{font-size:12px;opacity:.9}
+.close{background:none;border:0;color:#fff;font-size:24px;line-height:1;cursor:pointer;padding:0 4px;min-width:32px;min-height:32px}
+.log{flex:1;overflow-y:auto;padding:12px;background:#f6f7f9}
+.greeting{margin:0 0 10px;padding:8px 12px;background:#fff;border-radius:12px;color:#495057}
+.msgs{list-style:none;margin:0;padding:0;display:flex;flex-direction:column;gap:6px}
+.msg{display:flex;flex-direction:column;align-items:flex-start;max-width:85%}
+.msg.mine{align-self:flex-end;align-items:flex-end}
+.who{font-size:11px;color:#6c757d;margin:4px 4px 1px}
+.bubble{padding:8px 12px;border-radius:14px;background:#fff;border:1px solid #e3e5e8;white-space:pre-wrap;overflow-wrap:anywhere}
+.mine .bubble{background:var(--accent);border-color:transparent;color:#fff}
+.mine .bubble a{color:#fff}
+.meta{font-size:11px;color:#6c757d;margin:1px 4px}
+.failed .meta{color:#c92a2a}
+.bubble img{display:block;max-width:100%;max-height:240px;border-radius:8px;margin:2px 0}
+.choices{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px}
+.choices button,.choices a{border:1px solid var(--accent);color:var(--accent);background:#fff;border-radius:16px;padding:5px 12px;
+  cursor:pointer;text-decoration:none;font-size:13px}
+.msg:not(:last-child) .qr{display:none}
+.typing{min-height:20px;padding:0 14px;font-size:12px;color:#6c757d;background:#f6f7f9}
+.composer{display:flex;gap:8px;align-items:flex-end;padding:10px;border-top:1px solid #e3e5e8;background:#fff}
+textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:8px 12px;max-height:120px;background:#fff;min-height:38px}
+.send{width:38px;height:38px;border:0;border-radius:50%;background:var(--accent);color:#fff;cursor:pointer;padding:0;
+  display:flex;align-items:center;justify-content:center}
+.send svg{width:20px;height:20px;fill:currentColor}
+.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
+@media (max-width:520px){
+  .panel,.left .panel{inset:0;width:auto;height:auto;border-radius:0}
+  .open .launcher{display:none}
+}`;
+  }
+
+  // ---- rendering ----
+
+  /** @param {Message | Pending} m */
+  function keyOf(m) {
+    return 'seq' in m && m.seq ? 's' + m.seq : 'c' + m.client_message_id;
+  }
+
+  /** @param {string} url */
+  function safeUrl(url) {
+    try {
+      const u = new URL(url);
+      return u.protocol === 'https:' || u.protocol === 'http:' ? u.href : '';
+    } catch (_) {
+      return '';
+    }
+  }
+
+  /**
+   * @param {keyof HTMLElementTagNameMap} tag
+   * @param {string} [className]
+   * @param {string} [text]
+   */
+  function el(tag, className, text) {
+    const e = document.createElement(tag);
+    if (className) e.className = className;
+    if (text) e.textContent = text;
+    return e;
+  }
+
+  /** @param {number} bytes */
+  function size(bytes) {
+    return bytes >= 1048576 ? (bytes / 1048576).toFixed(1) + ' MB' : bytes >= 1024 ? Math.round(bytes / 1024) + ' KB' : bytes + ' B';
+  }
+
+  /** @param {Content} c @param {HTMLElement} bubble */
+  function renderContent(c, bubble) {
+    if (c.text != null) bubble.textContent = c.text;
+    else if (c.attachment) {
+      const a = c.attachment;
+      const url = safeUrl(a.url);
+      const name = a.file_name || 'file';
+      if (/^image\//.test(a.mime_type || '') && url) {
+        const img = /** @type {HTMLImageElement} */ (el('img'));
+        img.src = url;
+        img.alt = name;
+        img.loading = 'lazy';
+        img.addEventListener('load', scrollDown);
+        bubble.append(img);
+      }
+      const link = /** @type {HTMLAnchorElement} */ (el('a', '', name + (a.size_bytes ? ` (${size(Number(a.size_bytes))})` : '')));
+      if (url) link.href = url;
+      link.target = '_blank';
+      link.rel = 'noopener noreferrer';
+      link.download = name;
+      bubble.append(link);
+    } else if (c.quick_replies || c.template) {
+      const q = c.quick_replies;
+      const t = c.template;
+      bubble.append((q || t || { text: '' }).text);
+      const choices = el('div', 'choices' + (q ? ' qr' : ''));
+      for (const r of q ? q.replies || [] : []) {
+        choices.append(choice(r.title, r.payload));
+      }
+      for (const b of t ? t.buttons || [] : []) {
+        const url = b.open_url && safeUrl(b.open_url.url);
+        if (url) {
+          const a = /** @type {HTMLAnchorElement} */ (el('a', '', b.title));
+          a.href = url;
+          a.target = '_blank';
+          a.rel = 'noopener noreferrer';
+          choices.append(a);
+        } else if (b.postback) choices.append(choice(b.title, b.postback.payload));
+      }
+      bubble.append(choices);
+    } else if (c.postback) bubble.textContent = c.postback.title;
+  }
+
+  /** @param {string} label @param {string} payload */
+  function choice(label, payload) {
+    const b = /** @type {HTMLButtonElement} */ (el('button', '', label));
+    b.type = 'button';
+    b.dataset.payload = payload;
+    b.addEventListener('click', () => {
+      submit({ postback: { title: label, payload } });
+      input.focus();
+    });
+    return b;
+  }
+
+  /** @param {Message | Pending} m */
+  function senderOf(m) {
+    return 'sender_id' in m ? m.sender_id : m.user_id;
+  }
+
+  /**
+   * Inserts or replaces one message in the list, in seq order; messages not
+   * stored yet stay at the end in the order they were written.
+   * @param {Message | Pending} m
+   */
+  function show(m) {
+    const stored = 'seq' in m && m.seq > 0;
+    const mine = !!auth && senderOf(m) === auth.userId;
+    const li = /** @type {HTMLLIElement} */ (el('li', 'msg' + (mine ? ' mine' : '')));
+    li.dataset.key = keyOf(m);
+    if (m.client_message_id) li.dataset.cid = m.client_message_id;
+    if (stored) li.dataset.seq = String(/** @type {Message} */ (m).seq);
+    li.dataset.sender = senderOf(m);
+    if (!mine) li.append(el('span', 'who', senderOf(m)));
+    const bubble = el('div', 'bubble');
+    renderContent(m.content, bubble);
+    if ('sent_at' in m && m.sent_at) bubble.title = new Date(m.sent_at).toLocaleString();
+    li.append(bubble);
+    if (mine) li.append(el('span', 'meta'));
+    const old =
+      (m.client_message_id && mine && list.querySelector(`[data-cid="${CSS.escape(m.client_message_id)}"]`)) ||
+      list.querySelector(`[data-key="${keyOf(m)}"]`);
+    if (old) old.remove();
+    const seq = stored ? /** @type {Message} */ (m).seq : Infinity;
+    const next = Array.from(list.children).find((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq || Infinity) > seq);
+    list.insertBefore(li, next || null);
+    // A who-label only where the sender changes.
+    for (const item of list.children) {
+      const who = item.querySelector('.who');
+      const prev = /** @type {HTMLElement | null} */ (item.previousElementSibling);
+      if (who) /** @type {HTMLElement} */ (who).hidden = !!prev && prev.dataset.sender === /** @type {HTMLElement} */ (item).dataset.sender;
+    }
+    refreshMeta();
+    scrollDown();
+  }
+
+  /** Status under the visitor's own messages: sending, sent, read, failed. */
+  function refreshMeta() {
+    const pending = new Set(outbox().map((p) => p.client_message_id));
+    const mine = /** @type {HTMLElement[]} */ (Array.from(list.querySelectorAll('.mine:not(.failed)')));
+    const stored = mine.filter((li) => li.dataset.seq);
+    const last = stored[stored.length - 1];
+    for (const li of mine) {
+      const meta = /** @type {HTMLElement} */ (li.querySelector('.meta'));
+      if (li === last) meta.textContent = Number(li.dataset.seq) <= othersReadSeq ? 'Read' : 'Sent';
+      else if (li.dataset.seq || !pending.has(li.dataset.cid || '')) meta.textContent = '';
+      else meta.textContent = online ? 'Sending…' : 'Waiting for network…';
+    }
+  }
+
+  function scrollDown() {
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function unread() {
+    let n = 0;
+    if (auth) for (const m of messages.values()) if (m.sender_id !== auth.userId && m.seq > readSeq) n++;
+    return n;
+  }
+
+  function refreshBadge() {
+    const n = isOpen ? 0 : unread();
+    badge.textContent = n > 99 ? '99+' : String(n);
+    badge.hidden = n === 0;
+    launcher.setAttribute('aria-label', isOpen ? 'Close chat' : n ? `Open chat, ${n} unread` : 'Open chat');
+  }
+
+  function refreshStatus() {
+    statusLine.textContent = online ? '' : navigator.onLine ? 'Connecting…' : 'Offline';
+  }
+
+  function refreshTyping() {
+    const who = Array.from(typing.keys());
+    typingLine.textContent = who.length ? `${who.join(', ')} ${who.length > 1 ? 'are' : 'is'} typing…` : '';
+  }
+
+  // ---- messages ----
+
+  function cacheKey() {
+    return auth ? `messages:${auth.userId}:${auth.conversationId}` : '';
+  }
+
+  /** @param {Message} m */
+  function accept(m) {
+    if (!auth || m.conversation_id !== auth.conversationId || messages.has(m.seq)) return;
+    messages.set(m.seq, m);
+    const mine = m.sender_id === auth.userId;
+    if (mine && m.client_message_id) settle(m.client_message_id);
+    show(m);
+    const kept = Array.from(messages.values()).sort((a, b) => a.seq - b.seq).slice(-CACHE_LIMIT);
+    save(cacheKey(), JSON.stringify(kept));
+    if (!mine) {
+      typing.delete(m.sender_id);
+      refreshTyping();
+    }
+    markRead();
+    refreshBadge();
+  }
+
+  /** The outbox entry is done with: stored, or refused for good. @param {string} id */
+  function settle(id) {
+    inFlight.delete(id);
+    saveOutbox(outbox().filter((p) => p.client_message_id !== id));
+  }
+
+  /** @param {Content} content */
+  function submit(content) {
+    if (!auth) return;
+    /** @type {Pending} */
+    const p = {
+      conversation_id: auth.conversationId,
+      client_message_id: uuid(),
+      content,
+      user_id: auth.userId,
+    };
+    // Kept before it is sent: a reload or a drop cannot lose it.
+    saveOutbox(outbox().concat(p));
+    show(p);
+    flush();
+    stopTyping();
+  }
+
+  /** Sends what the outbox holds that this connection has not sent yet. */
+  function flush() {
+    if (!online || !auth) return;
+    for (const p of outbox()) {
+      if (p.user_id !== auth.userId || inFlight.has(p.client_message_id)) continue;
+      inFlight.add(p.client_message_id);
+      send({ send: { conversation_id: p.conversation_id, client_message_id: p.client_message_id, content: p.content } });
+    }
+    refreshMeta();
+  }
+
+  function markRead() {
+    if (!isOpen || !auth || !online || document.hidden) return;
+    let top = 0;
+    for (const m of messages.values()) if (m.seq > top) top = m.seq;
+    if (top > readSeq) {
+      readSeq = top;
+      save(`read:${auth.userId}:${auth.conversationId}`, String(readSeq));
+      send({ read: { conversation_id: auth.conversationId, seq: String(top) } });
+    }
+    refreshBadge();
+  }
+
+  function noteTyping() {
+    if (!auth || !online) return;
+    clearTimeout(typingStopTimer);
+    typingStopTimer = win.setTimeout(stopTyping, TYPING_IDLE_MS);
+    if (Date.now() - typingSentAt < TYPING_REPEAT_MS) return;
+    typingSentAt = Date.now();
+    send({ typing: { conversation_id: auth.conversationId, active: true } });
+  }
+
+  function stopTyping() {
+    clearTimeout(typingStopTimer);
+    if (!typingSentAt) return;
+    typingSentAt = 0;
+    if (auth && online) send({ typing: { conversation_id: auth.conversationId, active: false } });
+  }
+
+  // ---- the connection ----
+
+  /** @param {object} frame */
+  function send(frame) {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+  }
+
+  /** @param {string} token */
+  function expiry(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return Number(JSON.parse(atob(part)).exp) || 0;
+    } catch (_) {
+      return 0;
+    }
+  }
+
+  /** Asks the business's token endpoint who the visitor is. */
+  async function fetchToken() {
+    const response = await fetch(tokenUrl, {
+      method: 'POST',
+      credentials: 'include',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ guestId: load('guest') || '' }),
+    });
+    if (!response.ok) throw new Error('token endpoint answered ' + response.status);
+    const body = await response.json();
+    if (!body.token || !body.userId || !body.conversationId) throw new Error('token endpoint answer is incomplete');
+    if (body.guestId) save('guest', body.guestId);
+    return /** @type {Auth} */ ({ ...body, exp: expiry(body.token) });
+  }
+
+  /** Switches to the identity and conversation `next` names. @param {Auth} next */
+  function adopt(next) {
+    const same = auth && auth.userId === next.userId && auth.conversationId === next.conversationId;
+    auth = next;
+    if (same) return;
+    messages = new Map();
+    list.textContent = '';
+    cursor = Number(load('cursor:' + auth.userId) || 0);
+    readSeq = Number(load(`read:${auth.userId}:${auth.conversationId}`) || 0);
+    othersReadSeq = 0;
+    for (const m of loadJson(cacheKey(), /** @type {Message[]} */ ([]))) {
+      messages.set(m.seq, m);
+      show(m);
+    }
+    for (const p of outbox()) if (p.user_id === auth.userId) show(p);
+    refreshBadge();
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    if (ws || !tokenUrl) return;
+    const mine = ++epoch;
+    const expired = !auth || (auth.exp && auth.exp * 1000 < Date.now() + 60000);
+    (expired ? fetchToken() : Promise.resolve(/** @type {Auth} */ (auth))).then(
+      (next) => {
+        if (mine !== epoch || ws) return;
+        adopt(next);
+        open(next);
+      },
+      (e) => {
+        if (mine !== epoch) return;
+        console.warn('natter: ' + e.message);
+        retry();
+      },
+    );
+  }
+
+  /** @param {Auth} a */
+  function open(a) {
+    const sock = new WebSocket(gatewayUrl, PROTOCOL);
+    ws = sock;
+    sock.onopen = () => {
+      send({ hello: { token: a.token, device_id: deviceId, cursor: String(cursor), device_label: 'web' } });
+      ping();
+    };
+    sock.onmessage = (event) => {
+      let frame;
+      try {
+        frame = snake(JSON.parse(String(event.data)));
+      } catch (_) {
+        return;
+      }
+      alive();
+      onFrame(frame);
+    };
+    sock.onclose = (event) => {
+      if (ws !== sock) return;
+      dropped();
+      // A bad or expired token: ask the business for a new one.
+      if (event.code === 1008 && /TOKEN/.test(event.reason)) auth = null;
+      retry();
+    };
+  }
+
+  function dropped() {
+    ws = null;
+    online = false;
+    inFlight = new Set();
+    clearTimeout(pingTimer);
+    clearTimeout(pongTimer);
+    typing.clear();
+    refreshTyping();
+    refreshStatus();
+    refreshMeta();
+  }
+
+  function retry() {
+    clearTimeout(retryTimer);
+    const ceiling = Math.min(30000, 500 * 2 ** Math.min(attempt++, 6));
+    retryTimer = win.setTimeout(connect, ceiling / 2 + Math.random() * (ceiling / 2));
+  }
+
+  /** Ends the connection now, for a reconnect or for good. */
+  function hangUp() {
+    const sock = ws;
+    if (!sock) return;
+    dropped();
+    sock.onclose = null;
+    sock.close(1000);
+  }
+
+  function ping() {
+    clearTimeout(pingTimer);
+    pingTimer = win.setTimeout(() => {
+      send({ ping: { nonce: String(Date.now()) } });
+      pongTimer = win.setTimeout(() => {
+        // No answer: the connection is dead though nobody said so.
+        hangUp();
+        retry();
+      }, PONG_TIMEOUT_MS);
+    }, PING_MS);
+  }
+
+  /** Anything from the server proves the connection works. */
+  function alive() {
+    clearTimeout(pongTimer);
+    ping();
+  }
+
+  /** @param {any} f */
+  function onFrame(f) {
+    if (!auth) return;
+    if (f.welcome) {
+      online = true;
+      attempt = 0;
+      cursor = Number(f.welcome.cursor || 0);
+      refreshStatus();
+      let top = 0;
+      for (const m of messages.values()) if (m.seq > top) top = m.seq;
+      send({ watch: { conversation_id: auth.conversationId, after_seq: String(top) } });
+      flush();
+      markRead();
+    } else if (f.update) {
+      const event = f.update.event || {};
+      if (event.message) accept(toMessage(event.message));
+      else if (event.read_marker) onRead(event.read_marker);
+      cursor = Number(f.update.cursor || cursor);
+      save('cursor:' + auth.userId, String(cursor));
+      if (++unacked >= ACK_EVERY) ack();
+      else if (!ackTimer) ackTimer = win.setTimeout(ack, ACK_DELAY_MS);
+    } else if (f.message) {
+      accept(toMessage(f.message));
+    } else if (f.send_ack) {
+      settle(f.send_ack.client_message_id);
+      refreshMeta();
+    } else if (f.typing) {
+      const t = f.typing;
+      if (t.conversation_id !== auth.conversationId || t.user_id === auth.userId) return;
+      clearTimeout(typing.get(t.user_id));
+      if (t.active) typing.set(t.user_id, win.setTimeout(() => (typing.delete(t.user_id), refreshTyping()), TYPING_SHOWN_MS));
+      else typing.delete(t.user_id);
+      refreshTyping();
+    } else if (f.resync_required) {
+      // Too far behind for the update log: the watch below refetches the
+      // conversation, and the log continues from the server's position.
+      cursor = Number(f.resync_required.cursor || 0);
+      save('cursor:' + auth.userId, String(cursor));
+      send({ watch: { conversation_id: auth.conversationId, after_seq: '0' } });
+    } else if (f.error) {
+      onError(f.error);
+    }
+  }
+
+  function ack() {
+    clearTimeout(ackTimer);
+    ackTimer = 0;
+    unacked = 0;
+    send({ ack: { cursor: String(cursor) } });
+  }
+
+  /** @param {any} m @returns {Message} */
+  function toMessage(m) {
+    return { ...m, seq: Number(m.seq || 0), content: m.content || {} };
+  }
+
+  /** @param {any} r */
+  function onRead(r) {
+    if (!auth || r.conversation_id !== auth.conversationId) return;
+    const seq = Number(r.seq || 0);
+    if (r.user_id === auth.userId) {
+      // Read on another device of the visitor's.
+      if (seq > readSeq) {
+        readSeq = seq;
+        save(`read:${auth.userId}:${auth.conversationId}`, String(seq));
+        refreshBadge();
+      }
+    } else if (seq > othersReadSeq) {
+      othersReadSeq = seq;
+      refreshMeta();
+    }
+  }
+
+  /** @param {any} e */
+  function onError(e) {
+    const id = e.client_message_id;
+    if (!id) {
+      console.warn('natter: ' + (e.reason || e.code) + ': ' + e.message);
+      return;
+    }
+    inFlight.delete(id);
+    // UNAVAILABLE (14) and DEADLINE_EXCEEDED (4): keep it and send it again
+    // a little later with the same id.
+    if (e.code === 14 || e.code === 4) {
+      win.setTimeout(flush, 2000);
+      return;
+    }
+    settle(id);
+    const li = list.querySelector(`[data-cid="${CSS.escape(id)}"]`);
+    if (li) {
+      li.classList.add('failed');
+      /** @type {HTMLElement} */ (li.querySelector('.meta')).textContent = 'Not sent';
+    }
+  }
+
+  // ---- opening, closing, typing ----
+
+  /** @param {boolean} open */
+  function setOpen(open) {
+    isOpen = open;
+    panel.hidden = !open;
+    (/** @type {HTMLElement} */ ($('.root'))).classList.toggle('open', open);
+    launcher.setAttribute('aria-expanded', String(open));
+    refreshBadge();
+    if (open) {
+      scrollDown();
+      input.focus();
+      markRead();
+    }
+  }
+
+  launcher.addEventListener('click', () => {
+    setOpen(!isOpen);
+    if (!isOpen) launcher.focus();
+  });
+  $('.close').addEventListener('click', () => {
+    setOpen(false);
+    launcher.focus();
+  });
+  root.addEventListener('keydown', (event) => {
+    const e = /** @type {KeyboardEvent} */ (event);
+    if (e.key === 'Escape' && isOpen) {
+      setOpen(false);
+      launcher.focus();
+    }
+  });
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text || !auth) return;
+    input.value = '';
+    submit({ text });
+  });
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  input.addEventListener('input', noteTyping);
+  document.addEventListener('visibilitychange', markRead);
+  window.addEventListener('online', () => {
+    attempt = 0;
+    refreshStatus();
+    connect();
+  });
+  window.addEventListener('offline', () => {
+    // Nothing will get through: hang up, keep what is typed in the outbox,
+    // and reconnect when the network is back.
+    hangUp();
+    retry();
+    refreshStatus();
+  });
+  // Another tab of the same visitor may have sent what the outbox held.
+  window.addEventListener('storage', (e) => {
+    if (e.key === prefix + 'outbox') refreshMeta();
+  });
+
+  const api = {
+    /** Opens the chat panel. */
+    open() {
+      setOpen(true);
+    },
+    /** Closes the chat panel. */
+    close() {
+      setOpen(false);
+    },
+    /**
+     * Asks the token endpoint again, after the page signed the visitor in
+     * or out, and continues as whoever it names now.
+     */
+    identify() {
+      epoch++;
+      hangUp();
+      auth = null;
+      attempt = 0;
+      connect();
+    },
+    /** Who and where the widget is now. */
+    state() {
+      return {
+        userId: auth ? auth.userId : '',
+        conversationId: auth ? auth.conversationId : '',
+        online,
+        cursor,
+      };
+    },
+  };
+  win.Natter = api;
+
+  refreshStatus();
+  refreshBadge();
+  (document.body || document.documentElement).append(host);
+  connect();
+})();
