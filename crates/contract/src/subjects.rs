@@ -7,6 +7,8 @@ use natter_core::{ConversationId, TenantId, UserId};
 pub const MARK_READ: &str = "storage.read";
 /// Storage answers `MembersQuery` here (queue group `storage`).
 pub const MEMBERS: &str = "storage.members";
+/// Storage answers `MessagesQuery` here (queue group `storage`).
+pub const MESSAGES: &str = "storage.messages";
 /// Sync answers `UpdatesQuery` here (queue group `sync`).
 pub const UPDATES: &str = "sync.updates";
 /// Sync answers `DeviceHello` here (queue group `sync`).
@@ -20,6 +22,12 @@ pub const EPHEMERAL: &str = "fanout.ephemeral";
 /// presence. Every gateway holding a session of the user subscribes.
 pub fn live(tenant: &TenantId, user: &UserId) -> String {
     format!("live.{}.{}", token(tenant.as_str()), token(user.as_str()))
+}
+
+/// Where fanout publishes each new message of a conversation as a
+/// `ServerFrame`, for the gateways whose devices watch it.
+pub fn room(tenant: &TenantId, conversation: ConversationId) -> String {
+    format!("room.{}.{}", token(tenant.as_str()), conversation)
 }
 
 /// Where sync announces a revoked device of the user (`DeviceRevoked`).

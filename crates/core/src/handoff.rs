@@ -1,46 +1,85 @@
-//! The hand-off between catch-up and live delivery for one device session.
+//! The hand-off between catch-up and live delivery.
 //!
 //! A device connects with the cursor of the last update it saw. The gateway
 //! subscribes to the user's live updates first, then pages through the
 //! missed ones; live updates that arrive meanwhile, or that arrive out of
 //! order later, are held until the gap before them is filled. The device
 //! therefore sees every update after its cursor exactly once, in order.
+//! A watched conversation meets its live messages the same way, by seq.
 //!
 //! This is a plain state machine: the gateway feeds it what arrives and
 //! carries out the [`Step`]s it returns.
 
 use std::collections::BTreeMap;
 
-use crate::ids::Cursor;
-use crate::model::Update;
+use crate::ids::{Cursor, Seq};
+use crate::model::{Message, Update};
+
+/// A gap-free position: 1, 2, 3, … after a start.
+pub trait Position: Copy + Ord + std::fmt::Debug {
+    fn next(self) -> Self;
+}
+
+impl Position for Cursor {
+    fn next(self) -> Self {
+        Cursor::next(self)
+    }
+}
+
+impl Position for Seq {
+    fn next(self) -> Self {
+        Seq::next(self)
+    }
+}
+
+/// What is delivered in order: an update at its cursor, a message at its
+/// seq.
+pub trait Sequenced {
+    type Position: Position;
+    fn position(&self) -> Self::Position;
+}
+
+impl Sequenced for Update {
+    type Position = Cursor;
+    fn position(&self) -> Cursor {
+        self.cursor
+    }
+}
+
+impl Sequenced for Message {
+    type Position = Seq;
+    fn position(&self) -> Seq {
+        self.seq
+    }
+}
 
 /// What the session must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// Send these updates to the device, in this order.
-    Deliver(Vec<Update>),
-    /// Ask the sync service for the updates after `after`.
-    Fetch { after: Cursor },
-    /// More live updates are waiting than the session may hold: close the
-    /// session; the device catches up on reconnect.
+pub enum Step<T: Sequenced = Update> {
+    /// Send these to the device, in this order.
+    Deliver(Vec<T>),
+    /// Ask for what follows `after`.
+    Fetch { after: T::Position },
+    /// More live items are waiting than the session may hold: close the
+    /// session (or the watch); the device catches up on reconnect.
     Overflow,
 }
 
 #[derive(Debug)]
-pub struct Handoff {
-    /// The last cursor handed to the device.
-    delivered: Cursor,
-    /// Live updates past a gap, by cursor.
-    held: BTreeMap<Cursor, Update>,
+pub struct Handoff<T: Sequenced = Update> {
+    /// The last position handed to the device.
+    delivered: T::Position,
+    /// Live items past a gap, by position.
+    held: BTreeMap<T::Position, T>,
     /// A fetch is outstanding; do not ask again until it answers.
     fetching: bool,
     max_held: usize,
 }
 
-impl Handoff {
-    /// Starts a session for a device whose last seen update is `from`. The
+impl<T: Sequenced> Handoff<T> {
+    /// Starts delivery to a device whose last seen item is at `from`. The
     /// first step is always a fetch of what it missed.
-    pub fn start(from: Cursor, max_held: usize) -> (Self, Step) {
+    pub fn start(from: T::Position, max_held: usize) -> (Self, Step<T>) {
         let handoff = Self {
             delivered: from,
             held: BTreeMap::new(),
@@ -50,8 +89,8 @@ impl Handoff {
         (handoff, Step::Fetch { after: from })
     }
 
-    /// The last cursor handed to the device.
-    pub fn delivered(&self) -> Cursor {
+    /// The last position handed to the device.
+    pub fn delivered(&self) -> T::Position {
         self.delivered
     }
 
@@ -60,25 +99,27 @@ impl Handoff {
         !self.fetching && self.held.is_empty()
     }
 
-    /// A live update arrived.
-    pub fn on_live(&mut self, update: Update) -> Vec<Step> {
-        if update.cursor <= self.delivered {
+    /// A live item arrived.
+    pub fn on_live(&mut self, item: T) -> Vec<Step<T>> {
+        let position = item.position();
+        if position <= self.delivered {
             return Vec::new();
         }
-        self.held.insert(update.cursor, update);
+        self.held.insert(position, item);
         if self.held.len() > self.max_held {
             return vec![Step::Overflow];
         }
         self.advance()
     }
 
-    /// A fetched page arrived: the updates after the cursor the fetch named,
-    /// in order. `complete` says the page reached the head of the log.
-    pub fn on_page(&mut self, updates: Vec<Update>, complete: bool) -> Vec<Step> {
+    /// A fetched page arrived: the items after the position the fetch
+    /// named, in order. `complete` says the page reached the head.
+    pub fn on_page(&mut self, items: Vec<T>, complete: bool) -> Vec<Step<T>> {
         self.fetching = false;
-        for update in updates {
-            if update.cursor > self.delivered {
-                self.held.insert(update.cursor, update);
+        for item in items {
+            let position = item.position();
+            if position > self.delivered {
+                self.held.insert(position, item);
             }
         }
         let mut steps = self.advance();
@@ -93,11 +134,11 @@ impl Handoff {
 
     /// Delivers the contiguous run after `delivered`; asks for what is
     /// missing if a gap remains.
-    fn advance(&mut self) -> Vec<Step> {
+    fn advance(&mut self) -> Vec<Step<T>> {
         let mut run = Vec::new();
-        while let Some(update) = self.held.remove(&self.delivered.next()) {
-            self.delivered = update.cursor;
-            run.push(update);
+        while let Some(item) = self.held.remove(&self.delivered.next()) {
+            self.delivered = item.position();
+            run.push(item);
         }
         let mut steps = Vec::new();
         if !run.is_empty() {

@@ -11,6 +11,11 @@ pub struct Limits {
     pub max_members: usize,
     /// Upper bound on members named in one create or add request.
     pub max_members_per_request: usize,
+    /// Rooms with more members than this are big: their new messages are
+    /// not written to every member's update log, and devices read them by
+    /// watching the conversation. Fan-out then costs one publish per
+    /// message instead of one log write per member.
+    pub big_room_members: usize,
     /// Upper bound on quick replies offered by one message.
     pub max_quick_replies: usize,
     /// Upper bound on buttons in one template.
@@ -34,6 +39,7 @@ impl Default for Limits {
             max_thumbnail_bytes: 16 * 1024,
             max_members: 100_000,
             max_members_per_request: 1_000,
+            big_room_members: 1_000,
             max_quick_replies: 13,
             max_buttons: 3,
             max_title_chars: 80,

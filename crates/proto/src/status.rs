@@ -135,6 +135,7 @@ pub fn error_frame(status: &Status, client_message_id: Option<&ClientMessageId>)
             .and_then(|bad| bad.field_violations.into_iter().next())
             .map(|violation| violation.field)
             .unwrap_or_default(),
+        conversation_id: String::new(),
     }
 }
 

@@ -84,6 +84,8 @@ pub struct GatewaySettings {
     pub outbound_queue: usize,
     /// Live updates held for one device while its catch-up runs.
     pub max_held_updates: usize,
+    /// Conversations one session may watch at once.
+    pub max_watches: usize,
     /// Largest client frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// How long a new connection may take to say hello.
@@ -99,6 +101,7 @@ impl Default for GatewaySettings {
             http_addr: "127.0.0.1:8080".into(),
             outbound_queue: 256,
             max_held_updates: 1024,
+            max_watches: 16,
             max_frame_bytes: 128 * 1024,
             hello_timeout_seconds: 10,
             send_timeout_seconds: 10,
@@ -207,6 +210,9 @@ pub struct LimitSettings {
     pub max_message_bytes: usize,
     pub max_members: usize,
     pub max_page_size: u32,
+    /// Rooms with more members than this deliver new messages only to
+    /// devices watching them, not through every member's update log.
+    pub big_room_members: usize,
 }
 
 impl Default for LimitSettings {
@@ -216,6 +222,7 @@ impl Default for LimitSettings {
             max_message_bytes: limits.max_message_bytes,
             max_members: limits.max_members,
             max_page_size: limits.max_page_size,
+            big_room_members: limits.big_room_members,
         }
     }
 }
@@ -273,6 +280,8 @@ impl Settings {
         for (key, value) in [
             ("gateway.outbound_queue", self.gateway.outbound_queue),
             ("gateway.max_held_updates", self.gateway.max_held_updates),
+            ("gateway.max_watches", self.gateway.max_watches),
+            ("limits.big_room_members", self.limits.big_room_members),
             ("gateway.max_frame_bytes", self.gateway.max_frame_bytes),
             (
                 "gateway.hello_timeout_seconds",
@@ -299,6 +308,7 @@ impl Settings {
             max_message_bytes: self.limits.max_message_bytes,
             max_members: self.limits.max_members,
             max_page_size: self.limits.max_page_size,
+            big_room_members: self.limits.big_room_members,
             ..Limits::default()
         }
     }

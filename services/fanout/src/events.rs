@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use natter_bus::{Bus, BusError, Outgoing};
-use natter_contract::{Handled, Topology, USERS, subjects};
-use natter_core::{Event, Invalid, TenantId, UserId};
+use natter_contract::{Handled, Topology, USERS, encode, subjects};
+use natter_core::{ConversationId, Event, Invalid, TenantId, UserId};
 use natter_proto::bus::v1::{ConversationEvent, UserEvent};
 use natter_proto::convert::{parse_id, required};
 use natter_proto::v1;
@@ -35,6 +35,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 pub(crate) struct Expander {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) topology: Topology,
+    /// Rooms above this many members get messages on the room subject only.
+    pub(crate) big_room_members: usize,
     pub(crate) directory: Arc<Directory>,
     pub(crate) stats: Arc<Stats>,
 }
@@ -84,22 +86,45 @@ impl Expander {
             }
         };
 
+        if let v1::Event {
+            kind: Some(v1::event::Kind::Message(message)),
+        } = &wire
+        {
+            self.publish_to_room(&tenant, event.conversation_id(), message.clone())
+                .await;
+        }
         let common = UserEvent {
             tenant_id: tenant.to_string(),
             user_id: String::new(),
             event: Some(wire),
         }
         .encode_to_vec();
-        match self
-            .publish(&tenant, &key, &common, recipients(&event, &members))
-            .await
-        {
+        let recipients = recipients(&event, &members, self.big_room_members);
+        match self.publish(&tenant, &key, &common, recipients).await {
             Ok(()) => Handled::Done,
             Err(e) => {
                 let delay = retry_delay(delivered);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store user events; retrying");
                 Handled::Retry(delay)
             }
+        }
+    }
+
+    /// Tells the gateways of devices watching the conversation. Core NATS,
+    /// at most once: a watching device that misses it sees the gap at the
+    /// next message and reads it from storage.
+    async fn publish_to_room(
+        &self,
+        tenant: &TenantId,
+        conversation: ConversationId,
+        message: v1::Message,
+    ) {
+        let frame = v1::ServerFrame {
+            frame: Some(v1::server_frame::Frame::Message(message)),
+        };
+        let subject = subjects::room(tenant, conversation);
+        if let Err(e) = self.bus.publish(&subject, encode(&frame)).await {
+            tracing::warn!(error = %e, "cannot publish to the room's watchers");
         }
     }
 
@@ -161,14 +186,21 @@ fn parse(message: ConversationEvent) -> Result<(TenantId, v1::Event, Event), Inv
 /// entries, and every read in it 10,000.
 pub(crate) const SHARED_SIGNALS_MAX_MEMBERS: usize = 100;
 
-/// Who receives `event`: every current member for a message; for a
-/// membership change or a read marker, every member of a small room, and
-/// always the user it is about, so a leaver learns they left and a joiner
-/// that they joined even when the member list has moved on since.
-pub(crate) fn recipients<'a>(event: &'a Event, members: &'a Members) -> Vec<&'a UserId> {
+/// Whose update log receives `event`: every current member for a message,
+/// unless the room has more than `big_room_members` (then nobody: watching
+/// devices read it); for a membership change or a read marker, every
+/// member of a small room, and always the user it is about, so a leaver
+/// learns they left and a joiner that they joined even when the member
+/// list has moved on since.
+pub(crate) fn recipients<'a>(
+    event: &'a Event,
+    members: &'a Members,
+    big_room_members: usize,
+) -> Vec<&'a UserId> {
     let concerned = match event {
         Event::Membership(change) => Some(&change.user_id),
         Event::Read(marker) => Some(&marker.user_id),
+        Event::Message(_) if members.len() > big_room_members => return Vec::new(),
         Event::Message(_) => None,
     };
     let shared = concerned.is_none() || members.len() <= SHARED_SIGNALS_MAX_MEMBERS;
@@ -219,11 +251,11 @@ fn retry_delay(delivered: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use natter_core::{
-        ConversationId, MembershipChange, MembershipKind, ReadMarker, Role, Seq, Timestamp,
-    };
+    use natter_core::{MembershipChange, MembershipKind, ReadMarker, Role, Seq, Timestamp};
 
     use super::*;
+
+    const BIG: usize = 1_000;
 
     fn user(name: &str) -> UserId {
         UserId::new(name).unwrap()
@@ -252,11 +284,11 @@ mod tests {
             user_id: user("a"),
             seq: Seq::new(1),
         });
-        assert_eq!(sorted(recipients(&read, &members)), ["a", "b"]);
+        assert_eq!(sorted(recipients(&read, &members, BIG)), ["a", "b"]);
         let left = change("c", MembershipKind::Left);
-        assert_eq!(sorted(recipients(&left, &members)), ["a", "b", "c"]);
+        assert_eq!(sorted(recipients(&left, &members, BIG)), ["a", "b", "c"]);
         let joined = change("a", MembershipKind::Joined);
-        assert_eq!(sorted(recipients(&joined, &members)), ["a", "b"]);
+        assert_eq!(sorted(recipients(&joined, &members, BIG)), ["a", "b"]);
     }
 
     #[test]
@@ -265,15 +297,31 @@ mod tests {
             .map(|i| user(&format!("u{i}")))
             .collect();
         let joined = change("u7", MembershipKind::Joined);
-        assert_eq!(sorted(recipients(&joined, &members)), ["u7"]);
+        assert_eq!(sorted(recipients(&joined, &members, BIG)), ["u7"]);
         let left = change("gone", MembershipKind::Left);
-        assert_eq!(sorted(recipients(&left, &members)), ["gone"]);
+        assert_eq!(sorted(recipients(&left, &members, BIG)), ["gone"]);
         let read = Event::Read(ReadMarker {
             conversation_id: ConversationId::generate(),
             user_id: user("u3"),
             seq: Seq::new(1),
         });
-        assert_eq!(sorted(recipients(&read, &members)), ["u3"]);
+        assert_eq!(sorted(recipients(&read, &members, BIG)), ["u3"]);
+    }
+
+    #[test]
+    fn big_rooms_keep_messages_out_of_the_logs() {
+        let members: Members = (0..=3).map(|i| user(&format!("u{i}"))).collect();
+        let message = Event::Message(natter_core::Message {
+            id: natter_core::MessageId::generate(),
+            conversation_id: ConversationId::generate(),
+            seq: Seq::new(1),
+            sender_id: user("u0"),
+            client_message_id: natter_core::ClientMessageId::new("c1").unwrap(),
+            sent_at: Timestamp::from_millis(5),
+            content: natter_core::Content::Text("hi".into()),
+        });
+        assert_eq!(recipients(&message, &members, 4).len(), 4);
+        assert!(recipients(&message, &members, 3).is_empty());
     }
 
     #[test]

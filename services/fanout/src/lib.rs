@@ -10,6 +10,12 @@
 //!   every one of them is persisted; any failure naks it, and the next
 //!   attempt publishes again under the same dedup ids, so the stream (and
 //!   sync, beyond the stream's duplicate window) keeps one copy.
+//! - **Watched conversations.** Every new message is also published once,
+//!   at most once, on the conversation's room subject, for devices that
+//!   watch it. In big rooms (more than `limits.big_room_members` members)
+//!   that is the only way new messages reach devices: writing one log
+//!   entry per member per message would make every message cost as much
+//!   as the room is large. See ARCHITECTURE.md, "Big rooms".
 //! - **Ephemeral signals.** `EphemeralSignal`s on `fanout.ephemeral`
 //!   (queue group `fanout`) and `FanoutService.PublishEphemeral` calls go
 //!   to the live subject of every other member, as `ServerFrame`s. Stale
@@ -148,6 +154,7 @@ pub async fn run(
     let expander = Arc::new(Expander {
         bus: deps.bus.clone(),
         topology: settings.topology(),
+        big_room_members: limits.big_room_members,
         directory: directory.clone(),
         stats: stats.clone(),
     });

@@ -24,8 +24,8 @@ use natter_bus::{
 };
 use natter_contract::{USERS, subjects};
 use natter_core::{
-    ClientMessageId, Content, ConversationId, Event, Message, MessageId, Role, Seq, Timestamp,
-    UserId,
+    ClientMessageId, Content, ConversationId, Event, Limits, MembershipChange, MembershipKind,
+    Message, MessageId, Role, Seq, Timestamp, UserId,
 };
 use natter_proto::bus::v1::{Actor, EphemeralSignal, ephemeral_signal};
 use natter_proto::convert::timestamp_to_wire;
@@ -441,22 +441,41 @@ async fn publish_ephemeral_checks_membership_synchronously() {
     h.stop().await;
 }
 
+/// The room frames published for `conversation` from now on.
+async fn room_stream(h: &Harness, conversation: ConversationId) -> Subscription {
+    let subject = subjects::room(&h.tenant(), conversation);
+    h.bus.subscribe(&subject, None).await.unwrap()
+}
+
+/// The seq of the message a room frame carries.
+fn room_seq(incoming: &Incoming) -> u64 {
+    match v1::ServerFrame::decode(incoming.payload.as_ref())
+        .unwrap()
+        .frame
+    {
+        Some(v1::server_frame::Frame::Message(message)) => message.seq,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn ten_thousand_members_each_get_the_message() {
-    const MEMBERS: usize = 10_000;
+async fn a_room_at_the_threshold_fans_each_message_out_to_every_member() {
+    let members_max = Limits::default().big_room_members;
     let h = Harness::start().await;
-    let members: Vec<UserId> = (0..MEMBERS).map(|i| user(&format!("u{i:05}"))).collect();
+    let members: Vec<UserId> = (0..members_max)
+        .map(|i| user(&format!("u{i:05}")))
+        .collect();
     let conversation = h.conversation_of(&members).await;
     let mut users = h.users_stream().await;
+    let mut room = room_stream(&h, conversation).await;
 
     // Cold: the member list is paged in from storage first.
     let first = message(conversation, 1, "u00000");
     let start = Instant::now();
     h.publish_event(&first, Some(&first.key())).await;
-    let got = take(&mut users, MEMBERS).await;
+    let got = take(&mut users, members_max).await;
     let cold = start.elapsed();
     let counts = per_user(&got);
-    assert_eq!(counts.len(), MEMBERS);
     assert!(counts.values().all(|&n| n == 1));
     let expected: HashSet<String> = members.iter().map(ToString::to_string).collect();
     assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), expected);
@@ -465,16 +484,63 @@ async fn ten_thousand_members_each_get_the_message() {
     let second = message(conversation, 2, "u00001");
     let start = Instant::now();
     h.publish_event(&second, Some(&second.key())).await;
-    let got = take(&mut users, MEMBERS).await;
+    let got = take(&mut users, members_max).await;
     let warm = start.elapsed();
-    assert_eq!(per_user(&got).len(), MEMBERS);
+    assert_eq!(per_user(&got).len(), members_max);
 
     let stats = h.stats_until(|s| s.events_pending == 0).await;
-    assert_eq!(stats.updates_written, 2 * MEMBERS as u64);
+    assert_eq!(stats.updates_written, 2 * members_max as u64);
+    // Watching devices get each message from the room too.
+    let watched: Vec<u64> = ready(&mut room).iter().map(room_seq).collect();
+    assert_eq!(watched, [1, 2]);
     eprintln!(
-        "fan-out of one message to {MEMBERS} members on the in-process bus: \
+        "fan-out of one message to {members_max} members on the in-process bus: \
          {cold:?} with the member list loaded from storage, {warm:?} with it cached"
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_ten_thousand_member_room_publishes_each_message_once_for_watchers() {
+    const MEMBERS: usize = 10_000;
+    let h = Harness::start().await;
+    let members: Vec<UserId> = (0..MEMBERS).map(|i| user(&format!("u{i:05}"))).collect();
+    let conversation = h.conversation_of(&members).await;
+    let mut users = h.users_stream().await;
+    let mut room = room_stream(&h, conversation).await;
+
+    let start = Instant::now();
+    for seq in 1..=100 {
+        let event = message(conversation, seq, "u00000");
+        h.publish_event(&event, Some(&event.key())).await;
+    }
+    let mut watched = Vec::new();
+    while watched.len() < 100 {
+        let incoming =
+            tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut room))
+                .await
+                .expect("every message reaches the room")
+                .unwrap();
+        watched.push(room_seq(&incoming));
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(watched, (1..=100).collect::<Vec<_>>());
+
+    // No member's log gets a message; a join still reaches the joiner.
+    let joined = Event::Membership(MembershipChange {
+        conversation_id: conversation,
+        user_id: user("newcomer"),
+        role: Role::Customer,
+        kind: MembershipKind::Joined,
+        at: now(),
+    });
+    h.publish_event(&joined, Some(&joined.key())).await;
+    let got = take(&mut users, 1).await;
+    assert_eq!(users_of(&got), ["newcomer"]);
+    let stats = h.stats_until(|s| s.events_pending == 0).await;
+    assert_eq!(stats.updates_written, 1);
+    assert!(ready(&mut users).is_empty());
+    eprintln!("100 messages in a {MEMBERS}-member room reached its watchers in {elapsed:?}");
     h.stop().await;
 }
 

@@ -11,7 +11,10 @@
 //! ```
 //!
 //! Catch-up and live delivery meet in `natter_core::handoff::Handoff`, so a
-//! device sees every update after its cursor once, in order. Sends go to
+//! device sees every update after its cursor once, in order. A device may
+//! also watch conversations (`watches.rs`): their messages after a seq,
+//! then live from the conversation's room subject, joined the same way.
+//! Sends go to
 //! the SEND stream through one `SendClient` per process; reads, acks and
 //! typing go to storage, sync and fanout over the bus.
 //!
@@ -57,6 +60,7 @@ mod peers;
 mod revoke;
 mod session;
 mod typing;
+mod watches;
 mod ws;
 
 use std::sync::Arc;
@@ -89,6 +93,7 @@ pub struct Deps {
 pub(crate) struct Config {
     pub(crate) outbound_queue: usize,
     pub(crate) max_held_updates: usize,
+    pub(crate) max_watches: usize,
     pub(crate) max_frame_bytes: usize,
     pub(crate) hello_timeout: Duration,
     /// How long a request to a peer service (a send, a read, a catch-up
@@ -103,6 +108,7 @@ impl Config {
         Self {
             outbound_queue: gateway.outbound_queue.max(1),
             max_held_updates: gateway.max_held_updates,
+            max_watches: gateway.max_watches,
             max_frame_bytes: gateway.max_frame_bytes,
             hello_timeout: Duration::from_secs(gateway.hello_timeout_seconds),
             peer_timeout: Duration::from_secs(gateway.send_timeout_seconds),
@@ -116,6 +122,12 @@ impl Config {
         (self.outbound_queue / 2)
             .clamp(1, 256)
             .min(self.limits.max_page_size as usize)
+    }
+
+    /// Messages asked for per page of a watched conversation: half a
+    /// catch-up page, so a watch page and a catch-up page fit together.
+    pub(crate) fn watch_page_size(&self) -> usize {
+        (self.page_size() / 2).max(1)
     }
 }
 

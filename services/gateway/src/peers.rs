@@ -64,6 +64,14 @@ pub(crate) fn slow_consumer(message: &str) -> Status {
     )
 }
 
+pub(crate) fn too_many_watches(max: usize) -> Status {
+    status(
+        Code::ResourceExhausted,
+        reason::LIMIT_EXCEEDED,
+        format!("a session watches at most {max} conversations; unwatch one first"),
+    )
+}
+
 pub(crate) fn actor(identity: &Identity) -> Actor {
     Actor {
         tenant_id: identity.tenant.to_string(),

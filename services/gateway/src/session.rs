@@ -24,7 +24,10 @@ use natter_auth::Identity;
 use natter_bus::{Incoming, MAX_PAYLOAD_BYTES, Subscription};
 use natter_contract::subjects;
 use natter_core::handoff::{Handoff, Step};
-use natter_core::{ClientMessageId, ConversationId, Cursor, DeviceId, Invalid, Timestamp, Update};
+use natter_core::{
+    ClientMessageId, ConversationId, Cursor, DeviceId, Event, Invalid, MembershipKind, Seq,
+    Timestamp, Update,
+};
 use natter_proto::bus::v1::{
     CursorAck, EphemeralSignal, MarkReadCommand, SendCommand, UpdatesPage, UpdatesQuery,
     ephemeral_signal,
@@ -43,6 +46,7 @@ use crate::outbound::{Outbound, Refused};
 use crate::peers::{self, shutting_down, slow_consumer, unavailable};
 use crate::revoke::Watch;
 use crate::typing::TypingLimiter;
+use crate::watches::{self, Watches};
 
 /// Requests to other services one session may have in flight; past it the
 /// session reads no more client frames until one answers.
@@ -190,6 +194,14 @@ async fn next_page(fetch: &mut Option<Fetch>) -> Result<UpdatesPage, Stop> {
     }
 }
 
+/// The next event of the session's watches; never resolves without any.
+async fn next_watch_event(watches: &mut Option<Box<Watches>>) -> watches::Event {
+    match watches {
+        Some(watches) => watches.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Requests in flight, answered in the order they were made. Allocated
 /// only while any are.
 #[derive(Default)]
@@ -234,6 +246,9 @@ struct Session {
     typing: TypingLimiter,
     /// The highest cursor acknowledged to sync by this session.
     acked: u64,
+    /// The conversations watched; boxed and only once one is, so sessions
+    /// that watch nothing stay small.
+    watches: Option<Box<Watches>>,
 }
 
 impl Session {
@@ -308,6 +323,7 @@ impl Session {
             replies: Pipeline::default(),
             typing: TypingLimiter::new(TYPING_INTERVAL),
             acked: 0,
+            watches: None,
         };
         session.steps(vec![first])?;
         tracing::debug!(cursor = hello.cursor, "session open");
@@ -342,6 +358,13 @@ impl Session {
                     None => return Ok(()),
                 },
                 incoming = live.next() => self.on_live(incoming)?,
+                event = next_watch_event(&mut self.watches) => {
+                    if let Some(watches) = self.watches.as_mut() {
+                        for frame in watches.on_event(event)? {
+                            self.out.push(frame)?;
+                        }
+                    }
+                }
             }
         }
     }
@@ -352,6 +375,7 @@ impl Session {
             match step {
                 Step::Deliver(updates) => {
                     for update in updates {
+                        self.left(&update);
                         self.out.push(Frame::Update(update.into()))?;
                     }
                 }
@@ -376,6 +400,18 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Stops watching a conversation the user has left: the room subject
+    /// is for members.
+    fn left(&mut self, update: &Update) {
+        if let Event::Membership(change) = &update.event
+            && change.kind == MembershipKind::Left
+            && change.user_id == self.identity.user
+            && let Some(watches) = self.watches.as_mut()
+        {
+            watches.unwatch(change.conversation_id);
+        }
     }
 
     fn on_page(&mut self, page: UpdatesPage) -> Flow {
@@ -448,7 +484,7 @@ impl Session {
                 return self.reject(
                     Invalid::new(
                         "frame",
-                        "is required: one of hello, send, ack, read, typing or ping",
+                        "is required: one of hello, send, ack, read, typing, ping, watch or unwatch",
                     ),
                     "",
                 );
@@ -472,7 +508,47 @@ impl Session {
             client_frame::Frame::Ping(ping) => {
                 Ok(self.out.push(Frame::Pong(Pong { nonce: ping.nonce }))?)
             }
+            client_frame::Frame::Watch(watch) => self.on_watch(watch),
+            client_frame::Frame::Unwatch(unwatch) => {
+                match parse_id::<ConversationId>("conversation_id", &unwatch.conversation_id) {
+                    Ok(conversation) => {
+                        if let Some(watches) = self.watches.as_mut() {
+                            watches.unwatch(conversation);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => self.reject(e, ""),
+                }
+            }
         }
+    }
+
+    fn on_watch(&mut self, watch: v1::Watch) -> Flow {
+        let conversation: ConversationId = match parse_id("conversation_id", &watch.conversation_id)
+        {
+            Ok(conversation) => conversation,
+            Err(e) => return self.reject(e, ""),
+        };
+        let config = &self.shared.config;
+        let watches = self.watches.get_or_insert_with(|| {
+            Box::new(Watches::new(
+                self.shared.clone(),
+                self.out.clone(),
+                self.identity.clone(),
+            ))
+        });
+        if watches.len() >= config.max_watches && !watches.contains(conversation) {
+            let status = peers::too_many_watches(config.max_watches);
+            let mut frame = status::error_frame(&status, None);
+            frame.conversation_id = conversation.to_string();
+            return Ok(self.out.push(Frame::Error(frame))?);
+        }
+        watches.watch(
+            conversation,
+            Seq::new(watch.after_seq),
+            config.max_held_updates,
+        );
+        Ok(())
     }
 
     /// Answers a bad frame with an INVALID_ARGUMENT `error` frame; the

@@ -621,3 +621,123 @@ async fn shutdown_ends_every_session_so_devices_reconnect_elsewhere() {
         .unwrap()
         .unwrap();
 }
+
+fn watch(conversation: ConversationId, after_seq: u64) -> ClientFrame {
+    frame(client_frame::Frame::Watch(v1::Watch {
+        conversation_id: conversation.to_string(),
+        after_seq,
+    }))
+}
+
+/// The seqs of the next `count` frames, which must be messages of `room`.
+async fn messages(device: &mut Device, room: ConversationId, count: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(count);
+    for _ in 0..count {
+        match device.frame().await {
+            Frame::Message(m) if m.conversation_id == room.to_string() => seqs.push(m.seq),
+            other => panic!("expected a message of {room}, got {other:?}"),
+        }
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn a_watch_replays_the_backlog_in_pages_then_delivers_live_once_in_order() {
+    // A queue of 8 makes watch pages of 2.
+    let harness = Harness::start_with(|s| s.gateway.outbound_queue = 8).await;
+    for transport in ALL {
+        let room = conversation();
+        harness.storage.open.lock().unwrap().insert(room);
+        for i in 1..=9 {
+            harness.storage.store_quietly(room, "bob", &format!("m{i}"));
+        }
+        let mut device = harness.open(transport, "alice", "d1", 0).await;
+        device.send(watch(room, 3)).await;
+        assert_eq!(
+            messages(&mut device, room, 6).await,
+            (4..=9).collect::<Vec<_>>()
+        );
+        match device.frame().await {
+            Frame::Watching(w) => {
+                assert_eq!((w.conversation_id, w.last_seq), (room.to_string(), 9));
+            }
+            other => panic!("expected watching, got {other:?}"),
+        }
+        let queries = harness.storage.message_queries.lock().unwrap().clone();
+        assert!(queries.iter().all(|q| q.limit == 2), "{queries:?}");
+        assert_eq!(queries[0].actor.as_ref().unwrap().user_id, "alice");
+
+        // Live; a message whose publication was lost is fetched at the
+        // next one, and a repeated publication is not delivered twice.
+        harness.storage.store(room, "bob", "m10").await;
+        assert_eq!(messages(&mut device, room, 1).await, vec![10]);
+        let lost = harness.storage.store_quietly(room, "bob", "m11");
+        harness.storage.store(room, "bob", "m12").await;
+        assert_eq!(messages(&mut device, room, 2).await, vec![11, 12]);
+        harness.storage.publish_room(room, lost).await;
+        harness.storage.store(room, "bob", "m13").await;
+        assert_eq!(messages(&mut device, room, 1).await, vec![13]);
+
+        // After unwatch nothing more comes.
+        device
+            .send(frame(client_frame::Frame::Unwatch(v1::Unwatch {
+                conversation_id: room.to_string(),
+            })))
+            .await;
+        device.round_trip(1).await;
+        harness.storage.store(room, "bob", "m14").await;
+        device.round_trip(2).await;
+        harness.storage.message_queries.lock().unwrap().clear();
+    }
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn watches_are_for_members_and_bounded_per_session() {
+    let harness = Harness::start_with(|s| s.gateway.max_watches = 2).await;
+    let (a, b, c) = (conversation(), conversation(), conversation());
+    harness.storage.open.lock().unwrap().extend([a, b, c]);
+    for transport in ALL {
+        let mut device = harness.open(transport, "alice", "d1", 0).await;
+        let stranger = conversation();
+        device.send(watch(stranger, 0)).await;
+        let error = device.error().await;
+        assert_eq!(
+            (error.code, error.reason.as_str(), error.conversation_id),
+            (
+                Code::PermissionDenied as i32,
+                "NOT_A_MEMBER",
+                stranger.to_string()
+            )
+        );
+        for room in [a, b] {
+            device.send(watch(room, 0)).await;
+            assert!(matches!(device.frame().await, Frame::Watching(_)));
+        }
+        device.send(watch(c, 0)).await;
+        let error = device.error().await;
+        assert_eq!(
+            (error.code, error.reason.as_str(), error.conversation_id),
+            (
+                Code::ResourceExhausted as i32,
+                "LIMIT_EXCEEDED",
+                c.to_string()
+            )
+        );
+        // Watching one again restarts it; it does not count twice.
+        device.send(watch(a, 0)).await;
+        assert!(matches!(device.frame().await, Frame::Watching(_)));
+        // A refused watch holds no slot.
+        device
+            .send(frame(client_frame::Frame::Unwatch(v1::Unwatch {
+                conversation_id: b.to_string(),
+            })))
+            .await;
+        device.send(watch(stranger, 9)).await;
+        assert_eq!(device.error().await.reason, "NOT_A_MEMBER");
+        device.send(watch(c, 0)).await;
+        assert!(matches!(device.frame().await, Frame::Watching(_)));
+        device.round_trip(1).await;
+    }
+    harness.stop().await;
+}

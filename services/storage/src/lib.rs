@@ -7,7 +7,8 @@
 //! - the durable consumer `storage` of the SEND stream, which stores every
 //!   message, whether a device sent it through a gateway or a backend
 //!   through `SendMessage`, so ordering and idempotency have one home;
-//! - bus responders for `MARK_READ` and `MEMBERS` (queue group `storage`).
+//! - bus responders for `MARK_READ`, `MEMBERS` and `MESSAGES` (queue group
+//!   `storage`).
 //!
 //! Every stored change is announced as a `ConversationEvent` on the
 //! durable EVENTS stream (partitioned by conversation, dedup id
@@ -130,20 +131,32 @@ pub async fn run(
         .bus
         .subscribe(subjects::MEMBERS, Some(QUEUE_GROUP))
         .await?;
+    let messages = deps
+        .bus
+        .subscribe(subjects::MESSAGES, Some(QUEUE_GROUP))
+        .await?;
 
     // Stops the bus-side work when the caller shuts down, or when gRPC
     // fails on its own.
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
-    tasks.spawn(responders::serve_mark_read(
+    tasks.spawn(responders::respond(
         storage.clone(),
         mark_read,
         stop.clone(),
+        responders::mark_read,
     ));
-    tasks.spawn(responders::serve_members(
+    tasks.spawn(responders::respond(
         storage.clone(),
         members,
         stop.clone(),
+        responders::members,
+    ));
+    tasks.spawn(responders::respond(
+        storage.clone(),
+        messages,
+        stop.clone(),
+        responders::messages,
     ));
     tasks.spawn(send::consume(storage.clone(), stop.clone()));
 

@@ -1,6 +1,7 @@
-//! What storage answers on the bus: read markers (`MARK_READ`) and member
-//! pages (`MEMBERS`), both in queue group `storage` so any one storage
-//! process answers each request.
+//! What storage answers on the bus: read markers (`MARK_READ`), member
+//! pages (`MEMBERS`) and message pages for watching devices (`MESSAGES`),
+//! all in queue group `storage` so any one storage process answers each
+//! request.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,10 +9,13 @@ use std::sync::Arc;
 use natter_bus::Subscription;
 use natter_contract::serve;
 use natter_core::{ConversationId, Event, Seq, TenantId, UserId};
-use natter_proto::bus::v1::{MarkReadCommand, MarkReadOutcome, MembersPage, MembersQuery};
+use natter_proto::bus::v1::{
+    Failure, MarkReadCommand, MarkReadOutcome, MembersPage, MembersQuery, MessagesPage,
+    MessagesQuery,
+};
 use natter_proto::convert::parse_id;
 use natter_proto::status::to_failure;
-use natter_store::PageRequest;
+use natter_store::{MessageRange, PageRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -22,72 +26,76 @@ use crate::storage::{Storage, invalid, store_status};
 /// Requests one storage process answers at once, per subject.
 const CONCURRENCY: usize = 64;
 
-/// Answers `MarkReadCommand`s on `requests` until `shutdown`.
-pub(crate) async fn serve_mark_read(
-    storage: Arc<Storage>,
-    requests: Subscription,
-    shutdown: CancellationToken,
-) {
-    let bus = storage.bus.clone();
-    until(
-        shutdown,
-        serve(bus, requests, CONCURRENCY, move |command| {
-            let storage = storage.clone();
-            async move {
-                match mark_read(&storage, command).await {
-                    Ok((seq, raised)) => MarkReadOutcome {
-                        failure: None,
-                        seq: seq.get(),
-                        raised,
-                    },
-                    Err(status) => MarkReadOutcome {
-                        failure: Some(to_failure(&status)),
-                        seq: 0,
-                        raised: false,
-                    },
+/// An answer that can carry a failure instead.
+pub(crate) trait Answer: prost::Message + Default + 'static {
+    fn failed(failure: Failure) -> Self;
+}
+
+/// Implements [`Answer`] for bus answers with a `failure` field.
+macro_rules! answers {
+    ($($answer:ty),*) => {$(
+        impl Answer for $answer {
+            fn failed(failure: Failure) -> Self {
+                Self {
+                    failure: Some(failure),
+                    ..Self::default()
                 }
             }
-        }),
-    )
-    .await;
+        }
+    )*};
 }
 
-/// Answers `MembersQuery`s on `requests` until `shutdown`.
-pub(crate) async fn serve_members(
+answers!(MarkReadOutcome, MembersPage, MessagesPage);
+
+/// Answers the requests on `requests` with `handler` until `shutdown`; a
+/// handler's error status goes back as the answer's failure.
+pub(crate) async fn respond<Q, A, F, Fut>(
     storage: Arc<Storage>,
     requests: Subscription,
     shutdown: CancellationToken,
-) {
+    handler: F,
+) where
+    Q: prost::Message + Default + 'static,
+    A: Answer,
+    F: Fn(Arc<Storage>, Q) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<A, Status>> + Send + 'static,
+{
     let bus = storage.bus.clone();
-    until(
-        shutdown,
-        serve(bus, requests, CONCURRENCY, move |query| {
-            let storage = storage.clone();
-            async move {
-                members(&storage, query)
-                    .await
-                    .unwrap_or_else(|status| MembersPage {
-                        failure: Some(to_failure(&status)),
-                        ..MembersPage::default()
-                    })
-            }
-        }),
-    )
-    .await;
-}
-
-async fn until(shutdown: CancellationToken, work: impl Future<Output = ()>) {
+    let work = serve(bus, requests, CONCURRENCY, move |query| {
+        let answer = handler(storage.clone(), query);
+        async move {
+            answer
+                .await
+                .unwrap_or_else(|status| A::failed(to_failure(&status)))
+        }
+    });
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = work => tracing::warn!("request subscription ended"),
     }
 }
 
+/// Moves a read marker for a gateway.
+pub(crate) async fn mark_read(
+    storage: Arc<Storage>,
+    command: MarkReadCommand,
+) -> Result<MarkReadOutcome, Status> {
+    let (seq, raised) = raise_watermark(&storage, command).await?;
+    Ok(MarkReadOutcome {
+        failure: None,
+        seq: seq.get(),
+        raised,
+    })
+}
+
 /// Raises the reader's watermark and, if it rose, announces the read
 /// marker to the conversation. Returns the watermark after the command.
-#[tracing::instrument(skip_all, fields(conversation = %command.conversation_id, seq = command.seq))]
 /// The watermark after the command, and whether the command raised it.
-async fn mark_read(storage: &Storage, command: MarkReadCommand) -> Result<(Seq, bool), Status> {
+#[tracing::instrument(skip_all, fields(conversation = %command.conversation_id, seq = command.seq))]
+async fn raise_watermark(
+    storage: &Storage,
+    command: MarkReadCommand,
+) -> Result<(Seq, bool), Status> {
     let reader = actor_from_wire(command.actor).map_err(invalid)?;
     let id: ConversationId =
         parse_id("conversation_id", &command.conversation_id).map_err(invalid)?;
@@ -116,7 +124,10 @@ async fn mark_read(storage: &Storage, command: MarkReadCommand) -> Result<(Seq, 
 
 /// One page of a conversation's member ids, for fanout.
 #[tracing::instrument(skip_all, fields(conversation = %query.conversation_id))]
-async fn members(storage: &Storage, query: MembersQuery) -> Result<MembersPage, Status> {
+pub(crate) async fn members(
+    storage: Arc<Storage>,
+    query: MembersQuery,
+) -> Result<MembersPage, Status> {
     let tenant: TenantId = parse_id("tenant_id", &query.tenant_id).map_err(invalid)?;
     let id: ConversationId =
         parse_id("conversation_id", &query.conversation_id).map_err(invalid)?;
@@ -144,5 +155,39 @@ async fn members(storage: &Storage, query: MembersQuery) -> Result<MembersPage, 
             .map(|m| m.user_id.to_string())
             .collect(),
         next_after_user_id: page.next.map(|user| user.to_string()).unwrap_or_default(),
+    })
+}
+
+/// One page of a conversation's messages after a seq, for a member's
+/// watching device. Membership is checked on every page, so a member who
+/// left stops reading at the next page.
+#[tracing::instrument(skip_all, fields(conversation = %query.conversation_id, after = query.after_seq))]
+pub(crate) async fn messages(
+    storage: Arc<Storage>,
+    query: MessagesQuery,
+) -> Result<MessagesPage, Status> {
+    let reader = actor_from_wire(query.actor).map_err(invalid)?;
+    let id: ConversationId =
+        parse_id("conversation_id", &query.conversation_id).map_err(invalid)?;
+    storage
+        .enforce(policy::read_or_send(reader.role), &reader, id)
+        .await?;
+    let limit = storage.limits.page_size(query.limit);
+    let messages = storage
+        .store
+        .list_messages(
+            &reader.tenant,
+            id,
+            MessageRange::After {
+                after: Seq::new(query.after_seq),
+                limit,
+            },
+        )
+        .await
+        .map_err(store_status)?;
+    Ok(MessagesPage {
+        failure: None,
+        complete: messages.len() < limit as usize,
+        messages: messages.into_iter().map(Into::into).collect(),
     })
 }

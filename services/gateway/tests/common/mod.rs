@@ -24,8 +24,8 @@ use natter_core::{ConversationId, Role, TenantId, UserId};
 use natter_gateway::Deps;
 use natter_proto::bus::v1::{
     CursorAck, DeviceHello, DeviceRevoked, DeviceWelcome, EphemeralSignal, Failure,
-    MarkReadCommand, MarkReadOutcome, SendCommand, SendOutcome, Stored, UpdatesPage, UpdatesQuery,
-    send_outcome,
+    MarkReadCommand, MarkReadOutcome, MessagesPage, MessagesQuery, SendCommand, SendOutcome,
+    Stored, UpdatesPage, UpdatesQuery, send_outcome,
 };
 use natter_proto::status::reason;
 use natter_proto::v1::gateway_service_client::GatewayServiceClient;
@@ -438,7 +438,8 @@ impl FakeSync {
     }
 }
 
-/// Storage, as the gateway sees it: the SEND consumer and MARK_READ.
+/// Storage, as the gateway sees it: the SEND consumer, MARK_READ and
+/// MESSAGES, and the room subjects fanout publishes to.
 #[derive(Default)]
 pub struct FakeStorage {
     /// Conversations whose members may send; others answer NOT_A_MEMBER.
@@ -448,6 +449,8 @@ pub struct FakeStorage {
     last_seq: Mutex<HashMap<String, u64>>,
     pub commands: Mutex<Vec<SendCommand>>,
     pub reads: Mutex<Vec<MarkReadCommand>>,
+    pub message_queries: Mutex<Vec<MessagesQuery>>,
+    bus: Mutex<Option<Arc<dyn Bus>>>,
     /// While true, sends are consumed but never answered.
     pub silent: std::sync::atomic::AtomicBool,
 }
@@ -459,6 +462,7 @@ impl FakeStorage {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let storage = Arc::new(Self::default());
+        *storage.bus.lock().unwrap() = Some(bus.clone());
         let me = storage.clone();
         let replies = bus.clone();
         tokio::spawn(consume_partitions(
@@ -471,7 +475,7 @@ impl FakeStorage {
                 let (me, bus) = (me.clone(), replies.clone());
                 async move {
                     let reply_subject = command.reply_subject.clone();
-                    let outcome = me.store(command);
+                    let outcome = me.store_command(command);
                     if !me.silent.load(std::sync::atomic::Ordering::SeqCst) {
                         bus.publish(&reply_subject, natter_contract::encode(&outcome))
                             .await
@@ -479,6 +483,20 @@ impl FakeStorage {
                     }
                     Handled::Done
                 }
+            },
+        ));
+        let queries = bus
+            .subscribe(subjects::MESSAGES, Some("storage"))
+            .await
+            .unwrap();
+        let me = storage.clone();
+        tokio::spawn(natter_contract::serve(
+            bus.clone(),
+            queries,
+            16,
+            move |query: MessagesQuery| {
+                let me = me.clone();
+                async move { me.page(query) }
             },
         ));
         let reads = bus
@@ -508,7 +526,86 @@ impl FakeStorage {
         storage
     }
 
-    fn store(&self, command: SendCommand) -> SendOutcome {
+    fn page(&self, query: MessagesQuery) -> MessagesPage {
+        self.message_queries.lock().unwrap().push(query.clone());
+        let conversation: ConversationId = query.conversation_id.parse().unwrap();
+        if !self.open.lock().unwrap().contains(&conversation) {
+            return MessagesPage {
+                failure: Some(not_a_member()),
+                ..MessagesPage::default()
+            };
+        }
+        let mut messages: Vec<v1::Message> = self
+            .stored
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|m| m.conversation_id == query.conversation_id && m.seq > query.after_seq)
+            .cloned()
+            .collect();
+        messages.sort_by_key(|m| m.seq);
+        let complete = messages.len() <= query.limit as usize;
+        messages.truncate(query.limit as usize);
+        MessagesPage {
+            failure: None,
+            messages,
+            complete,
+        }
+    }
+
+    /// Stores a text message from `sender` without telling anyone, as if
+    /// its publication to the room was lost.
+    pub fn store_quietly(
+        &self,
+        conversation: ConversationId,
+        sender: &str,
+        text: &str,
+    ) -> v1::Message {
+        let command = SendCommand {
+            actor: Some(natter_proto::bus::v1::Actor {
+                tenant_id: TENANT.into(),
+                user_id: sender.into(),
+                role: v1::Role::Customer.into(),
+            }),
+            conversation_id: conversation.to_string(),
+            client_message_id: uuid::Uuid::now_v7().to_string(),
+            content: Some(v1::MessageContent {
+                kind: Some(v1::message_content::Kind::Text(text.into())),
+            }),
+            sent_at: Some(natter_proto::convert::timestamp_to_wire(
+                natter_core::Timestamp::from_millis(1_700_000_000_000),
+            )),
+            ..SendCommand::default()
+        };
+        match self.store_command(command).result {
+            Some(send_outcome::Result::Stored(stored)) => stored.message.unwrap(),
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
+    /// Stores a message and publishes it to the room, as fanout does.
+    pub async fn store(
+        &self,
+        conversation: ConversationId,
+        sender: &str,
+        text: &str,
+    ) -> v1::Message {
+        let message = self.store_quietly(conversation, sender, text);
+        self.publish_room(conversation, message.clone()).await;
+        message
+    }
+
+    pub async fn publish_room(&self, conversation: ConversationId, message: v1::Message) {
+        let subject = subjects::room(&TenantId::new(TENANT).unwrap(), conversation);
+        let payload = ServerFrame {
+            frame: Some(Frame::Message(message)),
+        }
+        .encode_to_vec();
+        let bus = self.bus.lock().unwrap().clone().unwrap();
+        bus.publish(&subject, Outgoing::new(payload)).await.unwrap();
+    }
+
+    fn store_command(&self, command: SendCommand) -> SendOutcome {
         self.commands.lock().unwrap().push(command.clone());
         let conversation: ConversationId = command.conversation_id.parse().unwrap();
         let result = if !self.open.lock().unwrap().contains(&conversation) {
