@@ -61,6 +61,7 @@ mod revoke;
 mod session;
 mod typing;
 mod watches;
+mod web;
 mod ws;
 
 use std::sync::Arc;
@@ -183,10 +184,10 @@ impl Gateway {
         grpc::service(self.shared.clone())
     }
 
-    /// The HTTP routes: `GET /v1/connect` (WebSocket) and `GET /healthz`.
-    /// Merge further routes (static files, a demo page) into it.
+    /// The HTTP routes: `GET /v1/connect` (WebSocket), `GET /healthz` and
+    /// the chat widget, `GET /widget.js`. Merge further routes into it.
     pub fn router(&self) -> axum::Router {
-        ws::router(self.shared.clone())
+        ws::router(self.shared.clone()).merge(web::router())
     }
 
     /// Waits up to `grace` for every session to end; sessions end by
