@@ -1,11 +1,24 @@
 //! `natter dev`: the four services in one process, sharing one bus and one
-//! store, each on its own port exactly as when they run apart.
+//! store, each on its own port exactly as when they run apart, and the
+//! demo (`demo.rs`) beside them.
 
 use natter_auth::{Identity, Signer};
 use natter_core::{Role, TenantId, UserId};
-use natter_server::{Infra, Settings, StartError};
+use natter_server::{Infra, InfraArgs, Settings, StartError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::demo;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    #[command(flatten)]
+    pub(crate) infra: InfraArgs,
+    /// Where the demo listens: a sample business website with the chat
+    /// widget, and an agent console at /agent. `off` serves no demo.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub(crate) demo_addr: String,
+}
 
 /// The HS256 secret `natter dev` uses when none is configured. It is in the
 /// source, so anything signed with it is public: development only.
@@ -22,7 +35,11 @@ pub(crate) fn defaults(settings: &mut Settings) {
     }
 }
 
-pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
+pub(crate) async fn run(
+    settings: Settings,
+    demo_addr: String,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     let Infra {
         bus,
         verifier,
@@ -35,19 +52,50 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> Resu
     let storage = TcpListener::bind(&settings.storage.grpc_addr).await?;
     let sync = TcpListener::bind(&settings.sync.grpc_addr).await?;
     let fanout = TcpListener::bind(&settings.fanout.grpc_addr).await?;
-    banner(
-        &settings,
-        [
-            ("gateway (gRPC)", gateway_grpc.local_addr()?.to_string()),
-            (
-                "gateway (WebSocket)",
-                format!("ws://{}/v1/connect", gateway_http.local_addr()?),
-            ),
-            ("storage", storage.local_addr()?.to_string()),
-            ("sync", sync.local_addr()?.to_string()),
-            ("fanout", fanout.local_addr()?.to_string()),
-        ],
-    );
+    let gateway_http_addr = gateway_http.local_addr()?;
+    let mut addrs = vec![
+        ("gateway (gRPC)", gateway_grpc.local_addr()?.to_string()),
+        (
+            "gateway (WebSocket)",
+            format!("ws://{gateway_http_addr}/v1/connect"),
+        ),
+        (
+            "chat widget",
+            format!("http://{gateway_http_addr}/widget.js"),
+        ),
+        ("storage", storage.local_addr()?.to_string()),
+        ("sync", sync.local_addr()?.to_string()),
+        ("fanout", fanout.local_addr()?.to_string()),
+    ];
+    // The demo is a convenience: when it cannot run, the services still do.
+    let demo = match demo_listener(&settings, &demo_addr).await {
+        Ok(Some(listener)) => {
+            let addr = listener.local_addr()?;
+            addrs.push(("demo website", format!("http://{addr}/")));
+            addrs.push(("demo agent console", format!("http://{addr}/agent")));
+            Some((
+                listener,
+                demo::Config {
+                    storage: storage.local_addr()?,
+                    gateway_http: gateway_http_addr,
+                    secret: settings.auth.hs256_secret.clone(),
+                },
+            ))
+        }
+        Ok(None) => None,
+        Err(why) => {
+            addrs.push(("demo", format!("not served: {why}")));
+            None
+        }
+    };
+    banner(&settings, &addrs);
+    let demo = async {
+        if let Some((listener, config)) = demo
+            && let Err(e) = demo::serve(listener, config, shutdown.clone()).await
+        {
+            tracing::warn!(error = %e, "the demo stopped");
+        }
+    };
 
     let gateway = natter_gateway::run(
         &settings,
@@ -97,11 +145,12 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> Resu
         shutdown.cancel();
         result
     };
-    let (g, st, sy, f) = tokio::join!(
+    let (g, st, sy, f, ()) = tokio::join!(
         async { stop_all(gateway.await) },
         async { stop_all(storage.await) },
         async { stop_all(sync.await) },
         async { stop_all(fanout.await) },
+        demo,
     );
     g.and(st).and(sy).and(f)
 }
@@ -121,7 +170,22 @@ pub(crate) async fn migrate(settings: Settings, _: CancellationToken) -> Result<
     Ok(())
 }
 
-fn banner(settings: &Settings, addrs: [(&str, String); 5]) {
+/// The demo's listener; `None` when it is switched off, `Err` when it
+/// cannot run here.
+async fn demo_listener(settings: &Settings, addr: &str) -> Result<Option<TcpListener>, String> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    if settings.auth.hs256_secret.is_empty() {
+        return Err("it mints tokens, which needs auth.hs256_secret".into());
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+fn banner(settings: &Settings, addrs: &[(&str, String)]) {
     let mut text = String::from("\nNatter is running: all four services in one process.\n\n");
     for (name, addr) in addrs {
         text.push_str(&format!("  {name:<20} {addr}\n"));

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use natter_server::{InfraArgs, run_binary, run_with};
 
+mod demo;
 mod dev;
 mod token;
 
@@ -19,8 +20,9 @@ struct Cli {
 enum Command {
     /// Run all four services in one process. With no --nats and no --cql
     /// this needs nothing installed: an in-process bus and an embedded
-    /// store under --data-dir.
-    Dev(InfraArgs),
+    /// store under --data-dir. Also serves a demo: a sample business
+    /// website with the chat widget, and an agent console.
+    Dev(dev::DevArgs),
     /// Run the gateway (device connections) alone.
     Gateway(InfraArgs),
     /// Run the storage service (conversations and messages) alone.
@@ -42,10 +44,11 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         // Four services in one future: box it rather than grow main's stack.
         Command::Dev(args) => {
+            let demo_addr = args.demo_addr;
             Box::pin(run_with(
                 "natter",
-                args.settings_with(dev::defaults),
-                dev::run,
+                args.infra.settings_with(dev::defaults),
+                |settings, shutdown| dev::run(settings, demo_addr, shutdown),
             ))
             .await
         }

@@ -1,0 +1,507 @@
+//! The demo `natter dev` serves beside the services, so a newcomer sees the
+//! whole product in a minute: a sample business website with the chat
+//! widget on it (`GET /`), and an agent console where a person answers as
+//! the business (`GET /agent`).
+//!
+//! It plays the business, and only through Natter's public surfaces: its
+//! website loads the widget from the gateway's `/widget.js`; its sign-in is
+//! a cookie holding a name; and its backend is the token endpoint the
+//! widget calls (`POST /natter-token`), a client of the public gRPC API
+//! (`natter.v1.ConversationService` on the storage address) with a
+//! service-role token, minting tokens with the development secret exactly
+//! as a business backend mints them with its own.
+//!
+//! The token endpoint's rules, which a real business would choose itself:
+//!
+//! - A guest (no sign-in cookie) gets a guest id (`guest-…`) unless it sent
+//!   one, and the guest's newest conversation, or a new one: the guest as
+//!   customer, the demo agent (`agent`) and the demo bot (`bot`), which
+//!   greets with quick replies.
+//! - A signed-in visitor (`user-<name>`) who sends a guest id has the
+//!   guest's conversations with more than the greeting linked to them: the
+//!   known user is added as a member, so the whole history comes along and
+//!   shows on all their devices. They then get their own newest
+//!   conversation, or a new one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use natter_auth::{Identity, Signer};
+use natter_core::{Role, TenantId, UserId};
+use natter_proto::v1::conversation_service_client::ConversationServiceClient;
+use natter_proto::v1::message_content::Kind;
+use natter_proto::v1::{
+    AddMembersRequest, Conversation, CreateConversationRequest, ListConversationsRequest,
+    MessageContent, NewMember, QuickReplies, QuickReply, SendMessageRequest,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const INDEX_HTML: &str = include_str!("../../../web/demo/index.html");
+const AGENT_HTML: &str = include_str!("../../../web/demo/agent.html");
+const AGENT_JS: &str = include_str!("../../../web/demo/agent.js");
+const TENT_SVG: &str = include_str!("../../../web/demo/trail-tent.svg");
+
+/// The demo business.
+const TENANT: &str = "demo";
+/// The human who answers in the agent console.
+const AGENT: &str = "agent";
+/// The bot that greets every new conversation.
+const BOT: &str = "bot";
+/// The business backend's own identity, with the service role.
+const BACKEND: &str = "acme-backend";
+/// The demo site's sign-in cookie: the signed-in visitor's name.
+const SIGN_IN_COOKIE: &str = "natter_demo_user";
+/// How long visitors' and the agent's tokens are valid; the widget asks
+/// for a new one when its token expires.
+const VISITOR_TOKEN_SECONDS: u64 = 3600;
+const AGENT_TOKEN_SECONDS: u64 = 12 * 3600;
+/// Guest conversations looked at when a visitor signs in.
+const MAX_LINKED: u32 = 20;
+
+/// Where the demo finds the services it is a client of.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// The storage service's gRPC address (`ConversationService`).
+    pub(crate) storage: SocketAddr,
+    /// The gateway's HTTP address (`/widget.js`, `/v1/connect`).
+    pub(crate) gateway_http: SocketAddr,
+    /// The HS256 secret Natter verifies tokens with.
+    pub(crate) secret: String,
+}
+
+#[derive(Debug, Clone)]
+struct Demo {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    signer: Signer,
+    tenant: TenantId,
+    conversations: ConversationServiceClient<Channel>,
+    gateway_http: SocketAddr,
+}
+
+/// Serves the demo on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), std::io::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.storage))
+        .map_err(std::io::Error::other)?
+        .connect_lazy();
+    let demo = Demo {
+        inner: Arc::new(Inner {
+            signer: Signer::hs256(config.secret.as_bytes()),
+            tenant: TenantId::new(TENANT).map_err(std::io::Error::other)?,
+            conversations: ConversationServiceClient::new(channel),
+            gateway_http: config.gateway_http,
+        }),
+    };
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/agent", get(agent_page))
+        .route("/agent.js", get(agent_js))
+        .route("/trail-tent.svg", get(tent))
+        .route("/agent-token", get(agent_token))
+        .route("/natter-token", post(natter_token))
+        .with_state(demo);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// The host a browser reaches the gateway at: its bound address, or, when
+/// it listens on every interface, the host the demo page was loaded from.
+fn gateway_origin(demo: &Demo, headers: &HeaderMap) -> String {
+    let addr = demo.inner.gateway_http;
+    let host = if addr.ip().is_unspecified() {
+        let requested = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        // Strip the port, keeping an IPv6 literal's brackets.
+        match requested.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => host.to_owned(),
+            _ => requested.to_owned(),
+        }
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("{host}:{}", addr.port())
+}
+
+fn page(content_type: &'static str, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index(State(demo): State<Demo>, headers: HeaderMap) -> Response {
+    let src = format!("http://{}/widget.js", gateway_origin(&demo, &headers));
+    page(
+        "text/html; charset=utf-8",
+        INDEX_HTML.replace("{{WIDGET_SRC}}", &src),
+    )
+}
+
+async fn agent_page(State(demo): State<Demo>, headers: HeaderMap) -> Response {
+    let ws = format!("ws://{}/v1/connect", gateway_origin(&demo, &headers));
+    page(
+        "text/html; charset=utf-8",
+        AGENT_HTML.replace("{{GATEWAY_WS}}", &ws),
+    )
+}
+
+async fn agent_js() -> Response {
+    page("text/javascript; charset=utf-8", AGENT_JS.to_owned())
+}
+
+async fn tent() -> Response {
+    page("image/svg+xml", TENT_SVG.to_owned())
+}
+
+/// What the token endpoint answers; the widget's contract.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenAnswer {
+    token: String,
+    user_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    conversation_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    guest_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct TokenRequest {
+    guest_id: String,
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_string(body) {
+        Ok(text) => (
+            status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            text,
+        )
+            .into_response(),
+        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn failure(status: StatusCode, message: &str) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+/// `GET /agent-token`: the agent console's token. A real agent console
+/// would sign its agents in first; the demo trusts whoever opens it.
+async fn agent_token(State(demo): State<Demo>) -> Response {
+    match demo.token(AGENT, Role::Agent, AGENT_TOKEN_SECONDS) {
+        Ok(token) => json(
+            StatusCode::OK,
+            &TokenAnswer {
+                token,
+                user_id: AGENT.into(),
+                conversation_id: String::new(),
+                guest_id: String::new(),
+            },
+        ),
+        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+/// `POST /natter-token`: the business's token endpoint (see the module
+/// documentation for its rules).
+#[tracing::instrument(skip_all)]
+async fn natter_token(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: TokenRequest = if body.is_empty() {
+        TokenRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => return failure(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+        }
+    };
+    match demo.visitor(signed_in(&headers), request.guest_id).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(e) => {
+            tracing::warn!(error = %e, "demo token endpoint failed");
+            failure(StatusCode::BAD_GATEWAY, &e)
+        }
+    }
+}
+
+/// The signed-in visitor's user id, from the demo's sign-in cookie.
+fn signed_in(headers: &HeaderMap) -> Option<String> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    let value = cookies.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == SIGN_IN_COOKIE).then_some(value)
+    })?;
+    let name: String = percent_decode(value)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(40)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (!name.is_empty()).then(|| format!("user-{name}"))
+}
+
+/// Decodes `%XX` escapes (what `encodeURIComponent` produces); anything
+/// else passes through.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A guest id the demo minted, or a new one.
+fn guest_id(given: &str) -> String {
+    let valid = given.len() <= 64
+        && given
+            .strip_prefix("guest-")
+            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_hexdigit()));
+    if valid {
+        given.to_owned()
+    } else {
+        format!("guest-{}", uuid::Uuid::new_v4().simple())
+    }
+}
+
+type DemoResult<T> = Result<T, String>;
+
+impl Demo {
+    fn token(&self, user: &str, role: Role, ttl_seconds: u64) -> DemoResult<String> {
+        let identity = Identity {
+            tenant: self.inner.tenant.clone(),
+            user: UserId::new(user).map_err(|e| e.to_string())?,
+            role,
+        };
+        self.inner
+            .signer
+            .token(&identity, ttl_seconds)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A request to the public API as `user` (with `role`).
+    fn call<T>(&self, message: T, user: &str, role: Role) -> DemoResult<tonic::Request<T>> {
+        let token = self.token(user, role, 300)?;
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|e| format!("token is not ascii: {e}"))?,
+        );
+        Ok(request)
+    }
+
+    /// The token endpoint's answer for a visitor.
+    async fn visitor(
+        &self,
+        signed_in: Option<String>,
+        guest_id: String,
+    ) -> DemoResult<TokenAnswer> {
+        let guest =
+            (!guest_id.is_empty() || signed_in.is_none()).then(|| self::guest_id(&guest_id));
+        let user = match (&signed_in, &guest) {
+            (Some(user), Some(guest)) => {
+                self.link(guest, user).await?;
+                user.clone()
+            }
+            (Some(user), None) => user.clone(),
+            (None, Some(guest)) => guest.clone(),
+            (None, None) => return Err("no visitor".into()),
+        };
+        let conversation = match self.newest(&user).await? {
+            Some(conversation) => conversation.conversation_id,
+            None => self.start(&user).await?,
+        };
+        Ok(TokenAnswer {
+            token: self.token(&user, Role::Customer, VISITOR_TOKEN_SECONDS)?,
+            user_id: user,
+            conversation_id: conversation,
+            guest_id: guest.unwrap_or_default(),
+        })
+    }
+
+    async fn conversations(&self, user: &str, page_size: u32) -> DemoResult<Vec<Conversation>> {
+        let request = ListConversationsRequest {
+            page_size,
+            page_token: String::new(),
+            user_id: user.to_owned(),
+        };
+        let answer = self
+            .inner
+            .conversations
+            .clone()
+            .list_conversations(self.call(request, BACKEND, Role::Service)?)
+            .await
+            .map_err(|e| format!("ListConversations: {}", e.message()))?;
+        Ok(answer.into_inner().conversations)
+    }
+
+    async fn newest(&self, user: &str) -> DemoResult<Option<Conversation>> {
+        Ok(self.conversations(user, 1).await?.into_iter().next())
+    }
+
+    /// Adds `user` to the guest's conversations that hold more than the
+    /// bot's greeting; a member already is left as it is.
+    async fn link(&self, guest: &str, user: &str) -> DemoResult<()> {
+        for conversation in self.conversations(guest, MAX_LINKED).await? {
+            if conversation.last_seq <= 1 {
+                continue;
+            }
+            let request = AddMembersRequest {
+                conversation_id: conversation.conversation_id.clone(),
+                members: vec![NewMember {
+                    user_id: user.to_owned(),
+                    role: natter_proto::v1::Role::Customer as i32,
+                }],
+            };
+            self.inner
+                .conversations
+                .clone()
+                .add_members(self.call(request, BACKEND, Role::Service)?)
+                .await
+                .map_err(|e| format!("AddMembers: {}", e.message()))?;
+            tracing::info!(%guest, %user, conversation = %conversation.conversation_id, "linked a guest conversation");
+        }
+        Ok(())
+    }
+
+    /// Opens a conversation for `visitor` with the agent and the bot, and
+    /// has the bot greet.
+    async fn start(&self, visitor: &str) -> DemoResult<String> {
+        let member = |user: &str, role: natter_proto::v1::Role| NewMember {
+            user_id: user.to_owned(),
+            role: role as i32,
+        };
+        let request = CreateConversationRequest {
+            conversation_id: String::new(),
+            subject: "Website chat".into(),
+            members: vec![
+                member(visitor, natter_proto::v1::Role::Customer),
+                member(AGENT, natter_proto::v1::Role::Agent),
+                member(BOT, natter_proto::v1::Role::Bot),
+            ],
+        };
+        let created = self
+            .inner
+            .conversations
+            .clone()
+            .create_conversation(self.call(request, BACKEND, Role::Service)?)
+            .await
+            .map_err(|e| format!("CreateConversation: {}", e.message()))?
+            .into_inner()
+            .conversation
+            .ok_or("CreateConversation answered no conversation")?;
+        let reply = |title: &str, payload: &str| QuickReply {
+            title: title.into(),
+            payload: payload.into(),
+        };
+        let greeting = SendMessageRequest {
+            conversation_id: created.conversation_id.clone(),
+            client_message_id: "greeting".into(),
+            content: Some(MessageContent {
+                kind: Some(Kind::QuickReplies(QuickReplies {
+                    text: "Hi, I'm Acme's assistant. What can we help you with?".into(),
+                    replies: vec![
+                        reply("Track my order", "track-order"),
+                        reply("Returns", "returns"),
+                        reply("Talk to a person", "human"),
+                    ],
+                })),
+            }),
+        };
+        self.inner
+            .conversations
+            .clone()
+            .send_message(self.call(greeting, BOT, Role::Bot)?)
+            .await
+            .map_err(|e| format!("SendMessage: {}", e.message()))?;
+        tracing::info!(%visitor, conversation = %created.conversation_id, "started a conversation");
+        Ok(created.conversation_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_sign_in_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; natter_demo_user=Alice%20Smith; c=d"),
+        );
+        assert_eq!(signed_in(&headers).as_deref(), Some("user-alicesmith"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("natter_demo_user="),
+        );
+        assert_eq!(signed_in(&headers), None);
+        assert_eq!(signed_in(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn keeps_valid_guest_ids_and_mints_others() {
+        assert_eq!(guest_id("guest-0a1b"), "guest-0a1b");
+        for bad in ["", "guest-", "agent", "guest-a b", "guest-zz"] {
+            let minted = guest_id(bad);
+            assert!(
+                minted.starts_with("guest-") && minted.len() == 38,
+                "{minted}"
+            );
+        }
+    }
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("a%20b%2"), "a b%2");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
+}
