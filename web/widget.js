@@ -56,7 +56,7 @@
    * @typedef {{ conversation_id: string, client_message_id: string, content: Content,
    *   user_id: string }} Pending
    * @typedef {{ token: string, userId: string, conversationId: string,
-   *   guestId?: string, exp: number }} Auth
+   *   guestId?: string, aliases?: string[], exp: number }} Auth
    */
 
   const script = /** @type {HTMLScriptElement | null} */ (
@@ -144,6 +144,15 @@
     return out;
   }
 
+  /**
+   * Whether the visitor wrote as `user`: as who they are now, or under an
+   * identity linked to it, such as the guest they were before signing in.
+   * @param {string} user
+   */
+  function isMine(user) {
+    return !!auth && (user === auth.userId || user === auth.guestId || (auth.aliases || []).includes(user));
+  }
+
   // ---- state ----
 
   let deviceId = load('device');
@@ -191,7 +200,7 @@
   const root = host.attachShadow({ mode: 'open' });
   root.innerHTML = `<style>${css()}</style>
 <div class="root${left ? ' left' : ''}">
-  <section class="panel" id="panel" role="dialog" aria-labelledby="title" hidden>
+  <section class="panel" id="panel" role="dialog" aria-labelledby="title" tabindex="-1" hidden>
     <header>
       <h2 id="title"></h2>
       <span class="status" role="status"></span>
@@ -244,9 +253,11 @@ button,textarea{font:inherit;color:inherit;margin:0}
   display:flex;align-items:center;justify-content:center}
 .left .launcher{right:auto;left:20px}
 .launcher svg{width:28px;height:28px;fill:currentColor}
-.launcher:focus-visible,button:focus-visible,.log:focus-visible,textarea:focus-visible{outline:3px solid #1c7ed6;outline-offset:2px}
+.launcher:focus-visible,button:focus-visible,.log:focus-visible{outline:3px solid #1c7ed6;outline-offset:2px}
+textarea:focus{outline:2px solid var(--accent);outline-offset:0;border-color:transparent}
 .badge{position:absolute;top:-4px;right:-4px;min-width:22px;height:22px;padding:0 6px;border-radius:11px;
   background:#e03131;color:#fff;font-size:12px;font-weight:700;line-height:22px;text-align:center}
+.panel:focus{outline:none}
 .panel{position:fixed;bottom:88px;right:20px;width:370px;height:min(560px,calc(100vh - 108px));background:#fff;
   border-radius:14px;box-shadow:0 8px 32px rgba(0,0,0,.22);display:flex;flex-direction:column;overflow:hidden}
 .left .panel{right:auto;left:20px}
@@ -384,7 +395,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
    */
   function show(m) {
     const stored = 'seq' in m && m.seq > 0;
-    const mine = !!auth && senderOf(m) === auth.userId;
+    const mine = isMine(senderOf(m));
     const li = /** @type {HTMLLIElement} */ (el('li', 'msg' + (mine ? ' mine' : '')));
     li.dataset.key = keyOf(m);
     if (m.client_message_id) li.dataset.cid = m.client_message_id;
@@ -433,7 +444,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
 
   function unread() {
     let n = 0;
-    if (auth) for (const m of messages.values()) if (m.sender_id !== auth.userId && m.seq > readSeq) n++;
+    for (const m of messages.values()) if (!isMine(m.sender_id) && m.seq > readSeq) n++;
     return n;
   }
 
@@ -463,7 +474,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
   function accept(m) {
     if (!auth || m.conversation_id !== auth.conversationId || messages.has(m.seq)) return;
     messages.set(m.seq, m);
-    const mine = m.sender_id === auth.userId;
+    const mine = isMine(m.sender_id);
     if (mine && m.client_message_id) settle(m.client_message_id);
     show(m);
     const kept = Array.from(messages.values()).sort((a, b) => a.seq - b.seq).slice(-CACHE_LIMIT);
@@ -707,7 +718,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       refreshMeta();
     } else if (f.typing) {
       const t = f.typing;
-      if (t.conversation_id !== auth.conversationId || t.user_id === auth.userId) return;
+      if (t.conversation_id !== auth.conversationId || isMine(t.user_id)) return;
       clearTimeout(typing.get(t.user_id));
       if (t.active) typing.set(t.user_id, win.setTimeout(() => (typing.delete(t.user_id), refreshTyping()), TYPING_SHOWN_MS));
       else typing.delete(t.user_id);
@@ -739,9 +750,9 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
   function onRead(r) {
     if (!auth || r.conversation_id !== auth.conversationId) return;
     const seq = Number(r.seq || 0);
-    if (r.user_id === auth.userId) {
+    if (isMine(r.user_id)) {
       // Read on another device of the visitor's.
-      if (seq > readSeq) {
+      if (r.user_id === auth.userId && seq > readSeq) {
         readSeq = seq;
         save(`read:${auth.userId}:${auth.conversationId}`, String(seq));
         refreshBadge();
@@ -785,7 +796,9 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     refreshBadge();
     if (open) {
       scrollDown();
-      input.focus();
+      // On touch screens a focused field pops up the keyboard over the
+      // conversation; focus the dialog there instead.
+      (matchMedia('(pointer: coarse)').matches ? panel : input).focus();
       markRead();
     }
   }
@@ -810,6 +823,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     const text = input.value.trim();
     if (!text || !auth) return;
     input.value = '';
+    grow();
     submit({ text });
   });
   input.addEventListener('keydown', (e) => {
@@ -818,7 +832,15 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       form.requestSubmit();
     }
   });
-  input.addEventListener('input', noteTyping);
+  input.addEventListener('input', () => {
+    grow();
+    noteTyping();
+  });
+  /** The composer grows with what is typed, up to its CSS max-height. */
+  function grow() {
+    input.style.height = 'auto';
+    input.style.height = input.scrollHeight + 2 + 'px';
+  }
   document.addEventListener('visibilitychange', markRead);
   window.addEventListener('online', () => {
     attempt = 0;

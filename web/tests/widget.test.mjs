@@ -73,6 +73,7 @@ async function transcript(page) {
     Array.from(document.querySelector('natter-chat').shadowRoot.querySelectorAll('li.msg'), (li) => ({
       seq: Number(li.dataset.seq || 0),
       sender: li.dataset.sender,
+      mine: li.classList.contains('mine'),
       text: li.querySelector('.bubble').textContent,
       status: li.querySelector('.meta')?.textContent || '',
     })),
@@ -205,6 +206,7 @@ test('a guest chats, signs in, and finds the conversation with its history on an
   await openWidget(tablet);
   const question = await shows(tablet, 'Do you ship to Norway?');
   assert.equal(question.sender, guest.userId);
+  assert.ok(question.mine, 'what the visitor wrote as a guest shows as theirs');
   const history = await transcript(tablet);
   assert.equal(history[0].seq, 1, 'the whole history, from the greeting');
   assert.match(history[0].text, /What can we help you with/);

@@ -38,7 +38,7 @@ use natter_proto::v1::conversation_service_client::ConversationServiceClient;
 use natter_proto::v1::message_content::Kind;
 use natter_proto::v1::{
     AddMembersRequest, Conversation, CreateConversationRequest, ListConversationsRequest,
-    MessageContent, NewMember, QuickReplies, QuickReply, SendMessageRequest,
+    ListMembersRequest, MessageContent, NewMember, QuickReplies, QuickReply, SendMessageRequest,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -188,6 +188,11 @@ struct TokenAnswer {
     conversation_id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     guest_id: String,
+    /// Other ids the visitor wrote under in this conversation (the guests
+    /// they were on other devices), so the widget shows those messages as
+    /// theirs too. Optional in the contract.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +234,7 @@ async fn agent_token(State(demo): State<Demo>) -> Response {
                 user_id: AGENT.into(),
                 conversation_id: String::new(),
                 guest_id: String::new(),
+                aliases: Vec::new(),
             },
         ),
         Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, &e),
@@ -359,12 +365,46 @@ impl Demo {
             Some(conversation) => conversation.conversation_id,
             None => self.start(&user).await?,
         };
+        let aliases = if signed_in.is_some() {
+            self.customers(&conversation)
+                .await?
+                .into_iter()
+                .filter(|customer| *customer != user)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(TokenAnswer {
             token: self.token(&user, Role::Customer, VISITOR_TOKEN_SECONDS)?,
             user_id: user,
             conversation_id: conversation,
             guest_id: guest.unwrap_or_default(),
+            aliases,
         })
+    }
+
+    /// The customers of a conversation: in the demo's one-visitor
+    /// conversations, the visitor under each id they were linked from.
+    async fn customers(&self, conversation_id: &str) -> DemoResult<Vec<String>> {
+        let request = ListMembersRequest {
+            conversation_id: conversation_id.to_owned(),
+            page_size: 100,
+            page_token: String::new(),
+        };
+        let answer = self
+            .inner
+            .conversations
+            .clone()
+            .list_members(self.call(request, BACKEND, Role::Service)?)
+            .await
+            .map_err(|e| format!("ListMembers: {}", e.message()))?;
+        Ok(answer
+            .into_inner()
+            .members
+            .into_iter()
+            .filter(|member| member.role == natter_proto::v1::Role::Customer as i32)
+            .map(|member| member.user_id)
+            .collect())
     }
 
     async fn conversations(&self, user: &str, page_size: u32) -> DemoResult<Vec<Conversation>> {
