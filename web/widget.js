@@ -335,9 +335,14 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       const a = c.attachment;
       const url = safeUrl(a.url);
       const name = a.file_name || 'file';
-      if (/^image\//.test(a.mime_type || '') && url) {
+      // The thumbnail (base64 in JSON) shows until the file itself loads,
+      // or instead of it for files that are not images.
+      const thumb = a.thumbnail && /^[A-Za-z0-9+/=]+$/.test(a.thumbnail) ? 'data:image/png;base64,' + a.thumbnail : '';
+      const image = /^image\//.test(a.mime_type || '') && url;
+      if (image || thumb) {
         const img = /** @type {HTMLImageElement} */ (el('img'));
-        img.src = url;
+        img.src = image || thumb;
+        if (image && thumb) img.style.background = `center/cover url("${thumb}")`;
         img.alt = name;
         img.loading = 'lazy';
         img.addEventListener('load', scrollDown);

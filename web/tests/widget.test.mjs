@@ -238,6 +238,26 @@ test('a quick reply tap reaches the business as a postback', async () => {
   await Promise.all([context.close(), agent.context().close()]);
 });
 
+test('images and files sent by reference show inline', async () => {
+  const context = await browser.newContext(PHONE);
+  const page = await visit(context);
+  const { conversationId } = await state(page);
+  await openWidget(page);
+  const agent = await agentConsole();
+  await pick(agent, conversationId);
+  await agent.click('#send-photo');
+  const image = page.locator('natter-chat .bubble img[alt="trail-tent.svg"]');
+  await image.waitFor();
+  await page.waitForFunction(
+    () => document.querySelector('natter-chat').shadowRoot.querySelector('.bubble img').naturalWidth > 0,
+  );
+  assert.equal(await image.getAttribute('src'), natter.demo + '/trail-tent.svg');
+  const link = page.locator('natter-chat .bubble a', { hasText: 'trail-tent.svg' });
+  assert.equal(await link.getAttribute('href'), natter.demo + '/trail-tent.svg');
+  assert.equal(await link.getAttribute('rel'), 'noopener noreferrer');
+  await Promise.all([context.close(), agent.context().close()]);
+});
+
 test('messages written during a network cut are delivered once each, in order, on reconnect', async () => {
   const context = await browser.newContext(DESKTOP);
   // The widget's WebSocket goes through this route, so the test can mute
