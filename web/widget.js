@@ -183,6 +183,7 @@
   const typing = new Map();
   let typingSentAt = 0;
   let typingStopTimer = 0;
+  let cacheTimer = 0;
 
   /** @returns {Pending[]} */
   function outbox() {
@@ -414,7 +415,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     if (mine) li.append(el('span', 'meta'));
     const old =
       (m.client_message_id && mine && list.querySelector(`[data-cid="${CSS.escape(m.client_message_id)}"]`)) ||
-      list.querySelector(`[data-key="${keyOf(m)}"]`);
+      list.querySelector(`[data-key="${CSS.escape(keyOf(m))}"]`);
     if (old) old.remove();
     const seq = stored ? /** @type {Message} */ (m).seq : Infinity;
     const next = Array.from(list.children).find((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq || Infinity) > seq);
@@ -482,8 +483,13 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     const mine = isMine(m.sender_id);
     if (mine && m.client_message_id) settle(m.client_message_id);
     show(m);
-    const kept = Array.from(messages.values()).sort((a, b) => a.seq - b.seq).slice(-CACHE_LIMIT);
-    save(cacheKey(), JSON.stringify(kept));
+    // Kept for the next page load, once a burst (a backlog) is over.
+    clearTimeout(cacheTimer);
+    const key = cacheKey();
+    const kept = messages;
+    cacheTimer = win.setTimeout(() => {
+      save(key, JSON.stringify(Array.from(kept.values()).sort((a, b) => a.seq - b.seq).slice(-CACHE_LIMIT)));
+    }, 300);
     if (!mine) {
       typing.delete(m.sender_id);
       refreshTyping();
@@ -595,7 +601,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     list.textContent = '';
     cursor = Number(load('cursor:' + auth.userId) || 0);
     readSeq = Number(load(`read:${auth.userId}:${auth.conversationId}`) || 0);
-    othersReadSeq = 0;
+    othersReadSeq = Number(load(`seen:${auth.userId}:${auth.conversationId}`) || 0);
     for (const m of loadJson(cacheKey(), /** @type {Message[]} */ ([]))) {
       messages.set(m.seq, m);
       show(m);
@@ -764,6 +770,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       }
     } else if (seq > othersReadSeq) {
       othersReadSeq = seq;
+      save(`seen:${auth.userId}:${auth.conversationId}`, String(seq));
       refreshMeta();
     }
   }

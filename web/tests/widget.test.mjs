@@ -375,6 +375,27 @@ test('the widget and the page do not style each other', async () => {
   await context.close();
 });
 
+test('a reload keeps the visitor, the conversation and the cursor, without duplicates', async () => {
+  const context = await browser.newContext(DESKTOP);
+  const page = await visit(context);
+  await openWidget(page);
+  await say(page, 'Still there after a reload?');
+  await shows(page, 'Still there after a reload?');
+  const before = await state(page);
+  const lines = (await transcript(page)).map((m) => `${m.seq}:${m.text}`);
+  await page.waitForFunction(() => window.Natter.state().cursor > 0);
+  await page.reload();
+  const after = await online(page);
+  assert.equal(after.userId, before.userId);
+  assert.equal(after.conversationId, before.conversationId);
+  assert.ok(after.cursor >= before.cursor, 'it resumes from its cursor');
+  await openWidget(page);
+  await shows(page, 'Still there after a reload?');
+  await page.waitForTimeout(300);
+  assert.deepEqual((await transcript(page)).map((m) => `${m.seq}:${m.text}`), lines);
+  await context.close();
+});
+
 test('the widget works from the keyboard and announces itself', async () => {
   const context = await browser.newContext(DESKTOP);
   const page = await visit(context);
