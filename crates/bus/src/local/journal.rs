@@ -8,16 +8,19 @@
 //!
 //! The shell writes each plan of the state machine (see `durable`) here
 //! before applying it, in one write transaction committed with
-//! [`Durability::Immediate`], so what a durable publish or an ack reports
-//! done is on disk, and a crash loses only what nobody was told about.
+//! [`Durability::Immediate`], so what a durable publish reports done is on
+//! disk, and a crash loses only what nobody was told about.
 //! Plans are written and applied under the journal's single [`Writer`], so
 //! they reach the file in the order they reach memory. redb commits
 //! atomically with checksummed commit slots: a crash mid-commit leaves the
 //! previous commit, which the next open recovers.
 //!
-//! Acks are committed one by one, like publishes. Batching them would save
-//! `fsync`s at the price of redeliveries after a crash, which consumers
-//! tolerate; it is not needed at single-process rates.
+//! Acks are committed without `fsync` ([`Durability::None`]): they reach
+//! the disk with the next durable commit, and a crash before that loses
+//! only ack floors, so some messages are delivered again, which every
+//! consumer tolerates (delivery is at least once). That halves the
+//! `fsync`s of a consumer that publishes one message per message it
+//! handles, such as fanout handling a join.
 //!
 //! # Bounded
 //!
@@ -99,6 +102,11 @@ pub(super) trait Journaled {
     /// The writes to commit before the plan is applied; none for a plan
     /// that changes nothing lasting, which is then applied at once.
     fn entries(&self) -> Vec<Entry<'_>>;
+
+    /// Whether the writes must be on disk before the plan is applied.
+    fn durable(&self) -> bool {
+        true
+    }
 }
 
 impl Journaled for StreamConfig {
@@ -132,11 +140,19 @@ impl Journaled for Ack {
     fn entries(&self) -> Vec<Entry<'_>> {
         vec![Entry::Consumer(&self.consumer)]
     }
+
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 impl<T: Journaled> Journaled for Option<T> {
     fn entries(&self) -> Vec<Entry<'_>> {
         self.as_ref().map(T::entries).unwrap_or_default()
+    }
+
+    fn durable(&self) -> bool {
+        self.as_ref().is_none_or(T::durable)
     }
 }
 
@@ -187,7 +203,7 @@ impl Journal {
             .iter()
             .map(|(name, floors)| Entry::Trim(name, *floors))
             .collect();
-        commit(&db, &entries).map_err(|f| f.0)?;
+        commit(&db, &entries, Durability::Immediate).map_err(|f| f.0)?;
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
             path,
@@ -205,10 +221,16 @@ impl Journal {
 }
 
 impl Writer {
-    /// Commits `entries` durably in one transaction. Blocks on `fsync`:
-    /// call it from the blocking pool.
-    pub(super) fn commit(&self, entries: &[Entry<'_>]) -> Result<()> {
-        commit(&self.0, entries).map_err(|f| f.0)
+    /// Commits `entries` in one transaction, and with `durable` waits
+    /// until they are on disk. Blocks on I/O: call it from the blocking
+    /// pool.
+    pub(super) fn commit(&self, entries: &[Entry<'_>], durable: bool) -> Result<()> {
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        commit(&self.0, entries, durability).map_err(|f| f.0)
     }
 }
 
@@ -288,12 +310,12 @@ fn load(db: &Database) -> TxResult<Vec<Restored>> {
     Ok(restored)
 }
 
-fn commit(db: &Database, entries: &[Entry<'_>]) -> TxResult<()> {
+fn commit(db: &Database, entries: &[Entry<'_>], durability: Durability) -> TxResult<()> {
     if entries.is_empty() {
         return Ok(());
     }
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    txn.set_durability(durability)?;
     {
         let mut streams = txn.open_table(STREAMS)?;
         let mut last_sequences = txn.open_table(LAST_SEQUENCES)?;

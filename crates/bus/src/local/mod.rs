@@ -214,7 +214,7 @@ impl Hub {
         }
         let hub = Arc::clone(self);
         blocking(move || {
-            writer.commit(&planned.entries())?;
+            writer.commit(&planned.entries(), planned.durable())?;
             let applied = apply(&mut lock(&hub.streams), planned);
             drop(writer);
             Ok(applied)
