@@ -282,6 +282,8 @@ pub(crate) fn frame_name(frame: &ServerKind) -> &'static str {
         ServerKind::Error(_) => "error",
         ServerKind::Pong(_) => "pong",
         ServerKind::Presence(_) => "presence",
+        ServerKind::Message(_) => "message",
+        ServerKind::Watching(_) => "watching",
     }
 }
 

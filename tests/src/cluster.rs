@@ -55,7 +55,7 @@ impl Service {
             Service::Storage => ("natter-storage", &[]),
             Service::Sync => ("natter-sync", &[]),
             Service::Fanout => ("natter-fanout", &[]),
-            Service::All => ("natter", &["dev"]),
+            Service::All => ("natter", &["dev", "--demo-addr", "off"]),
         }
     }
 }

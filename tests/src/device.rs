@@ -240,6 +240,55 @@ impl Device {
         messages
     }
 
+    /// Starts watching a conversation after `after_seq`.
+    pub async fn watch(&self, conversation_id: &str, after_seq: u64) {
+        self.send(ClientKind::Watch(natter_proto::v1::Watch {
+            conversation_id: conversation_id.into(),
+            after_seq,
+        }))
+        .await;
+    }
+
+    /// The next `n` messages of a watched conversation, checking that they
+    /// continue from `after_seq` without gap or repeat.
+    pub async fn watched(
+        &mut self,
+        conversation_id: &str,
+        after_seq: u64,
+        n: usize,
+    ) -> Vec<Message> {
+        let mut messages: Vec<Message> = Vec::with_capacity(n);
+        while messages.len() < n {
+            let message = self
+                .expect(|frame| match &frame.frame {
+                    Some(ServerKind::Message(m)) if m.conversation_id == conversation_id => {
+                        Some(m.clone())
+                    }
+                    _ => None,
+                })
+                .await;
+            let expected = messages.last().map_or(after_seq, |m| m.seq) + 1;
+            assert_eq!(
+                message.seq, expected,
+                "watched messages continue without gap or repeat"
+            );
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// Waits for `watching` of a conversation: its backlog is replayed.
+    /// Returns the newest seq replayed.
+    pub async fn watching(&mut self, conversation_id: &str) -> u64 {
+        self.expect(|frame| match &frame.frame {
+            Some(ServerKind::Watching(w)) if w.conversation_id == conversation_id => {
+                Some(w.last_seq)
+            }
+            _ => None,
+        })
+        .await
+    }
+
     /// Tells the gateway this device processed everything received.
     pub async fn ack(&self) {
         self.send(ClientKind::Ack(natter_proto::v1::Ack {

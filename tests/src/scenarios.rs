@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use natter_core::Role;
 use natter_proto::v1::client_frame::Frame as ClientKind;
 use natter_proto::v1::{
-    ClientFrame, CreateConversationRequest, ListMessagesRequest, MessageContent, NewMember, Read,
-    SendMessageRequest, event, list_messages_request, message_content,
+    AddMembersRequest, ClientFrame, CreateConversationRequest, GetConversationRequest,
+    GetStatsRequest, ListMessagesRequest, MessageContent, NewMember, Read, SendMessageRequest,
+    event, list_messages_request, message_content,
 };
 use tokio::sync::Mutex;
 
@@ -552,4 +553,142 @@ pub async fn graceful_shutdown(mode: Mode) {
             .unwrap_or_else(|| panic!("{service:?} exits within the grace period"));
         assert!(status.success(), "{service:?} exits cleanly, got {status}");
     }
+}
+
+/// A room of `members` (more than `limits.big_room_members`): members join
+/// in requests of 1,000; devices that watch it get every message once, in
+/// order, the history first for a late watcher; and fan-out writes no
+/// member's log per message.
+pub async fn big_room(mode: Mode, members: usize) {
+    const PER_REQUEST: usize = 1_000;
+    let cluster = Cluster::start(mode).await;
+    let admin = cluster.token("crm", Role::Service);
+    let member = |user: String, role: Role| NewMember {
+        user_id: user,
+        role: role_wire(role),
+    };
+    let mut everyone = vec![
+        member("alice".into(), Role::Customer),
+        member("bob".into(), Role::Agent),
+    ];
+    everyone.extend((everyone.len()..members).map(|i| member(format!("m{i:05}"), Role::Customer)));
+
+    let started = Instant::now();
+    let mut chunks = everyone.chunks(PER_REQUEST);
+    let mut api = cluster.conversations().await;
+    let conv = api
+        .create_conversation(authed(
+            &admin,
+            CreateConversationRequest {
+                conversation_id: String::new(),
+                subject: "All hands".into(),
+                members: chunks.next().expect("members").to_vec(),
+            },
+        ))
+        .await
+        .expect("create the room")
+        .into_inner()
+        .conversation
+        .expect("the room")
+        .conversation_id;
+    for chunk in chunks {
+        api.add_members(authed(
+            &admin,
+            AddMembersRequest {
+                conversation_id: conv.clone(),
+                members: chunk.to_vec(),
+            },
+        ))
+        .await
+        .expect("add members");
+    }
+    let joined = started.elapsed();
+    let count = api
+        .get_conversation(authed(
+            &admin,
+            GetConversationRequest {
+                conversation_id: conv.clone(),
+            },
+        ))
+        .await
+        .expect("get the room")
+        .into_inner()
+        .conversation
+        .expect("the room")
+        .member_count;
+    assert_eq!(count, members as u64);
+    // Joins reach each joiner's log (one entry per member, once): wait
+    // for them, so what follows measures messages only.
+    let mut written_before = fanout_updates_written(&cluster).await;
+    while written_before < members as u64 {
+        assert!(
+            started.elapsed() < JOINS_PATIENCE,
+            "only {written_before} of {members} joins fanned out in {JOINS_PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        written_before = fanout_updates_written(&cluster).await;
+    }
+    let fanned = started.elapsed();
+
+    let mut alice = device(&cluster, Transport::WsJson, "alice", Role::Customer, "web").await;
+    let mut bob = device(&cluster, Transport::Grpc, "bob", Role::Agent, "console").await;
+    for watcher in [&mut alice, &mut bob] {
+        watcher.watch(&conv, 0).await;
+        assert_eq!(watcher.watching(&conv).await, 0);
+    }
+    let started = Instant::now();
+    for i in 0..20 {
+        let ack = alice
+            .send_text(&conv, &format!("a{i}"), &format!("announcement {i}"))
+            .await
+            .expect("the send is acknowledged");
+        assert_eq!(ack.seq, i + 1);
+    }
+    for watcher in [&mut bob, &mut alice] {
+        let got = watcher.watched(&conv, 0, 20).await;
+        assert_eq!(text_of(&got[19]), "announcement 19");
+    }
+    let delivered = started.elapsed();
+
+    // A member who opens the room late gets its history, then live.
+    let last = format!("m{:05}", members - 1);
+    let mut late = device(&cluster, Transport::WsProto, &last, Role::Customer, "phone").await;
+    late.watch(&conv, 0).await;
+    assert_eq!(late.watched(&conv, 0, 20).await.len(), 20);
+    assert_eq!(late.watching(&conv).await, 20);
+    bob.send_text(&conv, "b0", "welcome, everyone")
+        .await
+        .expect("the reply is acknowledged");
+    for watcher in [&mut late, &mut alice, &mut bob] {
+        assert_eq!(watcher.watched(&conv, 20, 1).await[0].sender_id, "bob");
+    }
+    // Messages went to the room, not into 10,000 logs each.
+    let written = fanout_updates_written(&cluster).await - written_before;
+    assert!(
+        written < 100,
+        "fan-out wrote {written} log entries for 21 messages"
+    );
+    eprintln!(
+        "{members}-member room ({mode:?}): members joined in {joined:?}, their joins \
+         reached their logs in {fanned:?}; 20 messages sent and watched by 2 devices \
+         in {delivered:?}"
+    );
+}
+
+/// How long the joins of a big room may take to reach the joiners' logs.
+const JOINS_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Log entries fanout has written since it started.
+async fn fanout_updates_written(cluster: &Cluster) -> u64 {
+    cluster
+        .fanout()
+        .await
+        .get_stats(authed(
+            &cluster.token("ops", Role::Service),
+            GetStatsRequest {},
+        ))
+        .await
+        .expect("fanout stats")
+        .into_inner()
+        .updates_written
 }

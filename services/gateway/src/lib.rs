@@ -14,8 +14,7 @@
 //! device sees every update after its cursor once, in order. A device may
 //! also watch conversations (`watches.rs`): their messages after a seq,
 //! then live from the conversation's room subject, joined the same way.
-//! Sends go to
-//! the SEND stream through one `SendClient` per process; reads, acks and
+//! Sends go to the SEND stream through one `SendClient` per process; reads, acks and
 //! typing go to storage, sync and fanout over the bus.
 //!
 //! # Bounds
