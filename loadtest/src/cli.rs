@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::slo::Slo;
+use crate::topology::Topology;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "natter-load",
@@ -14,8 +17,9 @@ use clap::{Args, Parser, Subcommand};
     about = "Load generator for Natter: drives a running gateway and measures it",
     long_about = "Load generator for Natter: drives a running gateway and measures it.\n\n\
         Progress goes to stderr once a second; the results go to stdout, as a table or \
-        (--json) as one JSON document. Exit codes: 0 the run completed, 1 it could not \
-        run (bad target, failed setup, not one session opened), 2 bad usage."
+        (--json) as one JSON document. Exit codes: 0 the run completed (and met every \
+        --slo-* given), 1 it could not run (bad target, failed setup, not one session \
+        opened), 2 bad usage, 3 it completed but missed an --slo-* objective."
 )]
 pub(crate) struct Cli {
     /// Worker threads of the load generator's runtime [default: one per CPU].
@@ -27,15 +31,27 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Conversations of a customer and an agent, one device each: customers
-    /// send text open-loop at a fixed total rate, agents receive and ack.
-    /// Measures send-to-deliver latency from each message's intended send
-    /// time (corrected for coordinated omission), throughput and loss.
-    Pairs(PairsArgs),
+    /// Conversations (pairs, groups of K, one room of S, or a mix), one
+    /// device per member: members take turns sending text open-loop at a
+    /// fixed total rate (after an optional ramp), the other members'
+    /// devices receive it and ack their cursors. Measures send-to-deliver
+    /// latency from each message's intended send time (corrected for
+    /// coordinated omission), throughput, loss, errors and reconnects.
+    #[command(visible_alias = "pairs")]
+    Traffic(TrafficArgs),
     /// Many device sessions that say hello and then idle. Measures how fast
     /// they open and, with --server-pid, the server's memory per idle
     /// connection.
     Idle(IdleArgs),
+    /// Opens N devices, drops them all at once and has them all come back
+    /// with their cursors. Measures the time until every one is back
+    /// (steady state), reconnect latencies, retries and failures.
+    ReconnectStorm(StormArgs),
+    /// A device misses M messages while away, then returns with its cursor.
+    /// Measures how fast the M messages were stored (send to send_ack, a
+    /// window of sends in flight) and the time until the returning device
+    /// has them all.
+    CatchUp(CatchUpArgs),
 }
 
 /// Where the gateway is and how devices reach it.
@@ -46,14 +62,23 @@ pub(crate) struct TargetArgs {
     #[arg(
         long,
         value_name = "URL",
-        required_unless_present = "grpc",
-        conflicts_with = "grpc"
+        required_unless_present_any = ["grpc", "centrifugo"],
+        conflicts_with_all = ["grpc", "centrifugo"]
     )]
     pub(crate) ws: Option<String>,
     /// The gateway's gRPC address (host:port); each device gets its own
     /// HTTP/2 connection.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "centrifugo")]
     pub(crate) grpc: Option<String>,
+    /// Not Natter but a Centrifugo v6 server, for comparison: its client
+    /// WebSocket URL (ws://HOST:8000/connection/websocket). Each
+    /// conversation is a channel in the namespace "load", which must allow
+    /// clients to subscribe and subscribers to publish; devices publish
+    /// their messages (client-side publish) and receive the others'.
+    /// Tokens are signed with --secret (Centrifugo's
+    /// client.token.hmac_secret_key).
+    #[arg(long, value_name = "URL")]
+    pub(crate) centrifugo: Option<String>,
     /// The HS256 secret the server verifies tokens with (`natter dev` uses
     /// natter-dev-secret-not-for-production-use unless configured).
     #[arg(long, env = "NATTER_LOAD_SECRET", hide_env_values = true)]
@@ -63,8 +88,9 @@ pub(crate) struct TargetArgs {
     pub(crate) tenant: String,
     /// Spread connections over the loopback source addresses
     /// 127.0.0.1..127.0.0.N, binding each client socket before it connects,
-    /// so more connections fit than one address has ephemeral ports. Only
-    /// for a gateway on an IPv4 loopback address.
+    /// so more connections fit than one address pair has ephemeral ports
+    /// (about 28,000): 4 for 100,000 connections. Only for a gateway on an
+    /// IPv4 loopback address.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=254))]
     pub(crate) source_addrs: u8,
@@ -98,28 +124,41 @@ pub(crate) struct OutputArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct PairsArgs {
+pub(crate) struct TrafficArgs {
     #[command(flatten)]
     pub(crate) target: TargetArgs,
     /// The storage service's gRPC address (host:port), where the run's
-    /// conversations are created with a service-role token.
+    /// conversations are created with a service-role token. Required for
+    /// Natter; Centrifugo needs no set-up.
     #[arg(long, value_name = "ADDR")]
-    pub(crate) storage: String,
-    /// Conversations, each of one customer and one agent with one device
-    /// each.
-    #[arg(long, value_name = "N", default_value_t = 50,
+    pub(crate) storage: Option<String>,
+    /// Who talks to whom: `pairs` (a customer and an agent), `groups:K`
+    /// (K members each), `room:S` (one room of S members, which devices
+    /// follow with `watch`: above limits.big_room_members, 1,000 by
+    /// default, that is the only way its messages reach them), or `mix[:K]`
+    /// (pairs and groups of K, default 10, alternating).
+    #[arg(long, value_name = "TOPOLOGY", default_value = "pairs")]
+    pub(crate) topology: Topology,
+    /// How many conversations (a room is always one). Every member is its
+    /// own user with one device.
+    #[arg(long, visible_alias = "pairs", value_name = "N", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub(crate) pairs: u32,
-    /// Messages per second sent in total, spread evenly over the pairs:
-    /// message k of the run is due k/RATE seconds after the start and goes
-    /// to pair k mod PAIRS.
+    pub(crate) conversations: u32,
+    /// Messages per second sent in total, spread evenly over the
+    /// conversations: message k of the run goes to conversation k mod N,
+    /// where its members take turns sending.
     #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0)]
     pub(crate) rate: f64,
+    /// How long the offered rate takes to climb linearly from 0 to --rate
+    /// at the start; sent, never measured.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub(crate) ramp: Duration,
     /// How long the measured part of the run lasts.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) duration: Duration,
-    /// How long to send before measuring; messages due in the warmup are
-    /// sent but left out of the figures (except loss, reported apart).
+    /// How long to send at the full rate before measuring; messages due in
+    /// the ramp and the warmup are sent but left out of the figures (except
+    /// loss, reported apart).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub(crate) warmup: Duration,
     /// After the last send, how long to wait for the outstanding acks and
@@ -134,6 +173,13 @@ pub(crate) struct PairsArgs {
     /// How often each device acks its cursor (when it moved).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub(crate) ack_interval: Duration,
+    /// Do not reconnect a device whose session the server ended; by
+    /// default it reconnects with its cursor (and re-watches from the last
+    /// seq it has), with backoff, and the reconnects are counted.
+    #[arg(long)]
+    pub(crate) no_reconnect: bool,
+    #[command(flatten)]
+    pub(crate) slo: Slo,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 }
@@ -149,6 +195,63 @@ pub(crate) struct IdleArgs {
     /// How long to hold the sessions open once they are all opened.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) hold: Duration,
+    #[command(flatten)]
+    pub(crate) slo: Slo,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StormArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Devices that drop and come back, each for its own user.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) devices: u32,
+    /// How long to hold the sessions once all are open, before the drop.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub(crate) hold: Duration,
+    /// Reconnects started per second at most once they dropped: the storm
+    /// (the first opening goes at --connect-rate).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 100_000.0)]
+    pub(crate) storm_rate: f64,
+    /// How long the devices may take to all come back; a failed reconnect
+    /// is retried with backoff and jitter until then.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub(crate) storm_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) slo: Slo,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CatchUpArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// The storage service's gRPC address (host:port), where the
+    /// conversation is created.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) storage: String,
+    /// Messages the device misses while away.
+    #[arg(long, value_name = "M", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub(crate) messages: u32,
+    /// Sends in flight at once while the messages are stored (closed
+    /// loop: the next goes when one is acked).
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) window: u32,
+    /// Bytes of text per message (at least 48).
+    #[arg(long, value_name = "BYTES", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(48..=60_000))]
+    pub(crate) message_bytes: u32,
+    /// How long storing the messages, and then catching up, may each take.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    #[command(flatten)]
+    pub(crate) slo: Slo,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 }
@@ -194,6 +297,29 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pairs_is_traffic_with_the_old_options() {
+        let cli = Cli::try_parse_from([
+            "natter-load",
+            "pairs",
+            "--ws",
+            "ws://127.0.0.1:8080/v1/connect",
+            "--secret",
+            "s",
+            "--pairs",
+            "7",
+            "--slo-p99",
+            "10ms",
+        ])
+        .unwrap();
+        let Command::Traffic(args) = cli.command else {
+            panic!("pairs is traffic");
+        };
+        assert_eq!(args.conversations, 7);
+        assert_eq!(args.topology, Topology::Pairs);
+        assert_eq!(args.slo.slo_p99, Some(Duration::from_millis(10)));
     }
 
     #[test]

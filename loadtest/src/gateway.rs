@@ -1,13 +1,16 @@
 //! Device sessions to the gateway, over WebSocket (`natter.v1.proto`) or
-//! gRPC: open one (hello, welcome), then send and receive frames through
-//! its two halves, each owned by its own task so a blocked write never
-//! holds up reading.
+//! gRPC: open one (hello, welcome, the watches asked for), then send and
+//! receive frames through its two halves, each owned by its own task so a
+//! blocked write never holds up reading. Centrifugo, for comparison, is one
+//! more kind of session whose frames `centrifugo.rs` translates.
 //!
 //! Every connection may be bound to a source address before it connects,
 //! so one machine can hold more connections to one gateway than one
 //! address has ephemeral ports.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -15,10 +18,10 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use natter_proto::v1::gateway_service_client::GatewayServiceClient;
 use natter_proto::v1::server_frame::Frame as ServerKind;
-use natter_proto::v1::{ClientFrame, Hello, ServerFrame, Welcome, client_frame};
+use natter_proto::v1::{ClientFrame, Hello, ServerFrame, Watch, Welcome, client_frame};
 use prost::Message as _;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::WebSocketStream;
@@ -27,6 +30,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::centrifugo::{self, Incoming};
 use crate::cli::TargetArgs;
 
 /// The WebSocket subprotocol the load generator speaks.
@@ -43,28 +47,31 @@ const GRPC_OUTBOUND_FRAMES: usize = 16;
 /// Where the gateway is.
 #[derive(Debug, Clone)]
 pub(crate) enum Gateway {
-    Ws { url: String, addr: SocketAddr },
-    Grpc { addr: SocketAddr },
+    Ws {
+        url: String,
+        addr: SocketAddr,
+    },
+    Grpc {
+        addr: SocketAddr,
+    },
+    /// Not Natter: a Centrifugo server's JSON WebSocket endpoint.
+    Centrifugo {
+        url: String,
+        addr: SocketAddr,
+    },
 }
 
 impl Gateway {
     pub(crate) async fn resolve(target: &TargetArgs) -> anyhow::Result<Gateway> {
         if let Some(url) = &target.ws {
-            let uri: Uri = url
-                .parse()
-                .with_context(|| format!("--ws {url:?} is not a URL"))?;
-            match uri.scheme_str() {
-                Some("ws") => {}
-                Some("wss") => bail!("--ws: wss:// is not supported yet; use ws://"),
-                _ => bail!("--ws {url:?} must start with ws://"),
-            }
-            let host = uri
-                .host()
-                .with_context(|| format!("--ws {url:?} has no host"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().unwrap_or(80);
-            let addr = resolve(host, port, "--ws").await?;
+            let addr = ws_addr(url, "--ws").await?;
             Ok(Gateway::Ws {
+                url: url.clone(),
+                addr,
+            })
+        } else if let Some(url) = &target.centrifugo {
+            let addr = ws_addr(url, "--centrifugo").await?;
+            Ok(Gateway::Centrifugo {
                 url: url.clone(),
                 addr,
             })
@@ -79,14 +86,20 @@ impl Gateway {
             let addr = resolve(host, port, "--grpc").await?;
             Ok(Gateway::Grpc { addr })
         } else {
-            bail!("give the gateway's address with --ws or --grpc")
+            bail!("give the gateway's address with --ws, --grpc or --centrifugo")
         }
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
         match self {
-            Gateway::Ws { addr, .. } | Gateway::Grpc { addr } => *addr,
+            Gateway::Ws { addr, .. }
+            | Gateway::Grpc { addr }
+            | Gateway::Centrifugo { addr, .. } => *addr,
         }
+    }
+
+    pub(crate) fn is_centrifugo(&self) -> bool {
+        matches!(self, Gateway::Centrifugo { .. })
     }
 }
 
@@ -95,8 +108,26 @@ impl std::fmt::Display for Gateway {
         match self {
             Gateway::Ws { url, .. } => write!(f, "{url}"),
             Gateway::Grpc { addr } => write!(f, "grpc://{addr}"),
+            Gateway::Centrifugo { url, .. } => write!(f, "centrifugo {url}"),
         }
     }
+}
+
+/// The address of a ws:// URL.
+async fn ws_addr(url: &str, flag: &str) -> anyhow::Result<SocketAddr> {
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("{flag} {url:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => bail!("{flag}: wss:// is not supported yet; use ws://"),
+        _ => bail!("{flag} {url:?} must start with ws://"),
+    }
+    let host = uri
+        .host()
+        .with_context(|| format!("{flag} {url:?} has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    resolve(host, uri.port_u16().unwrap_or(80), flag).await
 }
 
 async fn resolve(host: &str, port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
@@ -166,27 +197,44 @@ impl Connector {
         (n > 0).then(|| IpAddr::V4(self.sources[(index % n) as usize]))
     }
 
-    /// Opens connection number `index`: connects, says `hello` and waits
-    /// for the welcome, all within the connect timeout.
-    pub(crate) async fn open(&self, index: u64, hello: Hello) -> Result<Session, Ended> {
+    /// Opens connection number `index`: connects, says `hello`, waits for
+    /// the welcome and sends the `watch` frames (on Centrifugo: subscribes
+    /// to their conversations' channels and waits for the answers), all
+    /// within the connect timeout.
+    pub(crate) async fn open(
+        &self,
+        index: u64,
+        hello: Hello,
+        watches: &[Watch],
+    ) -> Result<Session, Ended> {
         let source = self.source(index);
         let opening = async {
-            let (sink, mut stream) = match &self.gateway {
+            let (mut sink, mut stream) = match &self.gateway {
                 Gateway::Ws { url, addr } => ws(url, *addr, source, hello).await?,
                 Gateway::Grpc { addr } => grpc(*addr, source, self.timeout, hello).await?,
+                Gateway::Centrifugo { url, addr } => {
+                    return centrifugo_session(url, *addr, source, hello, watches).await;
+                }
             };
-            match stream.next().await?.frame {
-                Some(ServerKind::Welcome(welcome)) => Ok(Session {
-                    sink,
-                    stream,
-                    welcome,
-                }),
-                Some(other) => Err(Ended(format!(
-                    "expected welcome, got {}",
-                    frame_name(&other)
-                ))),
-                None => Err(Ended("expected welcome, got an empty frame".into())),
+            let welcome = match stream.next().await?.frame {
+                Some(ServerKind::Welcome(welcome)) => welcome,
+                Some(other) => {
+                    return Err(Ended(format!(
+                        "expected welcome, got {}",
+                        frame_name(&other)
+                    )));
+                }
+                None => return Err(Ended("expected welcome, got an empty frame".into())),
+            };
+            for watch in watches {
+                sink.send(frame(client_frame::Frame::Watch(watch.clone())))
+                    .await?;
             }
+            Ok(Session {
+                sink,
+                stream,
+                welcome,
+            })
         };
         tokio::time::timeout(self.timeout, opening)
             .await
@@ -200,6 +248,20 @@ async fn ws(
     source: Option<IpAddr>,
     hello: Hello,
 ) -> Result<(FrameSink, FrameStream), Ended> {
+    let socket = ws_connect(url, addr, source, Some(PROTOCOL)).await?;
+    let (sink, stream) = socket.split();
+    let mut sink = FrameSink::Ws(sink);
+    sink.send(frame(client_frame::Frame::Hello(hello))).await?;
+    Ok((sink, FrameStream::Ws(stream)))
+}
+
+/// A WebSocket from `source` (if given) to `addr`, asking for `protocol`.
+async fn ws_connect(
+    url: &str,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    protocol: Option<&'static str>,
+) -> Result<WebSocketStream<TcpStream>, Ended> {
     let io = |e: std::io::Error| Ended(format!("connect: {}", e.kind()));
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -215,9 +277,11 @@ async fn ws(
     let mut request = url
         .into_client_request()
         .map_err(|e| Ended(format!("bad websocket request: {e}")))?;
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", HeaderValue::from_static(PROTOCOL));
+    if let Some(protocol) = protocol {
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+    }
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(0);
@@ -231,15 +295,62 @@ async fn ws(
                 other => Ended::ws(&other),
             })?;
     let chosen = response.headers().get("sec-websocket-protocol");
-    if chosen.and_then(|v| v.to_str().ok()) != Some(PROTOCOL) {
+    if protocol.is_some() && chosen.and_then(|v| v.to_str().ok()) != protocol {
         return Err(Ended(format!(
             "the gateway did not accept subprotocol {PROTOCOL}"
         )));
     }
+    Ok(socket)
+}
+
+/// A Centrifugo session: connect with the hello's token, subscribe to the
+/// watched conversations' channels, and wait until all are answered.
+async fn centrifugo_session(
+    url: &str,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    hello: Hello,
+    watches: &[Watch],
+) -> Result<Session, Ended> {
+    let socket = ws_connect(url, addr, source, None).await?;
     let (sink, stream) = socket.split();
-    let mut sink = FrameSink::Ws(sink);
-    sink.send(frame(client_frame::Frame::Hello(hello))).await?;
-    Ok((sink, FrameStream::Ws(stream)))
+    let sink = Arc::new(Mutex::new(sink));
+    let mut stream = CentrifugoStream {
+        stream,
+        sink: sink.clone(),
+        queue: VecDeque::new(),
+    };
+    let send = |text: String| {
+        let sink = sink.clone();
+        async move {
+            sink.lock()
+                .await
+                .send(Message::Text(text.into()))
+                .await
+                .map_err(|e| Ended::ws(&e))
+        }
+    };
+    send(centrifugo::connect(&hello.token)).await?;
+    stream.answer(centrifugo::CONNECT_ID).await?;
+    if !watches.is_empty() {
+        send(centrifugo::subscribe(
+            watches.iter().map(|w| w.conversation_id.as_str()),
+        ))
+        .await?;
+        for id in (centrifugo::SUBSCRIBE_BASE..).take(watches.len()) {
+            stream.answer(id).await?;
+        }
+    }
+    Ok(Session {
+        sink: FrameSink::Centrifugo(sink),
+        stream: FrameStream::Centrifugo(Box::new(stream)),
+        // Centrifugo has no update log, hence no cursor.
+        welcome: Welcome {
+            user_id: String::new(),
+            device_id: hello.device_id,
+            cursor: 0,
+        },
+    })
 }
 
 async fn grpc(
@@ -295,11 +406,15 @@ pub(crate) struct Session {
     pub(crate) welcome: Welcome,
 }
 
+type WsSink = SplitSink<WebSocketStream<TcpStream>, Message>;
+
 /// The sending half of a session.
 #[derive(Debug)]
 pub(crate) enum FrameSink {
-    Ws(SplitSink<WebSocketStream<TcpStream>, Message>),
+    Ws(WsSink),
     Grpc(mpsc::Sender<ClientFrame>),
+    /// Shared with the reading half, which answers the server's pings.
+    Centrifugo(Arc<Mutex<WsSink>>),
 }
 
 impl FrameSink {
@@ -314,6 +429,25 @@ impl FrameSink {
                 .send(frame)
                 .await
                 .map_err(|_| Ended("grpc request stream closed".into())),
+            FrameSink::Centrifugo(sink) => {
+                // Only sends have a counterpart; cursor acks and the rest
+                // are Natter's own.
+                let Some(client_frame::Frame::Send(send)) = frame.frame else {
+                    return Ok(());
+                };
+                let text = match send.content.and_then(|c| c.kind) {
+                    Some(natter_proto::v1::message_content::Kind::Text(text)) => text,
+                    _ => return Ok(()),
+                };
+                let command =
+                    centrifugo::publish(&send.client_message_id, &send.conversation_id, &text)
+                        .ok_or_else(|| Ended("a send centrifugo cannot number".into()))?;
+                sink.lock()
+                    .await
+                    .send(Message::Text(command.into()))
+                    .await
+                    .map_err(|e| Ended::ws(&e))
+            }
         }
     }
 
@@ -325,6 +459,10 @@ impl FrameSink {
                 let _ = tokio::time::timeout(within, sink.close()).await;
             }
             FrameSink::Grpc(tx) => drop(tx),
+            FrameSink::Centrifugo(sink) => {
+                let _ =
+                    tokio::time::timeout(within, async { sink.lock().await.close().await }).await;
+            }
         }
     }
 }
@@ -336,6 +474,7 @@ pub(crate) enum FrameStream {
     /// Boxed: far larger than the WebSocket half, and idle runs hold
     /// many of the latter.
     Grpc(Box<tonic::Streaming<ServerFrame>>),
+    Centrifugo(Box<CentrifugoStream>),
 }
 
 impl FrameStream {
@@ -348,22 +487,21 @@ impl FrameStream {
                         return ServerFrame::decode(bytes)
                             .map_err(|e| Ended(format!("undecodable frame: {e}")));
                     }
-                    Some(Ok(Message::Close(close))) => {
-                        return Err(Ended(close.map_or_else(
-                            || "close 1005".to_owned(),
-                            |c| {
-                                // The reason is "<ErrorInfo reason>: <message>";
-                                // the first part names the cause.
-                                let cause = c.reason.split(':').next().unwrap_or_default();
-                                format!("close {} {cause}", u16::from(c.code))
-                            },
-                        )));
-                    }
                     // Pings are answered by tungstenite; nothing else is
                     // expected on natter.v1.proto.
+                    Some(Ok(Message::Close(close))) => return Err(closed(close)),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(Ended::ws(&e)),
                     None => return Err(Ended("connection dropped".into())),
+                }
+            },
+            FrameStream::Centrifugo(stream) => loop {
+                if let Some(kind) = stream
+                    .next_incoming()
+                    .await?
+                    .and_then(centrifugo::server_frame)
+                {
+                    return Ok(ServerFrame { frame: Some(kind) });
                 }
             },
             FrameStream::Grpc(stream) => match stream.message().await {
@@ -371,6 +509,79 @@ impl FrameStream {
                 Ok(None) => Err(Ended("grpc stream ended".into())),
                 Err(status) => Err(Ended::grpc(&status)),
             },
+        }
+    }
+}
+
+fn closed(close: Option<tungstenite::protocol::CloseFrame>) -> Ended {
+    Ended(close.map_or_else(
+        || "close 1005".to_owned(),
+        |c| {
+            // Natter's reason is "<ErrorInfo reason>: <message>"; the first
+            // part names the cause.
+            let cause = c.reason.split(':').next().unwrap_or_default();
+            format!("close {} {cause}", u16::from(c.code))
+        },
+    ))
+}
+
+/// The reading half of a Centrifugo session: lines not yet handed out, and
+/// the sink to answer pings on.
+#[derive(Debug)]
+pub(crate) struct CentrifugoStream {
+    stream: SplitStream<WebSocketStream<TcpStream>>,
+    sink: Arc<Mutex<WsSink>>,
+    queue: VecDeque<Incoming>,
+}
+
+impl CentrifugoStream {
+    /// The next line from the server, pings answered on the way; `None`
+    /// for a frame that carried none.
+    async fn next_incoming(&mut self) -> Result<Option<Incoming>, Ended> {
+        loop {
+            match self.queue.pop_front() {
+                Some(Incoming::Ping) => {
+                    self.sink
+                        .lock()
+                        .await
+                        .send(Message::Text("{}".into()))
+                        .await
+                        .map_err(|e| Ended::ws(&e))?;
+                }
+                Some(Incoming::Disconnect { code, reason }) => {
+                    return Err(Ended(format!("centrifugo disconnect {code} {reason}")));
+                }
+                Some(other) => return Ok(Some(other)),
+                None => break,
+            }
+        }
+        match self.stream.next().await {
+            Some(Ok(Message::Text(text))) => {
+                centrifugo::decode(&text, &mut self.queue).map_err(Ended)?;
+                Ok(None)
+            }
+            Some(Ok(Message::Close(close))) => Err(closed(close)),
+            Some(Ok(_)) => Ok(None),
+            Some(Err(e)) => Err(Ended::ws(&e)),
+            None => Err(Ended("connection dropped".into())),
+        }
+    }
+
+    /// Waits for the answer to command `id`; an error answer ends the
+    /// opening.
+    async fn answer(&mut self, id: u32) -> Result<(), Ended> {
+        loop {
+            match self.next_incoming().await? {
+                Some(Incoming::Reply { id: got, error }) if got == id => {
+                    return match error {
+                        None => Ok(()),
+                        Some((code, message)) => {
+                            Err(Ended(format!("centrifugo error {code}: {message}")))
+                        }
+                    };
+                }
+                _ => continue,
+            }
         }
     }
 }

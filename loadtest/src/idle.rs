@@ -70,6 +70,17 @@ pub(crate) struct Memory {
 }
 
 impl IdleReport {
+    pub(crate) fn observed(&self) -> crate::slo::Observed {
+        crate::slo::Observed {
+            p50_ms: Some(self.open_latency.p50_ms),
+            p99_ms: Some(self.open_latency.p99_ms),
+            errors: Some(self.failed + self.dropped),
+            throughput: Some(self.opened_per_s),
+            time_s: Some(self.open_s),
+            ..crate::slo::Observed::default()
+        }
+    }
+
     pub(crate) fn table(&self) -> String {
         let mut t = Table::default();
         t.title(&format!(
@@ -278,7 +289,7 @@ async fn hold_one(
     let started = Instant::now();
     let opened = tokio::select! {
         _ = shared.stop.cancelled() => return,
-        opened = connector.open(i, hello) => opened,
+        opened = connector.open(i, hello, &[]) => opened,
     };
     let Session {
         sink, mut stream, ..

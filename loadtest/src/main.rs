@@ -6,19 +6,25 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+mod catchup;
+mod centrifugo;
 mod cli;
 mod clock;
 mod gateway;
 mod idle;
-mod pairs;
 mod plan;
 mod report;
 mod setup;
+mod slo;
 mod stats;
+mod storm;
 mod system;
+mod topology;
+mod traffic;
 
 use crate::cli::{Cli, Command};
 use crate::report::Report;
+use crate::slo::EXIT_SLO_MISSED;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,7 +38,13 @@ fn main() -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|runtime| runtime.block_on(run(cli.command)));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(missed) if missed.is_empty() => ExitCode::SUCCESS,
+        Ok(missed) => {
+            for objective in missed {
+                eprintln!("natter-load: objective missed: {objective}");
+            }
+            ExitCode::from(EXIT_SLO_MISSED)
+        }
         Err(e) => {
             eprintln!("natter-load: {e:#}");
             ExitCode::FAILURE
@@ -40,19 +52,34 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Pairs(args) => {
-            let json = args.output.json;
-            Report::Pairs(pairs::run(args).await?).print(json)
+/// Runs the scenario and prints its report; returns the objectives it
+/// missed.
+async fn run(command: Command) -> anyhow::Result<Vec<String>> {
+    let (report, json, slo) = match command {
+        Command::Traffic(args) => {
+            let (json, slo) = (args.output.json, args.slo.clone());
+            (
+                Report::Traffic(Box::new(traffic::run(args).await?)),
+                json,
+                slo,
+            )
         }
         Command::Idle(args) => {
-            let json = args.output.json;
-            let report = idle::run(args).await?;
-            let opened = report.opened;
-            Report::Idle(report).print(json)?;
-            anyhow::ensure!(opened > 0, "no session opened");
-            Ok(())
+            let (json, slo) = (args.output.json, args.slo.clone());
+            (Report::Idle(idle::run(args).await?), json, slo)
         }
+        Command::ReconnectStorm(args) => {
+            let (json, slo) = (args.output.json, args.slo.clone());
+            (Report::ReconnectStorm(storm::run(args).await?), json, slo)
+        }
+        Command::CatchUp(args) => {
+            let (json, slo) = (args.output.json, args.slo.clone());
+            (Report::CatchUp(catchup::run(args).await?), json, slo)
+        }
+    };
+    report.print(json)?;
+    if let Report::Idle(idle) = &report {
+        anyhow::ensure!(idle.opened > 0, "no session opened");
     }
+    Ok(slo.check(&report.observed()))
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::TargetArgs;
 use crate::gateway::Gateway;
+use crate::slo::Observed;
 use crate::stats::Summary;
 
 /// What every report starts with.
@@ -36,8 +37,10 @@ pub(crate) struct Run {
 #[derive(Debug, Serialize)]
 #[serde(tag = "scenario", rename_all = "snake_case")]
 pub(crate) enum Report {
-    Pairs(crate::pairs::PairsReport),
+    Traffic(Box<crate::traffic::TrafficReport>),
     Idle(crate::idle::IdleReport),
+    ReconnectStorm(crate::storm::StormReport),
+    CatchUp(crate::catchup::CatchUpReport),
 }
 
 impl Run {
@@ -58,6 +61,16 @@ impl Run {
 }
 
 impl Report {
+    /// The figures objectives are checked against.
+    pub(crate) fn observed(&self) -> Observed {
+        match self {
+            Report::Traffic(report) => report.observed(),
+            Report::Idle(report) => report.observed(),
+            Report::ReconnectStorm(report) => report.observed(),
+            Report::CatchUp(report) => report.observed(),
+        }
+    }
+
     pub(crate) fn print(&self, json: bool) -> anyhow::Result<()> {
         let text = if json {
             let mut text = serde_json::to_string_pretty(self)?;
@@ -65,8 +78,10 @@ impl Report {
             text
         } else {
             match self {
-                Report::Pairs(report) => report.table(),
+                Report::Traffic(report) => report.table(),
                 Report::Idle(report) => report.table(),
+                Report::ReconnectStorm(report) => report.table(),
+                Report::CatchUp(report) => report.table(),
             }
         };
         let mut stdout = std::io::stdout().lock();

@@ -9,7 +9,8 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use natter_auth::{Identity, Signer, Verifier};
 use natter_core::{Role, TenantId, UserId};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
-use natter_proto::v1::{CreateConversationRequest, NewMember};
+use natter_proto::v1::{AddMembersRequest, CreateConversationRequest, NewMember};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 /// Conversations being created at once.
@@ -57,19 +58,17 @@ impl Minter {
     }
 }
 
-/// A conversation of one customer and one agent.
-#[derive(Debug, Clone)]
-pub(crate) struct Pair {
-    pub(crate) customer: String,
-    pub(crate) agent: String,
-}
+/// Members a create or add request carries at most (Natter's default
+/// `limits.max_members_per_request`).
+const MEMBERS_PER_REQUEST: usize = 1000;
 
-/// Creates one conversation per pair through `ConversationService` at
-/// `storage` with a service-role token; returns their ids in pair order.
+/// Creates one conversation per member list through `ConversationService`
+/// at `storage` with a service-role token (members beyond the first
+/// thousand added in batches); returns their ids in order.
 pub(crate) async fn create_conversations(
     storage: &str,
     minter: &Minter,
-    pairs: &[Pair],
+    conversations: &[Vec<(String, Role)>],
 ) -> anyhow::Result<Vec<String>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{storage}"))
         .with_context(|| format!("--storage {storage:?} must be host:port"))?
@@ -79,13 +78,13 @@ pub(crate) async fn create_conversations(
         .await
         .with_context(|| format!("cannot connect to the storage service at {storage}"))?;
     let bearer = format!("Bearer {}", minter.token("natter-load", Role::Service)?);
-    let bearer: tonic::metadata::MetadataValue<_> = bearer
+    let bearer: MetadataValue<Ascii> = bearer
         .parse()
         .context("a token is not a valid header value")?;
-    futures::stream::iter(pairs.iter().enumerate())
-        .map(|(i, pair)| {
+    futures::stream::iter(conversations.iter().enumerate())
+        .map(|(i, members)| {
             let client = ConversationServiceClient::new(channel.clone());
-            create(client, bearer.clone(), i, pair)
+            create(client, bearer.clone(), i, members)
         })
         .buffered(CREATE_CONCURRENCY)
         .try_collect()
@@ -94,36 +93,54 @@ pub(crate) async fn create_conversations(
 
 async fn create(
     mut client: ConversationServiceClient<Channel>,
-    bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    bearer: MetadataValue<Ascii>,
     i: usize,
-    pair: &Pair,
+    members: &[(String, Role)],
 ) -> anyhow::Result<String> {
-    let member = |user: &str, role: Role| NewMember {
-        user_id: user.to_owned(),
-        role: natter_proto::v1::Role::from(role).into(),
+    let failed = |what: &str, status: tonic::Status| {
+        anyhow::anyhow!(
+            "{what} for conversation {i} failed: {:?}: {}",
+            status.code(),
+            status.message()
+        )
     };
+    let mut batches = members.chunks(MEMBERS_PER_REQUEST).map(|batch| {
+        batch
+            .iter()
+            .map(|(user, role)| NewMember {
+                user_id: user.clone(),
+                role: natter_proto::v1::Role::from(*role).into(),
+            })
+            .collect::<Vec<_>>()
+    });
     let mut request = tonic::Request::new(CreateConversationRequest {
         conversation_id: String::new(),
-        subject: format!("natter-load pair {i}"),
-        members: vec![
-            member(&pair.customer, Role::Customer),
-            member(&pair.agent, Role::Agent),
-        ],
+        subject: format!("natter-load conversation {i}"),
+        members: batches.next().unwrap_or_default(),
     });
-    request.metadata_mut().insert("authorization", bearer);
-    let response = client
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    let id = client
         .create_conversation(request)
         .await
-        .map_err(|status| {
-            anyhow::anyhow!(
-                "CreateConversation for pair {i} failed: {:?}: {}",
-                status.code(),
-                status.message()
-            )
-        })?;
-    response
+        .map_err(|status| failed("CreateConversation", status))?
         .into_inner()
         .conversation
         .map(|c| c.conversation_id)
-        .with_context(|| format!("CreateConversation for pair {i} returned no conversation"))
+        .with_context(|| format!("CreateConversation for conversation {i} returned none"))?;
+    for members in batches {
+        let mut request = tonic::Request::new(AddMembersRequest {
+            conversation_id: id.clone(),
+            members,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        client
+            .add_members(request)
+            .await
+            .map_err(|status| failed("AddMembers", status))?;
+    }
+    Ok(id)
 }

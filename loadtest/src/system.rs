@@ -11,14 +11,22 @@ use serde::Serialize;
 /// stdio, the storage channel.
 const SPARE_FDS: u64 = 64;
 
-/// Raises this process's soft limit on open files to its hard limit and
+/// Raises this process's soft limit on open files to its hard limit (and
+/// the hard limit too, when it is short and the process may: as root) and
 /// checks that `connections` fit; returns the limit.
 pub(crate) fn raise_fd_limit(connections: u64) -> anyhow::Result<u64> {
+    let needed = connections + SPARE_FDS;
+    let (_, hard) = rlimit::Resource::NOFILE
+        .get()
+        .context("cannot read the open-files limit")?;
+    if hard < needed {
+        // Refused without the privilege; the check below then says so.
+        let _ = rlimit::Resource::NOFILE.set(needed, needed);
+    }
     let (_, hard) = rlimit::Resource::NOFILE
         .get()
         .context("cannot read the open-files limit")?;
     let limit = rlimit::increase_nofile_limit(hard).context("cannot raise the open-files limit")?;
-    let needed = connections + SPARE_FDS;
     anyhow::ensure!(
         needed <= limit,
         "{connections} connections need about {needed} file descriptors, and this process may \
