@@ -195,6 +195,15 @@ pub(crate) struct IdleArgs {
     /// How long to hold the sessions open once they are all opened.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) hold: Duration,
+    /// Counts of open sessions at which to pause opening, let the server
+    /// settle (--settle) and read its resident memory, e.g.
+    /// 10000,50000 (with --server-pid); the full count is read after
+    /// opening too.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub(crate) checkpoints: Vec<u64>,
+    /// How long to wait at each checkpoint before reading the memory.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub(crate) settle: Duration,
     #[command(flatten)]
     pub(crate) slo: Slo,
     #[command(flatten)]

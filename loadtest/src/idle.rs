@@ -55,6 +55,18 @@ pub(crate) struct IdleReport {
     pub(crate) server: Option<Memory>,
     /// The load generator's own resident memory.
     pub(crate) client: Option<Memory>,
+    /// The server's memory at each --checkpoints count, with --server-pid.
+    pub(crate) checkpoints: Vec<Checkpoint>,
+}
+
+/// The server's resident memory once `open` sessions were open and had
+/// settled.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Checkpoint {
+    pub(crate) open: u64,
+    pub(crate) rss_bytes: u64,
+    /// (rss − before) / open.
+    pub(crate) per_connection_bytes: f64,
 }
 
 /// Resident memory before connecting and at the end of the hold.
@@ -111,6 +123,16 @@ impl IdleReport {
             t.row(
                 "  per connection",
                 format!("{:.0} bytes", m.per_connection_bytes),
+            );
+        }
+        for c in &self.checkpoints {
+            t.row(
+                &format!("server at {} open", c.open),
+                format!(
+                    "{} resident, {:.0} bytes per connection",
+                    mib(c.rss_bytes),
+                    c.per_connection_bytes
+                ),
             );
         }
         t.latency("open: connect → welcome", &self.open_latency);
@@ -194,7 +216,25 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
     let pacer = Pacer::new(args.target.connect_rate)?;
     let started = Instant::now();
     let mut sessions = JoinSet::new();
+    let mut checkpoints = Vec::new();
+    let mut next_checkpoints = args
+        .checkpoints
+        .iter()
+        .copied()
+        .filter(|&c| c < connections);
+    let mut next_checkpoint = next_checkpoints.next();
     for i in 0..connections {
+        if next_checkpoint == Some(i) {
+            next_checkpoint = next_checkpoints.next();
+            // Every opening so far has finished once all permits are back.
+            drop(opening.acquire_many(u32::try_from(concurrency)?).await?);
+            if let (Some(pid), Some(before)) = (&server_pid, server_before) {
+                tokio::time::sleep(args.settle).await;
+                if let Ok(rss) = rss_bytes(pid) {
+                    checkpoints.push(checkpoint(shared.open.load(Relaxed), before, rss));
+                }
+            }
+        }
         pacer.wait(i).await;
         let permit = opening.clone().acquire_owned().await?;
         let hello = Hello {
@@ -214,6 +254,14 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
     // Every opening has finished once all permits are back.
     drop(opening.acquire_many(u32::try_from(concurrency)?).await?);
     let open_s = started.elapsed().as_secs_f64();
+    if let (Some(pid), Some(before)) = (&server_pid, server_before)
+        && !args.checkpoints.is_empty()
+    {
+        tokio::time::sleep(args.settle).await;
+        if let Ok(rss) = rss_bytes(pid) {
+            checkpoints.push(checkpoint(shared.open.load(Relaxed), before, rss));
+        }
+    }
 
     report::note(
         quiet,
@@ -274,7 +322,20 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
         held,
         server: server.map(|s| s.memory(held)),
         client: client.map(|s| s.memory(held)),
+        checkpoints,
     })
+}
+
+fn checkpoint(open: u64, before: u64, rss: u64) -> Checkpoint {
+    Checkpoint {
+        open,
+        rss_bytes: rss,
+        per_connection_bytes: if open > 0 {
+            (rss as f64 - before as f64) / open as f64
+        } else {
+            0.0
+        },
+    }
 }
 
 /// Opens session `i`, then holds it until the run stops or the server

@@ -54,6 +54,14 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// The longest a ticker sleeps before looking at the stop signal.
 const TICKER_SLEEP_MAX: Duration = Duration::from_millis(50);
 
+/// Before the first message, devices read what the set-up left for them
+/// (membership updates fanned out to every member's log) until nothing has
+/// come for this long, so a run does not start behind the server's
+/// backlog ...
+const SETTLE_QUIET: Duration = Duration::from_secs(1);
+/// ... for at most this long.
+const SETTLE_MAX: Duration = Duration::from_secs(300);
+
 /// Reconnect backoff: first wait, and the most it doubles to.
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
@@ -111,6 +119,8 @@ pub(crate) struct TrafficReport {
     /// Due time to the moment the load generator wrote the message: its
     /// own lateness, included in the latencies above.
     pub(crate) send_lag: Summary,
+    /// How long the set-up's updates took to settle before the run.
+    pub(crate) settle_s: f64,
     /// How long the drain took.
     pub(crate) drain_s: f64,
     /// Sessions that ended before the run did.
@@ -187,6 +197,7 @@ impl TrafficReport {
         for (reason, count) in &self.error_reasons {
             t.row(&format!("error {reason}"), count);
         }
+        t.row("settle before the run", format!("{:.2} s", self.settle_s));
         t.row("drain", format!("{:.2} s", self.drain_s));
         for (who, usage) in [("server", &self.server), ("load generator", &self.client)] {
             if let Some(u) = usage {
@@ -344,6 +355,10 @@ pub(crate) async fn run(args: TrafficArgs) -> anyhow::Result<TrafficReport> {
     let watch = reads_by_watching(args.topology, centrifugo);
     report::note(quiet, &format!("connecting {devices} devices"));
     let sessions = connect(&connector, &minter, &all, watch, &args).await?;
+    report::note(quiet, "waiting for the set-up's updates to settle");
+    let settling = tokio::time::Instant::now();
+    let sessions = settle(sessions).await;
+    let settle = settling.elapsed();
 
     let shared = Arc::new(Shared {
         plan,
@@ -406,8 +421,36 @@ pub(crate) async fn run(args: TrafficArgs) -> anyhow::Result<TrafficReport> {
     Ok(TrafficReport {
         server,
         client,
+        settle_s: settle.as_secs_f64(),
         ..tally(&shared, &args, run, &outcomes, drain)
     })
+}
+
+/// Reads every session's frames until none has come for [`SETTLE_QUIET`]
+/// (at most [`SETTLE_MAX`]), keeping the cursor of the updates read, so the
+/// run starts on a server that has finished fanning out the set-up. A
+/// session that ends meanwhile is handed on as it is: its reader reopens
+/// it.
+async fn settle(sessions: Vec<Session>) -> Vec<Session> {
+    let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+    futures::stream::iter(sessions)
+        .map(|mut session| async move {
+            // Ends on quiet, on the deadline, or when the session ends.
+            while let Ok(Ok(frame)) = tokio::time::timeout(
+                SETTLE_QUIET.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+                session.stream.next(),
+            )
+            .await
+            {
+                if let Some(ServerKind::Update(update)) = frame.frame {
+                    session.welcome.cursor = session.welcome.cursor.max(update.cursor);
+                }
+            }
+            session
+        })
+        .buffered(usize::MAX)
+        .collect()
+        .await
 }
 
 /// Opens every device at the connect rate; all must open.
@@ -1044,6 +1087,7 @@ fn tally(
         deliver_latency: latencies.deliver.summary(),
         ack_latency: latencies.ack.summary(),
         send_lag: latencies.lag.summary(),
+        settle_s: 0.0,
         drain_s: drain.as_secs_f64(),
         disconnects: c.disconnects.load(Relaxed),
         disconnect_reasons: shared.disconnects.counts(),
