@@ -54,13 +54,17 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// The longest a ticker sleeps before looking at the stop signal.
 const TICKER_SLEEP_MAX: Duration = Duration::from_millis(50);
 
-/// Before the first message, devices read what the set-up left for them
-/// (membership updates fanned out to every member's log) until nothing has
-/// come for this long, so a run does not start behind the server's
-/// backlog ...
-const SETTLE_QUIET: Duration = Duration::from_secs(1);
-/// ... for at most this long.
+/// Before the first message, each conversation's first member sends a
+/// probe and every member's device waits for it: it queues behind whatever
+/// the set-up left the server to do (membership updates fanned out to every
+/// member's log), so the run starts on a server that has finished, instead
+/// of measuring the set-up's backlog. At most this long.
 const SETTLE_MAX: Duration = Duration::from_secs(300);
+
+/// The probe's text and `client_message_id` (a number, so Centrifugo's
+/// command ids can carry it, and far above any run's message numbers).
+const PROBE_TEXT: &str = "natter-load-probe";
+const PROBE_ID: &str = "4000000000";
 
 /// Reconnect backoff: first wait, and the most it doubles to.
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
@@ -119,7 +123,8 @@ pub(crate) struct TrafficReport {
     /// Due time to the moment the load generator wrote the message: its
     /// own lateness, included in the latencies above.
     pub(crate) send_lag: Summary,
-    /// How long the set-up's updates took to settle before the run.
+    /// How long the probes took to reach every device before the run (the
+    /// set-up's backlog).
     pub(crate) settle_s: f64,
     /// How long the drain took.
     pub(crate) drain_s: f64,
@@ -355,9 +360,12 @@ pub(crate) async fn run(args: TrafficArgs) -> anyhow::Result<TrafficReport> {
     let watch = reads_by_watching(args.topology, centrifugo);
     report::note(quiet, &format!("connecting {devices} devices"));
     let sessions = connect(&connector, &minter, &all, watch, &args).await?;
-    report::note(quiet, "waiting for the set-up's updates to settle");
+    report::note(
+        quiet,
+        "waiting for a probe per conversation to reach every device",
+    );
     let settling = tokio::time::Instant::now();
-    let sessions = settle(sessions).await;
+    let sessions = settle(&all, sessions).await;
     let settle = settling.elapsed();
 
     let shared = Arc::new(Shared {
@@ -426,31 +434,61 @@ pub(crate) async fn run(args: TrafficArgs) -> anyhow::Result<TrafficReport> {
     })
 }
 
-/// Reads every session's frames until none has come for [`SETTLE_QUIET`]
-/// (at most [`SETTLE_MAX`]), keeping the cursor of the updates read, so the
-/// run starts on a server that has finished fanning out the set-up. A
-/// session that ends meanwhile is handed on as it is: its reader reopens
-/// it.
-async fn settle(sessions: Vec<Session>) -> Vec<Session> {
+/// Sends each conversation's probe and reads every session until it has
+/// the probe (or, for the sender, its `send_ack`), keeping the cursor of
+/// the updates read; at most [`SETTLE_MAX`]. A session that ends meanwhile
+/// is handed on as it is: its reader reopens it.
+async fn settle(devices: &[Device], sessions: Vec<Session>) -> Vec<Session> {
     let deadline = tokio::time::Instant::now() + SETTLE_MAX;
-    futures::stream::iter(sessions)
-        .map(|mut session| async move {
-            // Ends on quiet, on the deadline, or when the session ends.
-            while let Ok(Ok(frame)) = tokio::time::timeout(
-                SETTLE_QUIET.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-                session.stream.next(),
-            )
-            .await
-            {
-                if let Some(ServerKind::Update(update)) = frame.frame {
-                    session.welcome.cursor = session.welcome.cursor.max(update.cursor);
+    futures::stream::iter(devices.iter().zip(sessions))
+        .map(|(device, mut session)| async move {
+            let settling = async {
+                if device.member == 0 {
+                    let probe = v1::Send {
+                        conversation_id: device.conversation_id.clone(),
+                        client_message_id: PROBE_ID.into(),
+                        content: Some(MessageContent {
+                            kind: Some(message_content::Kind::Text(PROBE_TEXT.into())),
+                        }),
+                    };
+                    session
+                        .sink
+                        .send(frame(client_frame::Frame::Send(probe)))
+                        .await?;
                 }
-            }
+                loop {
+                    let message = match session.stream.next().await?.frame {
+                        Some(ServerKind::SendAck(ack)) if ack.client_message_id == PROBE_ID => {
+                            return Ok(());
+                        }
+                        Some(ServerKind::Update(update)) => {
+                            session.welcome.cursor = session.welcome.cursor.max(update.cursor);
+                            match update.event.and_then(|e| e.kind) {
+                                Some(event::Kind::Message(message)) => message,
+                                _ => continue,
+                            }
+                        }
+                        Some(ServerKind::Message(message)) => message,
+                        _ => continue,
+                    };
+                    if device.member != 0 && is_probe(&message) {
+                        return Ok::<(), Ended>(());
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, settling).await;
             session
         })
         .buffered(usize::MAX)
         .collect()
         .await
+}
+
+fn is_probe(message: &v1::Message) -> bool {
+    matches!(
+        message.content.as_ref().and_then(|c| c.kind.as_ref()),
+        Some(message_content::Kind::Text(text)) if text == PROBE_TEXT
+    )
 }
 
 /// Opens every device at the connect rate; all must open.
@@ -871,6 +909,10 @@ fn own_number(device: &Device, client_message_id: &str) -> Option<(u64, u64)> {
 /// Counts a message arriving at `device`: its latency from its due time,
 /// unless the device sent it itself.
 fn deliver(shared: &Shared, device: &Device, delivered: &mut Marks, message: v1::Message) {
+    if is_probe(&message) {
+        // Again, after a reconnect that re-watched from the start.
+        return;
+    }
     let Some(message_content::Kind::Text(text)) = message.content.and_then(|c| c.kind) else {
         return;
     };
