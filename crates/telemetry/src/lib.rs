@@ -7,9 +7,19 @@ use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
+
+/// The target of spans that last as long as a connection or a process,
+/// such as a device session (`#[tracing::instrument(target =
+/// "natter::scope", ...)]`). They label the log lines inside them but are
+/// not bridged to OpenTelemetry: a trace should be one request, not hours
+/// of a connection, and a bridged span's state would cost every idle
+/// connection about 1.3 KiB.
+pub const SCOPE_TARGET: &str = "natter::scope";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,7 +42,9 @@ pub fn init(service: &'static str, format: LogFormat, default_filter: &str) {
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(filter_fn(|meta| meta.target() != SCOPE_TARGET));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     // `try_init` fails only when a subscriber is already set.
     let _ = match format {

@@ -107,7 +107,7 @@ fn now() -> Timestamp {
 ///
 /// `fallback_token` is the transport's token (gRPC metadata, WebSocket
 /// query or header), used when `hello.token` is empty.
-#[tracing::instrument(name = "session", skip_all, fields(transport = transport, tenant = Empty, user = Empty, device = Empty))]
+#[tracing::instrument(target = "natter::scope", name = "session", skip_all, fields(transport = transport, tenant = Empty, user = Empty, device = Empty))]
 pub(crate) async fn run<S>(
     shared: Arc<Shared>,
     transport: &'static str,
@@ -195,11 +195,13 @@ async fn next_page(fetch: &mut Option<Fetch>) -> Result<UpdatesPage, Stop> {
 }
 
 /// The next event of the session's watches; never resolves without any.
-async fn next_watch_event(watches: &mut Option<Box<Watches>>) -> watches::Event {
-    match watches {
-        Some(watches) => watches.next().await,
-        None => std::future::pending().await,
-    }
+fn next_watch_event(
+    watches: &mut Option<Box<Watches>>,
+) -> impl Future<Output = watches::Event> + '_ {
+    std::future::poll_fn(move |cx| match watches {
+        Some(watches) => watches.poll_next(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// Requests in flight, answered in the order they were made. Allocated

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use natter_auth::Identity;
@@ -164,19 +165,26 @@ impl Watches {
         }
     }
 
-    /// The next answer to a fetch or live message; never resolves while
-    /// nothing is watched.
-    pub(crate) async fn next(&mut self) -> Event {
-        tokio::select! {
-            biased;
-            (conversation, generation, fetched) = fetched(&mut self.fetch) => {
-                Event::Fetched(conversation, generation, fetched)
-            }
-            (conversation, incoming) = live(&mut self.live) => Event::Live(conversation, incoming),
+    /// The next answer to a fetch or live message; pending while nothing
+    /// is watched. A poll function rather than an `async fn`, so waiting
+    /// on it adds nothing to the size of every session's task.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Some(pending) = self.fetch.as_mut()
+            && let Poll::Ready(fetched) = pending.future.as_mut().poll(cx)
+        {
+            let answered = Event::Fetched(pending.conversation, pending.generation, fetched);
+            self.fetch = None;
+            return Poll::Ready(answered);
         }
+        if !self.live.is_empty()
+            && let Poll::Ready(Some((conversation, incoming))) = self.live.poll_next_unpin(cx)
+        {
+            return Poll::Ready(Event::Live(conversation, incoming));
+        }
+        Poll::Pending
     }
 
-    /// Handles what [`Self::next`] returned: the frames to send.
+    /// Handles what [`Self::poll_next`] returned: the frames to send.
     pub(crate) fn on_event(&mut self, event: Event) -> Frames {
         let frames = match event {
             Event::Fetched(conversation, generation, fetched) => {
@@ -287,29 +295,6 @@ impl Watches {
             }));
         }
         Ok(frames)
-    }
-}
-
-/// The answer to the fetch in flight; never resolves without one.
-async fn fetched(pending: &mut Option<Pending>) -> (ConversationId, u64, Result<Fetched, Stop>) {
-    let Some(in_flight) = pending.as_mut() else {
-        return std::future::pending().await;
-    };
-    let fetched = (&mut in_flight.future).await;
-    let answered = (in_flight.conversation, in_flight.generation, fetched);
-    *pending = None;
-    answered
-}
-
-/// The next live message of any watched conversation; never resolves
-/// while nothing is subscribed.
-async fn live(rooms: &mut StreamMap<ConversationId, Subscription>) -> (ConversationId, Incoming) {
-    if rooms.is_empty() {
-        return std::future::pending().await;
-    }
-    match rooms.next().await {
-        Some(next) => next,
-        None => std::future::pending().await,
     }
 }
 

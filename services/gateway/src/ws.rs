@@ -66,10 +66,11 @@ pub const JSON_PROTOCOL: &str = "natter.v1.json";
 pub const PROTO_PROTOCOL: &str = "natter.v1.proto";
 
 /// Bytes read from the socket at a time, allocated for every connection.
-/// Typical client frames (a hello with its token, a short send) fit in one
-/// read; larger ones take several. tungstenite keeps a buffer grown for a
-/// large frame, and its write buffer grows to the largest frame sent.
-pub(crate) const READ_BUFFER_BYTES: usize = 1024;
+/// Typical client frames (a hello with its token, a short send, an ack)
+/// fit in one read; larger ones take several. tungstenite keeps a buffer
+/// grown for a large frame, and its write buffer grows to the largest
+/// frame sent.
+pub(crate) const READ_BUFFER_BYTES: usize = 512;
 
 /// Bytes one connection may have waiting to be written before its writes
 /// fail; far above the largest frame.

@@ -62,7 +62,7 @@ impl std::fmt::Debug for Deps {
 /// bus responders and the gRPC API. The streams must exist
 /// ([`natter_contract::ensure_streams`]). Returns once the gRPC server has
 /// drained and the consumer has settled what it was handling.
-#[tracing::instrument(name = "sync", skip_all, fields(instance = %deps.instance))]
+#[tracing::instrument(target = "natter::scope", name = "sync", skip_all, fields(instance = %deps.instance))]
 pub async fn run(
     settings: &Settings,
     deps: Deps,
