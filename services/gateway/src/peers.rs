@@ -72,6 +72,22 @@ pub(crate) fn too_many_watches(max: usize) -> Status {
     )
 }
 
+/// The domain values of a page a peer sent; one that cannot be read ends
+/// the session, since skipping it would leave a gap.
+pub(crate) fn readable<W, T>(page: Vec<W>, what: &str) -> Result<Vec<T>, Stop>
+where
+    T: TryFrom<W>,
+    T::Error: std::fmt::Display,
+{
+    page.into_iter()
+        .map(T::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            tracing::error!(error = %e, "a peer sent {what} that cannot be read");
+            Stop::Fail(unreadable(format!("{what} could not be read; reconnect")))
+        })
+}
+
 pub(crate) fn actor(identity: &Identity) -> Actor {
     Actor {
         tenant_id: identity.tenant.to_string(),

@@ -432,15 +432,7 @@ impl Session {
             self.handoff = handoff;
             return self.steps(vec![first]);
         }
-        let updates = page
-            .updates
-            .into_iter()
-            .map(Update::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                tracing::error!(error = %e, "sync sent an unreadable update");
-                Stop::Fail(peers::unreadable("an update could not be read; reconnect"))
-            })?;
+        let updates = peers::readable(page.updates, "an update")?;
         let steps = self.handoff.on_page(updates, page.complete);
         self.steps(steps)
     }

@@ -228,15 +228,7 @@ impl Watches {
             room.subscribed = true;
             self.live.insert(conversation, subscription);
         }
-        let messages = page
-            .messages
-            .into_iter()
-            .map(Message::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                tracing::error!(error = %e, "storage sent an unreadable message");
-                Stop::Fail(peers::unreadable("a message could not be read; reconnect"))
-            })?;
+        let messages = peers::readable(page.messages, "a message")?;
         let steps = room.handoff.on_page(messages, page.complete);
         self.steps(conversation, steps)
     }
