@@ -36,45 +36,9 @@ heap=${NATTER_CASSANDRA_HEAP:-1g}
 timeout_s=${NATTER_CASSANDRA_TIMEOUT:-180}
 datacenter=datacenter1 # what SimpleSnitch reports; see cassandra/cassandra.yaml
 
-log() { printf 'cassandra: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# --- helpers (kept local to this script so it can be used on its own) ---
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Prefer the conventional port; else a random free one below the kernel's
-# ephemeral range (32768+) so it cannot clash with outgoing connections.
-pick_port() {
-  local preferred=$1 p i
-  if ! port_in_use "$preferred"; then echo "$preferred"; return; fi
-  for i in $(seq 1 100); do
-    p=$((20000 + RANDOM % 12000))
-    if ! port_in_use "$p"; then echo "$p"; return; fi
-  done
-  die "no free port found (tried $i)"
-}
-
-# Only trust a pid whose command line mentions our state dir: pid files can
-# outlive the process and the number may now belong to something else.
-our_pid() {
-  local pid
-  [[ -f $state_dir/pid ]] || return 1
-  pid=$(<"$state_dir/pid")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$state_dir/" || return 1
-  echo "$pid"
-}
-
-apt_install() {
-  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
-    die "need root and apt-get to install $*"
-  fi
-  # apt-get install needs fresh lists on a new machine.
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
-}
+name=cassandra
+# shellcheck source=common.sh
+source "$here/common.sh"
 
 java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
 
@@ -95,7 +59,7 @@ find_java() {
     if [[ $m == 17 || $m == 11 ]]; then echo "$j"; return; fi
   done
   log "installing openjdk-17-jre-headless"
-  apt_install openjdk-17-jre-headless
+  apt_install openjdk-17-jre-headless || die "cannot install openjdk-17-jre-headless (needs root and apt-get)"
   for j in /usr/lib/jvm/java-17-openjdk-*/bin/java; do
     [[ -x $j ]] && { echo "$j"; return; }
   done
@@ -110,7 +74,7 @@ is_complete() { [[ -f $cache_dir/cassandra-$1/.complete ]]; }
 # version that Maven actually picked. Prints that version.
 download() {
   local spec=$1 tmp got
-  command -v mvn >/dev/null || { log "installing maven"; apt_install maven; }
+  command -v mvn >/dev/null || { log "installing maven"; apt_install maven || die "cannot install maven (needs root and apt-get)"; }
   mkdir -p "$cache_dir"
   tmp=$(mktemp -d "$cache_dir/.cassandra-download.XXXXXX")
   log "downloading cassandra-all $spec and dependencies from Maven Central"
@@ -221,51 +185,19 @@ cmd_start() {
   echo $! >"$state_dir/pid"
 }
 
-cmd_wait() {
-  local pid port deadline version
-  [[ -f $state_dir/cql_port ]] || die "not started"
+# The CQL port opens as the last startup step; the probe then proves that
+# queries really work.
+cql_ready() {
+  local port version
   port=$(<"$state_dir/cql_port")
-  deadline=$((SECONDS + timeout_s))
-  while :; do
-    if ! pid=$(our_pid); then
-      log "Cassandra exited during startup; last log lines:"
-      tail -n 60 "$log_file" >&2 || true
-      exit 1
-    fi
-    # The CQL port opens as the last startup step; the probe then proves
-    # that queries really work.
-    if port_in_use "$port" && version=$(cql_probe "$port") && [[ -n $version ]]; then
-      log "ready: Cassandra $version answers CQL on 127.0.0.1:$port" \
-        "(pid $pid, $(($(date +%s) - $(<"$state_dir/started_at")))s after start)"
-      return 0
-    fi
-    if ((SECONDS >= deadline)); then
-      log "CQL not ready after ${timeout_s}s; last log lines:"
-      tail -n 60 "$log_file" >&2 || true
-      exit 1
-    fi
-    sleep 1
-  done
+  port_in_use "$port" && version=$(cql_probe "$port") && [[ -n $version ]] \
+    && log "ready: Cassandra $version answers CQL on 127.0.0.1:$port" \
+      "(pid $1, $(($(date +%s) - $(<"$state_dir/started_at")))s after start)"
 }
 
-cmd_stop() {
-  local pid i
-  if pid=$(our_pid); then
-    # SIGTERM runs Cassandra's drain hook; test data needs no drain, so do
-    # not wait long before SIGKILL.
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 60); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.5
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid ignored SIGTERM for 30s; killing"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    log "stopped (pid $pid)"
-  fi
-  # The log stays under logs/ for inspection; the data is disposable.
-  rm -rf "$state_dir"
+cmd_wait() {
+  [[ -f $state_dir/cql_port ]] || die "not started"
+  wait_ready "$timeout_s" 1 cql_ready
 }
 
 cmd_env() {
@@ -284,9 +216,10 @@ case ${1:-} in
   start) cmd_start ;;
   wait) cmd_wait ;;
   up) cmd_start && cmd_wait ;;
-  stop) cmd_stop ;;
+  # SIGTERM runs Cassandra's drain hook; test data needs no drain.
+  stop) stop_server 30 ;;
   status) our_pid >/dev/null ;;
   env) cmd_env ;;
   probe) cmd_probe ;;
-  *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+  *) usage ;;
 esac

@@ -30,25 +30,9 @@ min_version=${NATTER_NATS_MIN_VERSION:-2.9.0}
 go_version=${NATTER_NATS_GO_VERSION:-v2.15.2}
 timeout_s=${NATTER_NATS_TIMEOUT:-30}
 
-log() { printf 'nats: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# --- helpers (kept local to this script so it can be used on its own) ---
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Prefer the conventional port so developers can use fixed URLs; fall back to
-# a random free one below the kernel's ephemeral range (32768+) to avoid
-# colliding with outgoing connections.
-pick_port() {
-  local preferred=$1 p i
-  if ! port_in_use "$preferred"; then echo "$preferred"; return; fi
-  for i in $(seq 1 100); do
-    p=$((20000 + RANDOM % 12000))
-    if ! port_in_use "$p"; then echo "$p"; return; fi
-  done
-  die "no free port found (tried $i)"
-}
+name=nats
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # version_ge A B: true if dotted version A >= B.
 version_ge() { [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" == "$2" ]]; }
@@ -60,25 +44,6 @@ usable() {
   [[ -x $bin ]] || return 1
   v=$(server_version "$bin")
   [[ -n $v ]] && version_ge "$v" "$min_version"
-}
-
-# Only trust a pid whose command line mentions our state dir: pid files can
-# outlive a reboot and the number may now belong to something else.
-our_pid() {
-  local pid
-  [[ -f $state_dir/pid ]] || return 1
-  pid=$(<"$state_dir/pid")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$state_dir/" || return 1
-  echo "$pid"
-}
-
-apt_install() {
-  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then return 1; fi
-  # apt-get install needs fresh lists on a new machine.
-  apt-get update -qq >&2 || return 1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
 }
 
 # --- commands ---
@@ -151,50 +116,20 @@ EOF
   echo $! >"$state_dir/pid"
 }
 
-cmd_wait() {
-  local pid mport deadline
-  [[ -f $state_dir/monitor_port ]] || die "not started"
+# Healthy once listening with JetStream on: /healthz is 200; older servers
+# ignore js-enabled-only, so /jsz must also not report JetStream disabled.
+nats_ready() {
+  local mport
   mport=$(<"$state_dir/monitor_port")
-  deadline=$((SECONDS + timeout_s))
-  while :; do
-    if ! pid=$(our_pid); then
-      log "server exited during startup; last log lines:"
-      tail -n 40 "$log_file" >&2 || true
-      exit 1
-    fi
-    # /healthz is 200 once listening; older servers ignore js-enabled-only,
-    # so also require /jsz to not report JetStream as disabled.
-    if curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$mport/healthz?js-enabled-only=true" 2>/dev/null \
-      && curl -fsS --max-time 2 "http://127.0.0.1:$mport/jsz" 2>/dev/null | grep -q '"config"' \
-      && ! curl -fsS --max-time 2 "http://127.0.0.1:$mport/jsz" 2>/dev/null | grep -q '"disabled": *true'; then
-      log "ready on 127.0.0.1:$(<"$state_dir/port") (pid $pid)"
-      return 0
-    fi
-    if ((SECONDS >= deadline)); then
-      log "not ready after ${timeout_s}s; last log lines:"
-      tail -n 40 "$log_file" >&2 || true
-      exit 1
-    fi
-    sleep 0.2
-  done
+  curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$mport/healthz?js-enabled-only=true" 2>/dev/null \
+    && curl -fsS --max-time 2 "http://127.0.0.1:$mport/jsz" 2>/dev/null | grep -q '"config"' \
+    && ! curl -fsS --max-time 2 "http://127.0.0.1:$mport/jsz" 2>/dev/null | grep -q '"disabled": *true' \
+    && log "ready on 127.0.0.1:$(<"$state_dir/port") (pid $1)"
 }
 
-cmd_stop() {
-  local pid i
-  if pid=$(our_pid); then
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid ignored SIGTERM for 10s; killing"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    log "stopped (pid $pid)"
-  fi
-  # The log stays under logs/ for inspection; the store is disposable.
-  rm -rf "$state_dir"
+cmd_wait() {
+  [[ -f $state_dir/monitor_port ]] || die "not started"
+  wait_ready "$timeout_s" 0.2 nats_ready
 }
 
 cmd_env() {
@@ -207,8 +142,8 @@ case ${1:-} in
   start) cmd_start ;;
   wait) cmd_wait ;;
   up) cmd_start && cmd_wait ;;
-  stop) cmd_stop ;;
+  stop) stop_server 10 ;;
   status) our_pid >/dev/null ;;
   env) cmd_env ;;
-  *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+  *) usage ;;
 esac
