@@ -1,0 +1,406 @@
+"""Turns one run of loadtest/bench into its results: medians over rounds,
+each figure beside its target and beside Centrifugo's, the machine and the
+versions, as Markdown and JSON, and a plot of latency against delivered
+throughput (PNG).
+
+Usage: bench_report.py RUNS_DIR RESULTS_DIR
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+KIB = 1024
+
+
+def load_runs(runs):
+    lines = (runs / "runs.jsonl").read_text().splitlines() if (runs / "runs.jsonl").exists() else []
+    records = []
+    for line in lines:
+        record = json.loads(line)
+        path = runs / record["file"]
+        record["report"] = None
+        if path.suffix == ".json" and path.exists():
+            try:
+                record["report"] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                pass
+        records.append(record)
+    return records
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def load_note(records):
+    """The machine's load over the runs behind a figure."""
+    loads = [r["load1"] for r in records if r.get("load1") is not None]
+    psis = [r["cpu_pressure_avg10"] for r in records if r.get("cpu_pressure_avg10") is not None]
+    if not loads:
+        return ""
+    note = f"load {min(loads):.1f}–{max(loads):.1f}"
+    if psis:
+        note += f", CPU pressure {min(psis):.0f}–{max(psis):.0f} %"
+    return note
+
+
+def fanout(records):
+    """Per system: the peak (median over rounds) and the half-rate latencies."""
+    out = {}
+    systems = sorted({r["system"] for r in records if r["part"] == "fanout"})
+    for system in systems:
+        mine = [r for r in records if r["part"] == "fanout" and r["system"] == system]
+        peaks = []
+        for round_ in sorted({r["round"] for r in mine}):
+            passing = [
+                r for r in mine
+                if r["round"] == round_ and r["kind"] == "ladder" and r["rc"] == 0 and r["report"]
+            ]
+            if passing:
+                best = max(passing, key=lambda r: r["value"])
+                peaks.append({
+                    "round": round_,
+                    "offered_per_s": best["value"],
+                    "delivered_per_s": best["report"]["delivered_per_s"],
+                    "p99_ms": best["report"]["deliver_latency"]["p99_ms"],
+                    "server_cores": (best["report"].get("server") or {}).get("cores"),
+                    "client_cores": (best["report"].get("client") or {}).get("cores"),
+                })
+            else:
+                peaks.append({"round": round_, "offered_per_s": 0, "delivered_per_s": 0.0})
+        half = [r for r in mine if r["kind"] == "half" and r["report"]]
+        out[system] = {
+            "peak_delivered_per_s": median([p["delivered_per_s"] for p in peaks]),
+            "peak_offered_per_s": median([p["offered_per_s"] for p in peaks]),
+            "peaks": peaks,
+            "half_offered_per_s": median([r["value"] for r in half]),
+            "half_delivered_per_s": median([r["report"]["delivered_per_s"] for r in half]),
+            "half_p50_ms": median([r["report"]["deliver_latency"]["p50_ms"] for r in half]),
+            "half_p99_ms": median([r["report"]["deliver_latency"]["p99_ms"] for r in half]),
+            "half_lost": sum(r["report"]["lost"] for r in half),
+            "load": load_note(mine),
+            "ladder": [
+                {
+                    "round": r["round"],
+                    "offered_per_s": r["value"],
+                    "passed": r["rc"] == 0,
+                    "delivered_per_s": r["report"]["delivered_per_s"],
+                    "p50_ms": r["report"]["deliver_latency"]["p50_ms"],
+                    "p99_ms": r["report"]["deliver_latency"]["p99_ms"],
+                    "lost": r["report"]["lost"],
+                    "server_cores": (r["report"].get("server") or {}).get("cores"),
+                    "client_cores": (r["report"].get("client") or {}).get("cores"),
+                }
+                for r in mine if r["kind"] in ("ladder", "half") and r["report"]
+            ],
+        }
+    return out
+
+
+def idle(records):
+    out = {}
+    for r in records:
+        if r["part"] != "idle" or not r["report"]:
+            continue
+        report = r["report"]
+        out[r["system"]] = {
+            "opened": report["opened"],
+            "failed": report["failed"],
+            "dropped": report["dropped"],
+            "opened_per_s": report["opened_per_s"],
+            "rss_before_bytes": (report.get("server") or {}).get("rss_before_bytes"),
+            "checkpoints": report.get("checkpoints", []),
+            "load": load_note([r]),
+        }
+    return out
+
+
+def ceiling(records):
+    mine = [r for r in records if r["part"] == "ceiling"]
+    natter = [r for r in mine if r["system"] == "natter-nats" and r["report"]]
+    out = {
+        "natter_acked_per_s": median([r["report"]["acked_per_s"] for r in natter]),
+        "natter_delivered_per_s": median([r["report"]["delivered_per_s"] for r in natter]),
+        "load": load_note(mine),
+    }
+    for system in ("nats-js-sync", "nats-js-async", "nats-core-pub"):
+        out[system.replace("-", "_") + "_per_s"] = median(
+            [r["value"] for r in mine if r["system"] == system and r["value"]]
+        )
+    return out
+
+
+def durable(records):
+    out = {}
+    for system in ("natter-single", "natter-cql"):
+        mine = [r for r in records if r["part"] == "durable" and r["system"] == system and r["report"]]
+        if not mine:
+            continue
+        saturated = [r for r in mine if r["kind"] == "saturated"]
+        half = [r for r in mine if r["kind"] == "half"]
+        out[system] = {
+            "stored_per_s": median([r["report"]["acked_per_s"] for r in saturated]),
+            "half_offered_per_s": median([r["value"] for r in half]),
+            "ack_p50_ms": median([r["report"]["ack_latency"]["p50_ms"] for r in half]),
+            "ack_p99_ms": median([r["report"]["ack_latency"]["p99_ms"] for r in half]),
+            "load": load_note(mine),
+        }
+    return out
+
+
+def sync(records):
+    mine = [r for r in records if r["part"] == "sync" and r["report"]]
+    catch = [r for r in mine if r["kind"] == "catch_up"]
+    storm = [r for r in mine if r["kind"] == "storm"]
+    return {
+        "catch_up_messages": catch[0]["value"] if catch else None,
+        "catch_up_s": median([r["report"]["catch_up_s"] for r in catch]),
+        "catch_up_missing": sum(r["report"]["missing"] for r in catch),
+        "catch_up_stored_per_s": median([r["report"]["stored_per_s"] for r in catch]),
+        "storm_devices": storm[0]["value"] if storm else None,
+        "storm_s": median([r["report"]["storm_s"] for r in storm]),
+        "storm_never_back": sum(r["report"]["never_back"] for r in storm),
+        "storm_p99_ms": median([r["report"]["reconnect_latency"]["p99_ms"] for r in storm]),
+        "load": load_note([r for r in records if r["part"] == "sync"]),
+    }
+
+
+def fmt(value, digits=0, unit=""):
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def verdict(ok):
+    return "–" if ok is None else ("met" if ok else "**missed**")
+
+
+def lowest_tried(system):
+    tried = [p["offered_per_s"] for p in system["ladder"]]
+    return min(tried) if tried else None
+
+
+def targets(results):
+    """Each target: the measured figure, Centrifugo's, and met or missed."""
+    rows = []
+    f = results["fanout"]
+    cf_mem = f.get("centrifugo-memory", {})
+    cf_nats = f.get("centrifugo-nats", {})
+    for natter, cf, label in (("natter-single", cf_mem, "natter dev vs Centrifugo memory"),
+                              ("natter-nats", cf_nats, "natter dev --nats vs Centrifugo NATS broker")):
+        if natter not in f:
+            continue
+        r = ratio(f[natter]["peak_delivered_per_s"], cf.get("peak_delivered_per_s"))
+        peak = f[natter]["peak_delivered_per_s"]
+        shown = (f"{fmt(peak)}/s ({fmt(r, 3)}×)" if peak else
+                 f"none: p99 > 10 ms even at {fmt(lowest_tried(f[natter]))} msg/s")
+        rows.append((f"delivered msgs/s at p99 ≤ 10 ms, {label}", "≥ 2× Centrifugo", shown,
+                     f"{fmt(cf.get('peak_delivered_per_s'))}/s", verdict(None if r is None else r >= 2)))
+        p99 = f[natter]["half_p99_ms"]
+        at = "" if peak else f" (no peak: at {fmt(f[natter]['half_offered_per_s'])} msgs/s)"
+        rows.append((f"p99 send → deliver at 50 % of peak, {natter}", "< 5 ms",
+                     fmt(p99, 2, " ms") + at, fmt(cf.get("half_p99_ms"), 2, " ms"),
+                     verdict(None if p99 is None else p99 < 5)))
+    i = results["idle"]
+    n, c = i.get("natter-single"), i.get("centrifugo-memory")
+    if n:
+        last = n["checkpoints"][-1] if n["checkpoints"] else None
+        cf_last = c["checkpoints"][-1] if c and c["checkpoints"] else None
+        if last:
+            per = last["per_connection_bytes"] / KIB
+            rows.append((f"server memory per idle connection at {last['open']:,}", "≤ 8 KiB",
+                         fmt(per, 1, " KiB"),
+                         fmt(cf_last["per_connection_bytes"] / KIB, 1, " KiB") if cf_last else "–",
+                         verdict(per <= 8)))
+        held = n["opened"] >= 100_000 and n["failed"] == 0
+        limit = results["meta"]["machine"].get("open_files_limit", 0)
+        why = ""
+        if not held and limit < 100_000:
+            why = f" (open files capped at {limit:,} per process here)"
+        elif not held and results["meta"]["settings"]["quick"]:
+            why = " (--quick opens 10,000)"
+        rows.append(("concurrent connections held", "100,000",
+                     f"{n['opened']:,} ({n['failed']:,} failed){why}",
+                     f"{c['opened']:,}" if c else "–", verdict(held)))
+    s = results["sync"]
+    if s.get("catch_up_s") is not None:
+        rows.append((f"catch-up of {s['catch_up_messages']:,} missed messages", "< 1 s",
+                     fmt(s["catch_up_s"], 3, " s"), "–", verdict(s["catch_up_s"] < 1 and not s["catch_up_missing"])))
+    ce = results["ceiling"]
+    if ce.get("natter_acked_per_s") and ce.get("nats_js_async_per_s"):
+        r = ce["nats_js_async_per_s"] / ce["natter_acked_per_s"]
+        rows.append(("NATS path against nats bench (JetStream async publish)", "within 1.25×",
+                     f"{fmt(ce['natter_acked_per_s'])}/s vs {fmt(ce['nats_js_async_per_s'])}/s: {r:,.0f}× slower",
+                     "–", verdict(r <= 1.25)))
+    return rows
+
+
+def markdown(results):
+    m = results["meta"]
+    mach, v = m["machine"], m["versions"]
+    lines = [
+        f"# Benchmark results, {m['date']}",
+        "",
+        f"Run `{m['stamp']}` of `loadtest/bench`{' --quick' if m['settings']['quick'] else ''}: "
+        f"{m['settings']['rounds']} round(s) per comparison, systems alternating, medians reported; "
+        f"{m['settings']['measured']} measured per run. Machine: {mach['nproc']} cores "
+        f"({mach['cpu_model']}), {mach['memory_gib']} GiB, Linux {mach['kernel']}, open files limited to "
+        f"{mach.get('open_files_limit', '?'):,} per process (hard limit); server and load "
+        "generator share it. Versions: Natter " + v["natter"] + f", Centrifugo {v['centrifugo']}, "
+        f"{v['nats_server']}, natscli {v['natscli']}, {v['rustc']}.",
+        "",
+        "## Targets",
+        "",
+        "| figure | target | Natter | Centrifugo | |",
+        "|---|---|---:|---:|---|",
+    ]
+    for row in targets(results):
+        lines.append("| " + " | ".join(row) + " |")
+    f = results["fanout"]
+    if f:
+        lines += [
+            "",
+            "## Fan-out: 1:1 conversations and groups of 10, 100-byte messages, WebSocket",
+            "",
+            "Each device publishes its own messages and receives the other members'; delivered "
+            "counts every receiving device (5 per offered message on average). Peak: the highest "
+            "offered rate with p99 ≤ 10 ms, nothing lost or refused; then p50/p99 at half that rate.",
+            "",
+            "| system | peak delivered/s (rounds) | offered msgs/s | at 50 %: delivered/s | p50 | p99 | load |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for system, r in f.items():
+            rounds = " · ".join(fmt(p["delivered_per_s"]) for p in r["peaks"])
+            lines.append(
+                f"| {system} | **{fmt(r['peak_delivered_per_s'])}** ({rounds}) | {fmt(r['peak_offered_per_s'])} | "
+                f"{fmt(r['half_delivered_per_s'])} | {fmt(r['half_p50_ms'], 2, ' ms')} | "
+                f"{fmt(r['half_p99_ms'], 2, ' ms')} | {r['load']} |"
+            )
+        lines += ["", "![latency against delivered throughput](" + results["plot"] + ")"]
+    i = results["idle"]
+    if i:
+        lines += [
+            "",
+            "## Idle connections: server resident memory (from /proc)",
+            "",
+            "| system | connections | server RSS | per connection | opened/s | failed | load |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for system, r in i.items():
+            for c in r["checkpoints"]:
+                lines.append(
+                    f"| {system} | {c['open']:,} | {c['rss_bytes'] / 2**20:,.0f} MiB | "
+                    f"{c['per_connection_bytes'] / KIB:,.1f} KiB | {fmt(r['opened_per_s'])} | {r['failed']:,} | {r['load']} |"
+                )
+    ce = results["ceiling"]
+    if ce.get("natter_acked_per_s") is not None:
+        lines += [
+            "",
+            "## Ceiling: Natter's NATS path against the raw broker",
+            "",
+            "| | msgs/s |",
+            "|---|---:|",
+            f"| Natter on NATS (`natter dev --nats`), sends acked, offered 2,000/s | {fmt(ce['natter_acked_per_s'])} |",
+            f"| `nats bench js pub sync` (each publish acked before the next) | {fmt(ce.get('nats_js_sync_per_s'))} |",
+            f"| `nats bench js pub async` (100 in flight) | {fmt(ce.get('nats_js_async_per_s'))} |",
+            f"| `nats bench pub` (core NATS, no subscriber) | {fmt(ce.get('nats_core_pub_per_s'))} |",
+            "",
+            f"Load: {ce['load']}.",
+        ]
+    d = results["durable"]
+    if d:
+        lines += [
+            "",
+            "## Durable path: 50 pairs, sends acked only once stored",
+            "",
+            "| store | stored msgs/s (offered 1,500/s) | at 50 %: send → ack p50 | p99 | load |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for system, r in d.items():
+            name = "embedded (redb), `natter dev`" if system == "natter-single" else "CQL (Cassandra 5.0), `natter dev --cql`"
+            lines.append(
+                f"| {name} | {fmt(r['stored_per_s'])} | {fmt(r['ack_p50_ms'], 2, ' ms')} | "
+                f"{fmt(r['ack_p99_ms'], 2, ' ms')} | {r['load']} |"
+            )
+    s = results["sync"]
+    if s.get("catch_up_s") is not None or s.get("storm_s") is not None:
+        lines += [
+            "",
+            "## Sync (`natter dev`)",
+            "",
+            f"- Catch-up: a device returns after {fmt(s['catch_up_messages'])} missed messages and has them all "
+            f"after **{fmt(s['catch_up_s'], 3, ' s')}** ({s['catch_up_missing']} missing); they were stored at "
+            f"{fmt(s['catch_up_stored_per_s'])} msgs/s into the one conversation.",
+            f"- Reconnect storm: {fmt(s['storm_devices'])} devices dropped at once are all back with their "
+            f"cursors after **{fmt(s['storm_s'], 2, ' s')}** (drop → welcome p99 {fmt(s['storm_p99_ms'], 0, ' ms')}, "
+            f"{s['storm_never_back']} never back). Load: {s['load']}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path):
+    f = results["fanout"]
+    if not f:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    colors = {"natter-single": "#3b5bdb", "natter-nats": "#0ca678",
+              "centrifugo-memory": "#e8590c", "centrifugo-nats": "#ae3ec9"}
+    for system, r in f.items():
+        points = sorted((p for p in r["ladder"] if p["delivered_per_s"] > 0), key=lambda p: p["delivered_per_s"])
+        if not points:
+            continue
+        x = [p["delivered_per_s"] for p in points]
+        color = colors.get(system, None)
+        ax.plot(x, [p["p99_ms"] for p in points], "o-", color=color, label=f"{system} p99", alpha=0.85)
+        ax.plot(x, [p["p50_ms"] for p in points], "s--", color=color, label=f"{system} p50", alpha=0.5)
+    ax.axhline(10, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("delivered messages per second")
+    ax.set_ylabel("send → deliver latency (ms), from due time")
+    ax.set_title("Fan-out, 1:1 and groups of 10, 100 B, WebSocket: Natter vs Centrifugo")
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main():
+    runs, out = Path(sys.argv[1]), Path(sys.argv[2])
+    records = load_runs(runs)
+    meta = json.loads((runs / "machine.json").read_text())
+    name = meta["date"] + ("-quick" if meta["settings"]["quick"] else "")
+    results = {
+        "meta": meta,
+        "fanout": fanout(records),
+        "idle": idle(records),
+        "ceiling": ceiling(records),
+        "durable": durable(records),
+        "sync": sync(records),
+        "plot": f"{name}.png",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if not plot(results, out / f"{name}.png"):
+        results["plot"] = None
+    results["targets"] = [dict(zip(("figure", "target", "natter", "centrifugo", "verdict"), row))
+                          for row in targets(results)]
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(results))
+    print(out / f"{name}.md")
+
+
+if __name__ == "__main__":
+    main()
