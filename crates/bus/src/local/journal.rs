@@ -7,20 +7,29 @@
 //! # Write-ahead
 //!
 //! The shell writes each plan of the state machine (see `durable`) here
-//! before applying it, in one write transaction committed with
-//! [`Durability::Immediate`], so what a durable publish reports done is on
-//! disk, and a crash loses only what nobody was told about.
-//! Plans are written and applied under the journal's single [`Writer`], so
-//! they reach the file in the order they reach memory. redb commits
-//! atomically with checksummed commit slots: a crash mid-commit leaves the
-//! previous commit, which the next open recovers.
+//! before applying it, in one write transaction, and tells the caller the
+//! change is done only once it is on disk, so a crash loses only what
+//! nobody was told about. Plans are written and applied under the
+//! journal's single [`Writer`], so they reach the file in the order they
+//! reach memory. redb commits atomically with checksummed commit slots: a
+//! crash mid-commit leaves the previous durable commit, which the next
+//! open recovers.
 //!
-//! Acks are committed without `fsync` ([`Durability::None`]): they reach
-//! the disk with the next durable commit, and a crash before that loses
-//! only ack floors, so some messages are delivered again, which every
-//! consumer tolerates (delivery is at least once). That halves the
-//! `fsync`s of a consumer that publishes one message per message it
-//! handles, such as fanout handling a join.
+//! # Group commit
+//!
+//! A plan is committed without `fsync` ([`Durability::None`]) and applied
+//! at once; the writer then goes to the next plan while the caller waits
+//! for an empty [`Durability::Immediate`] commit, which puts every commit
+//! before it on disk. Callers that wait at the same time share one such
+//! flush ([`Flush`]), so fanout publishing an event for ten members pays
+//! for about one `fsync`, not ten in a row. What is applied but not yet
+//! flushed can already be delivered; a crash then loses it and its
+//! publisher, never told it was done, publishes again, and consumers
+//! tolerate the redelivery (delivery is at least once).
+//!
+//! An ack does not wait for a flush: it reaches the disk with the next
+//! one, and a crash before that loses only ack floors, so some messages
+//! are delivered again, which every consumer tolerates.
 //!
 //! # Bounded
 //!
@@ -40,7 +49,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, PoisonError};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -103,7 +112,7 @@ pub(super) trait Journaled {
     /// that changes nothing lasting, which is then applied at once.
     fn entries(&self) -> Vec<Entry<'_>>;
 
-    /// Whether the writes must be on disk before the plan is applied.
+    /// Whether the caller must wait until the writes are on disk.
     fn durable(&self) -> bool {
         true
     }
@@ -156,16 +165,50 @@ impl<T: Journaled> Journaled for Option<T> {
     }
 }
 
-/// The open journal. Dropping it closes the file.
+/// The open journal. Dropping it (and every [`Writer`] and [`Unflushed`])
+/// closes the file.
 pub(super) struct Journal {
-    /// Locked by the one [`Writer`].
-    db: Arc<Mutex<Database>>,
+    db: Arc<Database>,
+    /// Held by the one [`Writer`].
+    turn: Arc<Mutex<()>>,
+    flush: Arc<Flush>,
     path: PathBuf,
 }
 
 /// The right to change the streams of a persistent bus: held while a plan
 /// is made, written and applied.
-pub(super) struct Writer(OwnedMutexGuard<Database>);
+pub(super) struct Writer {
+    _turn: OwnedMutexGuard<()>,
+    db: Arc<Database>,
+    flush: Arc<Flush>,
+}
+
+/// A written change that is not on disk yet.
+pub(super) struct Unflushed {
+    db: Arc<Database>,
+    flush: Arc<Flush>,
+    /// The count of commits this one is among.
+    through: u64,
+}
+
+/// Shares `fsync`s among the changes waiting for one.
+#[derive(Default)]
+struct Flush {
+    state: std::sync::Mutex<FlushState>,
+    flushed: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Commits written so far; the count is taken after each commit.
+    written: u64,
+    /// Commits known to be on disk.
+    flushed: u64,
+    /// A flush is under way.
+    flushing: bool,
+    /// A flush failed: redb takes no more writes, so neither does the bus.
+    failed: Option<String>,
+}
 
 impl Journal {
     /// Opens the journal in `dir`, creating the directory and the file if
@@ -205,7 +248,9 @@ impl Journal {
             .collect();
         commit(&db, &entries, Durability::Immediate).map_err(|f| f.0)?;
         Ok(Self {
-            db: Arc::new(Mutex::new(db)),
+            db: Arc::new(db),
+            turn: Arc::new(Mutex::new(())),
+            flush: Arc::default(),
             path,
         })
     }
@@ -216,22 +261,80 @@ impl Journal {
 
     /// Waits until no other change is being planned, written or applied.
     pub(super) async fn writer(&self) -> Writer {
-        Writer(Arc::clone(&self.db).lock_owned().await)
+        Writer {
+            _turn: Arc::clone(&self.turn).lock_owned().await,
+            db: Arc::clone(&self.db),
+            flush: Arc::clone(&self.flush),
+        }
     }
 }
 
 impl Writer {
-    /// Commits `entries` in one transaction, and with `durable` waits
-    /// until they are on disk. Blocks on I/O: call it from the blocking
-    /// pool.
-    pub(super) fn commit(&self, entries: &[Entry<'_>], durable: bool) -> Result<()> {
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
+    /// Commits `entries` in one transaction without waiting for the disk;
+    /// with `durable`, returns what to wait on for that. Blocks on I/O:
+    /// call it from the blocking pool.
+    pub(super) fn commit(&self, entries: &[Entry<'_>], durable: bool) -> Result<Option<Unflushed>> {
+        commit(&self.db, entries, Durability::None).map_err(|f| f.0)?;
+        let through = {
+            let mut state = lock(&self.flush.state);
+            state.written += 1;
+            state.written
         };
-        commit(&self.0, entries, durability).map_err(|f| f.0)
+        Ok(durable.then(|| Unflushed {
+            db: Arc::clone(&self.db),
+            flush: Arc::clone(&self.flush),
+            through,
+        }))
     }
+}
+
+impl Unflushed {
+    /// Blocks until the change is on disk: joins the flush under way if it
+    /// covers the change, else starts one. Call it from the blocking pool,
+    /// after letting the [`Writer`] go.
+    pub(super) fn wait(self) -> Result<()> {
+        let mut state = lock(&self.flush.state);
+        loop {
+            if let Some(failure) = &state.failed {
+                return Err(BusError::Unavailable(failure.clone()));
+            }
+            if state.flushed >= self.through {
+                return Ok(());
+            }
+            if state.flushing {
+                state = self
+                    .flush
+                    .flushed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state.flushing = true;
+            let upto = state.written;
+            drop(state);
+            // An empty durable commit puts every commit before it on disk.
+            let flushed = commit_durably(&self.db);
+            state = lock(&self.flush.state);
+            state.flushing = false;
+            match flushed {
+                Ok(()) => state.flushed = state.flushed.max(upto),
+                Err(e) => state.failed = Some(format!("bus journal flush failed: {}", e.0)),
+            }
+            self.flush.flushed.notify_all();
+        }
+    }
+}
+
+/// Commits nothing, durably.
+fn commit_durably(db: &Database) -> TxResult<()> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    Ok(txn.commit()?)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Never held across a wait that could panic halfway through a change.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Creates every table, so read transactions can open them, and checks the

@@ -218,9 +218,13 @@ impl Hub {
         }
         let hub = Arc::clone(self);
         blocking(move || {
-            writer.commit(&planned.entries(), planned.durable())?;
+            let unflushed = writer.commit(&planned.entries(), planned.durable())?;
             let applied = apply(&mut lock(&hub.streams), planned);
+            // The next change goes ahead while this one waits for the disk.
             drop(writer);
+            if let Some(unflushed) = unflushed {
+                unflushed.wait()?;
+            }
             Ok(applied)
         })
         .await
