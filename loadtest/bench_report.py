@@ -125,7 +125,7 @@ def idle(records):
 
 def ceiling(records):
     mine = [r for r in records if r["part"] == "ceiling"]
-    natter = [r for r in mine if r["system"] == "natter-nats" and r["report"]]
+    natter = [r for r in mine if r["system"] == "natter-services" and r["report"]]
     out = {
         "natter_acked_per_s": median([r["report"]["acked_per_s"] for r in natter]),
         "natter_delivered_per_s": median([r["report"]["delivered_per_s"] for r in natter]),
@@ -199,7 +199,7 @@ def targets(results):
     cf_mem = f.get("centrifugo-memory", {})
     cf_nats = f.get("centrifugo-nats", {})
     for natter, cf, label in (("natter-single", cf_mem, "natter dev vs Centrifugo memory"),
-                              ("natter-nats", cf_nats, "natter dev --nats vs Centrifugo NATS broker")):
+                              ("natter-services", cf_nats, "four services on NATS vs Centrifugo NATS broker")):
         if natter not in f:
             continue
         r = ratio(f[natter]["peak_delivered_per_s"], cf.get("peak_delivered_per_s"))
@@ -274,6 +274,11 @@ def markdown(results):
             "",
             "## Fan-out: 1:1 conversations and groups of 10, 100-byte messages, WebSocket",
             "",
+            "Systems: `natter-single` is `natter dev` (in-process bus, embedded store); `natter-services` "
+            "the four services as four processes on NATS JetStream (storage and sync each with an embedded "
+            "store; CPU and memory figures are the gateway's); `centrifugo-memory` and `centrifugo-nats` "
+            "Centrifugo with its memory engine and with its NATS broker.",
+            "",
             "Each device publishes its own messages and receives the other members'; delivered "
             "counts every receiving device (5 per offered message on average). Peak: the highest "
             "offered rate with p99 ≤ 10 ms, nothing lost or refused; then p50/p99 at half that rate.",
@@ -312,7 +317,7 @@ def markdown(results):
             "",
             "| | msgs/s |",
             "|---|---:|",
-            f"| Natter on NATS (`natter dev --nats`), sends acked, offered 2,000/s | {fmt(ce['natter_acked_per_s'])} |",
+            f"| Natter's four services on NATS, 50 pairs, sends acked, offered 2,000/s | {fmt(ce['natter_acked_per_s'])} |",
             f"| `nats bench js pub sync` (each publish acked before the next) | {fmt(ce.get('nats_js_sync_per_s'))} |",
             f"| `nats bench js pub async` (100 in flight) | {fmt(ce.get('nats_js_async_per_s'))} |",
             f"| `nats bench pub` (core NATS, no subscriber) | {fmt(ce.get('nats_core_pub_per_s'))} |",
@@ -355,7 +360,7 @@ def plot(results, path):
     if not f:
         return False
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    colors = {"natter-single": "#3b5bdb", "natter-nats": "#0ca678",
+    colors = {"natter-single": "#3b5bdb", "natter-services": "#0ca678", "natter-nats": "#0ca678",
               "centrifugo-memory": "#e8590c", "centrifugo-nats": "#ae3ec9"}
     for system, r in f.items():
         points = sorted((p for p in r["ladder"] if p["delivered_per_s"] > 0), key=lambda p: p["delivered_per_s"])
