@@ -4,6 +4,10 @@
 //! time as the duration since the Unix epoch. A trailing blob (a payload,
 //! protobuf content) runs to the end. Each file decides what a damaged
 //! value means to it by mapping [`Damaged`].
+//!
+//! Both files also commit the same way: [`group`] commits.
+
+pub mod group;
 
 use std::time::{Duration, SystemTime};
 

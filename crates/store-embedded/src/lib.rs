@@ -21,8 +21,12 @@
 //!
 //! Every operation is one redb transaction run on tokio's blocking pool
 //! (`spawn_blocking`), because redb is synchronous and a commit waits for
-//! `fsync`. Writes use [`Durability::Immediate`]: when a call returns `Ok`,
-//! what it wrote is on disk. A call that fails writes nothing. The table
+//! `fsync`. Writes are group commits (`natter_record::group`): each
+//! commits without `fsync`, then waits for one flush shared with the
+//! writes committed meanwhile, so when a call returns `Ok`, what it wrote
+//! is on disk, and concurrent writers (sync appending to many users'
+//! logs) share their `fsync`s. A read answers only once what it saw is on
+//! disk. A call that fails writes nothing. The table
 //! layout is in `tables.rs`, the value encodings in `record.rs`.
 //!
 //! # Sharing
@@ -41,10 +45,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use natter_core::Limits;
+use natter_record::group::{FlushFailed, GroupCommit};
 use natter_store::{Page, Result, StoreError};
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 use tempfile::TempDir;
 
 use crate::tables::{FORMAT_KEY, FORMAT_VERSION, META};
@@ -64,6 +67,7 @@ const CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// one transaction.
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    group: Arc<GroupCommit>,
     limits: Limits,
     path: PathBuf,
     /// Holds the directory of a [`temporary`](Self::temporary) store; it is
@@ -126,6 +130,7 @@ impl EmbeddedStore {
         }
         Ok(Self {
             db: Arc::new(db),
+            group: Arc::default(),
             limits,
             path,
             _temporary: temporary,
@@ -144,36 +149,40 @@ impl EmbeddedStore {
     }
 
     /// Runs `f` in a read transaction (a snapshot of the last commit) on
-    /// the blocking pool.
+    /// the blocking pool, and answers once what it read is on disk, so no
+    /// caller is shown a write that a crash could still undo.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> TxResult<T> + Send + 'static,
     {
-        let db = self.db.clone();
+        let (db, group) = (self.db.clone(), self.group.clone());
         blocking(move || {
             let txn = db.begin_read()?;
-            f(&txn)
+            let value = f(&txn)?;
+            group.wait_for_started(&db).map_err(flush_failed)?;
+            Ok(value)
         })
         .await
     }
 
-    /// Runs `f` in a write transaction on the blocking pool and commits it
-    /// durably if `f` succeeds; an error aborts it, so nothing is written.
-    /// redb runs one write transaction at a time, so `f` reads and writes
-    /// as if alone.
+    /// Runs `f` in a write transaction on the blocking pool and, if `f`
+    /// succeeds, commits it and answers once it is on disk (a group
+    /// commit: writers waiting together share one `fsync`); an error
+    /// aborts it, so nothing is written. redb runs one write transaction
+    /// at a time, so `f` reads and writes as if alone.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
     {
-        let db = self.db.clone();
+        let (db, group) = (self.db.clone(), self.group.clone());
         blocking(move || {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            let (started, txn) = group.begin(&db)?;
             // On an error `txn` is dropped, which aborts it.
             let value = f(&txn)?;
-            txn.commit()?;
+            let written = started.commit(txn)?;
+            group.flush_through(&db, written).map_err(flush_failed)?;
             Ok(value)
         })
         .await
@@ -245,6 +254,10 @@ where
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(StoreError::Unavailable(format!("store task ended: {e}"))),
     }
+}
+
+fn flush_failed(e: FlushFailed) -> TxError {
+    TxError(StoreError::Unavailable(e.to_string()))
 }
 
 fn io_error(action: &str, e: std::io::Error) -> StoreError {

@@ -21,7 +21,7 @@
 //! at once; the writer then goes to the next plan while the caller waits
 //! for an empty [`Durability::Immediate`] commit, which puts every commit
 //! before it on disk. Callers that wait at the same time share one such
-//! flush ([`Flush`]), so fanout publishing an event for ten members pays
+//! flush ([`natter_record::group`]), so fanout publishing an event for ten members pays
 //! for about one `fsync`, not ten in a row. What is applied but not yet
 //! flushed can already be delivered; a crash then loses it and its
 //! publisher, never told it was done, publishes again, and consumers
@@ -49,9 +49,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, PoisonError};
+use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use natter_record::group::{GroupCommit, Written};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::durable::{
@@ -165,13 +168,12 @@ impl<T: Journaled> Journaled for Option<T> {
     }
 }
 
-/// The open journal. Dropping it (and every [`Writer`] and [`Unflushed`])
-/// closes the file.
+/// The open journal. Dropping it (and every [`Writer`]) closes the file.
 pub(super) struct Journal {
     db: Arc<Database>,
+    group: Arc<GroupCommit>,
     /// Held by the one [`Writer`].
     turn: Arc<Mutex<()>>,
-    flush: Arc<Flush>,
     path: PathBuf,
 }
 
@@ -180,34 +182,7 @@ pub(super) struct Journal {
 pub(super) struct Writer {
     _turn: OwnedMutexGuard<()>,
     db: Arc<Database>,
-    flush: Arc<Flush>,
-}
-
-/// A written change that is not on disk yet.
-pub(super) struct Unflushed {
-    db: Arc<Database>,
-    flush: Arc<Flush>,
-    /// The count of commits this one is among.
-    through: u64,
-}
-
-/// Shares `fsync`s among the changes waiting for one.
-#[derive(Default)]
-struct Flush {
-    state: std::sync::Mutex<FlushState>,
-    flushed: Condvar,
-}
-
-#[derive(Default)]
-struct FlushState {
-    /// Commits written so far; the count is taken after each commit.
-    written: u64,
-    /// Commits known to be on disk.
-    flushed: u64,
-    /// A flush is under way.
-    flushing: bool,
-    /// A flush failed: redb takes no more writes, so neither does the bus.
-    failed: Option<String>,
+    group: Arc<GroupCommit>,
 }
 
 impl Journal {
@@ -246,11 +221,17 @@ impl Journal {
             .iter()
             .map(|(name, floors)| Entry::Trim(name, *floors))
             .collect();
-        commit(&db, &entries, Durability::Immediate).map_err(|f| f.0)?;
+        (|| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            write(&txn, &entries)?;
+            Ok(txn.commit()?)
+        })()
+        .map_err(|f: Failure| f.0)?;
         Ok(Self {
             db: Arc::new(db),
+            group: Arc::default(),
             turn: Arc::new(Mutex::new(())),
-            flush: Arc::default(),
             path,
         })
     }
@@ -264,77 +245,35 @@ impl Journal {
         Writer {
             _turn: Arc::clone(&self.turn).lock_owned().await,
             db: Arc::clone(&self.db),
-            flush: Arc::clone(&self.flush),
+            group: Arc::clone(&self.group),
         }
+    }
+
+    /// Blocks until a change [`Writer::commit`] wrote is on disk. Call it
+    /// from the blocking pool, after letting the writer go.
+    pub(super) fn flush_through(&self, written: Written) -> Result<()> {
+        self.group
+            .flush_through(&self.db, written)
+            .map_err(|e| BusError::Unavailable(format!("bus journal: {e}")))
     }
 }
 
 impl Writer {
     /// Commits `entries` in one transaction without waiting for the disk;
-    /// with `durable`, returns what to wait on for that. Blocks on I/O:
-    /// call it from the blocking pool.
-    pub(super) fn commit(&self, entries: &[Entry<'_>], durable: bool) -> Result<Option<Unflushed>> {
-        commit(&self.db, entries, Durability::None).map_err(|f| f.0)?;
-        let through = {
-            let mut state = lock(&self.flush.state);
-            state.written += 1;
-            state.written
-        };
-        Ok(durable.then(|| Unflushed {
-            db: Arc::clone(&self.db),
-            flush: Arc::clone(&self.flush),
-            through,
-        }))
-    }
-}
-
-impl Unflushed {
-    /// Blocks until the change is on disk: joins the flush under way if it
-    /// covers the change, else starts one. Call it from the blocking pool,
-    /// after letting the [`Writer`] go.
-    pub(super) fn wait(self) -> Result<()> {
-        let mut state = lock(&self.flush.state);
-        loop {
-            if let Some(failure) = &state.failed {
-                return Err(BusError::Unavailable(failure.clone()));
-            }
-            if state.flushed >= self.through {
-                return Ok(());
-            }
-            if state.flushing {
-                state = self
-                    .flush
-                    .flushed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            state.flushing = true;
-            let upto = state.written;
-            drop(state);
-            // An empty durable commit puts every commit before it on disk.
-            let flushed = commit_durably(&self.db);
-            state = lock(&self.flush.state);
-            state.flushing = false;
-            match flushed {
-                Ok(()) => state.flushed = state.flushed.max(upto),
-                Err(e) => state.failed = Some(format!("bus journal flush failed: {}", e.0)),
-            }
-            self.flush.flushed.notify_all();
+    /// returns what to wait on for that, unless nothing was written. Blocks
+    /// on I/O: call it from the blocking pool.
+    pub(super) fn commit(&self, entries: &[Entry<'_>]) -> Result<Option<Written>> {
+        if entries.is_empty() {
+            return Ok(None);
         }
+        let written = (|| {
+            let (started, txn) = self.group.begin(&self.db)?;
+            write(&txn, entries)?;
+            Ok(started.commit(txn)?)
+        })()
+        .map_err(|f: Failure| f.0)?;
+        Ok(Some(written))
     }
-}
-
-/// Commits nothing, durably.
-fn commit_durably(db: &Database) -> TxResult<()> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    Ok(txn.commit()?)
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Never held across a wait that could panic halfway through a change.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Creates every table, so read transactions can open them, and checks the
@@ -413,12 +352,8 @@ fn load(db: &Database) -> TxResult<Vec<Restored>> {
     Ok(restored)
 }
 
-fn commit(db: &Database, entries: &[Entry<'_>], durability: Durability) -> TxResult<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut txn = db.begin_write()?;
-    txn.set_durability(durability)?;
+/// Makes the writes of `entries` in `txn`.
+fn write(txn: &WriteTransaction, entries: &[Entry<'_>]) -> TxResult<()> {
     {
         let mut streams = txn.open_table(STREAMS)?;
         let mut last_sequences = txn.open_table(LAST_SEQUENCES)?;
@@ -471,7 +406,7 @@ fn commit(db: &Database, entries: &[Entry<'_>], durability: Durability) -> TxRes
             }
         }
     }
-    Ok(txn.commit()?)
+    Ok(())
 }
 
 type SequenceTable<'txn> = Table<'txn, (&'static str, u64), &'static [u8]>;

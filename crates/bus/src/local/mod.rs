@@ -218,12 +218,16 @@ impl Hub {
         }
         let hub = Arc::clone(self);
         blocking(move || {
-            let unflushed = writer.commit(&planned.entries(), planned.durable())?;
+            let written = writer.commit(&planned.entries())?;
+            let durable = planned.durable();
             let applied = apply(&mut lock(&hub.streams), planned);
             // The next change goes ahead while this one waits for the disk.
             drop(writer);
-            if let Some(unflushed) = unflushed {
-                unflushed.wait()?;
+            // An ack reaches the disk with the next flush.
+            if let Some(written) = written.filter(|_| durable)
+                && let Some(journal) = &hub.journal
+            {
+                journal.flush_through(written)?;
             }
             Ok(applied)
         })
