@@ -115,6 +115,7 @@ def idle(records):
             "opened": report["opened"],
             "failed": report["failed"],
             "dropped": report["dropped"],
+            "dropped_reasons": report.get("dropped_reasons", {}),
             "opened_per_s": report["opened_per_s"],
             "rss_before_bytes": (report.get("server") or {}).get("rss_before_bytes"),
             "checkpoints": report.get("checkpoints", []),
@@ -187,6 +188,12 @@ def verdict(ok):
     return "–" if ok is None else ("met" if ok else "**missed**")
 
 
+def reasons(counts):
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{reason}: {n:,}" for reason, n in counts.items()) + ")"
+
+
 def lowest_tried(system):
     tried = [p["offered_per_s"] for p in system["ladder"]]
     return min(tried) if tried else None
@@ -224,7 +231,8 @@ def targets(results):
                          fmt(per, 1, " KiB"),
                          fmt(cf_last["per_connection_bytes"] / KIB, 1, " KiB") if cf_last else "–",
                          verdict(per <= 8)))
-        held = n["opened"] >= 100_000 and n["failed"] == 0
+        kept = n["opened"] - n["dropped"]
+        held = kept >= 100_000 and n["failed"] == 0
         limit = results["meta"]["machine"].get("open_files_limit", 0)
         why = ""
         if not held and limit < 100_000:
@@ -232,7 +240,8 @@ def targets(results):
         elif not held and results["meta"]["settings"]["quick"]:
             why = " (--quick opens 10,000)"
         rows.append(("concurrent connections held", "100,000",
-                     f"{n['opened']:,} ({n['failed']:,} failed){why}",
+                     f"{kept:,} held: {n['opened']:,} opened, {n['failed']:,} failed, "
+                     f"{n['dropped']:,} ended by the server{why}",
                      f"{c['opened']:,}" if c else "–", verdict(held)))
     s = results["sync"]
     if s.get("catch_up_s") is not None:
@@ -300,14 +309,15 @@ def markdown(results):
             "",
             "## Idle connections: server resident memory (from /proc)",
             "",
-            "| system | connections | server RSS | per connection | opened/s | failed | load |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| system | connections | server RSS | per connection | opened/s | failed | ended by the server | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for system, r in i.items():
             for c in r["checkpoints"]:
                 lines.append(
                     f"| {system} | {c['open']:,} | {c['rss_bytes'] / 2**20:,.0f} MiB | "
-                    f"{c['per_connection_bytes'] / KIB:,.1f} KiB | {fmt(r['opened_per_s'])} | {r['failed']:,} | {r['load']} |"
+                    f"{c['per_connection_bytes'] / KIB:,.1f} KiB | {fmt(r['opened_per_s'])} | {r['failed']:,} | "
+                    f"{r['dropped']:,}{reasons(r['dropped_reasons'])} | {r['load']} |"
                 )
     ce = results["ceiling"]
     if ce.get("natter_acked_per_s") is not None:
@@ -363,7 +373,18 @@ def plot(results, path):
     colors = {"natter-single": "#3b5bdb", "natter-services": "#0ca678", "natter-nats": "#0ca678",
               "centrifugo-memory": "#e8590c", "centrifugo-nats": "#ae3ec9"}
     for system, r in f.items():
-        points = sorted((p for p in r["ladder"] if p["delivered_per_s"] > 0), key=lambda p: p["delivered_per_s"])
+        # One point per offered rate: the medians of its runs.
+        by_rate = {}
+        for p in r["ladder"]:
+            by_rate.setdefault(p["offered_per_s"], []).append(p)
+        points = sorted(
+            (
+                {k: median([p[k] for p in runs]) for k in ("delivered_per_s", "p50_ms", "p99_ms")}
+                for runs in by_rate.values()
+            ),
+            key=lambda p: p["delivered_per_s"],
+        )
+        points = [p for p in points if p["delivered_per_s"]]
         if not points:
             continue
         x = [p["delivered_per_s"] for p in points]
@@ -374,7 +395,7 @@ def plot(results, path):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("delivered messages per second")
-    ax.set_ylabel("send → deliver latency (ms), from due time")
+    ax.set_ylabel("send → deliver latency (ms), median of rounds")
     ax.set_title("Fan-out, 1:1 and groups of 10, 100 B, WebSocket: Natter vs Centrifugo")
     ax.grid(True, which="both", alpha=0.2)
     ax.legend(fontsize=7, ncol=2)
