@@ -130,6 +130,7 @@ impl Directory {
             if let Some(failure) = page.failure {
                 return Err(LookupError::Refused(failure));
             }
+            let page_was_empty = page.user_ids.is_empty();
             for id in page.user_ids {
                 let user = UserId::new(id).map_err(|e| LookupError::Malformed(e.to_string()))?;
                 users.push(user);
@@ -143,11 +144,13 @@ impl Directory {
             if page.next_after_user_id.is_empty() {
                 break;
             }
-            // Pages go forward in user id order; one that does not would
-            // have us ask forever.
-            if page.next_after_user_id <= after {
+            // The token follows the store's own order (the CQL store pages
+            // by shard, then user id), so it need not grow. Every page that
+            // continues must bring someone, and `max_members` bounds how
+            // many, so the paging ends.
+            if page_was_empty {
                 return Err(LookupError::Malformed(format!(
-                    "page after {after:?} continues after {:?}",
+                    "an empty page after {after:?} continues after {:?}",
                     page.next_after_user_id
                 )));
             }
@@ -155,5 +158,47 @@ impl Directory {
         }
         tracing::Span::current().record("members", users.len());
         Ok(users.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use natter_bus::LocalBus;
+    use natter_contract::serve;
+
+    use super::*;
+
+    /// Storage pages in its own order: here the second page's token sorts
+    /// before the first's, as the CQL store's (shard, user id) order does.
+    fn page(query: &MembersQuery) -> MembersPage {
+        let (users, next): (&[&str], &str) = match query.after_user_id.as_str() {
+            "" => (&["m5", "m6"], "m6"),
+            "m6" => (&["m1", "m2"], "m2"),
+            "m2" => (&["m3"], ""),
+            other => panic!("unexpected token {other:?}"),
+        };
+        MembersPage {
+            failure: None,
+            user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
+            next_after_user_id: next.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_follow_the_stores_order_whatever_it_is() {
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new("directory").unwrap());
+        let requests = bus.subscribe(subjects::MEMBERS, None).await.unwrap();
+        tokio::spawn(serve(bus.clone(), requests, 4, |query: MembersQuery| {
+            std::future::ready(page(&query))
+        }));
+        let directory = Directory::new(bus, CacheLimits::default(), 2, 100);
+        let tenant = TenantId::new("acme").unwrap();
+        let members = directory
+            .members(&tenant, ConversationId::generate())
+            .await
+            .unwrap();
+        let mut users: Vec<&str> = members.iter().map(UserId::as_str).collect();
+        users.sort_unstable();
+        assert_eq!(users, ["m1", "m2", "m3", "m5", "m6"]);
     }
 }
