@@ -175,8 +175,8 @@ pub(crate) async fn run(args: StormArgs) -> anyhow::Result<StormReport> {
         holders.push(tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                read = async { loop { if let Err(e) = session.stream.next().await { break e } } } => {
-                    let _: Ended = read;
+                // Read until the server ends the session.
+                () = async { while session.stream.next().await.is_ok() {} } => {
                     lost.fetch_add(1, Relaxed);
                 }
             }
