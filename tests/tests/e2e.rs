@@ -3,7 +3,7 @@
 //! it in one process on the embedded defaults, `natter dev` (`single`).
 
 macro_rules! scenarios {
-    ($name:ident, $mode:expr, big_room_members: $members:expr) => {
+    ($name:ident, $mode:expr) => {
         mod $name {
             use natter_tests::scenarios;
             use natter_tests::{Mode, Transport};
@@ -47,7 +47,7 @@ macro_rules! scenarios {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn big_room() {
-                scenarios::big_room(MODE, $members).await;
+                scenarios::big_room(MODE).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,10 +58,5 @@ macro_rules! scenarios {
     };
 }
 
-// Every join of a room is one entry in the joiner's update log; on the
-// test machine's single Cassandra node each costs an LWT, so filling a
-// 10,000-member room there takes minutes. The separate deployment fills a
-// room twice the big-room threshold instead; the single process fills
-// 10,000.
-scenarios!(separate, Mode::Separate, big_room_members: 2_000);
-scenarios!(single, Mode::Single, big_room_members: 10_000);
+scenarios!(separate, Mode::Separate);
+scenarios!(single, Mode::Single);
