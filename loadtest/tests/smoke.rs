@@ -3,8 +3,8 @@
 //! Runs in `cargo test --workspace` (hence in `scripts/test` and CI), with
 //! the binaries built beside the test executable.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -35,9 +35,10 @@ impl Server {
             SERVERS.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("create the data directory");
-        let [http, grpc, storage, sync, fanout] = std::array::from_fn(|_| free_port());
+        let [http, grpc, storage, sync, fanout] =
+            std::array::from_fn(|_| natter_testkit::free_port());
         let log = std::fs::File::create(dir.join("natter.log")).expect("create the log");
-        let child = Command::new(binary("natter"))
+        let child = Command::new(natter_testkit::binary("natter"))
             .args(["dev", "--demo-addr", "off", "--data-dir"])
             .arg(dir.join("data"))
             .env("NATTER_GATEWAY__HTTP_ADDR", http.to_string())
@@ -105,39 +106,6 @@ impl Drop for Server {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// A free port below the ephemeral range, so no outgoing connection takes
-/// it between here and the server binding it.
-/// Each call tries the next port, so servers started at once by parallel
-/// tests never pick the same.
-fn free_port() -> SocketAddr {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = (std::process::id() % 400) as u16 * 25;
-    loop {
-        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("a bound address");
-        }
-    }
-}
-
-/// A binary built beside this test's executable (`target/<profile>`);
-/// `scripts/test` builds them all before testing.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`), \
-         which `scripts/test` does",
-        path.display()
-    );
-    path
 }
 
 fn number(report: &Value, key: &str) -> u64 {

@@ -3,10 +3,9 @@
 //! on the embedded defaults.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use natter_auth::{Identity, Signer};
@@ -88,11 +87,11 @@ impl Cluster {
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("create the cluster's directory");
         let addrs = Addrs {
-            gateway_grpc: free_port(),
-            gateway_http: free_port(),
-            storage: free_port(),
-            sync: free_port(),
-            fanout: free_port(),
+            gateway_grpc: natter_testkit::free_port(),
+            gateway_http: natter_testkit::free_port(),
+            storage: natter_testkit::free_port(),
+            sync: natter_testkit::free_port(),
+            fanout: natter_testkit::free_port(),
         };
         let infra = match mode {
             Mode::Separate => format!(
@@ -145,7 +144,7 @@ impl Cluster {
 
     fn spawn(&mut self, service: Service) {
         let (binary, args) = service.command();
-        let path = binary_path(binary);
+        let path = natter_testkit::binary(binary);
         let log = self.dir.join(format!("{binary}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -328,38 +327,4 @@ async fn serving(addr: SocketAddr) -> bool {
         })
         .await;
     check.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
-}
-
-/// A port for a service to listen on. Asking the OS for port 0 and
-/// releasing it races: the OS hands the same port to outgoing connections
-/// (the CQL driver's, NATS clients') before the service binds it. So ports
-/// come from below the Linux ephemeral range (32768 and up), from a counter
-/// that keeps this process's tests apart, skipping any in use.
-fn free_port() -> SocketAddr {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 200) as u16 * 50;
-    loop {
-        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("a bound address");
-        }
-    }
-}
-
-/// The binaries are built beside the test executable (`target/<profile>`);
-/// `scripts/test` builds them before running tests.
-pub fn binary_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let path = profile_dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`), \
-         which `scripts/test` does",
-        path.display()
-    );
-    path
 }

@@ -3,14 +3,12 @@
 
 use std::process::Command;
 
-use natter_tests::cluster::binary_path;
-
 fn start_with(binary: &str, settings: &str) -> (Option<i32>, String) {
     let dir = std::env::temp_dir().join(natter_testkit::unique_name("config"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("natter.toml");
     std::fs::write(&file, settings).expect("settings file");
-    let output = Command::new(binary_path(binary))
+    let output = Command::new(natter_testkit::binary(binary))
         .arg("--config")
         .arg(&file)
         .output()

@@ -6,7 +6,9 @@
 //! A missing or unreachable server fails the test with instructions; it
 //! never skips it.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 /// The NATS server (with JetStream) tests use, as a `nats://` URL.
@@ -56,4 +58,38 @@ fn ensure_reachable(server: &str, var: &str, address: &str) {
         "{server} is not reachable at {address} (from {var}). \
          Is it running? `scripts/test up` starts it"
     );
+}
+
+/// A port for a server a test starts. Asking the OS for port 0 and
+/// releasing it races: the OS hands the same port to outgoing connections
+/// (the CQL driver's, NATS clients') before the server binds it. So ports
+/// come from below the Linux ephemeral range (32768 and up), from a counter
+/// that keeps this process's tests apart, skipping any in use.
+pub fn free_port() -> SocketAddr {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = (std::process::id() % 200) as u16 * 50;
+    loop {
+        let port = 20_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("a bound address");
+        }
+    }
+}
+
+/// A binary of the workspace, built beside the test executable
+/// (`target/<profile>`); `scripts/test` builds them before running tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`), \
+         which `scripts/test` does",
+        path.display()
+    );
+    path
 }
