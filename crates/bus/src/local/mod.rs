@@ -22,6 +22,7 @@ mod durable;
 mod journal;
 mod record;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::pin::Pin;
@@ -60,7 +61,7 @@ struct Hub {
     next_id: AtomicU64,
     /// Rotates which queue group member is offered a message first.
     turn: AtomicUsize,
-    subscribers: Mutex<Vec<Subscriber>>,
+    subscribers: Mutex<Subscribers>,
     streams: Mutex<Streams>,
     /// Where a persistent bus writes its streams' changes ahead.
     journal: Option<Journal>,
@@ -69,7 +70,7 @@ struct Hub {
 struct Subscriber {
     id: u64,
     /// Prefixed, as are all subjects inside the hub.
-    filter: String,
+    filter: Arc<str>,
     queue_group: Option<String>,
     prefix: Prefix,
     /// Boxed: a channel allocates its first block of 32 slots up front, so
@@ -138,7 +139,7 @@ impl LocalBus {
                 capacity: capacity.max(1),
                 next_id: AtomicU64::new(1),
                 turn: AtomicUsize::new(0),
-                subscribers: Mutex::new(Vec::new()),
+                subscribers: Mutex::new(Subscribers::default()),
                 streams: Mutex::new(streams),
                 journal,
             }),
@@ -166,9 +167,10 @@ impl LocalBus {
     ) -> LocalSubscription {
         let (sender, receiver) = mpsc::channel(capacity);
         let id = self.hub.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.hub.subscribers).push(Subscriber {
+        let filter: Arc<str> = filter.into();
+        lock(&self.hub.subscribers).add(Subscriber {
             id,
-            filter,
+            filter: filter.clone(),
             queue_group,
             prefix: self.prefix.clone(),
             sender,
@@ -177,6 +179,7 @@ impl LocalBus {
             receiver,
             hub: Arc::downgrade(&self.hub),
             id,
+            filter,
         }
     }
 }
@@ -239,14 +242,10 @@ impl Hub {
     /// subscribers matched, whether or not they had room.
     fn deliver(&self, subject: &str, reply: Option<&str>, message: &Outgoing) -> usize {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut subscribers = lock(&self.subscribers);
-        subscribers.retain(|s| !s.sender.is_closed());
+        let subscribers = lock(&self.subscribers);
         let mut matched = 0;
         let mut groups: Vec<(&str, Vec<&Subscriber>)> = Vec::new();
-        for subscriber in subscribers.iter() {
-            if !matches(&subscriber.filter, subject) {
-                continue;
-            }
+        for subscriber in subscribers.matching(subject) {
             matched += 1;
             match subscriber.queue_group.as_deref() {
                 None => {
@@ -314,6 +313,7 @@ struct LocalSubscription {
     receiver: mpsc::Receiver<Box<Incoming>>,
     hub: Weak<Hub>,
     id: u64,
+    filter: Arc<str>,
 }
 
 impl Stream for LocalSubscription {
@@ -329,9 +329,56 @@ impl Stream for LocalSubscription {
 impl Drop for LocalSubscription {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
-            lock(&hub.subscribers).retain(|s| s.id != self.id);
+            lock(&hub.subscribers).remove(&self.filter, self.id);
         }
     }
+}
+
+/// A hub's subscriptions. Those to one literal subject are found by that
+/// subject, so a publish looks at its own subscribers and the wildcard
+/// ones only, not at every device session's live subscription: with a
+/// scan of all, each publish cost time in proportion to the sessions open.
+#[derive(Default)]
+struct Subscribers {
+    exact: HashMap<Arc<str>, Vec<Subscriber>>,
+    wildcard: Vec<Subscriber>,
+}
+
+impl Subscribers {
+    fn add(&mut self, subscriber: Subscriber) {
+        if is_literal(&subscriber.filter) {
+            self.exact
+                .entry(subscriber.filter.clone())
+                .or_default()
+                .push(subscriber);
+        } else {
+            self.wildcard.push(subscriber);
+        }
+    }
+
+    fn remove(&mut self, filter: &str, id: u64) {
+        if !is_literal(filter) {
+            self.wildcard.retain(|s| s.id != id);
+        } else if let Some(list) = self.exact.get_mut(filter) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                self.exact.remove(filter);
+            }
+        }
+    }
+
+    fn matching<'a>(&'a self, subject: &'a str) -> impl Iterator<Item = &'a Subscriber> {
+        self.exact
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .chain(self.wildcard.iter().filter(|s| matches(&s.filter, subject)))
+    }
+}
+
+/// A filter without wildcards: it matches exactly one subject, itself.
+fn is_literal(filter: &str) -> bool {
+    !filter.split('.').any(|token| token == "*" || token == ">")
 }
 
 #[async_trait]
