@@ -347,9 +347,11 @@ struct Subscribers {
 impl Subscribers {
     fn add(&mut self, subscriber: Subscriber) {
         if is_literal(&subscriber.filter) {
+            // Most subjects have one subscriber (a session's live subject);
+            // a list grown by the default doubling would hold room for four.
             self.exact
                 .entry(subscriber.filter.clone())
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(1))
                 .push(subscriber);
         } else {
             self.wildcard.push(subscriber);
