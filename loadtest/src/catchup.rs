@@ -25,9 +25,6 @@ use crate::stats::{Latencies, Marks, Summary, lock};
 use crate::system::{Probe, Usage};
 use crate::traffic::{parse_payload, payload};
 
-/// How long a session may take to say goodbye.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The results of a `catch-up` run.
 #[derive(Debug, Serialize)]
 pub(crate) struct CatchUpReport {
@@ -150,7 +147,7 @@ pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpReport> {
     // The device that will be away: open once for its cursor, then leave.
     let first = open(&connector, 0, hello(&away, Role::Customer, 0)?).await?;
     let cursor = first.welcome.cursor;
-    first.sink.close(CLOSE_TIMEOUT).await;
+    first.sink.close().await;
 
     report::note(quiet, &format!("storing {messages} messages"));
     let session = open(&connector, 1, hello(&sender, Role::Agent, 0)?).await?;
@@ -193,7 +190,7 @@ pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpReport> {
     let outcome = tokio::time::timeout(args.timeout, catching_up).await;
     let catch_up_s = started.elapsed().as_secs_f64();
     let (server_catching_up, _) = probe.between(before, probe.take());
-    returned.sink.close(CLOSE_TIMEOUT).await;
+    returned.sink.close().await;
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(ended)) => {
@@ -311,7 +308,7 @@ async fn store(
         .await?
         .map_err(|ended| anyhow::anyhow!("the sending device was cut off: {ended}"))?;
     let elapsed_s = started.elapsed().as_secs_f64();
-    sink.close(CLOSE_TIMEOUT).await;
+    sink.close().await;
     let latency = lock(&latencies).summary();
     Ok(Stored {
         acked,

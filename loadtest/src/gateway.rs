@@ -398,6 +398,9 @@ pub(crate) fn frame_name(frame: &ServerKind) -> &'static str {
     }
 }
 
+/// How long a session may take to say goodbye.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// An open session, ready to be split between a writer and a reader.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -452,8 +455,9 @@ impl FrameSink {
     }
 
     /// Ends the session as a client app would: a WebSocket close frame, or
-    /// the end of the gRPC request stream. Waits at most `within`.
-    pub(crate) async fn close(self, within: Duration) {
+    /// the end of the gRPC request stream. Waits at most [`CLOSE_TIMEOUT`].
+    pub(crate) async fn close(self) {
+        let within = CLOSE_TIMEOUT;
         match self {
             FrameSink::Ws(mut sink) => {
                 let _ = tokio::time::timeout(within, sink.close()).await;

@@ -24,9 +24,6 @@ use crate::setup::Minter;
 use crate::stats::{Latencies, Summary, Tally, lock};
 use crate::system::rss_bytes;
 
-/// How long a session may take to say goodbye at the end.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// How often memory is sampled while holding.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -371,7 +368,7 @@ async fn hold_one(
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => {
-                sink.close(CLOSE_TIMEOUT).await;
+                sink.close().await;
                 return;
             }
             read = stream.next() => if let Err(ended) = read {

@@ -27,9 +27,6 @@ use crate::system::{Probe, Usage};
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// How long a session may take to say goodbye at the end.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The results of a `reconnect-storm` run.
 #[derive(Debug, Serialize)]
 pub(crate) struct StormReport {
@@ -240,7 +237,7 @@ pub(crate) async fn run(args: StormArgs) -> anyhow::Result<StormReport> {
     }
     let back_count = back.len() as u64;
     futures::stream::iter(back)
-        .for_each_concurrent(concurrency, |session| session.sink.close(CLOSE_TIMEOUT))
+        .for_each_concurrent(concurrency, |session| session.sink.close())
         .await;
 
     let dropped = cursors.len() as u64;

@@ -45,9 +45,6 @@ use crate::topology::{self, Topology};
 /// due, so every task is waiting when the run starts.
 const LEAD: Duration = Duration::from_millis(200);
 
-/// How long a device may take to say goodbye at the end.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// How often the drain checks whether everything came back.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
@@ -796,9 +793,9 @@ async fn ack_loop(shared: &Shared, slot: &Slot, mut acker: Acker) {
         let cursor = acker.cursor.load(Relaxed);
         if cursor > acker.acked {
             let ack = frame(client_frame::Frame::Ack(Ack { cursor }));
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(ack)).await;
+            let _ = tokio::time::timeout(crate::gateway::CLOSE_TIMEOUT, sink.send(ack)).await;
         }
-        sink.close(CLOSE_TIMEOUT).await;
+        sink.close().await;
     }
 }
 

@@ -560,7 +560,7 @@ pub async fn graceful_shutdown(mode: Mode) {
 /// late watcher; and fan-out writes no member's log per message.
 pub async fn big_room(mode: Mode) {
     const PER_REQUEST: usize = 1_000;
-    let members: usize = 10_000;
+    const MEMBERS: usize = 10_000;
     let cluster = Cluster::start(mode).await;
     let admin = cluster.token("crm", Role::Service);
     let member = |user: String, role: Role| NewMember {
@@ -571,7 +571,7 @@ pub async fn big_room(mode: Mode) {
         member("alice".into(), Role::Customer),
         member("bob".into(), Role::Agent),
     ];
-    everyone.extend((everyone.len()..members).map(|i| member(format!("m{i:05}"), Role::Customer)));
+    everyone.extend((everyone.len()..MEMBERS).map(|i| member(format!("m{i:05}"), Role::Customer)));
 
     let started = Instant::now();
     let mut chunks = everyone.chunks(PER_REQUEST);
@@ -616,14 +616,14 @@ pub async fn big_room(mode: Mode) {
         .conversation
         .expect("the room")
         .member_count;
-    assert_eq!(count, members as u64);
+    assert_eq!(count, MEMBERS as u64);
     // Joins reach each joiner's log (one entry per member, once): wait
     // for them, so what follows measures messages only.
     let mut written_before = fanout_updates_written(&cluster).await;
-    while written_before < members as u64 {
+    while written_before < MEMBERS as u64 {
         assert!(
             started.elapsed() < JOINS_PATIENCE,
-            "only {written_before} of {members} joins fanned out in {JOINS_PATIENCE:?}"
+            "only {written_before} of {MEMBERS} joins fanned out in {JOINS_PATIENCE:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         written_before = fanout_updates_written(&cluster).await;
@@ -651,7 +651,7 @@ pub async fn big_room(mode: Mode) {
     let delivered = started.elapsed();
 
     // A member who opens the room late gets its history, then live.
-    let last = format!("m{:05}", members - 1);
+    let last = format!("m{:05}", MEMBERS - 1);
     let mut late = device(&cluster, Transport::WsProto, &last, Role::Customer, "phone").await;
     late.watch(&conv, 0).await;
     assert_eq!(late.watched(&conv, 0, 20).await.len(), 20);
@@ -669,7 +669,7 @@ pub async fn big_room(mode: Mode) {
         "fan-out wrote {written} log entries for 21 messages"
     );
     eprintln!(
-        "{members}-member room ({mode:?}): members joined in {joined:?}, their joins \
+        "{MEMBERS}-member room ({mode:?}): members joined in {joined:?}, their joins \
          reached their logs in {fanned:?}; 20 messages sent and watched by 2 devices \
          in {delivered:?}"
     );

@@ -533,9 +533,7 @@ impl Session {
         });
         if watches.len() >= config.max_watches && !watches.contains(conversation) {
             let status = peers::too_many_watches(config.max_watches);
-            let mut frame = status::error_frame(&status, None);
-            frame.conversation_id = conversation.to_string();
-            return Ok(self.out.push(Frame::Error(frame))?);
+            return Ok(self.out.push(watches::refused(&status, conversation))?);
         }
         watches.watch(
             conversation,

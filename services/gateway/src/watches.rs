@@ -54,8 +54,6 @@ struct Room {
     handoff: Handoff<Message>,
     /// The backlog was replayed and `watching` sent.
     caught_up: bool,
-    /// Subscribed to the room subject (after the first page).
-    subscribed: bool,
 }
 
 /// A session's watches. Allocated on the first `watch`.
@@ -115,7 +113,6 @@ impl Watches {
                 generation: self.generations,
                 handoff,
                 caught_up: false,
-                subscribed: false,
             },
         );
         self.queue.push_back((conversation, self.generations));
@@ -149,8 +146,9 @@ impl Watches {
                 after_seq: room.handoff.delivered().get(),
                 limit: u32::try_from(self.shared.config.watch_page_size()).unwrap_or(u32::MAX),
             };
-            let subscribe =
-                (!room.subscribed).then(|| subjects::room(&self.identity.tenant, conversation));
+            // The first fetch subscribes; its page brings the subscription.
+            let subscribe = (!self.live.contains_key(&conversation))
+                .then(|| subjects::room(&self.identity.tenant, conversation));
             self.fetch = Some(Pending {
                 conversation,
                 generation,
@@ -219,13 +217,10 @@ impl Watches {
             Err(status) => {
                 tracing::info!(%conversation, code = ?status.code(), message = status.message(), "watch refused");
                 self.unwatch(conversation);
-                let mut frame = status::error_frame(&status, None);
-                frame.conversation_id = conversation.to_string();
-                return Ok(vec![Frame::Error(frame)]);
+                return Ok(vec![refused(&status, conversation)]);
             }
         };
         if let Some(subscription) = subscription {
-            room.subscribed = true;
             self.live.insert(conversation, subscription);
         }
         let messages = peers::readable(page.messages, "a message")?;
@@ -288,6 +283,13 @@ impl Watches {
         }
         Ok(frames)
     }
+}
+
+/// The `error` frame of a watch that failed: it names the conversation.
+pub(crate) fn refused(status: &Status, conversation: ConversationId) -> Frame {
+    let mut frame = status::error_frame(status, None);
+    frame.conversation_id = conversation.to_string();
+    Frame::Error(frame)
 }
 
 /// Subscribes to the room subject if asked, then fetches one page once the
