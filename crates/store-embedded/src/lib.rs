@@ -26,8 +26,9 @@
 //! writes committed meanwhile, so when a call returns `Ok`, what it wrote
 //! is on disk, and concurrent writers (sync appending to many users'
 //! logs) share their `fsync`s. A read answers only once what it saw is on
-//! disk. A call that fails writes nothing. The table
-//! layout is in `tables.rs`, the value encodings in `record.rs`.
+//! disk. A call that fails writes nothing. After a disk I/O error the
+//! store opens the file again by itself (`handle.rs`). The table layout is
+//! in `tables.rs`, the value encodings in `record.rs`.
 //!
 //! # Sharing
 //!
@@ -36,6 +37,7 @@
 //! until the first store is dropped.
 
 mod conversations;
+mod handle;
 mod record;
 mod sync;
 mod tables;
@@ -45,11 +47,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use natter_core::Limits;
-use natter_record::group::{FlushFailed, GroupCommit};
+use natter_record::group::FlushFailed;
 use natter_store::{Page, Result, StoreError};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
 use tempfile::TempDir;
 
+use crate::handle::Handle;
 use crate::tables::{FORMAT_KEY, FORMAT_VERSION, META};
 
 /// The database file inside the data directory.
@@ -66,8 +71,7 @@ const CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// The embedded store. Cheap to share behind an `Arc`; every method runs
 /// one transaction.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
-    group: Arc<GroupCommit>,
+    handle: Arc<Handle>,
     limits: Limits,
     path: PathBuf,
     /// Holds the directory of a [`temporary`](Self::temporary) store; it is
@@ -92,7 +96,7 @@ impl EmbeddedStore {
     /// This blocks on file I/O: call it at start-up, before serving, or
     /// from `spawn_blocking`.
     pub fn open(dir: impl AsRef<Path>, limits: Limits) -> Result<Self> {
-        Self::open_in(dir.as_ref(), limits, None)
+        Self::open_with(dir.as_ref(), limits, None, create_file)
     }
 
     /// Opens a store in a new temporary directory that is deleted when the
@@ -103,34 +107,46 @@ impl EmbeddedStore {
             .tempdir()
             .map_err(|e| io_error("create temporary directory", e))?;
         let path = dir.path().to_owned();
-        Self::open_in(&path, limits, Some(dir))
+        Self::open_with(&path, limits, Some(dir), create_file)
     }
 
-    fn open_in(dir: &Path, limits: Limits, temporary: Option<TempDir>) -> Result<Self> {
+    /// Opens the store with `create`, which opens or creates the database
+    /// file at a path, then and again after each disk I/O error; tests
+    /// pass one that fails on demand.
+    fn open_with<C>(
+        dir: &Path,
+        limits: Limits,
+        temporary: Option<TempDir>,
+        create: C,
+    ) -> Result<Self>
+    where
+        C: Fn(&Path) -> std::result::Result<Database, DatabaseError> + Send + Sync + 'static,
+    {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create data directory", e))?;
         let path = dir.join(DATABASE_FILE);
         let fresh = !path
             .try_exists()
             .map_err(|e| io_error("open database", e))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+        let file = path.clone();
+        let open = move || {
+            let db = create(&file).map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
                     "database {} is open in another store or process",
-                    path.display()
+                    file.display()
                 )),
                 other => storage_error(other),
             })?;
-        init(&db).map_err(|e| e.0)?;
+            init(&db).map_err(|e| e.error)?;
+            Ok(db)
+        };
+        let db = open()?;
         if fresh {
             // The new file's directory entry must reach the disk too, or a
             // crash could lose the whole database.
             sync_dir(dir)?;
         }
         Ok(Self {
-            db: Arc::new(db),
-            group: Arc::default(),
+            handle: Arc::new(Handle::new(path.clone(), Box::new(open), db)),
             limits,
             path,
             _temporary: temporary,
@@ -156,12 +172,16 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> TxResult<T> + Send + 'static,
     {
-        let (db, group) = (self.db.clone(), self.group.clone());
+        let handle = self.handle.clone();
         blocking(move || {
-            let txn = db.begin_read()?;
-            let value = f(&txn)?;
-            group.wait_for_started(&db).map_err(flush_failed)?;
-            Ok(value)
+            handle.run(|open| {
+                let txn = open.db.begin_read()?;
+                let value = f(&txn)?;
+                open.group
+                    .wait_for_started(&open.db)
+                    .map_err(flush_failed)?;
+                Ok(value)
+            })
         })
         .await
     }
@@ -176,14 +196,18 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
     {
-        let (db, group) = (self.db.clone(), self.group.clone());
+        let handle = self.handle.clone();
         blocking(move || {
-            let (started, txn) = group.begin(&db)?;
-            // On an error `txn` is dropped, which aborts it.
-            let value = f(&txn)?;
-            let written = started.commit(txn)?;
-            group.flush_through(&db, written).map_err(flush_failed)?;
-            Ok(value)
+            handle.run(|open| {
+                let (started, txn) = open.group.begin(&open.db)?;
+                // On an error `txn` is dropped, which aborts it.
+                let value = f(&txn)?;
+                let written = started.commit(txn)?;
+                open.group
+                    .flush_through(&open.db, written)
+                    .map_err(flush_failed)?;
+                Ok(value)
+            })
         })
         .await
     }
@@ -230,6 +254,11 @@ fn init(db: &Database) -> TxResult<()> {
     Ok(txn.commit()?)
 }
 
+/// Opens or creates the database file at `path`.
+fn create_file(path: &Path) -> std::result::Result<Database, DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
@@ -250,14 +279,19 @@ where
     F: FnOnce() -> TxResult<T> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(|e| e.0),
+        Ok(result) => result.map_err(|e| e.error),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(StoreError::Unavailable(format!("store task ended: {e}"))),
     }
 }
 
+/// A failed flush means a failed disk, and the group commit that met it
+/// fails from then on.
 fn flush_failed(e: FlushFailed) -> TxError {
-    TxError(StoreError::Unavailable(e.to_string()))
+    TxError {
+        error: StoreError::Unavailable(e.to_string()),
+        io: true,
+    }
 }
 
 fn io_error(action: &str, e: std::io::Error) -> StoreError {
@@ -266,13 +300,17 @@ fn io_error(action: &str, e: std::io::Error) -> StoreError {
 
 /// The error of a transaction's work: a store error, or a redb error
 /// already mapped by [`storage_error`], so `?` takes both.
-pub(crate) struct TxError(StoreError);
+pub(crate) struct TxError {
+    error: StoreError,
+    /// The disk failed: the database must be opened again.
+    io: bool,
+}
 
 pub(crate) type TxResult<T> = std::result::Result<T, TxError>;
 
 impl From<StoreError> for TxError {
-    fn from(e: StoreError) -> Self {
-        Self(e)
+    fn from(error: StoreError) -> Self {
+        Self { error, io: false }
     }
 }
 
@@ -280,7 +318,11 @@ macro_rules! from_redb {
     ($($error:ty),*) => {
         $(impl From<$error> for TxError {
             fn from(e: $error) -> Self {
-                Self(storage_error(e))
+                let e: redb::Error = e.into();
+                Self {
+                    io: matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+                    error: storage_error(e),
+                }
             }
         })*
     };
