@@ -136,6 +136,12 @@ async fn unacked_messages_come_back_after_a_restart() {
     assert_eq!(publish(&bus, "m12", None).await, (12, false));
     let mut worker = consume(&bus, "worker").await;
     assert_eq!(take(&mut worker).await, (12, "m12".to_owned()));
+    let mut idle = consume(&bus, "idle").await;
+    assert_eq!(
+        take(&mut idle).await.0,
+        12,
+        "acks no change had written yet are written when the bus closes"
+    );
 }
 
 /// What the stream's limits discard stays discarded, on disk as in memory.

@@ -134,7 +134,7 @@ impl GroupCommit {
 
 impl Started<'_> {
     /// Commits `txn` without waiting for the disk. Changes whose loss in a
-    /// crash costs only a repeat (an ack floor) may drop the [`Written`]:
+    /// crash costs only a repeat (a device cursor) may drop the [`Written`]:
     /// they reach the disk with the next flush.
     pub fn commit(mut self, txn: WriteTransaction) -> Result<Written, redb::Error> {
         txn.commit()?;

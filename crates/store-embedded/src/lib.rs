@@ -196,6 +196,25 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
     {
+        self.commit(f, true).await
+    }
+
+    /// Like [`write`](Self::write), but answers once committed: the change
+    /// reaches the disk with the next flush. For changes whose loss in a
+    /// crash costs only a repeat, such as a device's cursor moving on.
+    async fn write_unflushed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
+    {
+        self.commit(f, false).await
+    }
+
+    async fn commit<T, F>(&self, f: F, flush: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
+    {
         let handle = self.handle.clone();
         blocking(move || {
             handle.run(|open| {
@@ -203,9 +222,11 @@ impl EmbeddedStore {
                 // On an error `txn` is dropped, which aborts it.
                 let value = f(&txn)?;
                 let written = started.commit(txn)?;
-                open.group
-                    .flush_through(&open.db, written)
-                    .map_err(flush_failed)?;
+                if flush {
+                    open.group
+                        .flush_through(&open.db, written)
+                        .map_err(flush_failed)?;
+                }
                 Ok(value)
             })
         })

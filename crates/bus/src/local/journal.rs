@@ -27,9 +27,11 @@
 //! publisher, never told it was done, publishes again, and consumers
 //! tolerate the redelivery (delivery is at least once).
 //!
-//! An ack does not wait for a flush: it reaches the disk with the next
-//! one, and a crash before that loses only ack floors, so some messages
-//! are delivered again, which every consumer tolerates.
+//! An ack is not written on its own: the consumer's new ack floor waits in
+//! memory and is written in the transaction of the next change (or when
+//! the journal closes), so acking costs no transaction. A crash before that
+//! loses only ack floors, so some messages are delivered again, which every
+//! consumer tolerates.
 //!
 //! # Bounded
 //!
@@ -99,7 +101,7 @@ const DEDUP_IDS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ded
 const CONSUMERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("consumers");
 
 /// One write the journal makes.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Entry<'a> {
     Stream(&'a StreamConfig),
     Delete(&'a str),
@@ -115,9 +117,10 @@ pub(super) trait Journaled {
     /// that changes nothing lasting, which is then applied at once.
     fn entries(&self) -> Vec<Entry<'_>>;
 
-    /// Whether the caller must wait until the writes are on disk.
-    fn durable(&self) -> bool {
-        true
+    /// A consumer state that need not be written now: it is written with
+    /// the next change instead, and the plan is applied at once.
+    fn deferred(&self) -> Option<&ConsumerPlan> {
+        None
     }
 }
 
@@ -153,8 +156,8 @@ impl Journaled for Ack {
         vec![Entry::Consumer(&self.consumer)]
     }
 
-    fn durable(&self) -> bool {
-        false
+    fn deferred(&self) -> Option<&ConsumerPlan> {
+        Some(&self.consumer)
     }
 }
 
@@ -163,24 +166,27 @@ impl<T: Journaled> Journaled for Option<T> {
         self.as_ref().map(T::entries).unwrap_or_default()
     }
 
-    fn durable(&self) -> bool {
-        self.as_ref().is_none_or(T::durable)
+    fn deferred(&self) -> Option<&ConsumerPlan> {
+        self.as_ref().and_then(T::deferred)
     }
 }
+
+/// Consumer states waiting for the next commit, the newest per consumer.
+type Deferred = HashMap<(String, String), ConsumerPlan>;
 
 /// The open journal. Dropping it (and every [`Writer`]) closes the file.
 pub(super) struct Journal {
     db: Arc<Database>,
     group: Arc<GroupCommit>,
-    /// Held by the one [`Writer`].
-    turn: Arc<Mutex<()>>,
+    /// Held by the one [`Writer`], with what it has yet to write.
+    turn: Arc<Mutex<Deferred>>,
     path: PathBuf,
 }
 
 /// The right to change the streams of a persistent bus: held while a plan
 /// is made, written and applied.
 pub(super) struct Writer {
-    _turn: OwnedMutexGuard<()>,
+    deferred: OwnedMutexGuard<Deferred>,
     db: Arc<Database>,
     group: Arc<GroupCommit>,
 }
@@ -231,7 +237,7 @@ impl Journal {
         Ok(Self {
             db: Arc::new(db),
             group: Arc::default(),
-            turn: Arc::new(Mutex::new(())),
+            turn: Arc::default(),
             path,
         })
     }
@@ -243,7 +249,7 @@ impl Journal {
     /// Waits until no other change is being planned, written or applied.
     pub(super) async fn writer(&self) -> Writer {
         Writer {
-            _turn: Arc::clone(&self.turn).lock_owned().await,
+            deferred: Arc::clone(&self.turn).lock_owned().await,
             db: Arc::clone(&self.db),
             group: Arc::clone(&self.group),
         }
@@ -259,21 +265,57 @@ impl Journal {
 }
 
 impl Writer {
-    /// Commits `entries` in one transaction without waiting for the disk;
-    /// returns what to wait on for that, unless nothing was written. Blocks
-    /// on I/O: call it from the blocking pool.
-    pub(super) fn commit(&self, entries: &[Entry<'_>]) -> Result<Option<Written>> {
-        if entries.is_empty() {
-            return Ok(None);
-        }
-        let written = (|| {
-            let (started, txn) = self.group.begin(&self.db)?;
-            write(&txn, entries)?;
-            Ok(started.commit(txn)?)
-        })()
-        .map_err(|f: Failure| f.0)?;
-        Ok(Some(written))
+    /// Commits `entries`, after the deferred consumer states, in one
+    /// transaction without waiting for the disk; returns what to wait on
+    /// for that. Blocks on I/O: call it from the blocking pool.
+    pub(super) fn commit(&mut self, entries: &[Entry<'_>]) -> Result<Written> {
+        let written = commit_with(&self.db, &self.group, &self.deferred, entries)?;
+        self.deferred.clear();
+        Ok(written)
     }
+
+    /// Keeps `plan` to be written with the next commit.
+    pub(super) fn defer(&mut self, plan: &ConsumerPlan) {
+        self.deferred
+            .insert((plan.stream.clone(), plan.name.clone()), plan.clone());
+    }
+}
+
+impl Drop for Journal {
+    /// Writes the deferred consumer states, so a clean stop redelivers
+    /// nothing. Nothing else can be writing: every writer holds the turn.
+    fn drop(&mut self) {
+        let Ok(deferred) = self.turn.try_lock() else {
+            return;
+        };
+        if deferred.is_empty() {
+            return;
+        }
+        let flushed = commit_with(&self.db, &self.group, &deferred, &[])
+            .and_then(|written| self.flush_through(written));
+        if let Err(e) = flushed {
+            tracing::warn!(error = %e, "cannot write the last acks; their messages will be delivered again");
+        }
+    }
+}
+
+fn commit_with(
+    db: &Database,
+    group: &GroupCommit,
+    deferred: &Deferred,
+    entries: &[Entry<'_>],
+) -> Result<Written> {
+    let all: Vec<Entry<'_>> = deferred
+        .values()
+        .map(Entry::Consumer)
+        .chain(entries.iter().copied())
+        .collect();
+    (|| {
+        let (started, txn) = group.begin(db)?;
+        write(&txn, &all)?;
+        Ok(started.commit(txn)?)
+    })()
+    .map_err(|f: Failure| f.0)
 }
 
 /// Creates every table, so read transactions can open them, and checks the

@@ -214,22 +214,21 @@ impl Hub {
             let planned = plan(&mut streams)?;
             return Ok(apply(&mut streams, planned));
         };
-        let writer = journal.writer().await;
+        let mut writer = journal.writer().await;
         let planned = plan(&mut lock(&self.streams))?;
-        if planned.entries().is_empty() {
+        if let Some(consumer) = planned.deferred() {
+            writer.defer(consumer);
+        }
+        if planned.deferred().is_some() || planned.entries().is_empty() {
             return Ok(apply(&mut lock(&self.streams), planned));
         }
         let hub = Arc::clone(self);
         blocking(move || {
             let written = writer.commit(&planned.entries())?;
-            let durable = planned.durable();
             let applied = apply(&mut lock(&hub.streams), planned);
             // The next change goes ahead while this one waits for the disk.
             drop(writer);
-            // An ack reaches the disk with the next flush.
-            if let Some(written) = written.filter(|_| durable)
-                && let Some(journal) = &hub.journal
-            {
+            if let Some(journal) = &hub.journal {
                 journal.flush_through(written)?;
             }
             Ok(applied)
