@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use natter_bus::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
-    Delivery, Headers, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig, Subscription,
-    check_dedup_id, check_name, overlaps,
+    Delivery, DurableMessage, Headers, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig,
+    Subscription, check_dedup_id, check_name, overlaps,
 };
 
 /// Where and how to connect.
@@ -336,35 +336,48 @@ impl Bus for NatsBus {
         }
     }
 
-    async fn publish_durable(
-        &self,
-        subject: &str,
-        message: Outgoing,
-        dedup_id: Option<&str>,
-    ) -> Result<Persisted> {
-        let full = self.prefix.subject(subject)?;
-        if let Some(id) = dedup_id {
-            check_dedup_id(id)?;
+    async fn publish_durable_batch(&self, messages: Vec<DurableMessage>) -> Result<Vec<Persisted>> {
+        let mut prepared = Vec::with_capacity(messages.len());
+        for DurableMessage {
+            subject,
+            message,
+            dedup_id,
+        } in messages
+        {
+            let full = self.prefix.subject(&subject)?;
+            let message = message.prepare()?;
+            let size = message.payload.len();
+            let mut publish = PublishMessage::build()
+                .payload(message.payload)
+                .headers(header_map(&message.headers)?);
+            if let Some(id) = &dedup_id {
+                check_dedup_id(id)?;
+                publish = publish.message_id(id);
+            }
+            prepared.push((full, subject, size, publish));
         }
-        let message = message.prepare()?;
-        let size = message.payload.len();
-        let mut publish = PublishMessage::build()
-            .payload(message.payload)
-            .headers(header_map(&message.headers)?);
-        if let Some(id) = dedup_id {
-            publish = publish.message_id(id);
+        // All in flight before the first ack is awaited: one round trip
+        // for the batch rather than one each.
+        let mut acks = Vec::with_capacity(prepared.len());
+        for (full, subject, size, publish) in prepared {
+            let ack = self
+                .jetstream
+                .send_publish(full, publish)
+                .await
+                .map_err(|err| durable_publish_error(&subject, size, err))?;
+            acks.push((subject, size, ack));
         }
-        let ack = self
-            .jetstream
-            .send_publish(full, publish)
-            .await
-            .map_err(|err| durable_publish_error(subject, size, err))?
-            .await
-            .map_err(|err| durable_publish_error(subject, size, err))?;
-        Ok(Persisted {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+        let mut persisted = Vec::with_capacity(acks.len());
+        for (subject, size, ack) in acks {
+            let ack = ack
+                .await
+                .map_err(|err| durable_publish_error(&subject, size, err))?;
+            persisted.push(Persisted {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            });
+        }
+        Ok(persisted)
     }
 
     async fn consume(&self, config: &ConsumerConfig) -> Result<Deliveries> {

@@ -24,8 +24,9 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use crate::{
-    Bus, BusError, ConsumerConfig, Deliveries, Delivery, Incoming, MAX_PAYLOAD_BYTES, Outgoing,
-    StreamConfig, Subscription, TRACEPARENT, partition, partition_subject,
+    Bus, BusError, ConsumerConfig, Deliveries, Delivery, DurableMessage, Incoming,
+    MAX_PAYLOAD_BYTES, Outgoing, Persisted, StreamConfig, Subscription, TRACEPARENT, partition,
+    partition_subject,
 };
 
 /// Expands to one `#[tokio::test]` per conformance check. `$factory` is an
@@ -45,6 +46,7 @@ macro_rules! bus_conformance {
             unsettled_deliveries_come_back,
             nak_redelivers_before_later_messages,
             dedup_ids_store_once_within_the_window,
+            durable_batches_store_in_order,
             partitions_route_each_key_to_one_consumer,
             one_delivery_in_flight_across_processes,
             trace_context_crosses_the_bus,
@@ -524,6 +526,90 @@ pub async fn dedup_ids_store_once_within_the_window<B: Bus>(factory: impl AsyncF
         let delivery = delivered(&mut deliveries, "late").await;
         assert_eq!(text(&delivery.message), "late");
         delivery.ack().await.expect("ack");
+    })
+    .await;
+}
+
+/// A batch is stored as if published one message after another: in
+/// order, with sequences that follow on, and a dedup id repeated in the
+/// batch or in a retry of it stored once.
+pub async fn durable_batches_store_in_order<B: Bus>(factory: impl AsyncFn(&str) -> B) {
+    let bus = factory(&unique_prefix()).await;
+    ensure(&bus, &StreamConfig::new("batch", &["batch.*"], HOUR)).await;
+    cleaning_up(&bus, &["batch"], async {
+        let batch = |entries: &[(&str, &str, &str)]| -> Vec<DurableMessage> {
+            entries
+                .iter()
+                .map(|&(subject, payload, id)| DurableMessage {
+                    subject: subject.to_owned(),
+                    message: Outgoing::new(payload.to_owned()),
+                    dedup_id: Some(id.to_owned()),
+                })
+                .collect()
+        };
+        let entries = [
+            ("batch.x", "a", "id-a"),
+            ("batch.y", "b", "id-b"),
+            ("batch.x", "a again", "id-a"),
+            ("batch.x", "c", "id-c"),
+        ];
+        let sequences = |persisted: Vec<Persisted>| -> Vec<(u64, bool)> {
+            persisted
+                .iter()
+                .map(|p| (p.sequence, p.duplicate))
+                .collect()
+        };
+        let first = bus
+            .publish_durable_batch(batch(&entries))
+            .await
+            .expect("batch publish");
+        assert_eq!(
+            sequences(first),
+            [(1, false), (2, false), (1, true), (3, false)]
+        );
+        let retry = bus
+            .publish_durable_batch(batch(&entries))
+            .await
+            .expect("batch retry");
+        assert_eq!(
+            sequences(retry),
+            [(1, true), (2, true), (1, true), (3, true)],
+            "a retried batch is stored once"
+        );
+        assert!(
+            bus.publish_durable_batch(Vec::new())
+                .await
+                .expect("empty batch")
+                .is_empty()
+        );
+
+        let invalid = bus
+            .publish_durable_batch(batch(&[("batch.x", "d", "id-d"), ("batch.x", "e", "")]))
+            .await;
+        assert!(
+            matches!(invalid, Err(BusError::Invalid { .. })),
+            "expected Invalid for an empty dedup id, got {invalid:?}"
+        );
+        let uncaptured = bus
+            .publish_durable_batch(batch(&[("elsewhere.x", "f", "id-f")]))
+            .await;
+        assert!(
+            matches!(uncaptured, Err(BusError::NoStream { .. })),
+            "expected NoStream, got {uncaptured:?}"
+        );
+        assert_eq!(
+            publish_durable(&bus, "batch.x", "g").await,
+            4,
+            "nothing of the refused batches was stored"
+        );
+
+        let mut deliveries =
+            consume(&bus, &ConsumerConfig::new("batch", "reader", "batch.*")).await;
+        for payload in ["a", "b", "c", "g"] {
+            let delivery = delivered(&mut deliveries, payload).await;
+            assert_eq!(text(&delivery.message), payload, "in batch order");
+            delivery.ack().await.expect("ack");
+        }
     })
     .await;
 }

@@ -70,8 +70,8 @@ use thiserror::Error;
 
 pub use local::{LOCAL_BUS_FILE, LocalBus};
 pub use message::{
-    Acknowledge, Deliveries, Delivery, Headers, Incoming, MAX_PAYLOAD_BYTES, Outgoing, Persisted,
-    Subscription, TRACEPARENT,
+    Acknowledge, Deliveries, Delivery, DurableMessage, Headers, Incoming, MAX_PAYLOAD_BYTES,
+    Outgoing, Persisted, Subscription, TRACEPARENT,
 };
 pub use partition::{partition, partition_subject};
 pub use subject::{
@@ -264,7 +264,27 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
         subject: &str,
         message: Outgoing,
         dedup_id: Option<&str>,
-    ) -> Result<Persisted>;
+    ) -> Result<Persisted> {
+        let mut persisted = self
+            .publish_durable_batch(vec![DurableMessage {
+                subject: subject.to_owned(),
+                message,
+                dedup_id: dedup_id.map(str::to_owned),
+            }])
+            .await?;
+        persisted.pop().ok_or_else(|| {
+            BusError::Unavailable(format!("no answer for the durable publish to {subject}"))
+        })
+    }
+
+    /// Publishes several messages as [`publish_durable`](Self::publish_durable)
+    /// would one after another, and returns once all are persisted, with
+    /// what each got back, in order. Cheaper than a call each: the
+    /// in-process bus writes the batch in one transaction, NATS has it in
+    /// flight at once. Nothing is sent if a subject, dedup id or message
+    /// is invalid; on a failure after that, part of the batch may be
+    /// stored, so retry the whole batch with the same dedup ids.
+    async fn publish_durable_batch(&self, messages: Vec<DurableMessage>) -> Result<Vec<Persisted>>;
 
     /// Creates the durable consumer if needed, starting at the beginning of
     /// the stream, and streams its deliveries. An existing consumer keeps

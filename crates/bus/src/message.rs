@@ -188,6 +188,15 @@ impl Incoming {
     }
 }
 
+/// One message of a durable publish: where it goes, and the dedup id that
+/// makes a retry store it once.
+#[derive(Debug, Clone)]
+pub struct DurableMessage {
+    pub subject: String,
+    pub message: Outgoing,
+    pub dedup_id: Option<String>,
+}
+
 /// What a durable publish got back once the stream persisted the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Persisted {

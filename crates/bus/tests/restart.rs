@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use natter_bus::{
-    Bus, BusError, ConsumerConfig, Deliveries, Delivery, LOCAL_BUS_FILE, LocalBus, Outgoing,
-    StreamConfig,
+    Bus, BusError, ConsumerConfig, Deliveries, Delivery, DurableMessage, LOCAL_BUS_FILE, LocalBus,
+    Outgoing, StreamConfig,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -164,6 +164,54 @@ async fn limits_hold_across_a_restart() {
     }
     assert_eq!(publish(&bus, "m51", None).await, (51, false));
     assert_eq!(take(&mut reader).await.0, 51, "nothing older was kept");
+}
+
+/// A batch is on disk whole, its dedup ids too, whatever the stream held
+/// before it; one that runs past the count limit keeps the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_survive_a_restart() {
+    let dir = temporary_dir();
+    let bus = open(dir.path());
+    let mut config = StreamConfig::new("events", &["events.>"], HOUR);
+    config.max_messages = Some(4);
+    bus.ensure_stream(&config).await.expect("ensure stream");
+    let batch = |range: std::ops::RangeInclusive<u32>| -> Vec<DurableMessage> {
+        range
+            .map(|i| DurableMessage {
+                subject: "events.a".to_owned(),
+                message: Outgoing::new(format!("m{i}")),
+                dedup_id: Some(format!("id-{i}")),
+            })
+            .collect()
+    };
+    bus.publish_durable_batch(batch(1..=3))
+        .await
+        .expect("first batch");
+    drop(bus);
+
+    let bus = open(dir.path());
+    let mut early = consume(&bus, "early").await;
+    for i in 1..=3_u64 {
+        assert_eq!(take(&mut early).await, (i, format!("m{i}")));
+    }
+    bus.publish_durable_batch(batch(4..=9))
+        .await
+        .expect("second batch");
+    drop((early, bus));
+
+    let bus = open(dir.path());
+    let mut reader = consume(&bus, "reader").await;
+    for i in 6..=9_u64 {
+        assert_eq!(take(&mut reader).await, (i, format!("m{i}")));
+    }
+    let retried = bus
+        .publish_durable_batch(batch(8..=9))
+        .await
+        .expect("retry");
+    assert!(
+        retried.iter().all(|p| p.duplicate),
+        "the dedup ids are back: {retried:?}"
+    );
 }
 
 /// A deleted stream stays deleted, with its consumers.

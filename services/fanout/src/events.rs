@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use natter_bus::{Bus, BusError, Outgoing};
+use natter_bus::{Bus, BusError, DurableMessage, Outgoing};
 use natter_contract::{Handled, Topology, USERS, encode, subjects};
 use natter_core::{ConversationId, Event, Invalid, TenantId, UserId};
 use natter_proto::bus::v1::{ConversationEvent, UserEvent};
@@ -20,8 +18,9 @@ use crate::directory::Directory;
 use crate::members::Members;
 use crate::stats::Stats;
 
-/// Durable publishes in flight for one event.
-const PUBLISH_CONCURRENCY: usize = 64;
+/// User events published in one batch: one journal transaction on the
+/// in-process bus, one window of acks on NATS.
+const PUBLISH_BATCH: usize = 256;
 
 /// The longest dedup id the bus carries (`Nats-Msg-Id`).
 const MAX_DEDUP_ID_BYTES: usize = 256;
@@ -135,39 +134,18 @@ impl Expander {
         common: &[u8],
         recipients: Vec<&UserId>,
     ) -> Result<(), BusError> {
-        let mut in_flight = FuturesUnordered::new();
-        for user in recipients {
-            if in_flight.len() >= PUBLISH_CONCURRENCY
-                && let Some(result) = in_flight.next().await
-            {
-                result?;
-            }
-            in_flight.push(self.publish_one(tenant, key, common, user));
-        }
-        while let Some(result) = in_flight.next().await {
-            result?;
-        }
-        Ok(())
-    }
-
-    async fn publish_one(
-        &self,
-        tenant: &TenantId,
-        key: &str,
-        common: &[u8],
-        user: &UserId,
-    ) -> Result<(), BusError> {
-        let subject = USERS.subject(&self.topology, &subjects::user_key(tenant, user));
-        let persisted = self
-            .bus
-            .publish_durable(
-                &subject,
-                Outgoing::new(payload(common, user)),
-                Some(&dedup_id(key, user)),
-            )
-            .await?;
-        if !persisted.duplicate {
-            Stats::add(&self.stats.updates_written, 1);
+        for chunk in recipients.chunks(PUBLISH_BATCH) {
+            let batch = chunk
+                .iter()
+                .map(|user| DurableMessage {
+                    subject: USERS.subject(&self.topology, &subjects::user_key(tenant, user)),
+                    message: Outgoing::new(payload(common, user)),
+                    dedup_id: Some(dedup_id(key, user)),
+                })
+                .collect();
+            let persisted = self.bus.publish_durable_batch(batch).await?;
+            let written = persisted.iter().filter(|p| !p.duplicate).count();
+            Stats::add(&self.stats.updates_written, written as u64);
         }
         Ok(())
     }

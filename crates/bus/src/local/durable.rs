@@ -273,28 +273,64 @@ impl Streams {
         dedup_id: Option<&str>,
         now: Now,
     ) -> Option<Store> {
-        let name = self.capturing(subject)?.clone();
-        let stream = self.by_name.get_mut(&name)?;
-        stream.prune(now.wall);
-        if let Some(&sequence) = dedup_id.and_then(|id| stream.dedup.get(id)) {
-            return Some(Store::Duplicate(Persisted {
-                sequence,
-                duplicate: true,
+        let mut plans = self.plan_stores(&[(subject, headers, payload, dedup_id)], now)?;
+        plans.pop()
+    }
+
+    /// Plans storing messages one after another, as if each plan were
+    /// applied before the next is made: sequences follow on, and a dedup
+    /// id repeated in the batch is a duplicate of its first. `None` if no
+    /// stream captures one of the subjects.
+    pub(super) fn plan_stores(
+        &mut self,
+        messages: &[(&str, &Headers, &Bytes, Option<&str>)],
+        now: Now,
+    ) -> Option<Vec<Store>> {
+        // Per stream: the first sequence this batch appends, and the last.
+        let mut appended: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut ids: HashMap<(String, &str), u64> = HashMap::new();
+        let mut plans = Vec::with_capacity(messages.len());
+        for &(subject, headers, payload, dedup_id) in messages {
+            let name = self.capturing(subject)?.clone();
+            let stream = self.by_name.get_mut(&name)?;
+            stream.prune(now.wall);
+            let earlier = dedup_id.and_then(|id| {
+                stream
+                    .dedup
+                    .get(id)
+                    .or_else(|| ids.get(&(name.clone(), id)))
+                    .copied()
+            });
+            if let Some(sequence) = earlier {
+                plans.push(Store::Duplicate(Persisted {
+                    sequence,
+                    duplicate: true,
+                }));
+                continue;
+            }
+            let sequence = appended
+                .get(&name)
+                .map_or(stream.last_sequence, |&(_, last)| last)
+                + 1;
+            let first = appended.get(&name).map_or(sequence, |&(first, _)| first);
+            appended.insert(name.clone(), (first, sequence));
+            if let Some(id) = dedup_id {
+                ids.insert((name.clone(), id), sequence);
+            }
+            plans.push(Store::Append(Append {
+                message: Stored {
+                    sequence,
+                    subject: subject.to_owned(),
+                    headers: headers.clone(),
+                    payload: payload.clone(),
+                    at: now.wall,
+                },
+                dedup_id: dedup_id.map(str::to_owned),
+                floors: stream.floors_with(first, sequence),
+                stream: name,
             }));
         }
-        let sequence = stream.last_sequence + 1;
-        Some(Store::Append(Append {
-            stream: name,
-            message: Stored {
-                sequence,
-                subject: subject.to_owned(),
-                headers: headers.clone(),
-                payload: payload.clone(),
-                at: now.wall,
-            },
-            dedup_id: dedup_id.map(str::to_owned),
-            floors: stream.floors_with(sequence),
-        }))
+        Some(plans)
     }
 
     /// Carries out a plan of [`plan_store`](Self::plan_store).
@@ -628,17 +664,17 @@ impl Stream {
         }
     }
 
-    /// The floors once message `sequence`, the next one, is appended and
-    /// the count limit applied. Messages are consecutive, so the count
-    /// limit keeps the last `max` sequences.
-    fn floors_with(&self, sequence: u64) -> Floors {
-        let first = self.messages.front().map_or(sequence, |m| m.sequence);
+    /// The floors once messages `first_new..=sequence`, the next ones, are
+    /// appended and the count limit applied. Messages are consecutive, so
+    /// the count limit keeps the last `max` sequences.
+    fn floors_with(&self, first_new: u64, sequence: u64) -> Floors {
+        let first = self.messages.front().map_or(first_new, |m| m.sequence);
         Floors {
             messages: self
                 .config
                 .max_messages
                 .map_or(first, |max| first.max((sequence + 1).saturating_sub(max))),
-            dedup_ids: self.dedup_order.front().map_or(sequence, |(_, _, s)| *s),
+            dedup_ids: self.dedup_order.front().map_or(first_new, |(_, _, s)| *s),
         }
     }
 }

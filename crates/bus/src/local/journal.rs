@@ -21,8 +21,10 @@
 //! at once; the writer then goes to the next plan while the caller waits
 //! for an empty [`Durability::Immediate`] commit, which puts every commit
 //! before it on disk. Callers that wait at the same time share one such
-//! flush ([`natter_record::group`]), so fanout publishing an event for ten members pays
-//! for about one `fsync`, not ten in a row. What is applied but not yet
+//! flush ([`natter_record::group`]), so storage and fanout publishing on
+//! several partitions at once pay for about one `fsync`, not one each. A
+//! batch (`publish_durable_batch`, such as fanout's user events for the
+//! members of a conversation) is one plan and one transaction. What is applied but not yet
 //! flushed can already be delivered; a crash then loses it and its
 //! publisher, never told it was done, publishes again, and consumers
 //! tolerate the redelivery (delivery is at least once).
@@ -142,6 +144,12 @@ impl Journaled for Store {
             Store::Duplicate(_) => Vec::new(),
             Store::Append(append) => vec![Entry::Append(append)],
         }
+    }
+}
+
+impl Journaled for Vec<Store> {
+    fn entries(&self) -> Vec<Entry<'_>> {
+        self.iter().flat_map(Journaled::entries).collect()
     }
 }
 

@@ -41,8 +41,8 @@ use self::journal::{Journal, Journaled};
 use crate::subject::INBOX;
 use crate::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
-    Delivery, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig, Subscription,
-    check_dedup_id, check_name, matches,
+    Delivery, DurableMessage, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig,
+    Subscription, check_dedup_id, check_name, matches,
 };
 
 /// The in-process [`Bus`], with its streams in memory
@@ -266,6 +266,16 @@ impl Hub {
     }
 }
 
+/// The first subject of a batch that no stream captures, as its publisher
+/// named it.
+fn uncaptured(streams: &Streams, batch: &[(String, String, Outgoing, Option<String>)]) -> String {
+    batch
+        .iter()
+        .find(|(full, ..)| !streams.captures(full))
+        .map(|(_, subject, ..)| subject.clone())
+        .unwrap_or_default()
+}
+
 /// Runs blocking work off the runtime threads. A panic in it is re-raised
 /// in the caller, as if the work had run inline.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -484,38 +494,53 @@ impl Bus for LocalBus {
             .await
     }
 
-    async fn publish_durable(
-        &self,
-        subject: &str,
-        message: Outgoing,
-        dedup_id: Option<&str>,
-    ) -> Result<Persisted> {
-        let full = self.prefix.subject(subject)?;
-        if let Some(id) = dedup_id {
-            check_dedup_id(id)?;
+    async fn publish_durable_batch(&self, messages: Vec<DurableMessage>) -> Result<Vec<Persisted>> {
+        let mut prepared = Vec::with_capacity(messages.len());
+        for DurableMessage {
+            subject,
+            message,
+            dedup_id,
+        } in messages
+        {
+            let full = self.prefix.subject(&subject)?;
+            if let Some(id) = &dedup_id {
+                check_dedup_id(id)?;
+            }
+            prepared.push((full, subject, message.prepare()?, dedup_id));
         }
-        let message = message.prepare()?;
         let persisted = self
             .hub
             .change(
                 |streams| {
+                    let batch: Vec<_> = prepared
+                        .iter()
+                        .map(|(full, _, message, id)| {
+                            (
+                                full.as_str(),
+                                &message.headers,
+                                &message.payload,
+                                id.as_deref(),
+                            )
+                        })
+                        .collect();
                     streams
-                        .plan_store(
-                            &full,
-                            &message.headers,
-                            &message.payload,
-                            dedup_id,
-                            Now::current(),
-                        )
+                        .plan_stores(&batch, Now::current())
                         .ok_or_else(|| BusError::NoStream {
-                            subject: subject.to_owned(),
+                            subject: uncaptured(streams, &prepared),
                         })
                 },
-                |streams, plan| streams.apply_store(plan, Now::current()),
+                |streams, plans| {
+                    plans
+                        .into_iter()
+                        .map(|plan| streams.apply_store(plan, Now::current()))
+                        .collect::<Vec<_>>()
+                },
             )
             .await?;
-        if !persisted.duplicate {
-            self.hub.deliver(&full, None, &message);
+        for ((full, _, message, _), persisted) in prepared.iter().zip(&persisted) {
+            if !persisted.duplicate {
+                self.hub.deliver(full, None, message);
+            }
         }
         Ok(persisted)
     }
