@@ -160,7 +160,7 @@ impl ConversationStore for EmbeddedStore {
             let mut record = load_conversation(&conversations, &tenant, id)?;
             let mut member_table = txn.open_table(MEMBERS)?;
             let mut changes = Vec::new();
-            for (user, role) in members {
+            for (user, role) in members.iter().cloned() {
                 let key = (t, c, user.as_str());
                 if member_table.get(key)?.is_none() {
                     changes.push(MembershipChange {
@@ -213,7 +213,7 @@ impl ConversationStore for EmbeddedStore {
             let mut members = txn.open_table(MEMBERS)?;
             let mut memberships = txn.open_table(MEMBERSHIPS)?;
             let mut changes = Vec::new();
-            for user in users {
+            for user in users.iter().cloned() {
                 let removed = members
                     .remove((t, c, user.as_str()))?
                     .map(|old| decode_member(user.clone(), old.value()))
@@ -329,7 +329,7 @@ impl ConversationStore for EmbeddedStore {
 
             let seq = record.last_seq.next();
             keys.insert(key, seq.get())?;
-            let message = message.at(seq);
+            let message = message.clone().at(seq);
             messages.insert((t, c, seq.get()), encode_message(&message).as_slice())?;
             record.last_seq = seq;
             conversations.insert((t, c), record.encode().as_slice())?;
@@ -415,7 +415,7 @@ impl ConversationStore for EmbeddedStore {
             members.insert(key, encode_member(&member).as_slice())?;
             Ok(Some(ReadMarker {
                 conversation_id: id,
-                user_id: user,
+                user_id: user.clone(),
                 seq,
             }))
         })

@@ -19,16 +19,17 @@
 //!
 //! # Transactions and durability
 //!
-//! Every operation is one redb transaction run on tokio's blocking pool
+//! Every operation runs in a redb transaction on tokio's blocking pool
 //! (`spawn_blocking`), because redb is synchronous and a commit waits for
-//! `fsync`. Writes are group commits (`natter_record::group`): each
-//! commits without `fsync`, then waits for one flush shared with the
-//! writes committed meanwhile, so when a call returns `Ok`, what it wrote
-//! is on disk, and concurrent writers (sync appending to many users'
-//! logs) share their `fsync`s. A read answers only once what it saw is on
-//! disk. A call that fails writes nothing. After a disk I/O error the
-//! store opens the file again by itself (`handle.rs`). The table layout is
-//! in `tables.rs`, the value encodings in `record.rs`.
+//! `fsync`. Writes that arrive together share one transaction and its
+//! flush (`batch.rs`): sync appending to many users' logs at once commits
+//! once, not once per user. Commits are group commits
+//! (`natter_record::group`): each commits without `fsync`, then waits for
+//! one flush shared with what was committed meanwhile, so when a call
+//! returns `Ok`, what it wrote is on disk. A read answers only once what it
+//! saw is on disk. A call that fails writes nothing. After a disk I/O error
+//! the store opens the file again by itself (`handle.rs`). The table layout
+//! is in `tables.rs`, the value encodings in `record.rs`.
 //!
 //! # Sharing
 //!
@@ -36,6 +37,7 @@
 //! [`EmbeddedStore::open`] of it fails with [`StoreError::Unavailable`]
 //! until the first store is dropped.
 
+mod batch;
 mod conversations;
 mod handle;
 mod record;
@@ -54,6 +56,7 @@ use redb::{
 };
 use tempfile::TempDir;
 
+use crate::batch::Batcher;
 use crate::handle::Handle;
 use crate::tables::{FORMAT_KEY, FORMAT_VERSION, META};
 
@@ -72,6 +75,7 @@ const CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// one transaction.
 pub struct EmbeddedStore {
     handle: Arc<Handle>,
+    writes: Arc<Batcher>,
     limits: Limits,
     path: PathBuf,
     /// Holds the directory of a [`temporary`](Self::temporary) store; it is
@@ -147,6 +151,7 @@ impl EmbeddedStore {
         }
         Ok(Self {
             handle: Arc::new(Handle::new(path.clone(), Box::new(open), db)),
+            writes: Arc::default(),
             limits,
             path,
             _temporary: temporary,
@@ -187,16 +192,17 @@ impl EmbeddedStore {
     }
 
     /// Runs `f` in a write transaction on the blocking pool and, if `f`
-    /// succeeds, commits it and answers once it is on disk (a group
-    /// commit: writers waiting together share one `fsync`); an error
-    /// aborts it, so nothing is written. redb runs one write transaction
-    /// at a time, so `f` reads and writes as if alone.
+    /// succeeds, commits it and answers once it is on disk. Writes waiting
+    /// at the same time share the transaction and its flush (`batch.rs`),
+    /// and `f` may run more than once; each run sees what the writes
+    /// before it left, as if it ran alone after them. An error aborts
+    /// `f`'s writes only.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
+        F: Fn(&WriteTransaction) -> TxResult<T> + Send + 'static,
     {
-        self.commit(f, true).await
+        self.writes.write(&self.handle, f, true).await
     }
 
     /// Like [`write`](Self::write), but answers once committed: the change
@@ -205,32 +211,9 @@ impl EmbeddedStore {
     async fn write_unflushed<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
+        F: Fn(&WriteTransaction) -> TxResult<T> + Send + 'static,
     {
-        self.commit(f, false).await
-    }
-
-    async fn commit<T, F>(&self, f: F, flush: bool) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> TxResult<T> + Send + 'static,
-    {
-        let handle = self.handle.clone();
-        blocking(move || {
-            handle.run(|open| {
-                let (started, txn) = open.group.begin(&open.db)?;
-                // On an error `txn` is dropped, which aborts it.
-                let value = f(&txn)?;
-                let written = started.commit(txn)?;
-                if flush {
-                    open.group
-                        .flush_through(&open.db, written)
-                        .map_err(flush_failed)?;
-                }
-                Ok(value)
-            })
-        })
-        .await
+        self.writes.write(&self.handle, f, false).await
     }
 }
 

@@ -216,7 +216,7 @@ impl SyncStore for EmbeddedStore {
             let stored = match load_device(&devices, tenant, user, &device.device_id)? {
                 Some(known) if known.revoked => return Err(revoked(&device.device_id).into()),
                 Some(known) => Device {
-                    label: device.label,
+                    label: device.label.clone(),
                     last_seen: device.last_seen,
                     ..known
                 },
@@ -233,7 +233,7 @@ impl SyncStore for EmbeddedStore {
                     Device {
                         cursor: Cursor::ZERO,
                         revoked: false,
-                        ..device
+                        ..device.clone()
                     }
                 }
             };

@@ -292,6 +292,54 @@ async fn concurrent_appends_get_every_seq_once() {
     assert_eq!(conversation.last_seq, Seq::new(TASKS * EACH));
 }
 
+/// Concurrent writes share transactions; one that fails is refused alone
+/// and undoes nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_undoes_no_other() {
+    const TASKS: u64 = 8;
+    const EACH: u64 = 40;
+    let store = Arc::new(EmbeddedStore::temporary(Limits::default()).unwrap());
+    let acme = tenant("acme");
+    let new = conversation(&acme, &[("alice", Role::Customer)]);
+    let id = store.create_conversation(&new).await.unwrap().id;
+    let missing = ConversationId::generate();
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (store, acme) = (store.clone(), acme.clone());
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let key = format!("t{task}-{i}");
+                    let target = if (task + i) % 3 == 0 { missing } else { id };
+                    let result = store
+                        .append_message(&acme, text(target, "alice", &key, "hi"))
+                        .await;
+                    match result {
+                        Ok(appended) => assert!(target == id && !appended.duplicate),
+                        Err(StoreError::NotFound { .. }) => assert_eq!(target, missing),
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected: u64 = (0..TASKS)
+        .map(|task| (0..EACH).filter(|i| (task + i) % 3 != 0).count() as u64)
+        .sum();
+    let stored = store
+        .list_messages(&acme, id, all_messages())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.iter().map(|m| m.seq.get()).collect::<Vec<_>>(),
+        (1..=expected).collect::<Vec<_>>(),
+        "every accepted message once, gap-free"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_returns_the_first_message_even_with_other_content() {
     let store = EmbeddedStore::temporary(Limits::default()).unwrap();

@@ -18,7 +18,7 @@ use thiserror::Error;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     /// The input breaks a domain rule; nothing was written.
     #[error(transparent)]

@@ -1,0 +1,203 @@
+//! Concurrent writes share one transaction.
+//!
+//! redb runs one write transaction at a time, and each commit costs its
+//! page writes and, before anyone is answered, a flush. Sync appending one
+//! event to ten members' logs, on ten partitions at once, would pay for
+//! ten commits in a row. So writes queue here, and one task on the
+//! blocking pool runs every write queued meanwhile in one transaction,
+//! commits it once, flushes once and answers each.
+//!
+//! redb cannot undo part of a transaction, so a write that fails is
+//! answered with its error and the transaction is begun again without it:
+//! one caller's failure never undoes another's write. Writes are therefore
+//! closures that may run more than once (`Fn`), each time against what the
+//! writes before it in the batch left, as if they ran one after another.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use natter_store::{Result, StoreError};
+use redb::WriteTransaction;
+use tokio::sync::oneshot;
+
+use crate::handle::{Handle, Open};
+use crate::{TxResult, flush_failed};
+
+/// Writes in one transaction at most, so one commit stays small.
+const MAX_BATCH: usize = 256;
+
+/// The queue of writes and whether a task is committing them.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Box<dyn Job>>,
+    running: bool,
+}
+
+/// One caller's write, its value once run, and where the answer goes.
+trait Job: Send {
+    fn run(&mut self, txn: &WriteTransaction) -> TxResult<()>;
+    /// Whether the caller is answered only once the write is on disk.
+    fn flush(&self) -> bool;
+    fn answer(self: Box<Self>, result: Result<()>);
+}
+
+struct Write<T, F> {
+    f: F,
+    value: Option<T>,
+    flush: bool,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: Fn(&WriteTransaction) -> TxResult<T> + Send,
+{
+    fn run(&mut self, txn: &WriteTransaction) -> TxResult<()> {
+        self.value = Some((self.f)(txn)?);
+        Ok(())
+    }
+
+    fn flush(&self) -> bool {
+        self.flush
+    }
+
+    fn answer(self: Box<Self>, result: Result<()>) {
+        let Write { value, reply, .. } = *self;
+        let answer = result.and_then(|()| {
+            value.ok_or_else(|| StoreError::Unavailable("write answered before it ran".into()))
+        });
+        // A caller that stopped waiting needs no answer.
+        let _ = reply.send(answer);
+    }
+}
+
+impl Batcher {
+    /// Queues `f`, runs it with the writes queued meanwhile, and answers
+    /// once it is committed, and if `flush`, on disk.
+    pub(crate) async fn write<T, F>(
+        self: &Arc<Self>,
+        handle: &Arc<Handle>,
+        f: F,
+        flush: bool,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&WriteTransaction) -> TxResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Write {
+            f,
+            value: None,
+            flush,
+            reply,
+        });
+        let start = {
+            let mut queue = self.lock();
+            queue.jobs.push(job);
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            let (batcher, handle) = (Arc::clone(self), Arc::clone(handle));
+            tokio::task::spawn_blocking(move || batcher.drain(&handle));
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store stopped before the write ran".into()))?
+    }
+
+    /// Commits batches until the queue is empty.
+    fn drain(&self, handle: &Handle) {
+        let _panic = Panicking(self);
+        loop {
+            let jobs: Vec<_> = {
+                let mut queue = self.lock();
+                if queue.jobs.is_empty() {
+                    // Under the lock, so a write queued from now on starts
+                    // a task of its own.
+                    queue.running = false;
+                    return;
+                }
+                let rest = queue.jobs.len().saturating_sub(MAX_BATCH);
+                let mut jobs = std::mem::take(&mut queue.jobs);
+                queue.jobs = jobs.split_off(jobs.len() - rest);
+                jobs
+            };
+            commit(handle, jobs);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Never held while anything can panic halfway through a change.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// If a write panics, marks the queue as having no task, so the next
+/// write starts one.
+struct Panicking<'a>(&'a Batcher);
+
+impl Drop for Panicking<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().running = false;
+        }
+    }
+}
+
+/// Runs `jobs` in one transaction, dropping the ones that fail, commits
+/// it and answers every job.
+fn commit(handle: &Handle, mut jobs: Vec<Box<dyn Job>>) {
+    let done = handle.run(|open| {
+        while !attempt(open, &mut jobs)? {}
+        Ok(())
+    });
+    if let Err(e) = done {
+        for job in jobs {
+            job.answer(Err(e.error.clone()));
+        }
+    }
+}
+
+/// One attempt at the batch: `false` if a write failed (it is answered
+/// and removed; run the rest again), `true` once the rest is committed and
+/// answered. On an error, `jobs` holds those still to be answered.
+fn attempt(open: &Open, jobs: &mut Vec<Box<dyn Job>>) -> TxResult<bool> {
+    if jobs.is_empty() {
+        return Ok(true);
+    }
+    let (started, txn) = open.group.begin(&open.db)?;
+    for (i, job) in jobs.iter_mut().enumerate() {
+        match job.run(&txn) {
+            Ok(()) => {}
+            Err(e) if e.io => return Err(e),
+            Err(e) => {
+                // Aborts the transaction before the next one begins.
+                drop(txn);
+                jobs.remove(i).answer(Err(e.error));
+                return Ok(false);
+            }
+        }
+    }
+    let written = started.commit(txn)?;
+    let (flushed, committed): (Vec<_>, Vec<_>) = std::mem::take(jobs)
+        .into_iter()
+        .partition(|job| job.flush());
+    for job in committed {
+        job.answer(Ok(()));
+    }
+    *jobs = flushed;
+    if !jobs.is_empty() {
+        open.group
+            .flush_through(&open.db, written)
+            .map_err(flush_failed)?;
+    }
+    for job in std::mem::take(jobs) {
+        job.answer(Ok(()));
+    }
+    Ok(true)
+}
