@@ -8,10 +8,11 @@
 //! commits it once, flushes once and answers each.
 //!
 //! redb cannot undo part of a transaction, so a write that fails is
-//! answered with its error and the transaction is begun again without it:
-//! one caller's failure never undoes another's write. Writes are therefore
-//! closures that may run more than once (`Fn`), each time against what the
-//! writes before it in the batch left, as if they ran one after another.
+//! answered with its error, the transaction is aborted, and the writes
+//! before it and those after it run again without it: one caller's failure
+//! never undoes another's write. Writes are therefore closures that may run
+//! more than once (`Fn`), each time against what the writes before it in
+//! the batch left, as if they ran one after another.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -149,38 +150,55 @@ impl Drop for Panicking<'_> {
     }
 }
 
-/// Runs `jobs` in one transaction, dropping the ones that fail, commits
-/// it and answers every job.
-fn commit(handle: &Handle, mut jobs: Vec<Box<dyn Job>>) {
+/// Runs `jobs` in as few transactions as it can and answers every job. A
+/// write that fails splits its batch: the writes before it, which ran
+/// cleanly, run again and commit on their own, then the writes after it;
+/// so a failure costs one rerun of the writes before it, never more.
+fn commit(handle: &Handle, jobs: Vec<Box<dyn Job>>) {
+    // The batch to run next is last.
+    let mut batches = vec![jobs];
     let done = handle.run(|open| {
-        while !attempt(open, &mut jobs)? {}
+        while let Some(mut batch) = batches.pop() {
+            match attempt(open, &mut batch) {
+                Ok(None) => {}
+                Ok(Some((failed, error))) => {
+                    let after = batch.split_off(failed + 1);
+                    if let Some(job) = batch.pop() {
+                        job.answer(Err(error));
+                    }
+                    batches.push(after);
+                    batches.push(batch);
+                }
+                Err(e) => {
+                    batches.push(batch);
+                    return Err(e);
+                }
+            }
+        }
         Ok(())
     });
     if let Err(e) = done {
-        for job in jobs {
+        for job in batches.into_iter().flatten() {
             job.answer(Err(e.error.clone()));
         }
     }
 }
 
-/// One attempt at the batch: `false` if a write failed (it is answered
-/// and removed; run the rest again), `true` once the rest is committed and
-/// answered. On an error, `jobs` holds those still to be answered.
-fn attempt(open: &Open, jobs: &mut Vec<Box<dyn Job>>) -> TxResult<bool> {
+/// Runs `jobs` in one transaction and, if all succeed, commits it and
+/// answers them. If one fails, aborts the transaction and returns which
+/// and why, answering none. On an error, `jobs` holds those still to be
+/// answered.
+fn attempt(open: &Open, jobs: &mut Vec<Box<dyn Job>>) -> TxResult<Option<(usize, StoreError)>> {
     if jobs.is_empty() {
-        return Ok(true);
+        return Ok(None);
     }
     let (started, txn) = open.group.begin(&open.db)?;
     for (i, job) in jobs.iter_mut().enumerate() {
         match job.run(&txn) {
             Ok(()) => {}
             Err(e) if e.io => return Err(e),
-            Err(e) => {
-                // Aborts the transaction before the next one begins.
-                drop(txn);
-                jobs.remove(i).answer(Err(e.error));
-                return Ok(false);
-            }
+            // Dropping the transaction aborts it.
+            Err(e) => return Ok(Some((i, e.error))),
         }
     }
     let written = started.commit(txn)?;
@@ -199,5 +217,5 @@ fn attempt(open: &Open, jobs: &mut Vec<Box<dyn Job>>) -> TxResult<bool> {
     for job in std::mem::take(jobs) {
         job.answer(Ok(()));
     }
-    Ok(true)
+    Ok(None)
 }
