@@ -37,6 +37,16 @@ use natter_bus::{
     Subscription, check_dedup_id, check_name, overlaps,
 };
 
+/// How long one pull request of a consumer waits at the server. A pull
+/// that the server stops serving without a word (seen under CPU starvation:
+/// no message, no heartbeat, no timeout) stalls its partition until the
+/// client notices that idle heartbeats stopped, after two of them, and the
+/// consumer is reopened; so heartbeats come often, and pulls are renewed
+/// well before that matters. Idle, that is a heartbeat every two seconds
+/// and a pull every ten per partition.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsConfig {
@@ -431,7 +441,8 @@ impl Bus for NatsBus {
         let messages = consumer
             .stream()
             .max_messages_per_batch(1)
-            .heartbeat(Duration::from_secs(15))
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|err| unavailable("consume", err))?;
