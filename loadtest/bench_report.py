@@ -408,7 +408,8 @@ def main():
     runs, out = Path(sys.argv[1]), Path(sys.argv[2])
     records = load_runs(runs)
     meta = json.loads((runs / "machine.json").read_text())
-    name = meta["date"] + ("-quick" if meta["settings"]["quick"] else "")
+    # Named by the run's stamp, so a second run on one day keeps the first.
+    name = meta["stamp"] + ("-quick" if meta["settings"]["quick"] else "")
     results = {
         "meta": meta,
         "fanout": fanout(records),

@@ -106,6 +106,10 @@ pub(crate) struct TrafficReport {
     pub(crate) lost: u64,
     /// Lost among the ramp's and the warmup's messages.
     pub(crate) warmup_lost: u64,
+    /// The first lost deliveries, measured or not, to tell where they were
+    /// lost: all of one message's (before fanout), all of one recipient's
+    /// (its log or its session), or scattered.
+    pub(crate) lost_sample: Vec<Missing>,
     /// Deliveries of a message a device had already received (whole run).
     pub(crate) duplicates: u64,
     /// Deliveries that arrived during the measured window, per second of
@@ -556,6 +560,7 @@ struct ReaderMarks {
 /// What a device's tasks hand back.
 #[derive(Debug)]
 struct DeviceOutcome {
+    device: Device,
     sent: Marks,
     reader: ReaderMarks,
 }
@@ -565,7 +570,11 @@ impl DeviceTasks {
         let failed = |e| anyhow::anyhow!("a task of device {} failed: {e}", self.device.index);
         let sent = self.writer.await.map_err(failed)?;
         let reader = self.reader.await.map_err(failed)?;
-        Ok(DeviceOutcome { sent, reader })
+        Ok(DeviceOutcome {
+            device: self.device,
+            sent,
+            reader,
+        })
     }
 }
 
@@ -999,6 +1008,19 @@ pub(crate) fn parse_payload(text: &str) -> Option<(u64, u64)> {
     Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
 
+/// How many lost deliveries the report names.
+const LOST_SAMPLE: usize = 20;
+
+/// A delivery of an acked message that never arrived.
+#[derive(Debug, Serialize)]
+pub(crate) struct Missing {
+    pub(crate) conversation_id: String,
+    /// The message's number in its conversation.
+    pub(crate) message: u64,
+    pub(crate) sender: String,
+    pub(crate) recipient: String,
+}
+
 /// Whether everything sent has come back: every writer done, every send
 /// answered, and every acked message delivered to every other member.
 fn drained(shared: &Shared) -> bool {
@@ -1056,6 +1078,7 @@ fn tally(
 ) -> TrafficReport {
     let plan = shared.plan;
     let mut counts = BTreeMap::<&str, u64>::new();
+    let mut lost_sample = Vec::new();
     let mut first = 0usize;
     for (c, &members) in shared.sizes.iter().enumerate() {
         let devices = &outcomes[first..first + members as usize];
@@ -1071,6 +1094,14 @@ fn tally(
                     continue;
                 }
                 let delivered = recipient.reader.delivered.get(n);
+                if acked && !delivered && lost_sample.len() < LOST_SAMPLE {
+                    lost_sample.push(Missing {
+                        conversation_id: sender.device.conversation_id.clone(),
+                        message: n,
+                        sender: sender.device.user.clone(),
+                        recipient: recipient.device.user.clone(),
+                    });
+                }
                 if measured {
                     add("deliveries_planned", true);
                     add("delivered", delivered);
@@ -1120,6 +1151,7 @@ fn tally(
         delivered: count("delivered"),
         lost: count("lost"),
         warmup_lost: count("warmup_lost"),
+        lost_sample,
         duplicates: c.duplicates.load(Relaxed),
         delivered_per_s: c.delivered_in_window.load(Relaxed) as f64 / window,
         acked_per_s: c.acked_in_window.load(Relaxed) as f64 / window,
