@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use natter_bus::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
-    Delivery, DurableMessage, Headers, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig,
-    Subscription, check_dedup_id, check_name, overlaps,
+    Delivery, DurableMessage, Headers, Incoming, Outgoing, Persisted, Prefix, Result, Storage,
+    StreamConfig, Subscription, check_dedup_id, check_name, overlaps,
 };
 
 /// How long one pull request of a consumer waits at the server. A pull
@@ -308,7 +308,10 @@ impl Bus for NatsBus {
                 .map_or(-1, |max| i64::try_from(max).unwrap_or(i64::MAX)),
             duplicate_window: config.duplicate_window,
             num_replicas: self.replicas,
-            storage: StorageType::File,
+            storage: match config.storage {
+                Storage::Disk => StorageType::File,
+                Storage::Memory => StorageType::Memory,
+            },
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
             ..Default::default()

@@ -25,8 +25,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use crate::{
     Bus, BusError, ConsumerConfig, Deliveries, Delivery, DurableMessage, Incoming,
-    MAX_PAYLOAD_BYTES, Outgoing, Persisted, StreamConfig, Subscription, TRACEPARENT, partition,
-    partition_subject,
+    MAX_PAYLOAD_BYTES, Outgoing, Persisted, Storage, StreamConfig, Subscription, TRACEPARENT,
+    partition, partition_subject,
 };
 
 /// Expands to one `#[tokio::test]` per conformance check. `$factory` is an
@@ -47,6 +47,7 @@ macro_rules! bus_conformance {
             nak_redelivers_before_later_messages,
             dedup_ids_store_once_within_the_window,
             durable_batches_store_in_order,
+            memory_streams_work_alike,
             partitions_route_each_key_to_one_consumer,
             one_delivery_in_flight_across_processes,
             trace_context_crosses_the_bus,
@@ -608,6 +609,48 @@ pub async fn durable_batches_store_in_order<B: Bus>(factory: impl AsyncFn(&str) 
         for payload in ["a", "b", "c", "g"] {
             let delivery = delivered(&mut deliveries, payload).await;
             assert_eq!(text(&delivery.message), payload, "in batch order");
+            delivery.ack().await.expect("ack");
+        }
+    })
+    .await;
+}
+
+/// A stream in memory storage stores, dedups and delivers as one on disk
+/// does, and keeps its storage: asking for the other is a conflict.
+pub async fn memory_streams_work_alike<B: Bus>(factory: impl AsyncFn(&str) -> B) {
+    let bus = factory(&unique_prefix()).await;
+    let config = StreamConfig {
+        storage: Storage::Memory,
+        ..StreamConfig::new("memory", &["memory.*"], HOUR)
+    };
+    ensure(&bus, &config).await;
+    cleaning_up(&bus, &["memory"], async {
+        ensure(&bus, &config).await;
+        let on_disk = bus
+            .ensure_stream(&StreamConfig {
+                storage: Storage::Disk,
+                ..config.clone()
+            })
+            .await;
+        assert!(
+            matches!(on_disk, Err(BusError::Conflict(_))),
+            "expected Conflict for a change of storage, got {on_disk:?}"
+        );
+        assert_eq!(publish_durable(&bus, "memory.a", "one").await, 1);
+        let retry = bus
+            .publish_durable("memory.a", Outgoing::new("again"), Some("id"))
+            .await
+            .expect("durable publish");
+        let again = bus
+            .publish_durable("memory.a", Outgoing::new("again"), Some("id"))
+            .await
+            .expect("durable publish");
+        assert_eq!((retry.sequence, again.duplicate), (2, true));
+        let mut deliveries =
+            consume(&bus, &ConsumerConfig::new("memory", "reader", "memory.*")).await;
+        for payload in ["one", "again"] {
+            let delivery = delivered(&mut deliveries, payload).await;
+            assert_eq!(text(&delivery.message), payload);
             delivery.ack().await.expect("ack");
         }
     })

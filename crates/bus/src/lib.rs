@@ -117,6 +117,21 @@ pub enum BusError {
 
 pub type Result<T, E = BusError> = std::result::Result<T, E>;
 
+/// Where a stream keeps its messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// On disk: a publish is answered once the message is there, and the
+    /// stream survives a restart of the bus (the NATS server, or the
+    /// process of a persistent in-process bus).
+    #[default]
+    Disk,
+    /// In memory only: no disk write per publish, and gone, with its
+    /// consumers' positions, when the bus restarts. For messages whose
+    /// loss promises nobody anything, such as commands whose senders have
+    /// not been answered and will retry.
+    Memory,
+}
+
 /// A durable stream: which subjects it captures and how long it keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamConfig {
@@ -130,6 +145,9 @@ pub struct StreamConfig {
     pub max_messages: Option<u64>,
     /// How long a dedup id is remembered; at most `max_age`.
     pub duplicate_window: Duration,
+    /// Can only be chosen when the stream is created: NATS refuses to
+    /// change it later (`Conflict`).
+    pub storage: Storage,
 }
 
 impl StreamConfig {
@@ -143,6 +161,7 @@ impl StreamConfig {
             max_age,
             max_messages: None,
             duplicate_window: Self::DEFAULT_DUPLICATE_WINDOW.min(max_age),
+            storage: Storage::Disk,
         }
     }
 

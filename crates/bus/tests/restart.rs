@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use natter_bus::{
     Bus, BusError, ConsumerConfig, Deliveries, Delivery, DurableMessage, LOCAL_BUS_FILE, LocalBus,
-    Outgoing, StreamConfig,
+    Outgoing, Storage, StreamConfig,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -212,6 +212,51 @@ async fn batches_survive_a_restart() {
         retried.iter().all(|p| p.duplicate),
         "the dedup ids are back: {retried:?}"
     );
+}
+
+/// A stream in memory storage is gone after a restart, with its messages
+/// and its consumers' positions; one on disk is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_streams_do_not_outlive_the_bus() {
+    let dir = temporary_dir();
+    let bus = open(dir.path());
+    let memory = StreamConfig {
+        storage: Storage::Memory,
+        ..StreamConfig::new("commands", &["commands.>"], HOUR)
+    };
+    bus.ensure_stream(&memory).await.expect("memory stream");
+    bus.ensure_stream(&StreamConfig::new("events", &["events.>"], HOUR))
+        .await
+        .expect("disk stream");
+    for payload in ["c1", "c2"] {
+        bus.publish_durable("commands.a", Outgoing::new(payload), None)
+            .await
+            .expect("publish");
+    }
+    publish(&bus, "e1", None).await;
+    let config = ConsumerConfig::new("commands", "worker", "commands.>");
+    let mut worker = bus.consume(&config).await.expect("consume");
+    assert_eq!(take(&mut worker).await, (1, "c1".to_owned()));
+    drop((worker, bus));
+
+    let bus = open(dir.path());
+    let gone = bus.consume(&config).await;
+    assert!(
+        matches!(gone, Err(BusError::StreamNotFound { .. })),
+        "the memory stream is gone: {gone:?}"
+    );
+    bus.ensure_stream(&memory)
+        .await
+        .expect("memory stream again");
+    let persisted = bus
+        .publish_durable("commands.a", Outgoing::new("c3"), None)
+        .await
+        .expect("publish");
+    assert_eq!(persisted.sequence, 1, "a new stream starts afresh");
+    let mut worker = bus.consume(&config).await.expect("consume");
+    assert_eq!(take(&mut worker).await, (1, "c3".to_owned()));
+    let mut reader = consume(&bus, "reader").await;
+    assert_eq!(take(&mut reader).await, (1, "e1".to_owned()));
 }
 
 /// A deleted stream stays deleted, with its consumers.

@@ -22,7 +22,7 @@ pub mod subjects;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use natter_bus::{Bus, BusError, StreamConfig};
+use natter_bus::{Bus, BusError, Storage, StreamConfig};
 use thiserror::Error;
 
 pub use consume::{Handled, consume_partitions};
@@ -84,31 +84,44 @@ pub struct Stream {
     pub name: &'static str,
     /// Subjects are `<base>.<partition>`.
     pub base: &'static str,
+    /// Kept in memory rather than on disk, for at most this long.
+    pub memory: Option<Duration>,
 }
 
 /// Commands to store a message, by conversation; consumed by storage.
+/// In memory: nobody has been answered for a command yet, so one lost with
+/// the bus is retried by its sender under the same `client_message_id`,
+/// and a publish costs no disk write. Kept for an hour at most: its sender
+/// stopped waiting long before.
 pub const SEND: Stream = Stream {
     name: "SEND",
     base: "send",
+    memory: Some(Duration::from_secs(3600)),
 };
 /// Durable conversation events, by conversation; consumed by fanout.
 pub const EVENTS: Stream = Stream {
     name: "EVENTS",
     base: "events",
+    memory: None,
 };
 /// Events for users' update logs, by user; consumed by sync.
 pub const USERS: Stream = Stream {
     name: "USERS",
     base: "users",
+    memory: None,
 };
 
 impl Stream {
     pub fn config(&self, topology: &Topology) -> StreamConfig {
-        StreamConfig::new(
-            self.name,
-            &[&format!("{}.*", self.base)],
-            topology.retention,
-        )
+        let subjects = [format!("{}.*", self.base)];
+        let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        match self.memory {
+            None => StreamConfig::new(self.name, &subjects, topology.retention),
+            Some(max_age) => StreamConfig {
+                storage: Storage::Memory,
+                ..StreamConfig::new(self.name, &subjects, max_age.min(topology.retention))
+            },
+        }
     }
 
     /// The subject of the partition that `key` belongs to.

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{BusError, Headers, Persisted, Result, StreamConfig, matches, overlaps};
+use crate::{BusError, Headers, Persisted, Result, Storage, StreamConfig, matches, overlaps};
 
 /// The time as the shell reads it.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +106,8 @@ pub(super) struct Append {
     pub(super) dedup_id: Option<String>,
     /// What the stream holds once the message is in and its limits applied.
     pub(super) floors: Floors,
+    /// The stream is on disk, so the journal writes the message.
+    pub(super) journaled: bool,
 }
 
 /// What a durable consumer keeps across restarts. Deliveries in flight and
@@ -127,6 +129,8 @@ pub(super) struct ConsumerPlan {
     pub(super) stream: String,
     pub(super) name: String,
     pub(super) state: ConsumerState,
+    /// The stream is on disk, so the journal writes the consumer.
+    pub(super) journaled: bool,
 }
 
 /// The plan to ack one delivery: the consumer with its new ack floor.
@@ -212,6 +216,12 @@ impl Streams {
     pub(super) fn plan_ensure(&self, config: StreamConfig) -> Result<StreamConfig> {
         for (name, other) in &self.by_name {
             if *name == config.name {
+                if other.config.storage != config.storage {
+                    return Err(BusError::Conflict(format!(
+                        "stream {name} keeps its messages in {:?} storage; that cannot change",
+                        other.config.storage
+                    )));
+                }
                 continue;
             }
             for mine in &config.subjects {
@@ -327,6 +337,7 @@ impl Streams {
                 },
                 dedup_id: dedup_id.map(str::to_owned),
                 floors: stream.floors_with(first, sequence),
+                journaled: stream.config.storage == Storage::Disk,
                 stream: name,
             }));
         }
@@ -409,6 +420,7 @@ impl Streams {
                     .get(name)
                     .map_or(0, Consumer::ack_floor),
             },
+            journaled: stream_state.config.storage == Storage::Disk,
         })
     }
 
@@ -420,6 +432,7 @@ impl Streams {
             stream,
             name,
             state,
+            ..
         } = plan;
         let Some(stream) = self.by_name.get_mut(&stream) else {
             // The stream is gone: a receiver whose sender is dropped ends
@@ -508,7 +521,8 @@ impl Streams {
     /// is no longer in flight (redelivered and acked meanwhile, or
     /// discarded by the stream's limits), which makes the ack a no-op.
     pub(super) fn plan_ack(&self, stream: &str, consumer: &str, sequence: u64) -> Option<Ack> {
-        let state = self.by_name.get(stream)?.consumers.get(consumer)?;
+        let stream_state = self.by_name.get(stream)?;
+        let state = stream_state.consumers.get(consumer)?;
         let in_flight = state.in_flight.as_ref()?;
         (in_flight.sequence == sequence).then(|| Ack {
             consumer: ConsumerPlan {
@@ -521,6 +535,7 @@ impl Streams {
                     // settled, so acking it settles everything below `next`.
                     ack_floor: state.next - 1,
                 },
+                journaled: stream_state.config.storage == Storage::Disk,
             },
             sequence,
         })

@@ -65,7 +65,7 @@ use super::durable::{
     Ack, Append, ConsumerPlan, ConsumerState, Deletion, Floors, Now, Restored, Store, Streams,
 };
 use super::record;
-use crate::{BusError, Result, StreamConfig};
+use crate::{BusError, Result, Storage, StreamConfig};
 
 /// The journal file inside the directory given to
 /// [`LocalBus::open`](super::LocalBus::open).
@@ -126,9 +126,15 @@ pub(super) trait Journaled {
     }
 }
 
+// A stream in memory storage, its messages and its consumers never reach
+// the journal: they are gone after a restart, as on a NATS server.
+
 impl Journaled for StreamConfig {
     fn entries(&self) -> Vec<Entry<'_>> {
-        vec![Entry::Stream(self)]
+        match self.storage {
+            Storage::Disk => vec![Entry::Stream(self)],
+            Storage::Memory => Vec::new(),
+        }
     }
 }
 
@@ -141,8 +147,8 @@ impl Journaled for Deletion {
 impl Journaled for Store {
     fn entries(&self) -> Vec<Entry<'_>> {
         match self {
-            Store::Duplicate(_) => Vec::new(),
-            Store::Append(append) => vec![Entry::Append(append)],
+            Store::Append(append) if append.journaled => vec![Entry::Append(append)],
+            Store::Append(_) | Store::Duplicate(_) => Vec::new(),
         }
     }
 }
@@ -155,17 +161,21 @@ impl Journaled for Vec<Store> {
 
 impl Journaled for ConsumerPlan {
     fn entries(&self) -> Vec<Entry<'_>> {
-        vec![Entry::Consumer(self)]
+        if self.journaled {
+            vec![Entry::Consumer(self)]
+        } else {
+            Vec::new()
+        }
     }
 }
 
 impl Journaled for Ack {
     fn entries(&self) -> Vec<Entry<'_>> {
-        vec![Entry::Consumer(&self.consumer)]
+        self.consumer.entries()
     }
 
     fn deferred(&self) -> Option<&ConsumerPlan> {
-        Some(&self.consumer)
+        Some(&self.consumer).filter(|consumer| consumer.journaled)
     }
 }
 

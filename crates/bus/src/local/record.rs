@@ -13,7 +13,7 @@ use bytes::Bytes;
 use natter_record::{Damaged, Reader, Writer};
 
 use super::durable::{ConsumerState, Stored};
-use crate::{BusError, Headers, Result, StreamConfig};
+use crate::{BusError, Headers, Result, Storage, StreamConfig};
 
 impl From<Damaged> for BusError {
     fn from(damaged: Damaged) -> Self {
@@ -58,6 +58,8 @@ pub(super) fn read_stream(name: &str, bytes: &[u8]) -> Result<StreamConfig> {
         max_age,
         max_messages,
         duplicate_window,
+        // Memory streams are never journaled.
+        storage: Storage::Disk,
     })
 }
 
