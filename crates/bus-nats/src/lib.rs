@@ -34,7 +34,7 @@ use futures::StreamExt;
 use natter_bus::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
     Delivery, DurableMessage, Headers, Incoming, Outgoing, Persisted, Prefix, Result, Storage,
-    StreamConfig, Subscription, check_dedup_id, check_name, overlaps,
+    StreamConfig, Subscription, check_name, overlaps,
 };
 
 /// How long one pull request of a consumer waits at the server. A pull
@@ -351,23 +351,16 @@ impl Bus for NatsBus {
 
     async fn publish_durable_batch(&self, messages: Vec<DurableMessage>) -> Result<Vec<Persisted>> {
         let mut prepared = Vec::with_capacity(messages.len());
-        for DurableMessage {
-            subject,
-            message,
-            dedup_id,
-        } in messages
-        {
-            let full = self.prefix.subject(&subject)?;
-            let message = message.prepare()?;
-            let size = message.payload.len();
+        for message in messages {
+            let (full, m) = message.prepare(&self.prefix)?;
+            let size = m.message.payload.len();
             let mut publish = PublishMessage::build()
-                .payload(message.payload)
-                .headers(header_map(&message.headers)?);
-            if let Some(id) = &dedup_id {
-                check_dedup_id(id)?;
+                .payload(m.message.payload)
+                .headers(header_map(&m.message.headers)?);
+            if let Some(id) = &m.dedup_id {
                 publish = publish.message_id(id);
             }
-            prepared.push((full, subject, size, publish));
+            prepared.push((full, m.subject, size, publish));
         }
         // All in flight before the first ack is awaited: one round trip
         // for the batch rather than one each.

@@ -14,7 +14,7 @@ use futures::stream::BoxStream;
 use opentelemetry::global;
 use opentelemetry::propagation::{Extractor, Injector};
 
-use crate::{BusError, Result};
+use crate::{BusError, Prefix, Result, check_dedup_id};
 
 /// The largest payload accepted, NATS's default `max_payload`. Enforced by
 /// both implementations so a message that works in one process also works
@@ -195,6 +195,25 @@ pub struct DurableMessage {
     pub subject: String,
     pub message: Outgoing,
     pub dedup_id: Option<String>,
+}
+
+impl DurableMessage {
+    /// Checks what every implementation requires and prepares the message
+    /// ([`Outgoing::prepare`]); returns the subject with `prefix` in front,
+    /// and the message.
+    pub fn prepare(self, prefix: &Prefix) -> Result<(String, Self)> {
+        let full = prefix.subject(&self.subject)?;
+        if let Some(id) = &self.dedup_id {
+            check_dedup_id(id)?;
+        }
+        Ok((
+            full,
+            Self {
+                message: self.message.prepare()?,
+                ..self
+            },
+        ))
+    }
 }
 
 /// What a durable publish got back once the stream persisted the message.

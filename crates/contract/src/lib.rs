@@ -113,13 +113,12 @@ pub const USERS: Stream = Stream {
 
 impl Stream {
     pub fn config(&self, topology: &Topology) -> StreamConfig {
-        let subjects = [format!("{}.*", self.base)];
-        let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        let subject = format!("{}.*", self.base);
         match self.memory {
-            None => StreamConfig::new(self.name, &subjects, topology.retention),
+            None => StreamConfig::new(self.name, &[&subject], topology.retention),
             Some(max_age) => StreamConfig {
                 storage: Storage::Memory,
-                ..StreamConfig::new(self.name, &subjects, max_age.min(topology.retention))
+                ..StreamConfig::new(self.name, &[&subject], max_age.min(topology.retention))
             },
         }
     }

@@ -42,7 +42,7 @@ use crate::subject::INBOX;
 use crate::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
     Delivery, DurableMessage, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig,
-    Subscription, check_dedup_id, check_name, matches,
+    Subscription, check_name, matches,
 };
 
 /// The in-process [`Bus`], with its streams in memory
@@ -216,10 +216,8 @@ impl Hub {
         };
         let mut writer = journal.writer().await;
         let planned = plan(&mut lock(&self.streams))?;
-        if let Some(consumer) = planned.deferred() {
-            writer.defer(consumer);
-        }
-        if planned.deferred().is_some() || planned.entries().is_empty() {
+        let deferred = planned.deferred().inspect(|c| writer.defer(c)).is_some();
+        if deferred || planned.entries().is_empty() {
             return Ok(apply(&mut lock(&self.streams), planned));
         }
         let hub = Arc::clone(self);
@@ -268,11 +266,11 @@ impl Hub {
 
 /// The first subject of a batch that no stream captures, as its publisher
 /// named it.
-fn uncaptured(streams: &Streams, batch: &[(String, String, Outgoing, Option<String>)]) -> String {
+fn uncaptured(streams: &Streams, batch: &[(String, DurableMessage)]) -> String {
     batch
         .iter()
-        .find(|(full, ..)| !streams.captures(full))
-        .map(|(_, subject, ..)| subject.clone())
+        .find(|(full, _)| !streams.captures(full))
+        .map(|(_, m)| m.subject.clone())
         .unwrap_or_default()
 }
 
@@ -495,31 +493,22 @@ impl Bus for LocalBus {
     }
 
     async fn publish_durable_batch(&self, messages: Vec<DurableMessage>) -> Result<Vec<Persisted>> {
-        let mut prepared = Vec::with_capacity(messages.len());
-        for DurableMessage {
-            subject,
-            message,
-            dedup_id,
-        } in messages
-        {
-            let full = self.prefix.subject(&subject)?;
-            if let Some(id) = &dedup_id {
-                check_dedup_id(id)?;
-            }
-            prepared.push((full, subject, message.prepare()?, dedup_id));
-        }
+        let prepared = messages
+            .into_iter()
+            .map(|m| m.prepare(&self.prefix))
+            .collect::<Result<Vec<_>>>()?;
         let persisted = self
             .hub
             .change(
                 |streams| {
                     let batch: Vec<_> = prepared
                         .iter()
-                        .map(|(full, _, message, id)| {
+                        .map(|(full, m)| {
                             (
                                 full.as_str(),
-                                &message.headers,
-                                &message.payload,
-                                id.as_deref(),
+                                &m.message.headers,
+                                &m.message.payload,
+                                m.dedup_id.as_deref(),
                             )
                         })
                         .collect();
@@ -537,9 +526,9 @@ impl Bus for LocalBus {
                 },
             )
             .await?;
-        for ((full, _, message, _), persisted) in prepared.iter().zip(&persisted) {
+        for ((full, m), persisted) in prepared.iter().zip(&persisted) {
             if !persisted.duplicate {
-                self.hub.deliver(full, None, message);
+                self.hub.deliver(full, None, &m.message);
             }
         }
         Ok(persisted)
