@@ -163,6 +163,13 @@ impl ConversationService for ConversationApi {
             members,
         };
         new.validate(&self.storage.limits).map_err(invalid)?;
+        self.storage
+            .enforce(
+                policy::create_conversation(who.role, &who.user, &new.members),
+                &who,
+                id,
+            )
+            .await?;
         let conversation = match self.storage.store.create_conversation(&new).await {
             Ok(conversation) => {
                 let events = new
@@ -244,7 +251,7 @@ impl ConversationService for ConversationApi {
         validate_member_list(members.iter().map(|(user, _)| user), &self.storage.limits)
             .map_err(invalid)?;
         self.storage
-            .enforce(policy::add_members(who.role), &who, id)
+            .enforce(policy::add_members(who.role, &members), &who, id)
             .await?;
         let changes = self
             .storage

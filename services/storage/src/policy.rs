@@ -32,13 +32,59 @@ pub(crate) fn mark_read() -> Check {
     Check::Member
 }
 
-/// Adding members: agents and bots who are members, and services.
-pub(crate) fn add_members(role: Role) -> Check {
+/// How much a role may do, lowest first: a caller grants a member at most
+/// its own rank. Bots answer for the business but may not make anyone a
+/// human agent; services act for the whole tenant.
+fn rank(role: Role) -> u8 {
     match role {
-        Role::Service => Check::Allowed,
-        Role::Agent | Role::Bot => Check::Member,
-        Role::Customer => Check::Denied("customers may not add members"),
+        Role::Customer => 0,
+        Role::Bot => 1,
+        Role::Agent => 2,
+        Role::Service => 3,
     }
+}
+
+/// Creating a conversation with `members` (the caller included, when it
+/// joins): services create anything in their tenant; agents and bots
+/// create conversations with members of at most their own role; a
+/// customer only a conversation whose one member is themselves, since the
+/// business's agents and bots join through routing or a business token,
+/// never by a customer's say-so.
+pub(crate) fn create_conversation(
+    role: Role,
+    caller: &UserId,
+    members: &[(UserId, Role)],
+) -> Check {
+    if let Some(denied) = grants(role, members) {
+        return denied;
+    }
+    match role {
+        Role::Customer if members.iter().any(|(user, _)| user != caller) => {
+            Check::Denied("a customer may create only a conversation of their own")
+        }
+        Role::Customer | Role::Agent | Role::Bot | Role::Service => Check::Allowed,
+    }
+}
+
+/// Adding `members`: agents and bots who are members, and services, each
+/// granting at most their own role.
+pub(crate) fn add_members(role: Role, members: &[(UserId, Role)]) -> Check {
+    if role == Role::Customer {
+        return Check::Denied("customers may not add members");
+    }
+    match grants(role, members) {
+        Some(denied) => denied,
+        None if role == Role::Service => Check::Allowed,
+        None => Check::Member,
+    }
+}
+
+/// `Denied` if any of `members` would get a role above the caller's.
+fn grants(role: Role, members: &[(UserId, Role)]) -> Option<Check> {
+    members
+        .iter()
+        .any(|(_, granted)| rank(*granted) > rank(role))
+        .then_some(Check::Denied("no one may grant a role above their own"))
 }
 
 /// Removing members: like adding, except that anyone may remove just
@@ -101,12 +147,78 @@ mod tests {
         assert_eq!(mark_read(), Check::Member);
     }
 
+    const ROLES: [Role; 4] = [Role::Customer, Role::Bot, Role::Agent, Role::Service];
+
     #[test]
-    fn customers_may_not_add_members() {
-        assert!(matches!(add_members(Role::Customer), Check::Denied(_)));
-        assert_eq!(add_members(Role::Agent), Check::Member);
-        assert_eq!(add_members(Role::Bot), Check::Member);
-        assert_eq!(add_members(Role::Service), Check::Allowed);
+    fn creating_a_conversation_for_every_caller_and_member_role() {
+        let (me, other) = (user("me"), user("other"));
+        for caller in ROLES {
+            // Alone, in one's own role: always allowed.
+            assert_eq!(
+                create_conversation(caller, &me, &[(me.clone(), caller)]),
+                Check::Allowed,
+                "{caller:?} alone"
+            );
+            for granted in ROLES {
+                let with_other = [(me.clone(), caller), (other.clone(), granted)];
+                let expected = match (caller, granted) {
+                    (Role::Service, _) => Check::Allowed,
+                    (Role::Customer, Role::Customer) => {
+                        Check::Denied("a customer may create only a conversation of their own")
+                    }
+                    _ if rank(granted) > rank(caller) => {
+                        Check::Denied("no one may grant a role above their own")
+                    }
+                    (Role::Agent | Role::Bot, _) => Check::Allowed,
+                    (Role::Customer, _) => unreachable!("customers rank lowest"),
+                };
+                assert_eq!(
+                    create_conversation(caller, &me, &with_other),
+                    expected,
+                    "{caller:?} creating with another {granted:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_customer_may_not_be_made_agent_by_the_request() {
+        let (mallory, victim) = (user("mallory"), user("victim"));
+        let request = [
+            (mallory.clone(), Role::Customer),
+            (victim.clone(), Role::Agent),
+        ];
+        assert!(matches!(
+            create_conversation(Role::Customer, &mallory, &request),
+            Check::Denied(_)
+        ));
+        // Not even oneself: the caller joins with the role of its token.
+        assert!(matches!(
+            create_conversation(Role::Customer, &mallory, &[(mallory.clone(), Role::Agent)]),
+            Check::Denied(_)
+        ));
+    }
+
+    #[test]
+    fn adding_members_for_every_caller_and_member_role() {
+        let other = user("other");
+        for caller in ROLES {
+            for granted in ROLES {
+                let expected = match caller {
+                    Role::Customer => Check::Denied("customers may not add members"),
+                    _ if rank(granted) > rank(caller) => {
+                        Check::Denied("no one may grant a role above their own")
+                    }
+                    Role::Service => Check::Allowed,
+                    Role::Agent | Role::Bot => Check::Member,
+                };
+                assert_eq!(
+                    add_members(caller, &[(other.clone(), granted)]),
+                    expected,
+                    "{caller:?} adding a {granted:?}"
+                );
+            }
+        }
     }
 
     #[test]
