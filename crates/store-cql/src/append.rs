@@ -25,16 +25,23 @@ const MAX_CLAIM_ROUNDS: u32 = 4;
 /// Rows per page when looking for an unsequenced message.
 const SCAN_PAGE: i32 = 256;
 
-/// The idempotency key of a send.
+/// The idempotency key of a send: tenant, conversation, sender and the
+/// client's message id.
 struct Key<'a> {
+    tenant: &'a TenantId,
     conversation: ConversationId,
     sender: &'a str,
     client_id: &'a str,
 }
 
 impl Key<'_> {
-    fn values(&self) -> (Uuid, &str, &str) {
-        (self.conversation.as_uuid(), self.sender, self.client_id)
+    fn values(&self) -> (&str, Uuid, &str, &str) {
+        (
+            self.tenant.as_str(),
+            self.conversation.as_uuid(),
+            self.sender,
+            self.client_id,
+        )
     }
 }
 
@@ -78,12 +85,13 @@ impl CqlStore {
         new.validate(&self.limits)?;
         let row = self.conversation_row(tenant, new.conversation_id).await?;
         let key = Key {
+            tenant,
             conversation: new.conversation_id,
             sender: new.sender_id.as_str(),
             client_id: new.client_message_id.as_str(),
         };
         let mut head = self
-            .message_head(new.conversation_id, row.last_seq_hint)
+            .message_head(tenant, new.conversation_id, row.last_seq_hint)
             .await?;
         let mut claim = Claim {
             id: Uuid::now_v7(),
@@ -129,6 +137,7 @@ impl CqlStore {
                 &self.statements.key_set_seq,
                 (
                     to_bigint(seq),
+                    tenant.as_str(),
                     key.conversation.as_uuid(),
                     key.sender,
                     key.client_id
@@ -137,7 +146,7 @@ impl CqlStore {
             db.write(
                 "advance last_seq hint",
                 &self.statements.conversation_set_hint,
-                (to_bigint(seq), key.conversation.as_uuid()),
+                (to_bigint(seq), tenant.as_str(), key.conversation.as_uuid()),
             ),
         );
         for result in [key_set, hint_set] {
@@ -160,12 +169,13 @@ impl CqlStore {
         message_id: MessageId,
         head: u64,
     ) -> Result<Claimed> {
-        let (conversation, sender, client_id) = key.values();
+        let (tenant, conversation, sender, client_id) = key.values();
         let attempt = self
             .db()
             .try_lwt(
                 &self.statements.key_claim,
                 (
+                    tenant,
                     conversation,
                     sender,
                     client_id,
@@ -228,11 +238,11 @@ impl CqlStore {
         message_id: MessageId,
         head: &mut u64,
     ) -> Result<Settled> {
-        let conversation = key.conversation;
+        let (tenant, conversation) = (key.tenant, key.conversation);
         if let Some(seq) = existing.seq {
             let seq = position("message_keys seq", seq)?;
             return self
-                .stored_message(conversation, seq)
+                .stored_message(tenant, conversation, seq)
                 .await?
                 .map(|message| Settled::Duplicate(Box::new(message)))
                 .ok_or_else(|| {
@@ -252,18 +262,24 @@ impl CqlStore {
         if let Some(earlier) = existing.message_id {
             let base = position("message_keys base_seq", existing.base_seq.unwrap_or(0))?;
             if let Some(seq) = self
-                .find_message(conversation, earlier, base, abandoned)
+                .find_message(tenant, conversation, earlier, base, abandoned)
                 .await?
             {
-                let (conversation_uuid, sender, client_id) = key.values();
+                let (tenant_id, conversation_uuid, sender, client_id) = key.values();
                 self.db()
                     .write(
                         "record message seq",
                         &self.statements.key_set_seq,
-                        (to_bigint(seq), conversation_uuid, sender, client_id),
+                        (
+                            to_bigint(seq),
+                            tenant_id,
+                            conversation_uuid,
+                            sender,
+                            client_id,
+                        ),
                     )
                     .await?;
-                if let Some(message) = self.stored_message(conversation, seq).await? {
+                if let Some(message) = self.stored_message(tenant, conversation, seq).await? {
                     return Ok(Settled::Duplicate(Box::new(message)));
                 }
             }
@@ -282,12 +298,12 @@ impl CqlStore {
             age_ms = age,
             "taking over an abandoned send"
         );
-        *head = self.message_head(conversation, *head).await?;
+        *head = self.message_head(tenant, conversation, *head).await?;
         *claim = Claim {
             id: Uuid::now_v7(),
             since: Instant::now(),
         };
-        let (conversation_uuid, sender, client_id) = key.values();
+        let (tenant_id, conversation_uuid, sender, client_id) = key.values();
         let attempt = self
             .db()
             .try_lwt(
@@ -297,6 +313,7 @@ impl CqlStore {
                     to_bigint(*head),
                     claim.id,
                     CqlTimestamp(now_millis()),
+                    tenant_id,
                     conversation_uuid,
                     sender,
                     client_id,
@@ -327,6 +344,7 @@ impl CqlStore {
     /// so what they do not find cannot appear later.
     async fn find_message(
         &self,
+        tenant: &TenantId,
         conversation: ConversationId,
         message_id: Uuid,
         base: u64,
@@ -345,7 +363,13 @@ impl CqlStore {
                 .rows(
                     "scan for unsequenced message",
                     statement,
-                    (conversation.as_uuid(), bucket, to_bigint(after), SCAN_PAGE),
+                    (
+                        tenant.as_str(),
+                        conversation.as_uuid(),
+                        bucket,
+                        to_bigint(after),
+                        SCAN_PAGE,
+                    ),
                 )
                 .await?;
             let got = rows.len();
@@ -364,6 +388,7 @@ impl CqlStore {
 
     async fn stored_message(
         &self,
+        tenant: &TenantId,
         conversation: ConversationId,
         seq: u64,
     ) -> Result<Option<Message>> {
@@ -372,7 +397,12 @@ impl CqlStore {
             .row(
                 "read message",
                 &self.statements.message_get,
-                (conversation.as_uuid(), bucket_of(seq), to_bigint(seq)),
+                (
+                    tenant.as_str(),
+                    conversation.as_uuid(),
+                    bucket_of(seq),
+                    to_bigint(seq),
+                ),
             )
             .await?;
         row.map(|row| decode_message(conversation, row)).transpose()
@@ -387,7 +417,7 @@ impl CqlStore {
         new: &NewMessage,
         head: u64,
     ) -> Result<u64> {
-        let conversation = key.conversation;
+        let (tenant, conversation) = (key.tenant, key.conversation);
         let content = encode_content(&new.content);
         let mut seq = head + 1;
         let mut attempts = 0;
@@ -405,6 +435,7 @@ impl CqlStore {
                 .try_lwt(
                     &self.statements.message_insert,
                     (
+                        tenant.as_str(),
                         conversation.as_uuid(),
                         bucket_of(seq),
                         to_bigint(seq),
@@ -431,7 +462,7 @@ impl CqlStore {
                     // that fails leaves it unknown: keep the claim, and a
                     // retry settles it.
                     tracing::warn!(error = %e, %conversation, seq, "message insert has an unknown outcome");
-                    match self.message_id_at(conversation, seq).await? {
+                    match self.message_id_at(tenant, conversation, seq).await? {
                         Some(id) if id == new.id.as_uuid() => Insert::Stored,
                         Some(_) => Insert::Taken,
                         None => Insert::Absent(driver_error("insert message", e)),
@@ -453,19 +484,29 @@ impl CqlStore {
             }
             tokio::time::sleep(backoff(attempts)).await;
             if let Insert::Taken = outcome {
-                seq = self.message_head(conversation, seq).await? + 1;
+                seq = self.message_head(tenant, conversation, seq).await? + 1;
             }
         }
     }
 
     /// The id of the message at `seq`, read linearizably.
-    async fn message_id_at(&self, conversation: ConversationId, seq: u64) -> Result<Option<Uuid>> {
+    async fn message_id_at(
+        &self,
+        tenant: &TenantId,
+        conversation: ConversationId,
+        seq: u64,
+    ) -> Result<Option<Uuid>> {
         let row: Option<MessageColumns> = self
             .db()
             .row(
                 "read message",
                 &self.statements.message_get_serial,
-                (conversation.as_uuid(), bucket_of(seq), to_bigint(seq)),
+                (
+                    tenant.as_str(),
+                    conversation.as_uuid(),
+                    bucket_of(seq),
+                    to_bigint(seq),
+                ),
             )
             .await?;
         Ok(row.and_then(|(_, id, ..)| id))
@@ -474,13 +515,13 @@ impl CqlStore {
     /// Gives the key back after an attempt that certainly stored nothing,
     /// so a retry need not wait out the lease.
     async fn release(&self, key: &Key<'_>, claim: &Claim) {
-        let (conversation, sender, client_id) = key.values();
+        let (tenant, conversation, sender, client_id) = key.values();
         let released = self
             .db()
             .lwt(
                 "release idempotency key",
                 &self.statements.key_release,
-                (conversation, sender, client_id, claim.id),
+                (tenant, conversation, sender, client_id, claim.id),
             )
             .await;
         if let Err(e) = released {

@@ -36,7 +36,7 @@ const MAX_COUNT_ROUNDS: usize = 32;
 /// Buckets of `user_conversation_buckets` read per request.
 const BUCKETS_PER_READ: i32 = 64;
 
-/// A `conversations` row that belongs to the caller's tenant.
+/// A `conversations` row of the caller's tenant.
 #[derive(Debug)]
 pub(crate) struct ConversationRow {
     pub(crate) id: ConversationId,
@@ -50,7 +50,6 @@ pub(crate) struct ConversationRow {
 }
 
 type ConversationColumns = (
-    Option<String>,
     Option<String>,
     Option<String>,
     Option<CqlTimestamp>,
@@ -128,8 +127,8 @@ fn membership(
 }
 
 impl CqlStore {
-    /// The conversation's row; `NotFound` if it is missing or belongs to
-    /// another tenant.
+    /// The conversation's row; `NotFound` if the tenant has no such
+    /// conversation (another tenant's is simply another key).
     pub(crate) async fn conversation_row(
         &self,
         tenant: &TenantId,
@@ -141,16 +140,12 @@ impl CqlStore {
             .row(
                 "read conversation",
                 &self.statements.conversation_get,
-                (id.as_uuid(),),
+                (tenant.as_str(), id.as_uuid()),
             )
             .await?;
-        let Some((Some(stored_tenant), subject, created_by, created_at, member_count, hint)) = row
-        else {
+        let Some((subject, created_by, created_at, member_count, hint)) = row else {
             return Err(not_found());
         };
-        if stored_tenant != tenant.as_str() {
-            return Err(not_found());
-        }
         let what = format!("conversation {id}");
         Ok(ConversationRow {
             id,
@@ -166,12 +161,21 @@ impl CqlStore {
 
     /// The seq of the newest message, exactly: probes the tail of the
     /// messages partitions from `hint`.
-    pub(crate) async fn message_head(&self, id: ConversationId, hint: u64) -> Result<u64> {
+    pub(crate) async fn message_head(
+        &self,
+        tenant: &TenantId,
+        id: ConversationId,
+        hint: u64,
+    ) -> Result<u64> {
         let db = self.db();
         let statement = &self.statements.message_tail;
         find_head(hint, |bucket| async move {
             let last: Option<(i64,)> = db
-                .row("read message tail", statement, (id.as_uuid(), bucket))
+                .row(
+                    "read message tail",
+                    statement,
+                    (tenant.as_str(), id.as_uuid(), bucket),
+                )
                 .await?;
             last.map(|(seq,)| position("message seq", seq)).transpose()
         })
@@ -185,7 +189,9 @@ impl CqlStore {
     }
 
     async fn load_conversation(&self, row: ConversationRow) -> Result<Conversation> {
-        let last_seq = self.message_head(row.id, row.last_seq_hint).await?;
+        let last_seq = self
+            .message_head(&row.tenant_id, row.id, row.last_seq_hint)
+            .await?;
         Ok(Conversation {
             id: row.id,
             tenant_id: row.tenant_id,
@@ -199,6 +205,7 @@ impl CqlStore {
 
     pub(crate) async fn read_member(
         &self,
+        tenant: &TenantId,
         id: ConversationId,
         user: &UserId,
     ) -> Result<Option<Member>> {
@@ -207,7 +214,12 @@ impl CqlStore {
             .row(
                 "read member",
                 &self.statements.member_get,
-                (id.as_uuid(), member_shard(user.as_str()), user.as_str()),
+                (
+                    tenant.as_str(),
+                    id.as_uuid(),
+                    member_shard(user.as_str()),
+                    user.as_str(),
+                ),
             )
             .await?;
         row.map(|row| decode_member(user.clone(), row)).transpose()
@@ -217,6 +229,7 @@ impl CqlStore {
     /// pass `max_members`. Starts from `observed`, the count last read.
     async fn shift_member_count(
         &self,
+        tenant: &TenantId,
         id: ConversationId,
         mut observed: i64,
         delta: i64,
@@ -234,7 +247,7 @@ impl CqlStore {
                 .lwt(
                     "update member count",
                     &self.statements.conversation_set_count,
-                    (wanted, id.as_uuid(), observed),
+                    (wanted, tenant.as_str(), id.as_uuid(), observed),
                 )
                 .await?;
             if outcome.applied {
@@ -282,6 +295,7 @@ impl CqlStore {
                         "insert member",
                         &st.member_insert,
                         (
+                            tenant.as_str(),
                             id.as_uuid(),
                             member_shard(user.as_str()),
                             user.as_str(),
@@ -315,11 +329,12 @@ impl CqlStore {
         at: Timestamp,
     ) -> Result<Vec<MembershipChange>> {
         let wanted = new.len() as i64;
-        self.shift_member_count(id, observed_count, wanted).await?;
+        self.shift_member_count(tenant, id, observed_count, wanted)
+            .await?;
         let (changes, lost) = self.insert_members(tenant, id, new, at).await?;
         if lost > 0 {
             let current = self.conversation_row(tenant, id).await?.member_count;
-            self.shift_member_count(id, current, -lost).await?;
+            self.shift_member_count(tenant, id, current, -lost).await?;
         }
         Ok(changes)
     }
@@ -333,7 +348,7 @@ impl CqlStore {
         user: &UserId,
         at: Timestamp,
     ) -> Result<Option<MembershipChange>> {
-        let Some(member) = self.read_member(id, user).await? else {
+        let Some(member) = self.read_member(tenant, id, user).await? else {
             return Ok(None);
         };
         let db = self.db();
@@ -341,7 +356,12 @@ impl CqlStore {
             .lwt(
                 "remove member",
                 &self.statements.member_delete,
-                (id.as_uuid(), member_shard(user.as_str()), user.as_str()),
+                (
+                    tenant.as_str(),
+                    id.as_uuid(),
+                    member_shard(user.as_str()),
+                    user.as_str(),
+                ),
             )
             .await?;
         if !deleted.applied {
@@ -375,7 +395,7 @@ impl CqlStore {
         user: &UserId,
         id: ConversationId,
     ) -> Result<Option<Conversation>> {
-        if self.read_member(id, user).await?.is_none() {
+        if self.read_member(tenant, id, user).await?.is_none() {
             return Ok(None);
         }
         match self.conversation_row(tenant, id).await {
@@ -387,6 +407,7 @@ impl CqlStore {
 
     async fn messages_after(
         &self,
+        tenant: &TenantId,
         id: ConversationId,
         after: u64,
         limit: u32,
@@ -401,7 +422,13 @@ impl CqlStore {
                 .rows(
                     "read messages",
                     &self.statements.messages_after,
-                    (id.as_uuid(), bucket, to_bigint(after), want as i32),
+                    (
+                        tenant.as_str(),
+                        id.as_uuid(),
+                        bucket,
+                        to_bigint(after),
+                        want as i32,
+                    ),
                 )
                 .await?;
             let got = rows.len();
@@ -420,6 +447,7 @@ impl CqlStore {
 
     async fn messages_through(
         &self,
+        tenant: &TenantId,
         id: ConversationId,
         through: u64,
         limit: u32,
@@ -434,7 +462,13 @@ impl CqlStore {
                 .rows(
                     "read messages",
                     &self.statements.messages_through_desc,
-                    (id.as_uuid(), bucket, to_bigint(through), want as i32),
+                    (
+                        tenant.as_str(),
+                        id.as_uuid(),
+                        bucket,
+                        to_bigint(through),
+                        want as i32,
+                    ),
                 )
                 .await?;
             let got = rows.len();
@@ -475,8 +509,8 @@ impl ConversationStore for CqlStore {
                 "create conversation",
                 &self.statements.conversation_insert,
                 (
-                    new.id.as_uuid(),
                     new.tenant_id.as_str(),
+                    new.id.as_uuid(),
                     new.subject.as_str(),
                     new.created_by.as_str(),
                     CqlTimestamp(new.created_at.as_millis()),
@@ -495,7 +529,8 @@ impl ConversationStore for CqlStore {
             .await?;
         if lost > 0 {
             // Only a concurrent add_members on a brand-new id gets here.
-            self.shift_member_count(new.id, count, -lost).await?;
+            self.shift_member_count(&new.tenant_id, new.id, count, -lost)
+                .await?;
         }
         Ok(Conversation {
             id: new.id,
@@ -605,7 +640,7 @@ impl ConversationStore for CqlStore {
         let row = self.conversation_row(tenant, id).await?;
         let reads: Vec<_> = members
             .iter()
-            .map(|(user, _)| self.read_member(id, user))
+            .map(|(user, _)| self.read_member(tenant, id, user))
             .collect();
         let existing: Vec<Option<Member>> =
             stream::iter(reads).buffered(FAN_OUT).try_collect().await?;
@@ -641,7 +676,7 @@ impl ConversationStore for CqlStore {
             .await?;
         let removed: Vec<MembershipChange> = removed.into_iter().flatten().collect();
         if !removed.is_empty() {
-            self.shift_member_count(id, row.member_count, -(removed.len() as i64))
+            self.shift_member_count(tenant, id, row.member_count, -(removed.len() as i64))
                 .await?;
         }
         Ok(removed)
@@ -655,7 +690,7 @@ impl ConversationStore for CqlStore {
     ) -> Result<Option<Member>> {
         let (_, member) = futures::try_join!(
             self.conversation_row(tenant, id),
-            self.read_member(id, user)
+            self.read_member(tenant, id, user)
         )?;
         Ok(member)
     }
@@ -682,7 +717,7 @@ impl ConversationStore for CqlStore {
                 .rows(
                     "list members",
                     &self.statements.members_after,
-                    (id.as_uuid(), shard, after.as_str(), want),
+                    (tenant.as_str(), id.as_uuid(), shard, after.as_str(), want),
                 )
                 .await?;
             let got = rows.len();
@@ -712,16 +747,16 @@ impl ConversationStore for CqlStore {
         let row = self.conversation_row(tenant, id).await?;
         match range {
             MessageRange::After { after, limit } => {
-                self.messages_after(id, after.get(), self.page_size(limit))
+                self.messages_after(tenant, id, after.get(), self.page_size(limit))
                     .await
             }
             MessageRange::Before { before, limit } => {
-                let head = self.message_head(id, row.last_seq_hint).await?;
+                let head = self.message_head(tenant, id, row.last_seq_hint).await?;
                 let through = match before {
                     Some(before) => head.min(before.get().saturating_sub(1)),
                     None => head,
                 };
-                self.messages_through(id, through, self.page_size(limit))
+                self.messages_through(tenant, id, through, self.page_size(limit))
                     .await
             }
         }
@@ -735,10 +770,10 @@ impl ConversationStore for CqlStore {
         seq: Seq,
     ) -> Result<Option<ReadMarker>> {
         let row = self.conversation_row(tenant, id).await?;
-        let Some(member) = self.read_member(id, user).await? else {
+        let Some(member) = self.read_member(tenant, id, user).await? else {
             return Err(StoreError::not_found("member", user));
         };
-        let head = self.message_head(id, row.last_seq_hint).await?;
+        let head = self.message_head(tenant, id, row.last_seq_hint).await?;
         if seq.get() > head {
             return Err(StoreError::FailedPrecondition(format!(
                 "read marker {seq} is beyond the last message {head} of conversation {id}"
@@ -754,6 +789,7 @@ impl ConversationStore for CqlStore {
                 &self.statements.member_mark_read,
                 (
                     to_bigint(seq.get()),
+                    tenant.as_str(),
                     id.as_uuid(),
                     member_shard(user.as_str()),
                     user.as_str(),

@@ -435,9 +435,12 @@ mod tests {
         }
     }
 
+    /// A released migration never changes: a keyspace that recorded the
+    /// old checksum refuses to start. Before the first release 0001 is
+    /// edited in place, and this pin changes with it.
     #[test]
     fn checksums_are_stable() {
         assert_eq!(checksum(""), "cbf29ce484222325");
-        assert_ne!(checksum(MIGRATIONS[0].cql), checksum(""));
+        assert_eq!(checksum(MIGRATIONS[0].cql), "945269b5912c3081");
     }
 }

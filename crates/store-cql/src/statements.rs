@@ -77,141 +77,153 @@ impl Statements {
             conversation_insert: p
                 .lwt(
                     "INSERT INTO {ks}.conversations \
-                     (conversation_id, tenant_id, subject, created_by, created_at, member_count) \
+                     (tenant_id, conversation_id, subject, created_by, created_at, member_count) \
                      VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
                 )
                 .await?,
             conversation_get: p
                 .read(
-                    "SELECT tenant_id, subject, created_by, created_at, member_count, last_seq \
-                     FROM {ks}.conversations WHERE conversation_id = ?",
+                    "SELECT subject, created_by, created_at, member_count, last_seq \
+                     FROM {ks}.conversations WHERE tenant_id = ? AND conversation_id = ?",
                 )
                 .await?,
             conversation_set_count: p
                 .lwt(
                     "UPDATE {ks}.conversations SET member_count = ? \
-                     WHERE conversation_id = ? IF member_count = ?",
+                     WHERE tenant_id = ? AND conversation_id = ? IF member_count = ?",
                 )
                 .await?,
             conversation_set_hint: p
-                .write("UPDATE {ks}.conversations SET last_seq = ? WHERE conversation_id = ?")
+                .write(
+                    "UPDATE {ks}.conversations SET last_seq = ? \
+                     WHERE tenant_id = ? AND conversation_id = ?",
+                )
                 .await?,
 
             message_insert: p
                 .lwt(
-                    "INSERT INTO {ks}.messages (conversation_id, bucket, seq, message_id, \
-                     sender_id, client_message_id, sent_at, content) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                    "INSERT INTO {ks}.messages (tenant_id, conversation_id, bucket, seq, \
+                     message_id, sender_id, client_message_id, sent_at, content) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
                 )
                 .await?,
             message_tail: p
                 .read(
-                    "SELECT seq FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? \
+                    "SELECT seq FROM {ks}.messages \
+                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? \
                      ORDER BY seq DESC LIMIT 1",
                 )
                 .await?,
             message_get: p
                 .read(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
-                     WHERE conversation_id = ? AND bucket = ? AND seq = ?"
+                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq = ?"
                 ))
                 .await?,
             message_get_serial: p
                 .serial_read(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
-                     WHERE conversation_id = ? AND bucket = ? AND seq = ?"
+                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq = ?"
                 ))
                 .await?,
             messages_after: p
                 .read(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
-                     WHERE conversation_id = ? AND bucket = ? AND seq > ? LIMIT ?"
+                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq > ? \
+                     LIMIT ?"
                 ))
                 .await?,
             messages_through_desc: p
                 .read(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
-                     WHERE conversation_id = ? AND bucket = ? AND seq <= ? \
+                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq <= ? \
                      ORDER BY seq DESC LIMIT ?"
                 ))
                 .await?,
             message_ids_after: p
                 .read(
                     "SELECT seq, message_id FROM {ks}.messages \
-                     WHERE conversation_id = ? AND bucket = ? AND seq > ? LIMIT ?",
+                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq > ? \
+                     LIMIT ?",
                 )
                 .await?,
             message_ids_after_serial: p
                 .serial_read(
                     "SELECT seq, message_id FROM {ks}.messages \
-                     WHERE conversation_id = ? AND bucket = ? AND seq > ? LIMIT ?",
+                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq > ? \
+                     LIMIT ?",
                 )
                 .await?,
 
             key_claim: p
                 .lwt(
-                    "INSERT INTO {ks}.message_keys (conversation_id, sender_id, client_message_id, \
-                     message_id, base_seq, claim_id, claimed_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                    "INSERT INTO {ks}.message_keys (tenant_id, conversation_id, sender_id, \
+                     client_message_id, message_id, base_seq, claim_id, claimed_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
                 )
                 .await?,
             key_get_serial: p
                 .serial_read(
                     "SELECT message_id, seq, base_seq, claim_id, claimed_at FROM {ks}.message_keys \
-                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ?",
+                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
+                     AND client_message_id = ?",
                 )
                 .await?,
             key_take_over: p
                 .lwt(
                     "UPDATE {ks}.message_keys \
                      SET message_id = ?, base_seq = ?, claim_id = ?, claimed_at = ? \
-                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ? \
-                     IF seq = null AND claim_id = ?",
+                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
+                     AND client_message_id = ? IF seq = null AND claim_id = ?",
                 )
                 .await?,
             key_set_seq: p
                 .write(
                     "UPDATE {ks}.message_keys SET seq = ? \
-                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ?",
+                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
+                     AND client_message_id = ?",
                 )
                 .await?,
             key_release: p
                 .lwt(
                     "DELETE FROM {ks}.message_keys \
-                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ? \
-                     IF seq = null AND claim_id = ?",
+                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
+                     AND client_message_id = ? IF seq = null AND claim_id = ?",
                 )
                 .await?,
 
             member_insert: p
                 .lwt(
                     "INSERT INTO {ks}.members \
-                     (conversation_id, shard, user_id, role, joined_at, read_seq) \
-                     VALUES (?, ?, ?, ?, ?, 0) IF NOT EXISTS",
+                     (tenant_id, conversation_id, shard, user_id, role, joined_at, read_seq) \
+                     VALUES (?, ?, ?, ?, ?, ?, 0) IF NOT EXISTS",
                 )
                 .await?,
             member_get: p
                 .read(&format!(
                     "SELECT {MEMBER_COLUMNS} FROM {{ks}}.members \
-                     WHERE conversation_id = ? AND shard = ? AND user_id = ?"
+                     WHERE tenant_id = ? AND conversation_id = ? AND shard = ? AND user_id = ?"
                 ))
                 .await?,
             member_delete: p
                 .lwt(
                     "DELETE FROM {ks}.members \
-                     WHERE conversation_id = ? AND shard = ? AND user_id = ? IF EXISTS",
+                     WHERE tenant_id = ? AND conversation_id = ? AND shard = ? AND user_id = ? \
+                     IF EXISTS",
                 )
                 .await?,
             members_after: p
                 .read(&format!(
                     "SELECT user_id, {MEMBER_COLUMNS} FROM {{ks}}.members \
-                     WHERE conversation_id = ? AND shard = ? AND user_id > ? LIMIT ?"
+                     WHERE tenant_id = ? AND conversation_id = ? AND shard = ? AND user_id > ? \
+                     LIMIT ?"
                 ))
                 .await?,
             member_mark_read: p
                 .lwt(
                     "UPDATE {ks}.members SET read_seq = ? \
-                     WHERE conversation_id = ? AND shard = ? AND user_id = ? IF read_seq < ?",
+                     WHERE tenant_id = ? AND conversation_id = ? AND shard = ? AND user_id = ? \
+                     IF read_seq < ?",
                 )
                 .await?,
 

@@ -106,12 +106,12 @@ fn seqs_of(range: Vec<natter_core::Message>) -> Vec<u64> {
 
 /// Writes messages `1..=count` straight into the table, as if sent long
 /// ago, so a test starts near a bucket boundary without a thousand sends.
-async fn seed_messages(store: &CqlStore, id: ConversationId, count: u64) {
+async fn seed_messages(store: &CqlStore, tenant: &TenantId, id: ConversationId, count: u64) {
     let insert = store
         .session()
         .prepare(format!(
-            "INSERT INTO {}.messages (conversation_id, bucket, seq, message_id, sender_id, \
-             client_message_id, sent_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO {}.messages (tenant_id, conversation_id, bucket, seq, message_id, \
+             sender_id, client_message_id, sent_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             shared_keyspace()
         ))
         .await
@@ -126,6 +126,7 @@ async fn seed_messages(store: &CqlStore, id: ConversationId, count: u64) {
                 .execute_unpaged(
                     insert,
                     (
+                        tenant.as_str(),
                         id.as_uuid(),
                         (seq / 1024) as i64,
                         seq as i64,
@@ -144,15 +145,16 @@ async fn seed_messages(store: &CqlStore, id: ConversationId, count: u64) {
         .expect("seed messages");
 }
 
-async fn set_last_seq_hint(store: &CqlStore, id: ConversationId, hint: i64) {
+async fn set_last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId, hint: i64) {
     store
         .session()
         .query_unpaged(
             format!(
-                "UPDATE {}.conversations SET last_seq = ? WHERE conversation_id = ?",
+                "UPDATE {}.conversations SET last_seq = ? \
+                 WHERE tenant_id = ? AND conversation_id = ?",
                 shared_keyspace()
             ),
-            (hint, id.as_uuid()),
+            (hint, tenant.as_str(), id.as_uuid()),
         )
         .await
         .expect("set hint");
@@ -266,8 +268,8 @@ async fn messages_cross_bucket_boundaries() {
     let store = common::store(Limits::default()).await;
     let tenant = tenant();
     let conv = conversation(&store, &tenant).await;
-    seed_messages(&store, conv.id, 1020).await;
-    set_last_seq_hint(&store, conv.id, 1000).await;
+    seed_messages(&store, &tenant, conv.id, 1020).await;
+    set_last_seq_hint(&store, &tenant, conv.id, 1000).await;
 
     // Sends 1021..=1030 find the head across the boundary at 1023/1024.
     for i in 1021..=1030 {
@@ -347,11 +349,11 @@ async fn messages_cross_bucket_boundaries() {
     // The hint is only a starting point: stale, or a bucket ahead (as a
     // hint from another datacenter can be), the head is still exact.
     for hint in [0, 5, 1023, 1024, 1030, 2047] {
-        set_last_seq_hint(&store, conv.id, hint).await;
+        set_last_seq_hint(&store, &tenant, conv.id, hint).await;
         let got = store.conversation(&tenant, conv.id).await.expect("get");
         assert_eq!(got.last_seq, Seq::new(1030), "hint {hint}");
     }
-    set_last_seq_hint(&store, conv.id, 3).await;
+    set_last_seq_hint(&store, &tenant, conv.id, 3).await;
     let next = send(&store, &tenant, text(conv.id, "after-stale-hint")).await;
     assert_eq!(next.message.seq, Seq::new(1031));
 }
@@ -361,7 +363,7 @@ async fn a_conversation_ending_on_a_full_bucket_continues_in_the_next() {
     let store = common::store(Limits::default()).await;
     let tenant = tenant();
     let conv = conversation(&store, &tenant).await;
-    seed_messages(&store, conv.id, 1023).await;
+    seed_messages(&store, &tenant, conv.id, 1023).await;
     let got = store.conversation(&tenant, conv.id).await.expect("get");
     assert_eq!(got.last_seq, Seq::new(1023));
     assert_eq!(
@@ -431,6 +433,7 @@ async fn concurrent_appenders_get_exactly_one_seq_each() {
 /// Raw access to `message_keys`, to leave it as a crashed send would.
 async fn plant_key(
     store: &CqlStore,
+    tenant: &TenantId,
     id: ConversationId,
     key: &str,
     message_id: MessageId,
@@ -441,11 +444,13 @@ async fn plant_key(
         .session()
         .query_unpaged(
             format!(
-                "INSERT INTO {}.message_keys (conversation_id, sender_id, client_message_id, \
-                 message_id, base_seq, claim_id, claimed_at) VALUES (?, 'alice', ?, ?, 0, ?, ?)",
+                "INSERT INTO {}.message_keys (tenant_id, conversation_id, sender_id, \
+                 client_message_id, message_id, base_seq, claim_id, claimed_at) \
+                 VALUES (?, ?, 'alice', ?, ?, 0, ?, ?)",
                 shared_keyspace()
             ),
             (
+                tenant.as_str(),
                 id.as_uuid(),
                 key,
                 message_id.as_uuid(),
@@ -457,16 +462,21 @@ async fn plant_key(
         .expect("plant message key");
 }
 
-async fn key_seq(store: &CqlStore, id: ConversationId, key: &str) -> Option<i64> {
+async fn key_seq(
+    store: &CqlStore,
+    tenant: &TenantId,
+    id: ConversationId,
+    key: &str,
+) -> Option<i64> {
     store
         .session()
         .query_unpaged(
             format!(
-                "SELECT seq FROM {}.message_keys WHERE conversation_id = ? AND sender_id = 'alice' \
-                 AND client_message_id = ?",
+                "SELECT seq FROM {}.message_keys WHERE tenant_id = ? AND conversation_id = ? \
+                 AND sender_id = 'alice' AND client_message_id = ?",
                 shared_keyspace()
             ),
-            (id.as_uuid(), key),
+            (tenant.as_str(), id.as_uuid(), key),
         )
         .await
         .expect("read key")
@@ -486,6 +496,7 @@ async fn a_send_that_crashed_before_storing_is_taken_over_after_its_lease() {
     // Claimed a moment ago, nothing stored: the attempt may be alive.
     plant_key(
         &store,
+        &tenant,
         conv.id,
         "young",
         MessageId::generate(),
@@ -502,6 +513,7 @@ async fn a_send_that_crashed_before_storing_is_taken_over_after_its_lease() {
     // Claimed an hour ago, nothing stored: the attempt is dead.
     plant_key(
         &store,
+        &tenant,
         conv.id,
         "stale",
         MessageId::generate(),
@@ -517,7 +529,7 @@ async fn a_send_that_crashed_before_storing_is_taken_over_after_its_lease() {
     assert!(!taken.duplicate);
     assert_eq!(taken.message.seq, Seq::new(1));
     assert_eq!(taken.message.id, retry.id);
-    assert_eq!(key_seq(&store, conv.id, "stale").await, Some(1));
+    assert_eq!(key_seq(&store, &tenant, conv.id, "stale").await, Some(1));
     let again = store
         .append_message(&tenant, text(conv.id, "stale"))
         .await
@@ -528,6 +540,7 @@ async fn a_send_that_crashed_before_storing_is_taken_over_after_its_lease() {
     // A claim written without a claim id (by hand, say) is taken over too.
     plant_key(
         &store,
+        &tenant,
         conv.id,
         "no-claim-id",
         MessageId::generate(),
@@ -559,11 +572,13 @@ async fn a_send_that_crashed_after_storing_is_answered_as_a_duplicate() {
             .session()
             .query_unpaged(
                 format!(
-                    "INSERT INTO {}.messages (conversation_id, bucket, seq, message_id, sender_id, \
-                     client_message_id, sent_at, content) VALUES (?, 0, ?, ?, 'alice', ?, ?, ?)",
+                    "INSERT INTO {}.messages (tenant_id, conversation_id, bucket, seq, \
+                     message_id, sender_id, client_message_id, sent_at, content) \
+                     VALUES (?, ?, 0, ?, ?, 'alice', ?, ?, ?)",
                     shared_keyspace()
                 ),
                 (
+                    tenant.as_str(),
                     conv.id.as_uuid(),
                     seq,
                     original.id.as_uuid(),
@@ -576,6 +591,7 @@ async fn a_send_that_crashed_after_storing_is_answered_as_a_duplicate() {
             .expect("plant message");
         plant_key(
             &store,
+            &tenant,
             conv.id,
             key,
             original.id,
@@ -591,7 +607,7 @@ async fn a_send_that_crashed_after_storing_is_answered_as_a_duplicate() {
         assert!(retry.duplicate, "{key}");
         assert_eq!(retry.message, original.at(Seq::new(seq as u64)), "{key}");
         assert_eq!(
-            key_seq(&store, conv.id, key).await,
+            key_seq(&store, &tenant, conv.id, key).await,
             Some(seq),
             "{key}: seq recorded"
         );

@@ -375,29 +375,6 @@ async fn a_retry_returns_the_first_message_even_with_other_content() {
 }
 
 #[tokio::test]
-async fn tenants_may_reuse_a_conversation_id_without_seeing_each_other() {
-    let store = EmbeddedStore::temporary(Limits::default()).unwrap();
-    let (acme, globex) = (tenant("acme"), tenant("globex"));
-    let mut theirs = conversation(&globex, &[("alice", Role::Customer)]);
-    let ours = conversation(&acme, &[("alice", Role::Customer)]);
-    theirs.id = ours.id;
-    store.create_conversation(&ours).await.unwrap();
-    store
-        .create_conversation(&theirs)
-        .await
-        .expect("another tenant's id is no conflict, and no probe");
-    store
-        .append_message(&acme, text(ours.id, "alice", "k", "ours"))
-        .await
-        .unwrap();
-    let theirs_read = store
-        .list_messages(&globex, ours.id, all_messages())
-        .await
-        .unwrap();
-    assert!(theirs_read.is_empty());
-}
-
-#[tokio::test]
 async fn a_data_directory_is_open_in_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

@@ -32,6 +32,7 @@ macro_rules! store_conformance {
     ($factory:path) => {
         $crate::store_conformance!(@each $factory;
             create_and_get,
+            tenants_may_reuse_a_conversation_id,
             create_rejects_bad_input,
             append_assigns_gap_free_seqs,
             append_is_idempotent,
@@ -192,6 +193,166 @@ pub async fn create_and_get<S: Store>(make: impl AsyncFn(Limits) -> S) {
         .expect("bob is a member");
     assert_eq!(bob.role, Role::Agent);
     assert_eq!(bob.read_seq, Seq::ZERO);
+}
+
+/// Conversation ids are unique within a tenant only: another tenant may
+/// hold the same id, and neither learns anything of the other's.
+pub async fn tenants_may_reuse_a_conversation_id<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let (first, second) = (tenant(), tenant());
+    // Bob is in both: the same user id in the same conversation id, told
+    // apart by the tenant alone.
+    let ours = conversation(&first, &[("alice", Role::Customer), ("bob", Role::Agent)]);
+    let theirs = NewConversation {
+        id: ours.id,
+        subject: "Invoice 77".into(),
+        ..conversation(&second, &[("carol", Role::Customer), ("bob", Role::Bot)])
+    };
+    let id = ours.id;
+    let ours_created = store.create_conversation(&ours).await.expect("create");
+    let theirs_created = store
+        .create_conversation(&theirs)
+        .await
+        .expect("another tenant's id is no conflict");
+    assert_eq!(theirs_created.tenant_id, second);
+    assert_eq!(theirs_created.member_count, 2);
+
+    let ours_sent = store
+        .append_message(&first, text(id, "bob", "hello", "ours"))
+        .await
+        .expect("append");
+    let theirs_sent = store
+        .append_message(&second, text(id, "bob", "hello", "theirs"))
+        .await
+        .expect("append");
+    for (tenant, created, sent, subject, content, members) in [
+        (
+            &first,
+            ours_created,
+            ours_sent,
+            "Order #1234",
+            "ours",
+            [("alice", Role::Customer), ("bob", Role::Agent)],
+        ),
+        (
+            &second,
+            theirs_created,
+            theirs_sent,
+            "Invoice 77",
+            "theirs",
+            [("bob", Role::Bot), ("carol", Role::Customer)],
+        ),
+    ] {
+        assert!(
+            !sent.duplicate,
+            "{tenant}: the idempotency key is per tenant"
+        );
+        assert_eq!(sent.message.seq, Seq::new(1), "{tenant}");
+        assert_eq!(sent.message.content, Content::Text(content.into()));
+
+        let got = store.conversation(tenant, id).await.expect("get");
+        assert_eq!(got.subject, subject);
+        assert_eq!(
+            got,
+            Conversation {
+                last_seq: Seq::new(1),
+                ..created
+            }
+        );
+
+        let listed = store
+            .list_members(
+                tenant,
+                id,
+                PageRequest {
+                    after: None,
+                    size: 10,
+                },
+            )
+            .await
+            .expect("list members");
+        let mut listed: Vec<_> = listed
+            .items
+            .into_iter()
+            .map(|m| (m.user_id.as_str().to_owned(), m.role))
+            .collect();
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        let members: Vec<_> = members
+            .iter()
+            .map(|(name, role)| ((*name).to_owned(), *role))
+            .collect();
+        assert_eq!(listed, members, "{tenant}");
+
+        let messages = store
+            .list_messages(
+                tenant,
+                id,
+                MessageRange::After {
+                    after: Seq::ZERO,
+                    limit: 10,
+                },
+            )
+            .await
+            .expect("list messages");
+        assert_eq!(messages, vec![sent.message], "{tenant}");
+    }
+    assert!(
+        store
+            .member(&first, id, &user("carol"))
+            .await
+            .expect("member")
+            .is_none()
+    );
+    assert!(
+        store
+            .member(&second, id, &user("alice"))
+            .await
+            .expect("member")
+            .is_none()
+    );
+
+    for (tenant, name, subjects) in [
+        (&first, "alice", vec!["Order #1234"]),
+        (&first, "bob", vec!["Order #1234"]),
+        (&first, "carol", vec![]),
+        (&second, "alice", vec![]),
+        (&second, "bob", vec!["Invoice 77"]),
+        (&second, "carol", vec!["Invoice 77"]),
+    ] {
+        let page = store
+            .list_conversations(
+                tenant,
+                &user(name),
+                PageRequest {
+                    after: None,
+                    size: 10,
+                },
+            )
+            .await
+            .expect("list conversations");
+        assert!(
+            page.items
+                .iter()
+                .all(|c| c.id == id && &c.tenant_id == tenant)
+        );
+        assert_eq!(
+            page.items
+                .iter()
+                .map(|c| c.subject.as_str())
+                .collect::<Vec<_>>(),
+            subjects,
+            "{name} in {tenant}"
+        );
+    }
+
+    let again = store.create_conversation(&ours).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "got {again:?}"
+    );
+    let unchanged = store.conversation(&first, id).await.expect("get");
+    assert_eq!(unchanged.subject, "Order #1234");
+    assert_eq!(unchanged.member_count, 2);
 }
 
 pub async fn create_rejects_bad_input<S: Store>(make: impl AsyncFn(Limits) -> S) {
