@@ -357,6 +357,106 @@ pub async fn access_and_bad_input(mode: Mode, transport: Transport) {
     assert_eq!(bob.messages(&conv, 1).await[0].seq, 1);
 }
 
+/// Who may create a conversation with whom, over gRPC, for every caller
+/// role and every role it tries to give another member; and a proposed id
+/// that another tenant holds is free in this one, so its answer tells
+/// nothing of the other tenant.
+pub async fn who_may_create_conversations(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let mut client = cluster.conversations().await;
+    let create = |members: &[(&str, Role)], id: &str| CreateConversationRequest {
+        conversation_id: id.to_owned(),
+        subject: "Who may".into(),
+        members: members
+            .iter()
+            .map(|(user, role)| NewMember {
+                user_id: (*user).into(),
+                role: role_wire(*role),
+            })
+            .collect(),
+    };
+    let refusal = |status: tonic::Status| {
+        let frame = natter_proto::status::error_frame(&status, None);
+        (frame.code, frame.reason)
+    };
+    let denied = (PERMISSION_DENIED, "ROLE_NOT_ALLOWED".to_owned());
+
+    // The two requests of the report: a customer pulling a victim in as an
+    // agent, and a conversation between two customers.
+    let mallory = cluster.token("mallory", Role::Customer);
+    for members in [
+        [("mallory", Role::Customer), ("victim", Role::Agent)],
+        [("mallory", Role::Customer), ("victim", Role::Customer)],
+    ] {
+        let status = client
+            .create_conversation(authed(&mallory, create(&members, "")))
+            .await
+            .expect_err("refused");
+        assert_eq!(refusal(status), denied, "{members:?}");
+    }
+
+    let roles = [Role::Customer, Role::Bot, Role::Agent, Role::Service];
+    let rank = |role: Role| roles.iter().position(|r| *r == role);
+    for caller in roles {
+        let token = cluster.token("caller", caller);
+        client
+            .create_conversation(authed(&token, create(&[], "")))
+            .await
+            .unwrap_or_else(|e| panic!("a {caller:?} alone: {e:?}"));
+        for granted in roles {
+            let allowed = match caller {
+                Role::Service => true,
+                Role::Customer => false,
+                Role::Agent | Role::Bot => rank(granted) <= rank(caller),
+            };
+            let answer = client
+                .create_conversation(authed(&token, create(&[("other", granted)], "")))
+                .await;
+            match answer {
+                Ok(_) => assert!(allowed, "a {caller:?} made a {granted:?}"),
+                Err(status) => {
+                    assert!(!allowed, "a {caller:?} adding a {granted:?}: {status:?}");
+                    assert_eq!(refusal(status), denied);
+                }
+            }
+        }
+    }
+
+    // A proposed id held by another tenant: created here as if fresh.
+    let id = conv_unknown();
+    let other = natter_core::TenantId::new(natter_testkit::unique_name("other")).expect("tenant");
+    let theirs = cluster.token_in(&other, "crm", Role::Service);
+    let ours = cluster.token("crm", Role::Service);
+    for token in [&theirs, &ours] {
+        let created = client
+            .create_conversation(authed(token, create(&[("alice", Role::Customer)], &id)))
+            .await
+            .expect("the id is free in each tenant")
+            .into_inner()
+            .conversation
+            .expect("the conversation");
+        assert_eq!(created.conversation_id, id);
+    }
+    let got = client
+        .get_conversation(authed(
+            &ours,
+            GetConversationRequest {
+                conversation_id: id.clone(),
+            },
+        ))
+        .await
+        .expect("ours")
+        .into_inner()
+        .conversation
+        .expect("the conversation");
+    assert_eq!(&got.tenant_id, cluster.tenant().as_str());
+    let taken = client
+        .create_conversation(authed(&ours, create(&[("bob", Role::Customer)], &id)))
+        .await
+        .expect_err("taken in our own tenant");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists);
+}
+
 fn conv_unknown() -> String {
     natter_core::ConversationId::generate().to_string()
 }

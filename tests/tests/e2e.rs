@@ -41,6 +41,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn who_may_create_conversations() {
+                scenarios::who_may_create_conversations(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn graceful_shutdown() {
                 scenarios::graceful_shutdown(MODE).await;
             }
