@@ -12,6 +12,7 @@ pub mod handoff;
 mod ids;
 mod limits;
 mod model;
+pub mod sequencer;
 
 pub use content::{
     Attachment, Button, ButtonAction, Content, Postback, QuickReplies, QuickReply, Template,

@@ -1,0 +1,693 @@
+//! The sequencer: the one place a conversation's messages get their seq.
+//!
+//! A storage process owns a partition of conversations (through a lease)
+//! and runs one `Sequencer` for it. For every conversation it has touched
+//! it keeps the last seq and the fingerprints of the newest messages'
+//! idempotency keys (sender, client message id) in memory, so a send costs
+//! no store read. New messages are queued and written in batches: while
+//! one batch is being written the next one fills, so a busy partition
+//! shares one durable write among many messages and an idle one writes
+//! each message at once, without waiting on a timer.
+//!
+//! What is durable is the truth. A conversation is loaded from its newest
+//! stored messages the first time it is touched, and again after a write
+//! that failed (the write may have landed in part; the store says which
+//! part). The store's write of one conversation's messages lands as a
+//! prefix in seq order, so a failure leaves no gap. A crashed or replaced
+//! owner simply starts a new `Sequencer`.
+//!
+//! Idempotency holds within a window: a retried send is recognised while
+//! its first attempt is among the conversation's newest `window` messages
+//! (the fingerprints rebuilt from them on load), or still being written.
+//!
+//! This is a plain state machine: the storage service feeds it what
+//! arrives and carries out the [`Step`]s it returns.
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+
+use crate::ids::{ClientMessageId, ConversationId, Seq, TenantId, UserId};
+use crate::model::{Message, NewMessage};
+
+/// A conversation, across tenants.
+pub type ConversationKey = (TenantId, ConversationId);
+
+/// What the sequencer is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequencerConfig {
+    /// Newest messages per conversation whose keys are remembered.
+    pub window: usize,
+    /// Most messages in one write.
+    pub max_batch: usize,
+    /// Idle conversations kept in memory; beyond it the least recently
+    /// used idle ones are forgotten (and loaded again when next touched).
+    pub max_conversations: usize,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        Self {
+            window: 512,
+            max_batch: 1024,
+            max_conversations: 10_000,
+        }
+    }
+}
+
+/// What the owner must do next. `W` is how it answers a sender.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<W> {
+    /// Read the conversation's newest `window` messages and hand them to
+    /// [`Sequencer::loaded`] (or report [`Sequencer::load_failed`]).
+    Load(ConversationKey),
+    /// Write these messages durably, each conversation's in seq order, and
+    /// report with [`Sequencer::written`]. At most one write is asked for
+    /// at a time.
+    Write(Vec<(TenantId, Message)>),
+    /// Stored by this write: tell the members, then the senders.
+    Stored(Vec<Stored<W>>),
+    /// The key was stored before, at `seq`: tell the sender that message.
+    Duplicate {
+        key: ConversationKey,
+        seq: Seq,
+        waiter: W,
+    },
+    /// Not stored, and it may or may not be: the senders should retry with
+    /// the same client message id.
+    Retry(Vec<W>),
+}
+
+/// A message the last write stored, and who waits for it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stored<W> {
+    pub tenant: TenantId,
+    pub message: Message,
+    pub waiters: Vec<W>,
+}
+
+#[derive(Debug)]
+struct Queued<W> {
+    key: ConversationKey,
+    message: Message,
+    waiters: Vec<W>,
+}
+
+#[derive(Debug)]
+enum Slot<W> {
+    /// Its tail is being read; sends wait here in arrival order.
+    Loading(Vec<(NewMessage, W)>),
+    Ready(Known),
+}
+
+#[derive(Debug)]
+struct Known {
+    /// The highest seq assigned, stored or not.
+    last: Seq,
+    /// The highest seq known to be stored.
+    stored: Seq,
+    /// Fingerprints of the newest keys and their seqs, oldest first.
+    recent: VecDeque<(u64, Seq)>,
+    /// Messages of this conversation queued or being written.
+    unsettled: usize,
+    /// When it was last touched, for eviction.
+    used: u64,
+}
+
+/// The sequencer of one partition. See the module docs.
+#[derive(Debug)]
+pub struct Sequencer<W, S> {
+    config: SequencerConfig,
+    hasher: S,
+    slots: HashMap<ConversationKey, Slot<W>>,
+    queue: Vec<Queued<W>>,
+    writing: Option<Vec<Queued<W>>>,
+    clock: u64,
+}
+
+impl<W, S: BuildHasher> Sequencer<W, S> {
+    /// A sequencer that knows nothing yet. `hasher` fingerprints keys; it
+    /// should be seeded at random so nobody can craft a collision.
+    pub fn new(config: SequencerConfig, hasher: S) -> Self {
+        Self {
+            config,
+            hasher,
+            slots: HashMap::new(),
+            queue: Vec::new(),
+            writing: None,
+            clock: 0,
+        }
+    }
+
+    /// A send arrived. The owner has checked that the sender may send.
+    pub fn submit(&mut self, tenant: TenantId, new: NewMessage, waiter: W) -> Vec<Step<W>> {
+        let key = (tenant, new.conversation_id);
+        let mut steps = Vec::new();
+        match self.slots.get_mut(&key) {
+            None => {
+                self.slots
+                    .insert(key.clone(), Slot::Loading(vec![(new, waiter)]));
+                steps.push(Step::Load(key));
+            }
+            Some(Slot::Loading(waiting)) => waiting.push((new, waiter)),
+            Some(Slot::Ready(_)) => {
+                self.sequence(key, new, waiter, &mut steps);
+                self.start_write(&mut steps);
+            }
+        }
+        steps
+    }
+
+    /// The newest stored messages of a conversation being loaded (up to
+    /// `window` of them, in seq order; none if it has none).
+    pub fn loaded(&mut self, key: &ConversationKey, newest: &[Message]) -> Vec<Step<W>> {
+        let Some(Slot::Loading(_)) = self.slots.get(key) else {
+            return Vec::new();
+        };
+        let last = newest.last().map_or(Seq::ZERO, |m| m.seq);
+        let skip = newest.len().saturating_sub(self.config.window);
+        let recent = newest[skip..]
+            .iter()
+            .map(|m| (self.fingerprint(&m.sender_id, &m.client_message_id), m.seq))
+            .collect();
+        let known = Slot::Ready(Known {
+            last,
+            stored: last,
+            recent,
+            unsettled: 0,
+            used: self.tick(),
+        });
+        let Some(Slot::Loading(waiting)) = self.slots.insert(key.clone(), known) else {
+            unreachable!("checked above");
+        };
+        let mut steps = Vec::new();
+        for (new, waiter) in waiting {
+            self.sequence(key.clone(), new, waiter, &mut steps);
+        }
+        self.start_write(&mut steps);
+        steps
+    }
+
+    /// The tail of a conversation could not be read: its senders retry.
+    pub fn load_failed(&mut self, key: &ConversationKey) -> Vec<Step<W>> {
+        match self.slots.remove(key) {
+            Some(Slot::Loading(waiting)) => {
+                vec![Step::Retry(waiting.into_iter().map(|(_, w)| w).collect())]
+            }
+            Some(ready) => {
+                self.slots.insert(key.clone(), ready);
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The write asked for last ended: `true` if every message is stored.
+    /// On failure any prefix of each conversation's messages may be
+    /// stored, so those conversations are forgotten (and loaded again),
+    /// and every message of theirs not known to be stored is given back to
+    /// its senders to retry.
+    pub fn written(&mut self, ok: bool) -> Vec<Step<W>> {
+        let Some(batch) = self.writing.take() else {
+            return Vec::new();
+        };
+        let mut steps = Vec::new();
+        if ok {
+            let mut stored = Vec::with_capacity(batch.len());
+            for queued in batch {
+                if let Some(Slot::Ready(known)) = self.slots.get_mut(&queued.key) {
+                    known.stored = known.stored.max(queued.message.seq);
+                    known.unsettled -= 1;
+                }
+                stored.push(Stored {
+                    tenant: queued.key.0,
+                    message: queued.message,
+                    waiters: queued.waiters,
+                });
+            }
+            steps.push(Step::Stored(stored));
+        } else {
+            let lost: HashSet<ConversationKey> = batch.iter().map(|q| q.key.clone()).collect();
+            let mut retry: Vec<W> = batch.into_iter().flat_map(|q| q.waiters).collect();
+            let (gone, kept) = std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|q| lost.contains(&q.key));
+            self.queue = kept;
+            retry.extend(gone.into_iter().flat_map(|q: Queued<W>| q.waiters));
+            for key in &lost {
+                self.slots.remove(key);
+            }
+            steps.push(Step::Retry(retry));
+        }
+        self.start_write(&mut steps);
+        self.evict();
+        steps
+    }
+
+    /// Conversations in memory, loading or known.
+    pub fn conversations(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn sequence(
+        &mut self,
+        key: ConversationKey,
+        new: NewMessage,
+        waiter: W,
+        steps: &mut Vec<Step<W>>,
+    ) {
+        let fingerprint = self.fingerprint(&new.sender_id, &new.client_message_id);
+        let used = self.tick();
+        let Some(Slot::Ready(known)) = self.slots.get_mut(&key) else {
+            unreachable!("sequence is called for known conversations only");
+        };
+        known.used = used;
+        if let Some(&(_, seq)) = known.recent.iter().rev().find(|(f, _)| *f == fingerprint) {
+            if seq <= known.stored {
+                steps.push(Step::Duplicate { key, seq, waiter });
+            } else {
+                // Still queued or being written: answer with the first.
+                let queued = self
+                    .queue
+                    .iter_mut()
+                    .chain(self.writing.iter_mut().flatten())
+                    .find(|q| q.key == key && q.message.seq == seq)
+                    .expect("an unsettled seq is queued or being written");
+                queued.waiters.push(waiter);
+            }
+            return;
+        }
+        let seq = known.last.next();
+        known.last = seq;
+        known.unsettled += 1;
+        known.recent.push_back((fingerprint, seq));
+        if known.recent.len() > self.config.window {
+            known.recent.pop_front();
+        }
+        self.queue.push(Queued {
+            key,
+            message: new.at(seq),
+            waiters: vec![waiter],
+        });
+    }
+
+    fn start_write(&mut self, steps: &mut Vec<Step<W>>) {
+        if self.writing.is_some() || self.queue.is_empty() {
+            return;
+        }
+        let take = self.queue.len().min(self.config.max_batch.max(1));
+        let batch: Vec<Queued<W>> = self.queue.drain(..take).collect();
+        steps.push(Step::Write(
+            batch
+                .iter()
+                .map(|q| (q.key.0.clone(), q.message.clone()))
+                .collect(),
+        ));
+        self.writing = Some(batch);
+    }
+
+    /// Forgets the least recently used idle conversations beyond the cap.
+    fn evict(&mut self) {
+        let cap = self.config.max_conversations;
+        if self.slots.len() <= cap {
+            return;
+        }
+        let mut idle: Vec<(u64, ConversationKey)> = self
+            .slots
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Ready(known) if known.unsettled == 0 => Some((known.used, key.clone())),
+                _ => None,
+            })
+            .collect();
+        // Down to 90 % of the cap, so eviction runs once per many writes.
+        let excess = self.slots.len() - cap * 9 / 10;
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        for (_, key) in idle.into_iter().take(excess) {
+            if let MapEntry::Occupied(slot) = self.slots.entry(key) {
+                slot.remove();
+            }
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The idempotency key's fingerprint. 64 bits of a keyed hash: with a
+    /// window of 512 a collision is a 1 in 3.6·10^16 chance per send.
+    fn fingerprint(&self, sender: &UserId, client_message_id: &ClientMessageId) -> u64 {
+        self.hasher
+            .hash_one((sender.as_str(), client_message_id.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A seeded simulation: the real sequencer against a store that fails,
+    //! lands writes in part, and an owner that crashes and starts over,
+    //! with senders that retry. Every step checks the guarantees.
+
+    use std::collections::BTreeMap;
+    use std::hash::BuildHasherDefault;
+
+    use super::*;
+    use crate::content::Content;
+    use crate::ids::{MessageId, Timestamp};
+
+    type Fixed = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+    /// xorshift64*: deterministic, good enough to pick actions.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    const WINDOW: usize = 16;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    struct SendKey {
+        conversation: usize,
+        sender: usize,
+        client: u64,
+    }
+
+    #[derive(Default)]
+    struct Tally {
+        stored: usize,
+        duplicates: usize,
+        retries: usize,
+        failed_writes: usize,
+        crashes: usize,
+    }
+
+    struct World {
+        rng: Rng,
+        conversations: Vec<ConversationKey>,
+        /// The durable truth: each conversation's messages by seq.
+        store: Vec<Vec<Message>>,
+        sequencer: Sequencer<u64, Fixed>,
+        loading: Vec<ConversationKey>,
+        writing: Option<Vec<(TenantId, Message)>>,
+        /// Waiter id -> what it sent.
+        waiting: BTreeMap<u64, SendKey>,
+        next_waiter: u64,
+        /// Recent sends per conversation, which senders may retry.
+        sent: Vec<VecDeque<SendKey>>,
+        /// What each acknowledged send was stored at.
+        acked: BTreeMap<SendKey, Seq>,
+        tally: Tally,
+    }
+
+    impl World {
+        fn new(seed: u64) -> Self {
+            let conversations: Vec<ConversationKey> = (0..3)
+                .map(|i| {
+                    let tenant = TenantId::new(if i == 2 { "globex" } else { "acme" }).unwrap();
+                    (tenant, ConversationId::generate())
+                })
+                .collect();
+            Self {
+                rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+                store: vec![Vec::new(); conversations.len()],
+                sent: vec![VecDeque::new(); conversations.len()],
+                conversations,
+                sequencer: Self::sequencer(),
+                loading: Vec::new(),
+                writing: None,
+                waiting: BTreeMap::new(),
+                next_waiter: 0,
+                acked: BTreeMap::new(),
+                tally: Tally::default(),
+            }
+        }
+
+        fn sequencer() -> Sequencer<u64, Fixed> {
+            Sequencer::new(
+                SequencerConfig {
+                    window: WINDOW,
+                    max_batch: 5,
+                    max_conversations: 2,
+                },
+                Fixed::default(),
+            )
+        }
+
+        fn index(&self, key: &ConversationKey) -> usize {
+            self.conversations.iter().position(|k| k == key).unwrap()
+        }
+
+        fn send(&mut self, key: SendKey) {
+            let (tenant, id) = self.conversations[key.conversation].clone();
+            let waiter = self.next_waiter;
+            self.next_waiter += 1;
+            self.waiting.insert(waiter, key.clone());
+            let new = NewMessage {
+                id: MessageId::generate(),
+                conversation_id: id,
+                sender_id: UserId::new(format!("user{}", key.sender)).unwrap(),
+                client_message_id: ClientMessageId::new(format!("c{}", key.client)).unwrap(),
+                sent_at: Timestamp::from_millis(1),
+                content: Content::Text(format!("{key:?}")),
+            };
+            let steps = self.sequencer.submit(tenant, new, waiter);
+            self.carry_out(steps);
+        }
+
+        fn step(&mut self, client: &mut u64) {
+            match self.rng.below(100) {
+                0..=34 => {
+                    let conversation = self.rng.below(self.conversations.len());
+                    *client += 1;
+                    let key = SendKey {
+                        conversation,
+                        sender: self.rng.below(2),
+                        client: *client,
+                    };
+                    let recent = &mut self.sent[conversation];
+                    recent.push_back(key.clone());
+                    // Retries stay within the window: each send stores at
+                    // most one message, so these are among the newest.
+                    if recent.len() > WINDOW / 2 {
+                        recent.pop_front();
+                    }
+                    self.send(key);
+                }
+                35..=49 => {
+                    let conversation = self.rng.below(self.conversations.len());
+                    let recent = &self.sent[conversation];
+                    if !recent.is_empty() {
+                        let key = recent[self.rng.below(recent.len())].clone();
+                        self.send(key);
+                    }
+                }
+                50..=69 if !self.loading.is_empty() => {
+                    let key = self.loading.remove(self.rng.below(self.loading.len()));
+                    let steps = if self.rng.chance(15) {
+                        self.sequencer.load_failed(&key)
+                    } else {
+                        let stored = &self.store[self.index(&key)];
+                        let newest = &stored[stored.len().saturating_sub(WINDOW)..];
+                        self.sequencer.loaded(&key, newest)
+                    };
+                    self.carry_out(steps);
+                }
+                70..=94 if self.writing.is_some() => {
+                    let batch = self.writing.take().unwrap();
+                    let ok = !self.rng.chance(15);
+                    self.land(&batch, ok);
+                    if !ok {
+                        self.tally.failed_writes += 1;
+                    }
+                    let steps = self.sequencer.written(ok);
+                    self.carry_out(steps);
+                }
+                95..=96 => {
+                    // The owner dies: a write in flight lands in part or
+                    // not at all, nobody is answered, a new owner starts.
+                    if let Some(batch) = self.writing.take() {
+                        self.land(&batch, false);
+                    }
+                    self.loading.clear();
+                    self.waiting.clear();
+                    self.sequencer = Self::sequencer();
+                    self.tally.crashes += 1;
+                }
+                _ => {}
+            }
+        }
+
+        /// Applies a write to the store: all of it, or (failed) any prefix
+        /// of each conversation's part.
+        fn land(&mut self, batch: &[(TenantId, Message)], ok: bool) {
+            let mut cut: BTreeMap<usize, bool> = BTreeMap::new();
+            for (tenant, message) in batch {
+                let i = self.index(&(tenant.clone(), message.conversation_id));
+                let stop = cut.entry(i).or_insert(false);
+                if !ok && (*stop || self.rng.chance(40)) {
+                    *stop = true;
+                    continue;
+                }
+                let stored = &mut self.store[i];
+                assert_eq!(
+                    message.seq.get(),
+                    stored.len() as u64 + 1,
+                    "a write leaves no gap and overwrites nothing"
+                );
+                stored.push(message.clone());
+            }
+        }
+
+        fn carry_out(&mut self, steps: Vec<Step<u64>>) {
+            for step in steps {
+                match step {
+                    Step::Load(key) => {
+                        assert!(!self.loading.contains(&key), "one load at a time");
+                        self.loading.push(key);
+                    }
+                    Step::Write(batch) => {
+                        assert!(self.writing.is_none(), "one write at a time");
+                        assert!(!batch.is_empty() && batch.len() <= 5);
+                        self.writing = Some(batch);
+                    }
+                    Step::Stored(stored) => {
+                        for s in stored {
+                            let i = self.index(&(s.tenant.clone(), s.message.conversation_id));
+                            assert_eq!(
+                                self.store[i].get(s.message.seq.get() as usize - 1),
+                                Some(&s.message),
+                                "stored means durable"
+                            );
+                            for waiter in s.waiters {
+                                self.ack(waiter, s.message.seq);
+                                self.tally.stored += 1;
+                            }
+                        }
+                    }
+                    Step::Duplicate { key, seq, waiter } => {
+                        let i = self.index(&key);
+                        let message = &self.store[i][seq.get() as usize - 1];
+                        if let Some(sent) = self.waiting.get(&waiter) {
+                            assert_eq!(
+                                message.client_message_id.as_str(),
+                                format!("c{}", sent.client),
+                                "a duplicate answers with the first message"
+                            );
+                        }
+                        self.ack(waiter, seq);
+                        self.tally.duplicates += 1;
+                    }
+                    Step::Retry(waiters) => {
+                        for waiter in waiters {
+                            self.waiting.remove(&waiter);
+                            self.tally.retries += 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        fn ack(&mut self, waiter: u64, seq: Seq) {
+            let Some(key) = self.waiting.remove(&waiter) else {
+                return;
+            };
+            if let Some(first) = self.acked.insert(key.clone(), seq) {
+                assert_eq!(first, seq, "{key:?} acknowledged at two seqs");
+            }
+        }
+
+        fn check(&self) {
+            for (i, stored) in self.store.iter().enumerate() {
+                let mut keys = HashSet::new();
+                for (n, message) in stored.iter().enumerate() {
+                    assert_eq!(message.seq.get(), n as u64 + 1, "gap-free");
+                    assert!(
+                        keys.insert((message.sender_id.clone(), message.client_message_id.clone())),
+                        "conversation {i} stored {:?} twice",
+                        message.client_message_id
+                    );
+                }
+            }
+            for (key, seq) in &self.acked {
+                let message = &self.store[key.conversation][seq.get() as usize - 1];
+                assert_eq!(
+                    message.client_message_id.as_str(),
+                    format!("c{}", key.client)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn crashes_failures_and_retries_lose_nothing_acknowledged_and_store_nothing_twice() {
+        let mut total = Tally::default();
+        for seed in 0..300 {
+            let mut world = World::new(seed);
+            let mut client = 0;
+            for _ in 0..600 {
+                world.step(&mut client);
+                world.check();
+            }
+            total.stored += world.tally.stored;
+            total.duplicates += world.tally.duplicates;
+            total.retries += world.tally.retries;
+            total.failed_writes += world.tally.failed_writes;
+            total.crashes += world.tally.crashes;
+        }
+        // A run in which nothing happened proves nothing.
+        assert!(total.stored > 10_000, "stored {}", total.stored);
+        assert!(total.duplicates > 1_000, "duplicates {}", total.duplicates);
+        assert!(total.retries > 1_000, "retries {}", total.retries);
+        assert!(
+            total.failed_writes > 1_000,
+            "failed writes {}",
+            total.failed_writes
+        );
+        assert!(total.crashes > 100, "crashes {}", total.crashes);
+    }
+
+    #[test]
+    fn a_busy_partition_shares_one_write_and_an_idle_one_writes_at_once() {
+        let mut sequencer: Sequencer<u32, Fixed> =
+            Sequencer::new(SequencerConfig::default(), Fixed::default());
+        let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
+        let new = |client: &str| NewMessage {
+            id: MessageId::generate(),
+            conversation_id: key.1,
+            sender_id: UserId::new("alice").unwrap(),
+            client_message_id: ClientMessageId::new(client).unwrap(),
+            sent_at: Timestamp::from_millis(1),
+            content: Content::Text("hi".into()),
+        };
+        assert_eq!(
+            sequencer.submit(key.0.clone(), new("a"), 1),
+            vec![Step::Load(key.clone())]
+        );
+        let steps = sequencer.loaded(&key, &[]);
+        assert!(matches!(&steps[..], [Step::Write(batch)] if batch.len() == 1));
+        // While that write is out, three more queue up behind it.
+        for (i, client) in ["b", "c", "d"].into_iter().enumerate() {
+            assert!(
+                sequencer
+                    .submit(key.0.clone(), new(client), i as u32 + 2)
+                    .is_empty()
+            );
+        }
+        let steps = sequencer.written(true);
+        assert!(matches!(&steps[..], [Step::Stored(s), Step::Write(next)]
+            if s.len() == 1 && next.iter().map(|(_, m)| m.seq.get()).eq(2..=4)));
+    }
+}
