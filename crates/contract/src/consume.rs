@@ -9,6 +9,7 @@ use natter_bus::{Bus, ConsumerConfig};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::Backoff;
 use crate::request::decode;
 use crate::{Stream, Topology};
 
@@ -71,7 +72,7 @@ async fn consume_one<M, F, Fut>(
     F: Fn(M, u32) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Handled> + Send + 'static,
 {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let mut deliveries = match bus.consume(&config).await {
             Ok(deliveries) => deliveries,
@@ -118,43 +119,5 @@ async fn consume_one<M, F, Fut>(
             }
         }
         backoff.wait(&shutdown).await;
-    }
-}
-
-/// Exponential backoff with jitter, capped, for reconnect loops.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(50),
-        }
-    }
-}
-
-impl Backoff {
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn reset(&mut self) {
-        *self = Self::default();
-    }
-
-    async fn wait(&mut self, shutdown: &CancellationToken) {
-        // Jitter from the clock's sub-millisecond noise: good enough to keep
-        // many consumers from reconnecting in lockstep.
-        let jitter = u64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_micros()),
-        ) % (self.next.as_millis() as u64 / 2 + 1);
-        let delay = self.next + Duration::from_millis(jitter);
-        self.next = (self.next * 2).min(Self::MAX);
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(delay) => {}
-        }
     }
 }

@@ -3,8 +3,8 @@
 //! typed helpers every service uses to talk and to serve.
 //!
 //! ```text
-//! gateway ──SendCommand──▶ SEND stream (by conversation) ──▶ storage
-//! storage ──SendOutcome──▶ the sender's reply subject
+//! gateway ──SendCommand──▶ storage.seq.<partition> (request) ──▶ storage's sequencer
+//! storage ──SendOutcome──▶ the request's reply
 //! storage ──ConversationEvent──▶ EVENTS stream (by conversation) ──▶ fanout
 //! fanout ──UserEvent──▶ USERS stream (by user) ──▶ sync
 //! sync ──ServerFrame(update)──▶ live.<tenant>.<user> ──▶ gateways
@@ -14,6 +14,7 @@
 //! Subjects here carry no prefix: the bus adds its own, so one NATS server
 //! can host several installs (or tests) side by side.
 
+mod backoff;
 mod consume;
 mod request;
 mod send;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use natter_bus::{Bus, BusError, Storage, StreamConfig};
 use thiserror::Error;
 
+pub use backoff::Backoff;
 pub use consume::{Handled, consume_partitions};
 pub use request::{decode, encode, request, serve};
 pub use send::SendClient;
@@ -62,8 +64,9 @@ pub type Result<T, E = ContractError> = std::result::Result<T, E>;
 /// agree on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Topology {
-    /// Partitions of each stream. A conversation's commands and events, and
-    /// a user's log entries, each stay on one partition, in order.
+    /// Partitions of conversations (each owned by one sequencer) and of
+    /// each stream. A conversation's events, and a user's log entries, each
+    /// stay on one partition, in order.
     pub partitions: NonZeroU32,
     /// How long the streams keep messages nobody has consumed.
     pub retention: Duration,
@@ -88,16 +91,6 @@ pub struct Stream {
     pub memory: Option<Duration>,
 }
 
-/// Commands to store a message, by conversation; consumed by storage.
-/// In memory: nobody has been answered for a command yet, so one lost with
-/// the bus is retried by its sender under the same `client_message_id`,
-/// and a publish costs no disk write. Kept for an hour at most: its sender
-/// stopped waiting long before.
-pub const SEND: Stream = Stream {
-    name: "SEND",
-    base: "send",
-    memory: Some(Duration::from_secs(3600)),
-};
 /// Durable conversation events, by conversation; consumed by fanout.
 pub const EVENTS: Stream = Stream {
     name: "EVENTS",
@@ -132,7 +125,7 @@ impl Stream {
 /// Creates the durable streams if they do not exist; safe to call from
 /// every service at start-up.
 pub async fn ensure_streams(bus: &dyn Bus, topology: &Topology) -> Result<()> {
-    for stream in [SEND, EVENTS, USERS] {
+    for stream in [EVENTS, USERS] {
         bus.ensure_stream(&stream.config(topology)).await?;
     }
     Ok(())

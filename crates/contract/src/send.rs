@@ -1,120 +1,63 @@
-//! Sending a message the durable way, from any service: the command goes
-//! to the SEND stream, storage stores it and publishes the outcome to this
-//! process's reply subject, where it is matched by correlation id.
+//! Sending a message, from any service: a request to the sequencer of the
+//! conversation's partition, which answers once the message is stored and
+//! announced.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use natter_bus::{Bus, BusError};
 use natter_core::ConversationId;
 use natter_proto::bus::v1::{SendCommand, SendOutcome};
-use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::request::{decode, encode};
-use crate::{Result, SEND, Topology, subjects};
+use crate::{Backoff, ContractError, Result, Topology, request, subjects};
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<SendOutcome>>>>;
+/// How long to wait before asking again when no sequencer holds the
+/// partition (a takeover under way): doubling up to the cap.
+const NO_OWNER_FIRST: Duration = Duration::from_millis(20);
+const NO_OWNER_MAX: Duration = Duration::from_millis(500);
 
-/// Sends `SendCommand`s and waits for their outcomes. One per process.
-#[derive(Debug)]
+/// Sends `SendCommand`s to the sequencers. One per process.
+#[derive(Debug, Clone)]
 pub struct SendClient {
     bus: Arc<dyn Bus>,
     topology: Topology,
-    reply_subject: String,
-    pending: Pending,
-    next_id: AtomicU64,
 }
 
 impl SendClient {
-    /// Subscribes to this process's reply subject; `instance` must be
-    /// unique among the processes of one install.
-    pub async fn start(bus: Arc<dyn Bus>, topology: Topology, instance: &str) -> Result<Self> {
-        let reply_subject = subjects::replies(instance);
-        let mut replies = bus.subscribe(&reply_subject, None).await?;
-        let pending: Pending = Arc::default();
-        let routes = pending.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = replies.next().await {
-                let outcome: SendOutcome = match decode(&incoming.payload) {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "undecodable send outcome dropped");
-                        continue;
-                    }
-                };
-                let waiter = routes
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&outcome.correlation_id);
-                // No waiter: it gave up (timed out); the client retries.
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(outcome);
-                }
-            }
-        });
-        Ok(Self {
-            bus,
-            topology,
-            reply_subject,
-            pending,
-            next_id: AtomicU64::new(1),
-        })
+    pub fn new(bus: Arc<dyn Bus>, topology: Topology) -> Self {
+        Self { bus, topology }
     }
 
-    /// Publishes `command` durably and waits up to `timeout` for storage's
-    /// outcome. A timeout does not mean the message was lost: retrying with
-    /// the same client message id returns it if it was stored.
+    /// Sends `command` and waits up to `timeout` for its outcome, asking
+    /// again while no sequencer holds the partition. A timeout does not
+    /// mean the message was lost: retrying with the same client message id
+    /// returns it if it was stored.
     pub async fn send(
         &self,
         conversation: ConversationId,
-        mut command: SendCommand,
+        command: SendCommand,
         timeout: Duration,
     ) -> Result<SendOutcome> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        command.reply_subject = self.reply_subject.clone();
-        command.correlation_id = id;
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
-        let guard = Forget {
-            pending: &self.pending,
-            id,
-        };
-
-        let subject = SEND.subject(&self.topology, &subjects::conversation_key(conversation));
-        self.bus
-            .publish_durable(&subject, encode(&command), None)
-            .await?;
-        let outcome = tokio::time::timeout(timeout, rx).await;
-        drop(guard);
-        match outcome {
-            Ok(Ok(outcome)) => Ok(outcome),
-            _ => Err(BusError::Timeout {
-                subject: SEND.base.to_owned(),
-                timeout,
+        let partition = natter_bus::partition(
+            &subjects::conversation_key(conversation),
+            self.topology.partitions,
+        );
+        let subject = subjects::sequencer(partition);
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new(NO_OWNER_FIRST, NO_OWNER_MAX);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match request(self.bus.as_ref(), &subject, &command, left).await {
+                Err(ContractError::Bus(BusError::NoResponders { .. })) => {
+                    let pause = backoff.next_delay();
+                    if Instant::now() + pause >= deadline {
+                        return Err(BusError::Timeout { subject, timeout }.into());
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                done => return done,
             }
-            .into()),
         }
-    }
-}
-
-/// Removes a waiter however the wait ends, so the map stays bounded by the
-/// sends in flight.
-struct Forget<'a> {
-    pending: &'a Pending,
-    id: u64,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id);
     }
 }

@@ -39,12 +39,14 @@ pub fn revoked(tenant: &TenantId, user: &UserId) -> String {
     )
 }
 
-/// Where the storage outcome of a send comes back to one process.
-pub fn replies(instance: &str) -> String {
-    format!("replies.{}", token(instance))
+/// Where the sequencer of conversation partition `partition` takes
+/// `SendCommand` requests; only the holder of its lease subscribes.
+pub fn sequencer(partition: u32) -> String {
+    format!("storage.seq.{partition}")
 }
 
-/// The partition key of a conversation in SEND and EVENTS.
+/// The partition key of a conversation: its sequencer and its EVENTS
+/// partition.
 pub fn conversation_key(id: ConversationId) -> [u8; 16] {
     id.as_uuid().into_bytes()
 }

@@ -244,6 +244,24 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         steps
     }
 
+    /// Stops numbering: every send not yet handed to a write goes back to
+    /// its sender, and nothing new is asked for. The write under way, if
+    /// any, is still reported with [`written`](Self::written), which then
+    /// settles just its own messages.
+    pub fn abandon(&mut self) -> Vec<Step<W>> {
+        let mut retry: Vec<W> = self.queue.drain(..).flat_map(|q| q.waiters).collect();
+        for slot in std::mem::take(&mut self.slots).into_values() {
+            if let Slot::Loading(waiting) = slot {
+                retry.extend(waiting.into_iter().map(|(_, w)| w));
+            }
+        }
+        if retry.is_empty() {
+            Vec::new()
+        } else {
+            vec![Step::Retry(retry)]
+        }
+    }
+
     /// Conversations in memory, loading or known.
     pub fn conversations(&self) -> usize {
         self.slots.len()
@@ -689,5 +707,12 @@ mod tests {
         let steps = sequencer.written(true);
         assert!(matches!(&steps[..], [Step::Stored(s), Step::Write(next)]
             if s.len() == 1 && next.iter().map(|(_, m)| m.seq.get()).eq(2..=4)));
+
+        // Stepping down: what is queued goes back, the write under way
+        // still settles, and nothing more is asked for.
+        assert!(sequencer.submit(key.0.clone(), new("e"), 5).is_empty());
+        assert_eq!(sequencer.abandon(), vec![Step::Retry(vec![5])]);
+        let steps = sequencer.written(true);
+        assert!(matches!(&steps[..], [Step::Stored(s)] if s.len() == 3));
     }
 }

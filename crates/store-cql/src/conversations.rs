@@ -1,18 +1,16 @@
 //! [`ConversationStore`] on CQL: conversations, members, the user's list
-//! of conversations, reading messages and read markers. The append path
-//! lives in `append.rs`.
+//! of conversations, reading messages and read markers. Writing messages
+//! lives in `messages.rs`.
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
 use natter_core::{
     ClientMessageId, Conversation, ConversationId, Member, MembershipChange, MembershipKind,
-    Message, MessageId, NewConversation, NewMessage, ReadMarker, Role, Seq, TenantId, Timestamp,
-    UserId, validate_member_list,
+    Message, MessageId, NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, UserId,
+    validate_member_list,
 };
 use natter_proto::codec::decode_content;
-use natter_store::{
-    Appended, ConversationStore, MessageRange, Page, PageRequest, Result, StoreError,
-};
+use natter_store::{ConversationStore, MessageRange, Page, PageRequest, Result, StoreError};
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
@@ -734,8 +732,8 @@ impl ConversationStore for CqlStore {
         Ok(page(members, size as u32, |m| m.user_id.clone()))
     }
 
-    async fn append_message(&self, tenant: &TenantId, message: NewMessage) -> Result<Appended> {
-        self.append(tenant, message).await
+    async fn write_messages(&self, messages: &[(TenantId, Message)], version: u64) -> Result<()> {
+        self.write_sequenced(messages, version).await
     }
 
     async fn list_messages(

@@ -8,7 +8,9 @@ use scylla::client::session::Session;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::response::query_result::QueryResult;
+use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
@@ -126,6 +128,20 @@ impl Db<'_> {
     ) -> Result<()> {
         self.session
             .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| driver_error(what, e))?;
+        Ok(())
+    }
+
+    /// Runs a batch for its effect.
+    pub(crate) async fn batch(
+        &self,
+        what: &str,
+        batch: &Batch,
+        values: impl BatchValues,
+    ) -> Result<()> {
+        self.session
+            .batch(batch, values)
             .await
             .map_err(|e| driver_error(what, e))?;
         Ok(())

@@ -3,25 +3,31 @@
 //! [`ConversationStore`](natter_store::ConversationStore) and
 //! [`SyncStore`](natter_store::SyncStore).
 //!
-//! The schema, its partition bounds and the append protocol are described
-//! in `SCHEMA.md` beside this crate's manifest. The rules it keeps:
+//! The schema, its partition bounds and how messages are written are
+//! described in `SCHEMA.md` beside this crate's manifest. The rules it
+//! keeps:
 //!
-//! - every statement touches one partition, and every read has a LIMIT;
+//! - every statement and batch touches one partition, and every read has a
+//!   LIMIT;
 //! - no partition grows without bound: messages and update logs are split
 //!   into buckets of 1024 positions, members into 16 hashed shards, a
 //!   user's conversations by hour;
 //! - only portable CQL: no materialized views, no secondary indexes, no
-//!   multi-partition batches; LWT (Paxos) where a write must not race;
+//!   multi-partition batches; LWT (Paxos) where a write must not race, and
+//!   never on the message path;
+//! - `messages` rows are written only with the writer's version as their
+//!   timestamp, so the newer owner's write of a seq stands;
 //! - normal reads and writes at `LOCAL_QUORUM`, LWTs at the configured
 //!   serial consistency (`LOCAL_SERIAL` by default).
 //!
 //! Stored content and events are protobuf bytes from
 //! `natter_proto::codec`; what does not decode is `StoreError::Corrupt`.
 
-mod append;
 mod conversations;
 mod db;
 mod layout;
+mod leases;
+mod messages;
 mod migrations;
 mod statements;
 mod sync;
@@ -64,14 +70,10 @@ pub struct CqlConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub credentials: Option<Credentials>,
-    /// `LocalSerial` when each conversation is written from one datacenter
-    /// at a time; `Serial` for writers in several datacenters at once.
+    /// `LocalSerial` when each conversation, user and sequencer lease is
+    /// changed from one datacenter at a time; `Serial` when processes in
+    /// several datacenters compete for them.
     pub serial_consistency: SerialConsistency,
-    /// How long an append may hold a conversation's idempotency key before
-    /// a retry may take it over. Must exceed `request_timeout`: an append
-    /// stops writing once less than one request timeout of its lease is
-    /// left, so a taken-over attempt can no longer store its message.
-    pub send_lease: Duration,
     /// How long start-up waits for another process's migration.
     pub migration_timeout: Duration,
 }
@@ -90,7 +92,6 @@ impl CqlConfig {
             connect_timeout: Duration::from_secs(5),
             credentials: None,
             serial_consistency: SerialConsistency::LocalSerial,
-            send_lease: Duration::from_secs(30),
             migration_timeout: Duration::from_secs(600),
         }
     }
@@ -128,16 +129,6 @@ impl CqlConfig {
         }
         if self.nodes.is_empty() {
             return Err(Invalid::new("nodes", "name at least one contact point").into());
-        }
-        if self.send_lease <= self.request_timeout {
-            return Err(Invalid::new(
-                "send_lease",
-                format!(
-                    "must exceed request_timeout ({:?}), got {:?}",
-                    self.request_timeout, self.send_lease
-                ),
-            )
-            .into());
         }
         Ok(())
     }
@@ -187,7 +178,6 @@ impl fmt::Debug for CqlConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("credentials", &self.credentials)
             .field("serial_consistency", &self.serial_consistency)
-            .field("send_lease", &self.send_lease)
             .field("migration_timeout", &self.migration_timeout)
             .finish()
     }
@@ -215,8 +205,6 @@ pub struct CqlStore {
     session: Session,
     statements: Statements,
     limits: Limits,
-    request_timeout: Duration,
-    send_lease: Duration,
 }
 
 impl CqlStore {
@@ -232,8 +220,6 @@ impl CqlStore {
             session,
             statements,
             limits: config.limits,
-            request_timeout: config.request_timeout,
-            send_lease: config.send_lease,
         })
     }
 
@@ -260,7 +246,8 @@ impl CqlStore {
     }
 }
 
-/// Wall-clock milliseconds, for `claimed_at` and `applied_at` stamps.
+/// Wall-clock milliseconds, for `applied_at` and `written_at` stamps and
+/// the migration lock.
 pub(crate) fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -17,20 +17,16 @@ pub(crate) struct Statements {
     pub(crate) conversation_set_count: PreparedStatement,
     pub(crate) conversation_set_hint: PreparedStatement,
 
-    pub(crate) message_insert: PreparedStatement,
+    /// Only ever run in a batch whose timestamp is the write's version.
+    pub(crate) message_write: PreparedStatement,
     pub(crate) message_tail: PreparedStatement,
-    pub(crate) message_get: PreparedStatement,
-    pub(crate) message_get_serial: PreparedStatement,
     pub(crate) messages_after: PreparedStatement,
     pub(crate) messages_through_desc: PreparedStatement,
-    pub(crate) message_ids_after: PreparedStatement,
-    pub(crate) message_ids_after_serial: PreparedStatement,
 
-    pub(crate) key_claim: PreparedStatement,
-    pub(crate) key_get_serial: PreparedStatement,
-    pub(crate) key_take_over: PreparedStatement,
-    pub(crate) key_set_seq: PreparedStatement,
-    pub(crate) key_release: PreparedStatement,
+    pub(crate) lease_get_serial: PreparedStatement,
+    pub(crate) lease_insert: PreparedStatement,
+    pub(crate) lease_take_over: PreparedStatement,
+    pub(crate) lease_set_until: PreparedStatement,
 
     pub(crate) member_insert: PreparedStatement,
     pub(crate) member_get: PreparedStatement,
@@ -100,11 +96,11 @@ impl Statements {
                 )
                 .await?,
 
-            message_insert: p
-                .lwt(
+            message_write: p
+                .write(
                     "INSERT INTO {ks}.messages (tenant_id, conversation_id, bucket, seq, \
                      message_id, sender_id, client_message_id, sent_at, content) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .await?,
             message_tail: p
@@ -113,18 +109,6 @@ impl Statements {
                      WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? \
                      ORDER BY seq DESC LIMIT 1",
                 )
-                .await?,
-            message_get: p
-                .read(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
-                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq = ?"
-                ))
-                .await?,
-            message_get_serial: p
-                .serial_read(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
-                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq = ?"
-                ))
                 .await?,
             messages_after: p
                 .read(&format!(
@@ -140,55 +124,25 @@ impl Statements {
                      ORDER BY seq DESC LIMIT ?"
                 ))
                 .await?,
-            message_ids_after: p
-                .read(
-                    "SELECT seq, message_id FROM {ks}.messages \
-                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq > ? \
-                     LIMIT ?",
-                )
+            lease_get_serial: p
+                .serial_read("SELECT owner, epoch, until FROM {ks}.leases WHERE partition = ?")
                 .await?,
-            message_ids_after_serial: p
-                .serial_read(
-                    "SELECT seq, message_id FROM {ks}.messages \
-                     WHERE tenant_id = ? AND conversation_id = ? AND bucket = ? AND seq > ? \
-                     LIMIT ?",
-                )
-                .await?,
-
-            key_claim: p
+            lease_insert: p
                 .lwt(
-                    "INSERT INTO {ks}.message_keys (tenant_id, conversation_id, sender_id, \
-                     client_message_id, message_id, base_seq, claim_id, claimed_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                    "INSERT INTO {ks}.leases (partition, owner, epoch, until) \
+                     VALUES (?, ?, 1, ?) IF NOT EXISTS",
                 )
                 .await?,
-            key_get_serial: p
-                .serial_read(
-                    "SELECT message_id, seq, base_seq, claim_id, claimed_at FROM {ks}.message_keys \
-                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
-                     AND client_message_id = ?",
-                )
-                .await?,
-            key_take_over: p
+            lease_take_over: p
                 .lwt(
-                    "UPDATE {ks}.message_keys \
-                     SET message_id = ?, base_seq = ?, claim_id = ?, claimed_at = ? \
-                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
-                     AND client_message_id = ? IF seq = null AND claim_id = ?",
+                    "UPDATE {ks}.leases SET owner = ?, epoch = ?, until = ? \
+                     WHERE partition = ? IF epoch = ? AND until <= ?",
                 )
                 .await?,
-            key_set_seq: p
-                .write(
-                    "UPDATE {ks}.message_keys SET seq = ? \
-                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
-                     AND client_message_id = ?",
-                )
-                .await?,
-            key_release: p
+            lease_set_until: p
                 .lwt(
-                    "DELETE FROM {ks}.message_keys \
-                     WHERE tenant_id = ? AND conversation_id = ? AND sender_id = ? \
-                     AND client_message_id = ? IF seq = null AND claim_id = ?",
+                    "UPDATE {ks}.leases SET until = ? \
+                     WHERE partition = ? IF owner = ? AND epoch = ?",
                 )
                 .await?,
 

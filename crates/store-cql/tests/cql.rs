@@ -1,27 +1,31 @@
-//! What only the CQL store has: migrations, bucket boundaries, contention
-//! on one conversation, and recovery from sends cut short.
+//! What only the CQL store has: migrations, bucket boundaries and the
+//! `last_seq` hint, versions deciding between writes of one seq, batch
+//! sizes, and paging across partitions.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use natter_core::{
     ClientMessageId, Content, Conversation, ConversationId, Cursor, Device, DeviceId, Event,
-    Limits, MessageId, NewConversation, NewMessage, ReadMarker, Role, Seq, TenantId, Timestamp,
-    UserId,
+    Limits, Message, MessageId, NewConversation, NewMessage, ReadMarker, Role, Seq, TenantId,
+    Timestamp, UserId,
 };
-use natter_proto::codec::{encode_content, encode_event};
+use natter_proto::codec::encode_event;
 use natter_store::{
-    Appended, ConversationStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
+    ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
 };
 use natter_store_cql::{CqlStore, MAX_DEVICES_PER_USER};
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
 use common::{config, drop_keyspace, shared_keyspace};
+
+/// The version of a first lease holder's (epoch 1) first write.
+const VERSION: u64 = 1 << 40;
 
 fn tenant() -> TenantId {
     TenantId::new(natter_testkit::unique_name("tenant")).expect("tenant id")
@@ -60,89 +64,81 @@ async fn conversation(store: &CqlStore, tenant: &TenantId) -> Conversation {
     conversation_with(store, tenant, ConversationId::generate()).await
 }
 
-fn text(conversation: ConversationId, key: &str) -> NewMessage {
+/// Message `seq` of a conversation with `body`, as the sequencer numbers it.
+fn message(conversation: ConversationId, seq: u64, body: &str) -> Message {
     NewMessage {
         id: MessageId::generate(),
         conversation_id: conversation,
         sender_id: user("alice"),
-        client_message_id: ClientMessageId::new(key).expect("client message id"),
+        client_message_id: ClientMessageId::new(format!("m{seq}")).expect("client message id"),
         sent_at: Timestamp::from_millis(now()),
-        content: Content::Text(format!("message {key}")),
+        content: Content::Text(body.into()),
     }
+    .at(Seq::new(seq))
 }
 
-/// Sends like a client: retries while the store says to.
-async fn send(store: &CqlStore, tenant: &TenantId, message: NewMessage) -> Appended {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match store.append_message(tenant, message.clone()).await {
-            Ok(appended) => return appended,
-            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("append failed: {e}"),
-        }
-    }
+/// Writes `messages` of `tenant` in one call at `version`.
+async fn write(store: &CqlStore, tenant: &TenantId, messages: &[Message], version: u64) {
+    let batch: Vec<_> = messages
+        .iter()
+        .map(|m| (tenant.clone(), m.clone()))
+        .collect();
+    store
+        .write_messages(&batch, version)
+        .await
+        .expect("write messages");
 }
 
-async fn all_seqs(store: &CqlStore, tenant: &TenantId, id: ConversationId) -> Vec<u64> {
-    let mut seqs = Vec::new();
+/// Writes messages `seqs` in one call.
+async fn write_range(
+    store: &CqlStore,
+    tenant: &TenantId,
+    id: ConversationId,
+    seqs: RangeInclusive<u64>,
+) {
+    let messages: Vec<Message> = seqs
+        .map(|seq| message(id, seq, &format!("message {seq}")))
+        .collect();
+    write(store, tenant, &messages, VERSION).await;
+}
+
+async fn all_messages(store: &CqlStore, tenant: &TenantId, id: ConversationId) -> Vec<Message> {
+    let mut all: Vec<Message> = Vec::new();
     loop {
-        let after = Seq::new(seqs.last().copied().unwrap_or(0));
+        let after = all.last().map_or(Seq::ZERO, |m| m.seq);
         let page = store
             .list_messages(tenant, id, MessageRange::After { after, limit: 1000 })
             .await
             .expect("list messages");
         if page.is_empty() {
-            return seqs;
+            return all;
         }
-        seqs.extend(page.iter().map(|m| m.seq.get()));
+        all.extend(page);
     }
 }
 
-fn seqs_of(range: Vec<natter_core::Message>) -> Vec<u64> {
-    range.iter().map(|m| m.seq.get()).collect()
+fn seqs_of(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq.get()).collect()
 }
 
-/// Writes messages `1..=count` straight into the table, as if sent long
-/// ago, so a test starts near a bucket boundary without a thousand sends.
-async fn seed_messages(store: &CqlStore, tenant: &TenantId, id: ConversationId, count: u64) {
-    let insert = store
+/// The `last_seq` hint as stored (`None` if never written).
+async fn last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId) -> Option<i64> {
+    store
         .session()
-        .prepare(format!(
-            "INSERT INTO {}.messages (tenant_id, conversation_id, bucket, seq, message_id, \
-             sender_id, client_message_id, sent_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            shared_keyspace()
-        ))
+        .query_unpaged(
+            format!(
+                "SELECT last_seq FROM {}.conversations WHERE tenant_id = ? AND conversation_id = ?",
+                shared_keyspace()
+            ),
+            (tenant.as_str(), id.as_uuid()),
+        )
         .await
-        .expect("prepare seed insert");
-    let content = encode_content(&Content::Text("seeded".into()));
-    let insert = &insert;
-    let content = &content;
-    stream::iter(1..=count)
-        .map(|seq| async move {
-            store
-                .session()
-                .execute_unpaged(
-                    insert,
-                    (
-                        tenant.as_str(),
-                        id.as_uuid(),
-                        (seq / 1024) as i64,
-                        seq as i64,
-                        MessageId::generate().as_uuid(),
-                        "alice",
-                        format!("seed-{seq}"),
-                        CqlTimestamp(now()),
-                        content.as_slice(),
-                    ),
-                )
-                .await
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("seed messages");
+        .expect("read hint")
+        .into_rows_result()
+        .expect("rows")
+        .maybe_first_row::<(Option<i64>,)>()
+        .expect("row")
+        .and_then(|(hint,)| hint)
 }
 
 async fn set_last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId, hint: i64) {
@@ -264,357 +260,188 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_cross_bucket_boundaries() {
+async fn the_hint_moves_with_new_buckets_and_the_head_is_exact_from_any_hint() {
     let store = common::store(Limits::default()).await;
     let tenant = tenant();
-    let conv = conversation(&store, &tenant).await;
-    seed_messages(&store, &tenant, conv.id, 1020).await;
-    set_last_seq_hint(&store, &tenant, conv.id, 1000).await;
+    let id = conversation(&store, &tenant).await.id;
+    let head = async || store.conversation(&tenant, id).await.expect("get").last_seq;
 
-    // Sends 1021..=1030 find the head across the boundary at 1023/1024.
-    for i in 1021..=1030 {
-        let appended = send(&store, &tenant, text(conv.id, &format!("b{i}"))).await;
-        assert_eq!(appended.message.seq, Seq::new(i));
-    }
-    let range = async |range| {
-        seqs_of(
-            store
-                .list_messages(&tenant, conv.id, range)
-                .await
-                .expect("list"),
-        )
-    };
+    write_range(&store, &tenant, id, 1..=1020).await;
     assert_eq!(
-        range(MessageRange::After {
-            after: Seq::new(1015),
-            limit: 100
-        })
-        .await,
-        (1016..=1030).collect::<Vec<_>>()
+        last_seq_hint(&store, &tenant, id).await,
+        None,
+        "no bucket began"
     );
+    assert_eq!(head().await, Seq::new(1020));
+    write_range(&store, &tenant, id, 1021..=1030).await;
+    assert_eq!(last_seq_hint(&store, &tenant, id).await, Some(1030));
+    write_range(&store, &tenant, id, 1031..=1031).await;
     assert_eq!(
-        range(MessageRange::After {
-            after: Seq::new(1022),
-            limit: 3
-        })
-        .await,
-        vec![1023, 1024, 1025]
+        last_seq_hint(&store, &tenant, id).await,
+        Some(1030),
+        "moved once a bucket, not once a write"
     );
-    assert_eq!(
-        range(MessageRange::After {
-            after: Seq::new(1023),
-            limit: 1
-        })
-        .await,
-        vec![1024]
-    );
-    assert_eq!(
-        range(MessageRange::Before {
-            before: Some(Seq::new(1026)),
-            limit: 3
-        })
-        .await,
-        vec![1023, 1024, 1025]
-    );
-    assert_eq!(
-        range(MessageRange::Before {
-            before: Some(Seq::new(1024)),
-            limit: 2
-        })
-        .await,
-        vec![1022, 1023]
-    );
-    assert_eq!(
-        range(MessageRange::Before {
-            before: None,
-            limit: 12
-        })
-        .await,
-        (1019..=1030).collect::<Vec<_>>()
-    );
-    // Pages larger than one request's rows, across the boundary.
-    assert_eq!(
-        range(MessageRange::Before {
-            before: Some(Seq::new(5000)),
-            limit: 300
-        })
-        .await,
-        (731..=1030).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        all_seqs(&store, &tenant, conv.id).await,
-        (1..=1030).collect::<Vec<_>>()
-    );
+    assert_eq!(head().await, Seq::new(1031));
 
     // The hint is only a starting point: stale, or a bucket ahead (as a
     // hint from another datacenter can be), the head is still exact.
-    for hint in [0, 5, 1023, 1024, 1030, 2047] {
-        set_last_seq_hint(&store, &tenant, conv.id, hint).await;
-        let got = store.conversation(&tenant, conv.id).await.expect("get");
-        assert_eq!(got.last_seq, Seq::new(1030), "hint {hint}");
+    for hint in [0, 5, 1023, 1024, 1031, 2047] {
+        set_last_seq_hint(&store, &tenant, id, hint).await;
+        assert_eq!(head().await, Seq::new(1031), "hint {hint}");
+        let newest = store
+            .list_messages(
+                &tenant,
+                id,
+                MessageRange::Before {
+                    before: None,
+                    limit: 3,
+                },
+            )
+            .await
+            .expect("list");
+        assert_eq!(seqs_of(&newest), vec![1029, 1030, 1031], "hint {hint}");
     }
-    set_last_seq_hint(&store, &tenant, conv.id, 3).await;
-    let next = send(&store, &tenant, text(conv.id, "after-stale-hint")).await;
-    assert_eq!(next.message.seq, Seq::new(1031));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_ending_on_a_full_bucket_continues_in_the_next() {
     let store = common::store(Limits::default()).await;
     let tenant = tenant();
-    let conv = conversation(&store, &tenant).await;
-    seed_messages(&store, &tenant, conv.id, 1023).await;
-    let got = store.conversation(&tenant, conv.id).await.expect("get");
+    let id = conversation(&store, &tenant).await.id;
+    write_range(&store, &tenant, id, 1..=1023).await;
+    let got = store.conversation(&tenant, id).await.expect("get");
     assert_eq!(got.last_seq, Seq::new(1023));
-    assert_eq!(
-        send(&store, &tenant, text(conv.id, "first-of-bucket-1"))
-            .await
-            .message
-            .seq,
-        Seq::new(1024)
-    );
+    assert_eq!(last_seq_hint(&store, &tenant, id).await, None);
+
+    // A write that begins a bucket moves the hint, though it crosses none.
+    write_range(&store, &tenant, id, 1024..=1024).await;
+    assert_eq!(last_seq_hint(&store, &tenant, id).await, Some(1024));
     let marker = store
-        .mark_read(&tenant, conv.id, &user("alice"), Seq::new(1024))
+        .mark_read(&tenant, id, &user("alice"), Seq::new(1024))
         .await
         .expect("mark read");
     assert_eq!(
         marker,
         Some(ReadMarker {
-            conversation_id: conv.id,
+            conversation_id: id,
             user_id: user("alice"),
             seq: Seq::new(1024)
         })
     );
 }
 
+/// Row timestamps are the writers' versions, so of two writes of a seq the
+/// higher version stands, in whichever order they land: a deposed owner's
+/// late write cannot replace its successor's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appenders_get_exactly_one_seq_each() {
-    const WRITERS: u64 = 8;
-    const EACH: u64 = 50;
-    let store = Arc::new(common::store(Limits::default()).await);
+async fn a_higher_version_stands_whatever_order_writes_land_in() {
+    let store = common::store(Limits::default()).await;
     let tenant = tenant();
-    let conv = conversation(&store, &tenant).await;
+    let id = conversation(&store, &tenant).await.id;
+
+    let ten = message(id, 1, "version 10");
+    write(&store, &tenant, std::slice::from_ref(&ten), 10).await;
+    let five = Message {
+        sender_id: user("bob"),
+        client_message_id: ClientMessageId::new("late").expect("client message id"),
+        sent_at: Timestamp::from_millis(1),
+        ..message(id, 1, "version 5")
+    };
+    write(&store, &tenant, &[five], 5).await;
+    assert_eq!(
+        all_messages(&store, &tenant, id).await,
+        vec![ten],
+        "the older version changes no column"
+    );
+
+    let twenty = message(id, 1, "version 20");
+    write(&store, &tenant, std::slice::from_ref(&twenty), 20).await;
+    assert_eq!(
+        all_messages(&store, &tenant, id).await,
+        vec![twenty.clone()]
+    );
+
+    // Within one write too, each seq is decided on its own.
+    let fifteen = [message(id, 1, "version 15"), message(id, 2, "version 15")];
+    write(&store, &tenant, &fifteen, 15).await;
+    assert_eq!(
+        all_messages(&store, &tenant, id).await,
+        vec![twenty, fifteen[1].clone()]
+    );
+}
+
+/// A batch of one partition is one mutation, which the server does not hold
+/// to its batch size thresholds: full batches of the largest messages
+/// (64 of 64 KiB, about 4 MiB) are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_batches_of_the_largest_messages_are_accepted() {
+    let limits = Limits::default();
+    let store = common::store(limits.clone()).await;
+    let tenant = tenant();
+    let id = conversation(&store, &tenant).await.id;
+    let body = "x".repeat(limits.max_message_bytes);
+    let messages: Vec<Message> = (1..=130).map(|seq| message(id, seq, &body)).collect();
     let started = Instant::now();
-    let writers = (0..WRITERS).map(|w| {
-        let (store, tenant) = (store.clone(), tenant.clone());
-        tokio::spawn(async move {
-            let mut mine = Vec::new();
-            for i in 0..EACH {
-                let appended = send(&store, &tenant, text(conv.id, &format!("w{w}-{i}"))).await;
-                assert!(!appended.duplicate);
-                mine.push((appended.message.seq, appended.message.id));
-            }
-            mine
-        })
-    });
-    let mut ids = BTreeSet::new();
-    for mine in futures::future::join_all(writers).await {
-        let mine = mine.expect("writer");
-        assert!(
-            mine.windows(2).all(|w| w[0].0 < w[1].0),
-            "a writer's sends stay in order"
-        );
-        ids.extend(mine.into_iter().map(|(_, id)| id));
-    }
+    write(&store, &tenant, &messages, VERSION).await;
     eprintln!(
-        "{} appends by {WRITERS} writers took {:?}",
-        WRITERS * EACH,
+        "writing 130 messages of {} bytes took {:?}",
+        body.len(),
         started.elapsed()
     );
-    assert_eq!(ids.len() as u64, WRITERS * EACH, "no message stored twice");
-    assert_eq!(
-        all_seqs(&store, &tenant, conv.id).await,
-        (1..=WRITERS * EACH).collect::<Vec<_>>()
-    );
-    let got = store.conversation(&tenant, conv.id).await.expect("get");
-    assert_eq!(got.last_seq, Seq::new(WRITERS * EACH));
+    assert_eq!(all_messages(&store, &tenant, id).await, messages);
 }
 
-/// Raw access to `message_keys`, to leave it as a crashed send would.
-async fn plant_key(
-    store: &CqlStore,
-    tenant: &TenantId,
-    id: ConversationId,
-    key: &str,
-    message_id: MessageId,
-    claim_id: Option<Uuid>,
-    claimed_at: i64,
-) {
-    store
-        .session()
-        .query_unpaged(
-            format!(
-                "INSERT INTO {}.message_keys (tenant_id, conversation_id, sender_id, \
-                 client_message_id, message_id, base_seq, claim_id, claimed_at) \
-                 VALUES (?, ?, 'alice', ?, ?, 0, ?, ?)",
-                shared_keyspace()
-            ),
-            (
-                tenant.as_str(),
-                id.as_uuid(),
-                key,
-                message_id.as_uuid(),
-                claim_id,
-                CqlTimestamp(claimed_at),
-            ),
-        )
-        .await
-        .expect("plant message key");
-}
-
-async fn key_seq(
-    store: &CqlStore,
-    tenant: &TenantId,
-    id: ConversationId,
-    key: &str,
-) -> Option<i64> {
-    store
-        .session()
-        .query_unpaged(
-            format!(
-                "SELECT seq FROM {}.message_keys WHERE tenant_id = ? AND conversation_id = ? \
-                 AND sender_id = 'alice' AND client_message_id = ?",
-                shared_keyspace()
-            ),
-            (tenant.as_str(), id.as_uuid(), key),
-        )
-        .await
-        .expect("read key")
-        .into_rows_result()
-        .expect("rows")
-        .maybe_first_row::<(Option<i64>,)>()
-        .expect("row")
-        .and_then(|(seq,)| seq)
-}
-
+/// One write with more conversations than it writes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_that_crashed_before_storing_is_taken_over_after_its_lease() {
+async fn a_write_of_many_conversations_lands_in_each() {
+    const CONVERSATIONS: usize = 40;
     let store = common::store(Limits::default()).await;
     let tenant = tenant();
-    let conv = conversation(&store, &tenant).await;
-
-    // Claimed a moment ago, nothing stored: the attempt may be alive.
-    plant_key(
-        &store,
-        &tenant,
-        conv.id,
-        "young",
-        MessageId::generate(),
-        Some(Uuid::now_v7()),
-        now(),
-    )
-    .await;
-    let busy = store.append_message(&tenant, text(conv.id, "young")).await;
-    assert!(
-        matches!(busy, Err(StoreError::Unavailable(_))),
-        "got {busy:?}"
-    );
-
-    // Claimed an hour ago, nothing stored: the attempt is dead.
-    plant_key(
-        &store,
-        &tenant,
-        conv.id,
-        "stale",
-        MessageId::generate(),
-        Some(Uuid::now_v7()),
-        now() - 3_600_000,
-    )
-    .await;
-    let retry = text(conv.id, "stale");
-    let taken = store
-        .append_message(&tenant, retry.clone())
-        .await
-        .expect("take over");
-    assert!(!taken.duplicate);
-    assert_eq!(taken.message.seq, Seq::new(1));
-    assert_eq!(taken.message.id, retry.id);
-    assert_eq!(key_seq(&store, &tenant, conv.id, "stale").await, Some(1));
-    let again = store
-        .append_message(&tenant, text(conv.id, "stale"))
-        .await
-        .expect("repeat");
-    assert!(again.duplicate);
-    assert_eq!(again.message, taken.message);
-
-    // A claim written without a claim id (by hand, say) is taken over too.
-    plant_key(
-        &store,
-        &tenant,
-        conv.id,
-        "no-claim-id",
-        MessageId::generate(),
-        None,
-        now() - 3_600_000,
-    )
-    .await;
-    let taken = store
-        .append_message(&tenant, text(conv.id, "no-claim-id"))
-        .await
-        .expect("take over");
-    assert_eq!(taken.message.seq, Seq::new(2));
-    assert_eq!(all_seqs(&store, &tenant, conv.id).await, vec![1, 2]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_that_crashed_after_storing_is_answered_as_a_duplicate() {
-    let store = common::store(Limits::default()).await;
-    let tenant = tenant();
-    let conv = conversation(&store, &tenant).await;
-    send(&store, &tenant, text(conv.id, "before")).await;
-
-    // The crashed attempt stored its message at seq 2 but never recorded
-    // the seq in its key; one claim is young, one stale.
-    for (key, claimed_at) in [("young", now()), ("stale", now() - 3_600_000)] {
-        let original = text(conv.id, key);
-        let seq = all_seqs(&store, &tenant, conv.id).await.len() as i64 + 1;
-        store
-            .session()
-            .query_unpaged(
-                format!(
-                    "INSERT INTO {}.messages (tenant_id, conversation_id, bucket, seq, \
-                     message_id, sender_id, client_message_id, sent_at, content) \
-                     VALUES (?, ?, 0, ?, ?, 'alice', ?, ?, ?)",
-                    shared_keyspace()
-                ),
-                (
-                    tenant.as_str(),
-                    conv.id.as_uuid(),
-                    seq,
-                    original.id.as_uuid(),
-                    key,
-                    CqlTimestamp(original.sent_at.as_millis()),
-                    encode_content(&original.content),
-                ),
-            )
-            .await
-            .expect("plant message");
-        plant_key(
-            &store,
-            &tenant,
-            conv.id,
-            key,
-            original.id,
-            Some(Uuid::now_v7()),
-            claimed_at,
-        )
-        .await;
-
-        let retry = store
-            .append_message(&tenant, text(conv.id, key))
-            .await
-            .expect("retry");
-        assert!(retry.duplicate, "{key}");
-        assert_eq!(retry.message, original.at(Seq::new(seq as u64)), "{key}");
-        assert_eq!(
-            key_seq(&store, &tenant, conv.id, key).await,
-            Some(seq),
-            "{key}: seq recorded"
-        );
+    let mut ids = Vec::new();
+    for _ in 0..CONVERSATIONS {
+        ids.push(conversation(&store, &tenant).await.id);
     }
-    let next = send(&store, &tenant, text(conv.id, "after")).await;
-    assert_eq!(next.message.seq, Seq::new(4));
-    assert_eq!(all_seqs(&store, &tenant, conv.id).await, vec![1, 2, 3, 4]);
+    let batch: Vec<(TenantId, Message)> = (1..=3)
+        .flat_map(|seq| ids.iter().map(move |&id| (seq, id)))
+        .map(|(seq, id)| (tenant.clone(), message(id, seq, "hi")))
+        .collect();
+    store
+        .write_messages(&batch, VERSION)
+        .await
+        .expect("write messages");
+    for id in ids {
+        let expected: Vec<Message> = batch
+            .iter()
+            .filter(|(_, m)| m.conversation_id == id)
+            .map(|(_, m)| m.clone())
+            .collect();
+        assert_eq!(all_messages(&store, &tenant, id).await, expected);
+    }
+}
+
+/// Partitions are `int` keys holding all 32 bits: the highest `u32`s are
+/// rows of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lease_partition_has_a_row_of_its_own() {
+    let store = common::store(Limits::default()).await;
+    let at = Timestamp::from_millis(now());
+    let ttl = Duration::from_secs(60);
+    let partitions = [i32::MAX as u32, i32::MAX as u32 + 1, u32::MAX];
+    for partition in partitions {
+        let lease = store
+            .acquire_lease(partition, "first", at, ttl)
+            .await
+            .expect("acquire")
+            .expect("a free partition is taken");
+        assert_eq!(lease.partition, partition);
+    }
+    for partition in partitions {
+        let held = store
+            .acquire_lease(partition, "second", at, ttl)
+            .await
+            .expect("acquire");
+        assert_eq!(held, None, "partition {partition} is held");
+    }
 }
 
 /// A UUIDv7 minted at `millis`, as a conversation created then has.

@@ -1,15 +1,15 @@
 //! [`ConversationStore`]: conversations, members and messages.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 
 use async_trait::async_trait;
 use natter_core::{
     Conversation, ConversationId, Member, MembershipChange, MembershipKind, Message,
-    NewConversation, NewMessage, ReadMarker, Role, Seq, TenantId, Timestamp, UserId,
-    validate_member_list,
+    NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, UserId, validate_member_list,
 };
 use natter_store::{
-    Appended, ConversationStore, MessageRange, Page, PageRequest, Result, StoreError,
+    ConversationStore, MessageRange, Page, PageRequest, Result, StoreError, validate_write,
 };
 use redb::{AccessGuard, ReadableTable};
 
@@ -17,7 +17,7 @@ use crate::record::{
     ConversationRecord, conversation_id, decode_member, decode_message, encode_member,
     encode_message, uuid_key,
 };
-use crate::tables::{CONVERSATIONS, MEMBERS, MEMBERSHIPS, MESSAGE_KEYS, MESSAGES};
+use crate::tables::{CONVERSATIONS, MEMBERS, MEMBERSHIPS, MESSAGES};
 use crate::{EmbeddedStore, TxResult, into_page};
 
 type ConversationKey = (&'static str, u128);
@@ -296,47 +296,47 @@ impl ConversationStore for EmbeddedStore {
         .await
     }
 
-    async fn append_message(&self, tenant: &TenantId, message: NewMessage) -> Result<Appended> {
-        message.validate(&self.limits)?;
-        let tenant = tenant.clone();
+    async fn write_messages(&self, messages: &[(TenantId, Message)], version: u64) -> Result<()> {
+        validate_write(messages, version, &self.limits)?;
+        // Beyond that, `version` is not used: it orders writes of one seq
+        // that race, and here none do. One process holds the file, and the
+        // storage service runs a partition's writes one at a time, so the
+        // later write of a seq is always the newer one and simply replaces
+        // it.
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let messages = messages.to_vec();
+        // One write: all of it lands or none (a missing conversation fails
+        // the whole call), so no conversation is left half-written.
         self.write(move |txn| {
-            let id = message.conversation_id;
-            let (t, c) = (tenant.as_str(), uuid_key(id));
-            let mut conversations = txn.open_table(CONVERSATIONS)?;
-            let mut record = load_conversation(&conversations, &tenant, id)?;
-            let mut messages = txn.open_table(MESSAGES)?;
-            let mut keys = txn.open_table(MESSAGE_KEYS)?;
-            let key = (
-                t,
-                c,
-                message.sender_id.as_str(),
-                message.client_message_id.as_str(),
-            );
-
-            let earlier = keys.get(key)?.map(|v| v.value());
-            if let Some(seq) = earlier {
-                let seq = Seq::new(seq);
-                let stored = messages.get((t, c, seq.get()))?.ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "idempotency key of conversation {id} names missing seq {seq}"
-                    ))
-                })?;
-                return Ok(Appended {
-                    message: decode_message(id, seq, stored.value())?,
-                    duplicate: true,
-                });
+            let mut highest: HashMap<(&TenantId, ConversationId), Seq> = HashMap::new();
+            for (tenant, message) in &messages {
+                let seq = highest
+                    .entry((tenant, message.conversation_id))
+                    .or_insert(Seq::ZERO);
+                *seq = (*seq).max(message.seq);
             }
-
-            let seq = record.last_seq.next();
-            keys.insert(key, seq.get())?;
-            let message = message.clone().at(seq);
-            messages.insert((t, c, seq.get()), encode_message(&message).as_slice())?;
-            record.last_seq = seq;
-            conversations.insert((t, c), record.encode().as_slice())?;
-            Ok(Appended {
-                message,
-                duplicate: false,
-            })
+            let mut conversations = txn.open_table(CONVERSATIONS)?;
+            let mut records = Vec::with_capacity(highest.len());
+            for (&(tenant, id), &seq) in &highest {
+                let mut record = load_conversation(&conversations, tenant, id)?;
+                record.last_seq = record.last_seq.max(seq);
+                records.push(((tenant.as_str(), uuid_key(id)), record));
+            }
+            let mut table = txn.open_table(MESSAGES)?;
+            for (tenant, message) in &messages {
+                let key = (
+                    tenant.as_str(),
+                    uuid_key(message.conversation_id),
+                    message.seq.get(),
+                );
+                table.insert(key, encode_message(message).as_slice())?;
+            }
+            for (key, record) in records {
+                conversations.insert(key, record.encode().as_slice())?;
+            }
+            Ok(())
         })
         .await
     }

@@ -330,15 +330,25 @@ mod tests {
         store.create_conversation(&new).await.unwrap().id
     }
 
-    fn text(id: ConversationId, key: &str) -> NewMessage {
+    /// Message `seq` of a conversation, as the sequencer numbers it.
+    fn text(id: ConversationId, seq: u64) -> Message {
+        let key = format!("k{seq}");
         NewMessage {
             id: MessageId::generate(),
             conversation_id: id,
             sender_id: alice(),
-            client_message_id: ClientMessageId::new(key).unwrap(),
+            client_message_id: ClientMessageId::new(key.as_str()).unwrap(),
             sent_at: Timestamp::from_millis(2),
-            content: Content::Text(key.into()),
+            content: Content::Text(key),
         }
+        .at(Seq::new(seq))
+    }
+
+    /// Writes one message, as a sequencer with epoch 1 would.
+    async fn write(store: &EmbeddedStore, message: &Message) -> natter_store::Result<()> {
+        store
+            .write_messages(&[(tenant(), message.clone())], 1 << 40)
+            .await
     }
 
     async fn messages(
@@ -384,9 +394,10 @@ mod tests {
             let disk = Disk::default();
             let store = disk.store();
             let id = conversation(&store).await;
-            let one = store.append_message(&acme, text(id, "k1")).await.unwrap();
-            let two = store.append_message(&acme, text(id, "k2")).await.unwrap();
-            let first = Event::Message(one.message.clone());
+            let (one, two) = (text(id, 1), text(id, 2));
+            write(&store, &one).await.unwrap();
+            write(&store, &two).await.unwrap();
+            let first = Event::Message(one.clone());
             store
                 .append_update(&acme, &alice(), Cursor::new(1), &first)
                 .await
@@ -394,13 +405,13 @@ mod tests {
 
             disk.set(fault);
             // Until something fails, what is on disk is served.
-            let acknowledged = vec![one.message.clone(), two.message.clone()];
+            let acknowledged = vec![one.clone(), two.clone()];
             assert_eq!(messages(&store, id).await.unwrap(), acknowledged);
             // Then writes fail, and so does everything else until the
             // file is open again, which fails while the disk does.
-            let three = text(id, "k3");
-            assert_unavailable(store.append_message(&acme, three.clone()).await);
-            let second = Event::Message(two.message.clone());
+            let three = text(id, 3);
+            assert_unavailable(write(&store, &three).await);
+            let second = Event::Message(two.clone());
             assert_unavailable(
                 store
                     .append_update(&acme, &alice(), Cursor::new(2), &second)
@@ -410,19 +421,22 @@ mod tests {
 
             disk.set(HEALTHY);
             // The same store serves again, with nothing acknowledged lost,
-            // seqs gap-free and a retried send still idempotent, whether
-            // the failed append reached the file or not.
-            let retried = retry(|| store.append_message(&acme, three.clone())).await;
-            assert_eq!(retried.message.seq, Seq::new(3), "fault {fault}");
-            assert_eq!(retried.message.id, three.id);
-            let again = store.append_message(&acme, three.clone()).await.unwrap();
-            assert!(again.duplicate);
-            assert_eq!(again.message, retried.message);
-            let four = store.append_message(&acme, text(id, "k4")).await.unwrap();
-            assert_eq!((four.message.seq, four.duplicate), (Seq::new(4), false));
+            // whether the failed write reached the file or not; writing it
+            // again stores it once.
+            retry(|| write(&store, &three)).await;
+            let four = text(id, 4);
+            write(&store, &four).await.unwrap();
             let mut expected = acknowledged;
-            expected.extend([retried.message, four.message]);
-            assert_eq!(messages(&store, id).await.unwrap(), expected);
+            expected.extend([three, four]);
+            assert_eq!(
+                messages(&store, id).await.unwrap(),
+                expected,
+                "fault {fault}"
+            );
+            assert_eq!(
+                store.conversation(&acme, id).await.unwrap().last_seq,
+                Seq::new(4)
+            );
 
             // The failed update is in the log whole or not at all; a retry
             // finds which, as the sync consumer does.
@@ -460,7 +474,7 @@ mod tests {
         let store = disk.store();
         let id = conversation(&store).await;
         disk.set(FULL);
-        assert_unavailable(store.append_message(&acme, text(id, "k1")).await);
+        assert_unavailable(write(&store, &text(id, 1)).await);
         assert_eq!(disk.opens(), 1);
 
         // The next call opens the file again, which fails on the full disk;
@@ -471,8 +485,9 @@ mod tests {
         assert_eq!(disk.opens(), 2);
 
         disk.set(HEALTHY);
-        let appended = retry(|| store.append_message(&acme, text(id, "k2"))).await;
-        assert_eq!(appended.message.seq, Seq::new(1));
+        let one = text(id, 1);
+        retry(|| write(&store, &one)).await;
+        assert_eq!(messages(&store, id).await.unwrap(), vec![one]);
         assert_eq!(disk.opens(), 3);
     }
 
@@ -481,27 +496,27 @@ mod tests {
         let disk = Disk::default();
         let store = Arc::new(disk.store());
         let id = conversation(&store).await;
-        let sends: Vec<_> = (0..16).map(|i| text(id, &format!("k{i}"))).collect();
+        let sends: Vec<_> = (1..=16).map(|seq| text(id, seq)).collect();
         let failures = Arc::new(AtomicUsize::new(0));
         let healed = Arc::new(AtomicBool::new(false));
 
         disk.set(FULL);
-        // Writers that retry while unavailable, as the storage consumer
+        // Writers that retry while unavailable, as the storage service
         // does, all at once.
         let mut writers = tokio::task::JoinSet::new();
         for send in sends.clone() {
             let (store, failures, healed) = (store.clone(), failures.clone(), healed.clone());
             writers.spawn(async move {
                 loop {
-                    match store.append_message(&tenant(), send.clone()).await {
-                        Ok(appended) => {
+                    match write(&store, &send).await {
+                        Ok(()) => {
                             assert!(healed.load(Ordering::SeqCst), "acknowledged on a full disk");
-                            return appended;
+                            return;
                         }
                         Err(StoreError::Unavailable(_)) => {
                             failures.fetch_add(1, Ordering::SeqCst);
                         }
-                        Err(e) => panic!("append failed: {e:?}"),
+                        Err(e) => panic!("write failed: {e:?}"),
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -514,19 +529,13 @@ mod tests {
         }
         healed.store(true, Ordering::SeqCst);
         disk.set(HEALTHY);
-        let appended = tokio::time::timeout(Duration::from_secs(10), writers.join_all())
+        tokio::time::timeout(Duration::from_secs(10), writers.join_all())
             .await
             .expect("writers recover");
 
         // Hundreds of failed calls tried to open the file once on the full
         // disk, then once more after the pause.
         assert_eq!(disk.opens(), 3);
-        let mut seqs: Vec<u64> = appended.iter().map(|a| a.message.seq.get()).collect();
-        seqs.sort_unstable();
-        assert_eq!(seqs, (1..=16).collect::<Vec<_>>());
-        let stored = messages(&store, id).await.unwrap();
-        let mut expected: Vec<_> = appended.into_iter().map(|a| a.message).collect();
-        expected.sort_by_key(|m| m.seq);
-        assert_eq!(stored, expected);
+        assert_eq!(messages(&store, id).await.unwrap(), sends);
     }
 }

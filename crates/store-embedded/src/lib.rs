@@ -1,6 +1,6 @@
 //! Natter's single-process store: conversations, members, messages, update
-//! logs and devices in one [redb] file under a data directory, with no
-//! database server. It is what `natter dev` runs on.
+//! logs, devices and sequencer leases in one [redb] file under a data
+//! directory, with no database server. It is what `natter dev` runs on.
 //!
 //! # Why redb
 //!
@@ -8,14 +8,14 @@
 //! each write transaction atomically with checksummed commit slots, so a
 //! crash leaves the last committed state; its file format is stable. Its
 //! write transactions are serializable by construction (one writer at a
-//! time, readers on snapshots), which is what the message path needs: an
-//! idempotent, gap-free append is a single atomic transaction that reads
-//! the idempotency index and the conversation's last seq and writes the
-//! message, the index entry and the new last seq, with no lock, retry loop
-//! or conflict handling of our own. fjall, the LSM-tree alternative, offers
-//! transactions as an optional layer (single-writer, or optimistic with
-//! conflicts to retry) and by default leaves writes in OS buffers until an
-//! explicit persist; redb's default is the one contract we want.
+//! time, readers on snapshots), so a write of many messages and their
+//! conversations' last seqs is one atomic transaction, and so is every
+//! check-and-write of members, counts, update logs and leases, with no
+//! lock, retry loop or conflict handling of our own. fjall, the LSM-tree
+//! alternative, offers transactions as an optional layer (single-writer, or
+//! optimistic with conflicts to retry) and by default leaves writes in OS
+//! buffers until an explicit persist; redb's default is the one contract we
+//! want.
 //!
 //! # Transactions and durability
 //!
@@ -40,6 +40,7 @@
 mod batch;
 mod conversations;
 mod handle;
+mod leases;
 mod record;
 mod sync;
 mod tables;
@@ -144,6 +145,7 @@ impl EmbeddedStore {
             Ok(db)
         };
         let db = open()?;
+        leases::lapse_all(&db).map_err(|e| e.error)?;
         if fresh {
             // The new file's directory entry must reach the disk too, or a
             // crash could lose the whole database.
@@ -246,11 +248,16 @@ fn init(db: &Database) -> TxResult<()> {
                 .into());
             }
         }
+        // Every table this build uses, so a file that lacks one (`leases`
+        // is newer than format 1) gets it. Files from before the sequencer
+        // also hold `message_keys`, the store's old idempotency index:
+        // nothing opens it, and a table nobody opens is harmless, so it is
+        // left as it is and the format version stays.
         txn.open_table(tables::CONVERSATIONS)?;
         txn.open_table(tables::MEMBERS)?;
         txn.open_table(tables::MEMBERSHIPS)?;
         txn.open_table(tables::MESSAGES)?;
-        txn.open_table(tables::MESSAGE_KEYS)?;
+        txn.open_table(tables::LEASES)?;
         txn.open_table(tables::LOG_HEADS)?;
         txn.open_table(tables::UPDATES)?;
         txn.open_table(tables::DEVICES)?;

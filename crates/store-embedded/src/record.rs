@@ -206,6 +206,36 @@ pub(crate) fn decode_device(
     .map_err(corrupt)
 }
 
+/// A lease on a partition of conversations, without the partition, which
+/// is the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaseRecord {
+    pub(crate) owner: String,
+    pub(crate) epoch: u64,
+    pub(crate) until: Timestamp,
+}
+
+impl LeaseRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        Writer::default()
+            .str(&self.owner)
+            .u64(self.epoch)
+            .i64(self.until.as_millis())
+            .finish()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        read("lease", bytes, |r| {
+            Ok(Self {
+                owner: r.str()?.to_owned(),
+                epoch: r.u64()?,
+                until: Timestamp::from_millis(r.i64()?),
+            })
+        })
+        .map_err(corrupt)
+    }
+}
+
 /// Where a user's update log stands: updates `floor + 1 ..= head` are
 /// retained; everything up to `floor` has been trimmed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -286,6 +316,13 @@ mod tests {
             .unwrap(),
             message
         );
+
+        let lease = LeaseRecord {
+            owner: "storage-1".into(),
+            epoch: 3,
+            until: Timestamp::from_millis(12),
+        };
+        assert_eq!(LeaseRecord::decode(&lease.encode()).unwrap(), lease);
 
         let device = Device {
             tenant_id: TenantId::new("acme").unwrap(),

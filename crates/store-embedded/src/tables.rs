@@ -41,10 +41,9 @@ pub(crate) const MEMBERSHIPS: TableDefinition<(&str, &str, u128), ()> =
 pub(crate) const MESSAGES: TableDefinition<(&str, u128, u64), &[u8]> =
     TableDefinition::new("messages");
 
-/// `(tenant, conversation, sender, client_message_id) → seq`: the
-/// idempotency index of [`MESSAGES`].
-pub(crate) const MESSAGE_KEYS: TableDefinition<(&str, u128, &str, &str), u64> =
-    TableDefinition::new("message_keys");
+/// `partition → LeaseRecord`: who holds each partition of conversations
+/// (see `natter_store::LeaseStore`). Not per tenant: partitions span them.
+pub(crate) const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
 
 /// `(tenant, user) → LogHead`: the head of a user's update log and the
 /// cursor it has been trimmed through. Kept apart from the entries so the

@@ -1,18 +1,19 @@
-//! What the conformance suite cannot see: data surviving a restart, one
-//! writer at a time under load, the data directory's exclusivity, and
-//! damaged files reported as errors.
+//! What the conformance suite cannot see: data surviving a restart,
+//! concurrent writes sharing transactions, writes to unknown conversations
+//! refused whole, the data directory's exclusivity, and damaged files
+//! reported as errors.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{at, attachment, conversation, tenant, text, user};
+use common::{VERSION, at, attachment, conversation, numbered, tenant, user};
 use natter_core::{
     Conversation, ConversationId, Cursor, Device, DeviceId, Event, Limits, Member,
     MembershipChange, MembershipKind, Message, ReadMarker, Role, Seq, TenantId, UserId,
 };
 use natter_store::{
-    ConversationStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
+    ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
 };
 use natter_store_embedded::{DATABASE_FILE, EmbeddedStore, MAX_DEVICES_PER_USER};
 use redb::{Database, ReadableDatabase, TableDefinition};
@@ -143,25 +144,22 @@ async fn everything_survives_a_restart() {
         .remove_members(&acme, ids[1], std::slice::from_ref(&bob), at(3))
         .await
         .unwrap();
-    let mut first = None;
-    for i in 0..5 {
-        let appended = store
-            .append_message(&acme, text(ids[0], "alice", &format!("a{i}"), "hello"))
-            .await
-            .unwrap();
-        first.get_or_insert(appended.message);
-    }
-    store
-        .append_message(&acme, attachment(ids[2], "bob", "file"))
-        .await
-        .unwrap();
+    let written: Vec<_> = (1..=5)
+        .map(|seq| (acme.clone(), numbered(ids[0], "alice", seq)))
+        .chain([(
+            acme.clone(),
+            attachment(ids[2], "bob", "file").at(Seq::new(1)),
+        )])
+        .collect();
+    store.write_messages(&written, VERSION).await.unwrap();
+    let first = written[0].1.clone();
     store
         .mark_read(&acme, ids[0], &bob, Seq::new(4))
         .await
         .unwrap();
 
     let events = [
-        Event::Message(first.clone().unwrap()),
+        Event::Message(first.clone()),
         Event::Read(ReadMarker {
             conversation_id: ids[0],
             user_id: bob.clone(),
@@ -213,18 +211,19 @@ async fn everything_survives_a_restart() {
     assert_eq!(after, before);
 
     // Writes continue where they left off.
-    let next = store
-        .append_message(&acme, text(ids[0], "bob", "after-restart", "back"))
+    let conversation = store.conversation(&acme, ids[0]).await.unwrap();
+    assert_eq!(conversation.last_seq, Seq::new(5));
+    let next = numbered(ids[0], "bob", 6);
+    store
+        .write_messages(&[(acme.clone(), next.clone())], VERSION + 1)
         .await
         .unwrap();
-    assert_eq!(next.message.seq, Seq::new(6));
-    assert!(!next.duplicate);
-    let retry = store
-        .append_message(&acme, text(ids[0], "alice", "a0", "hello"))
+    let stored = store
+        .list_messages(&acme, ids[0], all_messages())
         .await
         .unwrap();
-    assert!(retry.duplicate, "idempotency keys survive a restart");
-    assert_eq!(Some(retry.message), first);
+    assert_eq!(stored.first(), Some(&first));
+    assert_eq!(stored.last(), Some(&next));
     assert!(matches!(
         store
             .append_update(&acme, &bob, Cursor::new(6), &events[0])
@@ -246,53 +245,86 @@ async fn everything_survives_a_restart() {
     ));
 }
 
+/// Writers of different conversations at once share transactions, and
+/// every message lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_get_every_seq_once() {
-    const TASKS: u64 = 8;
-    const EACH: u64 = 50;
+async fn concurrent_writes_of_many_conversations_all_land() {
+    const TASKS: usize = 8;
+    const CALLS: u64 = 10;
+    const EACH: u64 = 5;
     let store = Arc::new(EmbeddedStore::temporary(Limits::default()).unwrap());
     let acme = tenant("acme");
-    let new = conversation(&acme, &[("alice", Role::Customer), ("bob", Role::Agent)]);
-    let id = store.create_conversation(&new).await.unwrap().id;
+    let mut ids = Vec::new();
+    for _ in 0..TASKS {
+        let new = conversation(&acme, &[("alice", Role::Customer)]);
+        ids.push(store.create_conversation(&new).await.unwrap().id);
+    }
 
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|task| {
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&id| {
             let (store, acme) = (store.clone(), acme.clone());
             tokio::spawn(async move {
-                let mut seqs = Vec::new();
-                for i in 0..EACH {
-                    let sender = if task % 2 == 0 { "alice" } else { "bob" };
-                    let message = text(id, sender, &format!("t{task}-{i}"), "hi");
-                    let appended = store.append_message(&acme, message).await.unwrap();
-                    assert!(!appended.duplicate);
-                    seqs.push(appended.message.seq.get());
+                let mut written = Vec::new();
+                for call in 0..CALLS {
+                    let batch: Vec<_> = (call * EACH + 1..=(call + 1) * EACH)
+                        .map(|seq| (acme.clone(), numbered(id, "alice", seq)))
+                        .collect();
+                    store.write_messages(&batch, VERSION).await.unwrap();
+                    written.extend(batch.into_iter().map(|(_, m)| m));
                 }
-                seqs
+                written
             })
         })
         .collect();
-    let mut seqs = Vec::new();
-    for task in tasks {
-        let mine = task.await.unwrap();
-        assert!(mine.is_sorted(), "one task's appends are ordered");
-        seqs.extend(mine);
+    for (task, id) in tasks.into_iter().zip(ids) {
+        let written = task.await.unwrap();
+        let stored = store
+            .list_messages(&acme, id, all_messages())
+            .await
+            .unwrap();
+        assert_eq!(stored, written);
+        let conversation = store.conversation(&acme, id).await.unwrap();
+        assert_eq!(conversation.last_seq, Seq::new(CALLS * EACH));
     }
-    seqs.sort_unstable();
-    assert_eq!(seqs, (1..=TASKS * EACH).collect::<Vec<_>>());
+}
 
+/// Unlike the CQL store, this one checks that every conversation of a
+/// write exists; if one does not, nothing of the write is stored.
+#[tokio::test]
+async fn a_write_to_an_unknown_conversation_stores_nothing() {
+    let store = EmbeddedStore::temporary(Limits::default()).unwrap();
+    let acme = tenant("acme");
+    let new = conversation(&acme, &[("alice", Role::Customer)]);
+    let id = store.create_conversation(&new).await.unwrap().id;
+    let ours = |seq| (acme.clone(), numbered(id, "alice", seq));
+    for stranger in [
+        (
+            acme.clone(),
+            numbered(ConversationId::generate(), "alice", 1),
+        ),
+        (tenant("globex"), numbered(id, "alice", 1)),
+    ] {
+        let result = store
+            .write_messages(&[ours(1), ours(2), stranger, ours(3)], VERSION)
+            .await;
+        assert!(
+            matches!(result, Err(StoreError::NotFound { .. })),
+            "got {result:?}"
+        );
+    }
     let stored = store
         .list_messages(&acme, id, all_messages())
         .await
         .unwrap();
+    assert_eq!(stored, vec![]);
     assert_eq!(
-        stored.iter().map(|m| m.seq.get()).collect::<Vec<_>>(),
-        (1..=TASKS * EACH).collect::<Vec<_>>()
+        store.conversation(&acme, id).await.unwrap().last_seq,
+        Seq::ZERO
     );
-    let conversation = store.conversation(&acme, id).await.unwrap();
-    assert_eq!(conversation.last_seq, Seq::new(TASKS * EACH));
 }
 
-/// Concurrent writes share transactions; one that fails is refused alone
+/// Concurrent writes share transactions; one that fails is refused whole
 /// and undoes nobody else's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_write_undoes_no_other() {
@@ -300,78 +332,59 @@ async fn a_failing_write_undoes_no_other() {
     const EACH: u64 = 40;
     let store = Arc::new(EmbeddedStore::temporary(Limits::default()).unwrap());
     let acme = tenant("acme");
-    let new = conversation(&acme, &[("alice", Role::Customer)]);
-    let id = store.create_conversation(&new).await.unwrap().id;
     let missing = ConversationId::generate();
+    let mut ids = Vec::new();
+    for _ in 0..TASKS {
+        let new = conversation(&acme, &[("alice", Role::Customer)]);
+        ids.push(store.create_conversation(&new).await.unwrap().id);
+    }
 
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|task| {
+    let tasks: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(task, &id)| {
             let (store, acme) = (store.clone(), acme.clone());
             tokio::spawn(async move {
-                for i in 0..EACH {
-                    let key = format!("t{task}-{i}");
-                    let target = if (task + i) % 3 == 0 { missing } else { id };
-                    let result = store
-                        .append_message(&acme, text(target, "alice", &key, "hi"))
-                        .await;
-                    match result {
-                        Ok(appended) => assert!(target == id && !appended.duplicate),
-                        Err(StoreError::NotFound { .. }) => assert_eq!(target, missing),
-                        Err(other) => panic!("unexpected {other:?}"),
+                let mut refused = 0;
+                for seq in 1..=EACH {
+                    let message = (acme.clone(), numbered(id, "alice", seq));
+                    if (task as u64 + seq).is_multiple_of(3) {
+                        // Together with a message of a missing conversation
+                        // the write is refused, and this message not stored.
+                        let stranger = (acme.clone(), numbered(missing, "alice", seq));
+                        let result = store
+                            .write_messages(&[message.clone(), stranger], VERSION)
+                            .await;
+                        assert!(
+                            matches!(result, Err(StoreError::NotFound { .. })),
+                            "got {result:?}"
+                        );
+                        let stored = store.conversation(&acme, id).await.unwrap().last_seq;
+                        assert_eq!(stored, Seq::new(seq - 1), "nothing of it landed");
+                        refused += 1;
                     }
+                    store.write_messages(&[message], VERSION).await.unwrap();
                 }
+                refused
             })
         })
         .collect();
+    let mut refused = 0;
     for task in tasks {
-        task.await.unwrap();
+        refused += task.await.unwrap();
     }
-    let expected: u64 = (0..TASKS)
-        .map(|task| (0..EACH).filter(|i| (task + i) % 3 != 0).count() as u64)
-        .sum();
-    let stored = store
-        .list_messages(&acme, id, all_messages())
-        .await
-        .unwrap();
-    assert_eq!(
-        stored.iter().map(|m| m.seq.get()).collect::<Vec<_>>(),
-        (1..=expected).collect::<Vec<_>>(),
-        "every accepted message once, gap-free"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_returns_the_first_message_even_with_other_content() {
-    let store = EmbeddedStore::temporary(Limits::default()).unwrap();
-    let acme = tenant("acme");
-    let new = conversation(&acme, &[("alice", Role::Customer)]);
-    let id = store.create_conversation(&new).await.unwrap().id;
-
-    let first = store
-        .append_message(&acme, text(id, "alice", "k", "hello"))
-        .await
-        .unwrap();
-    let edited = store
-        .append_message(&acme, text(id, "alice", "k", "hello, edited"))
-        .await
-        .unwrap();
-    assert!(edited.duplicate);
-    assert_eq!(edited.message, first.message);
-    let stored = store
-        .list_messages(&acme, id, all_messages())
-        .await
-        .unwrap();
-    assert_eq!(stored, vec![first.message]);
-
-    // The key is per conversation too.
-    let other = conversation(&acme, &[("alice", Role::Customer)]);
-    let other = store.create_conversation(&other).await.unwrap().id;
-    let elsewhere = store
-        .append_message(&acme, text(other, "alice", "k", "hello"))
-        .await
-        .unwrap();
-    assert!(!elsewhere.duplicate);
-    assert_eq!(elsewhere.message.seq, Seq::new(1));
+    assert!(refused > 0);
+    for id in ids {
+        let stored = store
+            .list_messages(&acme, id, all_messages())
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.iter().map(|m| m.seq.get()).collect::<Vec<_>>(),
+            (1..=EACH).collect::<Vec<_>>(),
+            "every message once, gap-free"
+        );
+    }
 }
 
 #[tokio::test]
@@ -386,6 +399,29 @@ async fn a_data_directory_is_open_in_one_store_at_a_time() {
     );
     drop(store);
     open(&dir);
+}
+
+/// Whoever held leases in the file before is gone when it opens again, so
+/// a restarted process need not wait for its old leases to lapse.
+#[tokio::test]
+async fn leases_of_a_closed_store_are_free_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let ttl = std::time::Duration::from_secs(60);
+    let held = store.acquire_lease(3, "old", at(1_000), ttl).await.unwrap();
+    let held = held.expect("a free partition");
+    drop(store);
+    let store = open(&dir);
+    let taken = store.acquire_lease(3, "new", at(2_000), ttl).await.unwrap();
+    let taken = taken.expect("free after the reopen, long before it would lapse");
+    assert!(taken.epoch > held.epoch);
+    assert!(
+        store
+            .renew_lease(&held, at(2_000), ttl)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]

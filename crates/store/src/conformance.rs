@@ -7,8 +7,9 @@
 //! [`store_conformance!`](crate::store_conformance).
 
 use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use natter_core::{
     Attachment, Button, ButtonAction, ClientMessageId, Content, Conversation, ConversationId,
@@ -18,7 +19,7 @@ use natter_core::{
 };
 
 use crate::{
-    Appended, ConversationStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
+    ConversationStore, Lease, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
 };
 
 /// A store under test: both halves of the storage boundary.
@@ -34,11 +35,11 @@ macro_rules! store_conformance {
             create_and_get,
             tenants_may_reuse_a_conversation_id,
             create_rejects_bad_input,
-            append_assigns_gap_free_seqs,
-            append_is_idempotent,
-            append_rejects_bad_input_and_writes_nothing,
-            concurrent_appenders_stay_gap_free,
-            concurrent_retries_store_once,
+            written_messages_read_back_in_order,
+            a_write_spans_conversations_and_tenants,
+            writes_cross_a_bucket_boundary,
+            a_rewritten_seq_is_replaced,
+            write_rejects_bad_input_and_writes_nothing,
             message_pages_meet_at_their_boundaries,
             content_round_trips,
             members_are_added_and_removed_once,
@@ -48,6 +49,8 @@ macro_rules! store_conformance {
             update_log_is_gap_free,
             trimmed_log_requires_resync,
             devices_keep_their_cursor,
+            leases_pass_from_owner_to_owner,
+            one_of_racing_acquirers_wins,
         );
     };
     (@each $factory:path; $($check:ident,)*) => {
@@ -117,17 +120,70 @@ async fn created<S: Store>(store: &S, tenant: &TenantId, members: &[(&str, Role)
         .expect("create conversation")
 }
 
-async fn append_texts<S: Store>(store: &S, tenant: &TenantId, id: ConversationId, count: u64) {
-    for i in 1..=count {
-        let appended = store
-            .append_message(
-                tenant,
-                text(id, "alice", &format!("m{i}"), &format!("hi {i}")),
-            )
+/// The version the checks write with: a clock reading, in microseconds.
+const VERSION: u64 = 1_764_633_600_000_000;
+
+/// Text message `seq` of a conversation, numbered as a sequencer would.
+fn numbered(conversation: ConversationId, seq: u64) -> Message {
+    text(
+        conversation,
+        "alice",
+        &format!("m{seq}"),
+        &format!("hi {seq}"),
+    )
+    .at(Seq::new(seq))
+}
+
+fn of(tenant: &TenantId, messages: &[Message]) -> Vec<(TenantId, Message)> {
+    messages
+        .iter()
+        .map(|m| (tenant.clone(), m.clone()))
+        .collect()
+}
+
+/// Writes `messages` of `tenant` in one call.
+async fn write<S: Store>(store: &S, tenant: &TenantId, messages: &[Message]) {
+    store
+        .write_messages(&of(tenant, messages), VERSION)
+        .await
+        .expect("write messages");
+}
+
+/// Writes text messages `seqs` in one call and returns them.
+async fn write_texts<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    id: ConversationId,
+    seqs: RangeInclusive<u64>,
+) -> Vec<Message> {
+    let messages: Vec<Message> = seqs.map(|seq| numbered(id, seq)).collect();
+    write(store, tenant, &messages).await;
+    messages
+}
+
+/// Every message of a conversation, page by page.
+async fn all_messages<S: Store>(store: &S, tenant: &TenantId, id: ConversationId) -> Vec<Message> {
+    let mut all: Vec<Message> = Vec::new();
+    loop {
+        let after = all.last().map_or(Seq::ZERO, |m| m.seq);
+        let page = store
+            .list_messages(tenant, id, MessageRange::After { after, limit: 1000 })
             .await
-            .expect("append");
-        assert_eq!(appended.message.seq, Seq::new(i));
+            .expect("list messages");
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
     }
+}
+
+async fn last_seq<S: Store>(store: &S, tenant: &TenantId, id: ConversationId) -> u64 {
+    store
+        .conversation(tenant, id)
+        .await
+        .expect("get conversation")
+        .last_seq
+        .get()
 }
 
 fn seqs(messages: &[Message]) -> Vec<u64> {
@@ -145,21 +201,6 @@ fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, field: &str
     match result {
         Err(StoreError::Invalid(invalid)) => assert_eq!(invalid.field, field),
         other => panic!("expected Invalid({field}), got {other:?}"),
-    }
-}
-
-/// Retries an append the way a client does while the store reports a
-/// concurrent attempt in progress.
-async fn append_retrying<S: Store>(store: &S, tenant: &TenantId, message: NewMessage) -> Appended {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match store.append_message(tenant, message.clone()).await {
-            Ok(appended) => return appended,
-            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("append failed: {e}"),
-        }
     }
 }
 
@@ -217,14 +258,10 @@ pub async fn tenants_may_reuse_a_conversation_id<S: Store>(make: impl AsyncFn(Li
     assert_eq!(theirs_created.tenant_id, second);
     assert_eq!(theirs_created.member_count, 2);
 
-    let ours_sent = store
-        .append_message(&first, text(id, "bob", "hello", "ours"))
-        .await
-        .expect("append");
-    let theirs_sent = store
-        .append_message(&second, text(id, "bob", "hello", "theirs"))
-        .await
-        .expect("append");
+    let ours_sent = text(id, "bob", "hello", "ours").at(Seq::new(1));
+    let theirs_sent = text(id, "bob", "hello", "theirs").at(Seq::new(1));
+    write(&store, &first, std::slice::from_ref(&ours_sent)).await;
+    write(&store, &second, std::slice::from_ref(&theirs_sent)).await;
     for (tenant, created, sent, subject, content, members) in [
         (
             &first,
@@ -243,12 +280,7 @@ pub async fn tenants_may_reuse_a_conversation_id<S: Store>(make: impl AsyncFn(Li
             [("bob", Role::Bot), ("carol", Role::Customer)],
         ),
     ] {
-        assert!(
-            !sent.duplicate,
-            "{tenant}: the idempotency key is per tenant"
-        );
-        assert_eq!(sent.message.seq, Seq::new(1), "{tenant}");
-        assert_eq!(sent.message.content, Content::Text(content.into()));
+        assert_eq!(sent.content, Content::Text(content.into()));
 
         let got = store.conversation(tenant, id).await.expect("get");
         assert_eq!(got.subject, subject);
@@ -294,7 +326,7 @@ pub async fn tenants_may_reuse_a_conversation_id<S: Store>(make: impl AsyncFn(Li
             )
             .await
             .expect("list messages");
-        assert_eq!(messages, vec![sent.message], "{tenant}");
+        assert_eq!(messages, vec![sent], "{tenant}");
     }
     assert!(
         store
@@ -371,108 +403,230 @@ pub async fn create_rejects_bad_input<S: Store>(make: impl AsyncFn(Limits) -> S)
     assert_not_found(store.conversation(&tenant, twice.id).await);
 }
 
-pub async fn append_assigns_gap_free_seqs<S: Store>(make: impl AsyncFn(Limits) -> S) {
+pub async fn written_messages_read_back_in_order<S: Store>(make: impl AsyncFn(Limits) -> S) {
     let store = make(Limits::default()).await;
     let tenant = tenant();
     let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
-    append_texts(&store, &tenant, conv.id, 30).await;
-
-    let all = store
-        .list_messages(
-            &tenant,
-            conv.id,
-            MessageRange::After {
-                after: Seq::ZERO,
-                limit: 100,
-            },
-        )
+    store
+        .write_messages(&[], VERSION)
         .await
-        .expect("list");
-    assert_eq!(seqs(&all), (1..=30).collect::<Vec<_>>());
+        .expect("an empty write");
+
+    let mut written = write_texts(&store, &tenant, conv.id, 1..=1).await;
+    assert_eq!(last_seq(&store, &tenant, conv.id).await, 1);
+    written.extend(write_texts(&store, &tenant, conv.id, 2..=5).await);
+    written.extend(write_texts(&store, &tenant, conv.id, 6..=30).await);
+
+    let all = all_messages(&store, &tenant, conv.id).await;
+    assert_eq!(all, written, "stored as written, in seq order");
     let ids: BTreeSet<_> = all.iter().map(|m| m.id).collect();
     assert_eq!(ids.len(), 30, "message ids are unique");
-    let stored = store.conversation(&tenant, conv.id).await.expect("get");
-    assert_eq!(stored.last_seq, Seq::new(30));
+    assert_eq!(last_seq(&store, &tenant, conv.id).await, 30);
 }
 
-pub async fn append_is_idempotent<S: Store>(make: impl AsyncFn(Limits) -> S) {
+/// One write carries the messages of many conversations, of many tenants
+/// (as a sequencer's partition does), and each lands where it belongs.
+pub async fn a_write_spans_conversations_and_tenants<S: Store>(make: impl AsyncFn(Limits) -> S) {
     let store = make(Limits::default()).await;
-    let tenant = tenant();
-    let conv = created(
-        &store,
-        &tenant,
-        &[("alice", Role::Customer), ("bob", Role::Agent)],
-    )
-    .await;
+    let (first, second) = (tenant(), tenant());
+    let ours = created(&store, &first, &[("alice", Role::Customer)])
+        .await
+        .id;
+    let other = created(&store, &first, &[("alice", Role::Customer)])
+        .await
+        .id;
+    // The second tenant holds a conversation of the same id.
+    store
+        .create_conversation(&NewConversation {
+            id: ours,
+            ..conversation(&second, &[("alice", Role::Customer)])
+        })
+        .await
+        .expect("create");
 
-    let first = store
-        .append_message(&tenant, text(conv.id, "alice", "k1", "hello"))
-        .await
-        .expect("first");
-    assert!(!first.duplicate);
-    // A retry mints a new id; the store must answer with the first one.
-    let retry = store
-        .append_message(&tenant, text(conv.id, "alice", "k1", "hello"))
-        .await
-        .expect("retry");
-    assert!(retry.duplicate);
-    assert_eq!(retry.message, first.message);
+    let batch: Vec<(TenantId, Message)> = [
+        (&first, ours, 1),
+        (&second, ours, 1),
+        (&first, other, 1),
+        (&first, ours, 2),
+        (&second, ours, 2),
+        (&first, ours, 3),
+        (&first, other, 2),
+        (&second, ours, 3),
+        (&first, ours, 4),
+    ]
+    .into_iter()
+    .map(|(tenant, id, seq)| (tenant.clone(), numbered(id, seq)))
+    .collect();
+    store.write_messages(&batch, VERSION).await.expect("write");
 
-    // The key is per sender: bob may reuse alice's client id.
-    let bobs = store
-        .append_message(&tenant, text(conv.id, "bob", "k1", "hi"))
-        .await
-        .expect("bob");
-    assert!(!bobs.duplicate);
-    assert_eq!(bobs.message.seq, Seq::new(2));
-
-    let all = store
-        .list_messages(
-            &tenant,
-            conv.id,
-            MessageRange::After {
-                after: Seq::ZERO,
-                limit: 10,
-            },
-        )
-        .await
-        .expect("list");
-    assert_eq!(seqs(&all), vec![1, 2]);
+    for (tenant, id, count) in [(&first, ours, 4), (&first, other, 2), (&second, ours, 3)] {
+        let expected: Vec<Message> = batch
+            .iter()
+            .filter(|(t, m)| t == tenant && m.conversation_id == id)
+            .map(|(_, m)| m.clone())
+            .collect();
+        assert_eq!(expected.len(), count);
+        assert_eq!(
+            all_messages(&store, tenant, id).await,
+            expected,
+            "{tenant} {id}"
+        );
+        assert_eq!(last_seq(&store, tenant, id).await, count as u64);
+    }
 }
 
-pub async fn append_rejects_bad_input_and_writes_nothing<S: Store>(
-    make: impl AsyncFn(Limits) -> S,
-) {
+/// The CQL store keeps 1,024 seqs to a partition; a write that crosses
+/// from one to the next, and every read around the boundary, must look as
+/// if there were none.
+pub async fn writes_cross_a_bucket_boundary<S: Store>(make: impl AsyncFn(Limits) -> S) {
     let store = make(Limits::default()).await;
     let tenant = tenant();
     let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
+    let mut written = write_texts(&store, &tenant, conv.id, 1..=1000).await;
+    written.extend(write_texts(&store, &tenant, conv.id, 1001..=1019).await);
+    assert_eq!(last_seq(&store, &tenant, conv.id).await, 1019);
+    written.extend(write_texts(&store, &tenant, conv.id, 1020..=1030).await);
+    assert_eq!(last_seq(&store, &tenant, conv.id).await, 1030);
+    assert_eq!(all_messages(&store, &tenant, conv.id).await, written);
 
-    assert_invalid(
-        store
-            .append_message(&tenant, text(conv.id, "alice", "e", "   "))
-            .await,
-        "content.text",
+    let page = async |range| {
+        seqs(
+            &store
+                .list_messages(&tenant, conv.id, range)
+                .await
+                .expect("list"),
+        )
+    };
+    for (range, expected) in [
+        (
+            MessageRange::After {
+                after: Seq::new(1015),
+                limit: 100,
+            },
+            (1016..=1030).collect::<Vec<_>>(),
+        ),
+        (
+            MessageRange::After {
+                after: Seq::new(1022),
+                limit: 3,
+            },
+            vec![1023, 1024, 1025],
+        ),
+        (
+            MessageRange::After {
+                after: Seq::new(1023),
+                limit: 1,
+            },
+            vec![1024],
+        ),
+        (
+            MessageRange::Before {
+                before: Some(Seq::new(1026)),
+                limit: 3,
+            },
+            vec![1023, 1024, 1025],
+        ),
+        (
+            MessageRange::Before {
+                before: Some(Seq::new(1024)),
+                limit: 2,
+            },
+            vec![1022, 1023],
+        ),
+        (
+            MessageRange::Before {
+                before: None,
+                limit: 12,
+            },
+            (1019..=1030).collect(),
+        ),
+        (
+            MessageRange::Before {
+                before: Some(Seq::new(5000)),
+                limit: 300,
+            },
+            (731..=1030).collect(),
+        ),
+    ] {
+        assert_eq!(page(range).await, expected, "{range:?}");
+    }
+
+    let marked = store
+        .mark_read(&tenant, conv.id, &user("alice"), Seq::new(1030))
+        .await
+        .expect("mark read");
+    assert_eq!(marked.map(|m| m.seq), Some(Seq::new(1030)));
+    let beyond = store
+        .mark_read(&tenant, conv.id, &user("alice"), Seq::new(1031))
+        .await;
+    assert!(
+        matches!(beyond, Err(StoreError::FailedPrecondition(_))),
+        "got {beyond:?}"
     );
+    write_texts(&store, &tenant, conv.id, 1031..=1031).await;
+    assert_eq!(last_seq(&store, &tenant, conv.id).await, 1031);
+}
+
+/// A new owner numbers from what is stored, so it may write seqs a deposed
+/// owner wrote too; its write, with a higher version, replaces theirs.
+pub async fn a_rewritten_seq_is_replaced<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
+    let first = write_texts(&store, &tenant, conv.id, 1..=3).await;
+    let again: Vec<Message> = (2..=4)
+        .map(|seq| text(conv.id, "alice", &format!("r{seq}"), "again").at(Seq::new(seq)))
+        .collect();
+    store
+        .write_messages(&of(&tenant, &again), VERSION + 1)
+        .await
+        .expect("write again");
+    let mut expected = vec![first[0].clone()];
+    expected.extend(again);
+    assert_eq!(all_messages(&store, &tenant, conv.id).await, expected);
+    assert_eq!(last_seq(&store, &tenant, conv.id).await, 4);
+}
+
+pub async fn write_rejects_bad_input_and_writes_nothing<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
+    let good = numbered(conv.id, 1);
     let oversized = "x".repeat(Limits::default().max_message_bytes + 1);
+    for (bad, field) in [
+        (
+            Message {
+                content: Content::Text("   ".into()),
+                ..numbered(conv.id, 2)
+            },
+            "content.text",
+        ),
+        (
+            Message {
+                content: Content::Text(oversized),
+                ..numbered(conv.id, 2)
+            },
+            "content",
+        ),
+        (numbered(conv.id, 0), "seq"),
+        (numbered(conv.id, u64::MAX), "seq"),
+    ] {
+        let batch = of(&tenant, &[good.clone(), bad]);
+        assert_invalid(store.write_messages(&batch, VERSION).await, field);
+    }
+    // A CQL timestamp is signed.
     assert_invalid(
         store
-            .append_message(&tenant, text(conv.id, "alice", "o", &oversized))
+            .write_messages(&of(&tenant, std::slice::from_ref(&good)), u64::MAX)
             .await,
-        "content",
+        "version",
     );
-    assert_not_found(
-        store
-            .append_message(
-                &tenant,
-                text(ConversationId::generate(), "alice", "u", "hi"),
-            )
-            .await,
+    assert!(
+        all_messages(&store, &tenant, conv.id).await.is_empty(),
+        "a refused write stores nothing, not even its valid messages"
     );
-    assert_not_found(
-        store
-            .append_message(&self::tenant(), text(conv.id, "alice", "x", "hi"))
-            .await,
-    );
+    assert_eq!(last_seq(&store, &tenant, conv.id).await, 0);
     assert_not_found(
         store
             .list_messages(
@@ -485,105 +639,15 @@ pub async fn append_rejects_bad_input_and_writes_nothing<S: Store>(
             )
             .await,
     );
-
-    let all = store
-        .list_messages(
-            &tenant,
-            conv.id,
-            MessageRange::After {
-                after: Seq::ZERO,
-                limit: 10,
-            },
-        )
-        .await
-        .expect("list");
-    assert!(all.is_empty(), "rejected sends stored nothing: {all:?}");
-    // The rejected keys are not burnt: a valid send with one goes through.
-    let ok = store
-        .append_message(&tenant, text(conv.id, "alice", "e", "fixed"))
-        .await
-        .expect("append");
-    assert_eq!(ok.message.seq, Seq::new(1));
-}
-
-pub async fn concurrent_appenders_stay_gap_free<S: Store>(make: impl AsyncFn(Limits) -> S) {
-    const WRITERS: u64 = 8;
-    const EACH: u64 = 25;
-    let store = Arc::new(make(Limits::default()).await);
-    let tenant = tenant();
-    let conv = created(&*store, &tenant, &[("alice", Role::Customer)]).await;
-
-    let writers = (0..WRITERS).map(|w| {
-        let (store, tenant) = (store.clone(), tenant.clone());
-        tokio::spawn(async move {
-            let mut mine = Vec::new();
-            for i in 0..EACH {
-                let message = text(conv.id, "alice", &format!("w{w}-{i}"), "hi");
-                mine.push(append_retrying(&*store, &tenant, message).await.message.seq);
-            }
-            mine
-        })
-    });
-    for mine in futures::future::join_all(writers).await {
-        let mine = mine.expect("writer task");
-        assert!(
-            mine.windows(2).all(|w| w[0] < w[1]),
-            "a writer's own sends stay in order"
-        );
-    }
-
-    let all = store
-        .list_messages(
-            &tenant,
-            conv.id,
-            MessageRange::After {
-                after: Seq::ZERO,
-                limit: 1000,
-            },
-        )
-        .await
-        .expect("list");
-    assert_eq!(seqs(&all), (1..=WRITERS * EACH).collect::<Vec<_>>());
-}
-
-pub async fn concurrent_retries_store_once<S: Store>(make: impl AsyncFn(Limits) -> S) {
-    let store = Arc::new(make(Limits::default()).await);
-    let tenant = tenant();
-    let conv = created(&*store, &tenant, &[("alice", Role::Customer)]).await;
-
-    let attempts = (0..8).map(|_| {
-        let (store, tenant) = (store.clone(), tenant.clone());
-        tokio::spawn(async move {
-            append_retrying(&*store, &tenant, text(conv.id, "alice", "same", "once")).await
-        })
-    });
-    let results: Vec<Appended> = futures::future::join_all(attempts)
-        .await
-        .into_iter()
-        .map(|r| r.expect("attempt task"))
-        .collect();
-    assert_eq!(results.iter().filter(|a| !a.duplicate).count(), 1);
-    assert!(results.iter().all(|a| a.message == results[0].message));
-
-    let all = store
-        .list_messages(
-            &tenant,
-            conv.id,
-            MessageRange::After {
-                after: Seq::ZERO,
-                limit: 10,
-            },
-        )
-        .await
-        .expect("list");
-    assert_eq!(seqs(&all), vec![1]);
+    write(&store, &tenant, std::slice::from_ref(&good)).await;
+    assert_eq!(all_messages(&store, &tenant, conv.id).await, vec![good]);
 }
 
 pub async fn message_pages_meet_at_their_boundaries<S: Store>(make: impl AsyncFn(Limits) -> S) {
     let store = make(Limits::default()).await;
     let tenant = tenant();
     let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
-    append_texts(&store, &tenant, conv.id, 25).await;
+    write_texts(&store, &tenant, conv.id, 1..=25).await;
     let page = async |range| {
         seqs(
             &store
@@ -734,29 +798,15 @@ pub async fn content_round_trips<S: Store>(make: impl AsyncFn(Limits) -> S) {
     let store = make(Limits::default()).await;
     let tenant = tenant();
     let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
-    let mut sent = Vec::new();
-    for (i, content) in every_content().into_iter().enumerate() {
-        let message = with_content(conv.id, "alice", &format!("c{i}"), content);
-        sent.push(
-            store
-                .append_message(&tenant, message)
-                .await
-                .expect("append")
-                .message,
-        );
-    }
-    let read = store
-        .list_messages(
-            &tenant,
-            conv.id,
-            MessageRange::After {
-                after: Seq::ZERO,
-                limit: 100,
-            },
-        )
-        .await
-        .expect("list");
-    assert_eq!(read, sent);
+    let sent: Vec<Message> = every_content()
+        .into_iter()
+        .enumerate()
+        .map(|(i, content)| {
+            with_content(conv.id, "alice", &format!("c{i}"), content).at(Seq::new(i as u64 + 1))
+        })
+        .collect();
+    write(&store, &tenant, &sent).await;
+    assert_eq!(all_messages(&store, &tenant, conv.id).await, sent);
 }
 
 pub async fn members_are_added_and_removed_once<S: Store>(make: impl AsyncFn(Limits) -> S) {
@@ -1012,7 +1062,7 @@ pub async fn read_marker_only_rises<S: Store>(make: impl AsyncFn(Limits) -> S) {
         &[("alice", Role::Customer), ("bob", Role::Agent)],
     )
     .await;
-    append_texts(&store, &tenant, conv.id, 5).await;
+    write_texts(&store, &tenant, conv.id, 1..=5).await;
 
     let marker = store
         .mark_read(&tenant, conv.id, &user("bob"), Seq::new(3))
@@ -1311,4 +1361,124 @@ pub async fn devices_keep_their_cursor<S: Store>(make: impl AsyncFn(Limits) -> S
             .expect("device")
             .is_none()
     );
+}
+
+/// A partition no other check uses: leases are not per tenant, and checks
+/// may share a store.
+fn partition() -> u32 {
+    // The low bits of a UUIDv7 are random.
+    (ConversationId::generate().as_uuid().as_u128() & u128::from(u32::MAX)) as u32
+}
+
+/// `secs` seconds into a check's lease timeline.
+fn second(secs: i64) -> Timestamp {
+    at(secs * 1000)
+}
+
+const TTL: Duration = Duration::from_secs(10);
+
+pub async fn leases_pass_from_owner_to_owner<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let p = partition();
+    let acquire = async |owner: &str, secs: i64| {
+        store
+            .acquire_lease(p, owner, second(secs), TTL)
+            .await
+            .expect("acquire lease")
+    };
+    let renew = async |lease: &Lease, secs: i64| {
+        store
+            .renew_lease(lease, second(secs), TTL)
+            .await
+            .expect("renew lease")
+    };
+
+    let a = acquire("a", 0).await.expect("a free partition is taken");
+    assert_eq!((a.partition, a.owner.as_str()), (p, "a"));
+    assert_eq!(a.until, second(10));
+    assert!(a.epoch >= 1);
+    // Held: refused to anyone until it ends, its holder included.
+    for (owner, secs) in [("b", 1), ("a", 1), ("b", 9)] {
+        assert_eq!(acquire(owner, secs).await, None, "{owner} at {secs} s");
+    }
+
+    // A renewal moves the end and keeps the epoch.
+    let a = renew(&a, 5).await.expect("a still holds it");
+    assert_eq!(a.until, second(15));
+    assert_eq!(acquire("b", 14).await, None);
+
+    // Lapsed: the next holder gets a higher epoch.
+    let b = acquire("b", 15).await.expect("a lapsed lease is taken");
+    assert_eq!((b.owner.as_str(), b.until), ("b", second(25)));
+    assert!(b.epoch > a.epoch, "{} after {}", b.epoch, a.epoch);
+    // a lost it: renewing fails, and releasing leaves b's lease alone.
+    assert_eq!(renew(&a, 16).await, None);
+    store.release_lease(&a).await.expect("release a lost lease");
+    assert_eq!(acquire("c", 16).await, None);
+    let b = renew(&b, 16).await.expect("b still holds it");
+    assert_eq!(b.until, second(26));
+
+    // Its last holder taking a lapsed lease back gets a new epoch too, and
+    // the old one is fenced.
+    let b2 = acquire("b", 26).await.expect("b takes it back");
+    assert!(b2.epoch > b.epoch);
+    assert_eq!(renew(&b, 27).await, None);
+
+    // Released: free at once, with a higher epoch again.
+    store.release_lease(&b2).await.expect("release");
+    let c = acquire("c", 27).await.expect("a released lease is free");
+    assert!(c.epoch > b2.epoch);
+    assert_eq!(c.until, second(37));
+
+    // Partitions are independent.
+    let elsewhere = store
+        .acquire_lease(partition(), "b", second(27), TTL)
+        .await
+        .expect("acquire lease");
+    assert!(elsewhere.is_some());
+}
+
+/// Processes racing for a free partition, then for a lapsed one: one gets
+/// it each time.
+pub async fn one_of_racing_acquirers_wins<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    const RACERS: usize = 8;
+    let store = Arc::new(make(Limits::default()).await);
+    let p = partition();
+    let mut last_epoch = 0;
+    for (round, secs) in [(0, 0), (1, 10)] {
+        let racers = (0..RACERS).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let owner = format!("racer-{round}-{i}");
+                store.acquire_lease(p, &owner, second(secs), TTL).await
+            })
+        });
+        let mut won = Vec::new();
+        let mut failed = Vec::new();
+        for outcome in futures::future::join_all(racers).await {
+            match outcome.expect("racer task") {
+                Ok(Some(lease)) => won.push(lease),
+                Ok(None) => {}
+                // Contention may time a racer out; it has not won then.
+                Err(e) => failed.push(e),
+            }
+        }
+        assert!(won.len() <= 1, "round {round}: {won:?}");
+        assert!(
+            won.len() == 1 || !failed.is_empty(),
+            "round {round}: nobody won and nobody failed"
+        );
+        assert_eq!(
+            store
+                .acquire_lease(p, "late", second(secs), TTL)
+                .await
+                .expect("acquire lease"),
+            None,
+            "round {round}: the partition is held"
+        );
+        if let Some(lease) = won.pop() {
+            assert!(lease.epoch > last_epoch);
+            last_epoch = lease.epoch;
+        }
+    }
 }

@@ -9,9 +9,9 @@
 
 use async_trait::async_trait;
 use natter_core::{
-    Conversation, ConversationId, Cursor, Device, DeviceId, Event, Invalid, Member,
-    MembershipChange, Message, NewConversation, NewMessage, ReadMarker, Role, Seq, TenantId,
-    Timestamp, Update, UserId,
+    Conversation, ConversationId, Cursor, Device, DeviceId, Event, Invalid, Limits, Member,
+    MembershipChange, Message, NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, Update,
+    UserId,
 };
 use thiserror::Error;
 
@@ -79,12 +79,18 @@ pub enum MessageRange {
     Before { before: Option<Seq>, limit: u32 },
 }
 
-/// The outcome of an append: the stored message, and whether it was stored
-/// by an earlier attempt with the same idempotency key.
+/// A hold on one partition of conversations: while it lasts, its owner is
+/// the only one to number and write their messages (the sequencer).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    pub message: Message,
-    pub duplicate: bool,
+pub struct Lease {
+    pub partition: u32,
+    /// Who holds it: a storage process's instance id.
+    pub owner: String,
+    /// Higher for every new holder than for any before; a renewal keeps it.
+    pub epoch: u64,
+    /// When it lapses unless renewed, by the clocks of the processes that
+    /// compete for it, which must agree to well within the lease's length.
+    pub until: Timestamp,
 }
 
 /// What a device gets when it asks for the updates after its cursor.
@@ -97,9 +103,10 @@ pub enum UpdateBatch {
     ResyncRequired { head: Cursor },
 }
 
-/// Conversations, their members and their messages.
+/// Conversations, their members and their messages, and the leases of
+/// the sequencers that number the messages.
 #[async_trait]
-pub trait ConversationStore: Send + Sync + 'static {
+pub trait ConversationStore: LeaseStore {
     /// Creates a conversation with its first members. Fails with `Conflict`
     /// if the id is taken, `LimitExceeded` past the member limit.
     async fn create_conversation(&self, new: &NewConversation) -> Result<Conversation>;
@@ -149,11 +156,31 @@ pub trait ConversationStore: Send + Sync + 'static {
         page: PageRequest<UserId>,
     ) -> Result<Page<Member, UserId>>;
 
-    /// Stores a message at the conversation's next seq. Idempotent on
-    /// (conversation, sender, client_message_id): a repeat returns the
-    /// first stored message with `duplicate` set. Seqs stay gap-free under
-    /// concurrent writers.
-    async fn append_message(&self, tenant: &TenantId, message: NewMessage) -> Result<Appended>;
+    /// Writes messages that their partition's sequencer numbered, as they
+    /// are: no idempotency check and no read of the head, and a message of
+    /// a seq that is stored already replaces it. Each conversation's
+    /// messages land in seq order, so after a failure what landed of each
+    /// is a prefix of its part of `messages` (in seq order). Of two writes
+    /// of one seq the one with the higher `version` stands, whatever order
+    /// they land in. Owners take versions from the clock, in microseconds
+    /// since 1970, raised above their own previous one; a successor starts
+    /// only after its predecessor's lease lapsed, and a holder stops
+    /// writing well before, so a deposed owner's late write never replaces
+    /// its successor's. Each call needs a version of its own,
+    /// above the owner's earlier ones: two writes of one seq with the same
+    /// version may be merged column by column (CQL breaks timestamp ties
+    /// by value). One write costs one durable write per conversation
+    /// bucket (CQL) or a share of one transaction (embedded), not one per
+    /// message.
+    ///
+    /// Content beyond the limits, a seq of 0 or past `i64::MAX`, or a
+    /// version past `i64::MAX` is `Invalid`, and nothing is written. The
+    /// embedded store refuses a conversation it does not have with
+    /// `NotFound` and writes none of the call; the CQL store does not look
+    /// (that read would double the cost of a write), so callers write only
+    /// to conversations they know exist, as the storage service does when
+    /// it checks the sender's membership.
+    async fn write_messages(&self, messages: &[(TenantId, Message)], version: u64) -> Result<()>;
 
     async fn list_messages(
         &self,
@@ -171,6 +198,63 @@ pub trait ConversationStore: Send + Sync + 'static {
         user: &UserId,
         seq: Seq,
     ) -> Result<Option<ReadMarker>>;
+}
+
+/// Leases on partitions of conversations, for the storage service's
+/// sequencers. Taking one over is the rare event that may cost a
+/// consensus round (an LWT on CQL); renewing is one too, every few seconds
+/// per partition, never per message.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Takes `partition` for `owner` until `now + ttl` if nobody holds it
+    /// at `now` (never taken, released, or lapsed: `until <= now`), with an
+    /// epoch above every earlier holder's, even when `owner` held it last.
+    /// `None` if it is held, by `owner` too (that is what renewing is for),
+    /// or if another caller took it at the same time.
+    async fn acquire_lease(
+        &self,
+        partition: u32,
+        owner: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>>;
+
+    /// Extends `lease` to `now + ttl` if nobody has taken it since, that is
+    /// if the partition's owner and epoch are still the lease's (it may
+    /// have lapsed meanwhile); `None` if it was lost.
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>>;
+
+    /// Gives `lease` up so another may take it at once, with a higher
+    /// epoch; nothing if it was lost already.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+}
+
+/// Checks a [`write_messages`](ConversationStore::write_messages) call as
+/// every store does before writing any of it: content within `limits`,
+/// seqs from 1 to `i64::MAX` and a version up to `i64::MAX` (CQL's `bigint`
+/// and timestamp are signed).
+pub fn validate_write(
+    messages: &[(TenantId, Message)],
+    version: u64,
+    limits: &Limits,
+) -> Result<()> {
+    if i64::try_from(version).is_err() {
+        let reason = format!("must be at most {}, got {version}", i64::MAX);
+        return Err(Invalid::new("version", reason).into());
+    }
+    for (_, message) in messages {
+        message.content.validate(limits)?;
+        if message.seq == Seq::ZERO || i64::try_from(message.seq.get()).is_err() {
+            let reason = format!("must be from 1 to {}, got {}", i64::MAX, message.seq);
+            return Err(Invalid::new("seq", reason).into());
+        }
+    }
+    Ok(())
 }
 
 /// Per-user update logs and the devices that sync them.

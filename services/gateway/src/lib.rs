@@ -14,7 +14,7 @@
 //! device sees every update after its cursor once, in order. A device may
 //! also watch conversations (`watches.rs`): their messages after a seq,
 //! then live from the conversation's room subject, joined the same way.
-//! Sends go to the SEND stream through one `SendClient` per process; reads, acks and
+//! Sends go to the sequencers through one `SendClient` per process; reads, acks and
 //! typing go to storage, sync and fanout over the bus.
 //!
 //! # Bounds
@@ -161,8 +161,7 @@ impl Gateway {
         deps: Deps,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
-        let sends =
-            SendClient::start(deps.bus.clone(), settings.topology(), &deps.instance).await?;
+        let sends = SendClient::new(deps.bus.clone(), settings.topology());
         let revocations = Arc::new(Revocations::default());
         revoke::listen(deps.bus.clone(), revocations.clone(), shutdown.clone()).await?;
         Ok(Self {

@@ -160,7 +160,7 @@ pub(crate) async fn fetch(
     })
 }
 
-/// Stores a message through the SEND stream; answers `send_ack` or `error`.
+/// Stores a message through its sequencer; answers `send_ack` or `error`.
 #[tracing::instrument(skip_all, fields(conversation = %conversation, client_message_id = %client_message_id))]
 pub(crate) async fn send(
     shared: Arc<Shared>,

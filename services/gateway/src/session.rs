@@ -58,7 +58,8 @@ const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Upper bound on `hello.device_label`.
 const MAX_LABEL_BYTES: usize = 256;
 
-/// Room left in a bus message for the fields the send client fills in.
+/// Room left in a bus message for what travels with a request: headers
+/// (trace context) and the reply subject.
 const SEND_ENVELOPE_BYTES: usize = 1024;
 
 /// A client frame the transport could not decode. The framing around it
@@ -576,8 +577,6 @@ impl Session {
             client_message_id: id.to_string(),
             content: Some(content.into()),
             sent_at: Some(timestamp_to_wire(now())),
-            reply_subject: String::new(),
-            correlation_id: 0,
         };
         if command.encoded_len() + SEND_ENVELOPE_BYTES > MAX_PAYLOAD_BYTES {
             return self.reject(

@@ -31,7 +31,7 @@ use tracing::Span;
 use crate::policy;
 use crate::storage::{Storage, invalid, joined, now, store_status, unavailable};
 
-/// How long `SendMessage` waits for the SEND consumer's outcome before
+/// How long `SendMessage` waits for the sequencer's outcome before
 /// telling the caller to retry.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -381,10 +381,11 @@ impl ConversationService for ConversationApi {
         }))
     }
 
-    /// Sends through the SEND stream like a device's send, so ordering and
-    /// idempotency are the consumer's alone. Input and access are checked
-    /// here too, to answer early and keep junk out of the stream; the
-    /// consumer checks again, as it must for commands from gateways.
+    /// Sends through the conversation's sequencer like a device's send, so
+    /// ordering and idempotency have one home, whichever storage process
+    /// holds the partition. Input and access are checked here too, to
+    /// answer early; the sequencer checks again, as it must for commands
+    /// from gateways.
     #[tracing::instrument(skip_all, fields(tenant, user, conversation))]
     async fn send_message(
         &self,
@@ -412,9 +413,6 @@ impl ConversationService for ConversationApi {
             client_message_id: request.client_message_id,
             content: request.content,
             sent_at: Some(convert::timestamp_to_wire(now())),
-            // Set by the client.
-            reply_subject: String::new(),
-            correlation_id: 0,
         };
         let outcome = self
             .sends

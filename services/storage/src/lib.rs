@@ -4,9 +4,11 @@
 //! Three faces, all started by [`run`]:
 //!
 //! - gRPC `natter.v1.ConversationService`, for callers;
-//! - the durable consumer `storage` of the SEND stream, which stores every
-//!   message, whether a device sent it through a gateway or a backend
-//!   through `SendMessage`, so ordering and idempotency have one home;
+//! - the sequencers (`sequencer.rs`): for each partition of conversations
+//!   this process holds a lease on, a task behind the partition's request
+//!   subject that numbers, writes and announces every message, whether a
+//!   device sent it through a gateway or a backend through `SendMessage`,
+//!   so ordering and idempotency have one home;
 //! - bus responders for `MARK_READ`, `MEMBERS` and `MESSAGES` (queue group
 //!   `storage`).
 //!
@@ -21,10 +23,13 @@
 //! after a change is stored and before its event is published. What
 //! repairs that:
 //!
-//! - **Messages**: the SEND command is acknowledged only after the event is
-//!   published, so it is redelivered; the append finds the stored message
-//!   (idempotent) and the event is published again. The sender hears of
-//!   success only after both.
+//! - **Messages**: a sender is answered only after the message is stored
+//!   and its event published; until then it retries with the same client
+//!   message id, the sequencer recognises the key (from memory, or from
+//!   the conversation's newest messages after a restart or a takeover) and
+//!   publishes the event again. A sender that gives up for good leaves a
+//!   stored, unannounced message, as a crash before the publish did with
+//!   the SEND stream before it.
 //! - **Creates with a proposed id**: a retry by the same caller with the
 //!   same subject and members returns the stored conversation (instead of
 //!   ALREADY_EXISTS) and publishes its Joined events again.
@@ -57,7 +62,7 @@
 mod grpc;
 mod policy;
 mod responders;
-mod send;
+mod sequencer;
 mod storage;
 
 use std::fmt;
@@ -98,7 +103,7 @@ impl fmt::Debug for Deps {
     }
 }
 
-/// Runs the service on `listener` until `shutdown`: the SEND consumer, the
+/// Runs the service on `listener` until `shutdown`: the sequencers, the
 /// bus responders and the gRPC API. The responders are subscribed before
 /// gRPC reports SERVING. On shutdown gRPC drains for the grace period,
 /// then the bus-side work stops (each consumer after settling the command
@@ -115,14 +120,7 @@ pub async fn run(
         topology: settings.topology(),
         limits: settings.limits(),
     });
-    // Its own reply subject, so a process running several services (each
-    // with a `SendClient`) never routes one's outcomes to another.
-    let sends = SendClient::start(
-        deps.bus.clone(),
-        storage.topology,
-        &format!("{}-storage", deps.instance),
-    )
-    .await?;
+    let sends = SendClient::new(deps.bus.clone(), storage.topology);
     let mark_read = deps
         .bus
         .subscribe(subjects::MARK_READ, Some(QUEUE_GROUP))
@@ -158,7 +156,7 @@ pub async fn run(
         stop.clone(),
         responders::messages,
     ));
-    tasks.spawn(send::consume(storage.clone(), stop.clone()));
+    tasks.spawn(sequencer::run(storage.clone(), deps.instance, stop.clone()));
 
     let api = ConversationApi::new(storage, sends, deps.verifier);
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?

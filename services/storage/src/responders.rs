@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::policy;
-use crate::send::actor_from_wire;
+use crate::sequencer::actor_from_wire;
 use crate::storage::{Storage, invalid, store_status};
 
 /// Requests one storage process answers at once, per subject.

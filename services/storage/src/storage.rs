@@ -1,4 +1,4 @@
-//! What the gRPC API, the SEND consumer and the bus responders share: the
+//! What the gRPC API, the sequencers and the bus responders share: the
 //! store, the bus, the limits, and the two things all of them do, checking
 //! access to a conversation and announcing its events on EVENTS.
 
@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
 use natter_auth::Identity;
-use natter_bus::{Bus, BusError};
-use natter_contract::{EVENTS, Topology, encode, subjects};
+use natter_bus::{Bus, BusError, DurableMessage};
+use natter_contract::{Backoff, EVENTS, Topology, encode, subjects};
 use natter_core::{
-    ConversationId, Event, Invalid, Limits, Member, MembershipChange, MembershipKind, Role,
-    TenantId, Timestamp, UserId,
+    ConversationId, Event, Invalid, Limits, Member, MembershipChange, MembershipKind, Message,
+    Role, TenantId, Timestamp, UserId,
 };
 use natter_proto::bus::v1::{ConversationEvent, Failure};
 use natter_proto::status::{self, reason};
@@ -62,6 +62,20 @@ impl Storage {
     /// duplicate window, and consumers downstream deduplicate by the same
     /// key after that.
     pub(crate) async fn publish(&self, tenant: &TenantId, event: Event) -> Result<(), BusError> {
+        let DurableMessage {
+            subject,
+            message,
+            dedup_id,
+        } = self.durable(tenant, event);
+        self.bus
+            .publish_durable(&subject, message, dedup_id.as_deref())
+            .await
+            .map(drop)
+    }
+
+    /// `event` as published on EVENTS: on its conversation's partition,
+    /// with its key as the dedup id.
+    fn durable(&self, tenant: &TenantId, event: Event) -> DurableMessage {
         let key = event.key();
         let subject = EVENTS.subject(
             &self.topology,
@@ -71,10 +85,40 @@ impl Storage {
             tenant_id: tenant.to_string(),
             event: Some(event.into()),
         });
-        self.bus
-            .publish_durable(&subject, message, Some(&key))
-            .await
-            .map(drop)
+        DurableMessage {
+            subject,
+            message,
+            dedup_id: Some(key),
+        }
+    }
+
+    /// Publishes the message events of one write as one durable batch,
+    /// retrying it briefly. The messages are stored already, so failing
+    /// here answers UNAVAILABLE: their senders retry, and the retry's
+    /// duplicate is announced again.
+    pub(crate) async fn announce_messages(
+        &self,
+        messages: Vec<(TenantId, Message)>,
+    ) -> Result<(), Status> {
+        let batch: Vec<DurableMessage> = messages
+            .into_iter()
+            .map(|(tenant, message)| self.durable(&tenant, Event::Message(message)))
+            .collect();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            match self.bus.publish_durable_batch(batch.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "cannot announce stored messages");
+                    if attempt < PUBLISH_ATTEMPTS {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+        }
+        Err(unavailable(
+            "the message is stored but could not be announced; retry with the same client_message_id",
+        ))
     }
 
     /// Publishes the events of one request, a few at a time, retrying each

@@ -1,5 +1,5 @@
 //! Sending and reading messages: gRPC `SendMessage` and `ListMessages`, and
-//! the SEND consumer behind them.
+//! the sequencers behind them.
 
 mod common;
 
@@ -267,16 +267,14 @@ async fn an_event_lost_after_the_store_write_is_published_by_the_retry() {
     h.stop().await;
 }
 
-/// Commands straight onto SEND, as a gateway publishes them, bypassing the
-/// gRPC checks: the consumer must make the same decisions itself.
+/// Commands straight to the sequencer, as a gateway sends them, bypassing
+/// the gRPC checks: the sequencer must make the same decisions itself.
 #[tokio::test]
-async fn the_consumer_reports_failures_to_the_sender() {
+async fn the_sequencer_reports_failures_to_the_sender() {
     let h = Harness::start().await;
     let alice = who("acme", "alice", Role::Agent);
     let id = h.create(&alice, &[]).await;
-    let gateway = SendClient::start(h.bus.clone(), h.topology, "gateway-test")
-        .await
-        .unwrap();
+    let gateway = SendClient::new(h.bus.clone(), h.topology);
     let actor = |tenant: &str, user: &str, role: natter_proto::v1::Role| {
         Some(Actor {
             tenant_id: tenant.into(),
@@ -290,7 +288,6 @@ async fn the_consumer_reports_failures_to_the_sender() {
         client_message_id: "g-1".into(),
         content: Some(text_content(text)),
         sent_at: Some(timestamp_to_wire(Timestamp::from_millis(1_700_000_000_000))),
-        ..Default::default()
     };
     use natter_proto::v1::Role::{Agent, Customer, Service};
     let cases = [

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use natter_core::{
-    Attachment, ClientMessageId, Content, ConversationId, MessageId, NewConversation, NewMessage,
-    Role, TenantId, Timestamp, UserId,
+    Attachment, ClientMessageId, Content, ConversationId, Message, MessageId, NewConversation,
+    NewMessage, Role, Seq, TenantId, Timestamp, UserId,
 };
 
 pub fn tenant(name: &str) -> TenantId {
@@ -52,6 +52,14 @@ pub fn attachment(conversation: ConversationId, sender: &str, key: &str) -> NewM
         }),
     )
 }
+
+/// Text message `seq`, numbered as the sequencer would.
+pub fn numbered(conversation: ConversationId, sender: &str, seq: u64) -> Message {
+    text(conversation, sender, &format!("m{seq}"), "hello").at(Seq::new(seq))
+}
+
+/// The version of a first lease holder's (epoch 1) first write.
+pub const VERSION: u64 = 1 << 40;
 
 pub fn with_content(
     conversation: ConversationId,

@@ -4,7 +4,7 @@
 //!
 //! The peers are test doubles that answer on the same subjects and streams
 //! as the real services: sync (DEVICE_HELLO, UPDATES, CURSOR_ACK, and live
-//! updates on `live.<tenant>.<user>`), storage (the SEND stream consumer
+//! updates on `live.<tenant>.<user>`), storage (the sequencers
 //! and MARK_READ) and fanout (EPHEMERAL). They serve fixed rules from
 //! memory, so each test can steer them.
 
@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use natter_auth::{Identity, Signer, Verifier};
 use natter_bus::{Bus, BusError, LocalBus, Outgoing};
-use natter_contract::{Handled, SEND, consume_partitions, subjects};
+use natter_contract::subjects;
 use natter_core::{ConversationId, Role, TenantId, UserId};
 use natter_gateway::Deps;
 use natter_proto::bus::v1::{
@@ -438,7 +438,7 @@ impl FakeSync {
     }
 }
 
-/// Storage, as the gateway sees it: the SEND consumer, MARK_READ and
+/// Storage, as the gateway sees it: the sequencers, MARK_READ and
 /// MESSAGES, and the room subjects fanout publishes to.
 #[derive(Default)]
 pub struct FakeStorage {
@@ -463,28 +463,30 @@ impl FakeStorage {
     ) -> Arc<Self> {
         let storage = Arc::new(Self::default());
         *storage.bus.lock().unwrap() = Some(bus.clone());
-        let me = storage.clone();
-        let replies = bus.clone();
-        tokio::spawn(consume_partitions(
-            bus.clone(),
-            SEND,
-            "storage",
-            settings.topology(),
-            shutdown,
-            move |command: SendCommand, _delivered| {
-                let (me, bus) = (me.clone(), replies.clone());
-                async move {
-                    let reply_subject = command.reply_subject.clone();
+        for partition in 0..settings.topology().partitions.get() {
+            let mut sends = bus
+                .subscribe(&subjects::sequencer(partition), None)
+                .await
+                .unwrap();
+            let (me, bus, shutdown) = (storage.clone(), bus.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    let incoming = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        incoming = sends.next() => incoming,
+                    };
+                    let Some(incoming) = incoming else { return };
+                    let command: SendCommand = natter_contract::decode(&incoming.payload).unwrap();
                     let outcome = me.store_command(command);
                     if !me.silent.load(std::sync::atomic::Ordering::SeqCst) {
-                        bus.publish(&reply_subject, natter_contract::encode(&outcome))
+                        let reply = incoming.reply.unwrap();
+                        bus.publish(&reply, natter_contract::encode(&outcome))
                             .await
                             .unwrap();
                     }
-                    Handled::Done
                 }
-            },
-        ));
+            });
+        }
         let queries = bus
             .subscribe(subjects::MESSAGES, Some("storage"))
             .await
@@ -575,7 +577,6 @@ impl FakeStorage {
             sent_at: Some(natter_proto::convert::timestamp_to_wire(
                 natter_core::Timestamp::from_millis(1_700_000_000_000),
             )),
-            ..SendCommand::default()
         };
         match self.store_command(command).result {
             Some(send_outcome::Result::Stored(stored)) => stored.message.unwrap(),
@@ -645,7 +646,6 @@ impl FakeStorage {
             }
         };
         SendOutcome {
-            correlation_id: command.correlation_id,
             result: Some(result),
         }
     }

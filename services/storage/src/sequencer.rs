@@ -1,0 +1,521 @@
+//! The sequencers: storage holds partitions of conversations through
+//! leases, and for each one it holds a task runs a
+//! [`natter_core::sequencer::Sequencer`] behind the partition's request
+//! subject. A send is a request; the task checks the sender, numbers the
+//! message in memory, writes it with the others that arrived meanwhile
+//! (one store write per batch), publishes the batch's events on EVENTS in
+//! one durable batch, and only then answers each sender.
+//!
+//! Leases: every process tries to take every partition nobody holds and
+//! renews what it holds every [`RENEW_EVERY`]. A holder stops numbering
+//! [`MARGIN`] before its lease would lapse, and a successor takes it only
+//! once it has lapsed, so with clocks that agree to within the margin two
+//! processes never number one partition at once; a deposed holder's write
+//! that lands late anyway loses to its successor's, whose version (the
+//! clock, later) is higher. A write that ends after the holder stopped
+//! trusting its lease is not acknowledged: its senders retry, and the
+//! successor's window recognises what landed.
+
+use std::collections::HashMap;
+use std::hash::RandomState;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use natter_auth::Identity;
+use natter_bus::Incoming;
+use natter_contract::{encode, subjects};
+use natter_core::sequencer::{ConversationKey, Sequencer, SequencerConfig, Step, Stored};
+use natter_core::{ClientMessageId, ConversationId, Message, MessageId, NewMessage, Seq, TenantId};
+use natter_proto::bus::v1::{Actor, SendCommand, SendOutcome, send_outcome};
+use natter_proto::convert::{content_from_wire, parse_id, role_from_wire, timestamp_from_wire};
+use natter_proto::status::to_failure;
+use natter_store::{Lease, MessageRange, StoreError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::policy;
+use crate::storage::{Storage, invalid, now, store_status, unavailable};
+
+/// How long a lease lasts unless renewed.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often leases are renewed, and free partitions looked for.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How long before its lease lapses a holder stops trusting it.
+const MARGIN: Duration = Duration::from_secs(3);
+/// Sends whose sender is being checked at once, per partition.
+const CHECKS_IN_FLIGHT: usize = 256;
+/// Batches waiting to be announced, per partition.
+const ANNOUNCE_QUEUE: usize = 64;
+
+/// What a sender is told when its message may or may not be stored.
+const RETRY_SEND: &str = "the message may not be stored yet; retry with the same client_message_id";
+
+/// Holds what partitions it can and serves them until `shutdown`; then
+/// lets every partition's work settle and gives the leases up.
+pub(crate) async fn run(storage: Arc<Storage>, owner: String, shutdown: CancellationToken) {
+    let mut held: HashMap<u32, Held> = HashMap::new();
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for partition in 0..storage.topology.partitions.get() {
+            match held.remove(&partition) {
+                Some(mut holding) => {
+                    if holding.renew(&storage).await {
+                        held.insert(partition, holding);
+                    } else {
+                        holding.stop().await;
+                    }
+                }
+                None => {
+                    if let Some(holding) = Held::acquire(&storage, partition, &owner).await {
+                        held.insert(partition, holding);
+                    }
+                }
+            }
+        }
+    }
+    for (_, holding) in held {
+        let lease = holding.lease.borrow().clone();
+        holding.stop().await;
+        if let Err(e) = storage.store.release_lease(&lease).await {
+            tracing::warn!(partition = lease.partition, error = %e, "cannot release a lease; it lapses on its own");
+        }
+    }
+}
+
+/// A partition this process holds, and the task serving it.
+struct Held {
+    lease: watch::Sender<Lease>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Held {
+    async fn acquire(storage: &Arc<Storage>, partition: u32, owner: &str) -> Option<Self> {
+        let lease = match storage
+            .store
+            .acquire_lease(partition, owner, now(), LEASE_TTL)
+            .await
+        {
+            Ok(lease) => lease?,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot take a lease");
+                return None;
+            }
+        };
+        tracing::info!(partition, epoch = lease.epoch, "holding partition");
+        let (lease, watched) = watch::channel(lease);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(storage.clone(), watched, stop.clone()));
+        Some(Self { lease, stop, task })
+    }
+
+    /// Renews the lease; `false` if the partition is no longer ours (lost,
+    /// or its task ended).
+    async fn renew(&mut self, storage: &Storage) -> bool {
+        if self.task.is_finished() {
+            return false;
+        }
+        let lease = self.lease.borrow().clone();
+        match storage.store.renew_lease(&lease, now(), LEASE_TTL).await {
+            Ok(Some(renewed)) => {
+                self.lease.send_replace(renewed);
+                true
+            }
+            Ok(None) => {
+                tracing::warn!(partition = lease.partition, "lease lost");
+                false
+            }
+            // The task stops trusting the lease by itself as it runs out.
+            Err(e) => {
+                tracing::warn!(partition = lease.partition, error = %e, "cannot renew a lease");
+                true
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "a partition's task failed");
+        }
+    }
+}
+
+/// Whether `lease` may still be trusted now.
+fn trusted(lease: &Lease) -> bool {
+    let margin = i64::try_from(MARGIN.as_millis()).unwrap_or(i64::MAX);
+    now().as_millis() < lease.until.as_millis().saturating_sub(margin)
+}
+
+/// The clock in microseconds since 1970.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A sender to answer: the reply subject of its request.
+type Reply = String;
+
+/// A send checked and ready to number, or refused.
+type Checked = Result<(TenantId, NewMessage, Reply), (Reply, Status)>;
+
+/// What the partition's helpers report back to its loop.
+enum Done {
+    Loaded(ConversationKey, Result<Vec<Message>, StoreError>),
+    Written(Result<(), StoreError>),
+}
+
+/// What the announcer does, in the order the loop asked.
+enum Announce {
+    Stored(Vec<Stored<Reply>>),
+    Duplicate {
+        key: ConversationKey,
+        seq: Seq,
+        reply: Reply,
+    },
+}
+
+/// Serves one partition until `stop` or until its lease can no longer be
+/// trusted.
+async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: CancellationToken) {
+    let partition = lease.borrow().partition;
+    let mut requests = match storage
+        .bus
+        .subscribe(&subjects::sequencer(partition), None)
+        .await
+    {
+        Ok(requests) => requests,
+        Err(e) => {
+            tracing::error!(partition, error = %e, "cannot take requests");
+            return;
+        }
+    };
+    let config = SequencerConfig::default();
+    let mut sequencer: Sequencer<Reply, RandomState> = Sequencer::new(config, RandomState::new());
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let (announce, announcements) = mpsc::channel(ANNOUNCE_QUEUE);
+    let announcer = tokio::spawn(announce_in_order(storage.clone(), announcements));
+    let mut shell = Shell {
+        storage: &storage,
+        done: done_tx,
+        announce,
+        window: config.window,
+        version: 0,
+        writing: false,
+    };
+    let mut checks: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
+    let mut trust = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let steps = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = trust.tick() => {
+                if trusted(&lease.borrow()) { continue }
+                tracing::warn!(partition, "lease about to lapse; stepping down");
+                break;
+            }
+            Some(done) = done.recv() => match done {
+                Done::Loaded(key, Ok(newest)) => sequencer.loaded(&key, &newest),
+                Done::Loaded(key, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot load a conversation's newest messages");
+                    sequencer.load_failed(&key)
+                }
+                Done::Written(result) => {
+                    shell.writing = false;
+                    let ok = match result {
+                        Ok(()) => trusted(&lease.borrow()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot write messages");
+                            false
+                        }
+                    };
+                    sequencer.written(ok)
+                }
+            },
+            Some(checked) = checks.next(), if !checks.is_empty() => match checked {
+                Ok((tenant, new, reply)) => sequencer.submit(tenant, new, reply),
+                Err((reply, status)) => {
+                    answer(&storage, &reply, failure(&status)).await;
+                    continue;
+                }
+            },
+            incoming = requests.next(), if checks.len() < CHECKS_IN_FLIGHT => {
+                let Some(incoming) = incoming else { break };
+                let Some(reply) = incoming.reply.clone() else {
+                    tracing::warn!("send without a reply subject dropped");
+                    continue;
+                };
+                checks.push_back(check(storage.clone(), incoming, reply).boxed());
+                continue;
+            }
+        };
+        shell.carry_out(steps).await;
+    }
+    // Stop taking sends and give back what is not being written; the
+    // write under way is answered (or given back) and announced before
+    // the partition can change hands.
+    drop(requests);
+    let abandoned = sequencer.abandon();
+    shell.carry_out(abandoned).await;
+    while shell.writing {
+        match done.recv().await {
+            Some(Done::Written(result)) => {
+                shell.writing = false;
+                let ok = result.is_ok() && trusted(&lease.borrow());
+                let settled = sequencer.written(ok);
+                shell.carry_out(settled).await;
+            }
+            Some(Done::Loaded(..)) => {}
+            None => break,
+        }
+    }
+    drop(shell);
+    if let Err(e) = announcer.await {
+        tracing::error!(partition, error = %e, "the announcer failed");
+    }
+}
+
+/// The loop's side of the I/O the sequencer asks for.
+struct Shell<'a> {
+    storage: &'a Arc<Storage>,
+    done: mpsc::UnboundedSender<Done>,
+    announce: mpsc::Sender<Announce>,
+    window: usize,
+    /// The version of the last write.
+    version: u64,
+    writing: bool,
+}
+
+impl Shell<'_> {
+    async fn carry_out(&mut self, steps: Vec<Step<Reply>>) {
+        for step in steps {
+            match step {
+                Step::Load(key) => {
+                    let (storage, done) = (self.storage.clone(), self.done.clone());
+                    let limit = u32::try_from(self.window).unwrap_or(u32::MAX);
+                    tokio::spawn(async move {
+                        let newest = storage
+                            .store
+                            .list_messages(
+                                &key.0,
+                                key.1,
+                                MessageRange::Before {
+                                    before: None,
+                                    limit,
+                                },
+                            )
+                            .await;
+                        let _ = done.send(Done::Loaded(key, newest));
+                    });
+                }
+                Step::Write(batch) => {
+                    // The clock, kept rising: see `write_messages`.
+                    let version = now_micros().max(self.version + 1);
+                    self.version = version;
+                    let (storage, done) = (self.storage.clone(), self.done.clone());
+                    self.writing = true;
+                    tokio::spawn(async move {
+                        let written = storage.store.write_messages(&batch, version).await;
+                        let _ = done.send(Done::Written(written));
+                    });
+                }
+                Step::Stored(stored) => {
+                    let _ = self.announce.send(Announce::Stored(stored)).await;
+                }
+                Step::Duplicate { key, seq, waiter } => {
+                    let duplicate = Announce::Duplicate {
+                        key,
+                        seq,
+                        reply: waiter,
+                    };
+                    let _ = self.announce.send(duplicate).await;
+                }
+                Step::Retry(replies) => {
+                    let retry = failure(&unavailable(RETRY_SEND));
+                    for reply in replies {
+                        answer(self.storage, &reply, retry.clone()).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Announces stored messages on EVENTS and answers their senders, in the
+/// order the partition stored them, so a conversation's events keep
+/// their order on the stream.
+async fn announce_in_order(storage: Arc<Storage>, mut queue: mpsc::Receiver<Announce>) {
+    while let Some(next) = queue.recv().await {
+        match next {
+            Announce::Stored(stored) => {
+                let events: Vec<(TenantId, Message)> = stored
+                    .iter()
+                    .map(|s| (s.tenant.clone(), s.message.clone()))
+                    .collect();
+                let announced = storage.announce_messages(events).await;
+                for s in stored {
+                    let outcome = match &announced {
+                        Ok(()) => stored_outcome(s.message, false),
+                        Err(status) => failure(status),
+                    };
+                    for reply in s.waiters {
+                        answer(&storage, &reply, outcome.clone()).await;
+                    }
+                }
+            }
+            Announce::Duplicate { key, seq, reply } => {
+                let outcome = match duplicate(&storage, &key, seq).await {
+                    Ok(message) => stored_outcome(message, true),
+                    Err(status) => failure(&status),
+                };
+                answer(&storage, &reply, outcome).await;
+            }
+        }
+    }
+}
+
+/// The message stored at `seq` under a retried key, announced again: the
+/// first attempt may have died between the write and the announcement.
+async fn duplicate(storage: &Storage, key: &ConversationKey, seq: Seq) -> Result<Message, Status> {
+    let found = storage
+        .store
+        .list_messages(
+            &key.0,
+            key.1,
+            MessageRange::After {
+                after: Seq::new(seq.get() - 1),
+                limit: 1,
+            },
+        )
+        .await
+        .map_err(store_status)?;
+    let message = found
+        .into_iter()
+        .next()
+        .filter(|m| m.seq == seq)
+        .ok_or_else(|| unavailable(RETRY_SEND))?;
+    storage
+        .announce_messages(vec![(key.0.clone(), message.clone())])
+        .await?;
+    Ok(message)
+}
+
+/// Checks a send before it is numbered: well-formed, and from someone who
+/// may send to the conversation.
+async fn check(storage: Arc<Storage>, incoming: Incoming, reply: Reply) -> Checked {
+    match checked(&storage, &incoming.payload).await {
+        Ok((tenant, new)) => Ok((tenant, new, reply)),
+        Err(status) => Err((reply, status)),
+    }
+}
+
+async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, NewMessage), Status> {
+    let command: SendCommand = natter_contract::decode(payload)
+        .map_err(|e| Status::invalid_argument(format!("unreadable send command: {e}")))?;
+    let sender = actor_from_wire(command.actor).map_err(invalid)?;
+    let conversation_id: ConversationId =
+        parse_id("conversation_id", &command.conversation_id).map_err(invalid)?;
+    let client_message_id: ClientMessageId =
+        parse_id("client_message_id", &command.client_message_id).map_err(invalid)?;
+    let content = content_from_wire(command.content).map_err(invalid)?;
+    content.validate(&storage.limits).map_err(invalid)?;
+    let sent_at = timestamp_from_wire("sent_at", command.sent_at).map_err(invalid)?;
+    let may_send = match policy::read_or_send(sender.role) {
+        policy::Check::Member => storage
+            .store
+            .member(&sender.tenant, conversation_id, &sender.user)
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable(_) => unavailable(RETRY_SEND),
+                e => store_status(e),
+            })?
+            .is_some(),
+        policy::Check::Allowed => {
+            // A service need not be a member, but the conversation must be
+            // its tenant's.
+            storage
+                .store
+                .conversation(&sender.tenant, conversation_id)
+                .await
+                .map_err(store_status)?;
+            true
+        }
+        policy::Check::Denied(why) => return Err(policy::role_not_allowed(why)),
+    };
+    if !may_send {
+        return Err(policy::not_a_member());
+    }
+    Ok((
+        sender.tenant,
+        NewMessage {
+            id: MessageId::generate(),
+            conversation_id,
+            sender_id: sender.user,
+            client_message_id,
+            sent_at,
+            content,
+        },
+    ))
+}
+
+fn stored_outcome(message: Message, duplicate: bool) -> send_outcome::Result {
+    send_outcome::Result::Stored(natter_proto::bus::v1::Stored {
+        duplicate,
+        message: Some(message.into()),
+    })
+}
+
+fn failure(status: &Status) -> send_outcome::Result {
+    send_outcome::Result::Failure(to_failure(status))
+}
+
+/// Best effort: a sender that misses its answer times out and retries
+/// with the same client message id, which finds the stored message.
+async fn answer(storage: &Storage, reply: &str, result: send_outcome::Result) {
+    let outcome = SendOutcome {
+        result: Some(result),
+    };
+    if let Err(e) = storage.bus.publish(reply, encode(&outcome)).await {
+        tracing::warn!(error = %e, "cannot answer a send");
+    }
+}
+
+/// The sender of a command, as the sending service established it.
+pub(crate) fn actor_from_wire(actor: Option<Actor>) -> natter_core::Result<Identity> {
+    let actor = natter_proto::convert::required("actor", actor)?;
+    Ok(Identity {
+        tenant: parse_id("actor.tenant_id", &actor.tenant_id)?,
+        user: parse_id("actor.user_id", &actor.user_id)?,
+        role: role_from_wire("actor.role", actor.role)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actors_name_their_bad_field() {
+        assert_eq!(actor_from_wire(None).unwrap_err().field, "actor");
+        let actor = Actor {
+            tenant_id: "acme".into(),
+            user_id: "has space".into(),
+            role: natter_proto::v1::Role::Agent.into(),
+        };
+        assert_eq!(
+            actor_from_wire(Some(actor)).unwrap_err().field,
+            "actor.user_id"
+        );
+    }
+}
