@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# A throwaway single-node NATS server with JetStream on loopback, for tests.
+# A throwaway single-node NATS server with JetStream on loopback, for tests
+# and the benchmark.
+#
+# The project requires nats-server 2.12 or later: the first release with
+# JetStream atomic batch publish (a batch stored all or nothing, checked
+# against per-subject expectations such as
+# Nats-Expected-Last-Subject-Sequence), which the design builds on. The
+# floor is the server's, not the client's: async-nats 0.51 talks to older
+# servers too (its 2.12 stream settings sit behind its `server_2_12`
+# feature). The tests and the benchmark run one pinned release, the
+# current one, built from source with `go install` into the cache (under a
+# minute, once), never a distribution's package (Debian bookworm ships
+# 2.9.10), so every machine tests against the same server.
 #
 # Usage: scripts/infra/nats.sh <command>
-#   ensure   make sure a JetStream-capable nats-server exists; print its path
+#   ensure   make sure the pinned nats-server is built; print its path
 #   start    start the server (no-op if ours is already running)
 #   wait     block until it is healthy with JetStream on (deadline)
 #   up       start + wait
@@ -15,19 +27,22 @@
 #   NATTER_NATS_PORT          client port; unset = 4222 if free, else a free one
 #   NATTER_NATS_MONITOR_PORT  monitoring port; unset = 8222 if free, else a free one
 #   NATTER_NATS_TIMEOUT       readiness deadline in seconds (default 30)
-#   NATTER_NATS_MIN_VERSION   oldest acceptable server (default 2.9.0)
-#   NATTER_NATS_GO_VERSION    version built with `go install` when the
-#                             Debian package is missing or too old (v2.15.2)
-#   NATS_SERVER_BIN           use this binary, skip all install logic
+#   NATTER_NATS_VERSION       the release built and run (default v2.15.3)
+#   NATTER_NATS_MIN_VERSION   oldest server accepted (default 2.12.0)
+#   NATS_SERVER_BIN           use this binary (>= the minimum), build nothing
+#   GO                        the go binary (default: go on PATH, else
+#                             /usr/local/go/bin/go)
+#   XDG_CACHE_HOME            the build goes to $XDG_CACHE_HOME/natter
+#                             (default ~/.cache/natter)
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 infra_dir=${NATTER_INFRA_DIR:-$repo_root/target/infra}
 state_dir=$infra_dir/nats
 log_file=$infra_dir/logs/nats.log
-cache_dir=${XDG_CACHE_HOME:-$HOME/.cache}/natter
-min_version=${NATTER_NATS_MIN_VERSION:-2.9.0}
-go_version=${NATTER_NATS_GO_VERSION:-v2.15.2}
+cache_dir=${XDG_CACHE_HOME:-${HOME:-$repo_root/target}/.cache}/natter
+nats_version=${NATTER_NATS_VERSION:-v2.15.3}
+min_version=${NATTER_NATS_MIN_VERSION:-2.12.0}
 timeout_s=${NATTER_NATS_TIMEOUT:-30}
 
 name=nats
@@ -49,36 +64,54 @@ usable() {
 # --- commands ---
 
 cmd_ensure() {
-  local bin go_bin="$cache_dir/nats-server-$go_version/bin/nats-server"
+  local prefix="$cache_dir/nats-server-$nats_version"
+  local bin="$prefix/bin/nats-server"
   if [[ -n ${NATS_SERVER_BIN:-} ]]; then
     usable "$NATS_SERVER_BIN" || die "NATS_SERVER_BIN=$NATS_SERVER_BIN is not a nats-server >= $min_version"
     echo "$NATS_SERVER_BIN"; return
   fi
-  # Debian's package first (bookworm: 2.9.10, JetStream included, installs in
-  # seconds), so every machine tests against the same server whatever else
-  # happens to be on PATH.
-  if usable /usr/sbin/nats-server; then echo /usr/sbin/nats-server; return; fi
-  if [[ ! -x /usr/sbin/nats-server ]]; then
-    log "installing Debian package nats-server"
-    if apt_install nats-server; then
-      # On a systemd host the package starts a service on 4222; we run our own.
-      if command -v systemctl >/dev/null && systemctl is-active --quiet nats-server 2>/dev/null; then
-        systemctl disable --now nats-server >&2 || true
-      fi
-      if usable /usr/sbin/nats-server; then echo /usr/sbin/nats-server; return; fi
-    fi
-  fi
+  version_ge "${nats_version#v}" "$min_version" \
+    || die "NATTER_NATS_VERSION=$nats_version is older than the $min_version the project requires"
+  [[ "v$(server_version "$bin")" == "$nats_version" ]] || build "$prefix"
+  echo "$bin"
+}
 
-  for bin in "$go_bin" "$(command -v nats-server || true)"; do
-    if [[ -n $bin ]] && usable "$bin"; then echo "$bin"; return; fi
-  done
-  command -v go >/dev/null || die "no nats-server >= $min_version and no Go toolchain to build one"
-  log "building nats-server $go_version with go install (about a minute)"
-  mkdir -p "$(dirname "$go_bin")"
-  GOBIN=$(dirname "$go_bin") go install "github.com/nats-io/nats-server/v2@$go_version" >&2 \
-    || die "go install nats-server $go_version failed"
-  usable "$go_bin" || die "$go_bin is not usable"
-  echo "$go_bin"
+# build PREFIX: `go install` the pinned release into PREFIX/bin. Everything
+# Go writes (module cache, build cache) goes to a scratch dir under the
+# cache dir, removed afterwards, so the build needs no HOME or GOPATH of
+# the caller's and works as root on a fresh machine. A lock keeps
+# concurrent callers (tests and benchmark) from building at once.
+build() {
+  local prefix=$1 go gowork="$cache_dir/go-build" started rc=0 blog
+  go=$(command -v "${GO:-go}" || command -v /usr/local/go/bin/go) \
+    || die "no Go toolchain to build nats-server $nats_version (install Go or set GO)"
+  mkdir -p "$cache_dir" || die "cannot create the cache dir $cache_dir"
+  exec 9>"$cache_dir/.nats-server.lock"
+  flock 9
+  # Another caller may have built it while we waited for the lock.
+  [[ "v$(server_version "$prefix/bin/nats-server")" != "$nats_version" ]] || return 0
+  log "building nats-server $nats_version with $go install (about a minute, once)"
+  rm -rf "$prefix" "$gowork"
+  mkdir -p "$gowork" "$prefix"
+  blog="$prefix.build.log"
+  started=$SECONDS
+  # CGO off: a static binary and no C compiler needed. -modcacherw: the
+  # module cache is writable, so it can be removed. GOFLAGS and GOWORK
+  # are set so that a caller's settings cannot change the build; GOPROXY
+  # and GOTOOLCHAIN keep the caller's (or Go's defaults).
+  env GOPATH="$gowork" GOMODCACHE="$gowork/pkg/mod" GOCACHE="$gowork/cache" \
+    GOBIN="$prefix/bin.tmp" GOFLAGS=-modcacherw GOWORK=off GO111MODULE=on CGO_ENABLED=0 \
+    "$go" install "github.com/nats-io/nats-server/v2@$nats_version" >"$blog" 2>&1 || rc=$?
+  rm -rf "$gowork"
+  if ((rc != 0)); then
+    tail -n 30 "$blog" >&2
+    die "go install github.com/nats-io/nats-server/v2@$nats_version failed (exit $rc); full output: $blog"
+  fi
+  # Moved into place last: an interrupted build never looks finished.
+  mv "$prefix/bin.tmp" "$prefix/bin"
+  [[ "v$(server_version "$prefix/bin/nats-server")" == "$nats_version" ]] \
+    || die "the build in $prefix/bin reports $("$prefix/bin/nats-server" --version 2>&1), not $nats_version"
+  log "built nats-server $nats_version in $((SECONDS - started)) s"
 }
 
 cmd_start() {

@@ -28,7 +28,7 @@
 //! delivery is the partition's only active processor until it settles it;
 //! if the process dies, the slot frees after the ack wait and another
 //! process takes over. That gives single-active-processor and strict order
-//! on any JetStream server (Debian ships 2.9), with no partition
+//! on any JetStream server, with no partition
 //! assignment to configure. Parallelism comes from partitions: a service
 //! runs one consumer per partition (filter `<base>.<n>`, see
 //! [`partition_subject`]). NATS 2.11 priority groups (`PinnedClient`)
