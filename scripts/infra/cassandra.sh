@@ -183,6 +183,7 @@ cmd_start() {
       -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon
   ) </dev/null >"$log_file" 2>&1 &
   echo $! >"$state_dir/pid"
+  wait_exec
 }
 
 # The CQL port opens as the last startup step; the probe then proves that

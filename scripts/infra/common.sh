@@ -31,6 +31,22 @@ our_pid() {
   echo "$pid"
 }
 
+# wait_exec: call right after starting the server in the background and
+# writing its pid file. Until the background shell has exec'd the server,
+# the pid's command line is the shell's, which our_pid does not trust; so
+# a `wait` right after `start` would take a starting server for a dead
+# one. Returns once our_pid sees it, or once the process is gone (wait
+# then reports that), or after 5 s.
+wait_exec() {
+  local pid i
+  pid=$(<"$state_dir/pid")
+  for i in $(seq 1 100); do
+    our_pid >/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
+}
+
 # Installs Debian packages; fails without root or apt-get.
 apt_install() {
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then return 1; fi

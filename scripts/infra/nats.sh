@@ -155,6 +155,7 @@ EOF
   # it and `scripts/test up` can leave it running after the shell exits.
   setsid "$bin" -c "$state_dir/nats.conf" -sd "$state_dir/store" </dev/null >"$log_file" 2>&1 &
   echo $! >"$state_dir/pid"
+  wait_exec
 }
 
 # Healthy once listening with JetStream on: /healthz is 200; older servers
