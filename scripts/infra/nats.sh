@@ -21,6 +21,7 @@
 #   stop     stop it (SIGTERM, then SIGKILL) and forget its state
 #   status   exit 0 if ours is running
 #   env      print `export NATTER_TEST_NATS_URL=...`
+#   version  print the running server's version (from its /varz)
 #
 # Environment:
 #   NATTER_INFRA_DIR          runtime state (default: <repo>/target/infra)
@@ -179,6 +180,12 @@ cmd_env() {
   echo "export NATTER_TEST_NATS_URL=nats://127.0.0.1:$(<"$state_dir/port")"
 }
 
+cmd_version() {
+  our_pid >/dev/null || die "not running"
+  curl -fsS --max-time 2 "http://127.0.0.1:$(<"$state_dir/monitor_port")/varz" \
+    | sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' | head -n1 | grep . || die "no version in /varz"
+}
+
 case ${1:-} in
   ensure) cmd_ensure ;;
   start) cmd_start ;;
@@ -187,5 +194,6 @@ case ${1:-} in
   stop) stop_server 10 ;;
   status) our_pid >/dev/null ;;
   env) cmd_env ;;
+  version) cmd_version ;;
   *) usage ;;
 esac
