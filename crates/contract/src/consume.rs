@@ -47,19 +47,38 @@ pub async fn consume_partitions<M, F, Fut>(
     let handler = Arc::new(handler);
     let mut tasks = tokio::task::JoinSet::new();
     for partition in 0..topology.partitions.get() {
-        let config = ConsumerConfig::new(
-            stream.name,
-            format!("{consumer}-{partition}"),
-            format!("{}.{partition}", stream.base),
-        );
-        tasks.spawn(consume_one(
+        tasks.spawn(consume_partition(
             bus.clone(),
-            config,
+            stream,
+            consumer.to_owned(),
+            partition,
             shutdown.clone(),
             handler.clone(),
         ));
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// [`consume_partitions`] for one partition: for a process that holds the
+/// partition and works it alone.
+pub async fn consume_partition<M, F, Fut>(
+    bus: Arc<dyn Bus>,
+    stream: Stream,
+    consumer: String,
+    partition: u32,
+    shutdown: CancellationToken,
+    handler: Arc<F>,
+) where
+    M: Message + Default + 'static,
+    F: Fn(M, u32) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    let config = ConsumerConfig::new(
+        stream.name,
+        format!("{consumer}-{partition}"),
+        format!("{}.{partition}", stream.base),
+    );
+    consume_one(bus, config, shutdown, handler).await;
 }
 
 async fn consume_one<M, F, Fut>(

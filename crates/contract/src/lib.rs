@@ -27,7 +27,7 @@ use natter_bus::{Bus, BusError, Storage, StreamConfig};
 use thiserror::Error;
 
 pub use backoff::Backoff;
-pub use consume::{Handled, consume_partitions};
+pub use consume::{Handled, consume_partition, consume_partitions};
 pub use request::{decode, encode, request, serve};
 pub use send::SendClient;
 

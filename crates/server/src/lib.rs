@@ -6,6 +6,7 @@ mod auth;
 pub mod config;
 mod grpc;
 pub mod launch;
+pub mod partitions;
 pub mod settings;
 pub mod shutdown;
 

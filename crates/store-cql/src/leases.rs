@@ -1,7 +1,8 @@
-//! [`LeaseStore`] on CQL: one `leases` row per partition of conversations,
+//! [`LeaseStore`] on CQL: one `leases` row per partition of each scope,
 //! changed only by LWT, so two processes never both take it. This is the
-//! one consensus round the message path has, and it is paid when a
-//! partition changes hands or its lease is renewed, never per message.
+//! one consensus round the message and update-log paths have, and it is
+//! paid when a partition changes hands or its lease is renewed, never per
+//! message.
 
 use std::time::Duration;
 
@@ -47,18 +48,18 @@ struct Held {
 }
 
 impl CqlStore {
-    async fn held(&self, partition: u32) -> Result<Option<Held>> {
+    async fn held(&self, scope: &str, partition: u32) -> Result<Option<Held>> {
         type Row = (Option<String>, Option<i64>, Option<CqlTimestamp>);
         let row: Option<Row> = self
             .db()
             .row(
                 "read lease",
                 &self.statements.lease_get_serial,
-                (partition_key(partition),),
+                (scope, partition_key(partition)),
             )
             .await?;
         row.map(|(owner, epoch, until)| {
-            let what = format!("lease of partition {partition}");
+            let what = format!("lease of {scope} partition {partition}");
             Ok(Held {
                 owner: owner.unwrap_or_default(),
                 epoch: u64::try_from(epoch.unwrap_or(0))
@@ -81,8 +82,8 @@ impl CqlStore {
             Ok(outcome) => return Ok(outcome?.applied.then_some(wanted)),
             Err(e) => e,
         };
-        tracing::warn!(error = %error, partition = wanted.partition, "lease change has an unknown outcome");
-        match self.held(wanted.partition).await? {
+        tracing::warn!(error = %error, scope = %wanted.scope, partition = wanted.partition, "lease change has an unknown outcome");
+        match self.held(&wanted.scope, wanted.partition).await? {
             Some(held) if held.owner == wanted.owner && held.epoch == wanted.epoch => {
                 if held.until == wanted.until {
                     Ok(Some(wanted))
@@ -100,12 +101,13 @@ impl CqlStore {
 impl LeaseStore for CqlStore {
     async fn acquire_lease(
         &self,
+        scope: &str,
         partition: u32,
         owner: &str,
         now: Timestamp,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        let held = self.held(partition).await?;
+        let held = self.held(scope, partition).await?;
         // Still held, even by `owner` itself: refused. A lapsed or released
         // lease goes to whoever asks, its last owner included, always with
         // a new epoch.
@@ -113,6 +115,7 @@ impl LeaseStore for CqlStore {
             return Ok(None);
         }
         let wanted = Lease {
+            scope: scope.to_owned(),
             partition,
             owner: owner.to_owned(),
             epoch: held.as_ref().map_or(1, |held| held.epoch.saturating_add(1)),
@@ -124,6 +127,7 @@ impl LeaseStore for CqlStore {
                 db.try_lwt(
                     &self.statements.lease_insert,
                     (
+                        scope,
                         partition_key(partition),
                         owner,
                         CqlTimestamp(wanted.until.as_millis()),
@@ -140,6 +144,7 @@ impl LeaseStore for CqlStore {
                         owner,
                         epoch_value(wanted.epoch)?,
                         CqlTimestamp(wanted.until.as_millis()),
+                        scope,
                         partition_key(partition),
                         epoch_value(held.epoch)?,
                         CqlTimestamp(now.as_millis()),
@@ -167,6 +172,7 @@ impl LeaseStore for CqlStore {
                 &self.statements.lease_set_until,
                 (
                     CqlTimestamp(wanted.until.as_millis()),
+                    lease.scope.as_str(),
                     partition_key(lease.partition),
                     lease.owner.as_str(),
                     epoch_value(lease.epoch)?,
@@ -184,6 +190,7 @@ impl LeaseStore for CqlStore {
                 &self.statements.lease_set_until,
                 (
                     CqlTimestamp(0),
+                    lease.scope.as_str(),
                     partition_key(lease.partition),
                     lease.owner.as_str(),
                     epoch_value(lease.epoch)?,

@@ -3,9 +3,9 @@
 //! [`ConversationStore`](natter_store::ConversationStore) and
 //! [`SyncStore`](natter_store::SyncStore).
 //!
-//! The schema, its partition bounds and how messages are written are
-//! described in `SCHEMA.md` beside this crate's manifest. The rules it
-//! keeps:
+//! The schema, its partition bounds and how messages and update logs are
+//! written are described in `SCHEMA.md` beside this crate's manifest. The
+//! rules it keeps:
 //!
 //! - every statement and batch touches one partition, and every read has a
 //!   LIMIT;
@@ -14,9 +14,10 @@
 //!   user's conversations by hour;
 //! - only portable CQL: no materialized views, no secondary indexes, no
 //!   multi-partition batches; LWT (Paxos) where a write must not race, and
-//!   never on the message path;
-//! - `messages` rows are written only with the writer's version as their
-//!   timestamp, so the newer owner's write of a seq stands;
+//!   never on the message or update-log write path;
+//! - `messages` and `user_logs` rows are written only with the writer's
+//!   version as their timestamp, so the newer owner's write of a seq or
+//!   cursor stands;
 //! - normal reads and writes at `LOCAL_QUORUM`, LWTs at the configured
 //!   serial consistency (`LOCAL_SERIAL` by default).
 //!
@@ -29,6 +30,7 @@ mod layout;
 mod leases;
 mod messages;
 mod migrations;
+mod sequences;
 mod statements;
 mod sync;
 
@@ -70,7 +72,7 @@ pub struct CqlConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub credentials: Option<Credentials>,
-    /// `LocalSerial` when each conversation, user and sequencer lease is
+    /// `LocalSerial` when each conversation, user and lease is
     /// changed from one datacenter at a time; `Serial` when processes in
     /// several datacenters compete for them.
     pub serial_consistency: SerialConsistency,

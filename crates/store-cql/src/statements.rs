@@ -41,7 +41,8 @@ pub(crate) struct Statements {
     pub(crate) user_bucket_put: PreparedStatement,
     pub(crate) user_buckets_through: PreparedStatement,
 
-    pub(crate) log_insert: PreparedStatement,
+    /// Only ever run in a batch whose timestamp is the write's version.
+    pub(crate) log_write: PreparedStatement,
     pub(crate) log_tail: PreparedStatement,
     pub(crate) log_after: PreparedStatement,
     pub(crate) log_drop_bucket: PreparedStatement,
@@ -125,24 +126,26 @@ impl Statements {
                 ))
                 .await?,
             lease_get_serial: p
-                .serial_read("SELECT owner, epoch, until FROM {ks}.leases WHERE partition = ?")
+                .serial_read(
+                    "SELECT owner, epoch, until FROM {ks}.leases WHERE scope = ? AND partition = ?",
+                )
                 .await?,
             lease_insert: p
                 .lwt(
-                    "INSERT INTO {ks}.leases (partition, owner, epoch, until) \
-                     VALUES (?, ?, 1, ?) IF NOT EXISTS",
+                    "INSERT INTO {ks}.leases (scope, partition, owner, epoch, until) \
+                     VALUES (?, ?, ?, 1, ?) IF NOT EXISTS",
                 )
                 .await?,
             lease_take_over: p
                 .lwt(
                     "UPDATE {ks}.leases SET owner = ?, epoch = ?, until = ? \
-                     WHERE partition = ? IF epoch = ? AND until <= ?",
+                     WHERE scope = ? AND partition = ? IF epoch = ? AND until <= ?",
                 )
                 .await?,
             lease_set_until: p
                 .lwt(
                     "UPDATE {ks}.leases SET until = ? \
-                     WHERE partition = ? IF owner = ? AND epoch = ?",
+                     WHERE scope = ? AND partition = ? IF owner = ? AND epoch = ?",
                 )
                 .await?,
 
@@ -219,11 +222,11 @@ impl Statements {
                 )
                 .await?,
 
-            log_insert: p
-                .lwt(
+            log_write: p
+                .write(
                     "INSERT INTO {ks}.user_logs \
                      (tenant_id, user_id, bucket, position, event, written_at) \
-                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                     VALUES (?, ?, ?, ?, ?, ?)",
                 )
                 .await?,
             log_tail: p

@@ -1,15 +1,19 @@
 //! [`SyncStore`] on CQL: per-user update logs in buckets of 1024 positions,
-//! trimmed by whole-partition deletes, and the user's devices.
+//! written as messages are (`sequences.rs`) and trimmed by whole-partition
+//! deletes, and the user's devices.
 
 use async_trait::async_trait;
-use natter_core::{Cursor, Device, DeviceId, Event, TenantId, Timestamp, Update, UserId};
+use natter_core::{Cursor, Device, DeviceId, TenantId, Timestamp, Update, UserId};
 use natter_proto::codec::{decode_event, encode_event};
-use natter_store::{Page, PageRequest, Result, StoreError, SyncStore, UpdateBatch};
+use natter_store::{
+    Page, PageRequest, Result, StoreError, SyncStore, UpdateBatch, validate_update_write,
+};
 use scylla::value::CqlTimestamp;
 
 use crate::conversations::{ROWS_PER_READ, position};
 use crate::db::corrupt;
 use crate::layout::{bucket_last, bucket_of, find_head, to_bigint};
+use crate::sequences::{Sequence, each_sequence, timestamp};
 use crate::{CqlStore, MAX_DEVICES_PER_USER, now_millis, page};
 
 /// Compare-and-set rounds on a log's trim floor before giving up.
@@ -165,51 +169,38 @@ impl SyncStore for CqlStore {
         Ok(Cursor::new(head))
     }
 
-    async fn append_update(
+    async fn write_updates(
         &self,
-        tenant: &TenantId,
-        user: &UserId,
-        at: Cursor,
-        event: &Event,
+        updates: &[(TenantId, UserId, Update)],
+        version: u64,
     ) -> Result<()> {
-        let (_, head) = self.log_state(tenant, user).await?;
-        if at.get() != head + 1 {
-            return Err(StoreError::Conflict(format!(
-                "update log of {user} is at {head}; {at} is not the next position"
-            )));
-        }
-        let written = self
-            .db()
-            .lwt(
-                "append update",
-                &self.statements.log_insert,
-                (
-                    tenant.as_str(),
-                    user.as_str(),
-                    bucket_of(at.get()),
-                    to_bigint(at.get()),
-                    encode_event(event),
-                    CqlTimestamp(now_millis()),
-                ),
-            )
-            .await?;
-        if !written.applied {
-            return Err(StoreError::Conflict(format!(
-                "position {at} of the update log of {user} is taken"
-            )));
-        }
-        let hinted = self
-            .db()
-            .write(
-                "advance update log head hint",
-                &self.statements.log_meta_set_head,
-                (to_bigint(at.get()), tenant.as_str(), user.as_str()),
-            )
-            .await;
-        if let Err(e) = hinted {
-            tracing::warn!(error = %e, %user, "update stored; head hint not advanced");
-        }
-        Ok(())
+        validate_update_write(updates, version, &self.limits)?;
+        let timestamp = timestamp(version);
+        // Informational only: nothing reads it back.
+        let written_at = CqlTimestamp(now_millis());
+        let rows = updates.iter().map(|(tenant, user, update)| {
+            let cursor = update.cursor.get();
+            let values = (
+                tenant.as_str(),
+                user.as_str(),
+                bucket_of(cursor),
+                to_bigint(cursor),
+                encode_event(&update.event),
+                written_at,
+            );
+            ((tenant, user), (cursor, values))
+        });
+        each_sequence(rows, |(tenant, user), rows| async move {
+            let log = Sequence {
+                name: user,
+                what: "write updates",
+                insert: &self.statements.log_write,
+                set_hint: &self.statements.log_meta_set_head,
+            };
+            let hint = |head| (head, tenant.as_str(), user.as_str());
+            self.write_sequence(log, rows, hint, timestamp).await
+        })
+        .await
     }
 
     async fn read_updates(

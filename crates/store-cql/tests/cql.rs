@@ -12,13 +12,14 @@ use futures::{StreamExt, TryStreamExt, stream};
 use natter_core::{
     ClientMessageId, Content, Conversation, ConversationId, Cursor, Device, DeviceId, Event,
     Limits, Message, MessageId, NewConversation, NewMessage, ReadMarker, Role, Seq, TenantId,
-    Timestamp, UserId,
+    Timestamp, Update, UserId,
 };
 use natter_proto::codec::encode_event;
 use natter_store::{
     ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
 };
 use natter_store_cql::{CqlStore, MAX_DEVICES_PER_USER};
+use scylla::serialize::row::SerializeRow;
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
@@ -121,17 +122,12 @@ fn seqs_of(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq.get()).collect()
 }
 
-/// The `last_seq` hint as stored (`None` if never written).
-async fn last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId) -> Option<i64> {
+/// Runs `cql` on the shared keyspace (`{ks}`) and returns its first row's
+/// only column, a `bigint` (`None` if there is no row or it is null).
+async fn bigint_of(store: &CqlStore, cql: &str, values: impl SerializeRow) -> Option<i64> {
     store
         .session()
-        .query_unpaged(
-            format!(
-                "SELECT last_seq FROM {}.conversations WHERE tenant_id = ? AND conversation_id = ?",
-                shared_keyspace()
-            ),
-            (tenant.as_str(), id.as_uuid()),
-        )
+        .query_unpaged(cql.replace("{ks}", shared_keyspace()), values)
         .await
         .expect("read hint")
         .into_rows_result()
@@ -141,19 +137,25 @@ async fn last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId) 
         .and_then(|(hint,)| hint)
 }
 
-async fn set_last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId, hint: i64) {
+/// Runs `cql` on the shared keyspace (`{ks}`) for its effect.
+async fn run(store: &CqlStore, cql: &str, values: impl SerializeRow) {
     store
         .session()
-        .query_unpaged(
-            format!(
-                "UPDATE {}.conversations SET last_seq = ? \
-                 WHERE tenant_id = ? AND conversation_id = ?",
-                shared_keyspace()
-            ),
-            (hint, tenant.as_str(), id.as_uuid()),
-        )
+        .query_unpaged(cql.replace("{ks}", shared_keyspace()), values)
         .await
-        .expect("set hint");
+        .expect(cql);
+}
+
+/// The `last_seq` hint as stored (`None` if never written).
+async fn last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId) -> Option<i64> {
+    let cql = "SELECT last_seq FROM {ks}.conversations WHERE tenant_id = ? AND conversation_id = ?";
+    bigint_of(store, cql, (tenant.as_str(), id.as_uuid())).await
+}
+
+async fn set_last_seq_hint(store: &CqlStore, tenant: &TenantId, id: ConversationId, hint: i64) {
+    let cql =
+        "UPDATE {ks}.conversations SET last_seq = ? WHERE tenant_id = ? AND conversation_id = ?";
+    run(store, cql, (hint, tenant.as_str(), id.as_uuid())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +372,107 @@ async fn a_higher_version_stands_whatever_order_writes_land_in() {
     );
 }
 
+/// Update log entries are written as messages are: of two writes of a
+/// cursor the higher version stands, in whichever order they land, so a
+/// deposed sync writer's late write cannot replace its successor's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_version_stands_in_update_logs_too() {
+    let store = common::store(Limits::default()).await;
+    let tenant = tenant();
+    let alice = user("alice");
+    let marker = |seq| read_marker(&alice, seq);
+    let read = async || match store
+        .read_updates(&tenant, &alice, Cursor::ZERO, 10)
+        .await
+        .expect("read")
+    {
+        UpdateBatch::Updates(updates) => updates.into_iter().map(|u| u.event).collect::<Vec<_>>(),
+        other => panic!("expected updates, got {other:?}"),
+    };
+
+    let ten = marker(10);
+    write_updates(&store, &tenant, &alice, 1..=1, &ten, 10).await;
+    write_updates(&store, &tenant, &alice, 1..=1, &marker(5), 5).await;
+    assert_eq!(read().await, vec![ten], "the older version changes nothing");
+
+    let twenty = marker(20);
+    write_updates(&store, &tenant, &alice, 1..=1, &twenty, 20).await;
+    assert_eq!(read().await, vec![twenty.clone()]);
+
+    // Within one write too, each cursor is decided on its own.
+    let fifteen = marker(15);
+    write_updates(&store, &tenant, &alice, 1..=2, &fifteen, 15).await;
+    assert_eq!(read().await, vec![twenty, fifteen]);
+    assert_eq!(
+        store.log_head(&tenant, &alice).await.expect("head"),
+        Cursor::new(2)
+    );
+}
+
+/// The `head_hint` of a user's log as stored (`None` if never written).
+async fn head_hint(store: &CqlStore, tenant: &TenantId, who: &UserId) -> Option<i64> {
+    let cql = "SELECT head_hint FROM {ks}.user_log_meta WHERE tenant_id = ? AND user_id = ?";
+    bigint_of(store, cql, (tenant.as_str(), who.as_str())).await
+}
+
+async fn set_head_hint(store: &CqlStore, tenant: &TenantId, who: &UserId, hint: i64) {
+    let cql = "UPDATE {ks}.user_log_meta SET head_hint = ? WHERE tenant_id = ? AND user_id = ?";
+    run(store, cql, (hint, tenant.as_str(), who.as_str())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_head_hint_moves_with_new_buckets_and_the_head_is_exact_from_any_hint() {
+    let store = common::store(Limits::default()).await;
+    let tenant = tenant();
+    let alice = user("alice");
+    let event = read_marker(&alice, 1);
+    let head = async || store.log_head(&tenant, &alice).await.expect("head");
+
+    write_updates(&store, &tenant, &alice, 1..=1020, &event, VERSION).await;
+    assert_eq!(
+        head_hint(&store, &tenant, &alice).await,
+        None,
+        "no bucket began"
+    );
+    assert_eq!(head().await, Cursor::new(1020));
+    write_updates(&store, &tenant, &alice, 1021..=1030, &event, VERSION).await;
+    assert_eq!(head_hint(&store, &tenant, &alice).await, Some(1030));
+    write_updates(&store, &tenant, &alice, 1031..=1031, &event, VERSION).await;
+    assert_eq!(
+        head_hint(&store, &tenant, &alice).await,
+        Some(1030),
+        "moved once a bucket, not once a write"
+    );
+    assert_eq!(head().await, Cursor::new(1031));
+
+    // The hint is only a starting point: however stale, the head is still
+    // exact. (Never ahead: the trim check reads a head below the hint as
+    // a trim racing the read, so log writes move it only after their rows.)
+    for hint in [0, 5, 1023, 1024, 1031] {
+        set_head_hint(&store, &tenant, &alice, hint).await;
+        assert_eq!(head().await, Cursor::new(1031), "hint {hint}");
+        let newest = store
+            .read_updates(&tenant, &alice, Cursor::new(1028), 10)
+            .await
+            .expect("read");
+        let UpdateBatch::Updates(newest) = newest else {
+            panic!("hint {hint}: expected updates, got {newest:?}")
+        };
+        let cursors: Vec<u64> = newest.iter().map(|u| u.cursor.get()).collect();
+        assert_eq!(cursors, vec![1029, 1030, 1031], "hint {hint}");
+    }
+
+    // A write that begins a bucket moves the hint, though it crosses none.
+    let bob = user("bob");
+    write_updates(&store, &tenant, &bob, 1..=1023, &event, VERSION).await;
+    write_updates(&store, &tenant, &bob, 1024..=1024, &event, VERSION).await;
+    assert_eq!(head_hint(&store, &tenant, &bob).await, Some(1024));
+    assert_eq!(
+        store.log_head(&tenant, &bob).await.expect("head"),
+        Cursor::new(1024)
+    );
+}
+
 /// A batch of one partition is one mutation, which the server does not hold
 /// to its batch size thresholds: full batches of the largest messages
 /// (64 of 64 KiB, about 4 MiB) are accepted.
@@ -429,7 +532,7 @@ async fn every_lease_partition_has_a_row_of_its_own() {
     let partitions = [i32::MAX as u32, i32::MAX as u32 + 1, u32::MAX];
     for partition in partitions {
         let lease = store
-            .acquire_lease(partition, "first", at, ttl)
+            .acquire_lease("storage", partition, "first", at, ttl)
             .await
             .expect("acquire")
             .expect("a free partition is taken");
@@ -437,7 +540,7 @@ async fn every_lease_partition_has_a_row_of_its_own() {
     }
     for partition in partitions {
         let held = store
-            .acquire_lease(partition, "second", at, ttl)
+            .acquire_lease("storage", partition, "second", at, ttl)
             .await
             .expect("acquire");
         assert_eq!(held, None, "partition {partition} is held");
@@ -537,6 +640,15 @@ async fn members_page_through_every_shard() {
     assert_eq!(unique.len(), 121);
 }
 
+/// A read marker of `who` at `seq`: a small event for update logs.
+fn read_marker(who: &UserId, seq: u64) -> Event {
+    Event::Read(ReadMarker {
+        conversation_id: ConversationId::generate(),
+        user_id: who.clone(),
+        seq: Seq::new(seq),
+    })
+}
+
 async fn seed_updates(
     store: &CqlStore,
     tenant: &TenantId,
@@ -578,6 +690,30 @@ async fn seed_updates(
         .expect("seed updates");
 }
 
+/// Writes `event` at `cursors` of `who`'s log in one call at `version`.
+async fn write_updates(
+    store: &CqlStore,
+    tenant: &TenantId,
+    who: &UserId,
+    cursors: RangeInclusive<u64>,
+    event: &Event,
+    version: u64,
+) {
+    let updates: Vec<_> = cursors
+        .map(|cursor| {
+            let update = Update {
+                cursor: Cursor::new(cursor),
+                event: event.clone(),
+            };
+            (tenant.clone(), who.clone(), update)
+        })
+        .collect();
+    store
+        .write_updates(&updates, version)
+        .await
+        .expect("write updates");
+}
+
 async fn bucket_rows(store: &CqlStore, tenant: &TenantId, who: &UserId, bucket: i64) -> usize {
     store
         .session()
@@ -600,27 +736,18 @@ async fn update_logs_cross_buckets_and_trim_whole_partitions() {
     let store = common::store(Limits::default()).await;
     let tenant = tenant();
     let alice = user("alice");
-    let event = Event::Read(ReadMarker {
-        conversation_id: ConversationId::generate(),
-        user_id: alice.clone(),
-        seq: Seq::new(1),
-    });
+    let event = read_marker(&alice, 1);
     // No head hint at all: the probe starts from the beginning.
     seed_updates(&store, &tenant, &alice, &event, 1020).await;
     assert_eq!(
         store.log_head(&tenant, &alice).await.expect("head"),
         Cursor::new(1020)
     );
-    for at in 1021..=1030 {
-        store
-            .append_update(&tenant, &alice, Cursor::new(at), &event)
-            .await
-            .expect("append");
-    }
-    let gap = store
-        .append_update(&tenant, &alice, Cursor::new(1032), &event)
-        .await;
-    assert!(matches!(gap, Err(StoreError::Conflict(_))), "got {gap:?}");
+    write_updates(&store, &tenant, &alice, 1021..=1030, &event, VERSION).await;
+    assert_eq!(
+        store.log_head(&tenant, &alice).await.expect("head"),
+        Cursor::new(1030)
+    );
 
     let cursors = |batch: UpdateBatch| match batch {
         UpdateBatch::Updates(updates) => updates.iter().map(|u| u.cursor.get()).collect::<Vec<_>>(),
@@ -691,10 +818,7 @@ async fn update_logs_cross_buckets_and_trim_whole_partitions() {
             head: Cursor::new(1030)
         }
     );
-    store
-        .append_update(&tenant, &alice, Cursor::new(1031), &event)
-        .await
-        .expect("append after trim");
+    write_updates(&store, &tenant, &alice, 1031..=1031, &event, VERSION).await;
     assert_eq!(cursors(read(1030, 10).await), vec![1031]);
 
     // A log whose meta row was never written (every hint write failed)

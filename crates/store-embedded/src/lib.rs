@@ -1,6 +1,7 @@
 //! Natter's single-process store: conversations, members, messages, update
-//! logs, devices and sequencer leases in one [redb] file under a data
-//! directory, with no database server. It is what `natter dev` runs on.
+//! logs, devices and the leases of storage's and sync's partitions in one
+//! [redb] file under a data directory, with no database server. It is what
+//! `natter dev` runs on.
 //!
 //! # Why redb
 //!
@@ -9,20 +10,20 @@
 //! crash leaves the last committed state; its file format is stable. Its
 //! write transactions are serializable by construction (one writer at a
 //! time, readers on snapshots), so a write of many messages and their
-//! conversations' last seqs is one atomic transaction, and so is every
-//! check-and-write of members, counts, update logs and leases, with no
-//! lock, retry loop or conflict handling of our own. fjall, the LSM-tree
-//! alternative, offers transactions as an optional layer (single-writer, or
-//! optimistic with conflicts to retry) and by default leaves writes in OS
-//! buffers until an explicit persist; redb's default is the one contract we
-//! want.
+//! conversations' last seqs (or of many log entries and their logs'
+//! heads) is one atomic transaction, and so is every check-and-write of
+//! members, counts and leases, with no lock, retry loop or conflict
+//! handling of our own. fjall, the LSM-tree alternative, offers
+//! transactions as an optional layer (single-writer, or optimistic with
+//! conflicts to retry) and by default leaves writes in OS buffers until an
+//! explicit persist; redb's default is the one contract we want.
 //!
 //! # Transactions and durability
 //!
 //! Every operation runs in a redb transaction on tokio's blocking pool
 //! (`spawn_blocking`), because redb is synchronous and a commit waits for
 //! `fsync`. Writes that arrive together share one transaction and its
-//! flush (`batch.rs`): sync appending to many users' logs at once commits
+//! flush (`batch.rs`): sync writing to many users' logs at once commits
 //! once, not once per user. Commits are group commits
 //! (`natter_record::group`): each commits without `fsync`, then waits for
 //! one flush shared with what was committed meanwhile, so when a call
@@ -237,9 +238,8 @@ fn init(db: &Database) -> TxResult<()> {
         let mut meta = txn.open_table(META)?;
         let stored = meta.get(FORMAT_KEY)?.map(|v| v.value());
         match stored {
-            None => {
-                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
-            }
+            None => {}
+            Some(1) => leases::rescope(&txn)?,
             Some(FORMAT_VERSION) => {}
             Some(other) => {
                 return Err(StoreError::FailedPrecondition(format!(
@@ -248,11 +248,14 @@ fn init(db: &Database) -> TxResult<()> {
                 .into());
             }
         }
+        if stored != Some(FORMAT_VERSION) {
+            meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+        }
         // Every table this build uses, so a file that lacks one (`leases`
-        // is newer than format 1) gets it. Files from before the sequencer
-        // also hold `message_keys`, the store's old idempotency index:
-        // nothing opens it, and a table nobody opens is harmless, so it is
-        // left as it is and the format version stays.
+        // is newer than the first files of format 1) gets it. Files from
+        // before the sequencer also hold `message_keys`, the store's old
+        // idempotency index: nothing opens it, and a table nobody opens is
+        // harmless, so it is left as it is.
         txn.open_table(tables::CONVERSATIONS)?;
         txn.open_table(tables::MEMBERS)?;
         txn.open_table(tables::MEMBERSHIPS)?;

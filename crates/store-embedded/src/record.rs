@@ -206,8 +206,8 @@ pub(crate) fn decode_device(
     .map_err(corrupt)
 }
 
-/// A lease on a partition of conversations, without the partition, which
-/// is the key.
+/// A lease on a partition, without the scope and partition, which are the
+/// key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LeaseRecord {
     pub(crate) owner: String,

@@ -1,11 +1,15 @@
 //! [`SyncStore`]: per-user update logs and devices.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ops::Bound;
 
 use async_trait::async_trait;
-use natter_core::{Cursor, Device, DeviceId, Event, TenantId, Update, UserId};
+use natter_core::{Cursor, Device, DeviceId, TenantId, Update, UserId};
 use natter_proto::codec;
-use natter_store::{Page, PageRequest, Result, StoreError, SyncStore, UpdateBatch};
+use natter_store::{
+    Page, PageRequest, Result, StoreError, SyncStore, UpdateBatch, validate_update_write,
+};
 use redb::{ReadableTable, Table};
 
 use crate::record::{LogHead, decode_device, encode_device};
@@ -105,30 +109,50 @@ impl SyncStore for EmbeddedStore {
         .await
     }
 
-    async fn append_update(
+    async fn write_updates(
         &self,
-        tenant: &TenantId,
-        user: &UserId,
-        at: Cursor,
-        event: &Event,
+        updates: &[(TenantId, UserId, Update)],
+        version: u64,
     ) -> Result<()> {
-        let (tenant, user) = (tenant.clone(), user.clone());
-        let bytes = codec::encode_event(event);
+        validate_update_write(updates, version, &self.limits)?;
+        // Beyond that, `version` is not used: it orders writes of one
+        // cursor that race, and here none do. One process holds the file,
+        // and the sync service runs a partition's writes one at a time, so
+        // the later write of a cursor is always the newer one and simply
+        // replaces it.
+        if updates.is_empty() {
+            return Ok(());
+        }
+        // Encoded here, once: the transaction's work may run more than once.
+        let entries: Vec<(TenantId, UserId, Cursor, Vec<u8>)> = updates
+            .iter()
+            .map(|(tenant, user, update)| {
+                let bytes = codec::encode_event(&update.event);
+                (tenant.clone(), user.clone(), update.cursor, bytes)
+            })
+            .collect();
+        // One write: all of it lands or none, every user's log and head.
         self.write(move |txn| {
             let mut heads = txn.open_table(LOG_HEADS)?;
-            let mut log = load_head(&heads, &tenant, &user)?;
-            if at != log.head.next() {
-                return Err(StoreError::Conflict(format!(
-                    "update log of {user} is at {}, cannot write at {at}",
-                    log.head
-                ))
-                .into());
+            let mut table = txn.open_table(UPDATES)?;
+            let mut logs: HashMap<(&TenantId, &UserId), LogHead> = HashMap::new();
+            for (tenant, user, cursor, bytes) in &entries {
+                let log = match logs.entry((tenant, user)) {
+                    Entry::Occupied(log) => log.into_mut(),
+                    Entry::Vacant(log) => log.insert(load_head(&heads, tenant, user)?),
+                };
+                // At or below the trim point it is forgotten already: kept,
+                // it would never be read, nor deleted by a later trim.
+                if *cursor <= log.floor {
+                    continue;
+                }
+                let key = (tenant.as_str(), user.as_str(), cursor.get());
+                table.insert(key, bytes.as_slice())?;
+                log.head = log.head.max(*cursor);
             }
-            let (t, u) = (tenant.as_str(), user.as_str());
-            let mut updates = txn.open_table(UPDATES)?;
-            updates.insert((t, u, at.get()), bytes.as_slice())?;
-            log.head = at;
-            heads.insert((t, u), log.encode().as_slice())?;
+            for ((tenant, user), log) in logs {
+                heads.insert((tenant.as_str(), user.as_str()), log.encode().as_slice())?;
+            }
             Ok(())
         })
         .await

@@ -16,7 +16,11 @@ use redb::TableDefinition;
 /// The on-disk format this build reads and writes, stored under
 /// [`FORMAT_KEY`] in [`META`]. Bump it with any change to a table's key or
 /// value encoding, together with a migration.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+///
+/// - 1: the first.
+/// - 2: [`LEASES`] keyed by scope and partition, not partition alone
+///   (`leases::rescope` moves format 1's leases).
+pub(crate) const FORMAT_VERSION: u64 = 2;
 pub(crate) const FORMAT_KEY: &str = "format_version";
 
 /// Store-wide settings: `name → u64`.
@@ -41,9 +45,10 @@ pub(crate) const MEMBERSHIPS: TableDefinition<(&str, &str, u128), ()> =
 pub(crate) const MESSAGES: TableDefinition<(&str, u128, u64), &[u8]> =
     TableDefinition::new("messages");
 
-/// `partition → LeaseRecord`: who holds each partition of conversations
-/// (see `natter_store::LeaseStore`). Not per tenant: partitions span them.
-pub(crate) const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
+/// `(scope, partition) → LeaseRecord`: who holds each partition of each
+/// scope (`"storage"`'s of conversations, `"sync"`'s of users; see
+/// `natter_store::LeaseStore`). Not per tenant: partitions span them.
+pub(crate) const LEASES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("leases");
 
 /// `(tenant, user) → LogHead`: the head of a user's update log and the
 /// cursor it has been trimmed through. Kept apart from the entries so the

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{VERSION, at, attachment, conversation, numbered, tenant, user};
 use natter_core::{
     Conversation, ConversationId, Cursor, Device, DeviceId, Event, Limits, Member,
-    MembershipChange, MembershipKind, Message, ReadMarker, Role, Seq, TenantId, UserId,
+    MembershipChange, MembershipKind, Message, ReadMarker, Role, Seq, TenantId, Update, UserId,
 };
 use natter_store::{
     ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
@@ -20,6 +20,20 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
     EmbeddedStore::open(dir.path(), Limits::default()).expect("open store")
+}
+
+/// `event` at `cursor` of `who`'s log, as a write names it.
+fn update(
+    tenant: &TenantId,
+    who: &UserId,
+    cursor: u64,
+    event: &Event,
+) -> (TenantId, UserId, Update) {
+    let update = Update {
+        cursor: Cursor::new(cursor),
+        event: event.clone(),
+    };
+    (tenant.clone(), who.clone(), update)
 }
 
 fn all_messages() -> MessageRange {
@@ -173,12 +187,14 @@ async fn everything_survives_a_restart() {
             at: at(3),
         }),
     ];
-    for (i, event) in events.iter().cycle().take(6).enumerate() {
-        store
-            .append_update(&acme, &bob, Cursor::new(i as u64 + 1), event)
-            .await
-            .unwrap();
-    }
+    let logged: Vec<_> = events
+        .iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+        .map(|(i, event)| update(&acme, &bob, i as u64 + 1, event))
+        .collect();
+    store.write_updates(&logged, VERSION).await.unwrap();
     store
         .trim_updates(&acme, &bob, Cursor::new(2))
         .await
@@ -224,16 +240,12 @@ async fn everything_survives_a_restart() {
         .unwrap();
     assert_eq!(stored.first(), Some(&first));
     assert_eq!(stored.last(), Some(&next));
-    assert!(matches!(
-        store
-            .append_update(&acme, &bob, Cursor::new(6), &events[0])
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert_eq!(store.log_head(&acme, &bob).await.unwrap(), Cursor::new(6));
     store
-        .append_update(&acme, &bob, Cursor::new(7), &events[0])
+        .write_updates(&[update(&acme, &bob, 7, &events[0])], VERSION + 1)
         .await
         .unwrap();
+    assert_eq!(store.log_head(&acme, &bob).await.unwrap(), Cursor::new(7));
     let touched = store
         .touch_device(&device(&acme, &bob, "phone", "ios 18"))
         .await
@@ -408,11 +420,13 @@ async fn leases_of_a_closed_store_are_free_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let ttl = std::time::Duration::from_secs(60);
-    let held = store.acquire_lease(3, "old", at(1_000), ttl).await.unwrap();
+    let held = store.acquire_lease("storage", 3, "old", at(1_000), ttl);
+    let held = held.await.unwrap();
     let held = held.expect("a free partition");
     drop(store);
     let store = open(&dir);
-    let taken = store.acquire_lease(3, "new", at(2_000), ttl).await.unwrap();
+    let taken = store.acquire_lease("storage", 3, "new", at(2_000), ttl);
+    let taken = taken.await.unwrap();
     let taken = taken.expect("free after the reopen, long before it would lapse");
     assert!(taken.epoch > held.epoch);
     assert!(
@@ -455,7 +469,7 @@ async fn a_newer_format_is_refused() {
     let txn = db.begin_write().unwrap();
     txn.open_table(META)
         .unwrap()
-        .insert("format_version", 2)
+        .insert("format_version", 3)
         .unwrap();
     txn.commit().unwrap();
     drop(db);
@@ -555,12 +569,8 @@ async fn trimming_past_the_head_keeps_the_log_writable() {
         user_id: alice.clone(),
         seq: Seq::new(1),
     });
-    for i in 1..=3 {
-        store
-            .append_update(&acme, &alice, Cursor::new(i), &event)
-            .await
-            .unwrap();
-    }
+    let logged: Vec<_> = (1..=3).map(|i| update(&acme, &alice, i, &event)).collect();
+    store.write_updates(&logged, VERSION).await.unwrap();
     store
         .trim_updates(&acme, &alice, Cursor::new(99))
         .await
@@ -575,7 +585,7 @@ async fn trimming_past_the_head_keeps_the_log_writable() {
         }
     );
     store
-        .append_update(&acme, &alice, Cursor::new(4), &event)
+        .write_updates(&[update(&acme, &alice, 4, &event)], VERSION + 1)
         .await
         .unwrap();
     let UpdateBatch::Updates(fresh) = read(3).await.unwrap() else {

@@ -15,7 +15,7 @@ use natter_core::{
     Attachment, Button, ButtonAction, ClientMessageId, Content, Conversation, ConversationId,
     Cursor, Device, DeviceId, Event, Limits, MembershipChange, MembershipKind, Message, MessageId,
     NewConversation, NewMessage, Postback, QuickReplies, QuickReply, ReadMarker, Role, Seq,
-    Template, TenantId, Timestamp, UserId,
+    Template, TenantId, Timestamp, Update, UserId,
 };
 
 use crate::{
@@ -46,10 +46,15 @@ macro_rules! store_conformance {
             member_limit_is_all_or_nothing,
             conversations_list_newest_first,
             read_marker_only_rises,
-            update_log_is_gap_free,
+            written_updates_read_back_in_order,
+            an_update_write_spans_users_and_tenants,
+            update_writes_cross_a_bucket_boundary,
+            a_rewritten_cursor_is_replaced,
+            update_write_rejects_bad_input_and_writes_nothing,
             trimmed_log_requires_resync,
             devices_keep_their_cursor,
             leases_pass_from_owner_to_owner,
+            scopes_lease_their_partitions_apart,
             one_of_racing_acquirers_wins,
         );
     };
@@ -1147,51 +1152,99 @@ async fn updates_after<S: Store>(
         .expect("read updates")
 }
 
-pub async fn update_log_is_gap_free<S: Store>(make: impl AsyncFn(Limits) -> S) {
+/// `event` at `cursor` of `who`'s log in `tenant`, as a write names it.
+fn entry(tenant: &TenantId, who: &UserId, cursor: u64, event: Event) -> (TenantId, UserId, Update) {
+    let cursor = Cursor::new(cursor);
+    (tenant.clone(), who.clone(), Update { cursor, event })
+}
+
+/// A read marker of `who` at `seq`: a small event, distinct per seq.
+fn marker(who: &UserId, seq: u64) -> Event {
+    Event::Read(ReadMarker {
+        conversation_id: ConversationId::generate(),
+        user_id: who.clone(),
+        seq: Seq::new(seq),
+    })
+}
+
+/// Writes markers at `cursors` of `who`'s log in one call, and returns
+/// them as updates.
+async fn write_markers<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    who: &UserId,
+    cursors: RangeInclusive<u64>,
+    version: u64,
+) -> Vec<Update> {
+    let written: Vec<_> = cursors
+        .map(|cursor| entry(tenant, who, cursor, marker(who, cursor)))
+        .collect();
+    store
+        .write_updates(&written, version)
+        .await
+        .expect("write updates");
+    written.into_iter().map(|(_, _, update)| update).collect()
+}
+
+/// Every update of a log, page by page.
+async fn all_updates<S: Store>(store: &S, tenant: &TenantId, who: &UserId) -> Vec<Update> {
+    let mut all: Vec<Update> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |u| u.cursor.get());
+        match updates_after(store, tenant, who, after, 1000).await {
+            UpdateBatch::Updates(page) if page.is_empty() => return all,
+            UpdateBatch::Updates(page) => all.extend(page),
+            resync => panic!("after {after}: {resync:?}"),
+        }
+    }
+}
+
+async fn head<S: Store>(store: &S, tenant: &TenantId, who: &UserId) -> u64 {
+    store.log_head(tenant, who).await.expect("log head").get()
+}
+
+fn cursors(updates: &[Update]) -> Vec<u64> {
+    updates.iter().map(|u| u.cursor.get()).collect()
+}
+
+pub async fn written_updates_read_back_in_order<S: Store>(make: impl AsyncFn(Limits) -> S) {
     let store = make(Limits::default()).await;
     let tenant = tenant();
     let alice = user("alice");
-    assert_eq!(
-        store.log_head(&tenant, &alice).await.expect("head"),
-        Cursor::ZERO
-    );
+    assert_eq!(head(&store, &tenant, &alice).await, 0);
     assert_eq!(
         updates_after(&store, &tenant, &alice, 0, 10).await,
         UpdateBatch::Updates(vec![])
     );
+    store
+        .write_updates(&[], VERSION)
+        .await
+        .expect("an empty write");
 
+    // Every event kind, over three writes of one entry, a few, and the rest.
     let events = events(ConversationId::generate());
-    for (i, event) in events.iter().enumerate() {
+    let written: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| entry(&tenant, &alice, i as u64 + 1, event.clone()))
+        .collect();
+    for (version, part) in [&written[..1], &written[1..4], &written[4..]]
+        .into_iter()
+        .enumerate()
+    {
         store
-            .append_update(&tenant, &alice, Cursor::new(i as u64 + 1), event)
+            .write_updates(part, VERSION + version as u64)
             .await
-            .expect("append");
+            .expect("write updates");
+        let last = part.last().expect("a part").2.cursor.get();
+        assert_eq!(head(&store, &tenant, &alice).await, last);
     }
     let n = events.len() as u64;
-    assert_eq!(
-        store.log_head(&tenant, &alice).await.expect("head"),
-        Cursor::new(n)
-    );
-
-    let taken = store
-        .append_update(&tenant, &alice, Cursor::new(n), &events[0])
-        .await;
-    assert!(
-        matches!(taken, Err(StoreError::Conflict(_))),
-        "got {taken:?}"
-    );
-    let gap = store
-        .append_update(&tenant, &alice, Cursor::new(n + 2), &events[0])
-        .await;
-    assert!(matches!(gap, Err(StoreError::Conflict(_))), "got {gap:?}");
 
     let UpdateBatch::Updates(first) = updates_after(&store, &tenant, &alice, 0, 3).await else {
         panic!("expected updates")
     };
-    assert_eq!(
-        first.iter().map(|u| u.cursor.get()).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    assert_eq!(cursors(&first), vec![1, 2, 3]);
     let UpdateBatch::Updates(rest) = updates_after(&store, &tenant, &alice, 3, 100).await else {
         panic!("expected updates")
     };
@@ -1203,13 +1256,157 @@ pub async fn update_log_is_gap_free<S: Store>(make: impl AsyncFn(Limits) -> S) {
     );
 
     // Logs are per user and per tenant.
-    assert_eq!(
-        store.log_head(&tenant, &user("bob")).await.expect("head"),
-        Cursor::ZERO
+    assert_eq!(head(&store, &tenant, &user("bob")).await, 0);
+    assert_eq!(head(&store, &self::tenant(), &alice).await, 0);
+}
+
+/// One write carries the entries of many users, of many tenants (as a
+/// sync process's partition of users does), in any order, and each lands
+/// in its log, in cursor order.
+pub async fn an_update_write_spans_users_and_tenants<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let (first, second) = (tenant(), tenant());
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    // Bob's log in the first tenant goes on from an earlier write.
+    write_markers(&store, &first, &bob, 1..=2, VERSION).await;
+
+    let logs = [
+        (&first, &alice, 1..=3),
+        (&first, &bob, 3..=5),
+        (&first, &carol, 1..=1),
+        (&second, &alice, 1..=4),
+    ];
+    let mut batch: Vec<(TenantId, UserId, Update)> = Vec::new();
+    // Interleaved across logs, and each log's entries newest first.
+    for step in 0..4 {
+        for (tenant, who, cursors) in &logs {
+            if let Some(cursor) = cursors.clone().rev().nth(step) {
+                batch.push(entry(tenant, who, cursor, marker(who, cursor)));
+            }
+        }
+    }
+    store
+        .write_updates(&batch, VERSION + 1)
+        .await
+        .expect("write updates");
+
+    for (tenant, who, cursors) in logs {
+        let all = all_updates(&store, tenant, who).await;
+        let mut expected: Vec<Update> = batch
+            .iter()
+            .filter(|(t, u, _)| t == tenant && u == who)
+            .map(|(_, _, update)| update.clone())
+            .collect();
+        expected.sort_by_key(|u| u.cursor);
+        assert_eq!(
+            all[all.len() - expected.len()..],
+            expected,
+            "{tenant} {who}"
+        );
+        assert_eq!(all.len() as u64, *cursors.end(), "{tenant} {who}");
+        assert_eq!(head(&store, tenant, who).await, *cursors.end());
+    }
+    assert_eq!(head(&store, &second, &bob).await, 0);
+    assert_eq!(head(&store, &second, &carol).await, 0);
+}
+
+/// The CQL store keeps 1,024 cursors to a partition; a write that crosses
+/// from one to the next, and every read around the boundary, must look as
+/// if there were none.
+pub async fn update_writes_cross_a_bucket_boundary<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let alice = user("alice");
+    let mut written = write_markers(&store, &tenant, &alice, 1..=1019, VERSION).await;
+    assert_eq!(head(&store, &tenant, &alice).await, 1019);
+    written.extend(write_markers(&store, &tenant, &alice, 1020..=1030, VERSION + 1).await);
+    assert_eq!(head(&store, &tenant, &alice).await, 1030);
+    assert_eq!(all_updates(&store, &tenant, &alice).await, written);
+
+    for (after, limit, expected) in [
+        (1015, 100, (1016..=1030).collect::<Vec<_>>()),
+        (1022, 3, vec![1023, 1024, 1025]),
+        (1023, 1, vec![1024]),
+        (1024, 2, vec![1025, 1026]),
+        (600, 500, (601..=1030).collect()),
+    ] {
+        let UpdateBatch::Updates(read) = updates_after(&store, &tenant, &alice, after, limit).await
+        else {
+            panic!("after {after}: expected updates")
+        };
+        assert_eq!(cursors(&read), expected, "after {after}, limit {limit}");
+    }
+
+    written.extend(write_markers(&store, &tenant, &alice, 1031..=1031, VERSION + 2).await);
+    assert_eq!(head(&store, &tenant, &alice).await, 1031);
+    assert_eq!(all_updates(&store, &tenant, &alice).await, written);
+}
+
+/// A new owner numbers from what is stored, so it may write cursors a
+/// deposed owner wrote too; its write, with a higher version, replaces
+/// theirs.
+pub async fn a_rewritten_cursor_is_replaced<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let alice = user("alice");
+    let first = write_markers(&store, &tenant, &alice, 1..=3, VERSION).await;
+    let again = write_markers(&store, &tenant, &alice, 2..=4, VERSION + 1).await;
+    assert_ne!(first[1], again[0], "the rewrite differs");
+    let mut expected = vec![first[0].clone()];
+    expected.extend(again);
+    assert_eq!(all_updates(&store, &tenant, &alice).await, expected);
+    assert_eq!(head(&store, &tenant, &alice).await, 4);
+
+    // Rewriting older cursors leaves the head where it is.
+    let older = write_markers(&store, &tenant, &alice, 1..=1, VERSION + 2).await;
+    assert_eq!(head(&store, &tenant, &alice).await, 4);
+    expected[0] = older[0].clone();
+    assert_eq!(all_updates(&store, &tenant, &alice).await, expected);
+}
+
+pub async fn update_write_rejects_bad_input_and_writes_nothing<S: Store>(
+    make: impl AsyncFn(Limits) -> S,
+) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let alice = user("alice");
+    let good = entry(&tenant, &alice, 1, marker(&alice, 1));
+    let conversation = ConversationId::generate();
+    let oversized = "x".repeat(Limits::default().max_message_bytes + 1);
+    let message =
+        |content| Event::Message(with_content(conversation, "bob", "k", content).at(Seq::new(1)));
+    for (bad, field) in [
+        (
+            entry(&tenant, &alice, 2, message(Content::Text(oversized))),
+            "content",
+        ),
+        (
+            entry(&tenant, &alice, 2, message(Content::Text("  ".into()))),
+            "content.text",
+        ),
+        (entry(&tenant, &alice, 0, marker(&alice, 2)), "cursor"),
+        (
+            entry(&tenant, &alice, u64::MAX, marker(&alice, 2)),
+            "cursor",
+        ),
+    ] {
+        assert_invalid(
+            store.write_updates(&[good.clone(), bad], VERSION).await,
+            field,
+        );
+    }
+    // A CQL timestamp is signed.
+    assert_invalid(
+        store
+            .write_updates(std::slice::from_ref(&good), u64::MAX)
+            .await,
+        "version",
     );
+    assert_eq!(head(&store, &tenant, &alice).await, 0);
     assert_eq!(
-        store.log_head(&self::tenant(), &alice).await.expect("head"),
-        Cursor::ZERO
+        updates_after(&store, &tenant, &alice, 0, 10).await,
+        UpdateBatch::Updates(vec![]),
+        "a refused write stores nothing, not even its valid entries"
     );
 }
 
@@ -1217,17 +1414,7 @@ pub async fn trimmed_log_requires_resync<S: Store>(make: impl AsyncFn(Limits) ->
     let store = make(Limits::default()).await;
     let tenant = tenant();
     let alice = user("alice");
-    let event = Event::Read(ReadMarker {
-        conversation_id: ConversationId::generate(),
-        user_id: alice.clone(),
-        seq: Seq::new(1),
-    });
-    for i in 1..=10 {
-        store
-            .append_update(&tenant, &alice, Cursor::new(i), &event)
-            .await
-            .expect("append");
-    }
+    write_markers(&store, &tenant, &alice, 1..=10, VERSION).await;
     store
         .trim_updates(&tenant, &alice, Cursor::new(5))
         .await
@@ -1245,14 +1432,20 @@ pub async fn trimmed_log_requires_resync<S: Store>(make: impl AsyncFn(Limits) ->
     let UpdateBatch::Updates(kept) = updates_after(&store, &tenant, &alice, 5, 10).await else {
         panic!("updates after the trim point are kept")
     };
+    assert_eq!(cursors(&kept), (6..=10).collect::<Vec<_>>());
+
+    // Rewriting forgotten entries brings none of them back.
+    write_markers(&store, &tenant, &alice, 4..=11, VERSION + 1).await;
     assert_eq!(
-        kept.iter().map(|u| u.cursor.get()).collect::<Vec<_>>(),
-        (6..=10).collect::<Vec<_>>()
+        updates_after(&store, &tenant, &alice, 4, 10).await,
+        UpdateBatch::ResyncRequired {
+            head: Cursor::new(11)
+        }
     );
-    store
-        .append_update(&tenant, &alice, Cursor::new(11), &event)
-        .await
-        .expect("append after trim");
+    let UpdateBatch::Updates(kept) = updates_after(&store, &tenant, &alice, 5, 10).await else {
+        panic!("updates after the trim point are kept")
+    };
+    assert_eq!(cursors(&kept), (6..=11).collect::<Vec<_>>());
 }
 
 pub async fn devices_keep_their_cursor<S: Store>(make: impl AsyncFn(Limits) -> S) {
@@ -1363,6 +1556,9 @@ pub async fn devices_keep_their_cursor<S: Store>(make: impl AsyncFn(Limits) -> S
     );
 }
 
+/// The scope the lease checks lease in, but for the check of scopes.
+const SCOPE: &str = "storage";
+
 /// A partition no other check uses: leases are not per tenant, and checks
 /// may share a store.
 fn partition() -> u32 {
@@ -1377,24 +1573,39 @@ fn second(secs: i64) -> Timestamp {
 
 const TTL: Duration = Duration::from_secs(10);
 
+/// Takes partition `p` of `scope` for `owner`, `secs` into the timeline.
+async fn acquire_at<S: Store>(
+    store: &S,
+    scope: &str,
+    p: u32,
+    owner: &str,
+    secs: i64,
+) -> Option<Lease> {
+    store
+        .acquire_lease(scope, p, owner, second(secs), TTL)
+        .await
+        .expect("acquire lease")
+}
+
+/// Renews `lease`, `secs` into the timeline.
+async fn renew_at<S: Store>(store: &S, lease: &Lease, secs: i64) -> Option<Lease> {
+    store
+        .renew_lease(lease, second(secs), TTL)
+        .await
+        .expect("renew lease")
+}
+
 pub async fn leases_pass_from_owner_to_owner<S: Store>(make: impl AsyncFn(Limits) -> S) {
     let store = make(Limits::default()).await;
     let p = partition();
-    let acquire = async |owner: &str, secs: i64| {
-        store
-            .acquire_lease(p, owner, second(secs), TTL)
-            .await
-            .expect("acquire lease")
-    };
-    let renew = async |lease: &Lease, secs: i64| {
-        store
-            .renew_lease(lease, second(secs), TTL)
-            .await
-            .expect("renew lease")
-    };
+    let acquire = async |owner: &str, secs: i64| acquire_at(&store, SCOPE, p, owner, secs).await;
+    let renew = async |lease: &Lease, secs: i64| renew_at(&store, lease, secs).await;
 
     let a = acquire("a", 0).await.expect("a free partition is taken");
-    assert_eq!((a.partition, a.owner.as_str()), (p, "a"));
+    assert_eq!(
+        (a.scope.as_str(), a.partition, a.owner.as_str()),
+        (SCOPE, p, "a")
+    );
     assert_eq!(a.until, second(10));
     assert!(a.epoch >= 1);
     // Held: refused to anyone until it ends, its holder included.
@@ -1432,10 +1643,49 @@ pub async fn leases_pass_from_owner_to_owner<S: Store>(make: impl AsyncFn(Limits
 
     // Partitions are independent.
     let elsewhere = store
-        .acquire_lease(partition(), "b", second(27), TTL)
+        .acquire_lease(SCOPE, partition(), "b", second(27), TTL)
         .await
         .expect("acquire lease");
     assert!(elsewhere.is_some());
+}
+
+/// Storage and sync both lease partitions, numbered from 0, in one store:
+/// a partition of one scope has nothing to do with the same number in
+/// another.
+pub async fn scopes_lease_their_partitions_apart<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let p = partition();
+    let acquire =
+        async |scope: &str, owner: &str, secs: i64| acquire_at(&store, scope, p, owner, secs).await;
+    let renew = async |lease: &Lease, secs: i64| renew_at(&store, lease, secs).await;
+    // One owner in both: the leases differ in their scope alone.
+    let storage = acquire("storage", "a", 0).await.expect("storage's is free");
+    let sync = acquire("sync", "a", 0)
+        .await
+        .expect("sync's is free while storage's is held");
+    assert_eq!((sync.scope.as_str(), sync.partition), ("sync", p));
+    assert_eq!((storage.scope.as_str(), storage.partition), ("storage", p));
+    assert_eq!(sync.until, second(10));
+    assert_eq!(acquire("storage", "b", 1).await, None);
+    assert_eq!(acquire("sync", "b", 1).await, None);
+
+    // Renewing and releasing one leaves the other as it was.
+    let storage = renew(&storage, 5).await.expect("storage's is held");
+    assert_eq!(storage.until, second(15));
+    store.release_lease(&storage).await.expect("release");
+    assert_eq!(acquire("sync", "b", 6).await, None, "sync's is still held");
+    let renewed = renew(&sync, 6).await.expect("sync's is held");
+    assert_eq!(renewed.until, second(16));
+    let taken = acquire("storage", "b", 6)
+        .await
+        .expect("storage's was released");
+    assert!(taken.epoch > storage.epoch);
+
+    // And the other way round.
+    store.release_lease(&renewed).await.expect("release");
+    let sync = acquire("sync", "c", 7).await.expect("sync's was released");
+    assert!(sync.epoch > renewed.epoch);
+    assert_eq!(acquire("storage", "c", 7).await, None, "storage's is b's");
 }
 
 /// Processes racing for a free partition, then for a lapsed one: one gets
@@ -1450,7 +1700,9 @@ pub async fn one_of_racing_acquirers_wins<S: Store>(make: impl AsyncFn(Limits) -
             let store = store.clone();
             tokio::spawn(async move {
                 let owner = format!("racer-{round}-{i}");
-                store.acquire_lease(p, &owner, second(secs), TTL).await
+                store
+                    .acquire_lease(SCOPE, p, &owner, second(secs), TTL)
+                    .await
             })
         });
         let mut won = Vec::new();
@@ -1470,7 +1722,7 @@ pub async fn one_of_racing_acquirers_wins<S: Store>(make: impl AsyncFn(Limits) -
         );
         assert_eq!(
             store
-                .acquire_lease(p, "late", second(secs), TTL)
+                .acquire_lease(SCOPE, p, "late", second(secs), TTL)
                 .await
                 .expect("acquire lease"),
             None,

@@ -79,12 +79,18 @@ pub enum MessageRange {
     Before { before: Option<Seq>, limit: u32 },
 }
 
-/// A hold on one partition of conversations: while it lasts, its owner is
-/// the only one to number and write their messages (the sequencer).
+/// A hold on one partition of a scope: while it lasts, its owner is the
+/// only one to number and write what the partition holds (a storage
+/// sequencer the messages of its conversations, a sync process the log
+/// entries of its users).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// Whose partitions these are, such as `"storage"` or `"sync"`: each
+    /// scope numbers its partitions on its own, so partition 3 of one is
+    /// not partition 3 of another.
+    pub scope: String,
     pub partition: u32,
-    /// Who holds it: a storage process's instance id.
+    /// Who holds it: a process's instance id.
     pub owner: String,
     /// Higher for every new holder than for any before; a renewal keeps it.
     pub epoch: u64,
@@ -200,19 +206,24 @@ pub trait ConversationStore: LeaseStore {
     ) -> Result<Option<ReadMarker>>;
 }
 
-/// Leases on partitions of conversations, for the storage service's
-/// sequencers. Taking one over is the rare event that may cost a
-/// consensus round (an LWT on CQL); renewing is one too, every few seconds
-/// per partition, never per message.
+/// Leases on partitions, for the processes that each write a share of
+/// the data alone: the storage service's sequencers (partitions of
+/// conversations) and the sync service's log writers (partitions of
+/// users). A lease is named by its scope and partition; scopes share
+/// nothing, so services may lease the same partition numbers in one store.
+/// Taking one over is the rare event that may cost a consensus round (an
+/// LWT on CQL); renewing is one too, every few seconds per partition,
+/// never per message.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
-    /// Takes `partition` for `owner` until `now + ttl` if nobody holds it
-    /// at `now` (never taken, released, or lapsed: `until <= now`), with an
-    /// epoch above every earlier holder's, even when `owner` held it last.
-    /// `None` if it is held, by `owner` too (that is what renewing is for),
-    /// or if another caller took it at the same time.
+    /// Takes `partition` of `scope` for `owner` until `now + ttl` if nobody
+    /// holds it at `now` (never taken, released, or lapsed: `until <=
+    /// now`), with an epoch above every earlier holder's, even when `owner`
+    /// held it last. `None` if it is held, by `owner` too (that is what
+    /// renewing is for), or if another caller took it at the same time.
     async fn acquire_lease(
         &self,
+        scope: &str,
         partition: u32,
         owner: &str,
         now: Timestamp,
@@ -220,8 +231,8 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> Result<Option<Lease>>;
 
     /// Extends `lease` to `now + ttl` if nobody has taken it since, that is
-    /// if the partition's owner and epoch are still the lease's (it may
-    /// have lapsed meanwhile); `None` if it was lost.
+    /// if its scope's partition's owner and epoch are still the lease's (it
+    /// may have lapsed meanwhile); `None` if it was lost.
     async fn renew_lease(
         &self,
         lease: &Lease,
@@ -243,36 +254,85 @@ pub fn validate_write(
     version: u64,
     limits: &Limits,
 ) -> Result<()> {
-    if i64::try_from(version).is_err() {
-        let reason = format!("must be at most {}, got {version}", i64::MAX);
-        return Err(Invalid::new("version", reason).into());
-    }
+    validate_version(version)?;
     for (_, message) in messages {
         message.content.validate(limits)?;
-        if message.seq == Seq::ZERO || i64::try_from(message.seq.get()).is_err() {
-            let reason = format!("must be from 1 to {}, got {}", i64::MAX, message.seq);
-            return Err(Invalid::new("seq", reason).into());
-        }
+        validate_position("seq", message.seq.get())?;
     }
     Ok(())
 }
 
-/// Per-user update logs and the devices that sync them.
+/// Checks a [`write_updates`](SyncStore::write_updates) call as every store
+/// does before writing any of it: message events' content within `limits`,
+/// cursors from 1 to `i64::MAX` and a version up to `i64::MAX`.
+pub fn validate_update_write(
+    updates: &[(TenantId, UserId, Update)],
+    version: u64,
+    limits: &Limits,
+) -> Result<()> {
+    validate_version(version)?;
+    for (_, _, update) in updates {
+        if let Event::Message(message) = &update.event {
+            message.content.validate(limits)?;
+        }
+        validate_position("cursor", update.cursor.get())?;
+    }
+    Ok(())
+}
+
+/// A version is a CQL timestamp, which is signed.
+fn validate_version(version: u64) -> Result<()> {
+    if i64::try_from(version).is_err() {
+        let reason = format!("must be at most {}, got {version}", i64::MAX);
+        return Err(Invalid::new("version", reason).into());
+    }
+    Ok(())
+}
+
+/// A seq or cursor is stored as a CQL `bigint`, and 0 means "none yet".
+fn validate_position(field: &'static str, position: u64) -> Result<()> {
+    if position == 0 || i64::try_from(position).is_err() {
+        let reason = format!("must be from 1 to {}, got {position}", i64::MAX);
+        return Err(Invalid::new(field, reason).into());
+    }
+    Ok(())
+}
+
+/// Per-user update logs and the devices that sync them, and the leases of
+/// the sync processes that write the logs.
 #[async_trait]
-pub trait SyncStore: Send + Sync + 'static {
+pub trait SyncStore: LeaseStore {
     /// The position of the newest update in `user`'s log (`Cursor::ZERO`
     /// for an empty log).
     async fn log_head(&self, tenant: &TenantId, user: &UserId) -> Result<Cursor>;
 
-    /// Writes `event` at position `at`, which must be the head plus one.
-    /// Fails with `Conflict` if that position is taken, so one writer per
-    /// user keeps the log gap-free and a replayed write is detected.
-    async fn append_update(
+    /// Writes log entries that their partition's writer numbered, each
+    /// user's continuing from its log's head (head + 1, + 2, ...), as they
+    /// are: no read and no condition, and an entry at a cursor that is
+    /// stored already replaces it. A log's head rises to the highest
+    /// cursor written to it. Each user's entries land in cursor order, so
+    /// after a failure what landed of each user is a prefix of their part
+    /// of `updates` (in cursor order).
+    ///
+    /// Of two writes of one cursor the one with the higher `version`
+    /// stands, whatever order they land in. Versions work as in
+    /// [`write_messages`](ConversationStore::write_messages): the owner's
+    /// clock in microseconds, raised above its own previous one, under a
+    /// lease that leaves one owner per partition of users, so a deposed
+    /// owner's late write never replaces its successor's. Each call needs
+    /// a version of its own and names each cursor of a user at most once.
+    /// One write costs one durable write per user bucket (CQL) or a share
+    /// of one transaction (embedded), not one per entry. An entry at or
+    /// below a log's trim point is forgotten as soon as it is written: no
+    /// read returns it.
+    ///
+    /// A message event's content beyond the limits, a cursor of 0 or past
+    /// `i64::MAX`, or a version past `i64::MAX` is `Invalid`, and nothing
+    /// is written.
+    async fn write_updates(
         &self,
-        tenant: &TenantId,
-        user: &UserId,
-        at: Cursor,
-        event: &Event,
+        updates: &[(TenantId, UserId, Update)],
+        version: u64,
     ) -> Result<()>;
 
     /// Up to `limit` updates after `after`, in order.

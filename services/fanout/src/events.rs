@@ -1,5 +1,8 @@
 //! The EVENTS consumer: every durable conversation event becomes one
-//! `UserEvent` per user it concerns, stored on the USERS stream.
+//! `UserEvent` per user it concerns, stored on the USERS stream in one
+//! `UserEvents` message per partition for each EVENTS message, so a write
+//! of many messages costs one USERS message per partition it reaches, not
+//! one per recipient and message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +10,7 @@ use std::time::Duration;
 use natter_bus::{Bus, BusError, DurableMessage, Outgoing};
 use natter_contract::{Handled, Topology, USERS, encode, subjects};
 use natter_core::{ConversationId, Event, Invalid, TenantId, UserId};
-use natter_proto::bus::v1::{ConversationEvent, UserEvent};
+use natter_proto::bus::v1::{ConversationEvent, ConversationEvents, UserEvent};
 use natter_proto::convert::{parse_id, required};
 use natter_proto::v1;
 use prost::Message as _;
@@ -18,7 +21,7 @@ use crate::directory::Directory;
 use crate::members::Members;
 use crate::stats::Stats;
 
-/// User events published in one batch: one journal transaction on the
+/// USERS messages published in one batch: one journal transaction on the
 /// in-process bus, one window of acks on NATS.
 const PUBLISH_BATCH: usize = 256;
 
@@ -41,36 +44,67 @@ pub(crate) struct Expander {
 }
 
 impl Expander {
-    /// Handles one delivery of the EVENTS stream. `Done` only once every
-    /// recipient's user event is persisted; `Retry` if anything failed, and
-    /// the next attempt publishes again under the same dedup ids.
-    #[tracing::instrument(skip_all, fields(delivered, conversation, key))]
-    pub(crate) async fn handle(&self, message: ConversationEvent, delivered: u32) -> Handled {
-        let _pending = self.stats.event_received();
+    /// Handles one delivery of the EVENTS stream: the events of one write
+    /// or change, in order. `Done` only once every recipient's user event
+    /// is persisted; `Retry` if anything failed, and the next attempt
+    /// publishes again under the same dedup ids.
+    #[tracing::instrument(skip_all, fields(delivered, events, first))]
+    pub(crate) async fn handle(&self, batch: ConversationEvents, delivered: u32) -> Handled {
         let span = tracing::Span::current();
         span.record("delivered", delivered);
-        let (tenant, wire, event) = match parse(message) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                // Asking again cannot fix it, and holding it would block the
-                // partition: report and skip.
-                tracing::error!(error = %e, "invalid conversation event dropped");
-                return Handled::Done;
+        span.record("events", batch.events.len());
+        let mut first_key = None;
+        let mut expanded = Expanded::default();
+        for message in batch.events {
+            let _pending = self.stats.event_received();
+            let (tenant, wire, event) = match parse(message) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    // Asking again cannot fix it, and holding it would block
+                    // the partition: report and skip.
+                    tracing::error!(error = %e, "invalid conversation event dropped");
+                    continue;
+                }
+            };
+            let key = first_key.get_or_insert_with(|| event.key());
+            span.record("first", key.as_str());
+            if let Err(delay) = self
+                .expand(&tenant, wire, &event, delivered, &mut expanded)
+                .await
+            {
+                return Handled::Retry(delay);
             }
+        }
+        let Some(first_key) = first_key else {
+            return Handled::Done;
         };
-        let key = event.key();
-        span.record(
-            "conversation",
-            tracing::field::display(event.conversation_id()),
-        );
-        span.record("key", key.as_str());
+        match self.publish(&first_key, expanded).await {
+            Ok(()) => Handled::Done,
+            Err(e) => {
+                let delay = retry_delay(delivered);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store user events; retrying");
+                Handled::Retry(delay)
+            }
+        }
+    }
 
-        if let Event::Membership(change) = &event {
-            self.directory.apply(&tenant, change);
+    /// Adds `event`'s user events to `out`, and tells the room's watchers
+    /// of a message. `Err` with the delay before a retry if the members
+    /// cannot be listed now.
+    async fn expand(
+        &self,
+        tenant: &TenantId,
+        wire: v1::Event,
+        event: &Event,
+        delivered: u32,
+        out: &mut Expanded,
+    ) -> Result<(), Duration> {
+        if let Event::Membership(change) = event {
+            self.directory.apply(tenant, change);
         }
         let members = match self
             .directory
-            .members(&tenant, event.conversation_id())
+            .members(tenant, event.conversation_id())
             .await
         {
             Ok(members) => members,
@@ -81,15 +115,14 @@ impl Expander {
             Err(e) => {
                 let delay = retry_delay(delivered);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot list members; retrying");
-                return Handled::Retry(delay);
+                return Err(delay);
             }
         };
-
         if let v1::Event {
             kind: Some(v1::event::Kind::Message(message)),
         } = &wire
         {
-            self.publish_to_room(&tenant, event.conversation_id(), message.clone())
+            self.publish_to_room(tenant, event.conversation_id(), message.clone())
                 .await;
         }
         let common = UserEvent {
@@ -98,15 +131,11 @@ impl Expander {
             event: Some(wire),
         }
         .encode_to_vec();
-        let recipients = recipients(&event, &members, self.big_room_members);
-        match self.publish(&tenant, &key, &common, recipients).await {
-            Ok(()) => Handled::Done,
-            Err(e) => {
-                let delay = retry_delay(delivered);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store user events; retrying");
-                Handled::Retry(delay)
-            }
+        for user in recipients(event, &members, self.big_room_members) {
+            let subject = USERS.subject(&self.topology, &subjects::user_key(tenant, user));
+            out.add(subject, &payload(&common, user));
         }
+        Ok(())
     }
 
     /// Tells the gateways of devices watching the conversation. Core NATS,
@@ -127,27 +156,54 @@ impl Expander {
         }
     }
 
-    async fn publish(
-        &self,
-        tenant: &TenantId,
-        key: &str,
-        common: &[u8],
-        recipients: Vec<&UserId>,
-    ) -> Result<(), BusError> {
-        for chunk in recipients.chunks(PUBLISH_BATCH) {
+    /// Publishes one USERS message per partition the user events fall in,
+    /// all in one durable batch, with dedup ids made from the EVENTS
+    /// message's first key, so a retry stores each once.
+    async fn publish(&self, first_key: &str, expanded: Expanded) -> Result<(), BusError> {
+        for chunk in expanded.partitions.chunks(PUBLISH_BATCH) {
             let batch = chunk
                 .iter()
-                .map(|user| DurableMessage {
-                    subject: USERS.subject(&self.topology, &subjects::user_key(tenant, user)),
-                    message: Outgoing::new(payload(common, user)),
-                    dedup_id: Some(dedup_id(key, user)),
+                .map(|(subject, events, _)| DurableMessage {
+                    subject: subject.clone(),
+                    message: Outgoing::new(events.clone()),
+                    dedup_id: Some(dedup_id(first_key, subject)),
                 })
                 .collect();
             let persisted = self.bus.publish_durable_batch(batch).await?;
-            let written = persisted.iter().filter(|p| !p.duplicate).count();
+            let written: usize = persisted
+                .iter()
+                .zip(chunk)
+                .filter(|(p, _)| !p.duplicate)
+                .map(|(_, (_, _, count))| count)
+                .sum();
             Stats::add(&self.stats.updates_written, written as u64);
         }
         Ok(())
+    }
+}
+
+/// User events by USERS partition subject, each partition's as the
+/// encoded `UserEvents` it will be, with its number of events.
+#[derive(Debug, Default)]
+struct Expanded {
+    partitions: Vec<(String, Vec<u8>, usize)>,
+}
+
+impl Expanded {
+    /// Appends one encoded `UserEvent` to its partition's `UserEvents`.
+    fn add(&mut self, subject: String, user_event: &[u8]) {
+        let at = match self.partitions.iter().position(|(s, _, _)| *s == subject) {
+            Some(at) => at,
+            None => {
+                self.partitions.push((subject, Vec::new(), 0));
+                self.partitions.len() - 1
+            }
+        };
+        let (_, buf, count) = &mut self.partitions[at];
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(user_event.len() as u64, buf);
+        buf.extend_from_slice(user_event);
+        *count += 1;
     }
 }
 
@@ -205,10 +261,11 @@ fn payload(common: &[u8], user: &UserId) -> Vec<u8> {
     buf
 }
 
-/// `<event key>/<user>`, or for ids too long for the bus (long user ids)
-/// `sha256/<hex digest of that>`, which no event key starts with.
-pub(crate) fn dedup_id(key: &str, user: &UserId) -> String {
-    let id = format!("{key}/{user}");
+/// `<first event key>/<USERS subject>`, or for ids too long for the bus
+/// (long user ids in membership keys) `sha256/<hex digest of that>`, which
+/// no event key starts with.
+pub(crate) fn dedup_id(first_key: &str, subject: &str) -> String {
+    let id = format!("{first_key}/{subject}");
     if id.len() <= MAX_DEDUP_ID_BYTES {
         return id;
     }
@@ -325,20 +382,45 @@ mod tests {
     #[test]
     fn dedup_ids_fit_the_bus() {
         let key = change("c", MembershipKind::Left).key();
-        assert_eq!(dedup_id(&key, &user("bob")), format!("{key}/bob"));
-        let long = user(&"x".repeat(UserId::MAX_BYTES));
-        let key = change(long.as_str(), MembershipKind::Left).key();
-        let hashed = dedup_id(&key, &long);
+        assert_eq!(dedup_id(&key, "users.3"), format!("{key}/users.3"));
+        let key = "k".repeat(MAX_DEDUP_ID_BYTES);
+        let hashed = dedup_id(&key, "users.3");
         assert!(
             hashed.starts_with("sha256/") && hashed.len() == 71,
             "{hashed}"
         );
         natter_bus::check_dedup_id(&hashed).unwrap();
-        assert_eq!(hashed, dedup_id(&key, &long));
-        assert_ne!(
-            hashed,
-            dedup_id(&key, &user(&"y".repeat(UserId::MAX_BYTES)))
-        );
+        assert_eq!(hashed, dedup_id(&key, "users.3"));
+        assert_ne!(hashed, dedup_id(&key, "users.4"));
+    }
+
+    #[test]
+    fn a_partitions_user_events_decode_as_one_message() {
+        let wire = v1::Event::from(change("c", MembershipKind::Joined));
+        let common = UserEvent {
+            tenant_id: "acme".into(),
+            user_id: String::new(),
+            event: Some(wire.clone()),
+        }
+        .encode_to_vec();
+        let mut expanded = Expanded::default();
+        for name in ["ann", "bob"] {
+            expanded.add("users.1".into(), &payload(&common, &user(name)));
+        }
+        expanded.add("users.2".into(), &payload(&common, &user("cy")));
+        let [(_, one, 2), (_, two, 1)] = &expanded.partitions[..] else {
+            panic!("two partitions: {:?}", expanded.partitions);
+        };
+        let users = |bytes: &[u8]| -> Vec<String> {
+            natter_proto::bus::v1::UserEvents::decode(bytes)
+                .unwrap()
+                .events
+                .into_iter()
+                .map(|e| e.user_id)
+                .collect()
+        };
+        assert_eq!(users(one), ["ann", "bob"]);
+        assert_eq!(users(two), ["cy"]);
     }
 
     #[test]

@@ -29,7 +29,9 @@ use tonic::{Request, Response, Status};
 use tracing::Span;
 
 use crate::policy;
-use crate::storage::{Storage, invalid, joined, now, store_status, unavailable};
+use crate::storage::{
+    RETRY_CALL, Storage, invalid, joined, now, store_status, unavailable, with_tenant,
+};
 
 /// How long `SendMessage` waits for the sequencer's outcome before
 /// telling the caller to retry.
@@ -111,7 +113,9 @@ impl ConversationApi {
                 .flatten()
                 .map(|m| joined(new.id, &m.user_id, m.role, m.joined_at))
                 .collect();
-            self.storage.announce(&new.tenant_id, events).await?;
+            self.storage
+                .announce(with_tenant(&new.tenant_id, events), RETRY_CALL)
+                .await?;
         }
         Ok(existing)
     }
@@ -177,7 +181,9 @@ impl ConversationService for ConversationApi {
                     .iter()
                     .map(|(user, role)| joined(id, user, *role, conversation.created_at))
                     .collect();
-                self.storage.announce(&who.tenant, events).await?;
+                self.storage
+                    .announce(with_tenant(&who.tenant, events), RETRY_CALL)
+                    .await?;
                 conversation
             }
             Err(StoreError::Conflict(_)) if proposed => self.retried_create(&new).await?,
@@ -285,7 +291,9 @@ impl ConversationService for ConversationApi {
                     .map(|m| joined(id, &m.user_id, m.role, m.joined_at)),
             )
             .collect();
-        self.storage.announce(&who.tenant, events).await?;
+        self.storage
+            .announce(with_tenant(&who.tenant, events), RETRY_CALL)
+            .await?;
         Ok(Response::new(AddMembersResponse {
             changes: changes.into_iter().map(Into::into).collect(),
         }))
@@ -321,7 +329,9 @@ impl ConversationService for ConversationApi {
             .await
             .map_err(store_status)?;
         let events = changes.iter().cloned().map(Event::Membership).collect();
-        self.storage.announce(&who.tenant, events).await?;
+        self.storage
+            .announce(with_tenant(&who.tenant, events), RETRY_CALL)
+            .await?;
         Ok(Response::new(RemoveMembersResponse {
             changes: changes.into_iter().map(Into::into).collect(),
         }))

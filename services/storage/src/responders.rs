@@ -21,7 +21,7 @@ use tonic::Status;
 
 use crate::policy;
 use crate::sequencer::actor_from_wire;
-use crate::storage::{Storage, invalid, store_status};
+use crate::storage::{RETRY_CALL, Storage, invalid, store_status};
 
 /// Requests one storage process answers at once, per subject.
 const CONCURRENCY: usize = 64;
@@ -109,7 +109,7 @@ async fn raise_watermark(
         Some(marker) => {
             let seq = marker.seq;
             storage
-                .announce(&reader.tenant, vec![Event::Read(marker)])
+                .announce(vec![(reader.tenant, Event::Read(marker))], RETRY_CALL)
                 .await?;
             Ok((seq, true))
         }

@@ -6,17 +6,13 @@
 //! (one store write per batch), publishes the batch's events on EVENTS in
 //! one durable batch, and only then answers each sender.
 //!
-//! Leases: every process tries to take every partition nobody holds and
-//! renews what it holds every [`RENEW_EVERY`]. A holder stops numbering
-//! [`MARGIN`] before its lease would lapse, and a successor takes it only
-//! once it has lapsed, so with clocks that agree to within the margin two
-//! processes never number one partition at once; a deposed holder's write
-//! that lands late anyway loses to its successor's, whose version (the
-//! clock, later) is higher. A write that ends after the holder stopped
-//! trusting its lease is not acknowledged: its senders retry, and the
-//! successor's window recognises what landed.
+//! Partitions are held through leases (`natter_server::partitions`), so
+//! two processes never number one partition at once; a deposed holder's
+//! write that lands late anyway loses to its successor's, whose version
+//! (the clock, later) is higher. A write that ends after the holder
+//! stopped trusting its lease is not acknowledged: its senders retry, and
+//! the successor's window recognises what landed.
 
-use std::collections::HashMap;
 use std::hash::RandomState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,25 +24,21 @@ use natter_auth::Identity;
 use natter_bus::Incoming;
 use natter_contract::{encode, subjects};
 use natter_core::sequencer::{ConversationKey, Sequencer, SequencerConfig, Step, Stored};
-use natter_core::{ClientMessageId, ConversationId, Message, MessageId, NewMessage, Seq, TenantId};
+use natter_core::{
+    ClientMessageId, ConversationId, Event, Message, MessageId, NewMessage, Seq, TenantId,
+};
 use natter_proto::bus::v1::{Actor, SendCommand, SendOutcome, send_outcome};
 use natter_proto::convert::{content_from_wire, parse_id, role_from_wire, timestamp_from_wire};
 use natter_proto::status::to_failure;
-use natter_store::{Lease, MessageRange, StoreError};
+use natter_server::partitions::{self, trusted};
+use natter_store::{Lease, LeaseStore, MessageRange, StoreError};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::policy;
-use crate::storage::{Storage, invalid, now, store_status, unavailable};
+use crate::storage::{Storage, invalid, store_status, unavailable};
 
-/// How long a lease lasts unless renewed.
-const LEASE_TTL: Duration = Duration::from_secs(10);
-/// How often leases are renewed, and free partitions looked for.
-const RENEW_EVERY: Duration = Duration::from_secs(2);
-/// How long before its lease lapses a holder stops trusting it.
-const MARGIN: Duration = Duration::from_secs(3);
 /// Sends whose sender is being checked at once, per partition.
 const CHECKS_IN_FLIGHT: usize = 256;
 /// Batches waiting to be announced, per partition.
@@ -54,107 +46,22 @@ const ANNOUNCE_QUEUE: usize = 64;
 
 /// What a sender is told when its message may or may not be stored.
 const RETRY_SEND: &str = "the message may not be stored yet; retry with the same client_message_id";
+/// What a sender is told when its message is stored but not announced.
+const RETRY_UNANNOUNCED: &str =
+    "the message is stored but could not be announced; retry with the same client_message_id";
+
+/// The scope of storage's leases.
+const SCOPE: &str = "storage";
 
 /// Holds what partitions it can and serves them until `shutdown`; then
 /// lets every partition's work settle and gives the leases up.
 pub(crate) async fn run(storage: Arc<Storage>, owner: String, shutdown: CancellationToken) {
-    let mut held: HashMap<u32, Held> = HashMap::new();
-    let mut tick = tokio::time::interval(RENEW_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        for partition in 0..storage.topology.partitions.get() {
-            match held.remove(&partition) {
-                Some(mut holding) => {
-                    if holding.renew(&storage).await {
-                        held.insert(partition, holding);
-                    } else {
-                        holding.stop().await;
-                    }
-                }
-                None => {
-                    if let Some(holding) = Held::acquire(&storage, partition, &owner).await {
-                        held.insert(partition, holding);
-                    }
-                }
-            }
-        }
-    }
-    for (_, holding) in held {
-        let lease = holding.lease.borrow().clone();
-        holding.stop().await;
-        if let Err(e) = storage.store.release_lease(&lease).await {
-            tracing::warn!(partition = lease.partition, error = %e, "cannot release a lease; it lapses on its own");
-        }
-    }
-}
-
-/// A partition this process holds, and the task serving it.
-struct Held {
-    lease: watch::Sender<Lease>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Held {
-    async fn acquire(storage: &Arc<Storage>, partition: u32, owner: &str) -> Option<Self> {
-        let lease = match storage
-            .store
-            .acquire_lease(partition, owner, now(), LEASE_TTL)
-            .await
-        {
-            Ok(lease) => lease?,
-            Err(e) => {
-                tracing::warn!(partition, error = %e, "cannot take a lease");
-                return None;
-            }
-        };
-        tracing::info!(partition, epoch = lease.epoch, "holding partition");
-        let (lease, watched) = watch::channel(lease);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(storage.clone(), watched, stop.clone()));
-        Some(Self { lease, stop, task })
-    }
-
-    /// Renews the lease; `false` if the partition is no longer ours (lost,
-    /// or its task ended).
-    async fn renew(&mut self, storage: &Storage) -> bool {
-        if self.task.is_finished() {
-            return false;
-        }
-        let lease = self.lease.borrow().clone();
-        match storage.store.renew_lease(&lease, now(), LEASE_TTL).await {
-            Ok(Some(renewed)) => {
-                self.lease.send_replace(renewed);
-                true
-            }
-            Ok(None) => {
-                tracing::warn!(partition = lease.partition, "lease lost");
-                false
-            }
-            // The task stops trusting the lease by itself as it runs out.
-            Err(e) => {
-                tracing::warn!(partition = lease.partition, error = %e, "cannot renew a lease");
-                true
-            }
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "a partition's task failed");
-        }
-    }
-}
-
-/// Whether `lease` may still be trusted now.
-fn trusted(lease: &Lease) -> bool {
-    let margin = i64::try_from(MARGIN.as_millis()).unwrap_or(i64::MAX);
-    now().as_millis() < lease.until.as_millis().saturating_sub(margin)
+    let leases: Arc<dyn LeaseStore> = storage.store.clone();
+    let count = storage.topology.partitions.get();
+    partitions::hold(leases, SCOPE, owner, count, shutdown, |lease, stop| {
+        serve(storage.clone(), lease, stop)
+    })
+    .await;
 }
 
 /// The clock in microseconds since 1970.
@@ -359,11 +266,11 @@ async fn announce_in_order(storage: Arc<Storage>, mut queue: mpsc::Receiver<Anno
     while let Some(next) = queue.recv().await {
         match next {
             Announce::Stored(stored) => {
-                let events: Vec<(TenantId, Message)> = stored
+                let events = stored
                     .iter()
-                    .map(|s| (s.tenant.clone(), s.message.clone()))
+                    .map(|s| (s.tenant.clone(), Event::Message(s.message.clone())))
                     .collect();
-                let announced = storage.announce_messages(events).await;
+                let announced = storage.announce(events, RETRY_UNANNOUNCED).await;
                 for s in stored {
                     let outcome = match &announced {
                         Ok(()) => stored_outcome(s.message, false),
@@ -405,9 +312,8 @@ async fn duplicate(storage: &Storage, key: &ConversationKey, seq: Seq) -> Result
         .next()
         .filter(|m| m.seq == seq)
         .ok_or_else(|| unavailable(RETRY_SEND))?;
-    storage
-        .announce_messages(vec![(key.0.clone(), message.clone())])
-        .await?;
+    let again = vec![(key.0.clone(), Event::Message(message.clone()))];
+    storage.announce(again, RETRY_UNANNOUNCED).await?;
     Ok(message)
 }
 

@@ -7,21 +7,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
 use natter_auth::Identity;
-use natter_bus::{Bus, BusError, DurableMessage};
+use natter_bus::{Bus, DurableMessage};
 use natter_contract::{Backoff, EVENTS, Topology, encode, subjects};
 use natter_core::{
-    ConversationId, Event, Invalid, Limits, Member, MembershipChange, MembershipKind, Message,
-    Role, TenantId, Timestamp, UserId,
+    ConversationId, Event, Invalid, Limits, Member, MembershipChange, MembershipKind, Role,
+    TenantId, Timestamp, UserId,
 };
-use natter_proto::bus::v1::{ConversationEvent, Failure};
+use natter_proto::bus::v1::{ConversationEvent, ConversationEvents, Failure};
 use natter_proto::status::{self, reason};
 use natter_store::{ConversationStore, StoreError};
 use tonic::{Code, Status};
 
 use crate::policy::{self, Check};
 
-/// Durable publishes in flight at once for one request's events.
-const PUBLISH_CONCURRENCY: usize = 32;
+/// What a caller is told when its change is stored but not announced.
+pub(crate) const RETRY_CALL: &str =
+    "the change is stored but could not be announced; retry the call";
+
 /// Attempts of one durable publish before a request gives up on it.
 const PUBLISH_ATTEMPTS: u32 = 3;
 /// Store lookups in flight at once for one request.
@@ -56,113 +58,69 @@ impl Storage {
         }
     }
 
-    /// Publishes `event` of a conversation of `tenant` durably on EVENTS,
-    /// with the event's key as the dedup id, so publishing it again (a
-    /// retry, a redelivered command) stores it once within the stream's
-    /// duplicate window, and consumers downstream deduplicate by the same
-    /// key after that.
-    pub(crate) async fn publish(&self, tenant: &TenantId, event: Event) -> Result<(), BusError> {
-        let DurableMessage {
-            subject,
-            message,
-            dedup_id,
-        } = self.durable(tenant, event);
-        self.bus
-            .publish_durable(&subject, message, dedup_id.as_deref())
-            .await
-            .map(drop)
-    }
-
-    /// `event` as published on EVENTS: on its conversation's partition,
-    /// with its key as the dedup id.
-    fn durable(&self, tenant: &TenantId, event: Event) -> DurableMessage {
-        let key = event.key();
-        let subject = EVENTS.subject(
-            &self.topology,
-            &subjects::conversation_key(event.conversation_id()),
-        );
-        let message = encode(&ConversationEvent {
-            tenant_id: tenant.to_string(),
-            event: Some(event.into()),
-        });
-        DurableMessage {
-            subject,
-            message,
-            dedup_id: Some(key),
-        }
-    }
-
-    /// Publishes the message events of one write as one durable batch,
-    /// retrying it briefly. The messages are stored already, so failing
-    /// here answers UNAVAILABLE: their senders retry, and the retry's
-    /// duplicate is announced again.
-    pub(crate) async fn announce_messages(
+    /// Publishes `events` durably on EVENTS, in order, as one message per
+    /// partition they fall in (all of one conversation, or all of one
+    /// sequencer's write, fall in one), retrying briefly. The change they
+    /// announce is stored already, so failing here answers UNAVAILABLE
+    /// with `retry`: see the crate docs for what a retry repairs.
+    ///
+    /// Each message's dedup id comes from its events' keys, so publishing
+    /// the same events again (a retry of the call) stores them once within
+    /// the stream's duplicate window, and consumers downstream deduplicate
+    /// by the events' keys after that.
+    pub(crate) async fn announce(
         &self,
-        messages: Vec<(TenantId, Message)>,
+        events: Vec<(TenantId, Event)>,
+        retry: &str,
     ) -> Result<(), Status> {
-        let batch: Vec<DurableMessage> = messages
+        let mut by_partition: Vec<(String, Vec<(TenantId, Event)>)> = Vec::new();
+        for (tenant, event) in events {
+            let subject = EVENTS.subject(
+                &self.topology,
+                &subjects::conversation_key(event.conversation_id()),
+            );
+            match by_partition.iter_mut().find(|(s, _)| *s == subject) {
+                Some((_, same)) => same.push((tenant, event)),
+                None => by_partition.push((subject, vec![(tenant, event)])),
+            }
+        }
+        let batch: Vec<DurableMessage> = by_partition
             .into_iter()
-            .map(|(tenant, message)| self.durable(&tenant, Event::Message(message)))
+            .filter_map(|(subject, events)| {
+                let dedup_id = dedup_id(&events)?;
+                let message = encode(&ConversationEvents {
+                    events: events
+                        .into_iter()
+                        .map(|(tenant, event)| ConversationEvent {
+                            tenant_id: tenant.to_string(),
+                            event: Some(event.into()),
+                        })
+                        .collect(),
+                });
+                Some(DurableMessage {
+                    subject,
+                    message,
+                    dedup_id: Some(dedup_id),
+                })
+            })
             .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         for attempt in 1..=PUBLISH_ATTEMPTS {
             match self.bus.publish_durable_batch(batch.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "cannot announce stored messages");
+                    tracing::warn!(error = %e, attempt, "cannot announce stored changes");
                     if attempt < PUBLISH_ATTEMPTS {
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }
         }
-        Err(unavailable(
-            "the message is stored but could not be announced; retry with the same client_message_id",
-        ))
-    }
-
-    /// Publishes the events of one request, a few at a time, retrying each
-    /// briefly. The change they announce is already stored, so failing
-    /// here answers UNAVAILABLE: see the crate docs for what a retry
-    /// repairs.
-    pub(crate) async fn announce(
-        &self,
-        tenant: &TenantId,
-        events: Vec<Event>,
-    ) -> Result<(), Status> {
-        // Made up front (they are lazy) so that no closure is held across
-        // an await, which would trip the higher-ranked `Send` check of the
-        // gRPC handlers.
-        let publishes: Vec<_> = events
-            .into_iter()
-            .map(|event| self.publish_with_retries(tenant, event))
-            .collect();
-        futures::stream::iter(publishes)
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .try_collect()
-            .await
-    }
-
-    async fn publish_with_retries(&self, tenant: &TenantId, event: Event) -> Result<(), Status> {
-        let mut delay = Duration::from_millis(50);
-        let mut attempt = 1;
-        loop {
-            match self.publish(tenant, event.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < PUBLISH_ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, key = %event.key(), "cannot publish an event; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, key = %event.key(), "cannot publish an event; giving up");
-                    return Err(unavailable(
-                        "the change is stored but could not be announced; retry the call",
-                    ));
-                }
-            }
-        }
+        tracing::error!("cannot announce stored changes; giving up");
+        Err(unavailable(retry))
     }
 
     /// The members of `id` among `users`, looked up a few at a time, in
@@ -190,6 +148,22 @@ impl Storage {
     pub(crate) fn within_dedup_window(&self, at: Timestamp) -> bool {
         recent(at, now(), EVENTS.config(&self.topology).duplicate_window)
     }
+}
+
+/// `events` of conversations of `tenant`, as `announce` takes them.
+pub(crate) fn with_tenant(tenant: &TenantId, events: Vec<Event>) -> Vec<(TenantId, Event)> {
+    events.into_iter().map(|e| (tenant.clone(), e)).collect()
+}
+
+/// The dedup id of a message of `events`: the first event's key, and their
+/// number when there are more; `None` for no events.
+fn dedup_id(events: &[(TenantId, Event)]) -> Option<String> {
+    let (_, first) = events.first()?;
+    let key = first.key();
+    Some(match events.len() {
+        1 => key,
+        n => format!("{key}+{n}"),
+    })
 }
 
 /// Whether `at` lies less than half of `window` before `now`: half, to

@@ -1,9 +1,11 @@
 //! The sync service: the owner of every user's update log and devices.
 //!
-//! - It consumes the USERS stream (consumer `sync`), appends each event to
-//!   its user's log at the next cursor, exactly once however often the
-//!   event is delivered, and publishes it as a live `ServerFrame` on the
-//!   user's live subject for the gateways.
+//! - It holds partitions of users through leases (scope `sync`) and, for
+//!   each, consumes its USERS partition (consumer `sync-<n>`): it gives each
+//!   event the next cursor of its user's log, exactly once however often
+//!   the event is delivered, publishes it as a live `ServerFrame` on the
+//!   user's live subject for the gateways, then writes the delivery's
+//!   entries in one store write (`log.rs`).
 //! - It answers the gateways over the bus: the updates after a cursor
 //!   (`UPDATES`), device hellos (`DEVICE_HELLO`) and cursor acks
 //!   (`CURSOR_ACK`).
@@ -23,13 +25,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use natter_auth::Verifier;
 use natter_bus::Bus;
 use natter_core::Timestamp;
-use natter_server::{GrpcServer, Settings, StartError};
-use natter_store::SyncStore;
+use natter_server::{GrpcServer, Settings, StartError, partitions};
+use natter_store::{LeaseStore, SyncStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The consumer name sync consumes USERS under, and its queue group.
+/// The consumer name sync consumes USERS under, its queue group, and the
+/// scope of its leases.
 pub const CONSUMER: &str = "sync";
 
 /// Requests a responder handles at once, per subject.
@@ -82,20 +85,34 @@ pub async fn run(
         .start(deps.bus.clone(), &stop, &mut tasks)
         .await?;
 
-    let appender = Arc::new(log::Appender::new(
-        deps.store.clone(),
-        deps.bus.clone(),
-        settings.sync.retained_updates,
-    ));
-    tasks.spawn(natter_contract::consume_partitions(
-        deps.bus.clone(),
-        natter_contract::USERS,
+    let leases: Arc<dyn LeaseStore> = deps.store.clone();
+    let (bus, store) = (deps.bus.clone(), deps.store.clone());
+    let retained = settings.sync.retained_updates;
+    tasks.spawn(partitions::hold(
+        leases,
         CONSUMER,
-        settings.topology(),
+        deps.instance.clone(),
+        settings.topology().partitions.get(),
         stop.clone(),
-        move |event, delivered| {
-            let appender = appender.clone();
-            async move { appender.handle(event, delivered).await }
+        move |lease, stop| {
+            let partition = lease.borrow().partition;
+            let appender = Arc::new(log::Appender::new(
+                store.clone(),
+                bus.clone(),
+                lease,
+                retained,
+            ));
+            natter_contract::consume_partition(
+                bus.clone(),
+                natter_contract::USERS,
+                CONSUMER.to_owned(),
+                partition,
+                stop,
+                Arc::new(move |events, delivered| {
+                    let appender = appender.clone();
+                    async move { appender.handle(events, delivered).await }
+                }),
+            )
         },
     ));
 

@@ -1,152 +1,226 @@
-//! The USERS consumer: appends each user event to its user's log exactly
-//! once, then publishes it live.
+//! The USERS consumer of one partition of users: gives each user event
+//! the next cursor of its user's log, publishes it live, then writes the
+//! delivery's entries in one store write.
 //!
-//! The log is appended at head + 1 only (`SyncStore::append_update` refuses
-//! any other position with `Conflict`), so the log stays gap-free whoever
-//! appends. The consumer delivers at least once, and fanout may publish an
-//! event twice outside the stream's dedup window, so before appending the
-//! event is looked for, by its [`Event::key`], among the user's newest
-//! entries.
-//!
-//! To skip a store read per event, a bounded cache keeps, per recently seen
-//! user, the head and fingerprints (hashed keys) of the newest entries. A
-//! fingerprint only rules an event *out*: on a match, a cache miss, a
-//! redelivery or a conflict, the newest entries are read from the store and
-//! their keys compared, so a hash collision costs a read, never an event.
+//! This process holds the partition through a lease, so it is the only
+//! writer of these users' logs and can number them from memory: a bounded
+//! cache keeps, per recently seen user, the head and fingerprints (hashed
+//! keys) of the newest entries. The numbering is deterministic: after a
+//! crash, a failed write or a takeover, the delivery comes again, each
+//! user's head is read from the store (where any prefix of the failed
+//! write may have landed), and the events get the same cursors they were
+//! published live with, so a device never sees a gap or one event at two
+//! cursors. An event already in the log (a redelivery, or fanout
+//! publishing it twice outside the stream's dedup window) is found by its
+//! [`Event::key`] among the user's newest entries and keeps its cursor. A
+//! fingerprint only rules an event *out*: on a match the newest entries are
+//! read from the store and their keys compared, so a hash collision costs a
+//! read, never an event.
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natter_bus::Bus;
-use natter_contract::{Handled, encode, subjects};
+use natter_contract::{Backoff, Handled, encode, subjects};
 use natter_core::{Cursor, Event, Invalid, TenantId, Update, UserId};
-use natter_proto::bus::v1::UserEvent;
+use natter_proto::bus::v1::{UserEvent, UserEvents};
 use natter_proto::convert::{parse_id, required};
 use natter_proto::v1;
-use natter_store::{StoreError, SyncStore, UpdateBatch};
+use natter_server::partitions::trusted;
+use natter_store::{Lease, StoreError, SyncStore, UpdateBatch};
+use tokio::sync::watch;
 
 /// How many of a user's newest entries a repeated event is looked for in.
 const RECENT: u64 = 64;
-/// Users whose log head the cache keeps.
+/// Users whose log head the cache keeps, per partition.
 const CACHED_USERS: usize = 4096;
 /// The log is trimmed each time its head reaches a multiple of this.
 const TRIM_EVERY: u64 = 1024;
-/// Lost races in a row before the event is handed back for a later retry.
-const MAX_CONFLICTS: usize = 8;
-/// The first and the longest delay before a failed event is retried.
+/// The first and the longest delay before a failed delivery is retried.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 type UserKey = (TenantId, UserId);
 
-/// Appends user events to their logs and publishes them live.
+/// Numbers, publishes and writes the user events of one partition.
 pub(crate) struct Appender {
     store: Arc<dyn SyncStore>,
     bus: Arc<dyn Bus>,
+    lease: watch::Receiver<Lease>,
     /// Updates kept per user (`sync.retained_updates`).
     retained: u64,
     /// How many newest entries are compared: never more than are retained,
     /// so the window is never trimmed away.
     window: u64,
     cache: Mutex<LogCache>,
+    /// The version of the last write: the clock, kept rising.
+    version: AtomicU64,
+}
+
+/// One event of a delivery, numbered.
+struct Numbered {
+    tenant: TenantId,
+    user: UserId,
+    update: Update,
+    /// Not in the log yet: to be written.
+    new: bool,
 }
 
 impl Appender {
-    pub(crate) fn new(store: Arc<dyn SyncStore>, bus: Arc<dyn Bus>, retained: u64) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn SyncStore>,
+        bus: Arc<dyn Bus>,
+        lease: watch::Receiver<Lease>,
+        retained: u64,
+    ) -> Self {
         let retained = retained.max(1);
         Self {
             store,
             bus,
+            lease,
             retained,
             window: RECENT.min(retained),
             cache: Mutex::new(LogCache::new(CACHED_USERS)),
+            version: AtomicU64::new(0),
         }
     }
 
-    /// Handles one delivery of the USERS stream.
-    pub(crate) async fn handle(&self, event: UserEvent, delivered: u32) -> Handled {
-        let (tenant, user, event) = match parse(event) {
-            Ok(parsed) => parsed,
+    /// Handles one delivery of the USERS stream: its events in order.
+    pub(crate) async fn handle(&self, batch: UserEvents, delivered: u32) -> Handled {
+        let events: Vec<(TenantId, UserId, Event)> = batch
+            .events
+            .into_iter()
+            .filter_map(|event| {
+                parse(event)
+                    .inspect_err(|e| tracing::error!(error = %e, "malformed user event dropped"))
+                    .ok()
+            })
+            .collect();
+        let retry = || Handled::Retry(Backoff::nth(RETRY_FIRST, RETRY_MAX, delivered));
+        let (numbered, logs) = match self.number(events, delivered).await {
+            Ok(numbered) => numbered,
             Err(e) => {
-                tracing::error!(error = %e, "malformed user event dropped");
-                return Handled::Done;
+                tracing::warn!(delivered, error = %e, "cannot read update logs; retrying");
+                return retry();
             }
         };
-        match self.append(&tenant, &user, &event, delivered).await {
-            Ok(cursor) => {
-                self.publish_live(&tenant, &user, cursor, event).await;
+        // Live first: devices need not wait for the write, and a failed
+        // write numbers the same events the same way when it is retried.
+        if !trusted(&self.lease.borrow()) {
+            tracing::warn!("lease about to lapse; handing the delivery back");
+            return retry();
+        }
+        for n in &numbered {
+            self.publish_live(&n.tenant, &n.user, &n.update).await;
+        }
+        let writes: Vec<(TenantId, UserId, Update)> = numbered
+            .into_iter()
+            .filter(|n| n.new)
+            .map(|n| (n.tenant, n.user, n.update))
+            .collect();
+        if writes.is_empty() {
+            self.cache().put_all(logs);
+            return Handled::Done;
+        }
+        match self.store.write_updates(&writes, self.next_version()).await {
+            Ok(()) => {
+                let heads: Vec<(UserKey, Cursor)> = logs
+                    .iter()
+                    .map(|(key, log)| (key.clone(), log.head))
+                    .collect();
+                self.cache().put_all(logs);
+                for ((tenant, user), head) in heads {
+                    self.trim(&tenant, &user, head).await;
+                }
                 Handled::Done
             }
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Conflict(_))) => {
-                let delay = retry_delay(delivered);
-                tracing::warn!(
-                    %tenant, %user, delivered, error = %e, retry_ms = delay.as_millis() as u64,
-                    "cannot append to the update log; retrying"
-                );
-                Handled::Retry(delay)
+            // What landed is read back next time; nothing is cached.
+            Err(e @ StoreError::Unavailable(_)) => {
+                tracing::warn!(delivered, error = %e, "cannot write update logs; retrying");
+                retry()
             }
             Err(e) => {
-                // Retrying cannot help (a corrupt log, an event the store
-                // refuses), and would hold up every user on the partition.
-                tracing::error!(%tenant, %user, error = %e, "user event dropped");
+                // Retrying cannot help (an event the store refuses), and
+                // would hold up every user on the partition.
+                tracing::error!(error = %e, "user events dropped");
                 Handled::Done
             }
         }
     }
 
-    /// Appends `event` to the log of `user` unless it is among the newest
-    /// entries already; either way returns its cursor.
-    #[tracing::instrument(skip_all, fields(%tenant, %user, delivered))]
-    async fn append(
+    /// Gives each event its cursor: the one it has if it is in its user's
+    /// log (or earlier in this delivery), else the next. Returns the events
+    /// and the users' logs as they will be once the new ones are written.
+    async fn number(
         &self,
-        tenant: &TenantId,
-        user: &UserId,
-        event: &Event,
+        events: Vec<(TenantId, UserId, Event)>,
         delivered: u32,
-    ) -> Result<Cursor, StoreError> {
-        let event_key = event.key();
-        let fingerprint = fingerprint(&event_key);
-        let key = (tenant.clone(), user.clone());
-        // A redelivery may follow a crash between appending and acking, in
-        // this process or another: trust the store, not the cache.
-        let mut cached = self.cache().take(&key).filter(|_| delivered <= 1);
-        for _ in 0..MAX_CONFLICTS {
-            let mut log = match cached.take() {
-                Some(log) if !log.may_hold(fingerprint) => log,
-                _ => {
-                    let (log, newest) = self.load(tenant, user).await?;
-                    let logged = newest.iter().find(|u| u.event.key() == event_key);
-                    if let Some(logged) = logged {
-                        let cursor = logged.cursor;
-                        tracing::debug!(%cursor, "event is in the log already");
-                        self.cache().put(key, log);
-                        return Ok(cursor);
+    ) -> Result<(Vec<Numbered>, HashMap<UserKey, UserLog>), StoreError> {
+        let mut logs: HashMap<UserKey, UserLog> = HashMap::new();
+        let mut pending: HashMap<(UserKey, String), Cursor> = HashMap::new();
+        let mut numbered = Vec::with_capacity(events.len());
+        for (tenant, user, event) in events {
+            let key = (tenant.clone(), user.clone());
+            let event_key = event.key();
+            let fingerprint = fingerprint(&event_key);
+            let log = match logs.entry(key.clone()) {
+                Entry::Occupied(log) => log.into_mut(),
+                Entry::Vacant(slot) => {
+                    // A redelivery may follow a crash between writing and
+                    // acking, here or in another process: trust the store.
+                    let cached = self.cache().take(&key).filter(|_| delivered <= 1);
+                    match cached {
+                        Some(log) => slot.insert(log),
+                        None => slot.insert(self.load(&tenant, &user).await?.0),
                     }
-                    log
                 }
             };
-            let at = log.head.next();
-            match self.store.append_update(tenant, user, at, event).await {
-                Ok(()) => {
-                    log.push(at, fingerprint, self.window);
-                    self.cache().put(key, log);
-                    self.trim(tenant, user, at).await;
-                    return Ok(at);
+            let earlier = match pending.get(&(key.clone(), event_key.clone())) {
+                Some(&cursor) => Some(cursor),
+                None if log.may_hold(fingerprint) => {
+                    let (_, newest) = self.load(&tenant, &user).await?;
+                    newest
+                        .into_iter()
+                        .find(|u| u.event.key() == event_key)
+                        .map(|u| u.cursor)
                 }
-                // Another writer moved the log (a partition that changed
-                // hands, a stale cache): reload, and look again.
-                Err(StoreError::Conflict(reason)) => {
-                    tracing::debug!(%at, %reason, "update log moved; reloading");
+                None => None,
+            };
+            let (cursor, new) = match earlier {
+                Some(cursor) => (cursor, false),
+                None => {
+                    let cursor = log.head.next();
+                    log.push(cursor, fingerprint, self.window);
+                    pending.insert((key, event_key), cursor);
+                    (cursor, true)
                 }
-                Err(e) => return Err(e),
-            }
+            };
+            numbered.push(Numbered {
+                tenant,
+                user,
+                update: Update { cursor, event },
+                new,
+            });
         }
-        Err(StoreError::Conflict(format!(
-            "lost {MAX_CONFLICTS} races in a row to append to the update log of {user}"
-        )))
+        Ok((numbered, logs))
+    }
+
+    /// The next write's version: the clock in microseconds, above the last.
+    fn next_version(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let previous = self
+            .version
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        now.max(previous + 1)
     }
 
     /// Reads the head of the log and its newest entries.
@@ -199,18 +273,16 @@ impl Appender {
     /// Tells the gateways holding sessions of `user`. Core NATS, at most
     /// once: a device that misses it sees the gap at the next update and
     /// fetches it, or catches up on reconnect.
-    async fn publish_live(&self, tenant: &TenantId, user: &UserId, cursor: Cursor, event: Event) {
+    async fn publish_live(&self, tenant: &TenantId, user: &UserId, update: &Update) {
         let frame = v1::ServerFrame {
-            frame: Some(v1::server_frame::Frame::Update(
-                Update { cursor, event }.into(),
-            )),
+            frame: Some(v1::server_frame::Frame::Update(update.clone().into())),
         };
         if let Err(e) = self
             .bus
             .publish(&subjects::live(tenant, user), encode(&frame))
             .await
         {
-            tracing::warn!(%tenant, %user, %cursor, error = %e, "cannot publish a live update");
+            tracing::warn!(%tenant, %user, cursor = %update.cursor, error = %e, "cannot publish a live update");
         }
     }
 
@@ -226,12 +298,6 @@ fn parse(event: UserEvent) -> Result<(TenantId, UserId, Event), Invalid> {
         parse_id("user_id", &event.user_id)?,
         required("event", event.event)?.try_into()?,
     ))
-}
-
-/// Exponential in the number of deliveries, capped.
-fn retry_delay(delivered: u32) -> Duration {
-    let doublings = delivered.saturating_sub(1).min(10);
-    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MAX)
 }
 
 /// A hash of an event key: the same event has the same fingerprint.
@@ -289,6 +355,12 @@ impl LogCache {
         let (stamp, log) = self.entries.remove(key)?;
         self.by_age.remove(&stamp);
         Some(log)
+    }
+
+    fn put_all(&mut self, logs: HashMap<UserKey, UserLog>) {
+        for (key, log) in logs {
+            self.put(key, log);
+        }
     }
 
     fn put(&mut self, key: UserKey, log: UserLog) {
@@ -360,12 +432,5 @@ mod tests {
         let a = read(1);
         assert_eq!(fingerprint(&a.key()), fingerprint(&a.clone().key()));
         assert_ne!(fingerprint(&a.key()), fingerprint(&read(1).key()));
-    }
-
-    #[test]
-    fn retries_back_off_up_to_a_cap() {
-        assert_eq!(retry_delay(1), RETRY_FIRST);
-        assert_eq!(retry_delay(2), RETRY_FIRST * 2);
-        assert_eq!(retry_delay(40), RETRY_MAX);
     }
 }

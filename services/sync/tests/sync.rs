@@ -65,6 +65,9 @@ async fn events_are_appended_in_order_per_user_and_published_live() {
         assert_eq!(update.cursor, Cursor::new(i as u64 + 1));
         assert_eq!(&update.event, event);
     }
+    // Devices hear first; the log is written right after.
+    h.written(&alice, 6).await;
+    h.written(&bob, 3).await;
     let log = h.log(&alice).await;
     assert_eq!(cursors(&log), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(events(&log), sent);
@@ -90,6 +93,7 @@ async fn an_event_published_twice_is_appended_once() {
         let update = next_update(&mut live).await;
         assert_eq!((update.cursor.get(), &update.event), (cursor, event));
     }
+    h.written(&alice, 2).await;
     assert_eq!(events(&h.log(&alice).await), vec![first, second]);
     h.stop().await;
 }
@@ -116,10 +120,12 @@ async fn a_redelivery_after_a_crash_before_the_ack_is_not_appended_again() {
     let mut config = ConsumerConfig::new(USERS.name, format!("sync-{partition}"), &subject);
     config.ack_wait = Duration::from_millis(200);
     let mut deliveries = bus.consume(&config).await.unwrap();
-    let user_event = |event: &Event| natter_proto::bus::v1::UserEvent {
-        tenant_id: tenant.to_string(),
-        user_id: alice.to_string(),
-        event: Some(event.clone().into()),
+    let user_event = |event: &Event| natter_proto::bus::v1::UserEvents {
+        events: vec![natter_proto::bus::v1::UserEvent {
+            tenant_id: tenant.to_string(),
+            user_id: alice.to_string(),
+            event: Some(event.clone().into()),
+        }],
     };
     bus.publish_durable(&subject, encode(&user_event(&first)), Some("first/alice"))
         .await
@@ -130,10 +136,7 @@ async fn a_redelivery_after_a_crash_before_the_ack_is_not_appended_again() {
         .unwrap()
         .unwrap();
     assert_eq!(taken.delivered, 1);
-    store
-        .append_update(&tenant, &alice, Cursor::new(1), &first)
-        .await
-        .unwrap();
+    seed(&store, &tenant, &alice, 1, &first).await;
     drop((taken, deliveries));
 
     // The restarted service gets it again and finds it in the log.
@@ -147,34 +150,88 @@ async fn a_redelivery_after_a_crash_before_the_ack_is_not_appended_again() {
     h.publish(&alice, &second, "second/alice").await;
     let update = next_update(&mut live).await;
     assert_eq!((update.cursor, &update.event), (Cursor::new(2), &second));
+    h.written(&alice, 2).await;
     assert_eq!(events(&h.log(&alice).await), vec![first, second]);
     h.stop().await;
 }
 
+/// A partition that changes hands is numbered from the store: what the
+/// last holder wrote is neither overwritten nor written twice.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_log_moved_by_another_writer_is_reloaded_not_overwritten() {
+async fn a_new_holder_numbers_from_the_store() {
     let h = Harness::start().await;
     let alice = h.user("alice");
-    let mut live = h.live(&alice).await;
     let c = conversation();
     let (first, theirs, third) = (message(c, 1), message(c, 2), message(c, 3));
+    let mut live = h.live(&alice).await;
     h.publish(&alice, &first, "1/alice").await;
     assert_eq!(next_update(&mut live).await.cursor, Cursor::new(1));
+    let (bus, store, tenant) = (h.bus.clone(), h.store.clone(), h.tenant.clone());
+    h.stop().await;
 
-    // Another sync process that held the partition for a while appended.
-    h.store
-        .append_update(&h.tenant, &alice, Cursor::new(2), &theirs)
-        .await
-        .unwrap();
+    // Another process held the partition for a while and wrote.
+    seed(&store, &tenant, &alice, 2, &theirs).await;
+    let h = Harness::on(bus, store, |_| {}).await;
     h.publish(&alice, &third, "3/alice").await;
     let update = next_update(&mut live).await;
     assert_eq!((update.cursor, &update.event), (Cursor::new(3), &third));
-    // And what it appended is recognised when it comes round again.
+    // And what it wrote is recognised when it comes round again.
     h.publish(&alice, &theirs, "2/alice").await;
     let update = next_update(&mut live).await;
     assert_eq!((update.cursor, &update.event), (Cursor::new(2), &theirs));
-
+    h.written(&alice, 3).await;
     assert_eq!(events(&h.log(&alice).await), vec![first, theirs, third]);
+    h.stop().await;
+}
+
+/// The crash the live-first path must survive: devices got updates at
+/// their cursors, then the log write failed. The delivery comes again and
+/// numbers the same events the same way, so a device that kept what it
+/// saw live has no gap and no event twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_fails_after_live_delivery_keeps_the_cursors_devices_saw() {
+    let h = Harness::with_failing_writes().await;
+    let alice = h.user("alice");
+    let bob = h.user_beside(&alice, "bob");
+    let c = conversation();
+    let mut alices = h.live(&alice).await;
+    let mut bobs = h.live(&bob).await;
+    h.publish(&alice, &message(c, 1), "1/alice").await;
+    assert_eq!(next_update(&mut alices).await.cursor, Cursor::new(1));
+
+    // The next delivery carries events for both users; its write fails.
+    h.fail_writes(1);
+    let second = message(c, 2);
+    let batch = [
+        (alice.clone(), second.clone()),
+        (bob.clone(), second.clone()),
+        (alice.clone(), read(c, "bob", 2)),
+    ];
+    h.publish_batch(&batch, "batch-2").await;
+    let seen_first = [
+        next_update(&mut alices).await,
+        next_update(&mut bobs).await,
+        next_update(&mut alices).await,
+    ];
+    // Published again once the retried write lands, at the same cursors.
+    let seen_again = [
+        next_update(&mut alices).await,
+        next_update(&mut bobs).await,
+        next_update(&mut alices).await,
+    ];
+    assert_eq!(seen_first, seen_again);
+    assert_eq!(
+        seen_first
+            .iter()
+            .map(|u| u.cursor.get())
+            .collect::<Vec<_>>(),
+        [2, 1, 3]
+    );
+    assert_eq!(h.failed_writes(), 1, "the first write did fail");
+    h.written(&alice, 3).await;
+    h.written(&bob, 1).await;
+    assert_eq!(cursors(&h.log(&alice).await), [1, 2, 3]);
+    assert_eq!(events(&h.log(&bob).await), vec![second]);
     h.stop().await;
 }
 
@@ -184,10 +241,12 @@ async fn malformed_events_are_dropped_and_the_partition_goes_on() {
     let alice = h.user("alice");
     let mut live = h.live(&alice).await;
     let subject = h.users_subject(&alice);
-    let no_event = natter_proto::bus::v1::UserEvent {
-        tenant_id: h.tenant.to_string(),
-        user_id: alice.to_string(),
-        event: None,
+    let no_event = natter_proto::bus::v1::UserEvents {
+        events: vec![natter_proto::bus::v1::UserEvent {
+            tenant_id: h.tenant.to_string(),
+            user_id: alice.to_string(),
+            event: None,
+        }],
     };
     h.bus
         .publish_durable(&subject, encode(&no_event), None)
@@ -233,6 +292,7 @@ async fn updates_come_in_pages_that_say_when_they_reach_the_head() {
     for _ in 1..=5 {
         next_update(&mut live).await;
     }
+    h.written(&alice, 5).await;
 
     let page = ask_updates(&h, "alice", 0, 2).await;
     assert_eq!(
@@ -281,20 +341,19 @@ async fn the_log_is_trimmed_to_retention_and_older_cursors_must_resync() {
     let h = Harness::with(|s| s.sync.retained_updates = 10).await;
     let alice = h.user("alice");
     let c = conversation();
-    // Another writer filled the log to just below the first trim point.
+    // Another holder filled the log to just below the first trim point.
     for at in 1..=1023 {
-        h.store
-            .append_update(&h.tenant, &alice, Cursor::new(at), &read(c, "bob", at))
-            .await
-            .unwrap();
+        seed(&h.store, &h.tenant, &alice, at, &read(c, "bob", at)).await;
     }
     let mut live = h.live(&alice).await;
     h.publish(&alice, &message(c, 1), "m/alice").await;
     assert_eq!(next_update(&mut live).await.cursor, Cursor::new(1024));
 
-    // Everything through 1024 - 10 is gone.
-    let page = ask_updates(&h, "alice", 0, 5).await;
-    assert!(page.resync_required);
+    // Everything through 1024 - 10 is gone, once written and trimmed.
+    let page = eventually("the trim", || async {
+        Some(ask_updates(&h, "alice", 0, 5).await).filter(|p| p.resync_required)
+    })
+    .await;
     assert_eq!(page.head, 1024);
     assert!(ask_updates(&h, "alice", 1013, 5).await.resync_required);
     let page = ask_updates(&h, "alice", 1014, 0).await;

@@ -16,7 +16,10 @@ use natter_core::{
     ConversationId, Event, Limits, NewConversation, Role, TenantId, Timestamp, UserId,
 };
 use natter_fanout::{Deps, run};
-use natter_proto::bus::v1::{ConversationEvent, Failure, MembersPage, MembersQuery, UserEvent};
+use natter_proto::bus::v1::{
+    ConversationEvent, ConversationEvents, Failure, MembersPage, MembersQuery, UserEvent,
+    UserEvents,
+};
 use natter_proto::status::{reason, store_error, to_failure};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
 use natter_proto::v1::fanout_service_client::FanoutServiceClient;
@@ -210,9 +213,11 @@ impl Harness {
             &self.settings.topology(),
             &subjects::conversation_key(event.conversation_id()),
         );
-        let message = ConversationEvent {
-            tenant_id: TENANT.into(),
-            event: Some(v1::Event::from(event.clone())),
+        let message = ConversationEvents {
+            events: vec![ConversationEvent {
+                tenant_id: TENANT.into(),
+                event: Some(v1::Event::from(event.clone())),
+            }],
         };
         self.bus
             .publish_durable(&subject, Outgoing::new(message.encode_to_vec()), dedup_id)
@@ -341,7 +346,8 @@ async fn members_page(store: &dyn ConversationStore, query: MembersQuery) -> Mem
     }
 }
 
-/// Reads `count` user events from `stream`, failing past the deadline.
+/// Reads `count` user events from `stream`, each with the USERS message
+/// that carried it, failing past the deadline or on more than `count`.
 pub(crate) async fn take(stream: &mut Subscription, count: usize) -> Vec<(Incoming, UserEvent)> {
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
@@ -349,9 +355,12 @@ pub(crate) async fn take(stream: &mut Subscription, count: usize) -> Vec<(Incomi
             .await
             .unwrap_or_else(|_| panic!("only {} of {count} user events arrived", out.len()))
             .expect("subscription open");
-        let event = UserEvent::decode(incoming.payload.as_ref()).unwrap();
-        out.push((incoming, event));
+        let events = UserEvents::decode(incoming.payload.as_ref())
+            .unwrap()
+            .events;
+        out.extend(events.into_iter().map(|event| (incoming.clone(), event)));
     }
+    assert_eq!(out.len(), count, "more user events than expected");
     out
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test file uses a different part.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use natter_auth::{Identity, Signer, Verifier};
 use natter_bus::{Bus, ConsumerConfig, Deliveries, LocalBus};
 use natter_contract::{EVENTS, Topology};
 use natter_core::{ConversationId, Event, Role, TenantId, UserId};
-use natter_proto::bus::v1::ConversationEvent;
+use natter_proto::bus::v1::ConversationEvents;
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
 use natter_proto::v1::{
     CreateConversationRequest, MessageContent, NewMember, SendMessageRequest, SendMessageResponse,
@@ -175,15 +176,20 @@ impl Harness {
     }
 
     /// A fresh durable consumer of every EVENTS partition, from the start.
-    pub async fn events(&self, name: &str) -> Deliveries {
-        self.bus
+    pub async fn events(&self, name: &str) -> Events {
+        let deliveries = self
+            .bus
             .consume(&ConsumerConfig::new(
                 EVENTS.name,
                 name,
                 format!("{}.*", EVENTS.base),
             ))
             .await
-            .expect("a consumer of EVENTS")
+            .expect("a consumer of EVENTS");
+        Events {
+            deliveries,
+            pending: VecDeque::new(),
+        }
     }
 
     /// Stops the service and checks that it stopped cleanly and in time.
@@ -204,24 +210,35 @@ impl Drop for Harness {
     }
 }
 
-/// The next event on `events`, acknowledged, with its tenant.
-pub async fn next_event(events: &mut Deliveries) -> (TenantId, Event) {
-    let delivery = tokio::time::timeout(DEADLINE, events.next())
-        .await
-        .expect("an event in time")
-        .expect("the consumer is open")
-        .expect("a delivery");
-    let event: ConversationEvent =
-        natter_contract::decode(&delivery.message.payload).expect("a ConversationEvent");
-    delivery.ack().await.expect("an ack");
-    (
-        TenantId::new(event.tenant_id).expect("a tenant id"),
-        event
-            .event
-            .expect("an event")
-            .try_into()
-            .expect("a well-formed event"),
-    )
+/// The events on EVENTS, one at a time, though they travel in batches.
+pub struct Events {
+    deliveries: Deliveries,
+    pending: VecDeque<(TenantId, Event)>,
+}
+
+/// The next event on `events`, with its tenant; its batch is acknowledged.
+pub async fn next_event(events: &mut Events) -> (TenantId, Event) {
+    while events.pending.is_empty() {
+        let delivery = tokio::time::timeout(DEADLINE, events.deliveries.next())
+            .await
+            .expect("an event in time")
+            .expect("the consumer is open")
+            .expect("a delivery");
+        let batch: ConversationEvents =
+            natter_contract::decode(&delivery.message.payload).expect("ConversationEvents");
+        delivery.ack().await.expect("an ack");
+        events.pending.extend(batch.events.into_iter().map(|event| {
+            (
+                TenantId::new(event.tenant_id).expect("a tenant id"),
+                event
+                    .event
+                    .expect("an event")
+                    .try_into()
+                    .expect("a well-formed event"),
+            )
+        }));
+    }
+    events.pending.pop_front().expect("an event")
 }
 
 pub fn who(tenant: &str, user: &str, role: Role) -> Identity {

@@ -4,21 +4,25 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use natter_auth::{Identity, Signer, Verifier};
 use natter_bus::{Bus, LocalBus, Subscription};
 use natter_contract::{Topology, USERS, encode, subjects};
 use natter_core::{
-    ClientMessageId, Content, ConversationId, Cursor, Event, Message, MessageId, ReadMarker, Role,
-    Seq, TenantId, Timestamp, Update, UserId,
+    ClientMessageId, Content, ConversationId, Cursor, Device, DeviceId, Event, Message, MessageId,
+    ReadMarker, Role, Seq, TenantId, Timestamp, Update, UserId,
 };
-use natter_proto::bus::v1::UserEvent;
+use natter_proto::bus::v1::{UserEvent, UserEvents};
 use natter_proto::v1;
 use natter_proto::v1::sync_service_client::SyncServiceClient;
 use natter_server::{Settings, StartError};
-use natter_store::{SyncStore, UpdateBatch};
+use natter_store::{
+    Lease, LeaseStore, Page, PageRequest, Result as StoreResult, StoreError, SyncStore, UpdateBatch,
+};
 use natter_store_embedded::EmbeddedStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -33,6 +37,8 @@ pub(crate) const PARTITIONS: u32 = 4;
 pub(crate) struct Harness {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) store: Arc<EmbeddedStore>,
+    /// The store sync writes through, when a test makes its writes fail.
+    flaky: Option<Arc<FlakyStore>>,
     pub(crate) settings: Settings,
     pub(crate) addr: SocketAddr,
     pub(crate) tenant: TenantId,
@@ -53,10 +59,32 @@ impl Harness {
         Self::on(bus, store, configure).await
     }
 
+    /// Starts sync on a store whose log writes fail on demand
+    /// ([`fail_writes`](Self::fail_writes)).
+    pub(crate) async fn with_failing_writes() -> Self {
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new("test").unwrap());
+        let store = Arc::new(EmbeddedStore::temporary(Default::default()).unwrap());
+        let flaky = Arc::new(FlakyStore {
+            inner: store.clone(),
+            to_fail: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+        });
+        Self::start_on(bus, store, Some(flaky), |_| {}).await
+    }
+
     /// Starts sync on an existing bus and store, as a restarted process.
     pub(crate) async fn on(
         bus: Arc<dyn Bus>,
         store: Arc<EmbeddedStore>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
+        Self::start_on(bus, store, None, configure).await
+    }
+
+    async fn start_on(
+        bus: Arc<dyn Bus>,
+        store: Arc<EmbeddedStore>,
+        flaky: Option<Arc<FlakyStore>>,
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
         let mut settings = Settings::default();
@@ -72,7 +100,10 @@ impl Harness {
         let deps = natter_sync::Deps {
             bus: bus.clone(),
             verifier: Arc::new(Verifier::hs256(SECRET.as_bytes()).unwrap()),
-            store: store.clone(),
+            store: match &flaky {
+                Some(flaky) => flaky.clone(),
+                None => store.clone(),
+            },
             instance: "sync-test".into(),
         };
         let shutdown = CancellationToken::new();
@@ -83,6 +114,7 @@ impl Harness {
         let harness = Self {
             bus,
             store,
+            flaky,
             settings,
             addr,
             tenant: TenantId::new("acme").unwrap(),
@@ -161,15 +193,44 @@ impl Harness {
 
     /// Publishes `event` for `user` on USERS, durably, as fanout does.
     pub(crate) async fn publish(&self, user: &UserId, event: &Event, dedup_id: &str) {
-        let message = UserEvent {
-            tenant_id: self.tenant.to_string(),
-            user_id: user.to_string(),
-            event: Some(event.clone().into()),
+        self.publish_batch(&[(user.clone(), event.clone())], dedup_id)
+            .await;
+    }
+
+    /// Publishes the user events of one EVENTS message as fanout does: in
+    /// one USERS message, so the users must share a partition.
+    pub(crate) async fn publish_batch(&self, events: &[(UserId, Event)], dedup_id: &str) {
+        let subject = self.users_subject(&events[0].0);
+        assert!(
+            events.iter().all(|(u, _)| self.users_subject(u) == subject),
+            "users of one partition"
+        );
+        let message = UserEvents {
+            events: events
+                .iter()
+                .map(|(user, event)| UserEvent {
+                    tenant_id: self.tenant.to_string(),
+                    user_id: user.to_string(),
+                    event: Some(event.clone().into()),
+                })
+                .collect(),
         };
         self.bus
-            .publish_durable(&self.users_subject(user), encode(&message), Some(dedup_id))
+            .publish_durable(&subject, encode(&message), Some(dedup_id))
             .await
             .unwrap();
+    }
+
+    /// Makes the next `n` log writes fail as an unreachable store would.
+    pub(crate) fn fail_writes(&self, n: u32) {
+        let flaky = self.flaky.as_ref().expect("started with_failing_writes");
+        flaky.to_fail.store(n, Ordering::SeqCst);
+    }
+
+    /// How many log writes failed on purpose.
+    pub(crate) fn failed_writes(&self) -> u32 {
+        let flaky = self.flaky.as_ref().expect("started with_failing_writes");
+        flaky.failed.load(Ordering::SeqCst)
     }
 
     pub(crate) async fn live(&self, user: &UserId) -> Subscription {
@@ -177,6 +238,24 @@ impl Harness {
             .subscribe(&subjects::live(&self.tenant, user), None)
             .await
             .unwrap()
+    }
+
+    /// Waits until the log of `user` reaches `cursor`: sync publishes live
+    /// before it writes.
+    pub(crate) async fn written(&self, user: &UserId, cursor: u64) {
+        eventually("the log write", || async {
+            let head = self.store.log_head(&self.tenant, user).await.ok()?;
+            (head.get() >= cursor).then_some(())
+        })
+        .await;
+    }
+
+    /// A user named `<prefix><n>` whose USERS partition is `other`'s.
+    pub(crate) fn user_beside(&self, other: &UserId, prefix: &str) -> UserId {
+        (0..)
+            .map(|n| self.user(&format!("{prefix}{n}")))
+            .find(|u| self.users_subject(u) == self.users_subject(other))
+            .expect("some name shares the partition")
     }
 
     /// The whole retained log of `user`.
@@ -266,4 +345,143 @@ pub(crate) fn reason(status: &tonic::Status) -> String {
         .get_details_error_info()
         .map(|info| info.reason)
         .unwrap_or_default()
+}
+
+/// Writes `event` at `at` in the log of `user`, as another holder of the
+/// partition would have.
+pub(crate) async fn seed(
+    store: &EmbeddedStore,
+    tenant: &TenantId,
+    user: &UserId,
+    at: u64,
+    event: &Event,
+) {
+    let update = Update {
+        cursor: Cursor::new(at),
+        event: event.clone(),
+    };
+    store
+        .write_updates(&[(tenant.clone(), user.clone(), update)], at)
+        .await
+        .unwrap();
+}
+
+/// The embedded store, with log writes that fail on demand: the fault a
+/// sync process meets between publishing live and writing.
+pub(crate) struct FlakyStore {
+    inner: Arc<EmbeddedStore>,
+    to_fail: AtomicU32,
+    failed: AtomicU32,
+}
+
+#[async_trait]
+impl SyncStore for FlakyStore {
+    async fn log_head(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Cursor> {
+        self.inner.log_head(tenant, user).await
+    }
+
+    async fn write_updates(
+        &self,
+        updates: &[(TenantId, UserId, Update)],
+        version: u64,
+    ) -> StoreResult<()> {
+        let failing = self
+            .to_fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("failed on purpose".into()));
+        }
+        self.inner.write_updates(updates, version).await
+    }
+
+    async fn read_updates(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        after: Cursor,
+        limit: u32,
+    ) -> StoreResult<UpdateBatch> {
+        self.inner.read_updates(tenant, user, after, limit).await
+    }
+
+    async fn trim_updates(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        through: Cursor,
+    ) -> StoreResult<()> {
+        self.inner.trim_updates(tenant, user, through).await
+    }
+
+    async fn touch_device(&self, device: &Device) -> StoreResult<Device> {
+        self.inner.touch_device(device).await
+    }
+
+    async fn device(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> StoreResult<Option<Device>> {
+        self.inner.device(tenant, user, device).await
+    }
+
+    async fn list_devices(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        page: PageRequest<DeviceId>,
+    ) -> StoreResult<Page<Device, DeviceId>> {
+        self.inner.list_devices(tenant, user, page).await
+    }
+
+    async fn save_cursor(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        device: &DeviceId,
+        cursor: Cursor,
+    ) -> StoreResult<()> {
+        self.inner.save_cursor(tenant, user, device, cursor).await
+    }
+
+    async fn revoke_device(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> StoreResult<()> {
+        self.inner.revoke_device(tenant, user, device).await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for FlakyStore {
+    async fn acquire_lease(
+        &self,
+        scope: &str,
+        partition: u32,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> StoreResult<Option<Lease>> {
+        self.inner
+            .acquire_lease(scope, partition, owner, now, ttl)
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> StoreResult<Option<Lease>> {
+        self.inner.renew_lease(lease, now, ttl).await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        self.inner.release_lease(lease).await
+    }
 }
