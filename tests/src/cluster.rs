@@ -38,9 +38,20 @@ pub enum Service {
     Fanout,
     /// All four in one process (`natter dev`).
     All,
+    /// A second storage process beside the first, on its own gRPC port:
+    /// it holds the partitions the first does not (none while the first
+    /// runs), and takes them over when it goes.
+    StandbyStorage,
 }
 
 impl Service {
+    fn log_name(self) -> String {
+        match self {
+            Service::StandbyStorage => "natter-storage-standby.log".to_owned(),
+            other => format!("{}.log", other.command().0),
+        }
+    }
+
     pub const SEPARATE: [Service; 4] = [
         Service::Storage,
         Service::Sync,
@@ -51,7 +62,7 @@ impl Service {
     fn command(self) -> (&'static str, &'static [&'static str]) {
         match self {
             Service::Gateway => ("natter-gateway", &[]),
-            Service::Storage => ("natter-storage", &[]),
+            Service::Storage | Service::StandbyStorage => ("natter-storage", &[]),
             Service::Sync => ("natter-sync", &[]),
             Service::Fanout => ("natter-fanout", &[]),
             Service::All => ("natter", &["dev", "--demo-addr", "off"]),
@@ -67,6 +78,8 @@ pub struct Addrs {
     pub storage: SocketAddr,
     pub sync: SocketAddr,
     pub fanout: SocketAddr,
+    /// The standby storage process's gRPC address, once started.
+    pub standby_storage: SocketAddr,
 }
 
 /// A running Natter; every process is killed when it drops.
@@ -92,6 +105,7 @@ impl Cluster {
             storage: natter_testkit::free_port(),
             sync: natter_testkit::free_port(),
             fanout: natter_testkit::free_port(),
+            standby_storage: natter_testkit::free_port(),
         };
         let infra = match mode {
             Mode::Separate => format!(
@@ -145,13 +159,20 @@ impl Cluster {
     fn spawn(&mut self, service: Service) {
         let (binary, args) = service.command();
         let path = natter_testkit::binary(binary);
-        let log = self.dir.join(format!("{binary}.log"));
+        let log = self.dir.join(service.log_name());
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open the service log");
-        let child = Command::new(&path)
+        let mut command = Command::new(&path);
+        if service == Service::StandbyStorage {
+            command.env(
+                "NATTER_STORAGE__GRPC_ADDR",
+                self.addrs.standby_storage.to_string(),
+            );
+        }
+        let child = command
             .args(args)
             .arg("--config")
             .arg(&self.config)
@@ -167,6 +188,7 @@ impl Cluster {
         let addrs = match service {
             Service::Gateway => vec![self.addrs.gateway_grpc],
             Service::Storage => vec![self.addrs.storage],
+            Service::StandbyStorage => vec![self.addrs.standby_storage],
             Service::Sync => vec![self.addrs.sync],
             Service::Fanout => vec![self.addrs.fanout],
             Service::All => vec![
@@ -198,6 +220,13 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+
+    /// Starts a process this cluster does not run yet and waits until it
+    /// serves.
+    pub async fn start_service(&mut self, service: Service) {
+        self.spawn(service);
+        self.wait_serving(service).await;
     }
 
     /// Kills a process with SIGKILL: no shutdown, no flush.
@@ -241,7 +270,7 @@ impl Cluster {
 
     /// The last lines a process logged, for failure messages.
     pub fn log_tail(&self, service: Service) -> String {
-        let log = self.dir.join(format!("{}.log", service.command().0));
+        let log = self.dir.join(service.log_name());
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")

@@ -482,7 +482,7 @@ pub async fn survives_kill_9(mode: Mode) {
     for (round, victim) in victims.into_iter().enumerate() {
         let sender = tokio::spawn(send_until_stopped(
             cluster.token("bob", Role::Agent),
-            cluster.addrs,
+            cluster.addrs.storage,
             conv.clone(),
             format!("round{round}"),
             acked.clone(),
@@ -496,6 +496,71 @@ pub async fn survives_kill_9(mode: Mode) {
     }
 
     let acked = acked.lock().await.clone();
+    assert_converged(&cluster, &conv, &acked).await;
+}
+
+/// A second storage process takes the partitions over while sends are in
+/// flight: first from a holder that stops (it gives its leases up), then
+/// from one killed with SIGKILL (its leases must lapse first). Sends go
+/// through the other process's gRPC API, so they reach whichever process
+/// holds the partition; no acknowledged message is lost, stored twice or
+/// renumbered.
+pub async fn sequencer_takeover(mode: Mode) {
+    assert_eq!(
+        mode,
+        Mode::Separate,
+        "one process cannot hand over to another"
+    );
+    let mut cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    cluster.start_service(Service::StandbyStorage).await;
+
+    // The first storage process holds every partition; it stops.
+    let sender = tokio::spawn(send_until_stopped(
+        cluster.token("bob", Role::Agent),
+        cluster.addrs.standby_storage,
+        conv.clone(),
+        "graceful".into(),
+        acked.clone(),
+        Duration::from_secs(4),
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stopped = cluster.terminate(Service::Storage, Duration::from_secs(10));
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "storage stopped cleanly"
+    );
+    sender.await.expect("sender task");
+    cluster.start_service(Service::Storage).await;
+
+    // Now the standby holds them all; it dies without a word.
+    let sender = tokio::spawn(send_until_stopped(
+        cluster.token("bob", Role::Agent),
+        cluster.addrs.storage,
+        conv.clone(),
+        "killed".into(),
+        acked.clone(),
+        Duration::from_secs(4),
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.kill(Service::StandbyStorage);
+    sender.await.expect("sender task");
+
+    let acked = acked.lock().await.clone();
+    for round in ["graceful", "killed"] {
+        assert!(
+            acked.keys().filter(|k| k.starts_with(round)).count() >= 3,
+            "sends went through in the {round} round: {acked:?}"
+        );
+    }
+    assert_converged(&cluster, &conv, &acked).await;
+}
+
+/// Storage holds every acknowledged message exactly once, gap-free, at
+/// the seq it was acknowledged with, and every member's fresh device
+/// converges on that history.
+async fn assert_converged(cluster: &Cluster, conv: &str, acked: &BTreeMap<String, u64>) {
     assert!(
         acked.len() >= 8,
         "traffic flowed: {} acknowledged",
@@ -503,7 +568,7 @@ pub async fn survives_kill_9(mode: Mode) {
     );
 
     // Storage holds every acknowledged message exactly once, gap-free.
-    let history = list_all(&cluster, &conv).await;
+    let history = list_all(cluster, conv).await;
     let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
     assert_eq!(
         seqs,
@@ -515,7 +580,7 @@ pub async fn survives_kill_9(mode: Mode) {
         .map(|m| (m.client_message_id.as_str(), m.seq))
         .collect();
     assert_eq!(by_key.len(), history.len(), "no message stored twice");
-    for (key, seq) in &acked {
+    for (key, seq) in acked {
         assert_eq!(
             by_key.get(key.as_str()),
             Some(seq),
@@ -526,7 +591,7 @@ pub async fn survives_kill_9(mode: Mode) {
     // Every member's fresh device converges on that history.
     for (user, role) in [("alice", Role::Customer), ("bob", Role::Agent)] {
         let mut fresh = Device::connect(
-            &cluster,
+            cluster,
             Transport::Grpc,
             &cluster.token(user, role),
             "fresh",
@@ -534,7 +599,7 @@ pub async fn survives_kill_9(mode: Mode) {
         )
         .await
         .expect("connect");
-        let got = fresh.messages(&conv, history.len()).await;
+        let got = fresh.messages(conv, history.len()).await;
         let ids: BTreeSet<&str> = got.iter().map(|m| m.message_id.as_str()).collect();
         assert_eq!(ids.len(), history.len(), "{user} sees each message once");
         assert_eq!(
@@ -549,7 +614,7 @@ pub async fn survives_kill_9(mode: Mode) {
 /// with its client message id until acknowledged, reconnecting as needed.
 async fn send_until_stopped(
     token: String,
-    addrs: crate::cluster::Addrs,
+    storage: std::net::SocketAddr,
     conv: String,
     round: String,
     acked: Arc<Mutex<BTreeMap<String, u64>>>,
@@ -562,7 +627,7 @@ async fn send_until_stopped(
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             assert!(Instant::now() < deadline, "{key} never acknowledged");
-            match try_send(&token, addrs, &conv, &key).await {
+            match try_send(&token, storage, &conv, &key).await {
                 Some(seq) => {
                     acked.lock().await.insert(key.clone(), seq);
                     break;
@@ -574,8 +639,13 @@ async fn send_until_stopped(
     }
 }
 
-async fn try_send(token: &str, addrs: crate::cluster::Addrs, conv: &str, key: &str) -> Option<u64> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs.storage))
+async fn try_send(
+    token: &str,
+    storage: std::net::SocketAddr,
+    conv: &str,
+    key: &str,
+) -> Option<u64> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{storage}"))
         .ok()?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(15))

@@ -64,4 +64,9 @@ macro_rules! scenarios {
 }
 
 scenarios!(separate, Mode::Separate);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequencer_takeover_while_sends_are_in_flight() {
+    natter_tests::scenarios::sequencer_takeover(natter_tests::Mode::Separate).await;
+}
 scenarios!(single, Mode::Single);
