@@ -557,6 +557,100 @@ pub async fn sequencer_takeover(mode: Mode) {
     assert_converged(&cluster, &conv, &acked).await;
 }
 
+/// Kills the gateway holding 1,000 device sessions while messages flow
+/// and starts it again: every device reconnects with its cursor and gets
+/// what it missed and what follows, each update once, in order, without a
+/// gap (`Device::updates` checks every cursor).
+pub async fn gateway_crash_with_many_sessions(mode: Mode) {
+    // Rooms over 100 members, so each member's log holds only their own
+    // join besides the messages.
+    const ROOMS: usize = 8;
+    const MEMBERS: usize = 125;
+    let mut cluster = Cluster::start(mode).await;
+    let mut rooms = Vec::with_capacity(ROOMS);
+    for room in 0..ROOMS {
+        let users: Vec<String> = (0..MEMBERS).map(|i| format!("r{room}u{i}")).collect();
+        let members: Vec<(&str, Role)> =
+            users.iter().map(|u| (u.as_str(), Role::Customer)).collect();
+        rooms.push((conversation(&cluster, &members).await, users));
+    }
+    let connect_all = async |cluster: &Cluster, cursors: &[(String, String, u64)]| {
+        let mut devices = Vec::with_capacity(cursors.len());
+        for chunk in cursors.chunks(100) {
+            let connecting = chunk.iter().map(|(user, _, cursor)| {
+                device_at(
+                    cluster,
+                    Transport::WsProto,
+                    user,
+                    Role::Customer,
+                    "phone",
+                    *cursor,
+                )
+            });
+            devices.extend(futures::future::join_all(connecting).await);
+        }
+        devices
+    };
+    let mut sessions: Vec<(String, String, u64)> = rooms
+        .iter()
+        .flat_map(|(conv, users)| users.iter().map(|u| (u.clone(), conv.clone(), 0)))
+        .collect();
+    let mut devices = connect_all(&cluster, &sessions).await;
+    assert_eq!(devices.len(), ROOMS * MEMBERS);
+    for device in &mut devices {
+        device.updates(1).await; // their join
+    }
+    let send_round = async |cluster: &Cluster, round: u32| {
+        for (conv, _) in &rooms {
+            let request = SendMessageRequest {
+                conversation_id: conv.clone(),
+                client_message_id: format!("round-{round}"),
+                content: Some(MessageContent {
+                    kind: Some(message_content::Kind::Text(format!("round {round}"))),
+                }),
+            };
+            let sent = cluster
+                .conversations()
+                .await
+                .send_message(authed(&cluster.token("crm", Role::Service), request))
+                .await;
+            sent.unwrap_or_else(|e| panic!("round {round} to {conv}: {e:?}"));
+        }
+    };
+    let expect =
+        async |devices: &mut Vec<Device>, sessions: &[(String, String, u64)], rounds: &[u32]| {
+            for (device, (_, conv, _)) in devices.iter_mut().zip(sessions) {
+                let got = device.messages(conv, rounds.len()).await;
+                let texts: Vec<&str> = got.iter().map(text_of).collect();
+                let wanted: Vec<String> = rounds.iter().map(|r| format!("round {r}")).collect();
+                assert_eq!(texts, wanted);
+            }
+        };
+    send_round(&cluster, 1).await;
+    expect(&mut devices, &sessions, &[1]).await;
+
+    for (session, device) in sessions.iter_mut().zip(&devices) {
+        session.2 = device.cursor;
+    }
+    drop(devices);
+    let victim = match mode {
+        Mode::Separate => Service::Gateway,
+        Mode::Single => Service::All,
+    };
+    cluster.kill(victim);
+    if mode == Mode::Separate {
+        // Messages go on while no gateway runs.
+        send_round(&cluster, 2).await;
+    }
+    cluster.restart(victim).await;
+    if mode == Mode::Single {
+        send_round(&cluster, 2).await;
+    }
+    let mut devices = connect_all(&cluster, &sessions).await;
+    send_round(&cluster, 3).await;
+    expect(&mut devices, &sessions, &[2, 3]).await;
+}
+
 /// Storage holds every acknowledged message exactly once, gap-free, at
 /// the seq it was acknowledged with, and every member's fresh device
 /// converges on that history.

@@ -56,6 +56,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn gateway_crash_with_many_sessions() {
+                scenarios::gateway_crash_with_many_sessions(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn survives_kill_9() {
                 scenarios::survives_kill_9(MODE).await;
             }
