@@ -24,6 +24,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use natter_bus::{Bus, BusError, Storage, StreamConfig};
+use natter_proto::status::{self, reason};
 use thiserror::Error;
 
 pub use backoff::Backoff;
@@ -40,20 +41,23 @@ pub enum ContractError {
 }
 
 impl ContractError {
-    /// How a caller reports it: the peer service is unreachable or answered
-    /// nonsense, which is the caller's UNAVAILABLE either way.
+    /// How a caller reports it: the peer service is unreachable
+    /// (UNAVAILABLE, worth a retry) or answered nonsense (INTERNAL).
     pub fn into_status(self, peer: &str) -> tonic::Status {
         tracing::warn!(error = %self, peer, "call to peer service failed");
         match self {
-            ContractError::Bus(BusError::Timeout { .. }) => {
-                tonic::Status::unavailable(format!("{peer} did not answer in time; retry"))
-            }
-            ContractError::Bus(_) => {
-                tonic::Status::unavailable(format!("{peer} is unreachable; retry"))
-            }
-            ContractError::Decode { .. } => {
-                tonic::Status::internal(format!("{peer} answered with an unreadable message"))
-            }
+            ContractError::Bus(BusError::Timeout { .. }) => status::unavailable(
+                reason::SERVICE_UNAVAILABLE,
+                format!("{peer} did not answer in time; retry"),
+            ),
+            ContractError::Bus(_) => status::unavailable(
+                reason::SERVICE_UNAVAILABLE,
+                format!("{peer} is unreachable; retry"),
+            ),
+            ContractError::Decode { .. } => status::internal(
+                reason::SERVICE_MESSAGE_UNREADABLE,
+                format!("{peer} answered with an unreadable message"),
+            ),
         }
     }
 }

@@ -36,8 +36,17 @@ pub mod reason {
     pub const FAILED_PRECONDITION: &str = "FAILED_PRECONDITION";
     /// UNAVAILABLE: storage could not be reached; retry with backoff.
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    /// UNAVAILABLE: another Natter service, or the bus between them, did
+    /// not answer; retry with backoff.
+    pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     /// INTERNAL: a stored record could not be read.
     pub const CORRUPT_RECORD: &str = "CORRUPT_RECORD";
+    /// INTERNAL: one Natter service could not read what another sent it.
+    pub const SERVICE_MESSAGE_UNREADABLE: &str = "SERVICE_MESSAGE_UNREADABLE";
+    /// OUT_OF_RANGE for a client frame over the size limit, else the
+    /// transport's code: a client frame could not be decoded; the session
+    /// ends.
+    pub const FRAME_UNREADABLE: &str = "FRAME_UNREADABLE";
     /// PERMISSION_DENIED: the device was revoked; it may not connect.
     pub const DEVICE_REVOKED: &str = "DEVICE_REVOKED";
     /// RESOURCE_EXHAUSTED: the device reads too slowly, or fell too far
@@ -114,6 +123,31 @@ pub fn permission_denied(reason: &str, message: impl Into<String>) -> Status {
 /// `unauthenticated(reason::TOKEN_INVALID, "token expired")`.
 pub fn unauthenticated(reason: &str, message: impl Into<String>) -> Status {
     plain(Code::Unauthenticated, reason, message)
+}
+
+/// UNAVAILABLE for a call that may succeed if retried with backoff, such
+/// as `unavailable(reason::SERVICE_UNAVAILABLE, "sync did not answer")`.
+pub fn unavailable(reason: &str, message: impl Into<String>) -> Status {
+    plain(Code::Unavailable, reason, message)
+}
+
+/// RESOURCE_EXHAUSTED for a caller over a bound that frees up, such as
+/// `resource_exhausted(reason::SLOW_CONSUMER, "too slow")`.
+pub fn resource_exhausted(reason: &str, message: impl Into<String>) -> Status {
+    plain(Code::ResourceExhausted, reason, message)
+}
+
+/// INTERNAL for what the caller cannot fix, such as
+/// `internal(reason::SERVICE_MESSAGE_UNREADABLE, "storage answered nonsense")`.
+/// The message must not carry backend details.
+pub fn internal(reason: &str, message: impl Into<String>) -> Status {
+    plain(Code::Internal, reason, message)
+}
+
+/// The status that ends a stream whose client frame the transport could
+/// not decode: the transport's code and message, with an `ErrorInfo`.
+pub fn frame_unreadable(cause: &Status) -> Status {
+    plain(cause.code(), reason::FRAME_UNREADABLE, cause.message())
 }
 
 /// The gateway's `error` frame for a status, so a failed frame reports the
@@ -302,13 +336,43 @@ mod tests {
     }
 
     #[test]
-    fn authorization_helpers_carry_their_reason() {
-        let denied = permission_denied(reason::NOT_A_MEMBER, "not a member");
-        assert_eq!(denied.code(), Code::PermissionDenied);
-        assert_eq!(reason_of(&denied), "NOT_A_MEMBER");
-        let unauthenticated = unauthenticated(reason::TOKEN_INVALID, "token expired");
-        assert_eq!(unauthenticated.code(), Code::Unauthenticated);
-        assert_eq!(reason_of(&unauthenticated), "TOKEN_INVALID");
+    fn helpers_carry_their_code_and_reason() {
+        let cases = [
+            (
+                permission_denied(reason::NOT_A_MEMBER, "not a member"),
+                Code::PermissionDenied,
+                "NOT_A_MEMBER",
+            ),
+            (
+                unauthenticated(reason::TOKEN_INVALID, "token expired"),
+                Code::Unauthenticated,
+                "TOKEN_INVALID",
+            ),
+            (
+                unavailable(reason::SERVICE_UNAVAILABLE, "sync did not answer"),
+                Code::Unavailable,
+                "SERVICE_UNAVAILABLE",
+            ),
+            (
+                resource_exhausted(reason::SLOW_CONSUMER, "too slow"),
+                Code::ResourceExhausted,
+                "SLOW_CONSUMER",
+            ),
+            (
+                internal(reason::SERVICE_MESSAGE_UNREADABLE, "nonsense"),
+                Code::Internal,
+                "SERVICE_MESSAGE_UNREADABLE",
+            ),
+            (
+                frame_unreadable(&Status::out_of_range("frame too large")),
+                Code::OutOfRange,
+                "FRAME_UNREADABLE",
+            ),
+        ];
+        for (status, code, reason) in cases {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(reason_of(&status), reason);
+        }
     }
 
     #[test]

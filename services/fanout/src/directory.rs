@@ -8,7 +8,7 @@ use natter_bus::Bus;
 use natter_contract::{ContractError, subjects};
 use natter_core::{ConversationId, MembershipChange, TenantId, UserId};
 use natter_proto::bus::v1::{Failure, MembersPage, MembersQuery};
-use natter_proto::status::from_failure;
+use natter_proto::status::{from_failure, internal, reason};
 use thiserror::Error;
 use tonic::{Code, Status};
 
@@ -54,7 +54,10 @@ impl LookupError {
             LookupError::Refused(failure) => from_failure(failure),
             LookupError::Malformed(reason) => {
                 tracing::error!(%reason, "storage answered a malformed member list");
-                Status::internal("storage answered an unreadable member list")
+                internal(
+                    reason::SERVICE_MESSAGE_UNREADABLE,
+                    "storage answered an unreadable member list",
+                )
             }
         }
     }

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use futures::{FutureExt, Stream, StreamExt};
+use natter_proto::status;
 use natter_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
 use natter_proto::v1::{ClientFrame, ServerFrame};
 use tokio::sync::oneshot;
@@ -64,7 +65,7 @@ impl GatewayService for GatewayGrpc {
             };
             let result = session::run(shared, "grpc", inbound, outbound, token).await;
             // A stream that broke (undecodable or oversized frame) ends
-            // with what tonic reported.
+            // with what tonic reported, and a reason.
             let result = match broken.into_inner() {
                 Some(status) => Err(status),
                 None => result,
@@ -95,7 +96,7 @@ impl Stream for Incoming<'_> {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
             Some(Err(status)) => {
                 tracing::debug!(code = ?status.code(), message = status.message(), "client stream broke");
-                let _ = self.broken.set(status);
+                let _ = self.broken.set(status::frame_unreadable(&status));
                 Poll::Ready(None)
             }
             None => Poll::Ready(None),

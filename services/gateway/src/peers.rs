@@ -8,7 +8,7 @@ use natter_auth::Identity;
 use natter_contract::subjects;
 use natter_core::{ClientMessageId, ConversationId, DeviceId};
 use natter_proto::bus::v1::{
-    Actor, CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, Failure, MarkReadCommand,
+    Actor, CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, MarkReadCommand,
     MarkReadOutcome, SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
 };
 use natter_proto::status::{self, reason};
@@ -19,54 +19,31 @@ use crate::Shared;
 use crate::outbound::Outbound;
 use crate::session::Stop;
 
-/// A status with an `ErrorInfo`, for the cases `natter_proto::status` has
-/// no helper for.
-fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    status::from_failure(Failure {
-        code: code.into(),
-        reason: reason.to_owned(),
-        message: message.into(),
-        field: String::new(),
-    })
-}
-
-/// A peer service (storage, sync) did not answer; the client retries.
+/// A peer service (storage, sync) or the bus did not answer; the client
+/// retries.
 pub(crate) fn unavailable(message: impl Into<String>) -> Status {
-    status(Code::Unavailable, reason::STORE_UNAVAILABLE, message)
+    status::unavailable(reason::SERVICE_UNAVAILABLE, message)
 }
 
 /// A peer answered with something that cannot be read.
 pub(crate) fn unreadable(message: impl Into<String>) -> Status {
-    status(Code::Internal, reason::CORRUPT_RECORD, message)
+    status::internal(reason::SERVICE_MESSAGE_UNREADABLE, message)
 }
 
 pub(crate) fn shutting_down() -> Status {
-    status(
-        Code::Unavailable,
-        natter_proto::status::reason::SHUTTING_DOWN,
-        "server shutting down; reconnect",
-    )
+    status::unavailable(reason::SHUTTING_DOWN, "server shutting down; reconnect")
 }
 
 pub(crate) fn device_revoked() -> Status {
-    status(
-        Code::PermissionDenied,
-        natter_proto::status::reason::DEVICE_REVOKED,
-        "device revoked",
-    )
+    status::permission_denied(reason::DEVICE_REVOKED, "device revoked")
 }
 
 pub(crate) fn slow_consumer(message: &str) -> Status {
-    status(
-        Code::ResourceExhausted,
-        natter_proto::status::reason::SLOW_CONSUMER,
-        message,
-    )
+    status::resource_exhausted(reason::SLOW_CONSUMER, message)
 }
 
 pub(crate) fn too_many_watches(max: usize) -> Status {
-    status(
-        Code::ResourceExhausted,
+    status::resource_exhausted(
         reason::LIMIT_EXCEEDED,
         format!("a session watches at most {max} conversations; unwatch one first"),
     )

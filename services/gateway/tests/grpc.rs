@@ -13,6 +13,7 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
 
 #[tokio::test]
 async fn the_token_may_come_from_authorization_metadata() {
@@ -42,7 +43,11 @@ async fn a_frame_over_the_limit_ends_the_stream() {
         .send(text_send(room, "c-1", &"x".repeat(20 * 1024)))
         .await;
     match device.ended().await {
-        Ended::Status(status) => assert_eq!(status.code(), Code::OutOfRange, "{status:?}"),
+        Ended::Status(status) => {
+            assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+            let info = status.get_details_error_info().expect("an ErrorInfo");
+            assert_eq!(info.reason, "FRAME_UNREADABLE");
+        }
         other => panic!("expected a status, got {other:?}"),
     }
     harness.wait_until_gone("alice").await;

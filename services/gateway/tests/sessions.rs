@@ -219,7 +219,7 @@ async fn an_unconfirmed_send_asks_for_a_retry_with_the_same_id() {
         device.send(text_send(room, "c-1", "hi")).await;
         let error = device.error().await;
         assert_eq!(error.code, Code::Unavailable as i32);
-        assert_eq!(error.reason, "STORE_UNAVAILABLE");
+        assert_eq!(error.reason, "SERVICE_UNAVAILABLE");
         assert_eq!(error.client_message_id, "c-1");
         assert!(
             error.message.contains("same client_message_id"),

@@ -29,7 +29,7 @@ use natter_core::{
 };
 use natter_proto::bus::v1::{Actor, SendCommand, SendOutcome, send_outcome};
 use natter_proto::convert::{content_from_wire, parse_id, role_from_wire, timestamp_from_wire};
-use natter_proto::status::to_failure;
+use natter_proto::status::{self, reason, to_failure};
 use natter_server::partitions::{self, trusted};
 use natter_store::{Lease, LeaseStore, MessageRange, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -327,8 +327,13 @@ async fn check(storage: Arc<Storage>, incoming: Incoming, reply: Reply) -> Check
 }
 
 async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, NewMessage), Status> {
-    let command: SendCommand = natter_contract::decode(payload)
-        .map_err(|e| Status::invalid_argument(format!("unreadable send command: {e}")))?;
+    let command: SendCommand = natter_contract::decode(payload).map_err(|e| {
+        tracing::error!(error = %e, "unreadable send command");
+        status::internal(
+            reason::SERVICE_MESSAGE_UNREADABLE,
+            "storage could not read the send command",
+        )
+    })?;
     let sender = actor_from_wire(command.actor).map_err(invalid)?;
     let conversation_id: ConversationId =
         parse_id("conversation_id", &command.conversation_id).map_err(invalid)?;

@@ -13,10 +13,10 @@ use natter_core::{
     ConversationId, Event, Invalid, Limits, Member, MembershipChange, MembershipKind, Role,
     TenantId, Timestamp, UserId,
 };
-use natter_proto::bus::v1::{ConversationEvent, ConversationEvents, Failure};
+use natter_proto::bus::v1::{ConversationEvent, ConversationEvents};
 use natter_proto::status::{self, reason};
 use natter_store::{ConversationStore, StoreError};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::policy::{self, Check};
 
@@ -214,12 +214,7 @@ pub(crate) fn invalid(err: Invalid) -> Status {
 /// UNAVAILABLE with the documented reason, for a call that could not be
 /// completed now and is safe to retry.
 pub(crate) fn unavailable(message: &str) -> Status {
-    status::from_failure(Failure {
-        code: Code::Unavailable as i32,
-        reason: reason::STORE_UNAVAILABLE.to_owned(),
-        message: message.to_owned(),
-        field: String::new(),
-    })
+    status::unavailable(reason::STORE_UNAVAILABLE, message)
 }
 
 #[cfg(test)]
@@ -236,16 +231,5 @@ mod tests {
         assert!(!recent(at, later(60_000), window));
         // A clock behind the event's writer still counts it as recent.
         assert!(recent(at, Timestamp::from_millis(999_000), window));
-    }
-
-    #[test]
-    fn unavailable_carries_the_documented_reason() {
-        use tonic_types::StatusExt as _;
-        let status = unavailable("retry");
-        assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(
-            status.get_details_error_info().unwrap().reason,
-            reason::STORE_UNAVAILABLE
-        );
     }
 }
