@@ -18,6 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 KIB = 1024
 
+# The durable part's systems, in the order the results list them, and
+# their names there.
+DURABLE_SYSTEMS = {
+    "natter-single": "embedded (redb), `natter dev`",
+    "natter-cql": "CQL (Cassandra 5.0), `natter dev --cql`",
+    "natter-services-cql": "CQL (Cassandra 5.0), the four services on NATS",
+}
+
 
 def load_runs(runs):
     lines = (runs / "runs.jsonl").read_text().splitlines() if (runs / "runs.jsonl").exists() else []
@@ -141,7 +149,7 @@ def ceiling(records):
 
 def durable(records):
     out = {}
-    for system in ("natter-single", "natter-cql"):
+    for system in DURABLE_SYSTEMS:
         mine = [r for r in records if r["part"] == "durable" and r["system"] == system and r["report"]]
         if not mine:
             continue
@@ -206,7 +214,9 @@ def targets(results):
     cf_mem = f.get("centrifugo-memory", {})
     cf_nats = f.get("centrifugo-nats", {})
     for natter, cf, label in (("natter-single", cf_mem, "natter dev vs Centrifugo memory"),
-                              ("natter-services", cf_nats, "four services on NATS vs Centrifugo NATS broker")):
+                              ("natter-services", cf_nats, "four services on NATS vs Centrifugo NATS broker"),
+                              ("natter-services-cql", cf_nats,
+                               "four services on NATS and Cassandra (production path) vs Centrifugo NATS broker")):
         if natter not in f:
             continue
         r = ratio(f[natter]["peak_delivered_per_s"], cf.get("peak_delivered_per_s"))
@@ -285,8 +295,10 @@ def markdown(results):
             "",
             "Systems: `natter-single` is `natter dev` (in-process bus, embedded store); `natter-services` "
             "the four services as four processes on NATS JetStream (storage and sync each with an embedded "
-            "store; CPU and memory figures are the gateway's); `centrifugo-memory` and `centrifugo-nats` "
-            "Centrifugo with its memory engine and with its NATS broker.",
+            "store); `natter-services-cql` the same with storage and sync on Cassandra (one keyspace per "
+            "run), the production path; CPU and memory figures of both are the gateway's; "
+            "`centrifugo-memory` and `centrifugo-nats` Centrifugo with its memory engine and with its NATS "
+            "broker.",
             "",
             "Each device publishes its own messages and receives the other members'; delivered "
             "counts every receiving device (5 per offered message on average). Peak: the highest "
@@ -344,7 +356,7 @@ def markdown(results):
             "|---|---:|---:|---:|---|",
         ]
         for system, r in d.items():
-            name = "embedded (redb), `natter dev`" if system == "natter-single" else "CQL (Cassandra 5.0), `natter dev --cql`"
+            name = DURABLE_SYSTEMS[system]
             lines.append(
                 f"| {name} | {fmt(r['stored_per_s'])} | {fmt(r['ack_p50_ms'], 2, ' ms')} | "
                 f"{fmt(r['ack_p99_ms'], 2, ' ms')} | {r['load']} |"
@@ -371,6 +383,7 @@ def plot(results, path):
         return False
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     colors = {"natter-single": "#3b5bdb", "natter-services": "#0ca678", "natter-nats": "#0ca678",
+              "natter-services-cql": "#2b8a3e",
               "centrifugo-memory": "#e8590c", "centrifugo-nats": "#ae3ec9"}
     for system, r in f.items():
         # One point per offered rate: the medians of its runs.
