@@ -1,5 +1,6 @@
 //! Conversions between the wire types of [`crate::v1`] and the domain types
-//! of `natter_core`, both ways.
+//! of `natter_core`, both ways, and between a verified caller
+//! ([`Identity`]) and the [`Actor`] that carries it on the bus.
 //!
 //! Domain to wire is infallible ([`From`]). Wire to domain is fallible
 //! ([`TryFrom`], error [`Invalid`]): it checks structure only (required
@@ -14,12 +15,14 @@
 
 use std::str::FromStr;
 
+use natter_auth::Identity;
 use natter_core::{
     Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, Invalid,
     Member, MembershipChange, MembershipKind, Message, Postback, QuickReplies, QuickReply,
     ReadMarker, Result, Role, Seq, Template, Timestamp, Update, UserId,
 };
 
+use crate::bus::v1::Actor;
 use crate::v1;
 
 const MILLIS_PER_SECOND: i64 = 1_000;
@@ -469,6 +472,37 @@ impl TryFrom<v1::Update> for Update {
     }
 }
 
+// Callers on the bus.
+
+/// A caller as the service that verified it names it to the others.
+impl From<&Identity> for Actor {
+    fn from(identity: &Identity) -> Self {
+        Actor {
+            tenant_id: identity.tenant.to_string(),
+            user_id: identity.user.to_string(),
+            role: v1::Role::from(identity.role).into(),
+        }
+    }
+}
+
+/// The caller a command names, as the service that sent it verified it.
+impl TryFrom<Actor> for Identity {
+    type Error = Invalid;
+
+    fn try_from(actor: Actor) -> Result<Self> {
+        Ok(Identity {
+            tenant: parse_id("actor.tenant_id", &actor.tenant_id)?,
+            user: parse_id("actor.user_id", &actor.user_id)?,
+            role: role_from_wire("actor.role", actor.role)?,
+        })
+    }
+}
+
+/// The caller of a bus command, whose `actor` field is required.
+pub fn actor_from_wire(actor: Option<Actor>) -> Result<Identity> {
+    required("actor", actor)?.try_into()
+}
+
 #[cfg(test)]
 mod tests {
     use natter_core::{ClientMessageId, ConversationId, DeviceId, MessageId, TenantId};
@@ -500,6 +534,44 @@ mod tests {
                 cursor: Cursor::new(7),
                 event,
             });
+        }
+    }
+
+    #[test]
+    fn actors_round_trip_and_name_their_bad_field() {
+        let identity = Identity {
+            tenant: TenantId::new("acme").unwrap(),
+            user: UserId::new("alice").unwrap(),
+            role: Role::Agent,
+        };
+        let actor = Actor::from(&identity);
+        assert_eq!(actor_from_wire(Some(actor.clone())).unwrap(), identity);
+
+        assert_eq!(actor_from_wire(None).unwrap_err().field, "actor");
+        for (bad, field) in [
+            (
+                Actor {
+                    user_id: "has space".into(),
+                    ..actor.clone()
+                },
+                "actor.user_id",
+            ),
+            (
+                Actor {
+                    tenant_id: String::new(),
+                    ..actor.clone()
+                },
+                "actor.tenant_id",
+            ),
+            (
+                Actor {
+                    role: v1::Role::Unspecified.into(),
+                    ..actor
+                },
+                "actor.role",
+            ),
+        ] {
+            assert_eq!(Identity::try_from(bad).unwrap_err().field, field);
         }
     }
 

@@ -10,7 +10,7 @@ use natter_bus::{Bus, Incoming, Outgoing, Subscription};
 use natter_contract::{decode, subjects};
 use natter_core::{ConversationId, Invalid, Role, TenantId, Timestamp, UserId};
 use natter_proto::bus::v1::{EphemeralSignal, ephemeral_signal};
-use natter_proto::convert::{parse_id, required, role_from_wire, timestamp_from_wire};
+use natter_proto::convert::{actor_from_wire, parse_id, required, timestamp_from_wire};
 use natter_proto::status::{permission_denied, reason};
 use natter_proto::v1;
 use prost::Message as _;
@@ -50,19 +50,19 @@ pub(crate) struct Signal {
 impl Signal {
     /// A signal from the bus, with the role of whoever sent it.
     fn from_bus(signal: EphemeralSignal) -> Result<(Self, Role), Invalid> {
-        let actor = required("actor", signal.actor)?;
+        let sender = actor_from_wire(signal.actor)?;
         let kind = match required("signal", signal.signal)? {
             ephemeral_signal::Signal::Typing(active) => SignalKind::Typing { active },
             ephemeral_signal::Signal::Online(online) => SignalKind::Presence { online },
         };
         let signal = Signal {
-            tenant: parse_id("actor.tenant_id", &actor.tenant_id)?,
+            tenant: sender.tenant,
             conversation: parse_id("conversation_id", &signal.conversation_id)?,
-            user: parse_id("actor.user_id", &actor.user_id)?,
+            user: sender.user,
             kind,
             at: timestamp_from_wire("at", signal.at)?,
         };
-        Ok((signal, role_from_wire("actor.role", actor.role)?))
+        Ok((signal, sender.role))
     }
 
     /// Older than `ttl` at `now`.

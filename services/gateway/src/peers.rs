@@ -8,8 +8,8 @@ use natter_auth::Identity;
 use natter_contract::subjects;
 use natter_core::{ClientMessageId, ConversationId, DeviceId};
 use natter_proto::bus::v1::{
-    Actor, CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, MarkReadCommand,
-    MarkReadOutcome, SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
+    CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, MarkReadCommand, MarkReadOutcome,
+    SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
 };
 use natter_proto::status::{self, reason};
 use natter_proto::v1::{SendAck, server_frame::Frame};
@@ -65,14 +65,6 @@ where
         })
 }
 
-pub(crate) fn actor(identity: &Identity) -> Actor {
-    Actor {
-        tenant_id: identity.tenant.to_string(),
-        user_id: identity.user.to_string(),
-        role: natter_proto::v1::Role::from(identity.role).into(),
-    }
-}
-
 /// Registers the device with sync and learns whether it may connect.
 #[tracing::instrument(skip_all)]
 pub(crate) async fn device_hello(
@@ -82,7 +74,7 @@ pub(crate) async fn device_hello(
     label: String,
 ) -> Result<(), Status> {
     let hello = DeviceHello {
-        actor: Some(actor(identity)),
+        actor: Some(identity.into()),
         device_id: device.to_string(),
         label,
     };

@@ -572,7 +572,7 @@ impl Session {
             Err(e) => return self.reject(e, &client_message_id),
         };
         let command = SendCommand {
-            actor: Some(peers::actor(&self.identity)),
+            actor: Some((&self.identity).into()),
             conversation_id: conversation.to_string(),
             client_message_id: id.to_string(),
             content: Some(content.into()),
@@ -609,7 +609,7 @@ impl Session {
         }
         self.acked = cursor;
         let ack = CursorAck {
-            actor: Some(peers::actor(&self.identity)),
+            actor: Some((&self.identity).into()),
             device_id: self.device.to_string(),
             cursor,
         };
@@ -625,7 +625,7 @@ impl Session {
             Err(e) => return self.reject(e, ""),
         };
         let command = MarkReadCommand {
-            actor: Some(peers::actor(&self.identity)),
+            actor: Some((&self.identity).into()),
             conversation_id: conversation.to_string(),
             seq: read.seq,
         };
@@ -647,7 +647,7 @@ impl Session {
             return Ok(());
         }
         let signal = EphemeralSignal {
-            actor: Some(peers::actor(&self.identity)),
+            actor: Some((&self.identity).into()),
             conversation_id: conversation.to_string(),
             at: Some(timestamp_to_wire(now())),
             signal: Some(ephemeral_signal::Signal::Typing(typing.active)),

@@ -141,7 +141,7 @@ impl Watches {
                 continue;
             }
             let query = MessagesQuery {
-                actor: Some(peers::actor(&self.identity)),
+                actor: Some((&self.identity).into()),
                 conversation_id: conversation.to_string(),
                 after_seq: room.handoff.delivered().get(),
                 limit: u32::try_from(self.shared.config.watch_page_size()).unwrap_or(u32::MAX),

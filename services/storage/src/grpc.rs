@@ -12,7 +12,7 @@ use natter_core::{
     ClientMessageId, Conversation, ConversationId, Event, Invalid, NewConversation, Role, UserId,
     validate_member_list,
 };
-use natter_proto::bus::v1::{Actor, SendCommand, send_outcome};
+use natter_proto::bus::v1::{SendCommand, send_outcome};
 use natter_proto::convert::{self, content_from_wire, new_members_from_wire, parse_id};
 use natter_proto::page;
 use natter_proto::status;
@@ -414,11 +414,7 @@ impl ConversationService for ConversationApi {
             .await?;
 
         let command = SendCommand {
-            actor: Some(Actor {
-                tenant_id: who.tenant.to_string(),
-                user_id: who.user.to_string(),
-                role: natter_proto::v1::Role::from(who.role).into(),
-            }),
+            actor: Some((&who).into()),
             conversation_id: request.conversation_id,
             client_message_id: request.client_message_id,
             content: request.content,

@@ -13,14 +13,13 @@ use natter_proto::bus::v1::{
     Failure, MarkReadCommand, MarkReadOutcome, MembersPage, MembersQuery, MessagesPage,
     MessagesQuery,
 };
-use natter_proto::convert::parse_id;
+use natter_proto::convert::{actor_from_wire, parse_id};
 use natter_proto::status::to_failure;
 use natter_store::{MessageRange, PageRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::policy;
-use crate::sequencer::actor_from_wire;
 use crate::storage::{RETRY_CALL, Storage, invalid, store_status};
 
 /// Requests one storage process answers at once, per subject.

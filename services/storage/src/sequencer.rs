@@ -20,15 +20,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use natter_auth::Identity;
 use natter_bus::Incoming;
 use natter_contract::{encode, subjects};
 use natter_core::sequencer::{ConversationKey, Sequencer, SequencerConfig, Step, Stored};
 use natter_core::{
     ClientMessageId, ConversationId, Event, Message, MessageId, NewMessage, Seq, TenantId,
 };
-use natter_proto::bus::v1::{Actor, SendCommand, SendOutcome, send_outcome};
-use natter_proto::convert::{content_from_wire, parse_id, role_from_wire, timestamp_from_wire};
+use natter_proto::bus::v1::{SendCommand, SendOutcome, send_outcome};
+use natter_proto::convert::{actor_from_wire, content_from_wire, parse_id, timestamp_from_wire};
 use natter_proto::status::{self, reason, to_failure};
 use natter_server::partitions::{self, trusted};
 use natter_store::{Lease, LeaseStore, MessageRange, StoreError};
@@ -399,34 +398,5 @@ async fn answer(storage: &Storage, reply: &str, result: send_outcome::Result) {
     };
     if let Err(e) = storage.bus.publish(reply, encode(&outcome)).await {
         tracing::warn!(error = %e, "cannot answer a send");
-    }
-}
-
-/// The sender of a command, as the sending service established it.
-pub(crate) fn actor_from_wire(actor: Option<Actor>) -> natter_core::Result<Identity> {
-    let actor = natter_proto::convert::required("actor", actor)?;
-    Ok(Identity {
-        tenant: parse_id("actor.tenant_id", &actor.tenant_id)?,
-        user: parse_id("actor.user_id", &actor.user_id)?,
-        role: role_from_wire("actor.role", actor.role)?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn actors_name_their_bad_field() {
-        assert_eq!(actor_from_wire(None).unwrap_err().field, "actor");
-        let actor = Actor {
-            tenant_id: "acme".into(),
-            user_id: "has space".into(),
-            role: natter_proto::v1::Role::Agent.into(),
-        };
-        assert_eq!(
-            actor_from_wire(Some(actor)).unwrap_err().field,
-            "actor.user_id"
-        );
     }
 }

@@ -7,7 +7,7 @@ use natter_auth::{Identity, Verifier};
 use natter_bus::Bus;
 use natter_contract::{ContractError, encode, subjects};
 use natter_core::{ConversationId, Cursor, DeviceId, Limits, ReadMarker, Role, Seq, UserId};
-use natter_proto::bus::v1::{Actor, DeviceRevoked, MarkReadCommand, MarkReadOutcome};
+use natter_proto::bus::v1::{DeviceRevoked, MarkReadCommand, MarkReadOutcome};
 use natter_proto::convert::parse_id;
 use natter_proto::page::{next_page_token, page_request};
 use natter_proto::status::{
@@ -88,7 +88,7 @@ impl SyncService for Api {
         let conversation: ConversationId =
             parse_id("conversation_id", &request.conversation_id).map_err(invalid_argument)?;
         let command = MarkReadCommand {
-            actor: Some(actor(&caller)),
+            actor: Some((&caller).into()),
             conversation_id: conversation.to_string(),
             seq: request.seq,
         };
@@ -183,14 +183,6 @@ fn whose(caller: &Identity, named: &str) -> Result<UserId, Status> {
         ));
     }
     Ok(user)
-}
-
-fn actor(caller: &Identity) -> Actor {
-    Actor {
-        tenant_id: caller.tenant.to_string(),
-        user_id: caller.user.to_string(),
-        role: natter_proto::v1::Role::from(caller.role).into(),
-    }
 }
 
 /// Logs a store failure, then maps it.

@@ -9,9 +9,9 @@ use natter_bus::{Bus, BusError, Subscription};
 use natter_contract::{decode, serve, subjects};
 use natter_core::{Cursor, Device, DeviceId, Invalid, Limits, TenantId, UserId};
 use natter_proto::bus::v1::{
-    Actor, CursorAck, DeviceHello, DeviceWelcome, Failure, UpdatesPage, UpdatesQuery,
+    CursorAck, DeviceHello, DeviceWelcome, Failure, UpdatesPage, UpdatesQuery,
 };
-use natter_proto::convert::{parse_id, required};
+use natter_proto::convert::{actor_from_wire, parse_id};
 use natter_proto::status::{invalid_argument, store_error, to_failure};
 use natter_store::{StoreError, SyncStore, UpdateBatch};
 use tokio::sync::Semaphore;
@@ -179,10 +179,10 @@ impl Responders {
 
     #[tracing::instrument(skip_all, fields(device = %ack.device_id, cursor = ack.cursor))]
     async fn record_ack(&self, ack: CursorAck) {
-        let parsed = actor_ids(ack.actor).and_then(|(tenant, user)| {
+        let parsed = actor_from_wire(ack.actor).and_then(|who| {
             Ok((
-                tenant,
-                user,
+                who.tenant,
+                who.user,
                 parse_id::<DeviceId>("device_id", &ack.device_id)?,
             ))
         });
@@ -216,20 +216,12 @@ fn ids(tenant: &str, user: &str) -> Result<(TenantId, UserId), Invalid> {
     Ok((parse_id("tenant_id", tenant)?, parse_id("user_id", user)?))
 }
 
-fn actor_ids(actor: Option<Actor>) -> Result<(TenantId, UserId), Invalid> {
-    let actor = required("actor", actor)?;
-    Ok((
-        parse_id("actor.tenant_id", &actor.tenant_id)?,
-        parse_id("actor.user_id", &actor.user_id)?,
-    ))
-}
-
 /// The device a hello describes, as the store should record it now.
 fn device_of(hello: DeviceHello) -> Result<Device, Invalid> {
-    let (tenant_id, user_id) = actor_ids(hello.actor)?;
+    let who = actor_from_wire(hello.actor)?;
     Ok(Device {
-        tenant_id,
-        user_id,
+        tenant_id: who.tenant,
+        user_id: who.user,
         device_id: parse_id("device_id", &hello.device_id)?,
         label: bounded_label(hello.label),
         // The store keeps the recorded cursor; a new device starts at zero.
