@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use natter_bus::{Bus, Incoming, Outgoing, Subscription};
-use natter_contract::{decode, subjects};
+use natter_contract::{Backoff, decode, subjects};
 use natter_core::{ConversationId, Invalid, Role, TenantId, Timestamp, UserId};
 use natter_proto::bus::v1::{EphemeralSignal, ephemeral_signal};
 use natter_proto::convert::{actor_from_wire, parse_id, required, timestamp_from_wire};
@@ -172,7 +172,7 @@ impl Relay {
         shutdown: CancellationToken,
     ) {
         let permits = Arc::new(Semaphore::new(CONCURRENCY));
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -180,11 +180,10 @@ impl Relay {
             };
             let Some(incoming) = next else {
                 tracing::warn!("ephemeral subscription ended; subscribing again");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                backoff.wait(&shutdown).await;
+                if shutdown.is_cancelled() {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 match self
                     .bus
                     .subscribe(subjects::EPHEMERAL, Some(crate::CONSUMER))
@@ -195,7 +194,7 @@ impl Relay {
                 }
                 continue;
             };
-            backoff = Duration::from_millis(50);
+            backoff.reset();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 Stats::add(&self.stats.ephemeral_dropped, 1);
                 tracing::debug!("ephemeral signal dropped: too many in flight");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_bus::{Bus, BusError, DurableMessage, Outgoing};
-use natter_contract::{Handled, Topology, USERS, encode, subjects};
+use natter_contract::{Backoff, Handled, Topology, USERS, encode, subjects};
 use natter_core::{ConversationId, Event, Invalid, TenantId, UserId};
 use natter_proto::bus::v1::{ConversationEvent, ConversationEvents, UserEvent};
 use natter_proto::convert::{parse_id, required};
@@ -280,8 +280,7 @@ pub(crate) fn dedup_id(first_key: &str, subject: &str) -> String {
 
 /// Doubles from [`RETRY_FIRST`] with each delivery, up to [`RETRY_MAX`].
 fn retry_delay(delivered: u32) -> Duration {
-    let doublings = delivered.saturating_sub(1).min(10);
-    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
+    Backoff::nth(RETRY_FIRST, RETRY_MAX, delivered)
 }
 
 #[cfg(test)]
@@ -421,12 +420,5 @@ mod tests {
         };
         assert_eq!(users(one), ["ann", "bob"]);
         assert_eq!(users(two), ["cy"]);
-    }
-
-    #[test]
-    fn retries_back_off_up_to_a_cap() {
-        assert_eq!(retry_delay(1), RETRY_FIRST);
-        assert_eq!(retry_delay(2), RETRY_FIRST * 2);
-        assert_eq!(retry_delay(1_000), RETRY_MAX);
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use natter_bus::{Bus, BusError};
-use natter_contract::subjects;
+use natter_contract::{Backoff, subjects};
 use natter_core::{DeviceId, TenantId, UserId};
 use natter_proto::bus::v1::DeviceRevoked;
 use natter_proto::convert::parse_id;
@@ -143,7 +143,7 @@ pub(crate) async fn listen(
 ) -> Result<(), BusError> {
     let mut subscription = bus.subscribe(ALL_REVOKED, None).await?;
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -153,19 +153,18 @@ pub(crate) async fn listen(
                 Some(incoming) => route(&revocations, &incoming.payload),
                 None => loop {
                     tracing::warn!("revocation subscription ended; resubscribing");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    backoff.wait(&shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return;
                     }
                     match bus.subscribe(ALL_REVOKED, None).await {
                         Ok(again) => {
                             subscription = again;
-                            backoff = Duration::from_millis(100);
+                            backoff.reset();
                             break;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot resubscribe to revocations");
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                     }
                 },
