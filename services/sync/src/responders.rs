@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use natter_bus::{Bus, BusError, Subscription};
@@ -22,6 +23,10 @@ use crate::{CONSUMER, RESPONDER_CONCURRENCY, now};
 
 /// Longest device label kept; longer ones (whole user agents) are cut.
 const MAX_LABEL_BYTES: usize = 256;
+
+/// How stale a device's recorded last-seen time may grow before a hello
+/// writes it again.
+const LAST_SEEN_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) struct Responders {
     store: Arc<dyn SyncStore>,
@@ -122,7 +127,9 @@ impl Responders {
 
     /// `DEVICE_HELLO`: registers or refreshes the device and tells the
     /// gateway its recorded cursor; a revoked device fails
-    /// (FAILED_PRECONDITION).
+    /// (FAILED_PRECONDITION). A known device seen lately, under the same
+    /// label, costs a read and no write, so a reconnect storm writes
+    /// nothing.
     #[tracing::instrument(skip_all, fields(device = %hello.device_id))]
     async fn hello(&self, hello: DeviceHello) -> DeviceWelcome {
         let device = match device_of(hello) {
@@ -135,7 +142,7 @@ impl Responders {
                 };
             }
         };
-        match self.store.touch_device(&device).await {
+        match self.recorded_or_touched(&device).await {
             Ok(device) => DeviceWelcome {
                 failure: None,
                 cursor: device.cursor.get(),
@@ -150,6 +157,20 @@ impl Responders {
                     cursor: 0,
                 }
             }
+        }
+    }
+
+    /// The device as recorded, when there is nothing new to record of it;
+    /// else as recorded now (registered, or its label and last-seen time
+    /// refreshed, or refused as revoked).
+    async fn recorded_or_touched(&self, device: &Device) -> Result<Device, StoreError> {
+        let recorded = self
+            .store
+            .device(&device.tenant_id, &device.user_id, &device.device_id)
+            .await?;
+        match recorded {
+            Some(known) if !known.revoked && !needs_touch(&known, device) => Ok(known),
+            _ => self.store.touch_device(device).await,
         }
     }
 
@@ -231,6 +252,13 @@ fn device_of(hello: DeviceHello) -> Result<Device, Invalid> {
     })
 }
 
+/// Whether a hello of `known` brings something worth a write: another
+/// label, or a last-seen time [`LAST_SEEN_EVERY`] past the recorded one.
+fn needs_touch(known: &Device, hello: &Device) -> bool {
+    let every = i64::try_from(LAST_SEEN_EVERY.as_millis()).unwrap_or(i64::MAX);
+    known.label != hello.label || hello.last_seen.as_millis() - known.last_seen.as_millis() >= every
+}
+
 /// The label cut to [`MAX_LABEL_BYTES`] on a character boundary: a label
 /// is a description, not worth refusing a connection over.
 fn bounded_label(mut label: String) -> String {
@@ -250,7 +278,27 @@ fn store_failure(e: StoreError) -> Option<Failure> {
 
 #[cfg(test)]
 mod tests {
+    use natter_core::Timestamp;
+
     use super::*;
+
+    #[test]
+    fn a_known_device_is_written_again_only_for_news() {
+        let hello = |label: &str, seen: i64| Device {
+            tenant_id: TenantId::new("acme").unwrap(),
+            user_id: UserId::new("alice").unwrap(),
+            device_id: DeviceId::new("phone").unwrap(),
+            label: label.into(),
+            cursor: Cursor::ZERO,
+            last_seen: Timestamp::from_millis(seen),
+            revoked: false,
+        };
+        let known = hello("web", 1_000);
+        assert!(!needs_touch(&known, &hello("web", 1_000)));
+        assert!(!needs_touch(&known, &hello("web", 60_999)));
+        assert!(needs_touch(&known, &hello("web", 61_000)));
+        assert!(needs_touch(&known, &hello("phone app", 1_001)));
+    }
 
     #[test]
     fn long_labels_are_cut_on_a_character_boundary() {
