@@ -12,6 +12,7 @@ pub mod handoff;
 mod ids;
 mod limits;
 mod model;
+mod page;
 pub mod sequencer;
 
 pub use content::{
@@ -26,3 +27,4 @@ pub use model::{
     Conversation, Device, Event, Member, MembershipChange, MembershipKind, Message,
     NewConversation, NewMessage, ReadMarker, Role, Update, validate_member_list,
 };
+pub use page::{MessageRange, Page, PageRequest};

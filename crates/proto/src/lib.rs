@@ -1,7 +1,7 @@
 //! Natter's wire edge: the types generated from `proto/natter/v1/*.proto`,
 //! their conversion to and from the domain, the encoding the stores use for
-//! content and events, page tokens, and the one mapping of errors to gRPC
-//! statuses.
+//! content and events, page tokens, and the one place gRPC statuses are
+//! built.
 //!
 //! Services convert at their boundary with [`convert`] and report failures
 //! through [`status`]; nothing past the boundary sees a prost or tonic type.

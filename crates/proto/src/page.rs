@@ -11,8 +11,7 @@
 use std::fmt::Display;
 use std::str::FromStr;
 
-use natter_core::{Invalid, Limits, Message, Result, Seq};
-use natter_store::{MessageRange, Page, PageRequest};
+use natter_core::{Invalid, Limits, Message, MessageRange, Page, PageRequest, Result, Seq};
 
 use crate::v1::ListMessagesRequest;
 use crate::v1::list_messages_request::Start;

@@ -1,4 +1,10 @@
-//! The one place errors become gRPC statuses.
+//! The one place errors become gRPC statuses: every status a Natter
+//! service reports is built by a function here.
+//!
+//! Errors of crates natter-proto does not know are mapped onto these
+//! functions where both are known: `StoreError` by
+//! `natter_server::store_status`, the bus's `ContractError` by
+//! `ContractError::into_status`.
 //!
 //! Every status carries `google.rpc` details: an `ErrorInfo` with domain
 //! [`DOMAIN`] and a [`reason`], and for INVALID_ARGUMENT a `BadRequest`
@@ -8,7 +14,6 @@
 use std::collections::HashMap;
 
 use natter_core::{ClientMessageId, Invalid};
-use natter_store::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -67,50 +72,28 @@ pub fn invalid_argument(err: Invalid) -> Status {
     Status::with_error_details(Code::InvalidArgument, err.to_string(), details)
 }
 
-/// The status for a store failure.
-///
-/// UNAVAILABLE and INTERNAL carry a fixed message, not the backend's: the
-/// caller logs `err` before mapping it, so nothing about the backend leaks
-/// to clients.
-///
-/// LIMIT_EXCEEDED maps to FAILED_PRECONDITION, not RESOURCE_EXHAUSTED: a
-/// full conversation stays full however often the call is retried, and
-/// RESOURCE_EXHAUSTED is what retry policies back off and retry on (keep it
-/// for rate limits).
-pub fn store_error(err: StoreError) -> Status {
-    match err {
-        StoreError::Invalid(invalid) => invalid_argument(invalid),
-        StoreError::NotFound { kind, ref id } => {
-            let metadata = HashMap::from([("id".to_owned(), id.clone())]);
-            with_info(
-                Code::NotFound,
-                &not_found_reason(kind),
-                err.to_string(),
-                metadata,
-            )
-        }
-        StoreError::Conflict(_) => plain(Code::AlreadyExists, reason::CONFLICT, err.to_string()),
-        StoreError::LimitExceeded(_) => plain(
-            Code::FailedPrecondition,
-            reason::LIMIT_EXCEEDED,
-            err.to_string(),
-        ),
-        StoreError::FailedPrecondition(_) => plain(
-            Code::FailedPrecondition,
-            reason::FAILED_PRECONDITION,
-            err.to_string(),
-        ),
-        StoreError::Unavailable(_) => plain(
-            Code::Unavailable,
-            reason::STORE_UNAVAILABLE,
-            "storage is unavailable, retry later",
-        ),
-        StoreError::Corrupt(_) => plain(
-            Code::Internal,
-            reason::CORRUPT_RECORD,
-            "a stored record could not be read",
-        ),
-    }
+/// NOT_FOUND for record `id` of `kind` ("conversation", "device", ...),
+/// with reason `<KIND>_NOT_FOUND` and the id in the `ErrorInfo` metadata.
+pub fn not_found(kind: &str, id: &str) -> Status {
+    let metadata = HashMap::from([("id".to_owned(), id.to_owned())]);
+    with_info(
+        Code::NotFound,
+        &not_found_reason(kind),
+        format!("{kind} {id} not found"),
+        metadata,
+    )
+}
+
+/// ALREADY_EXISTS, such as `already_exists(reason::CONFLICT, "id taken")`.
+pub fn already_exists(reason: &str, message: impl Into<String>) -> Status {
+    plain(Code::AlreadyExists, reason, message)
+}
+
+/// FAILED_PRECONDITION for a call the record's state or a bound refuses
+/// however often it is retried, such as
+/// `failed_precondition(reason::LIMIT_EXCEEDED, "too many members")`.
+pub fn failed_precondition(reason: &str, message: impl Into<String>) -> Status {
+    plain(Code::FailedPrecondition, reason, message)
 }
 
 /// PERMISSION_DENIED for an authorization failure, such as
@@ -267,72 +250,13 @@ mod tests {
     }
 
     #[test]
-    fn store_errors_map_to_codes_and_reasons() {
-        let cases = [
-            (
-                StoreError::Invalid(Invalid::new("members", "listed twice")),
-                Code::InvalidArgument,
-                "INVALID_FIELD",
-            ),
-            (
-                StoreError::not_found("conversation", "0190"),
-                Code::NotFound,
-                "CONVERSATION_NOT_FOUND",
-            ),
-            (
-                StoreError::not_found("update log", "bob"),
-                Code::NotFound,
-                "UPDATE_LOG_NOT_FOUND",
-            ),
-            (
-                StoreError::Conflict("id taken".into()),
-                Code::AlreadyExists,
-                "CONFLICT",
-            ),
-            (
-                StoreError::LimitExceeded("too many members".into()),
-                Code::FailedPrecondition,
-                "LIMIT_EXCEEDED",
-            ),
-            (
-                StoreError::FailedPrecondition("device revoked".into()),
-                Code::FailedPrecondition,
-                "FAILED_PRECONDITION",
-            ),
-            (
-                StoreError::Unavailable("10.0.0.7:9042 timed out".into()),
-                Code::Unavailable,
-                "STORE_UNAVAILABLE",
-            ),
-            (
-                StoreError::Corrupt("bad row".into()),
-                Code::Internal,
-                "CORRUPT_RECORD",
-            ),
-        ];
-        for (err, code, reason) in cases {
-            let status = store_error(err);
-            assert_eq!(status.code(), code, "{status:?}");
-            assert_eq!(reason_of(&status), reason);
-        }
-    }
-
-    #[test]
-    fn backend_details_stay_out_of_client_messages() {
-        let status = store_error(StoreError::Unavailable("10.0.0.7:9042 timed out".into()));
-        assert!(
-            !status.message().contains("10.0.0.7"),
-            "{}",
-            status.message()
-        );
-    }
-
-    #[test]
-    fn not_found_carries_the_id() {
-        let status = store_error(StoreError::not_found("device", "phone-1"));
+    fn not_found_names_the_kind_and_carries_the_id() {
+        let status = not_found("update log", "bob");
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(reason_of(&status), "UPDATE_LOG_NOT_FOUND");
         let info = status.get_details_error_info().expect("an ErrorInfo");
-        assert_eq!(info.metadata.get("id").map(String::as_str), Some("phone-1"));
-        assert_eq!(status.message(), "device phone-1 not found");
+        assert_eq!(info.metadata.get("id").map(String::as_str), Some("bob"));
+        assert_eq!(status.message(), "update log bob not found");
     }
 
     #[test]
@@ -347,6 +271,16 @@ mod tests {
                 unauthenticated(reason::TOKEN_INVALID, "token expired"),
                 Code::Unauthenticated,
                 "TOKEN_INVALID",
+            ),
+            (
+                already_exists(reason::CONFLICT, "id taken"),
+                Code::AlreadyExists,
+                "CONFLICT",
+            ),
+            (
+                failed_precondition(reason::LIMIT_EXCEEDED, "too many members"),
+                Code::FailedPrecondition,
+                "LIMIT_EXCEEDED",
             ),
             (
                 unavailable(reason::SERVICE_UNAVAILABLE, "sync did not answer"),

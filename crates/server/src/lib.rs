@@ -1,6 +1,8 @@
 //! The shell every Natter service shares, so each service's `main` is a few
 //! lines: load and validate config before binding anything, serve gRPC with
-//! health and reflection, and shut down gracefully on SIGTERM.
+//! health and reflection, authenticate callers and report store failures
+//! as statuses, hold partitions through leases, and shut down gracefully
+//! on SIGTERM.
 
 mod auth;
 pub mod config;
@@ -9,9 +11,11 @@ pub mod launch;
 pub mod partitions;
 pub mod settings;
 pub mod shutdown;
+mod store_status;
 
 pub use auth::authenticate;
 pub use config::{ConfigError, load_config};
 pub use grpc::GrpcServer;
 pub use launch::{InfraArgs, StartError, run_binary, run_with};
 pub use settings::{Infra, Settings, Stores, bind};
+pub use store_status::store_status;

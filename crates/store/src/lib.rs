@@ -15,6 +15,11 @@ use natter_core::{
 };
 use thiserror::Error;
 
+/// The traits' page and range types; they live in the domain so that the
+/// wire edge (`natter_proto::page`) can build them without knowing the
+/// stores.
+pub use natter_core::{MessageRange, Page, PageRequest};
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
@@ -54,30 +59,6 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// One page of a list, and where the next page starts if there is one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T, K> {
-    pub items: Vec<T>,
-    pub next: Option<K>,
-}
-
-/// Asks for up to `size` items strictly after `after` in the list's order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageRequest<K> {
-    pub after: Option<K>,
-    pub size: u32,
-}
-
-/// Which messages of a conversation to read, in ascending seq order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageRange {
-    /// Up to `limit` messages with seq greater than `after`.
-    After { after: Seq, limit: u32 },
-    /// The `limit` newest messages with seq less than `before`, or the
-    /// newest messages of all when `before` is `None`.
-    Before { before: Option<Seq>, limit: u32 },
-}
 
 /// A hold on one partition of a scope: while it lasts, its owner is the
 /// only one to number and write what the partition holds (a storage

@@ -24,14 +24,13 @@ use natter_proto::v1::{
     ListMessagesResponse, RemoveMembersRequest, RemoveMembersResponse, SendMessageRequest,
     SendMessageResponse,
 };
+use natter_server::store_status;
 use natter_store::StoreError;
 use tonic::{Request, Response, Status};
 use tracing::Span;
 
 use crate::policy;
-use crate::storage::{
-    RETRY_CALL, Storage, invalid, joined, now, store_status, unavailable, with_tenant,
-};
+use crate::storage::{RETRY_CALL, Storage, invalid, joined, now, unavailable, with_tenant};
 
 /// How long `SendMessage` waits for the sequencer's outcome before
 /// telling the caller to retry.

@@ -15,12 +15,13 @@ use natter_proto::bus::v1::{
 };
 use natter_proto::convert::{actor_from_wire, parse_id};
 use natter_proto::status::to_failure;
+use natter_server::store_status;
 use natter_store::{MessageRange, PageRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::policy;
-use crate::storage::{RETRY_CALL, Storage, invalid, store_status};
+use crate::storage::{RETRY_CALL, Storage, invalid};
 
 /// Requests one storage process answers at once, per subject.
 const CONCURRENCY: usize = 64;

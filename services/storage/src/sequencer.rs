@@ -30,13 +30,14 @@ use natter_proto::bus::v1::{SendCommand, SendOutcome, send_outcome};
 use natter_proto::convert::{actor_from_wire, content_from_wire, parse_id, timestamp_from_wire};
 use natter_proto::status::{self, reason, to_failure};
 use natter_server::partitions::{self, trusted};
+use natter_server::store_status;
 use natter_store::{Lease, LeaseStore, MessageRange, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::policy;
-use crate::storage::{Storage, invalid, store_status, unavailable};
+use crate::storage::{Storage, invalid, unavailable};
 
 /// Sends whose sender is being checked at once, per partition.
 const CHECKS_IN_FLIGHT: usize = 256;

@@ -15,7 +15,8 @@ use natter_core::{
 };
 use natter_proto::bus::v1::{ConversationEvent, ConversationEvents};
 use natter_proto::status::{self, reason};
-use natter_store::{ConversationStore, StoreError};
+use natter_server::store_status;
+use natter_store::ConversationStore;
 use tonic::Status;
 
 use crate::policy::{self, Check};
@@ -191,18 +192,6 @@ pub(crate) fn now() -> Timestamp {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     Timestamp::from_millis(millis)
-}
-
-/// The status for a store failure, logged first: backend trouble loudly,
-/// the caller's mistakes (not found, invalid, conflict) quietly.
-pub(crate) fn store_status(err: StoreError) -> Status {
-    match &err {
-        StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
-            tracing::error!(error = %err, "store call failed");
-        }
-        _ => tracing::debug!(error = %err, "store refused the call"),
-    }
-    status::store_error(err)
 }
 
 /// INVALID_ARGUMENT for bad input, logged at debug.

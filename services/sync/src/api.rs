@@ -10,16 +10,14 @@ use natter_core::{ConversationId, Cursor, DeviceId, Limits, ReadMarker, Role, Se
 use natter_proto::bus::v1::{DeviceRevoked, MarkReadCommand, MarkReadOutcome};
 use natter_proto::convert::parse_id;
 use natter_proto::page::{next_page_token, page_request};
-use natter_proto::status::{
-    from_failure, invalid_argument, permission_denied, reason, store_error,
-};
+use natter_proto::status::{from_failure, invalid_argument, permission_denied, reason};
 use natter_proto::v1::sync_service_server::SyncService;
 use natter_proto::v1::{
     GetUpdatesRequest, GetUpdatesResponse, ListDevicesRequest, ListDevicesResponse,
     MarkReadRequest, MarkReadResponse, ResyncRequired, RevokeDeviceRequest, RevokeDeviceResponse,
 };
-use natter_server::authenticate;
-use natter_store::{StoreError, SyncStore, UpdateBatch};
+use natter_server::{authenticate, store_status};
+use natter_store::{SyncStore, UpdateBatch};
 use tonic::{Request, Response, Status};
 
 use crate::PEER_TIMEOUT;
@@ -62,7 +60,7 @@ impl SyncService for Api {
             .store
             .read_updates(&caller.tenant, &user, Cursor::new(request.cursor), limit)
             .await
-            .map_err(|e| store_status("cannot read the update log", e))?;
+            .map_err(store_status)?;
         let response = match batch {
             UpdateBatch::Updates(updates) => GetUpdatesResponse {
                 updates: updates.into_iter().map(Into::into).collect(),
@@ -131,7 +129,7 @@ impl SyncService for Api {
             .store
             .list_devices(&caller.tenant, &user, page)
             .await
-            .map_err(|e| store_status("cannot list devices", e))?;
+            .map_err(store_status)?;
         Ok(Response::new(ListDevicesResponse {
             next_page_token: next_page_token(&page),
             devices: page.items.into_iter().map(Into::into).collect(),
@@ -154,7 +152,7 @@ impl SyncService for Api {
         self.store
             .revoke_device(&caller.tenant, &user, &device)
             .await
-            .map_err(|e| store_status("cannot revoke a device", e))?;
+            .map_err(store_status)?;
         let revoked = DeviceRevoked {
             tenant_id: caller.tenant.to_string(),
             user_id: user.to_string(),
@@ -183,15 +181,4 @@ fn whose(caller: &Identity, named: &str) -> Result<UserId, Status> {
         ));
     }
     Ok(user)
-}
-
-/// Logs a store failure, then maps it.
-fn store_status(context: &'static str, e: StoreError) -> Status {
-    match e {
-        StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
-            tracing::error!(error = %e, "{context}");
-        }
-        _ => tracing::info!(error = %e, "{context}"),
-    }
-    store_error(e)
 }

@@ -13,7 +13,8 @@ use natter_proto::bus::v1::{
     CursorAck, DeviceHello, DeviceWelcome, Failure, UpdatesPage, UpdatesQuery,
 };
 use natter_proto::convert::{actor_from_wire, parse_id};
-use natter_proto::status::{invalid_argument, store_error, to_failure};
+use natter_proto::status::{invalid_argument, to_failure};
+use natter_server::store_status;
 use natter_store::{StoreError, SyncStore, UpdateBatch};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -115,13 +116,10 @@ impl Responders {
                 head: head.get(),
                 ..UpdatesPage::default()
             },
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the update log");
-                UpdatesPage {
-                    failure: store_failure(e),
-                    ..UpdatesPage::default()
-                }
-            }
+            Err(e) => UpdatesPage {
+                failure: store_failure(e),
+                ..UpdatesPage::default()
+            },
         }
     }
 
@@ -147,16 +145,10 @@ impl Responders {
                 failure: None,
                 cursor: device.cursor.get(),
             },
-            Err(e) => {
-                tracing::warn!(
-                    tenant = %device.tenant_id, user = %device.user_id, error = %e,
-                    "device may not connect"
-                );
-                DeviceWelcome {
-                    failure: store_failure(e),
-                    cursor: 0,
-                }
-            }
+            Err(e) => DeviceWelcome {
+                failure: store_failure(e),
+                cursor: 0,
+            },
         }
     }
 
@@ -272,8 +264,9 @@ fn bounded_label(mut label: String) -> String {
     label
 }
 
+/// A store failure as the answer's `failure`, logged.
 fn store_failure(e: StoreError) -> Option<Failure> {
-    Some(to_failure(&store_error(e)))
+    Some(to_failure(&store_status(e)))
 }
 
 #[cfg(test)]

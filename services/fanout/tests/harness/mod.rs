@@ -20,11 +20,12 @@ use natter_proto::bus::v1::{
     ConversationEvent, ConversationEvents, Failure, MembersPage, MembersQuery, UserEvent,
     UserEvents,
 };
-use natter_proto::status::{reason, store_error, to_failure};
+use natter_proto::status::{reason, to_failure};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
 use natter_proto::v1::fanout_service_client::FanoutServiceClient;
 use natter_proto::v1::{self, GetStatsRequest, GetStatsResponse};
 use natter_server::Settings;
+use natter_server::store_status;
 use natter_store::{ConversationStore, PageRequest};
 use natter_store_embedded::EmbeddedStore;
 use prost::Message as _;
@@ -340,7 +341,7 @@ async fn members_page(store: &dyn ConversationStore, query: MembersQuery) -> Mem
             next_after_user_id: page.next.map(|u| u.to_string()).unwrap_or_default(),
         },
         Err(e) => MembersPage {
-            failure: Some(to_failure(&store_error(e))),
+            failure: Some(to_failure(&store_status(e))),
             ..MembersPage::default()
         },
     }
