@@ -4,8 +4,9 @@
 //! - Subjects become `<prefix>.<subject>`, stream names `<prefix>-<name>`.
 //!   Reply inboxes live under `<prefix>._INBOX`, so a responder replies
 //!   with an ordinary [`Bus::publish`] to [`Incoming::reply`].
-//! - Streams use file storage, limits retention (discarding the oldest)
-//!   and [`NatsConfig::replicas`] replicas.
+//! - Streams use file storage (memory storage if their config asks for
+//!   it), limits retention (discarding the oldest) and
+//!   [`NatsConfig::replicas`] replicas.
 //! - A durable consumer is a pull consumer with explicit acks and
 //!   `max_ack_pending = 1`, the basis of the ordering and
 //!   one-processor-per-partition guarantees described in `natter_bus`.

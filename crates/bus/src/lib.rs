@@ -33,10 +33,12 @@
 //! runs one consumer per partition (filter `<base>.<n>`, see
 //! [`partition_subject`]). NATS 2.11 priority groups (`PinnedClient`)
 //! would add process affinity, but still need the one-in-flight limit for
-//! order after a nak, and nothing in Natter relies on affinity: writes are
-//! conditional in the store. The one-slot rule has one gap: a handler that
-//! runs past the ack wait loses its slot while still running, so size the
-//! ack wait well above the slowest expected handling.
+//! order after a nak, and nothing in Natter relies on affinity: where one
+//! writer matters (storage's sequencers, sync's update logs), a lease in
+//! the store names it (`natter_server::partitions`). The one-slot rule has
+//! one gap: a handler that runs past the ack wait loses its slot while
+//! still running, so size the ack wait well above the slowest expected
+//! handling.
 //!
 //! # Prefixes
 //!

@@ -5,8 +5,9 @@
 //! ```text
 //! gateway ──SendCommand──▶ storage.seq.<partition> (request) ──▶ storage's sequencer
 //! storage ──SendOutcome──▶ the request's reply
-//! storage ──ConversationEvent──▶ EVENTS stream (by conversation) ──▶ fanout
-//! fanout ──UserEvent──▶ USERS stream (by user) ──▶ sync
+//! storage ──ConversationEvents──▶ EVENTS stream (by conversation) ──▶ fanout
+//! fanout ──UserEvents──▶ USERS stream (by user) ──▶ sync
+//! fanout ──ServerFrame(message)──▶ room.<tenant>.<conversation> ──▶ gateways
 //! sync ──ServerFrame(update)──▶ live.<tenant>.<user> ──▶ gateways
 //! fanout ──ServerFrame(typing)──▶ live.<tenant>.<user> ──▶ gateways
 //! ```

@@ -1,8 +1,10 @@
 //! What Natter needs from durable storage, as two traits split by owner:
 //! [`ConversationStore`] belongs to the storage service (conversations,
 //! members, messages) and [`SyncStore`] to the sync service (per-user update
-//! logs and devices). Implementations: `natter-store-cql` (ScyllaDB or
-//! Cassandra) and `natter-store-embedded` (one local file).
+//! logs and devices). Both extend [`LeaseStore`], through which a process
+//! of either service holds its partitions (of conversations, of users).
+//! Implementations: `natter-store-cql` (ScyllaDB or Cassandra) and
+//! `natter-store-embedded` (one local file).
 //!
 //! Every method is tenant-scoped: a record of another tenant is reported as
 //! not found, never as forbidden, so tenants cannot probe each other.

@@ -1,21 +1,26 @@
 //! The fan-out service: stateless, it expands each durable conversation
-//! event to the users it concerns, and relays typing and presence.
+//! event to the users it concerns, tells watching devices of new messages,
+//! and relays typing and presence.
 //!
 //! - **Durable events.** One consumer per partition of the EVENTS stream
-//!   (durable name `fanout`) takes each `ConversationEvent`, finds its
-//!   recipients (the conversation's current members; for a membership
-//!   change also the user it is about) and stores one `UserEvent` per
-//!   recipient on the USERS stream, on the recipient's partition, with the
-//!   dedup id `<event key>/<user>`. The delivery is acknowledged only once
-//!   every one of them is persisted; any failure naks it, and the next
-//!   attempt publishes again under the same dedup ids, so the stream (and
-//!   sync, beyond the stream's duplicate window) keeps one copy.
+//!   (durable name `fanout`) takes each delivery, the `ConversationEvents`
+//!   of one write or change, in order (`events.rs`), and finds each
+//!   event's recipients: for a message every current member, unless the
+//!   room has more than `limits.big_room_members` members (then nobody);
+//!   for a membership change or a read marker every member of a room of
+//!   at most 100, and always the user it is about. Their `UserEvent`s go
+//!   to the USERS stream as one `UserEvents` message per USERS partition
+//!   they fall in, published in durable batches, each message with the
+//!   dedup id `<first event key>/<USERS subject>`. The delivery is
+//!   acknowledged only once every one of them is persisted; any failure
+//!   naks it to come back after a backoff, and the next attempt publishes
+//!   again under the same dedup ids, so the stream (and sync, beyond the
+//!   stream's duplicate window) keeps one copy.
 //! - **Watched conversations.** Every new message is also published once,
-//!   at most once, on the conversation's room subject, for devices that
-//!   watch it. In big rooms (more than `limits.big_room_members` members)
-//!   that is the only way new messages reach devices: writing one log
-//!   entry per member per message would make every message cost as much
-//!   as the room is large. See ARCHITECTURE.md, "Big rooms".
+//!   at most once, on the conversation's room subject
+//!   (`room.<tenant>.<conversation>`), for devices that watch it. In big
+//!   rooms that is the only way new messages reach devices. See
+//!   ARCHITECTURE.md, "Big rooms".
 //! - **Ephemeral signals.** `EphemeralSignal`s on `fanout.ephemeral`
 //!   (queue group `fanout`) and `FanoutService.PublishEphemeral` calls go
 //!   to the live subject of every other member, as `ServerFrame`s. Stale
@@ -49,48 +54,24 @@
 //! - The user a membership change is about always gets it, even if the
 //!   list has moved on (joined and already left again).
 //!
-//! # Cost per message, and rooms beyond 10,000 members
+//! # Cost per message
 //!
-//! Fanning out one message costs one durable publish per member; the
-//! member list comes from the cache, the `UserEvent` is encoded once and
-//! only the user id is prefixed per recipient, and 64 publishes are in
-//! flight at once. A message to a 10,000-member room is 10,000 stream
-//! writes, and then 10,000 log appends in sync: that is the price of each
-//! device reading one ordered stream of everything that concerns its user.
-//! The test `ten_thousand_members_each_get_the_message` measures it on the
-//! in-process bus: about 30 ms per message in a release build (160 to
-//! 240 ms in a debug build), 3 µs per member, most of it the bus's own
-//! bookkeeping.
-//! On NATS (not measured here) the bound is the publish acknowledgements:
-//! with 64 in flight, 10,000 members take about 160 round trips.
-//!
-//! Beyond that, the per-user copies are the wrong shape: a 100,000-member
-//! room at ten messages a second is a million log appends a second for one
-//! conversation. The design for such rooms (described, not built):
-//!
-//! - Above a threshold (say 5,000 members, with hysteresis so a room does
-//!   not flip back and forth), storage marks the conversation *broadcast*
-//!   and emits a `Mode` event at the seq where it switches.
-//! - For a broadcast conversation fanout writes no per-user log entries for
-//!   messages. Members' logs still get what is personal or rare: their own
-//!   membership changes, their own read markers, and the `Mode` switch
-//!   itself, which tells each device "from seq N on, read this
-//!   conversation directly".
-//! - Devices then read the conversation instead of their log for it:
-//!   catch-up is storage's message history after the device's last seq for
-//!   that conversation (seq is gap-free, so the device's own high-water
-//!   mark is its cursor), and live delivery is one publish per message on
-//!   a conversation subject, `rooms.<tenant>.<conversation>`, that each
-//!   gateway subscribes to once for all its sessions in the room. The cost
-//!   per message becomes one publish per gateway instead of one write per
-//!   member.
-//! - Read receipts in broadcast rooms become aggregate (a count, or only
-//!   agents' watermarks), and typing is relayed once on the conversation
-//!   subject, or only from agents, instead of to each member.
-//!
-//! Cursor semantics stay intact: a user's log is still gap-free and
-//! ordered; it simply stops carrying one room's messages, and the `Mode`
-//! entry in it says from where.
+//! A write of many messages to a conversation arrives as one EVENTS
+//! delivery, and fanning it out costs one USERS message per partition its
+//! recipients fall in (at most the topology's partition count), not one
+//! per recipient and message, plus one core publish per message on the
+//! room subject. The member list comes from the cache, and each event's
+//! `UserEvent` is encoded once, with only the user id added per
+//! recipient. Sync then appends one log entry per recipient and message:
+//! the price of each device reading one ordered stream of everything
+//! that concerns its user. That price grows with the room, so rooms over
+//! `limits.big_room_members` members get messages only on the room
+//! subject, and membership changes and read markers in rooms over 100
+//! members reach only the user they are about: a message in a
+//! 10,000-member room costs one publish, and filling the room one log
+//! entry per member, once
+//! (`a_ten_thousand_member_room_publishes_each_message_once_for_watchers`
+//! in `tests/fanout.rs`).
 
 mod directory;
 mod ephemeral;

@@ -9,9 +9,12 @@
 //! [`MAX_IN_FLIGHT`] at a time, and their answers go out in the order the
 //! frames that caused them came in. Sends are also submitted in that
 //! order, so one device's messages keep their order: a send's future hands
-//! its command to the bus when first polled, pending futures are first
-//! polled in the order they were added, and both bus implementations queue
-//! durable publishes in the order they are called.
+//! its request to the bus when first polled, pending futures are first
+//! polled in the order they were added, both bus implementations deliver
+//! one process's requests to a subject in the order they are made, and
+//! the sequencer numbers its partition's sends in the order they arrive.
+//! (While the partition changes hands a send is asked again after a
+//! pause, and may then land after a later one.)
 
 use std::future::Future;
 use std::pin::Pin;

@@ -28,8 +28,8 @@
 //!   message id, the sequencer recognises the key (from memory, or from
 //!   the conversation's newest messages after a restart or a takeover) and
 //!   publishes the event again. A sender that gives up for good leaves a
-//!   stored, unannounced message, as a crash before the publish did with
-//!   the SEND stream before it.
+//!   stored, unannounced message: its members' devices see it only when
+//!   they read the conversation's history.
 //! - **Creates with a proposed id**: a retry by the same caller with the
 //!   same subject and members returns the stored conversation (instead of
 //!   ALREADY_EXISTS) and publishes its Joined events again.

@@ -1,5 +1,5 @@
 //! The sequencers: storage holds partitions of conversations through
-//! leases, and for each one it holds a task runs a
+//! leases, and for each partition it holds, a task runs a
 //! [`natter_core::sequencer::Sequencer`] behind the partition's request
 //! subject. A send is a request; the task checks the sender, numbers the
 //! message in memory, writes it with the others that arrived meanwhile
