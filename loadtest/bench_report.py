@@ -48,6 +48,21 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+# What a message cost, per message acked in a run's measured window: the
+# fields bench's record() copies from a traffic report's counters.
+COSTS = ("nats_msgs_per_message", "cql_statements_per_message", "lwt_per_message")
+
+
+def costs(records):
+    """The median of each cost over RECORDS; only the costs counted."""
+    out = {}
+    for key in COSTS:
+        value = median([r.get(key) for r in records])
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def load_note(records):
     """The machine's load over the runs behind a figure."""
     loads = [r["load1"] for r in records if r.get("load1") is not None]
@@ -94,6 +109,7 @@ def fanout(records):
             "half_p50_ms": median([r["report"]["deliver_latency"]["p50_ms"] for r in half]),
             "half_p99_ms": median([r["report"]["deliver_latency"]["p99_ms"] for r in half]),
             "half_lost": sum(r["report"]["lost"] for r in half),
+            "half_costs": costs(half),
             "load": load_note(mine),
             "ladder": [
                 {
@@ -106,6 +122,7 @@ def fanout(records):
                     "lost": r["report"]["lost"],
                     "server_cores": (r["report"].get("server") or {}).get("cores"),
                     "client_cores": (r["report"].get("client") or {}).get("cores"),
+                    **costs([r]),
                 }
                 for r in mine if r["kind"] in ("ladder", "half") and r["report"]
             ],
@@ -138,6 +155,7 @@ def ceiling(records):
     out = {
         "natter_acked_per_s": median([r["report"]["acked_per_s"] for r in natter]),
         "natter_delivered_per_s": median([r["report"]["delivered_per_s"] for r in natter]),
+        "natter_costs": costs(natter),
         "load": load_note(mine),
     }
     for system in ("nats-js-sync", "nats-js-async", "nats-core-pub"):
@@ -160,6 +178,8 @@ def durable(records):
             "half_offered_per_s": median([r["value"] for r in half]),
             "ack_p50_ms": median([r["report"]["ack_latency"]["p50_ms"] for r in half]),
             "ack_p99_ms": median([r["report"]["ack_latency"]["p99_ms"] for r in half]),
+            "saturated_costs": costs(saturated),
+            "half_costs": costs(half),
             "load": load_note(mine),
         }
     return out
@@ -361,6 +381,24 @@ def markdown(results):
                 f"| {name} | {fmt(r['stored_per_s'])} | {fmt(r['ack_p50_ms'], 2, ' ms')} | "
                 f"{fmt(r['ack_p99_ms'], 2, ' ms')} | {r['load']} |"
             )
+    rows = cost_rows(results)
+    if rows:
+        lines += [
+            "",
+            "## What a message costs",
+            "",
+            "Counted over each run's measured window and divided by the messages acked in it: NATS "
+            "messages into the server (`in_msgs` of its `/varz`: publishes, acks, pulls, requests and "
+            "replies). Medians over rounds; fan-out at half the peak rate.",
+            "",
+            "| part | system | offered msgs/s | NATS msgs | CQL statements | LWTs |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for part, system, rate, c in rows:
+            lines.append(
+                f"| {part} | {system} | {rate} | {fmt(c.get('nats_msgs_per_message'), 1)} | "
+                f"{fmt(c.get('cql_statements_per_message'), 1)} | {fmt(c.get('lwt_per_message'), 2)} |"
+            )
     s = results["sync"]
     if s.get("catch_up_s") is not None or s.get("storm_s") is not None:
         lines += [
@@ -375,6 +413,23 @@ def markdown(results):
             f"{s['storm_never_back']} never back). Load: {s['load']}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def cost_rows(results):
+    """(part, system, offered rate, costs) for every figure with a cost counted."""
+    rows = []
+    for system, r in results["fanout"].items():
+        if r.get("half_costs"):
+            rows.append(("fan-out, mix:10", system, fmt(r["half_offered_per_s"]), r["half_costs"]))
+    ce = results["ceiling"]
+    if ce.get("natter_costs"):
+        rows.append(("ceiling, 50 pairs", "natter-services", "2,000 (saturated)", ce["natter_costs"]))
+    for system, r in results["durable"].items():
+        if r.get("saturated_costs"):
+            rows.append(("durable, 50 pairs", system, "1,500 (saturated)", r["saturated_costs"]))
+        if r.get("half_costs"):
+            rows.append(("durable, 50 pairs", system, fmt(r["half_offered_per_s"]), r["half_costs"]))
+    return rows
 
 
 def plot(results, path):

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::costs::Meter;
 use crate::slo::Slo;
 use crate::topology::Topology;
 
@@ -178,6 +179,14 @@ pub(crate) struct TrafficArgs {
     /// seq it has), with backoff, and the reconnects are counted.
     #[arg(long)]
     pub(crate) no_reconnect: bool,
+    /// A counter another process keeps, read when the measured window
+    /// starts and when it ends and reported as its increase per message
+    /// acked in the window: FIELD of the JSON document an http:// URL
+    /// returns (a top-level field, or a JSON pointer such as /a/b), e.g.
+    /// nats_msgs=http://127.0.0.1:8222/varz#in_msgs for the NATS messages
+    /// a message costs. Repeatable; each URL is read once per look.
+    #[arg(long = "count", value_name = "NAME=URL#FIELD")]
+    pub(crate) counts: Vec<Meter>,
     #[command(flatten)]
     pub(crate) slo: Slo,
     #[command(flatten)]

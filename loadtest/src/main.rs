@@ -10,6 +10,7 @@ mod catchup;
 mod centrifugo;
 mod cli;
 mod clock;
+mod costs;
 mod gateway;
 mod idle;
 mod plan;

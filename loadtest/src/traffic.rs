@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::TrafficArgs;
 use crate::clock::Clock;
+use crate::costs::{Cost, Meters};
 use crate::gateway::{Connector, Ended, FrameSink, FrameStream, Gateway, Pacer, Session, frame};
 use crate::plan::Plan;
 use crate::report::{self, Run, Table, mib};
@@ -141,6 +142,10 @@ pub(crate) struct TrafficReport {
     pub(crate) server: Option<Usage>,
     /// What the load generator used during the measured window.
     pub(crate) client: Option<Usage>,
+    /// With --count: each counter's increase over the measured window and
+    /// that per message acked in it (`null`: it could not be read).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) costs: BTreeMap<String, Option<Cost>>,
 }
 
 impl TrafficReport {
@@ -212,6 +217,19 @@ impl TrafficReport {
                     format!("{:.2} cores, {} resident", u.cores, mib(u.rss_bytes)),
                 );
             }
+        }
+        for (name, cost) in &self.costs {
+            let shown = match cost {
+                Some(Cost {
+                    increase,
+                    per_message: Some(per),
+                }) => format!("{per:.2} per message acked ({increase:.0} in the window)"),
+                Some(Cost { increase, .. }) => {
+                    format!("{increase:.0} in the window, no message acked")
+                }
+                None => "could not be read".into(),
+            };
+            t.row(name, shown);
         }
         t.latency("send → deliver, from due time", &self.deliver_latency);
         t.latency("send → send_ack, from due time", &self.ack_latency);
@@ -316,6 +334,8 @@ pub(crate) async fn run(args: TrafficArgs) -> anyhow::Result<TrafficReport> {
     let ttl = plan.end() + args.drain_timeout + Duration::from_secs(3600);
     let minter = Minter::new(&args.target.secret, &args.target.tenant, ttl)?;
     let run = Run::new(connector.gateway(), &args.target);
+    let meters = Meters::new(args.counts.clone());
+    meters.check().await?;
 
     // Fresh users every run, so devices start at cursor 0 with no backlog.
     let members: Vec<Vec<(String, Role)>> = (0..conversations)
@@ -406,8 +426,14 @@ pub(crate) async fn run(args: TrafficArgs) -> anyhow::Result<TrafficReport> {
 
     tokio::time::sleep_until(shared.clock.at(plan.window_start())).await;
     let first = probe.take();
+    let counted = meters.read().await;
     tokio::time::sleep_until(shared.clock.at(plan.end())).await;
     let (server, client) = probe.between(first, probe.take());
+    let costs = meters.costs(
+        &counted,
+        &meters.read().await,
+        shared.counters.acked_in_window.load(Relaxed),
+    );
     let drain_started = tokio::time::Instant::now();
     let deadline = drain_started + args.drain_timeout;
     while tokio::time::Instant::now() < deadline && !drained(&shared) {
@@ -430,6 +456,7 @@ pub(crate) async fn run(args: TrafficArgs) -> anyhow::Result<TrafficReport> {
     Ok(TrafficReport {
         server,
         client,
+        costs,
         settle_s: settle.as_secs_f64(),
         ..tally(&shared, &args, run, &outcomes, drain)
     })
@@ -1167,6 +1194,7 @@ fn tally(
         error_reasons: shared.errors.counts(),
         server: None,
         client: None,
+        costs: BTreeMap::new(),
     }
 }
 
