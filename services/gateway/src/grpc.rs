@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Shared;
 use crate::outbound::{self, Frames};
-use crate::peers::shutting_down;
 use crate::session::{self, Inbound};
+use crate::stop::shutting_down;
 
 /// The `GatewayService` implementation.
 #[derive(Debug, Clone)]

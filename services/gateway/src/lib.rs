@@ -60,6 +60,7 @@ mod outbound;
 mod peers;
 mod revoke;
 mod session;
+mod stop;
 mod typing;
 mod watches;
 mod web;

@@ -1,6 +1,5 @@
-//! What a session asks of the other services over the bus, and the
-//! statuses the gateway reports when they fail. Every status is built by
-//! `natter_proto::status`, so each carries an `ErrorInfo` reason.
+//! What a session asks of the other services over the bus, and what it
+//! makes of their answers and failures (statuses from `stop.rs`).
 
 use std::sync::Arc;
 
@@ -11,43 +10,13 @@ use natter_proto::bus::v1::{
     CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, MarkReadCommand, MarkReadOutcome,
     SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
 };
-use natter_proto::status::{self, reason};
+use natter_proto::status;
 use natter_proto::v1::{SendAck, server_frame::Frame};
 use tonic::{Code, Status};
 
 use crate::Shared;
 use crate::outbound::Outbound;
-use crate::session::Stop;
-
-/// A peer service (storage, sync) or the bus did not answer; the client
-/// retries.
-pub(crate) fn unavailable(message: impl Into<String>) -> Status {
-    status::unavailable(reason::SERVICE_UNAVAILABLE, message)
-}
-
-/// A peer answered with something that cannot be read.
-pub(crate) fn unreadable(message: impl Into<String>) -> Status {
-    status::internal(reason::SERVICE_MESSAGE_UNREADABLE, message)
-}
-
-pub(crate) fn shutting_down() -> Status {
-    status::unavailable(reason::SHUTTING_DOWN, "server shutting down; reconnect")
-}
-
-pub(crate) fn device_revoked() -> Status {
-    status::permission_denied(reason::DEVICE_REVOKED, "device revoked")
-}
-
-pub(crate) fn slow_consumer(message: &str) -> Status {
-    status::resource_exhausted(reason::SLOW_CONSUMER, message)
-}
-
-pub(crate) fn too_many_watches(max: usize) -> Status {
-    status::resource_exhausted(
-        reason::LIMIT_EXCEEDED,
-        format!("a session watches at most {max} conversations; unwatch one first"),
-    )
-}
+use crate::stop::{Stop, device_revoked, unavailable, unreadable};
 
 /// The domain values of a page a peer sent; one that cannot be read ends
 /// the session, since skipping it would leave a gap.

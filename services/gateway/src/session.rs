@@ -45,9 +45,12 @@ use tonic::Status;
 use tracing::field::Empty;
 
 use crate::Shared;
-use crate::outbound::{Outbound, Refused};
-use crate::peers::{self, shutting_down, slow_consumer, unavailable};
+use crate::outbound::Outbound;
+use crate::peers;
 use crate::revoke::Watch;
+use crate::stop::{
+    Stop, device_revoked, shutting_down, slow_consumer, too_many_watches, unavailable,
+};
 use crate::typing::TypingLimiter;
 use crate::watches::{self, Watches};
 
@@ -72,24 +75,6 @@ pub(crate) struct Undecodable(pub(crate) String);
 
 /// What a transport feeds the session.
 pub(crate) type Inbound = Result<ClientFrame, Undecodable>;
-
-/// Why the session stops.
-#[derive(Debug)]
-pub(crate) enum Stop {
-    /// The device went away; there is nobody to tell.
-    Gone,
-    /// The session fails with this status.
-    Fail(Status),
-}
-
-impl From<Refused> for Stop {
-    fn from(refused: Refused) -> Self {
-        match refused {
-            Refused::Gone => Stop::Gone,
-            Refused::Full => Stop::Fail(slow_consumer("too slow; reconnect to catch up")),
-        }
-    }
-}
 
 type Flow = Result<(), Stop>;
 type Reply = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
@@ -349,7 +334,7 @@ impl Session {
             tokio::select! {
                 biased;
                 () = self.shared.shutdown.cancelled() => return Err(Stop::Fail(shutting_down())),
-                () = watch.revoked() => return Err(Stop::Fail(peers::device_revoked())),
+                () = watch.revoked() => return Err(Stop::Fail(device_revoked())),
                 answer = self.replies.next() => {
                     if let Some(frame) = answer {
                         self.out.push(frame)?;
@@ -536,7 +521,7 @@ impl Session {
             ))
         });
         if watches.len() >= config.max_watches && !watches.contains(conversation) {
-            let status = peers::too_many_watches(config.max_watches);
+            let status = too_many_watches(config.max_watches);
             return Ok(self.out.push(watches::refused(&status, conversation))?);
         }
         watches.watch(

@@ -32,8 +32,8 @@ use tonic::Status;
 
 use crate::Shared;
 use crate::outbound::Outbound;
-use crate::peers::{self, unavailable};
-use crate::session::Stop;
+use crate::peers;
+use crate::stop::{Stop, slow_consumer, unavailable};
 
 /// What a fetch brings back: the page, and for a watch's first fetch the
 /// subscription to its live messages, made before the page was asked for.
@@ -268,7 +268,7 @@ impl Watches {
                 }
                 Step::Fetch { .. } => self.queue.push_back((conversation, room.generation)),
                 Step::Overflow => {
-                    return Err(Stop::Fail(peers::slow_consumer(
+                    return Err(Stop::Fail(slow_consumer(
                         "too far behind a watched conversation; reconnect to catch up",
                     )));
                 }

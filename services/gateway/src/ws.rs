@@ -358,17 +358,17 @@ mod tests {
     use natter_proto::status::{reason, unauthenticated};
 
     use super::*;
-    use crate::peers;
+    use crate::stop;
 
     #[test]
     fn statuses_map_to_close_codes_with_their_reason() {
         let close = close_frame(&unauthenticated(reason::TOKEN_INVALID, "token is expired"));
         assert_eq!(close.code, 1008);
         assert_eq!(close.reason.as_str(), "TOKEN_INVALID: token is expired");
-        assert_eq!(close_frame(&peers::device_revoked()).code, 1008);
-        assert_eq!(close_frame(&peers::shutting_down()).code, 1001);
-        assert_eq!(close_frame(&peers::slow_consumer("too slow")).code, 1013);
-        assert_eq!(close_frame(&peers::unavailable("sync is down")).code, 1013);
+        assert_eq!(close_frame(&stop::device_revoked()).code, 1008);
+        assert_eq!(close_frame(&stop::shutting_down()).code, 1001);
+        assert_eq!(close_frame(&stop::slow_consumer("too slow")).code, 1013);
+        assert_eq!(close_frame(&stop::unavailable("sync is down")).code, 1013);
         assert_eq!(close_frame(&Status::internal("boom")).code, 1011);
     }
 
