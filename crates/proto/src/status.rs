@@ -84,47 +84,48 @@ pub fn not_found(kind: &str, id: &str) -> Status {
     )
 }
 
-/// ALREADY_EXISTS, such as `already_exists(reason::CONFLICT, "id taken")`.
-pub fn already_exists(reason: &str, message: impl Into<String>) -> Status {
-    plain(Code::AlreadyExists, reason, message)
+/// Defines `name(reason, message)`: a status of `code` whose `ErrorInfo`
+/// carries `reason`.
+macro_rules! with_reason {
+    ($($(#[$doc:meta])* $name:ident: $code:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(reason: &str, message: impl Into<String>) -> Status {
+            plain(Code::$code, reason, message)
+        }
+    )*};
 }
 
-/// FAILED_PRECONDITION for a call the record's state or a bound refuses
-/// however often it is retried, such as
-/// `failed_precondition(reason::LIMIT_EXCEEDED, "too many members")`.
-pub fn failed_precondition(reason: &str, message: impl Into<String>) -> Status {
-    plain(Code::FailedPrecondition, reason, message)
+with_reason! {
+    /// ALREADY_EXISTS, such as `already_exists(reason::CONFLICT, "id taken")`.
+    already_exists: AlreadyExists;
+    /// FAILED_PRECONDITION for a call the record's state or a bound refuses
+    /// however often it is retried, such as
+    /// `failed_precondition(reason::LIMIT_EXCEEDED, "too many members")`.
+    failed_precondition: FailedPrecondition;
+    /// PERMISSION_DENIED for an authorization failure, such as
+    /// `permission_denied(reason::NOT_A_MEMBER, "not a member of the conversation")`.
+    permission_denied: PermissionDenied;
+    /// UNAUTHENTICATED for a missing or unacceptable token, such as
+    /// `unauthenticated(reason::TOKEN_INVALID, "token expired")`.
+    unauthenticated: Unauthenticated;
+    /// UNAVAILABLE for a call that may succeed if retried with backoff, such
+    /// as `unavailable(reason::SERVICE_UNAVAILABLE, "sync did not answer")`.
+    unavailable: Unavailable;
+    /// RESOURCE_EXHAUSTED for a caller over a bound that frees up, such as
+    /// `resource_exhausted(reason::SLOW_CONSUMER, "too slow")`.
+    resource_exhausted: ResourceExhausted;
+    /// INTERNAL for what the caller cannot fix, such as
+    /// `internal(reason::SERVICE_MESSAGE_UNREADABLE, "storage answered nonsense")`.
+    /// The message must not carry backend details.
+    internal: Internal;
 }
 
-/// PERMISSION_DENIED for an authorization failure, such as
-/// `permission_denied(reason::NOT_A_MEMBER, "not a member of the conversation")`.
-pub fn permission_denied(reason: &str, message: impl Into<String>) -> Status {
-    plain(Code::PermissionDenied, reason, message)
-}
-
-/// UNAUTHENTICATED for a missing or unacceptable token, such as
-/// `unauthenticated(reason::TOKEN_INVALID, "token expired")`.
-pub fn unauthenticated(reason: &str, message: impl Into<String>) -> Status {
-    plain(Code::Unauthenticated, reason, message)
-}
-
-/// UNAVAILABLE for a call that may succeed if retried with backoff, such
-/// as `unavailable(reason::SERVICE_UNAVAILABLE, "sync did not answer")`.
-pub fn unavailable(reason: &str, message: impl Into<String>) -> Status {
-    plain(Code::Unavailable, reason, message)
-}
-
-/// RESOURCE_EXHAUSTED for a caller over a bound that frees up, such as
-/// `resource_exhausted(reason::SLOW_CONSUMER, "too slow")`.
-pub fn resource_exhausted(reason: &str, message: impl Into<String>) -> Status {
-    plain(Code::ResourceExhausted, reason, message)
-}
-
-/// INTERNAL for what the caller cannot fix, such as
-/// `internal(reason::SERVICE_MESSAGE_UNREADABLE, "storage answered nonsense")`.
-/// The message must not carry backend details.
-pub fn internal(reason: &str, message: impl Into<String>) -> Status {
-    plain(Code::Internal, reason, message)
+/// The `ErrorInfo.reason` of a status; empty for one without.
+pub fn reason_of(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
 }
 
 /// The status that ends a stream whose client frame the transport could
@@ -143,10 +144,7 @@ pub fn error_frame(status: &Status, client_message_id: Option<&ClientMessageId>)
         client_message_id: client_message_id
             .map(ToString::to_string)
             .unwrap_or_default(),
-        reason: status
-            .get_details_error_info()
-            .map(|info| info.reason)
-            .unwrap_or_default(),
+        reason: reason_of(status),
         field: status
             .get_details_bad_request()
             .and_then(|bad| bad.field_violations.into_iter().next())
@@ -216,7 +214,8 @@ fn not_found_reason(kind: &str) -> String {
 mod tests {
     use super::*;
 
-    fn reason_of(status: &Status) -> String {
+    /// The reason of a status that must carry an `ErrorInfo` of ours.
+    fn checked_reason(status: &Status) -> String {
         let info = status.get_details_error_info().expect("an ErrorInfo");
         assert_eq!(info.domain, DOMAIN);
         info.reason
@@ -226,7 +225,7 @@ mod tests {
     fn invalid_input_names_the_field() {
         let status = invalid_argument(Invalid::new("content.text", "must not be empty"));
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(reason_of(&status), reason::INVALID_FIELD);
+        assert_eq!(checked_reason(&status), reason::INVALID_FIELD);
         let bad = status.get_details_bad_request().expect("a BadRequest");
         assert_eq!(bad.field_violations.len(), 1);
         assert_eq!(bad.field_violations[0].field, "content.text");
@@ -238,14 +237,14 @@ mod tests {
         let original = invalid_argument(Invalid::new("content.text", "must not be empty"));
         let back = from_failure(to_failure(&original));
         assert_eq!(back.code(), Code::InvalidArgument);
-        assert_eq!(reason_of(&back), reason::INVALID_FIELD);
+        assert_eq!(checked_reason(&back), reason::INVALID_FIELD);
         let bad = back.get_details_bad_request().expect("a BadRequest");
         assert_eq!(bad.field_violations[0].field, "content.text");
 
         let denied = permission_denied(reason::NOT_A_MEMBER, "not a member");
         let back = from_failure(to_failure(&denied));
         assert_eq!(back.code(), Code::PermissionDenied);
-        assert_eq!(reason_of(&back), reason::NOT_A_MEMBER);
+        assert_eq!(checked_reason(&back), reason::NOT_A_MEMBER);
         assert_eq!(back.message(), "not a member");
     }
 
@@ -253,7 +252,7 @@ mod tests {
     fn not_found_names_the_kind_and_carries_the_id() {
         let status = not_found("update log", "bob");
         assert_eq!(status.code(), Code::NotFound);
-        assert_eq!(reason_of(&status), "UPDATE_LOG_NOT_FOUND");
+        assert_eq!(checked_reason(&status), "UPDATE_LOG_NOT_FOUND");
         let info = status.get_details_error_info().expect("an ErrorInfo");
         assert_eq!(info.metadata.get("id").map(String::as_str), Some("bob"));
         assert_eq!(status.message(), "update log bob not found");
@@ -261,52 +260,25 @@ mod tests {
 
     #[test]
     fn helpers_carry_their_code_and_reason() {
-        let cases = [
-            (
-                permission_denied(reason::NOT_A_MEMBER, "not a member"),
-                Code::PermissionDenied,
-                "NOT_A_MEMBER",
-            ),
-            (
-                unauthenticated(reason::TOKEN_INVALID, "token expired"),
-                Code::Unauthenticated,
-                "TOKEN_INVALID",
-            ),
-            (
-                already_exists(reason::CONFLICT, "id taken"),
-                Code::AlreadyExists,
-                "CONFLICT",
-            ),
-            (
-                failed_precondition(reason::LIMIT_EXCEEDED, "too many members"),
-                Code::FailedPrecondition,
-                "LIMIT_EXCEEDED",
-            ),
-            (
-                unavailable(reason::SERVICE_UNAVAILABLE, "sync did not answer"),
-                Code::Unavailable,
-                "SERVICE_UNAVAILABLE",
-            ),
-            (
-                resource_exhausted(reason::SLOW_CONSUMER, "too slow"),
-                Code::ResourceExhausted,
-                "SLOW_CONSUMER",
-            ),
-            (
-                internal(reason::SERVICE_MESSAGE_UNREADABLE, "nonsense"),
-                Code::Internal,
-                "SERVICE_MESSAGE_UNREADABLE",
-            ),
-            (
-                frame_unreadable(&Status::out_of_range("frame too large")),
-                Code::OutOfRange,
-                "FRAME_UNREADABLE",
-            ),
+        type Builder = fn(&str, &'static str) -> Status;
+        let builders: [(Builder, Code); 7] = [
+            (already_exists, Code::AlreadyExists),
+            (failed_precondition, Code::FailedPrecondition),
+            (permission_denied, Code::PermissionDenied),
+            (unauthenticated, Code::Unauthenticated),
+            (unavailable, Code::Unavailable),
+            (resource_exhausted, Code::ResourceExhausted),
+            (internal, Code::Internal),
         ];
-        for (status, code, reason) in cases {
+        for (build, code) in builders {
+            let status = build(reason::CONFLICT, "no");
             assert_eq!(status.code(), code, "{status:?}");
-            assert_eq!(reason_of(&status), reason);
+            assert_eq!(checked_reason(&status), "CONFLICT");
+            assert_eq!(status.message(), "no");
         }
+        let broken = frame_unreadable(&Status::out_of_range("frame too large"));
+        assert_eq!(broken.code(), Code::OutOfRange);
+        assert_eq!(checked_reason(&broken), "FRAME_UNREADABLE");
     }
 
     #[test]

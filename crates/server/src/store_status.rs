@@ -45,17 +45,11 @@ pub fn store_status(err: StoreError) -> Status {
 #[cfg(test)]
 mod tests {
     use natter_core::Invalid;
-    use natter_proto::status::DOMAIN;
+    use natter_proto::status::reason_of;
     use tonic::Code;
     use tonic_types::StatusExt as _;
 
     use super::*;
-
-    fn reason_of(status: &Status) -> String {
-        let info = status.get_details_error_info().expect("an ErrorInfo");
-        assert_eq!(info.domain, DOMAIN);
-        info.reason
-    }
 
     #[test]
     fn store_errors_map_to_codes_and_reasons() {

@@ -54,7 +54,6 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 use crate::Shared;
 use crate::outbound;
@@ -319,10 +318,7 @@ impl Stream for Incoming<'_> {
 
 /// The close frame for a status that ended a session.
 fn close_frame(status: &Status) -> CloseFrame {
-    let reason = status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default();
+    let reason = natter_proto::status::reason_of(status);
     let code = match status.code() {
         Code::Unauthenticated
         | Code::PermissionDenied
