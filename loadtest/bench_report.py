@@ -389,7 +389,10 @@ def markdown(results):
             "",
             "Counted over each run's measured window and divided by the messages acked in it: NATS "
             "messages into the server (`in_msgs` of its `/varz`: publishes, acks, pulls, requests and "
-            "replies). Medians over rounds; fan-out at half the peak rate.",
+            "replies), and the CQL statements and LWTs clients asked of the Cassandra node (its `CQL` "
+            "and `Batch` metrics, a batch counting once; LWTs from `ClientRequest` `CASWrite` and "
+            "`CASRead`, also counted among the statements). Medians over rounds; fan-out at half the "
+            "peak rate.",
             "",
             "| part | system | offered msgs/s | NATS msgs | CQL statements | LWTs |",
             "|---|---|---:|---:|---:|---:|",
