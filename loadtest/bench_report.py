@@ -188,16 +188,25 @@ def durable(records):
 def sync(records):
     mine = [r for r in records if r["part"] == "sync" and r["report"]]
     catch = [r for r in mine if r["kind"] == "catch_up"]
-    storm = [r for r in mine if r["kind"] == "storm"]
+    storms = {}
+    for system in sorted({r["system"] for r in mine if r["kind"] == "storm"}, key=lambda s: s != "natter-single"):
+        storm = [r for r in mine if r["kind"] == "storm" and r["system"] == system]
+        storms[system] = {
+            "devices": storm[0]["value"],
+            "storm_s": median([r["report"]["storm_s"] for r in storm]),
+            "never_back": sum(r["report"]["never_back"] for r in storm),
+            "retries": median([r["report"]["retries"] for r in storm]),
+            "p50_ms": median([r["report"]["reconnect_latency"]["p50_ms"] for r in storm]),
+            "p99_ms": median([r["report"]["reconnect_latency"]["p99_ms"] for r in storm]),
+            "server_cores": median([(r["report"].get("server") or {}).get("cores") for r in storm]),
+            "load": load_note(storm),
+        }
     return {
         "catch_up_messages": catch[0]["value"] if catch else None,
         "catch_up_s": median([r["report"]["catch_up_s"] for r in catch]),
         "catch_up_missing": sum(r["report"]["missing"] for r in catch),
         "catch_up_stored_per_s": median([r["report"]["stored_per_s"] for r in catch]),
-        "storm_devices": storm[0]["value"] if storm else None,
-        "storm_s": median([r["report"]["storm_s"] for r in storm]),
-        "storm_never_back": sum(r["report"]["never_back"] for r in storm),
-        "storm_p99_ms": median([r["report"]["reconnect_latency"]["p99_ms"] for r in storm]),
+        "storms": storms,
         "load": load_note([r for r in records if r["part"] == "sync"]),
     }
 
@@ -403,18 +412,32 @@ def markdown(results):
                 f"{fmt(c.get('cql_statements_per_message'), 1)} | {fmt(c.get('lwt_per_message'), 2)} |"
             )
     s = results["sync"]
-    if s.get("catch_up_s") is not None or s.get("storm_s") is not None:
+    if s.get("catch_up_s") is not None or s.get("storms"):
+        lines += ["", "## Sync"]
+    if s.get("catch_up_s") is not None:
         lines += [
             "",
-            "## Sync (`natter dev`)",
-            "",
-            f"- Catch-up: a device returns after {fmt(s['catch_up_messages'])} missed messages and has them all "
-            f"after **{fmt(s['catch_up_s'], 3, ' s')}** ({s['catch_up_missing']} missing); they were stored at "
-            f"{fmt(s['catch_up_stored_per_s'])} msgs/s into the one conversation.",
-            f"- Reconnect storm: {fmt(s['storm_devices'])} devices dropped at once are all back with their "
-            f"cursors after **{fmt(s['storm_s'], 2, ' s')}** (drop → welcome p99 {fmt(s['storm_p99_ms'], 0, ' ms')}, "
-            f"{s['storm_never_back']} never back). Load: {s['load']}.",
+            f"Catch-up (`natter dev`): a device returns after {fmt(s['catch_up_messages'])} missed messages and "
+            f"has them all after **{fmt(s['catch_up_s'], 3, ' s')}** ({s['catch_up_missing']} missing); they were "
+            f"stored at {fmt(s['catch_up_stored_per_s'])} msgs/s into the one conversation.",
         ]
+    if s.get("storms"):
+        lines += [
+            "",
+            "Reconnect storm: every device dropped at once, all reconnecting (retries with backoff and "
+            "jitter). A Natter device is back at its `welcome`, having said `hello` with its cursor; a "
+            "Centrifugo device once connected and subscribed to a channel of its own (no cursor, nothing "
+            "to catch up).",
+            "",
+            "| system | devices | all back after | drop → back p50 | p99 | retries | never back | server cores | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for system, r in s["storms"].items():
+            lines.append(
+                f"| {system} | {fmt(r['devices'])} | **{fmt(r['storm_s'], 2, ' s')}** | {fmt(r['p50_ms'], 0, ' ms')} | "
+                f"{fmt(r['p99_ms'], 0, ' ms')} | {fmt(r['retries'])} | {r['never_back']:,} | "
+                f"{fmt(r['server_cores'], 2)} | {r['load']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

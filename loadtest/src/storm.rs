@@ -2,6 +2,10 @@
 //! with their cursors, as after a network blip or a gateway restart.
 //! Measures the time until every one is back (steady state), each
 //! device's time from the drop to its new welcome, and the retries.
+//!
+//! On Centrifugo a device is back once connected and subscribed to a
+//! channel of its own, the counterpart of the update log a Natter session
+//! follows; it has no cursor, so nothing is caught up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use natter_core::Role;
-use natter_proto::v1::Hello;
+use natter_proto::v1::{Hello, Watch};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +122,7 @@ pub(crate) async fn run(args: StormArgs) -> anyhow::Result<StormReport> {
     crate::system::raise_fd_limit(devices)?;
     let probe = Probe::new(args.target.server_pid)?;
     let gateway = Gateway::resolve(&args.target).await?;
+    let centrifugo = gateway.is_centrifugo();
     let connector = Connector::new(gateway, &args.target)?;
     let minter = Minter::new(
         &args.target.secret,
@@ -125,13 +130,26 @@ pub(crate) async fn run(args: StormArgs) -> anyhow::Result<StormReport> {
         args.hold + args.storm_timeout + Duration::from_secs(3600),
     )?;
     let run = Run::new(connector.gateway(), &args.target);
+    let user = |i: u64| format!("ls-{}-{i}", run.id);
     let hello = |i: u64, cursor: u64| -> anyhow::Result<Hello> {
         Ok(Hello {
-            token: minter.token(&format!("ls-{}-{i}", run.id), Role::Customer)?,
+            token: minter.token(&user(i), Role::Customer)?,
             device_id: "load-device".into(),
             cursor,
             device_label: "natter-load storm".into(),
         })
+    };
+    // A Natter session follows its user's log from the hello alone; on
+    // Centrifugo the device subscribes to its own channel.
+    let watches = |i: u64| -> Vec<Watch> {
+        if centrifugo {
+            vec![Watch {
+                conversation_id: user(i),
+                after_seq: 0,
+            }]
+        } else {
+            Vec::new()
+        }
     };
     let concurrency = args.target.connect_concurrency.max(1);
     let retries = Tally::default();
@@ -142,10 +160,10 @@ pub(crate) async fn run(args: StormArgs) -> anyhow::Result<StormReport> {
     let started = Instant::now();
     let opened: Vec<(u64, Session)> = futures::stream::iter(0..devices)
         .map(|i| {
-            let (connector, hello) = (&connector, &hello);
+            let (connector, hello, watches) = (&connector, &hello, &watches);
             async move {
                 pacer.wait(i).await;
-                let session = connector.open(i, hello(i, 0).ok()?, &[]).await;
+                let session = connector.open(i, hello(i, 0).ok()?, &watches(i)).await;
                 session.ok().map(|s| (i, s))
             }
         })
@@ -197,13 +215,14 @@ pub(crate) async fn run(args: StormArgs) -> anyhow::Result<StormReport> {
     let back_sessions: Vec<Option<(Duration, Session)>> = futures::stream::iter(cursors.iter())
         .enumerate()
         .map(|(k, &(i, cursor))| {
-            let (connector, hello, retries, retried) = (&connector, &hello, &retries, &retried);
+            let (connector, hello, watches) = (&connector, &hello, &watches);
+            let (retries, retried) = (&retries, &retried);
             async move {
                 storm.wait(k as u64).await;
                 let mut backoff = RETRY_FIRST;
                 loop {
                     let opened = match hello(i, cursor) {
-                        Ok(hello) => connector.open(i, hello, &[]).await,
+                        Ok(hello) => connector.open(i, hello, &watches(i)).await,
                         Err(e) => Err(Ended(format!("{e:#}"))),
                     };
                     match opened {
