@@ -211,6 +211,49 @@ def sync(records):
     }
 
 
+def scale(records):
+    """The sessions held at once over several gateways, and each gateway's memory."""
+    mine = [r for r in records if r["part"] == "scale"]
+    if not mine:
+        return {}
+    gateways = []
+    starts, ends = [], []
+    for r in sorted(mine, key=lambda r: r["system"]):
+        report = r["report"] or {}
+        server = report.get("server") or {}
+        gateways.append({
+            "gateway": r["system"],
+            "sessions": r["value"],
+            "held": report.get("held", 0),
+            "failed": report.get("failed"),
+            "dropped": report.get("dropped"),
+            "opened_per_s": report.get("opened_per_s"),
+            "open_p99_ms": (report.get("open_latency") or {}).get("p99_ms"),
+            "rss_before_bytes": server.get("rss_before_bytes"),
+            "rss_holding_bytes": server.get("rss_holding_bytes"),
+            "per_connection_bytes": server.get("per_connection_bytes"),
+            "client_per_connection_bytes": (report.get("client") or {}).get("per_connection_bytes"),
+        })
+        if report:
+            # Each load generator holds from the end of its opening for
+            # hold_s; the sessions were all open at once where these meet.
+            start = report["run"]["started_unix_s"] + report["open_s"]
+            starts.append(start)
+            ends.append(start + report["hold_s"])
+    together = min(ends) - max(starts) if starts and len(starts) == len(mine) else None
+    return {
+        "sessions": sum(g["sessions"] for g in gateways),
+        "held": sum(g["held"] for g in gateways),
+        "failed": sum(g["failed"] or 0 for g in gateways),
+        "dropped": sum(g["dropped"] or 0 for g in gateways),
+        # Start times are whole seconds: within a second.
+        "held_together_s": together,
+        "per_connection_bytes": median([g["per_connection_bytes"] for g in gateways]),
+        "gateways": gateways,
+        "load": load_note(mine),
+    }
+
+
 def fmt(value, digits=0, unit=""):
     if value is None:
         return "–"
@@ -282,6 +325,18 @@ def targets(results):
                      f"{kept:,} held: {n['opened']:,} opened, {n['failed']:,} failed, "
                      f"{n['dropped']:,} ended by the server{why}",
                      f"{c['opened']:,}" if c else "–", verdict(held)))
+    sc = results["scale"]
+    if sc:
+        together = sc["held_together_s"]
+        held = sc["held"] >= 100_000 and not sc["failed"] and not sc["dropped"] and together and together > 0
+        rows.append((f"concurrent connections held, {len(sc['gateways'])} gateways on one NATS", "100,000",
+                     f"{sc['held']:,} held ({sc['failed']:,} failed, {sc['dropped']:,} ended by a gateway), "
+                     f"all at once for {fmt(together, 0, ' s')}",
+                     "–", verdict(held)))
+        per = sc["per_connection_bytes"]
+        if per is not None:
+            rows.append(("gateway memory per idle connection on NATS (median of the gateways)", "≤ 8 KiB",
+                         fmt(per / KIB, 1, " KiB"), "–", verdict(per / KIB <= 8)))
     s = results["sync"]
     if s.get("catch_up_s") is not None:
         rows.append((f"catch-up of {s['catch_up_messages']:,} missed messages", "< 1 s",
@@ -360,6 +415,34 @@ def markdown(results):
                     f"{c['per_connection_bytes'] / KIB:,.1f} KiB | {fmt(r['opened_per_s'])} | {r['failed']:,} | "
                     f"{r['dropped']:,}{reasons(r['dropped_reasons'])} | {r['load']} |"
                 )
+    sc = results["scale"]
+    if sc:
+        lines += [
+            "",
+            "## Horizontal scale: idle sessions over several gateways",
+            "",
+            f"{sc['sessions']:,} device sessions, each its own user, over {len(sc['gateways'])} gateway processes "
+            "(`natter gateway`, each with ports of its own) on one NATS, beside one storage, sync and fanout "
+            "(embedded stores); one load generator per gateway, all opening at once (no process here may hold "
+            "more than the open-files limit). "
+            f"**{sc['held']:,} held**, {sc['failed']:,} failed, {sc['dropped']:,} ended by a gateway; all open at "
+            f"once for {fmt(sc['held_together_s'], 0, ' s')}. Memory from /proc: each gateway's resident memory "
+            f"before its sessions and while holding them. Load: {sc['load']}.",
+            "",
+            "| gateway | sessions held | failed | opened/s | open p99 | RSS before → holding | per connection | "
+            "load generator per connection |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for g in sc["gateways"]:
+            rss = (f"{g['rss_before_bytes'] / 2**20:,.0f} → {g['rss_holding_bytes'] / 2**20:,.0f} MiB"
+                   if g["rss_before_bytes"] is not None and g["rss_holding_bytes"] is not None else "–")
+            per = g["per_connection_bytes"]
+            client = g["client_per_connection_bytes"]
+            lines.append(
+                f"| {g['gateway']} | {g['held']:,} | {fmt(g['failed'])} | {fmt(g['opened_per_s'])} | "
+                f"{fmt(g['open_p99_ms'], 0, ' ms')} | {rss} | {fmt(None if per is None else per / KIB, 1, ' KiB')} | "
+                f"{fmt(None if client is None else client / KIB, 1, ' KiB')} |"
+            )
     ce = results["ceiling"]
     if ce.get("natter_acked_per_s") is not None:
         lines += [
@@ -511,6 +594,7 @@ def main():
         "ceiling": ceiling(records),
         "durable": durable(records),
         "sync": sync(records),
+        "scale": scale(records),
         "plot": f"{name}.png",
     }
     out.mkdir(parents=True, exist_ok=True)
