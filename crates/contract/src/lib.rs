@@ -17,8 +17,8 @@
 
 mod backoff;
 mod consume;
+mod holders;
 mod request;
-mod send;
 pub mod subjects;
 
 use std::num::NonZeroU32;
@@ -30,8 +30,8 @@ use thiserror::Error;
 
 pub use backoff::Backoff;
 pub use consume::{Handled, consume_partition, consume_partitions};
+pub use holders::Holders;
 pub use request::{decode, encode, request, serve};
-pub use send::SendClient;
 
 #[derive(Debug, Error)]
 pub enum ContractError {

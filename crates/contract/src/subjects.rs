@@ -9,8 +9,6 @@ pub const MARK_READ: &str = "storage.read";
 pub const MEMBERS: &str = "storage.members";
 /// Storage answers `MessagesQuery` here (queue group `storage`).
 pub const MESSAGES: &str = "storage.messages";
-/// Sync answers `UpdatesQuery` here (queue group `sync`).
-pub const UPDATES: &str = "sync.updates";
 /// Sync answers `DeviceHello` here (queue group `sync`).
 pub const DEVICE_HELLO: &str = "sync.hello";
 /// Sync records `CursorAck`s published here (queue group `sync`).
@@ -45,13 +43,24 @@ pub fn sequencer(partition: u32) -> String {
     format!("storage.seq.{partition}")
 }
 
+/// Where any sync process answers `UpdatesQuery` from the store (queue
+/// group `sync`), for partitions nobody holds at the moment.
+pub const UPDATES: &str = "sync.updates";
+
+/// Where the holder of user partition `partition` answers `UpdatesQuery`:
+/// the one process that numbers those users' logs, so a page that says it
+/// reaches the head leaves nothing out that was published live.
+pub fn updates(partition: u32) -> String {
+    format!("sync.updates.{partition}")
+}
+
 /// The partition key of a conversation: its sequencer and its EVENTS
 /// partition.
 pub fn conversation_key(id: ConversationId) -> [u8; 16] {
     id.as_uuid().into_bytes()
 }
 
-/// The partition key of a user in USERS.
+/// The partition key of a user: its log's holder and its USERS partition.
 pub fn user_key(tenant: &TenantId, user: &UserId) -> Vec<u8> {
     let mut key = Vec::with_capacity(tenant.as_str().len() + user.as_str().len() + 1);
     key.extend_from_slice(tenant.as_str().as_bytes());

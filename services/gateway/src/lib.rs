@@ -14,8 +14,9 @@
 //! device sees every update after its cursor once, in order. A device may
 //! also watch conversations (`watches.rs`): their messages after a seq,
 //! then live from the conversation's room subject, joined the same way.
-//! Sends go to the sequencers through one `SendClient` per process; reads, acks and
-//! typing go to storage, sync and fanout over the bus.
+//! Sends go to the sequencers and catch-up reads to the holders of users'
+//! logs through one `Holders` per process; read markers, acks and typing
+//! go to storage, sync and fanout over the bus.
 //!
 //! # Bounds
 //!
@@ -71,7 +72,7 @@ use std::time::Duration;
 
 use natter_auth::Verifier;
 use natter_bus::Bus;
-use natter_contract::SendClient;
+use natter_contract::Holders;
 use natter_core::Limits;
 use natter_server::{GrpcServer, Settings, StartError};
 use tokio::net::TcpListener;
@@ -144,7 +145,7 @@ pub struct Gateway {
 pub(crate) struct Shared {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) verifier: Arc<Verifier>,
-    pub(crate) sends: SendClient,
+    pub(crate) holders: Holders,
     pub(crate) config: Config,
     pub(crate) revocations: Arc<Revocations>,
     /// Cancelled when the gateway shuts down; every session then ends.
@@ -162,14 +163,14 @@ impl Gateway {
         deps: Deps,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
-        let sends = SendClient::new(deps.bus.clone(), settings.topology());
+        let holders = Holders::new(deps.bus.clone(), settings.topology());
         let revocations = Arc::new(Revocations::default());
         revoke::listen(deps.bus.clone(), revocations.clone(), shutdown.clone()).await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 bus: deps.bus,
                 verifier: deps.verifier,
-                sends,
+                holders,
                 config: Config::from_settings(settings),
                 revocations,
                 shutdown,

@@ -82,20 +82,18 @@ pub(crate) async fn device_hello(
 pub(crate) async fn fetch(
     shared: Arc<Shared>,
     outbound: Outbound,
+    who: Identity,
     query: UpdatesQuery,
 ) -> Result<UpdatesPage, Stop> {
     outbound.room_for(query.limit as usize).await?;
-    natter_contract::request(
-        shared.bus.as_ref(),
-        subjects::UPDATES,
-        &query,
-        shared.config.peer_timeout,
-    )
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, "catch-up request to sync failed");
-        Stop::Fail(unavailable("sync did not answer; reconnect to catch up"))
-    })
+    shared
+        .holders
+        .updates(&who.tenant, &who.user, query, shared.config.peer_timeout)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "catch-up request to sync failed");
+            Stop::Fail(unavailable("sync did not answer; reconnect to catch up"))
+        })
 }
 
 /// Stores a message through its sequencer; answers `send_ack` or `error`.
@@ -113,7 +111,7 @@ pub(crate) async fn send(
         )))
     };
     let outcome = match shared
-        .sends
+        .holders
         .send(conversation, command, shared.config.peer_timeout)
         .await
     {

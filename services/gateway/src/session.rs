@@ -380,6 +380,7 @@ impl Session {
                     self.fetch = Some(Box::pin(peers::fetch(
                         self.shared.clone(),
                         self.out.clone(),
+                        self.identity.clone(),
                         query,
                     )));
                 }

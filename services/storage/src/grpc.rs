@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_auth::{Identity, Verifier};
-use natter_contract::SendClient;
+use natter_contract::Holders;
 use natter_core::{
     ClientMessageId, Conversation, ConversationId, Event, Invalid, NewConversation, Role, UserId,
     validate_member_list,
@@ -41,12 +41,12 @@ const RETRY_SEND: &str = "the message may not be stored yet; retry with the same
 
 pub(crate) struct ConversationApi {
     storage: Arc<Storage>,
-    sends: SendClient,
+    sends: Holders,
     verifier: Arc<Verifier>,
 }
 
 impl ConversationApi {
-    pub(crate) fn new(storage: Arc<Storage>, sends: SendClient, verifier: Arc<Verifier>) -> Self {
+    pub(crate) fn new(storage: Arc<Storage>, sends: Holders, verifier: Arc<Verifier>) -> Self {
         Self {
             storage,
             sends,

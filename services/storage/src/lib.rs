@@ -70,7 +70,7 @@ use std::sync::Arc;
 
 use natter_auth::Verifier;
 use natter_bus::Bus;
-use natter_contract::{SendClient, subjects};
+use natter_contract::{Holders, subjects};
 use natter_proto::v1::conversation_service_server::ConversationServiceServer;
 use natter_server::{GrpcServer, Settings, StartError};
 use natter_store::ConversationStore;
@@ -120,7 +120,7 @@ pub async fn run(
         topology: settings.topology(),
         limits: settings.limits(),
     });
-    let sends = SendClient::new(deps.bus.clone(), storage.topology);
+    let sends = Holders::new(deps.bus.clone(), storage.topology);
     let mark_read = deps
         .bus
         .subscribe(subjects::MARK_READ, Some(QUEUE_GROUP))

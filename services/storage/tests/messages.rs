@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_invalid, assert_status, next_event, text_content, who};
-use natter_contract::{EVENTS, SendClient};
+use natter_contract::{EVENTS, Holders};
 use natter_core::Timestamp;
 use natter_core::{ConversationId, Event, Role};
 use natter_proto::bus::v1::{Actor, SendCommand, send_outcome};
@@ -274,7 +274,7 @@ async fn the_sequencer_reports_failures_to_the_sender() {
     let h = Harness::start().await;
     let alice = who("acme", "alice", Role::Agent);
     let id = h.create(&alice, &[]).await;
-    let gateway = SendClient::new(h.bus.clone(), h.topology);
+    let gateway = Holders::new(h.bus.clone(), h.topology);
     let actor = |tenant: &str, user: &str, role: natter_proto::v1::Role| {
         Some(Actor {
             tenant_id: tenant.into(),

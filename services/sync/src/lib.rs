@@ -7,8 +7,10 @@
 //!   user's live subject for the gateways, then writes the delivery's
 //!   entries in one store write (`log.rs`).
 //! - It answers the gateways over the bus: the updates after a cursor
-//!   (`UPDATES`), device hellos (`DEVICE_HELLO`) and cursor acks
-//!   (`CURSOR_ACK`).
+//!   (`sync.updates.<n>`, answered by the holder of the user's partition,
+//!   so a page never misses what was published live but not yet written,
+//!   or by any sync process while nobody holds it),
+//!   device hellos (`DEVICE_HELLO`) and cursor acks (`CURSOR_ACK`).
 //! - It serves `natter.v1.SyncService` over gRPC to callers without a
 //!   gateway connection.
 //!
@@ -80,8 +82,12 @@ pub async fn run(
 
     // Responders first, so the gateways find them as soon as this process
     // reports serving.
-    let responders = responders::Responders::new(deps.store.clone(), limits.clone());
+    let responders = Arc::new(responders::Responders::new(
+        deps.store.clone(),
+        limits.clone(),
+    ));
     responders
+        .clone()
         .start(deps.bus.clone(), &stop, &mut tasks)
         .await?;
 
@@ -95,24 +101,8 @@ pub async fn run(
         settings.topology().partitions.get(),
         stop.clone(),
         move |lease, stop| {
-            let partition = lease.borrow().partition;
-            let appender = Arc::new(log::Appender::new(
-                store.clone(),
-                bus.clone(),
-                lease,
-                retained,
-            ));
-            natter_contract::consume_partition(
-                bus.clone(),
-                natter_contract::USERS,
-                CONSUMER.to_owned(),
-                partition,
-                stop,
-                Arc::new(move |events, delivered| {
-                    let appender = appender.clone();
-                    async move { appender.handle(events, delivered).await }
-                }),
-            )
+            let appender = log::Appender::new(store.clone(), bus.clone(), lease, retained);
+            log::serve_partition(appender, responders.clone(), stop)
         },
     ));
 

@@ -25,14 +25,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natter_bus::Bus;
-use natter_contract::{Backoff, Handled, encode, subjects};
+use natter_contract::{Backoff, Handled, USERS, consume_partition, encode, serve, subjects};
 use natter_core::{Cursor, Event, Invalid, TenantId, Update, UserId};
 use natter_proto::bus::v1::{UserEvent, UserEvents};
 use natter_proto::convert::{parse_id, required};
 use natter_proto::v1;
 use natter_server::partitions::trusted;
 use natter_store::{Lease, StoreError, SyncStore, UpdateBatch};
-use tokio::sync::watch;
+use tokio::sync::{RwLock, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::CONSUMER;
+use crate::responders::Responders;
 
 /// How many of a user's newest entries a repeated event is looked for in.
 const RECENT: u64 = 64;
@@ -40,11 +44,59 @@ const RECENT: u64 = 64;
 const CACHED_USERS: usize = 4096;
 /// The log is trimmed each time its head reaches a multiple of this.
 const TRIM_EVERY: u64 = 1024;
+/// Catch-up reads answered at once, per partition.
+const READS_IN_FLIGHT: usize = 256;
 /// The first and the longest delay before a failed delivery is retried.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 type UserKey = (TenantId, UserId);
+
+/// Works one held partition of users until `stop`: consumes its USERS
+/// partition with `appender`, and answers catch-up reads for its users
+/// (`sync.updates.<n>`). A read waits while a delivery is between its live
+/// publish and its write, so a page that reaches the head leaves out
+/// nothing a device may have missed live.
+pub(crate) async fn serve_partition(
+    appender: Appender,
+    responders: Arc<Responders>,
+    stop: CancellationToken,
+) {
+    let partition = appender.lease.borrow().partition;
+    let bus = appender.bus.clone();
+    let reads = match bus.subscribe(&subjects::updates(partition), None).await {
+        Ok(reads) => reads,
+        Err(e) => {
+            tracing::error!(partition, error = %e, "cannot take catch-up reads");
+            return;
+        }
+    };
+    let gate = appender.gate.clone();
+    let serving = serve(bus.clone(), reads, READS_IN_FLIGHT, move |query| {
+        let (responders, gate) = (responders.clone(), gate.clone());
+        async move {
+            let _written = gate.read().await;
+            responders.updates(query).await
+        }
+    });
+    let appender = Arc::new(appender);
+    let consuming = consume_partition(
+        bus,
+        USERS,
+        CONSUMER.to_owned(),
+        partition,
+        stop,
+        Arc::new(move |events, delivered| {
+            let appender = appender.clone();
+            async move { appender.handle(events, delivered).await }
+        }),
+    );
+    // Consuming ends on `stop`; the reads end with it.
+    tokio::select! {
+        () = consuming => {}
+        () = serving => tracing::error!(partition, "catch-up reads ended"),
+    }
+}
 
 /// Numbers, publishes and writes the user events of one partition.
 pub(crate) struct Appender {
@@ -59,6 +111,9 @@ pub(crate) struct Appender {
     cache: Mutex<LogCache>,
     /// The version of the last write: the clock, kept rising.
     version: AtomicU64,
+    /// Held for writing from numbering a delivery until its write ends;
+    /// catch-up reads of the partition hold it for reading.
+    gate: Arc<RwLock<()>>,
 }
 
 /// One event of a delivery, numbered.
@@ -86,6 +141,7 @@ impl Appender {
             window: RECENT.min(retained),
             cache: Mutex::new(LogCache::new(CACHED_USERS)),
             version: AtomicU64::new(0),
+            gate: Arc::default(),
         }
     }
 
@@ -101,6 +157,7 @@ impl Appender {
             })
             .collect();
         let retry = || Handled::Retry(Backoff::nth(RETRY_FIRST, RETRY_MAX, delivered));
+        let _numbering = self.gate.write().await;
         let (numbered, logs) = match self.number(events, delivered).await {
             Ok(numbered) => numbered,
             Err(e) => {

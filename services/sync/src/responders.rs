@@ -39,26 +39,27 @@ impl Responders {
         Self { store, limits }
     }
 
-    /// Subscribes to the three subjects (queue group `sync`) and spawns
-    /// their loops on `tasks`; they stop on `stop`. Returns once every
-    /// subscription is in place.
+    /// Subscribes to hellos, cursor acks and catch-up reads of partitions
+    /// nobody holds (queue group `sync`) and spawns their loops on `tasks`;
+    /// they stop on `stop`. Returns once every subscription is in place.
+    /// The holder of a partition answers its catch-up reads itself
+    /// (`log::serve_partition`).
     pub(crate) async fn start(
-        self,
+        self: Arc<Self>,
         bus: Arc<dyn Bus>,
         stop: &CancellationToken,
         tasks: &mut JoinSet<()>,
     ) -> Result<(), BusError> {
-        let updates = bus.subscribe(subjects::UPDATES, Some(CONSUMER)).await?;
+        let unheld = bus.subscribe(subjects::UPDATES, Some(CONSUMER)).await?;
         let hellos = bus
             .subscribe(subjects::DEVICE_HELLO, Some(CONSUMER))
             .await?;
         let acks = bus.subscribe(subjects::CURSOR_ACK, Some(CONSUMER)).await?;
-        let this = Arc::new(self);
-
+        let this = self;
         let responder = this.clone();
         tasks.spawn(until(
             stop.clone(),
-            serve(bus.clone(), updates, RESPONDER_CONCURRENCY, move |query| {
+            serve(bus.clone(), unheld, RESPONDER_CONCURRENCY, move |query| {
                 let responder = responder.clone();
                 async move { responder.updates(query).await }
             }),
@@ -75,12 +76,12 @@ impl Responders {
         Ok(())
     }
 
-    /// `UPDATES`: a page of the log after a cursor. `complete` is set when
-    /// the page reaches the head as it was when the query arrived, so
-    /// anything later reaches the asking gateway live (it subscribed
-    /// before asking).
+    /// `sync.updates[.<n>]`: a page of the log after a cursor. `complete` is
+    /// set when the page reaches the head as it was when the query
+    /// arrived, so anything later reaches the asking gateway live (it
+    /// subscribed before asking).
     #[tracing::instrument(skip_all, fields(tenant = %query.tenant_id, user = %query.user_id, after = query.after))]
-    async fn updates(&self, query: UpdatesQuery) -> UpdatesPage {
+    pub(crate) async fn updates(&self, query: UpdatesQuery) -> UpdatesPage {
         let (tenant, user) = match ids(&query.tenant_id, &query.user_id) {
             Ok(ids) => ids,
             Err(e) => {

@@ -198,6 +198,7 @@ async fn a_write_that_fails_after_live_delivery_keeps_the_cursors_devices_saw() 
     let mut bobs = h.live(&bob).await;
     h.publish(&alice, &message(c, 1), "1/alice").await;
     assert_eq!(next_update(&mut alices).await.cursor, Cursor::new(1));
+    h.written(&alice, 1).await;
 
     // The next delivery carries events for both users; its write fails.
     h.fail_writes(1);
@@ -235,6 +236,33 @@ async fn a_write_that_fails_after_live_delivery_keeps_the_cursors_devices_saw() 
     h.stop().await;
 }
 
+/// A device that connects between an update's live publish and its
+/// write subscribes too late for the publish; its catch-up read must wait
+/// for the write, or the page would end before the update and the device
+/// would not see it until the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catch_up_read_waits_for_what_was_published_live() {
+    let h = Harness::with_failing_writes().await;
+    let alice = h.user("alice");
+    let mut live = h.live(&alice).await;
+    h.hold_writes(true);
+    let first = message(conversation(), 1);
+    h.publish(&alice, &first, "1/alice").await;
+    assert_eq!(next_update(&mut live).await.cursor, Cursor::new(1));
+
+    let h = Arc::new(h);
+    let asking = tokio::spawn({
+        let h = h.clone();
+        async move { ask_updates(&h, "alice", 0, 10).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!asking.is_finished(), "the read waits for the write");
+    h.hold_writes(false);
+    let page = asking.await.unwrap();
+    assert_eq!((page_cursors(&page), page.complete), (vec![1], true));
+    Arc::into_inner(h).expect("the only harness").stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_events_are_dropped_and_the_partition_goes_on() {
     let h = Harness::start().await;
@@ -270,7 +298,11 @@ async fn ask_updates(h: &Harness, user: &str, after: u64, limit: u32) -> Updates
         after,
         limit,
     };
-    natter_contract::request(h.bus.as_ref(), subjects::UPDATES, &query, ASK)
+    // The holder of the user's partition answers; the key is built from
+    // the raw ids, so that malformed ones reach it too.
+    let key = [h.tenant.as_str().as_bytes(), &[0], user.as_bytes()].concat();
+    let partition = natter_bus::partition(&key, h.topology().partitions);
+    natter_contract::request(h.bus.as_ref(), &subjects::updates(partition), &query, ASK)
         .await
         .unwrap()
 }
@@ -295,6 +327,22 @@ async fn updates_come_in_pages_that_say_when_they_reach_the_head() {
     h.written(&alice, 5).await;
 
     let page = ask_updates(&h, "alice", 0, 2).await;
+    // Any sync process answers the same from the store, for the moments
+    // nobody holds the partition.
+    let unheld: UpdatesPage = natter_contract::request(
+        h.bus.as_ref(),
+        subjects::UPDATES,
+        &UpdatesQuery {
+            tenant_id: h.tenant.to_string(),
+            user_id: "alice".into(),
+            after: 0,
+            limit: 2,
+        },
+        ASK,
+    )
+    .await
+    .unwrap();
+    assert_eq!(unheld, page);
     assert_eq!(
         (page_cursors(&page), page.complete, page.head),
         (vec![1, 2], false, 5)
@@ -591,6 +639,7 @@ async fn get_updates_and_list_devices_serve_the_callers_own_log_and_devices() {
     for _ in 1..=3 {
         next_update(&mut live).await;
     }
+    h.written(&alice, 3).await;
     let mut client = h.client().await;
     let alice_token = h.token("alice", Role::Customer);
     let get = |cursor, page_size, user: &str| GetUpdatesRequest {

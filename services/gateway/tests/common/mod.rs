@@ -3,7 +3,7 @@
 //! device clients for each transport.
 //!
 //! The peers are test doubles that answer on the same subjects and streams
-//! as the real services: sync (DEVICE_HELLO, UPDATES, CURSOR_ACK, and live
+//! as the real services: sync (DEVICE_HELLO, sync.updates.<n>, CURSOR_ACK, and live
 //! updates on `live.<tenant>.<user>`), storage (the sequencers
 //! and MARK_READ) and fanout (EPHEMERAL). They serve fixed rules from
 //! memory, so each test can steer them.
@@ -168,7 +168,7 @@ impl Harness {
             .await
             .unwrap();
         let shutdown = CancellationToken::new();
-        let sync = FakeSync::start(bus.clone()).await;
+        let sync = FakeSync::start(bus.clone(), settings.topology().partitions.get()).await;
         let storage = FakeStorage::start(bus.clone(), &settings, shutdown.clone()).await;
         let fanout = FakeFanout::start(bus.clone()).await;
 
@@ -294,12 +294,12 @@ pub struct FakeSync {
     pub hellos: Mutex<Vec<DeviceHello>>,
     pub queries: Mutex<Vec<UpdatesQuery>>,
     pub acks: Mutex<Vec<CursorAck>>,
-    /// While true, UPDATES queries wait.
+    /// While true, catch-up queries wait.
     pub hold_pages: watch::Sender<bool>,
 }
 
 impl FakeSync {
-    async fn start(bus: Arc<dyn Bus>) -> Arc<Self> {
+    async fn start(bus: Arc<dyn Bus>, partitions: u32) -> Arc<Self> {
         let sync = Arc::new(Self {
             bus: Some(bus.clone()),
             hold_pages: watch::channel(false).0,
@@ -336,25 +336,28 @@ impl FakeSync {
                 }
             },
         ));
-        let updates = bus
-            .subscribe(subjects::UPDATES, Some("sync"))
-            .await
-            .unwrap();
-        let me = sync.clone();
-        tokio::spawn(natter_contract::serve(
-            bus.clone(),
-            updates,
-            16,
-            move |query: UpdatesQuery| {
-                let me = me.clone();
-                async move {
-                    let mut held = me.hold_pages.subscribe();
-                    let _ = held.wait_for(|held| !*held).await;
-                    me.queries.lock().unwrap().push(query.clone());
-                    me.page(&query)
-                }
-            },
-        ));
+        // One process holding every partition of users.
+        for partition in 0..partitions {
+            let updates = bus
+                .subscribe(&subjects::updates(partition), None)
+                .await
+                .unwrap();
+            let me = sync.clone();
+            tokio::spawn(natter_contract::serve(
+                bus.clone(),
+                updates,
+                16,
+                move |query: UpdatesQuery| {
+                    let me = me.clone();
+                    async move {
+                        let mut held = me.hold_pages.subscribe();
+                        let _ = held.wait_for(|held| !*held).await;
+                        me.queries.lock().unwrap().push(query.clone());
+                        me.page(&query)
+                    }
+                },
+            ));
+        }
         let mut acks = bus
             .subscribe(subjects::CURSOR_ACK, Some("sync"))
             .await

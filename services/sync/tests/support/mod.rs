@@ -59,8 +59,8 @@ impl Harness {
         Self::on(bus, store, configure).await
     }
 
-    /// Starts sync on a store whose log writes fail on demand
-    /// ([`fail_writes`](Self::fail_writes)).
+    /// Starts sync on a store whose log writes fail or wait on demand
+    /// ([`fail_writes`](Self::fail_writes), [`hold_writes`](Self::hold_writes)).
     pub(crate) async fn with_failing_writes() -> Self {
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new("test").unwrap());
         let store = Arc::new(EmbeddedStore::temporary(Default::default()).unwrap());
@@ -68,6 +68,7 @@ impl Harness {
             inner: store.clone(),
             to_fail: AtomicU32::new(0),
             failed: AtomicU32::new(0),
+            held: tokio::sync::watch::channel(false).0,
         });
         Self::start_on(bus, store, Some(flaky), |_| {}).await
     }
@@ -227,6 +228,12 @@ impl Harness {
         flaky.to_fail.store(n, Ordering::SeqCst);
     }
 
+    /// While `held`, log writes wait.
+    pub(crate) fn hold_writes(&self, held: bool) {
+        let flaky = self.flaky.as_ref().expect("started with_failing_writes");
+        flaky.held.send_replace(held);
+    }
+
     /// How many log writes failed on purpose.
     pub(crate) fn failed_writes(&self) -> u32 {
         let flaky = self.flaky.as_ref().expect("started with_failing_writes");
@@ -366,12 +373,13 @@ pub(crate) async fn seed(
         .unwrap();
 }
 
-/// The embedded store, with log writes that fail on demand: the fault a
-/// sync process meets between publishing live and writing.
+/// The embedded store, with log writes that fail or wait on demand: what
+/// a sync process meets between publishing live and writing.
 pub(crate) struct FlakyStore {
     inner: Arc<EmbeddedStore>,
     to_fail: AtomicU32,
     failed: AtomicU32,
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 #[async_trait]
@@ -393,6 +401,7 @@ impl SyncStore for FlakyStore {
             self.failed.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Unavailable("failed on purpose".into()));
         }
+        let _ = self.held.subscribe().wait_for(|held| !*held).await;
         self.inner.write_updates(updates, version).await
     }
 

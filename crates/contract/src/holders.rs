@@ -1,0 +1,100 @@
+//! Requests to whichever process holds a partition: a conversation's
+//! sequencer in storage (sends), a user's log in sync (catch-up). Only
+//! the holder subscribes to the partition's subject, so during a takeover
+//! nobody answers for a moment: a send is asked again, a catch-up read
+//! goes to any sync process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_bus::{Bus, BusError};
+use natter_core::{ConversationId, TenantId, UserId};
+use natter_proto::bus::v1::{SendCommand, SendOutcome, UpdatesPage, UpdatesQuery};
+use prost::Message;
+use tokio::time::Instant;
+
+use crate::{Backoff, ContractError, Result, Topology, request, subjects};
+
+/// How long to wait before asking again when nobody holds the partition:
+/// doubling up to the cap.
+const NO_HOLDER_FIRST: Duration = Duration::from_millis(20);
+const NO_HOLDER_MAX: Duration = Duration::from_millis(500);
+
+/// Asks partition holders. One per process.
+#[derive(Debug, Clone)]
+pub struct Holders {
+    bus: Arc<dyn Bus>,
+    topology: Topology,
+}
+
+impl Holders {
+    pub fn new(bus: Arc<dyn Bus>, topology: Topology) -> Self {
+        Self { bus, topology }
+    }
+
+    /// Sends `command` to the sequencer of `conversation` and waits up to
+    /// `timeout` for its outcome. A timeout does not mean the message was
+    /// lost: retrying with the same client message id returns it if it
+    /// was stored.
+    pub async fn send(
+        &self,
+        conversation: ConversationId,
+        command: SendCommand,
+        timeout: Duration,
+    ) -> Result<SendOutcome> {
+        let key = subjects::conversation_key(conversation);
+        self.ask(subjects::sequencer, &key, &command, timeout).await
+    }
+
+    /// Asks the holder of `user`'s log for the page `query` names. While
+    /// nobody holds the partition nobody publishes its updates live
+    /// either, so then any sync process answers from the store
+    /// ([`subjects::UPDATES`]): a takeover costs catch-up nothing.
+    pub async fn updates(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        query: UpdatesQuery,
+        timeout: Duration,
+    ) -> Result<UpdatesPage> {
+        let key = subjects::user_key(tenant, user);
+        let subject = subjects::updates(self.partition(&key));
+        match request(self.bus.as_ref(), &subject, &query, timeout).await {
+            Err(ContractError::Bus(BusError::NoResponders { .. })) => {
+                request(self.bus.as_ref(), subjects::UPDATES, &query, timeout).await
+            }
+            done => done,
+        }
+    }
+
+    fn partition(&self, key: &[u8]) -> u32 {
+        natter_bus::partition(key, self.topology.partitions)
+    }
+
+    /// Asks the holder of the partition of `key` on the subject
+    /// `subject(partition)`, again while nobody holds it, up to `timeout`.
+    async fn ask<Q: Message, A: Message + Default>(
+        &self,
+        subject: fn(u32) -> String,
+        key: &[u8],
+        query: &Q,
+        timeout: Duration,
+    ) -> Result<A> {
+        let subject = subject(self.partition(key));
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new(NO_HOLDER_FIRST, NO_HOLDER_MAX);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match request(self.bus.as_ref(), &subject, query, left).await {
+                Err(ContractError::Bus(BusError::NoResponders { .. })) => {
+                    let pause = backoff.next_delay();
+                    if Instant::now() + pause >= deadline {
+                        return Err(BusError::Timeout { subject, timeout }.into());
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                done => return done,
+            }
+        }
+    }
+}
