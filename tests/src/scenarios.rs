@@ -516,15 +516,21 @@ pub async fn sequencer_takeover(mode: Mode) {
     let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     cluster.start_service(Service::StandbyStorage).await;
 
+    let token = cluster.token("bob", Role::Agent);
+    let (standby, first) = (cluster.addrs.standby_storage, cluster.addrs.storage);
+    let sending = |through, round: &str| {
+        tokio::spawn(send_until_stopped(
+            token.clone(),
+            through,
+            conv.clone(),
+            round.to_owned(),
+            acked.clone(),
+            Duration::from_secs(4),
+        ))
+    };
+
     // The first storage process holds every partition; it stops.
-    let sender = tokio::spawn(send_until_stopped(
-        cluster.token("bob", Role::Agent),
-        cluster.addrs.standby_storage,
-        conv.clone(),
-        "graceful".into(),
-        acked.clone(),
-        Duration::from_secs(4),
-    ));
+    let sender = sending(standby, "graceful");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stopped = cluster.terminate(Service::Storage, Duration::from_secs(10));
     assert!(
@@ -535,14 +541,7 @@ pub async fn sequencer_takeover(mode: Mode) {
     cluster.start_service(Service::Storage).await;
 
     // Now the standby holds them all; it dies without a word.
-    let sender = tokio::spawn(send_until_stopped(
-        cluster.token("bob", Role::Agent),
-        cluster.addrs.storage,
-        conv.clone(),
-        "killed".into(),
-        acked.clone(),
-        Duration::from_secs(4),
-    ));
+    let sender = sending(first, "killed");
     tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.kill(Service::StandbyStorage);
     sender.await.expect("sender task");

@@ -78,19 +78,6 @@ pub async fn consume_partition<M, F, Fut>(
         format!("{consumer}-{partition}"),
         format!("{}.{partition}", stream.base),
     );
-    consume_one(bus, config, shutdown, handler).await;
-}
-
-async fn consume_one<M, F, Fut>(
-    bus: Arc<dyn Bus>,
-    config: ConsumerConfig,
-    shutdown: CancellationToken,
-    handler: Arc<F>,
-) where
-    M: Message + Default + 'static,
-    F: Fn(M, u32) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Handled> + Send + 'static,
-{
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let mut deliveries = match bus.consume(&config).await {

@@ -358,8 +358,8 @@ mod tests {
         assert!(recipients(&message, &members, 3).is_empty());
     }
 
-    #[test]
-    fn payloads_decode_as_the_user_event() {
+    /// The fields a joined event's recipients share, encoded.
+    fn common_of_a_join() -> (v1::Event, Vec<u8>) {
         let wire = v1::Event::from(change("c", MembershipKind::Joined));
         let common = UserEvent {
             tenant_id: "acme".into(),
@@ -367,6 +367,12 @@ mod tests {
             event: Some(wire.clone()),
         }
         .encode_to_vec();
+        (wire, common)
+    }
+
+    #[test]
+    fn payloads_decode_as_the_user_event() {
+        let (wire, common) = common_of_a_join();
         let decoded = UserEvent::decode(payload(&common, &user("bob")).as_slice()).unwrap();
         assert_eq!(
             decoded,
@@ -395,13 +401,7 @@ mod tests {
 
     #[test]
     fn a_partitions_user_events_decode_as_one_message() {
-        let wire = v1::Event::from(change("c", MembershipKind::Joined));
-        let common = UserEvent {
-            tenant_id: "acme".into(),
-            user_id: String::new(),
-            event: Some(wire.clone()),
-        }
-        .encode_to_vec();
+        let (_, common) = common_of_a_join();
         let mut expanded = Expanded::default();
         for name in ["ann", "bob"] {
             expanded.add("users.1".into(), &payload(&common, &user(name)));
