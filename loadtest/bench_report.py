@@ -218,7 +218,7 @@ def scale(records):
         return {}
     gateways = []
     starts, ends = [], []
-    for r in sorted(mine, key=lambda r: r["system"]):
+    for r in sorted(mine, key=lambda r: int(r["system"].rsplit("-", 1)[1])):
         report = r["report"] or {}
         server = report.get("server") or {}
         gateways.append({
