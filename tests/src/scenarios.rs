@@ -27,6 +27,17 @@ fn role_wire(role: Role) -> i32 {
     natter_proto::v1::Role::from(role) as i32
 }
 
+/// `members` as a create request lists them.
+fn new_members(members: &[(&str, Role)]) -> Vec<NewMember> {
+    members
+        .iter()
+        .map(|(user, role)| NewMember {
+            user_id: (*user).into(),
+            role: role_wire(*role),
+        })
+        .collect()
+}
+
 /// Creates a conversation of `members` through the public API, acting as
 /// the tenant's backend.
 pub async fn conversation(cluster: &Cluster, members: &[(&str, Role)]) -> String {
@@ -34,13 +45,7 @@ pub async fn conversation(cluster: &Cluster, members: &[(&str, Role)]) -> String
     let request = CreateConversationRequest {
         conversation_id: String::new(),
         subject: "Order #1234".into(),
-        members: members
-            .iter()
-            .map(|(user, role)| NewMember {
-                user_id: (*user).into(),
-                role: role_wire(*role),
-            })
-            .collect(),
+        members: new_members(members),
     };
     cluster
         .conversations()
@@ -367,13 +372,7 @@ pub async fn who_may_create_conversations(mode: Mode) {
     let create = |members: &[(&str, Role)], id: &str| CreateConversationRequest {
         conversation_id: id.to_owned(),
         subject: "Who may".into(),
-        members: members
-            .iter()
-            .map(|(user, role)| NewMember {
-                user_id: (*user).into(),
-                role: role_wire(*role),
-            })
-            .collect(),
+        members: new_members(members),
     };
     let refusal = |status: tonic::Status| {
         let frame = natter_proto::status::error_frame(&status, None);
