@@ -5,6 +5,7 @@
 //! on SIGTERM.
 
 mod auth;
+pub mod clock;
 pub mod config;
 mod grpc;
 pub mod launch;

@@ -10,13 +10,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use natter_core::Timestamp;
 use natter_store::{Lease, LeaseStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::clock::now;
 
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -97,14 +98,6 @@ pub async fn hold<F, Fut>(
 pub fn trusted(lease: &Lease) -> bool {
     let margin = i64::try_from(MARGIN.as_millis()).unwrap_or(i64::MAX);
     now().as_millis() < lease.until.as_millis().saturating_sub(margin)
-}
-
-/// The wall clock as the domain counts time.
-fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(millis)
 }
 
 /// A partition this process holds, and the task working it.

@@ -20,8 +20,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::directory::{Directory, LookupError};
-use crate::now;
 use crate::stats::Stats;
+use natter_server::clock::now;
 
 /// Signals from the bus handled at once; more are dropped, since a typing
 /// signal that waits is worthless anyway.

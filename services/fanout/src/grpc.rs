@@ -15,8 +15,8 @@ use natter_server::authenticate;
 use tonic::{Request, Response, Status};
 
 use crate::ephemeral::{Relay, Signal, SignalKind};
-use crate::now;
 use crate::stats::Stats;
+use natter_server::clock::now;
 
 #[derive(Debug, Clone)]
 pub(crate) struct FanoutApi {

@@ -86,8 +86,8 @@ use std::time::Duration;
 use natter_auth::Verifier;
 use natter_bus::Bus;
 use natter_contract::{EVENTS, consume_partitions, subjects};
-use natter_core::Timestamp;
 use natter_proto::v1::fanout_service_server::FanoutServiceServer;
+use natter_server::clock::now;
 use natter_server::{GrpcServer, Settings, StartError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -216,12 +216,4 @@ async fn report(stats: Arc<Stats>, directory: Arc<Directory>, shutdown: Cancella
             "fanout stats"
         );
     }
-}
-
-/// The wall clock as a domain timestamp.
-pub(crate) fn now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(millis)
 }

@@ -19,7 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
@@ -28,8 +28,7 @@ use natter_bus::{Incoming, MAX_PAYLOAD_BYTES, Subscription};
 use natter_contract::subjects;
 use natter_core::handoff::{Handoff, Step};
 use natter_core::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, Event, Invalid, MembershipKind, Seq,
-    Timestamp, Update,
+    ClientMessageId, ConversationId, Cursor, DeviceId, Event, Invalid, MembershipKind, Seq, Update,
 };
 use natter_proto::bus::v1::{
     CursorAck, EphemeralSignal, MarkReadCommand, SendCommand, UpdatesPage, UpdatesQuery,
@@ -40,6 +39,7 @@ use natter_proto::status::{self, reason};
 use natter_proto::v1::{
     self, ClientFrame, Hello, Pong, ResyncRequired, Welcome, client_frame, server_frame::Frame,
 };
+use natter_server::clock::now;
 use prost::Message as _;
 use tonic::Status;
 use tracing::field::Empty;
@@ -82,13 +82,6 @@ type Fetch = Pin<Box<dyn Future<Output = Result<UpdatesPage, Stop>> + Send>>;
 
 fn invalid(invalid: Invalid) -> Stop {
     Stop::Fail(status::invalid_argument(invalid))
-}
-
-fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(millis)
 }
 
 /// Runs one session to its end: `Ok` when the device went away, else the

@@ -30,7 +30,9 @@ use tonic::{Request, Response, Status};
 use tracing::Span;
 
 use crate::policy;
-use crate::storage::{RETRY_CALL, Storage, invalid, joined, now, unavailable, with_tenant};
+use natter_server::clock::now;
+
+use crate::storage::{RETRY_CALL, Storage, invalid, joined, unavailable, with_tenant};
 
 /// How long `SendMessage` waits for the sequencer's outcome before
 /// telling the caller to retry.

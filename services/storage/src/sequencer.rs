@@ -29,6 +29,7 @@ use natter_core::{
 use natter_proto::bus::v1::{SendCommand, SendOutcome, send_outcome};
 use natter_proto::convert::{actor_from_wire, content_from_wire, parse_id, timestamp_from_wire};
 use natter_proto::status::{self, reason, to_failure};
+use natter_server::clock::Versions;
 use natter_server::partitions::{self, trusted};
 use natter_server::store_status;
 use natter_store::{Lease, LeaseStore, MessageRange, StoreError};
@@ -62,13 +63,6 @@ pub(crate) async fn run(storage: Arc<Storage>, owner: String, shutdown: Cancella
         serve(storage.clone(), lease, stop)
     })
     .await;
-}
-
-/// The clock in microseconds since 1970.
-fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// A sender to answer: the reply subject of its request.
@@ -118,7 +112,7 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
         done: done_tx,
         announce,
         window: config.window,
-        version: 0,
+        versions: Versions::default(),
         writing: false,
     };
     let mut checks: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
@@ -199,8 +193,7 @@ struct Shell<'a> {
     done: mpsc::UnboundedSender<Done>,
     announce: mpsc::Sender<Announce>,
     window: usize,
-    /// The version of the last write.
-    version: u64,
+    versions: Versions,
     writing: bool,
 }
 
@@ -227,9 +220,7 @@ impl Shell<'_> {
                     });
                 }
                 Step::Write(batch) => {
-                    // The clock, kept rising: see `write_messages`.
-                    let version = now_micros().max(self.version + 1);
-                    self.version = version;
+                    let version = self.versions.next();
                     let (storage, done) = (self.storage.clone(), self.done.clone());
                     self.writing = true;
                     tokio::spawn(async move {

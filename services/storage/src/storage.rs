@@ -3,7 +3,7 @@
 //! access to a conversation and announcing its events on EVENTS.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use natter_auth::Identity;
@@ -15,6 +15,7 @@ use natter_core::{
 };
 use natter_proto::bus::v1::{ConversationEvent, ConversationEvents};
 use natter_proto::status::{self, reason};
+use natter_server::clock::now;
 use natter_server::store_status;
 use natter_store::ConversationStore;
 use tonic::Status;
@@ -184,14 +185,6 @@ pub(crate) fn joined(id: ConversationId, user: &UserId, role: Role, at: Timestam
         kind: MembershipKind::Joined,
         at,
     })
-}
-
-/// The wall clock as the domain counts time.
-pub(crate) fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(millis)
 }
 
 /// INVALID_ARGUMENT for bad input, logged at debug.

@@ -22,11 +22,10 @@ mod log;
 mod responders;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use natter_auth::Verifier;
 use natter_bus::Bus;
-use natter_core::Timestamp;
 use natter_server::{GrpcServer, Settings, StartError, partitions};
 use natter_store::{LeaseStore, SyncStore};
 use tokio::net::TcpListener;
@@ -127,13 +126,4 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<()
         instance: infra.instance,
     };
     run(&settings, deps, listener, shutdown).await
-}
-
-/// The wall clock as the domain counts time. The domain never reads the
-/// clock; the service edge does.
-fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(millis)
 }

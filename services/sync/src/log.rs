@@ -20,9 +20,8 @@
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use natter_bus::Bus;
 use natter_contract::{Backoff, Handled, USERS, consume_partition, encode, serve, subjects};
@@ -30,6 +29,7 @@ use natter_core::{Cursor, Event, Invalid, TenantId, Update, UserId};
 use natter_proto::bus::v1::{UserEvent, UserEvents};
 use natter_proto::convert::{parse_id, required};
 use natter_proto::v1;
+use natter_server::clock::Versions;
 use natter_server::partitions::trusted;
 use natter_store::{Lease, StoreError, SyncStore, UpdateBatch};
 use tokio::sync::{RwLock, watch};
@@ -109,8 +109,7 @@ pub(crate) struct Appender {
     /// so the window is never trimmed away.
     window: u64,
     cache: Mutex<LogCache>,
-    /// The version of the last write: the clock, kept rising.
-    version: AtomicU64,
+    versions: Versions,
     /// Held for writing from numbering a delivery until its write ends;
     /// catch-up reads of the partition hold it for reading.
     gate: Arc<RwLock<()>>,
@@ -140,7 +139,7 @@ impl Appender {
             retained,
             window: RECENT.min(retained),
             cache: Mutex::new(LogCache::new(CACHED_USERS)),
-            version: AtomicU64::new(0),
+            versions: Versions::default(),
             gate: Arc::default(),
         }
     }
@@ -183,7 +182,11 @@ impl Appender {
             self.cache().put_all(logs);
             return Handled::Done;
         }
-        match self.store.write_updates(&writes, self.next_version()).await {
+        match self
+            .store
+            .write_updates(&writes, self.versions.next())
+            .await
+        {
             Ok(()) => {
                 let heads: Vec<(UserKey, Cursor)> = logs
                     .iter()
@@ -264,20 +267,6 @@ impl Appender {
             });
         }
         Ok((numbered, logs))
-    }
-
-    /// The next write's version: the clock in microseconds, above the last.
-    fn next_version(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let previous = self
-            .version
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or(0);
-        now.max(previous + 1)
     }
 
     /// Reads the head of the log and its newest entries.

@@ -20,7 +20,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{CONSUMER, RESPONDER_CONCURRENCY, now};
+use natter_server::clock::now;
+
+use crate::{CONSUMER, RESPONDER_CONCURRENCY};
 
 /// Longest device label kept; longer ones (whole user agents) are cut.
 const MAX_LABEL_BYTES: usize = 256;
