@@ -262,6 +262,11 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         }
     }
 
+    /// Whether a write is under way: asked for and not yet reported.
+    pub fn writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
     /// Conversations in memory, loading or known.
     pub fn conversations(&self) -> usize {
         self.slots.len()

@@ -113,7 +113,6 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
         announce,
         window: config.window,
         versions: Versions::default(),
-        writing: false,
     };
     let mut checks: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
     let mut trust = tokio::time::interval(Duration::from_millis(250));
@@ -133,7 +132,6 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
                     sequencer.load_failed(&key)
                 }
                 Done::Written(result) => {
-                    shell.writing = false;
                     let ok = match result {
                         Ok(()) => trusted(&lease.borrow()),
                         Err(e) => {
@@ -169,10 +167,9 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
     drop(requests);
     let abandoned = sequencer.abandon();
     shell.carry_out(abandoned).await;
-    while shell.writing {
+    while sequencer.writing() {
         match done.recv().await {
             Some(Done::Written(result)) => {
-                shell.writing = false;
                 let ok = result.is_ok() && trusted(&lease.borrow());
                 let settled = sequencer.written(ok);
                 shell.carry_out(settled).await;
@@ -194,7 +191,6 @@ struct Shell<'a> {
     announce: mpsc::Sender<Announce>,
     window: usize,
     versions: Versions,
-    writing: bool,
 }
 
 impl Shell<'_> {
@@ -222,7 +218,6 @@ impl Shell<'_> {
                 Step::Write(batch) => {
                     let version = self.versions.next();
                     let (storage, done) = (self.storage.clone(), self.done.clone());
-                    self.writing = true;
                     tokio::spawn(async move {
                         let written = storage.store.write_messages(&batch, version).await;
                         let _ = done.send(Done::Written(written));
