@@ -14,7 +14,7 @@
 //! more than once (`Fn`), each time against what the writes before it in
 //! the batch left, as if they ran one after another.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use natter_store::{Result, StoreError};
 use redb::WriteTransaction;
@@ -30,6 +30,8 @@ const MAX_BATCH: usize = 256;
 #[derive(Default)]
 pub(crate) struct Batcher {
     queue: Mutex<Queue>,
+    /// Signalled when the committing task stops and has let go of the file.
+    idle: Condvar,
 }
 
 #[derive(Default)]
@@ -104,23 +106,37 @@ impl Batcher {
         };
         if start {
             let (batcher, handle) = (Arc::clone(self), Arc::clone(handle));
-            tokio::task::spawn_blocking(move || batcher.drain(&handle));
+            tokio::task::spawn_blocking(move || batcher.drain(handle));
         }
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the store stopped before the write ran".into()))?
     }
 
+    /// Waits until no task is committing, so the file closes when the store
+    /// that owns this queue is dropped. A commit under way takes
+    /// milliseconds.
+    pub(crate) fn wait_idle(&self) {
+        let queue = self.lock();
+        let _idle = self
+            .idle
+            .wait_while(queue, |queue| queue.running)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
     /// Commits batches until the queue is empty.
-    fn drain(&self, handle: &Handle) {
+    fn drain(&self, handle: Arc<Handle>) {
         let _panic = Panicking(self);
         loop {
             let jobs: Vec<_> = {
                 let mut queue = self.lock();
                 if queue.jobs.is_empty() {
                     // Under the lock, so a write queued from now on starts
-                    // a task of its own.
+                    // a task of its own, and whoever waits for the queue
+                    // to go idle finds the file let go.
                     queue.running = false;
+                    drop(handle);
+                    self.idle.notify_all();
                     return;
                 }
                 let rest = queue.jobs.len().saturating_sub(MAX_BATCH);
@@ -128,7 +144,7 @@ impl Batcher {
                 queue.jobs = jobs.split_off(jobs.len() - rest);
                 jobs
             };
-            commit(handle, jobs);
+            commit(&handle, jobs);
         }
     }
 
@@ -146,6 +162,7 @@ impl Drop for Panicking<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.0.lock().running = false;
+            self.0.idle.notify_all();
         }
     }
 }

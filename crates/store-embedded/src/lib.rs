@@ -85,6 +85,14 @@ pub struct EmbeddedStore {
     _temporary: Option<TempDir>,
 }
 
+/// Dropping the store closes its file, so the directory can be opened
+/// again at once.
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.writes.wait_idle();
+    }
+}
+
 impl fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EmbeddedStore")

@@ -413,6 +413,25 @@ async fn a_data_directory_is_open_in_one_store_at_a_time() {
     open(&dir);
 }
 
+/// Dropping the store closes its file, even while a write whose caller
+/// stopped waiting is still being committed, so a reopen never finds the
+/// file open.
+#[tokio::test]
+async fn a_dropped_store_closes_its_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    for round in 0..50 {
+        let store = EmbeddedStore::open(dir.path(), Limits::default())
+            .unwrap_or_else(|e| panic!("reopen {round}: {e}"));
+        let lease = store.acquire_lease("storage", 3, "owner", at(1_000), ttl);
+        lease.await.unwrap().expect("free after every reopen");
+        // Polled once, so queued, then abandoned.
+        let abandoned = store.acquire_lease("storage", 4, "owner", at(1_000), ttl);
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, abandoned).await;
+        drop(store);
+    }
+}
+
 /// Whoever held leases in the file before is gone when it opens again, so
 /// a restarted process need not wait for its old leases to lapse.
 #[tokio::test]
