@@ -1,19 +1,20 @@
 //! Requests to whichever process holds a partition: a conversation's
-//! sequencer in storage (sends), a user's log in sync (catch-up). Only
-//! the holder subscribes to the partition's subject, so during a takeover
-//! nobody answers for a moment: a send is asked again, a catch-up read
-//! goes to any sync process.
+//! sequencer in storage (sends), a user's log in sync (appends, catch-up).
+//! Only the holder subscribes to the partition's subject, so during a
+//! takeover nobody answers for a moment: a send or an append is asked
+//! again, a catch-up read goes to any sync process.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_bus::{Bus, BusError};
+use natter_bus::{Bus, BusError, Outgoing};
 use natter_core::{ConversationId, TenantId, UserId};
-use natter_proto::bus::v1::{SendCommand, SendOutcome, UpdatesPage, UpdatesQuery};
+use natter_proto::bus::v1::{AppendOutcome, SendCommand, SendOutcome, UpdatesPage, UpdatesQuery};
 use prost::Message;
 use tokio::time::Instant;
 
-use crate::{Backoff, ContractError, Result, Topology, request, subjects};
+use crate::request::request_encoded;
+use crate::{Backoff, ContractError, Result, Topology, encode, request, subjects};
 
 /// How long to wait before asking again when nobody holds the partition:
 /// doubling up to the cap.
@@ -43,7 +44,27 @@ impl Holders {
         timeout: Duration,
     ) -> Result<SendOutcome> {
         let key = subjects::conversation_key(conversation);
-        self.ask(subjects::sequencer, &key, &command, timeout).await
+        let subject = subjects::sequencer(self.partition(&key));
+        self.ask(subject, encode(&command), timeout).await
+    }
+
+    /// Asks the holder of user partition `partition` to append `events`,
+    /// an encoded `UserEvents` of that partition's users, and waits up to
+    /// `timeout` for the outcome. Asking again is safe: an event already
+    /// in its user's log keeps its cursor.
+    pub async fn append(
+        &self,
+        partition: u32,
+        events: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<AppendOutcome> {
+        let subject = subjects::append(partition);
+        self.ask(subject, Outgoing::new(events), timeout).await
+    }
+
+    /// The user partition of `user`, whose holder numbers its log.
+    pub fn user_partition(&self, tenant: &TenantId, user: &UserId) -> u32 {
+        self.partition(&subjects::user_key(tenant, user))
     }
 
     /// Asks the holder of `user`'s log for the page `query` names. While
@@ -57,8 +78,7 @@ impl Holders {
         query: UpdatesQuery,
         timeout: Duration,
     ) -> Result<UpdatesPage> {
-        let key = subjects::user_key(tenant, user);
-        let subject = subjects::updates(self.partition(&key));
+        let subject = subjects::updates(self.user_partition(tenant, user));
         match request(self.bus.as_ref(), &subject, &query, timeout).await {
             Err(ContractError::Bus(BusError::NoResponders { .. })) => {
                 request(self.bus.as_ref(), subjects::UPDATES, &query, timeout).await
@@ -71,21 +91,19 @@ impl Holders {
         natter_bus::partition(key, self.topology.partitions)
     }
 
-    /// Asks the holder of the partition of `key` on the subject
-    /// `subject(partition)`, again while nobody holds it, up to `timeout`.
-    async fn ask<Q: Message, A: Message + Default>(
+    /// Asks the holder subscribed to `subject`, again while nobody holds
+    /// it, up to `timeout`.
+    async fn ask<A: Message + Default>(
         &self,
-        subject: fn(u32) -> String,
-        key: &[u8],
-        query: &Q,
+        subject: String,
+        query: Outgoing,
         timeout: Duration,
     ) -> Result<A> {
-        let subject = subject(self.partition(key));
         let deadline = Instant::now() + timeout;
         let mut backoff = Backoff::new(NO_HOLDER_FIRST, NO_HOLDER_MAX);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match request(self.bus.as_ref(), &subject, query, left).await {
+            match request_encoded(self.bus.as_ref(), &subject, query.clone(), left).await {
                 Err(ContractError::Bus(BusError::NoResponders { .. })) => {
                     let pause = backoff.next_delay();
                     if Instant::now() + pause >= deadline {

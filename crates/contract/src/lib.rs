@@ -6,7 +6,8 @@
 //! gateway ──SendCommand──▶ storage.seq.<partition> (request) ──▶ storage's sequencer
 //! storage ──SendOutcome──▶ the request's reply
 //! storage ──ConversationEvents──▶ EVENTS stream (by conversation) ──▶ fanout
-//! fanout ──UserEvents──▶ USERS stream (by user) ──▶ sync
+//! fanout ──UserEvents──▶ sync.append.<partition> (request, by user) ──▶ sync's appender
+//! sync ──AppendOutcome──▶ the request's reply
 //! fanout ──ServerFrame(message)──▶ room.<tenant>.<conversation> ──▶ gateways
 //! sync ──ServerFrame(update)──▶ live.<tenant>.<user> ──▶ gateways
 //! fanout ──ServerFrame(typing)──▶ live.<tenant>.<user> ──▶ gateways
@@ -24,7 +25,7 @@ pub mod subjects;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use natter_bus::{Bus, BusError, Storage, StreamConfig};
+use natter_bus::{Bus, BusError, StreamConfig};
 use natter_proto::status::{self, reason};
 use thiserror::Error;
 
@@ -92,33 +93,18 @@ pub struct Stream {
     pub name: &'static str,
     /// Subjects are `<base>.<partition>`.
     pub base: &'static str,
-    /// Kept in memory rather than on disk, for at most this long.
-    pub memory: Option<Duration>,
 }
 
 /// Durable conversation events, by conversation; consumed by fanout.
 pub const EVENTS: Stream = Stream {
     name: "EVENTS",
     base: "events",
-    memory: None,
-};
-/// Events for users' update logs, by user; consumed by sync.
-pub const USERS: Stream = Stream {
-    name: "USERS",
-    base: "users",
-    memory: None,
 };
 
 impl Stream {
     pub fn config(&self, topology: &Topology) -> StreamConfig {
         let subject = format!("{}.*", self.base);
-        match self.memory {
-            None => StreamConfig::new(self.name, &[&subject], topology.retention),
-            Some(max_age) => StreamConfig {
-                storage: Storage::Memory,
-                ..StreamConfig::new(self.name, &[&subject], max_age.min(topology.retention))
-            },
-        }
+        StreamConfig::new(self.name, &[&subject], topology.retention)
     }
 
     /// The subject of the partition that `key` belongs to.
@@ -127,11 +113,9 @@ impl Stream {
     }
 }
 
-/// Creates the durable streams if they do not exist; safe to call from
+/// Creates the durable stream if it does not exist; safe to call from
 /// every service at start-up.
 pub async fn ensure_streams(bus: &dyn Bus, topology: &Topology) -> Result<()> {
-    for stream in [EVENTS, USERS] {
-        bus.ensure_stream(&stream.config(topology)).await?;
-    }
+    bus.ensure_stream(&EVENTS.config(topology)).await?;
     Ok(())
 }

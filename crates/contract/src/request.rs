@@ -17,9 +17,17 @@ where
     Q: Message,
     A: Message + Default,
 {
-    let reply = bus
-        .request(subject, Outgoing::new(query.encode_to_vec()), timeout)
-        .await?;
+    request_encoded(bus, subject, encode(query), timeout).await
+}
+
+/// [`request`] with the query encoded already.
+pub(crate) async fn request_encoded<A: Message + Default>(
+    bus: &dyn Bus,
+    subject: &str,
+    query: Outgoing,
+    timeout: Duration,
+) -> Result<A> {
+    let reply = bus.request(subject, query, timeout).await?;
     decode(&reply.payload)
 }
 

@@ -43,6 +43,12 @@ pub fn sequencer(partition: u32) -> String {
     format!("storage.seq.{partition}")
 }
 
+/// Where the holder of user partition `partition` takes `UserEvents`
+/// requests: the one process that numbers those users' logs.
+pub fn append(partition: u32) -> String {
+    format!("sync.append.{partition}")
+}
+
 /// Where any sync process answers `UpdatesQuery` from the store (queue
 /// group `sync`), for partitions nobody holds at the moment.
 pub const UPDATES: &str = "sync.updates";
@@ -60,7 +66,7 @@ pub fn conversation_key(id: ConversationId) -> [u8; 16] {
     id.as_uuid().into_bytes()
 }
 
-/// The partition key of a user: its log's holder and its USERS partition.
+/// The partition key of a user: the holder of its log.
 pub fn user_key(tenant: &TenantId, user: &UserId) -> Vec<u8> {
     let mut key = Vec::with_capacity(tenant.as_str().len() + user.as_str().len() + 1);
     key.extend_from_slice(tenant.as_str().as_bytes());

@@ -1,32 +1,29 @@
 //! The EVENTS consumer: every durable conversation event becomes one
-//! `UserEvent` per user it concerns, stored on the USERS stream in one
-//! `UserEvents` message per partition for each EVENTS message, so a write
-//! of many messages costs one USERS message per partition it reaches, not
-//! one per recipient and message.
+//! `UserEvent` per user it concerns, appended by the holder of the user's
+//! partition in sync: one `UserEvents` request per partition for each
+//! EVENTS message, so a write of many messages costs one append per
+//! partition it reaches, not one per recipient and message.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_bus::{Bus, BusError, DurableMessage, Outgoing};
-use natter_contract::{Backoff, Handled, Topology, USERS, encode, subjects};
+use futures::future::join_all;
+use natter_bus::Bus;
+use natter_contract::{Backoff, ContractError, Handled, Holders, encode, subjects};
 use natter_core::{ConversationId, Event, Invalid, TenantId, UserId};
-use natter_proto::bus::v1::{ConversationEvent, ConversationEvents, UserEvent};
+use natter_proto::bus::v1::{AppendOutcome, ConversationEvent, ConversationEvents, UserEvent};
 use natter_proto::convert::{parse_id, required};
 use natter_proto::v1;
 use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint};
-use sha2::{Digest, Sha256};
 
 use crate::directory::Directory;
 use crate::members::Members;
 use crate::stats::Stats;
 
-/// USERS messages published in one batch: one journal transaction on the
-/// in-process bus, one window of acks on NATS.
-const PUBLISH_BATCH: usize = 256;
-
-/// The longest dedup id the bus carries (`Nats-Msg-Id`).
-const MAX_DEDUP_ID_BYTES: usize = 256;
+/// How long one append may take, the holder's write included; then the
+/// delivery is tried again.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// First and longest wait before an event is handled again after a failure.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -36,7 +33,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Expander {
     pub(crate) bus: Arc<dyn Bus>,
-    pub(crate) topology: Topology,
+    pub(crate) holders: Holders,
     /// Rooms above this many members get messages on the room subject only.
     pub(crate) big_room_members: usize,
     pub(crate) directory: Arc<Directory>,
@@ -46,14 +43,13 @@ pub(crate) struct Expander {
 impl Expander {
     /// Handles one delivery of the EVENTS stream: the events of one write
     /// or change, in order. `Done` only once every recipient's user event
-    /// is persisted; `Retry` if anything failed, and the next attempt
-    /// publishes again under the same dedup ids.
+    /// is in its log; `Retry` if anything failed, and the next attempt
+    /// appends again (what landed keeps its cursor).
     #[tracing::instrument(skip_all, fields(delivered, events, first))]
     pub(crate) async fn handle(&self, batch: ConversationEvents, delivered: u32) -> Handled {
         let span = tracing::Span::current();
         span.record("delivered", delivered);
         span.record("events", batch.events.len());
-        let mut first_key = None;
         let mut expanded = Expanded::default();
         for message in batch.events {
             let _pending = self.stats.event_received();
@@ -66,8 +62,9 @@ impl Expander {
                     continue;
                 }
             };
-            let key = first_key.get_or_insert_with(|| event.key());
-            span.record("first", key.as_str());
+            if expanded.partitions.is_empty() {
+                span.record("first", event.key().as_str());
+            }
             if let Err(delay) = self
                 .expand(&tenant, wire, &event, delivered, &mut expanded)
                 .await
@@ -75,14 +72,11 @@ impl Expander {
                 return Handled::Retry(delay);
             }
         }
-        let Some(first_key) = first_key else {
-            return Handled::Done;
-        };
-        match self.publish(&first_key, expanded).await {
+        match self.append(expanded).await {
             Ok(()) => Handled::Done,
             Err(e) => {
                 let delay = retry_delay(delivered);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store user events; retrying");
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot append user events; retrying");
                 Handled::Retry(delay)
             }
         }
@@ -132,8 +126,8 @@ impl Expander {
         }
         .encode_to_vec();
         for user in recipients(event, &members, self.big_room_members) {
-            let subject = USERS.subject(&self.topology, &subjects::user_key(tenant, user));
-            out.add(subject, &payload(&common, user));
+            let partition = self.holders.user_partition(tenant, user);
+            out.add(partition, &payload(&common, user));
         }
         Ok(())
     }
@@ -156,54 +150,61 @@ impl Expander {
         }
     }
 
-    /// Publishes one USERS message per partition the user events fall in,
-    /// all in one durable batch, with dedup ids made from the EVENTS
-    /// message's first key, so a retry stores each once.
-    async fn publish(&self, first_key: &str, expanded: Expanded) -> Result<(), BusError> {
-        for chunk in expanded.partitions.chunks(PUBLISH_BATCH) {
-            let batch = chunk
-                .iter()
-                .map(|(subject, events, _)| DurableMessage {
-                    subject: subject.clone(),
-                    message: Outgoing::new(events.clone()),
-                    dedup_id: Some(dedup_id(first_key, subject)),
-                })
-                .collect();
-            let persisted = self.bus.publish_durable_batch(batch).await?;
-            let written: usize = persisted
-                .iter()
-                .zip(chunk)
-                .filter(|(p, _)| !p.duplicate)
-                .map(|(_, (_, _, count))| count)
-                .sum();
-            Stats::add(&self.stats.updates_written, written as u64);
+    /// Asks the holder of each partition the user events fall in to
+    /// append them, all at once.
+    async fn append(&self, expanded: Expanded) -> Result<(), AppendError> {
+        let asked = expanded
+            .partitions
+            .into_iter()
+            .map(|(partition, events)| self.holders.append(partition, events, APPEND_TIMEOUT));
+        let mut failed = Ok(());
+        for outcome in join_all(asked).await {
+            match outcome {
+                Ok(AppendOutcome {
+                    failure: None,
+                    written,
+                }) => Stats::add(&self.stats.updates_written, u64::from(written)),
+                Ok(AppendOutcome {
+                    failure: Some(failure),
+                    ..
+                }) => failed = Err(AppendError::Refused(failure.message)),
+                Err(e) => failed = Err(AppendError::Unreachable(e)),
+            }
         }
-        Ok(())
+        failed
     }
 }
 
-/// User events by USERS partition subject, each partition's as the
-/// encoded `UserEvents` it will be, with its number of events.
+/// Why user events are not known to be in their logs.
+#[derive(Debug, thiserror::Error)]
+enum AppendError {
+    #[error(transparent)]
+    Unreachable(#[from] ContractError),
+    #[error("sync refused: {0}")]
+    Refused(String),
+}
+
+/// User events by user partition, each partition's as the encoded
+/// `UserEvents` it will be.
 #[derive(Debug, Default)]
 struct Expanded {
-    partitions: Vec<(String, Vec<u8>, usize)>,
+    partitions: Vec<(u32, Vec<u8>)>,
 }
 
 impl Expanded {
     /// Appends one encoded `UserEvent` to its partition's `UserEvents`.
-    fn add(&mut self, subject: String, user_event: &[u8]) {
-        let at = match self.partitions.iter().position(|(s, _, _)| *s == subject) {
+    fn add(&mut self, partition: u32, user_event: &[u8]) {
+        let at = match self.partitions.iter().position(|(p, _)| *p == partition) {
             Some(at) => at,
             None => {
-                self.partitions.push((subject, Vec::new(), 0));
+                self.partitions.push((partition, Vec::new()));
                 self.partitions.len() - 1
             }
         };
-        let (_, buf, count) = &mut self.partitions[at];
+        let (_, buf) = &mut self.partitions[at];
         encode_key(1, WireType::LengthDelimited, buf);
         encode_varint(user_event.len() as u64, buf);
         buf.extend_from_slice(user_event);
-        *count += 1;
     }
 }
 
@@ -259,23 +260,6 @@ fn payload(common: &[u8], user: &UserId) -> Vec<u8> {
     buf.extend_from_slice(id);
     buf.extend_from_slice(common);
     buf
-}
-
-/// `<first event key>/<USERS subject>`, or for ids too long for the bus
-/// (long user ids in membership keys) `sha256/<hex digest of that>`, which
-/// no event key starts with.
-pub(crate) fn dedup_id(first_key: &str, subject: &str) -> String {
-    let id = format!("{first_key}/{subject}");
-    if id.len() <= MAX_DEDUP_ID_BYTES {
-        return id;
-    }
-    let digest = Sha256::digest(id.as_bytes());
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256/");
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
 }
 
 /// Doubles from [`RETRY_FIRST`] with each delivery, up to [`RETRY_MAX`].
@@ -385,29 +369,14 @@ mod tests {
     }
 
     #[test]
-    fn dedup_ids_fit_the_bus() {
-        let key = change("c", MembershipKind::Left).key();
-        assert_eq!(dedup_id(&key, "users.3"), format!("{key}/users.3"));
-        let key = "k".repeat(MAX_DEDUP_ID_BYTES);
-        let hashed = dedup_id(&key, "users.3");
-        assert!(
-            hashed.starts_with("sha256/") && hashed.len() == 71,
-            "{hashed}"
-        );
-        natter_bus::check_dedup_id(&hashed).unwrap();
-        assert_eq!(hashed, dedup_id(&key, "users.3"));
-        assert_ne!(hashed, dedup_id(&key, "users.4"));
-    }
-
-    #[test]
     fn a_partitions_user_events_decode_as_one_message() {
         let (_, common) = common_of_a_join();
         let mut expanded = Expanded::default();
         for name in ["ann", "bob"] {
-            expanded.add("users.1".into(), &payload(&common, &user(name)));
+            expanded.add(1, &payload(&common, &user(name)));
         }
-        expanded.add("users.2".into(), &payload(&common, &user("cy")));
-        let [(_, one, 2), (_, two, 1)] = &expanded.partitions[..] else {
+        expanded.add(2, &payload(&common, &user("cy")));
+        let [(1, one), (2, two)] = &expanded.partitions[..] else {
             panic!("two partitions: {:?}", expanded.partitions);
         };
         let users = |bytes: &[u8]| -> Vec<String> {

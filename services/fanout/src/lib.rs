@@ -9,13 +9,12 @@
 //!   room has more than `limits.big_room_members` members (then nobody);
 //!   for a membership change or a read marker every member of a room of
 //!   at most 100, and always the user it is about. Their `UserEvent`s go
-//!   to the USERS stream as one `UserEvents` message per USERS partition
-//!   they fall in, published in durable batches, each message with the
-//!   dedup id `<first event key>/<USERS subject>`. The delivery is
-//!   acknowledged only once every one of them is persisted; any failure
-//!   naks it to come back after a backoff, and the next attempt publishes
-//!   again under the same dedup ids, so the stream (and sync, beyond the
-//!   stream's duplicate window) keeps one copy.
+//!   to sync as one `UserEvents` request per user partition they fall in
+//!   (`sync.append.<n>`, to the holder of the partition), all at once. The
+//!   delivery is acknowledged only once every holder has answered that
+//!   its events are in their logs; any failure naks it to come back after
+//!   a backoff, and the next attempt asks again: sync recognises events
+//!   it has appended by their keys, so each log keeps one copy.
 //! - **Watched conversations.** Every new message is also published once,
 //!   at most once, on the conversation's room subject
 //!   (`room.<tenant>.<conversation>`), for devices that watch it. In big
@@ -57,7 +56,7 @@
 //! # Cost per message
 //!
 //! A write of many messages to a conversation arrives as one EVENTS
-//! delivery, and fanning it out costs one USERS message per partition its
+//! delivery, and fanning it out costs one append request per partition its
 //! recipients fall in (at most the topology's partition count), not one
 //! per recipient and message, plus one core publish per message on the
 //! room subject. The member list comes from the cache, and each event's
@@ -85,7 +84,7 @@ use std::time::Duration;
 
 use natter_auth::Verifier;
 use natter_bus::Bus;
-use natter_contract::{EVENTS, consume_partitions, subjects};
+use natter_contract::{EVENTS, Holders, consume_partitions, subjects};
 use natter_proto::v1::fanout_service_server::FanoutServiceServer;
 use natter_server::clock::now;
 use natter_server::{GrpcServer, Settings, StartError};
@@ -134,7 +133,7 @@ pub async fn run(
     ));
     let expander = Arc::new(Expander {
         bus: deps.bus.clone(),
-        topology: settings.topology(),
+        holders: Holders::new(deps.bus.clone(), settings.topology()),
         big_room_members: limits.big_room_members,
         directory: directory.clone(),
         stats: stats.clone(),

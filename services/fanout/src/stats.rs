@@ -12,7 +12,7 @@ pub(crate) struct Stats {
     started_at: Timestamp,
     /// Deliveries of durable events handled, redeliveries included.
     pub(crate) events_received: AtomicU64,
-    /// User events the USERS stream stored as new (not as duplicates).
+    /// User events sync appended as new (not already in their logs).
     pub(crate) updates_written: AtomicU64,
     /// Events being handled right now.
     events_pending: AtomicU64,

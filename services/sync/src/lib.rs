@@ -1,16 +1,15 @@
 //! The sync service: the owner of every user's update log and devices.
 //!
 //! - It holds partitions of users through leases (scope `sync`) and, for
-//!   each, consumes its USERS partition (consumer `sync-<n>`): it gives each
-//!   event the next cursor of its user's log, exactly once however often
-//!   the event is delivered, publishes it as a live `ServerFrame` on the
-//!   user's live subject for the gateways, then writes the delivery's
-//!   entries in one store write (`log.rs`).
+//!   each, takes fanout's append requests (`sync.append.<n>`): it gives
+//!   each event the next cursor of its user's log, exactly once however
+//!   often it is asked, writes every request that arrived meanwhile in one
+//!   store write, then publishes each entry as a live `ServerFrame` on the
+//!   user's live subject for the gateways and answers (`log.rs`).
 //! - It answers the gateways over the bus: the updates after a cursor
 //!   (`sync.updates.<n>`, answered by the holder of the user's partition,
-//!   so a page never misses what was published live but not yet written,
-//!   or by any sync process while nobody holds it),
-//!   device hellos (`DEVICE_HELLO`) and cursor acks (`CURSOR_ACK`).
+//!   or by any sync process while nobody holds it), device hellos
+//!   (`DEVICE_HELLO`) and cursor acks (`CURSOR_ACK`).
 //! - It serves `natter.v1.SyncService` over gRPC to callers without a
 //!   gateway connection.
 //!
@@ -32,8 +31,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The consumer name sync consumes USERS under, its queue group, and the
-/// scope of its leases.
+/// Sync's queue group, and the scope of its leases.
 pub const CONSUMER: &str = "sync";
 
 /// Requests a responder handles at once, per subject.
@@ -62,10 +60,9 @@ impl std::fmt::Debug for Deps {
     }
 }
 
-/// Runs the service on `listener` until `shutdown`: the USERS consumer, the
-/// bus responders and the gRPC API. The streams must exist
-/// ([`natter_contract::ensure_streams`]). Returns once the gRPC server has
-/// drained and the consumer has settled what it was handling.
+/// Runs the service on `listener` until `shutdown`: the appenders of the
+/// partitions it holds, the bus responders and the gRPC API. Returns once
+/// the gRPC server has drained and the appenders have stopped.
 #[tracing::instrument(target = "natter::scope", name = "sync", skip_all, fields(instance = %deps.instance))]
 pub async fn run(
     settings: &Settings,

@@ -1,41 +1,43 @@
-//! The USERS consumer of one partition of users: gives each user event
-//! the next cursor of its user's log, publishes it live, then writes the
-//! delivery's entries in one store write.
+//! The appender of one partition of users: takes fanout's `UserEvents`
+//! requests (`sync.append.<n>`), gives each event the next cursor of its
+//! user's log, writes every request that arrived meanwhile in one store
+//! write, then publishes the entries live and answers each request.
 //!
 //! This process holds the partition through a lease, so it is the only
 //! writer of these users' logs and can number them from memory: a bounded
 //! cache keeps, per recently seen user, the head and fingerprints (hashed
-//! keys) of the newest entries. The numbering is deterministic: after a
-//! crash, a failed write or a takeover, the delivery comes again, each
-//! user's head is read from the store (where any prefix of the failed
-//! write may have landed), and the events get the same cursors they were
-//! published live with, so a device never sees a gap or one event at two
-//! cursors. An event already in the log (a redelivery, or fanout
-//! publishing it twice outside the stream's dedup window) is found by its
-//! [`Event::key`] among the user's newest entries and keeps its cursor. A
-//! fingerprint only rules an event *out*: on a match the newest entries are
-//! read from the store and their keys compared, so a hash collision costs a
-//! read, never an event.
+//! keys) of the newest entries. Nothing goes live before its write has
+//! landed, so every cursor a device sees is in the log, whatever crashes
+//! or fails afterwards. A failed write answers with a failure and keeps
+//! nothing cached: fanout asks again, each user's head is read from the
+//! store (where any prefix of the failed write may have landed), and what
+//! landed keeps its cursor. An event already in the log (a request asked
+//! again after a timeout, a takeover, or an EVENTS redelivery) is found by
+//! its [`Event::key`] among the user's newest entries and keeps its
+//! cursor. A fingerprint only rules an event *out*: on a match the newest
+//! entries are read from the store and their keys compared, so a hash
+//! collision costs a read, never an event.
 
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use natter_bus::Bus;
-use natter_contract::{Backoff, Handled, USERS, consume_partition, encode, serve, subjects};
+use futures::{FutureExt, StreamExt};
+use natter_bus::{Bus, Subscription};
+use natter_contract::{decode, encode, serve, subjects};
 use natter_core::{Cursor, Event, Invalid, TenantId, Update, UserId};
-use natter_proto::bus::v1::{UserEvent, UserEvents};
+use natter_proto::bus::v1::{AppendOutcome, UserEvent, UserEvents};
 use natter_proto::convert::{parse_id, required};
+use natter_proto::status::{self, reason, to_failure};
 use natter_proto::v1;
 use natter_server::clock::Versions;
 use natter_server::partitions::trusted;
+use natter_server::store_status;
 use natter_store::{Lease, StoreError, SyncStore, UpdateBatch};
-use tokio::sync::{RwLock, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::CONSUMER;
 use crate::responders::Responders;
 
 /// How many of a user's newest entries a repeated event is looked for in.
@@ -46,17 +48,15 @@ const CACHED_USERS: usize = 4096;
 const TRIM_EVERY: u64 = 1024;
 /// Catch-up reads answered at once, per partition.
 const READS_IN_FLIGHT: usize = 256;
-/// The first and the longest delay before a failed delivery is retried.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Append requests numbered and written together, at most.
+const APPENDS_PER_WRITE: usize = 64;
 
 type UserKey = (TenantId, UserId);
 
-/// Works one held partition of users until `stop`: consumes its USERS
-/// partition with `appender`, and answers catch-up reads for its users
-/// (`sync.updates.<n>`). A read waits while a delivery is between its live
-/// publish and its write, so a page that reaches the head leaves out
-/// nothing a device may have missed live.
+/// Works one held partition of users until `stop`: appends what fanout
+/// asks at `sync.append.<n>` with `appender`, and answers catch-up reads
+/// for its users (`sync.updates.<n>`) from the store, which has every
+/// entry that went live.
 pub(crate) async fn serve_partition(
     appender: Appender,
     responders: Arc<Responders>,
@@ -64,36 +64,26 @@ pub(crate) async fn serve_partition(
 ) {
     let partition = appender.lease.borrow().partition;
     let bus = appender.bus.clone();
-    let reads = match bus.subscribe(&subjects::updates(partition), None).await {
-        Ok(reads) => reads,
+    let subscribed = async {
+        let appends = bus.subscribe(&subjects::append(partition), None).await?;
+        let reads = bus.subscribe(&subjects::updates(partition), None).await?;
+        Ok::<_, natter_bus::BusError>((appends, reads))
+    };
+    let (appends, reads) = match subscribed.await {
+        Ok(subscriptions) => subscriptions,
         Err(e) => {
-            tracing::error!(partition, error = %e, "cannot take catch-up reads");
+            tracing::error!(partition, error = %e, "cannot take the partition's requests");
             return;
         }
     };
-    let gate = appender.gate.clone();
-    let serving = serve(bus.clone(), reads, READS_IN_FLIGHT, move |query| {
-        let (responders, gate) = (responders.clone(), gate.clone());
-        async move {
-            let _written = gate.read().await;
-            responders.updates(query).await
-        }
+    let serving = serve(bus, reads, READS_IN_FLIGHT, move |query| {
+        let responders = responders.clone();
+        async move { responders.updates(query).await }
     });
-    let appender = Arc::new(appender);
-    let consuming = consume_partition(
-        bus,
-        USERS,
-        CONSUMER.to_owned(),
-        partition,
-        stop,
-        Arc::new(move |events, delivered| {
-            let appender = appender.clone();
-            async move { appender.handle(events, delivered).await }
-        }),
-    );
-    // Consuming ends on `stop`; the reads end with it.
+    // Appending ends on `stop`, once the batch under way is answered; the
+    // reads end with it.
     tokio::select! {
-        () = consuming => {}
+        () = appender.serve(appends, &stop) => {}
         () = serving => tracing::error!(partition, "catch-up reads ended"),
     }
 }
@@ -110,12 +100,9 @@ pub(crate) struct Appender {
     window: u64,
     cache: Mutex<LogCache>,
     versions: Versions,
-    /// Held for writing from numbering a delivery until its write ends;
-    /// catch-up reads of the partition hold it for reading.
-    gate: Arc<RwLock<()>>,
 }
 
-/// One event of a delivery, numbered.
+/// One event of a request, numbered.
 struct Numbered {
     tenant: TenantId,
     user: UserId,
@@ -140,14 +127,54 @@ impl Appender {
             window: RECENT.min(retained),
             cache: Mutex::new(LogCache::new(CACHED_USERS)),
             versions: Versions::default(),
-            gate: Arc::default(),
         }
     }
 
-    /// Handles one delivery of the USERS stream: its events in order.
-    pub(crate) async fn handle(&self, batch: UserEvents, delivered: u32) -> Handled {
-        let events: Vec<(TenantId, UserId, Event)> = batch
-            .events
+    /// Takes append requests one batch at a time until `stop`: the first,
+    /// and every other that has arrived meanwhile, in one numbering and
+    /// one write, then answers each. A request that cannot be read is
+    /// dropped; its sender times out and asks again.
+    async fn serve(&self, mut requests: Subscription, stop: &CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => return,
+                next = requests.next() => next,
+            };
+            let Some(first) = first else {
+                tracing::error!("append requests ended");
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < APPENDS_PER_WRITE {
+                match requests.next().now_or_never() {
+                    Some(Some(next)) => batch.push(next),
+                    _ => break,
+                }
+            }
+            let mut events = Vec::new();
+            let mut replies = Vec::with_capacity(batch.len());
+            for request in batch {
+                match decode::<UserEvents>(&request.payload) {
+                    Ok(asked) => {
+                        events.extend(asked.events);
+                        replies.extend(request.reply);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable append request dropped"),
+                }
+            }
+            let outcome = self.append(events).await;
+            for reply in replies {
+                if let Err(e) = self.bus.publish(&reply, encode(&outcome)).await {
+                    tracing::warn!(error = %e, "cannot answer an append request");
+                }
+            }
+        }
+    }
+
+    /// Numbers `events` in order, writes the new ones in one store write,
+    /// then publishes every one live.
+    pub(crate) async fn append(&self, events: Vec<UserEvent>) -> AppendOutcome {
+        let events: Vec<(TenantId, UserId, Event)> = events
             .into_iter()
             .filter_map(|event| {
                 parse(event)
@@ -155,60 +182,60 @@ impl Appender {
                     .ok()
             })
             .collect();
-        let retry = || Handled::Retry(Backoff::nth(RETRY_FIRST, RETRY_MAX, delivered));
-        let _numbering = self.gate.write().await;
-        let (numbered, logs) = match self.number(events, delivered).await {
+        let (numbered, logs) = match self.number(events).await {
             Ok(numbered) => numbered,
             Err(e) => {
-                tracing::warn!(delivered, error = %e, "cannot read update logs; retrying");
-                return retry();
+                tracing::warn!(error = %e, "cannot read update logs");
+                return failed(&store_status(e));
             }
         };
-        // Live first: devices need not wait for the write, and a failed
-        // write numbers the same events the same way when it is retried.
         if !trusted(&self.lease.borrow()) {
-            tracing::warn!("lease about to lapse; handing the delivery back");
-            return retry();
+            tracing::warn!("lease about to lapse; refusing the append");
+            return failed(&status::unavailable(
+                reason::SERVICE_UNAVAILABLE,
+                "the partition is changing hands; retry",
+            ));
         }
+        let writes: Vec<(TenantId, UserId, Update)> = numbered
+            .iter()
+            .filter(|n| n.new)
+            .map(|n| (n.tenant.clone(), n.user.clone(), n.update.clone()))
+            .collect();
+        if !writes.is_empty() {
+            match self
+                .store
+                .write_updates(&writes, self.versions.next())
+                .await
+            {
+                Ok(()) => {}
+                // What landed is read back next time; nothing is cached.
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(error = %e, "cannot write update logs");
+                    return failed(&store_status(e));
+                }
+                Err(e) => {
+                    // Asking again cannot help (an event the store
+                    // refuses), and would hold up every user on the
+                    // partition.
+                    tracing::error!(error = %e, "user events dropped");
+                    return AppendOutcome::default();
+                }
+            }
+        }
+        let heads: Vec<(UserKey, Cursor)> = logs
+            .iter()
+            .map(|(key, log)| (key.clone(), log.head))
+            .collect();
+        self.cache().put_all(logs);
         for n in &numbered {
             self.publish_live(&n.tenant, &n.user, &n.update).await;
         }
-        let writes: Vec<(TenantId, UserId, Update)> = numbered
-            .into_iter()
-            .filter(|n| n.new)
-            .map(|n| (n.tenant, n.user, n.update))
-            .collect();
-        if writes.is_empty() {
-            self.cache().put_all(logs);
-            return Handled::Done;
+        for ((tenant, user), head) in heads {
+            self.trim(&tenant, &user, head).await;
         }
-        match self
-            .store
-            .write_updates(&writes, self.versions.next())
-            .await
-        {
-            Ok(()) => {
-                let heads: Vec<(UserKey, Cursor)> = logs
-                    .iter()
-                    .map(|(key, log)| (key.clone(), log.head))
-                    .collect();
-                self.cache().put_all(logs);
-                for ((tenant, user), head) in heads {
-                    self.trim(&tenant, &user, head).await;
-                }
-                Handled::Done
-            }
-            // What landed is read back next time; nothing is cached.
-            Err(e @ StoreError::Unavailable(_)) => {
-                tracing::warn!(delivered, error = %e, "cannot write update logs; retrying");
-                retry()
-            }
-            Err(e) => {
-                // Retrying cannot help (an event the store refuses), and
-                // would hold up every user on the partition.
-                tracing::error!(error = %e, "user events dropped");
-                Handled::Done
-            }
+        AppendOutcome {
+            failure: None,
+            written: u32::try_from(writes.len()).unwrap_or(u32::MAX),
         }
     }
 
@@ -218,7 +245,6 @@ impl Appender {
     async fn number(
         &self,
         events: Vec<(TenantId, UserId, Event)>,
-        delivered: u32,
     ) -> Result<(Vec<Numbered>, HashMap<UserKey, UserLog>), StoreError> {
         let mut logs: HashMap<UserKey, UserLog> = HashMap::new();
         let mut pending: HashMap<(UserKey, String), Cursor> = HashMap::new();
@@ -230,9 +256,10 @@ impl Appender {
             let log = match logs.entry(key.clone()) {
                 Entry::Occupied(log) => log.into_mut(),
                 Entry::Vacant(slot) => {
-                    // A redelivery may follow a crash between writing and
-                    // acking, here or in another process: trust the store.
-                    let cached = self.cache().take(&key).filter(|_| delivered <= 1);
+                    // Only what this holder wrote is cached: a log it has
+                    // not written since taking the partition, or whose
+                    // write failed, is read from the store.
+                    let cached = self.cache().take(&key);
                     match cached {
                         Some(log) => slot.insert(log),
                         None => slot.insert(self.load(&tenant, &user).await?.0),
@@ -335,6 +362,14 @@ impl Appender {
     fn cache(&self) -> MutexGuard<'_, LogCache> {
         // Never held across an await; a panic inside cannot leave it torn.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The answer to requests whose events are not known to be written.
+fn failed(why: &tonic::Status) -> AppendOutcome {
+    AppendOutcome {
+        failure: Some(to_failure(why)),
+        written: 0,
     }
 }
 

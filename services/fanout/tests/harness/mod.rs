@@ -1,24 +1,27 @@
 //! Runs the fan-out service over the in-process bus and hands back what a
 //! test needs. Storage's members responder is either played by a bus
 //! responder in the test that answers from an embedded store, or is the
-//! real storage service on the same bus and store.
+//! real storage service on the same bus and store. Sync is played by a
+//! holder of every user partition in the test ([`Append`]), which keeps
+//! each user's log as sync does, once per event key, and can be told to
+//! fail a request.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use natter_auth::{Identity, Signer, Verifier};
 use natter_bus::{Bus, Incoming, LocalBus, Outgoing, Subscription};
-use natter_contract::{EVENTS, subjects};
+use natter_contract::{EVENTS, Holders, encode, subjects};
 use natter_core::{
     ConversationId, Event, Limits, NewConversation, Role, TenantId, Timestamp, UserId,
 };
 use natter_fanout::{Deps, run};
 use natter_proto::bus::v1::{
-    ConversationEvent, ConversationEvents, Failure, MembersPage, MembersQuery, UserEvent,
-    UserEvents,
+    AppendOutcome, ConversationEvent, ConversationEvents, Failure, MembersPage, MembersQuery,
+    UserEvent, UserEvents,
 };
 use natter_proto::status::{reason, to_failure};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
@@ -30,6 +33,8 @@ use natter_store::{ConversationStore, PageRequest};
 use natter_store_embedded::EmbeddedStore;
 use prost::Message as _;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -49,6 +54,38 @@ pub(crate) enum Peer {
     Storage,
 }
 
+/// What the holder in the test does with one append request instead of
+/// answering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Answers UNAVAILABLE and appends nothing, as sync does when its
+    /// store write fails.
+    Refuse,
+    /// Appends but never answers, as when the answer is lost or comes
+    /// after the asker has stopped waiting.
+    Silent,
+}
+
+/// One append request the holder in the test took, as it took it.
+#[derive(Debug, Clone)]
+pub(crate) struct Append {
+    /// The user partition it was asked on.
+    pub(crate) partition: u32,
+    /// Every user event asked for, in order.
+    pub(crate) asked: Vec<UserEvent>,
+    /// Those it appended, in order: the ones not in their users' logs yet.
+    pub(crate) written: Vec<UserEvent>,
+    /// What it did instead of answering, if anything.
+    pub(crate) fault: Option<Fault>,
+}
+
+/// The append requests the holder in the test takes from now on.
+pub(crate) type Appends = broadcast::Receiver<Append>;
+
+/// Append requests recorded and not yet read, at most: a delivery asks at
+/// most one per partition, however many members it reaches.
+const RECORDED: usize = 4096;
+
 pub(crate) struct Harness {
     /// The in-process bus, as the test sees it.
     pub(crate) bus: LocalBus,
@@ -59,6 +96,10 @@ pub(crate) struct Harness {
     pub(crate) storage: Option<ConversationServiceClient<Channel>>,
     /// Members queries to answer with UNAVAILABLE before answering again.
     pub(crate) failing_queries: Arc<AtomicU32>,
+    /// Faults the holder in the test meets the next request of a
+    /// partition with.
+    faults: Arc<Mutex<HashMap<u32, Fault>>>,
+    appends: broadcast::Sender<Append>,
     signer: Signer,
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), natter_server::StartError>>>,
@@ -66,12 +107,11 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) async fn start() -> Self {
-        let bus = test_bus();
-        Self::start_with(bus.clone(), Arc::new(bus), Peer::Double).await
+        Self::start_with(Peer::Double).await
     }
 
-    /// Runs fanout on `service_bus`, which must wrap `bus`.
-    pub(crate) async fn start_with(bus: LocalBus, service_bus: Arc<dyn Bus>, peer: Peer) -> Self {
+    pub(crate) async fn start_with(peer: Peer) -> Self {
+        let bus = test_bus();
         let mut settings = Settings::default();
         settings.auth.hs256_secret = SECRET.into();
         settings.grace_period_seconds = 1;
@@ -91,11 +131,14 @@ impl Harness {
                 Some(start_storage(&settings, &bus, store.clone(), shutdown.clone()).await)
             }
         };
+        let faults = Arc::new(Mutex::new(HashMap::new()));
+        let (appends, _) = broadcast::channel(RECORDED);
+        hold_user_partitions(&bus, &settings, faults.clone(), appends.clone()).await;
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let deps = Deps {
-            bus: service_bus,
+            bus: Arc::new(bus.clone()),
             verifier: Arc::new(Verifier::hs256(SECRET.as_bytes()).unwrap()),
             instance: "fanout-test".into(),
         };
@@ -115,6 +158,8 @@ impl Harness {
             client: FanoutServiceClient::new(channel),
             storage,
             failing_queries,
+            faults,
+            appends,
             signer: Signer::hs256(SECRET.as_bytes()),
             shutdown,
             server: Some(server),
@@ -210,15 +255,25 @@ impl Harness {
 
     /// Publishes `event` on EVENTS as storage does, under `dedup_id`.
     pub(crate) async fn publish_event(&self, event: &Event, dedup_id: Option<&str>) {
+        self.publish_events(std::slice::from_ref(event), dedup_id)
+            .await;
+    }
+
+    /// Publishes `events` of one conversation as one EVENTS message, as
+    /// storage does for a write of many messages, under `dedup_id`.
+    pub(crate) async fn publish_events(&self, events: &[Event], dedup_id: Option<&str>) {
         let subject = EVENTS.subject(
             &self.settings.topology(),
-            &subjects::conversation_key(event.conversation_id()),
+            &subjects::conversation_key(events[0].conversation_id()),
         );
         let message = ConversationEvents {
-            events: vec![ConversationEvent {
-                tenant_id: TENANT.into(),
-                event: Some(v1::Event::from(event.clone())),
-            }],
+            events: events
+                .iter()
+                .map(|event| ConversationEvent {
+                    tenant_id: TENANT.into(),
+                    event: Some(v1::Event::from(event.clone())),
+                })
+                .collect(),
         };
         self.bus
             .publish_durable(&subject, Outgoing::new(message.encode_to_vec()), dedup_id)
@@ -226,10 +281,25 @@ impl Harness {
             .unwrap();
     }
 
-    /// Everything stored on USERS from now on (new messages only: the
-    /// stream does not pass duplicates on).
-    pub(crate) async fn users_stream(&self) -> Subscription {
-        self.bus.subscribe("users.>", None).await.unwrap()
+    /// Every append request the holder in the test takes from now on.
+    pub(crate) fn appends(&self) -> Appends {
+        self.appends.subscribe()
+    }
+
+    /// Has the holder in the test meet the next append request of
+    /// `partition` with `fault`.
+    pub(crate) fn fail_next_append(&self, partition: u32, fault: Fault) {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, fault);
+    }
+
+    /// The user partition of `user`, as the contract computes it for
+    /// every service.
+    pub(crate) fn partition(&self, user: &str) -> u32 {
+        Holders::new(Arc::new(self.bus.clone()), self.settings.topology())
+            .user_partition(&self.tenant(), &UserId::new(user).unwrap())
     }
 
     /// The live frames of `user` from now on.
@@ -306,12 +376,7 @@ async fn serve_members(bus: &LocalBus, store: Arc<EmbeddedStore>, failing: Arc<A
                     .is_ok();
                 if fail {
                     return MembersPage {
-                        failure: Some(Failure {
-                            code: tonic::Code::Unavailable as i32,
-                            reason: reason::STORE_UNAVAILABLE.into(),
-                            message: "storage is unavailable, retry later".into(),
-                            field: String::new(),
-                        }),
+                        failure: Some(unavailable()),
                         ..MembersPage::default()
                     };
                 }
@@ -319,6 +384,16 @@ async fn serve_members(bus: &LocalBus, store: Arc<EmbeddedStore>, failing: Arc<A
             }
         },
     ));
+}
+
+/// The failure a backend answers with while its store is down.
+fn unavailable() -> Failure {
+    Failure {
+        code: tonic::Code::Unavailable as i32,
+        reason: reason::STORE_UNAVAILABLE.into(),
+        message: "the store is unavailable, retry later".into(),
+        field: String::new(),
+    }
 }
 
 async fn members_page(store: &dyn ConversationStore, query: MembersQuery) -> MembersPage {
@@ -347,28 +422,102 @@ async fn members_page(store: &dyn ConversationStore, query: MembersQuery) -> Mem
     }
 }
 
-/// Reads `count` user events from `stream`, each with the USERS message
-/// that carried it, failing past the deadline or on more than `count`.
-pub(crate) async fn take(stream: &mut Subscription, count: usize) -> Vec<(Incoming, UserEvent)> {
-    let mut out = Vec::with_capacity(count);
-    while out.len() < count {
-        let incoming = tokio::time::timeout(DEADLINE, stream.next())
+/// Plays sync: holds every user partition, answering each append request
+/// with what it wrote, appending each event once per user and event key
+/// as sync does, unless a fault is set for the partition. Every request
+/// is recorded on `appends` before it is answered, so once fanout has an
+/// answer, the request it answers is there to read.
+async fn hold_user_partitions(
+    bus: &LocalBus,
+    settings: &Settings,
+    faults: Arc<Mutex<HashMap<u32, Fault>>>,
+    appends: broadcast::Sender<Append>,
+) {
+    let mut partitions = Vec::new();
+    for partition in 0..settings.topology().partitions.get() {
+        let requests = bus
+            .subscribe(&subjects::append(partition), None)
             .await
-            .unwrap_or_else(|_| panic!("only {} of {count} user events arrived", out.len()))
-            .expect("subscription open");
-        let events = UserEvents::decode(incoming.payload.as_ref())
-            .unwrap()
-            .events;
-        out.extend(events.into_iter().map(|event| (incoming.clone(), event)));
+            .unwrap();
+        partitions.push(requests.map(move |incoming| (partition, incoming)));
     }
-    assert_eq!(out.len(), count, "more user events than expected");
+    let mut requests = futures::stream::select_all(partitions);
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        // Each user's log, as the keys of its events.
+        let mut logs: HashMap<(String, String), HashSet<String>> = HashMap::new();
+        while let Some((partition, incoming)) = requests.next().await {
+            let asked = UserEvents::decode(incoming.payload.as_ref())
+                .expect("fanout asks with a UserEvents")
+                .events;
+            let fault = faults
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&partition);
+            let mut written = Vec::new();
+            if fault != Some(Fault::Refuse) {
+                for user_event in &asked {
+                    let event = Event::try_from(user_event.event.clone().unwrap()).unwrap();
+                    let log = (user_event.tenant_id.clone(), user_event.user_id.clone());
+                    if logs.entry(log).or_default().insert(event.key()) {
+                        written.push(user_event.clone());
+                    }
+                }
+            }
+            let outcome = match fault {
+                Some(Fault::Refuse) => AppendOutcome {
+                    failure: Some(unavailable()),
+                    written: 0,
+                },
+                _ => AppendOutcome {
+                    failure: None,
+                    written: u32::try_from(written.len()).unwrap(),
+                },
+            };
+            // Nobody reading is fine: the test did not ask.
+            let _ = appends.send(Append {
+                partition,
+                asked,
+                written,
+                fault,
+            });
+            if fault == Some(Fault::Silent) {
+                continue;
+            }
+            let reply = incoming.reply.expect("an append is a request");
+            bus.publish(&reply, encode(&outcome))
+                .await
+                .expect("the in-process bus takes any reply");
+        }
+    });
+}
+
+/// Reads append requests from `appends` until they have written `count`
+/// user events, failing past the deadline or on more than `count`.
+pub(crate) async fn take(appends: &mut Appends, count: usize) -> Vec<Append> {
+    let mut out = Vec::new();
+    let mut written = 0;
+    while written < count {
+        let append = tokio::time::timeout(DEADLINE, appends.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {written} of {count} user events were written"))
+            .expect("every append request recorded");
+        written += append.written.len();
+        out.push(append);
+    }
+    assert_eq!(written, count, "more user events written than expected");
     out
 }
 
+/// The user events `appends` wrote, in the order they were written.
+pub(crate) fn written(appends: &[Append]) -> impl Iterator<Item = &UserEvent> {
+    appends.iter().flat_map(|append| &append.written)
+}
+
 /// How many user events each user got.
-pub(crate) fn per_user(events: &[(Incoming, UserEvent)]) -> HashMap<String, usize> {
+pub(crate) fn per_user(appends: &[Append]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    for (_, event) in events {
+    for event in written(appends) {
         *counts.entry(event.user_id.clone()).or_default() += 1;
     }
     counts
@@ -381,4 +530,17 @@ pub(crate) fn ready(stream: &mut Subscription) -> Vec<Incoming> {
         out.push(incoming);
     }
     out
+}
+
+/// The append requests `appends` has recorded and not yet handed out,
+/// without waiting.
+pub(crate) fn ready_appends(appends: &mut Appends) -> Vec<Append> {
+    let mut out = Vec::new();
+    loop {
+        match appends.try_recv() {
+            Ok(append) => out.push(append),
+            Err(TryRecvError::Empty) => return out,
+            Err(e) => panic!("append requests went unrecorded: {e}"),
+        }
+    }
 }

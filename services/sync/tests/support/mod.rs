@@ -4,19 +4,19 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use natter_auth::{Identity, Signer, Verifier};
 use natter_bus::{Bus, LocalBus, Subscription};
-use natter_contract::{Topology, USERS, encode, subjects};
+use natter_contract::{Holders, Topology, request, subjects};
 use natter_core::{
     ClientMessageId, Content, ConversationId, Cursor, Device, DeviceId, Event, Message, MessageId,
     ReadMarker, Role, Seq, TenantId, Timestamp, Update, UserId,
 };
-use natter_proto::bus::v1::{UserEvent, UserEvents};
+use natter_proto::bus::v1::{AppendOutcome, UpdatesPage, UpdatesQuery, UserEvent, UserEvents};
 use natter_proto::v1;
 use natter_proto::v1::sync_service_client::SyncServiceClient;
 use natter_server::{Settings, StartError};
@@ -24,6 +24,7 @@ use natter_store::{
     Lease, LeaseStore, Page, PageRequest, Result as StoreResult, StoreError, SyncStore, UpdateBatch,
 };
 use natter_store_embedded::EmbeddedStore;
+use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,11 +32,13 @@ use tonic::transport::Channel;
 
 pub(crate) const SECRET: &str = "a test secret that is long enough for hs256";
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
-/// Partitions of each stream in the tests: few, so users share them.
+/// User partitions in the tests: few, so users share them.
 pub(crate) const PARTITIONS: u32 = 4;
 
 pub(crate) struct Harness {
     pub(crate) bus: Arc<dyn Bus>,
+    /// Asks partition holders, as fanout does.
+    holders: Holders,
     pub(crate) store: Arc<EmbeddedStore>,
     /// The store sync writes through, when a test makes its writes fail.
     flaky: Option<Arc<FlakyStore>>,
@@ -67,8 +70,10 @@ impl Harness {
         let flaky = Arc::new(FlakyStore {
             inner: store.clone(),
             to_fail: AtomicU32::new(0),
+            landing: AtomicUsize::new(0),
             failed: AtomicU32::new(0),
             held: tokio::sync::watch::channel(false).0,
+            holding: AtomicU32::new(0),
         });
         Self::start_on(bus, store, Some(flaky), |_| {}).await
     }
@@ -93,9 +98,6 @@ impl Harness {
         settings.bus.partitions = PARTITIONS;
         settings.grace_period_seconds = 2;
         configure(&mut settings);
-        natter_contract::ensure_streams(bus.as_ref(), &settings.topology())
-            .await
-            .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let deps = natter_sync::Deps {
@@ -113,6 +115,7 @@ impl Harness {
             tokio::spawn(async move { natter_sync::run(&settings, deps, listener, shutdown).await })
         };
         let harness = Self {
+            holders: Holders::new(bus.clone(), settings.topology()),
             bus,
             store,
             flaky,
@@ -187,26 +190,55 @@ impl Harness {
         SyncServiceClient::new(channel)
     }
 
-    /// The subject of the USERS partition `user` belongs to.
-    pub(crate) fn users_subject(&self, user: &UserId) -> String {
-        USERS.subject(&self.topology(), &subjects::user_key(&self.tenant, user))
+    /// The user partition `user` belongs to: its holder appends to its log.
+    pub(crate) fn partition(&self, user: &UserId) -> u32 {
+        self.holders.user_partition(&self.tenant, user)
     }
 
-    /// Publishes `event` for `user` on USERS, durably, as fanout does.
-    pub(crate) async fn publish(&self, user: &UserId, event: &Event, dedup_id: &str) {
-        self.publish_batch(&[(user.clone(), event.clone())], dedup_id)
-            .await;
+    /// Waits until a sync process holds `partition`, so that a request
+    /// there reaches it rather than finding no responders. The holder takes
+    /// appends before catch-up reads, so a read answered there is proof.
+    pub(crate) async fn held(&self, partition: u32) {
+        eventually("the partition to be held", || async {
+            let subject = subjects::updates(partition);
+            let query = UpdatesQuery::default();
+            request::<_, UpdatesPage>(self.bus.as_ref(), &subject, &query, WAIT)
+                .await
+                .ok()
+        })
+        .await;
     }
 
-    /// Publishes the user events of one EVENTS message as fanout does: in
-    /// one USERS message, so the users must share a partition.
-    pub(crate) async fn publish_batch(&self, events: &[(UserId, Event)], dedup_id: &str) {
-        let subject = self.users_subject(&events[0].0);
+    /// Appends `event` to the log of `user` as fanout does, and checks the
+    /// holder reports it written or already there.
+    pub(crate) async fn append(&self, user: &UserId, event: &Event) -> AppendOutcome {
+        self.append_batch(&[(user.clone(), event.clone())]).await
+    }
+
+    /// [`ask_append`](Self::ask_append), checking the holder reports the
+    /// events written or already there.
+    pub(crate) async fn append_batch(&self, events: &[(UserId, Event)]) -> AppendOutcome {
+        let outcome = self.ask_append(events).await;
+        assert_eq!(outcome.failure, None, "the append is refused");
+        outcome
+    }
+
+    /// Asks the holder to append the user events of one EVENTS message as
+    /// fanout does: in one request, so the users must share a partition.
+    pub(crate) async fn ask_append(&self, events: &[(UserId, Event)]) -> AppendOutcome {
+        let partition = self.partition(&events[0].0);
         assert!(
-            events.iter().all(|(u, _)| self.users_subject(u) == subject),
+            events.iter().all(|(u, _)| self.partition(u) == partition),
             "users of one partition"
         );
-        let message = UserEvents {
+        self.ask_append_encoded(partition, self.user_events(events), WAIT)
+            .await
+            .unwrap()
+    }
+
+    /// `events` as the encoded `UserEvents` of an append request.
+    pub(crate) fn user_events(&self, events: &[(UserId, Event)]) -> Vec<u8> {
+        UserEvents {
             events: events
                 .iter()
                 .map(|(user, event)| UserEvent {
@@ -215,29 +247,52 @@ impl Harness {
                     event: Some(event.clone().into()),
                 })
                 .collect(),
-        };
-        self.bus
-            .publish_durable(&subject, encode(&message), Some(dedup_id))
-            .await
-            .unwrap();
+        }
+        .encode_to_vec()
+    }
+
+    /// Sends `request` as it is to the holder of `partition`, as fanout's
+    /// `Holders::append` does.
+    pub(crate) async fn ask_append_encoded(
+        &self,
+        partition: u32,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> natter_contract::Result<AppendOutcome> {
+        self.holders.append(partition, request, timeout).await
     }
 
     /// Makes the next `n` log writes fail as an unreachable store would.
     pub(crate) fn fail_writes(&self, n: u32) {
-        let flaky = self.flaky.as_ref().expect("started with_failing_writes");
-        flaky.to_fail.store(n, Ordering::SeqCst);
+        self.flaky().to_fail.store(n, Ordering::SeqCst);
+    }
+
+    /// Lets the first `n` updates of each write that fails land before it
+    /// fails, as a write that times out half done.
+    pub(crate) fn land_before_failing(&self, n: usize) {
+        self.flaky().landing.store(n, Ordering::SeqCst);
     }
 
     /// While `held`, log writes wait.
     pub(crate) fn hold_writes(&self, held: bool) {
-        let flaky = self.flaky.as_ref().expect("started with_failing_writes");
-        flaky.held.send_replace(held);
+        self.flaky().held.send_replace(held);
+    }
+
+    /// Waits until a log write is waiting on [`hold_writes`](Self::hold_writes).
+    pub(crate) async fn write_held(&self) {
+        eventually("a held log write", || async {
+            (self.flaky().holding.load(Ordering::SeqCst) > 0).then_some(())
+        })
+        .await;
     }
 
     /// How many log writes failed on purpose.
     pub(crate) fn failed_writes(&self) -> u32 {
-        let flaky = self.flaky.as_ref().expect("started with_failing_writes");
-        flaky.failed.load(Ordering::SeqCst)
+        self.flaky().failed.load(Ordering::SeqCst)
+    }
+
+    fn flaky(&self) -> &FlakyStore {
+        self.flaky.as_ref().expect("started with_failing_writes")
     }
 
     pub(crate) async fn live(&self, user: &UserId) -> Subscription {
@@ -247,21 +302,11 @@ impl Harness {
             .unwrap()
     }
 
-    /// Waits until the log of `user` reaches `cursor`: sync publishes live
-    /// before it writes.
-    pub(crate) async fn written(&self, user: &UserId, cursor: u64) {
-        eventually("the log write", || async {
-            let head = self.store.log_head(&self.tenant, user).await.ok()?;
-            (head.get() >= cursor).then_some(())
-        })
-        .await;
-    }
-
-    /// A user named `<prefix><n>` whose USERS partition is `other`'s.
+    /// A user named `<prefix><n>` whose partition is `other`'s.
     pub(crate) fn user_beside(&self, other: &UserId, prefix: &str) -> UserId {
         (0..)
             .map(|n| self.user(&format!("{prefix}{n}")))
-            .find(|u| self.users_subject(u) == self.users_subject(other))
+            .find(|u| self.partition(u) == self.partition(other))
             .expect("some name shares the partition")
     }
 
@@ -373,13 +418,18 @@ pub(crate) async fn seed(
         .unwrap();
 }
 
-/// The embedded store, with log writes that fail or wait on demand: what
-/// a sync process meets between publishing live and writing.
+/// The embedded store, with log writes that fail (after landing part of
+/// what they carry) or wait on demand: what a sync process meets when the
+/// store is slow or unreachable.
 pub(crate) struct FlakyStore {
     inner: Arc<EmbeddedStore>,
     to_fail: AtomicU32,
+    /// Updates of a failing write that land before it fails.
+    landing: AtomicUsize,
     failed: AtomicU32,
     held: tokio::sync::watch::Sender<bool>,
+    /// Writes waiting while held.
+    holding: AtomicU32,
 }
 
 #[async_trait]
@@ -398,10 +448,21 @@ impl SyncStore for FlakyStore {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if failing {
+            let landing = self.landing.load(Ordering::SeqCst).min(updates.len());
+            if landing > 0 {
+                self.inner
+                    .write_updates(&updates[..landing], version)
+                    .await?;
+            }
             self.failed.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Unavailable("failed on purpose".into()));
         }
-        let _ = self.held.subscribe().wait_for(|held| !*held).await;
+        let mut held = self.held.subscribe();
+        if *held.borrow_and_update() {
+            self.holding.fetch_add(1, Ordering::SeqCst);
+            let _ = held.wait_for(|held| !*held).await;
+            self.holding.fetch_sub(1, Ordering::SeqCst);
+        }
         self.inner.write_updates(updates, version).await
     }
 
