@@ -13,6 +13,9 @@
 //!   Each pull asks for one message, since servers before 2.11 refuse a
 //!   pull batch larger than `max_ack_pending`.
 //! - Acks and naks wait for the server's confirmation.
+//! - [`Bus::ack_floor`] reads the consumer's info: its ack floor's stream
+//!   sequence. Streams live on the servers, so they outlive every process
+//!   ([`Bus::keeps_streams`]).
 //! - `async-nats` reconnects on its own; connection events are logged.
 //!   Headers NATS sets itself (`Nats-*`) are not passed on.
 
@@ -22,7 +25,8 @@ use std::time::Duration;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{
-    CreateStreamErrorKind, GetStreamErrorKind, PublishError, PublishErrorKind,
+    ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind, PublishError,
+    PublishErrorKind,
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{
@@ -449,6 +453,32 @@ impl Bus for NatsBus {
                 .map_err(|err| unavailable("consume", err))
                 .and_then(|message| delivery(&prefix, message))
         })))
+    }
+
+    async fn ack_floor(&self, stream: &str, consumer: &str) -> Result<u64> {
+        check_name("consumer name", consumer)?;
+        let name = self.prefix.stream(stream)?;
+        // A handle without a round trip: the consumer info request alone
+        // tells a missing stream from a missing consumer.
+        let handle = self
+            .jetstream
+            .get_stream_no_info(&name)
+            .await
+            .map_err(|err| unavailable("ack floor", err))?;
+        match handle.consumer_info(consumer).await {
+            Ok(info) => Ok(info.ack_floor.stream_sequence),
+            Err(err) => match err.kind() {
+                ConsumerInfoErrorKind::NotFound => Ok(0),
+                ConsumerInfoErrorKind::StreamNotFound => Err(BusError::StreamNotFound {
+                    name: stream.to_owned(),
+                }),
+                _ => Err(unavailable("ack floor", err)),
+            },
+        }
+    }
+
+    fn keeps_streams(&self) -> bool {
+        true
     }
 }
 

@@ -2,6 +2,7 @@
 //! `NATTER_TEST_NATS_URL` (set by `scripts/test`). Each factory call is a
 //! new connection, as a new process would make.
 
+use natter_bus::Bus;
 use natter_bus_nats::NatsBus;
 
 async fn bus(prefix: &str) -> NatsBus {
@@ -12,3 +13,8 @@ async fn bus(prefix: &str) -> NatsBus {
 }
 
 natter_bus::bus_conformance!(bus);
+
+#[tokio::test]
+async fn streams_outlive_the_process() {
+    assert!(bus(&natter_testkit::unique_name("t")).await.keeps_streams());
+}

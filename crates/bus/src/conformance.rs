@@ -50,6 +50,7 @@ macro_rules! bus_conformance {
             memory_streams_work_alike,
             partitions_route_each_key_to_one_consumer,
             one_delivery_in_flight_across_processes,
+            ack_floor_follows_the_acks,
             trace_context_crosses_the_bus,
             bad_input_is_refused,
             stream_lifecycle,
@@ -768,6 +769,87 @@ pub async fn one_delivery_in_flight_across_processes<B: Bus>(factory: impl Async
             0,
             "two deliveries were in flight at once"
         );
+    })
+    .await;
+}
+
+/// Polls the ack floor of `consumer` until it reaches `at_least`, and
+/// returns it.
+async fn ack_floor_reaching(bus: &dyn Bus, stream: &str, consumer: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let floor = bus
+            .ack_floor(stream, consumer)
+            .await
+            .unwrap_or_else(|err| panic!("ack floor of {consumer}: {err}"));
+        if floor >= at_least {
+            return floor;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ack floor of {consumer} stayed at {floor}, below {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A consumer's ack floor is 0 until its first ack; it reaches a message's
+/// stream sequence once that message and every earlier one the consumer
+/// takes are acked, and never passes a message in flight. Each consumer
+/// has its own; one not created yet reads 0, and a missing stream is
+/// `StreamNotFound`.
+pub async fn ack_floor_follows_the_acks<B: Bus>(factory: impl AsyncFn(&str) -> B) {
+    let bus = factory(&unique_prefix()).await;
+    let missing = bus.ack_floor("floor", "reader").await;
+    assert!(
+        matches!(missing, Err(BusError::StreamNotFound { .. })),
+        "expected StreamNotFound, got {missing:?}"
+    );
+    ensure(&bus, &StreamConfig::new("floor", &["floor.*"], HOUR)).await;
+    cleaning_up(&bus, &["floor"], async {
+        let floor = async |consumer: &str| {
+            bus.ack_floor("floor", consumer)
+                .await
+                .unwrap_or_else(|err| panic!("ack floor of {consumer}: {err}"))
+        };
+        assert_eq!(floor("reader").await, 0, "before the consumer exists");
+        // 2, 4 and 5 are the reader's; 1 and 3 are of a subject it does
+        // not take.
+        for (subject, payload) in [
+            ("floor.other", "1"),
+            ("floor.mine", "2"),
+            ("floor.other", "3"),
+            ("floor.mine", "4"),
+            ("floor.mine", "5"),
+        ] {
+            publish_durable(&bus, subject, payload).await;
+        }
+        let config = ConsumerConfig::new("floor", "reader", "floor.mine");
+        let mut deliveries = consume(&bus, &config).await;
+        let mut idle = consume(&bus, &ConsumerConfig::new("floor", "idle", "floor.mine")).await;
+        let unacked = delivered(&mut idle, "2 to the idle consumer").await;
+        assert_eq!(unacked.sequence, 2);
+
+        let two = delivered(&mut deliveries, "2").await;
+        assert_eq!(two.sequence, 2);
+        assert_eq!(floor("reader").await, 0, "before the first ack");
+        two.ack().await.expect("ack 2");
+        let four = delivered(&mut deliveries, "4").await;
+        assert_eq!(four.sequence, 4);
+        let reached = ack_floor_reaching(&bus, "floor", "reader", 2).await;
+        assert!(reached < 4, "the floor {reached} passed 4, in flight");
+
+        four.ack().await.expect("ack 4");
+        let five = delivered(&mut deliveries, "5").await;
+        assert_eq!(five.sequence, 5);
+        let reached = ack_floor_reaching(&bus, "floor", "reader", 4).await;
+        assert_eq!(reached, 4, "the floor passed 5, in flight");
+        five.ack().await.expect("ack 5");
+        assert_eq!(ack_floor_reaching(&bus, "floor", "reader", 5).await, 5);
+
+        assert_eq!(floor("idle").await, 0, "another consumer's acks count not");
+        assert_eq!(floor("nobody").await, 0, "a consumer not created yet");
+        drop(unacked);
     })
     .await;
 }

@@ -1,8 +1,7 @@
 //! What Natter's services need from the message bus, as one object-safe
 //! trait, [`Bus`], that services hold as `Arc<dyn Bus>`. Implementations:
-//! [`LocalBus`] here (tokio channels, with streams in memory or also in a
-//! local file, for single-process mode) and `natter-bus-nats` (NATS core
-//! plus JetStream).
+//! [`LocalBus`] here (tokio channels and streams in memory, for
+//! single-process mode) and `natter-bus-nats` (NATS core plus JetStream).
 //!
 //! Two kinds of traffic:
 //!
@@ -12,13 +11,22 @@
 //!   behind by the bus's capacity loses messages.
 //! - **Durable** ([`Bus::ensure_stream`], [`Bus::publish_durable`],
 //!   [`Bus::consume`]): for what must not be lost. A durable publish returns
-//!   once the stream persisted the message. A consumer receives the
+//!   once the stream stored the message. A consumer receives the
 //!   messages matching its filter **at least once, in stream order**:
 //!   each delivery is acked or nakked, an unsettled one comes back after
 //!   the consumer's ack wait (also when the consumer is re-created, as after
 //!   a restart), and a redelivered message comes before any later one, so
 //!   a handler may see a message again but never out of order. Handlers
 //!   must therefore be idempotent.
+//!
+//! # What outlives a crash
+//!
+//! On NATS the streams live on the servers and outlive any process. The
+//! in-process bus keeps them in its memory, so they die with the process
+//! ([`Bus::keeps_streams`] tells the two apart): a publisher whose
+//! messages must survive a crash keeps them itself until their consumer
+//! has acked them, which [`Bus::ack_floor`] tells it, and publishes again,
+//! after a crash, what it kept.
 //!
 //! # One processor per partition
 //!
@@ -70,7 +78,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
-pub use local::{LOCAL_BUS_FILE, LocalBus};
+pub use local::LocalBus;
 pub use message::{
     Acknowledge, Deliveries, Delivery, DurableMessage, Headers, Incoming, MAX_PAYLOAD_BYTES,
     Outgoing, Persisted, Subscription, TRACEPARENT,
@@ -123,8 +131,8 @@ pub type Result<T, E = BusError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Storage {
     /// On disk: a publish is answered once the message is there, and the
-    /// stream survives a restart of the bus (the NATS server, or the
-    /// process of a persistent in-process bus).
+    /// stream survives a restart of the NATS server. The in-process bus
+    /// keeps every stream in memory (see [`Bus::keeps_streams`]).
     #[default]
     Disk,
     /// In memory only: no disk write per publish, and gone, with its
@@ -301,7 +309,7 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     /// Publishes several messages as [`publish_durable`](Self::publish_durable)
     /// would one after another, and returns once all are persisted, with
     /// what each got back, in order. Cheaper than a call each: the
-    /// in-process bus writes the batch in one transaction, NATS has it in
+    /// in-process bus stores the batch under one lock, NATS has it in
     /// flight at once. Nothing is sent if a subject, dedup id or message
     /// is invalid; on a failure after that, part of the batch may be
     /// stored, so retry the whole batch with the same dedup ids.
@@ -312,6 +320,18 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     /// its position and is updated to `config` where the server allows it
     /// (NATS before 2.10 refuses a changed filter with `Conflict`).
     async fn consume(&self, config: &ConsumerConfig) -> Result<Deliveries>;
+
+    /// The stream sequence up to which the durable consumer `consumer` of
+    /// `stream` has acknowledged every message it takes: 0 before its
+    /// first ack, or if the consumer does not exist yet. `StreamNotFound`
+    /// when the stream does not exist.
+    async fn ack_floor(&self, stream: &str, consumer: &str) -> Result<u64>;
+
+    /// Whether the streams' messages outlive this process: true on NATS,
+    /// false on the in-process bus, whose streams live in its memory. A
+    /// publisher whose messages must survive a crash keeps them itself
+    /// where this is false.
+    fn keeps_streams(&self) -> bool;
 }
 
 /// Checks a dedup id: 1 to 256 bytes without line breaks, as it travels in

@@ -75,8 +75,8 @@ pub async fn consume_partition<M, F, Fut>(
 {
     let config = ConsumerConfig::new(
         stream.name,
-        format!("{consumer}-{partition}"),
-        format!("{}.{partition}", stream.base),
+        stream.consumer(&consumer, partition),
+        stream.subject_of(partition),
     );
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !shutdown.is_cancelled() {

@@ -101,10 +101,25 @@ pub const EVENTS: Stream = Stream {
     base: "events",
 };
 
+/// Fanout's durable consumers of EVENTS are `<this>-<partition>`; where
+/// the bus keeps no streams, storage keeps each announcement until this
+/// consumer has acknowledged it.
+pub const EVENTS_CONSUMER: &str = "fanout";
+
 impl Stream {
     pub fn config(&self, topology: &Topology) -> StreamConfig {
         let subject = format!("{}.*", self.base);
         StreamConfig::new(self.name, &[&subject], topology.retention)
+    }
+
+    /// The subject of partition `partition`.
+    pub fn subject_of(&self, partition: u32) -> String {
+        format!("{}.{partition}", self.base)
+    }
+
+    /// The name of `consumer`'s durable consumer of partition `partition`.
+    pub fn consumer(&self, consumer: &str, partition: u32) -> String {
+        format!("{consumer}-{partition}")
     }
 
     /// The subject of the partition that `key` belongs to.

@@ -40,6 +40,10 @@ pub struct SequencerConfig {
     pub window: usize,
     /// Most messages in one write.
     pub max_batch: usize,
+    /// Most content bytes in one write, beyond its first message: a write
+    /// and the announcement of its events stay well inside what one store
+    /// write takes (`natter_store::MAX_ANNOUNCEMENT_BYTES`).
+    pub max_batch_bytes: usize,
     /// Idle conversations kept in memory; beyond it the least recently
     /// used idle ones are forgotten (and loaded again when next touched).
     pub max_conversations: usize,
@@ -50,6 +54,7 @@ impl Default for SequencerConfig {
         Self {
             window: 512,
             max_batch: 1024,
+            max_batch_bytes: 2 << 20,
             max_conversations: 10_000,
         }
     }
@@ -318,7 +323,17 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         if self.writing.is_some() || self.queue.is_empty() {
             return;
         }
-        let take = self.queue.len().min(self.config.max_batch.max(1));
+        let mut bytes = 0;
+        let take = self
+            .queue
+            .iter()
+            .take(self.config.max_batch.max(1))
+            .take_while(|q| {
+                let first = bytes == 0;
+                bytes += q.message.content.size_bytes().max(1);
+                first || bytes <= self.config.max_batch_bytes
+            })
+            .count();
         let batch: Vec<Queued<W>> = self.queue.drain(..take).collect();
         steps.push(Step::Write(
             batch
@@ -463,6 +478,8 @@ mod tests {
                 SequencerConfig {
                     window: WINDOW,
                     max_batch: 5,
+                    // About three of the simulation's messages.
+                    max_batch_bytes: 120,
                     max_conversations: 2,
                 },
                 Fixed::default(),
@@ -719,5 +736,41 @@ mod tests {
         assert_eq!(sequencer.abandon(), vec![Step::Retry(vec![5])]);
         let steps = sequencer.written(true);
         assert!(matches!(&steps[..], [Step::Stored(s)] if s.len() == 3));
+    }
+
+    #[test]
+    fn a_write_stops_at_its_byte_cap_but_always_takes_one() {
+        let config = SequencerConfig {
+            max_batch_bytes: 10,
+            ..SequencerConfig::default()
+        };
+        let mut sequencer: Sequencer<u32, Fixed> = Sequencer::new(config, Fixed::default());
+        let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
+        let new = |client: u32, text: &str| NewMessage {
+            id: MessageId::generate(),
+            conversation_id: key.1,
+            sender_id: UserId::new("alice").unwrap(),
+            client_message_id: ClientMessageId::new(format!("c{client}")).unwrap(),
+            sent_at: Timestamp::from_millis(1),
+            content: Content::Text(text.into()),
+        };
+        sequencer.submit(key.0.clone(), new(0, "first"), 0);
+        sequencer.loaded(&key, &[]);
+        // Queued behind the first write: 4 + 4 bytes fit, 12 more do not,
+        // and 12 alone is over the cap but still written.
+        for (client, text) in [(1, "abcd"), (2, "efgh"), (3, "0123456789ab"), (4, "z")] {
+            assert!(
+                sequencer
+                    .submit(key.0.clone(), new(client, text), client)
+                    .is_empty()
+            );
+        }
+        let batch_len = |steps: Vec<Step<u32>>| match &steps[..] {
+            [Step::Stored(_), Step::Write(batch)] => batch.len(),
+            other => panic!("expected a write, got {other:?}"),
+        };
+        assert_eq!(batch_len(sequencer.written(true)), 2);
+        assert_eq!(batch_len(sequencer.written(true)), 1);
+        assert_eq!(batch_len(sequencer.written(true)), 1);
     }
 }

@@ -1,11 +1,11 @@
-//! Values as the embedded files store them: fields in a fixed order,
+//! Values as the embedded store keeps them: fields in a fixed order,
 //! integers big-endian and fixed-width, strings as a `u32` byte length then
 //! UTF-8, a duration as `u64` seconds then `u32` nanoseconds, a wall-clock
 //! time as the duration since the Unix epoch. A trailing blob (a payload,
-//! protobuf content) runs to the end. Each file decides what a damaged
+//! protobuf content) runs to the end. The store decides what a damaged
 //! value means to it by mapping [`Damaged`].
 //!
-//! Both files also commit the same way: [`group`] commits.
+//! The store's commits are [`group`] commits.
 
 pub mod group;
 

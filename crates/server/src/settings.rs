@@ -353,17 +353,11 @@ impl Settings {
         }
     }
 
-    /// Connects to NATS, or opens the in-process bus under `store.data_dir`
-    /// when no URL is set.
+    /// Connects to NATS, or makes the in-process bus when no URL is set.
     pub async fn connect_bus(&self) -> Result<Arc<dyn Bus>, natter_bus::BusError> {
         if self.bus.nats_url.is_empty() {
-            // Persistent, beside the embedded store, so events between the
-            // services survive a crash of the one process.
-            let (prefix, dir) = (self.bus.prefix.clone(), self.store.data_dir.clone());
-            let bus = tokio::task::spawn_blocking(move || natter_bus::LocalBus::open(&prefix, dir))
-                .await
-                .map_err(|e| natter_bus::BusError::Unavailable(e.to_string()))??;
-            return Ok(Arc::new(bus));
+            // In memory: the storage service keeps what must survive a crash in its store.
+            return Ok(Arc::new(natter_bus::LocalBus::new(&self.bus.prefix)?));
         }
         let mut config = natter_bus_nats::NatsConfig::new(&self.bus.nats_url, &self.bus.prefix);
         config.replicas = self.bus.replicas;

@@ -10,7 +10,9 @@ use natter_core::{
     validate_member_list,
 };
 use natter_proto::codec::decode_content;
-use natter_store::{ConversationStore, MessageRange, Page, PageRequest, Result, StoreError};
+use natter_store::{
+    Announcement, ConversationStore, MessageRange, Page, PageRequest, Result, StoreError,
+};
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
@@ -732,8 +734,26 @@ impl ConversationStore for CqlStore {
         Ok(page(members, size as u32, |m| m.user_id.clone()))
     }
 
-    async fn write_messages(&self, messages: &[(TenantId, Message)], version: u64) -> Result<()> {
-        self.write_sequenced(messages, version).await
+    async fn write_messages(
+        &self,
+        messages: &[(TenantId, Message)],
+        announcement: Option<&Announcement>,
+        version: u64,
+    ) -> Result<()> {
+        self.write_sequenced(messages, announcement, version).await
+    }
+
+    async fn announcements(
+        &self,
+        partition: u32,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Announcement>> {
+        self.kept_announcements(partition, after, limit).await
+    }
+
+    async fn forget_announcements(&self, partition: u32, through: u64) -> Result<()> {
+        self.forget_kept(partition, through).await
     }
 
     async fn list_messages(

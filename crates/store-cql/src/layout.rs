@@ -61,6 +61,13 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// A service's partition as the `int` it is keyed by (in `leases` and
+/// `announcements`): the same 32 bits, so numbers past `i32::MAX` are
+/// stored as negative ints and every `u32` has a row of its own.
+pub(crate) fn partition_key(partition: u32) -> i32 {
+    i32::from_be_bytes(partition.to_be_bytes())
+}
+
 /// A seq or cursor as CQL `bigint`. Positions beyond `i64::MAX` cannot be
 /// stored, so as query bounds they mean "everything".
 pub(crate) fn to_bigint(position: u64) -> i64 {
@@ -162,6 +169,14 @@ mod tests {
             UNDATED_BUCKET
         );
         assert!(conversation_bucket(Uuid::now_v7()) > 490_896);
+    }
+
+    #[test]
+    fn every_partition_has_an_int_of_its_own() {
+        assert_eq!(partition_key(0), 0);
+        assert_eq!(partition_key(i32::MAX as u32), i32::MAX);
+        assert_eq!(partition_key(i32::MAX as u32 + 1), i32::MIN);
+        assert_eq!(partition_key(u32::MAX), -1);
     }
 
     #[test]

@@ -14,13 +14,7 @@ use scylla::value::CqlTimestamp;
 
 use crate::CqlStore;
 use crate::db::{Lwt, corrupt, driver_error};
-
-/// A partition as the `int` it is keyed by: the same 32 bits, so numbers
-/// past `i32::MAX` are stored as negative ints and every `u32` has a row
-/// of its own.
-fn partition_key(partition: u32) -> i32 {
-    i32::from_be_bytes(partition.to_be_bytes())
-}
+use crate::layout::partition_key;
 
 /// An epoch as CQL `bigint`.
 fn epoch_value(epoch: u64) -> Result<i64> {

@@ -24,6 +24,7 @@
 //! Stored content and events are protobuf bytes from
 //! `natter_proto::codec`; what does not decode is `StoreError::Corrupt`.
 
+mod announcements;
 mod conversations;
 mod db;
 mod layout;

@@ -36,11 +36,18 @@ pub(crate) struct Migration {
     pub(crate) cql: &'static str,
 }
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    cql: include_str!("migrations/0001_initial.cql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        cql: include_str!("migrations/0001_initial.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "announcements",
+        cql: include_str!("migrations/0002_announcements.cql"),
+    },
+];
 
 /// The one partition of `schema_migrations`.
 const SCOPE: &str = "natter";
@@ -423,15 +430,18 @@ mod tests {
     }
 
     #[test]
-    fn the_initial_migration_creates_every_table_idempotently() {
-        let statements = split_statements(MIGRATIONS[0].cql, "ks");
-        assert_eq!(statements.len(), 9);
-        for statement in &statements {
-            assert!(
-                statement.starts_with("CREATE TABLE IF NOT EXISTS ks."),
-                "{statement}"
-            );
-            assert!(!statement.contains("--"));
+    fn migrations_create_tables_idempotently() {
+        let count = |migration: &Migration| split_statements(migration.cql, "ks").len();
+        assert_eq!(count(&MIGRATIONS[0]), 9);
+        assert_eq!(count(&MIGRATIONS[1]), 1);
+        for migration in MIGRATIONS {
+            for statement in split_statements(migration.cql, "ks") {
+                assert!(
+                    statement.starts_with("CREATE TABLE IF NOT EXISTS ks."),
+                    "{statement}"
+                );
+                assert!(!statement.contains("--"));
+            }
         }
     }
 
@@ -442,5 +452,6 @@ mod tests {
     fn checksums_are_stable() {
         assert_eq!(checksum(""), "cbf29ce484222325");
         assert_eq!(checksum(MIGRATIONS[0].cql), "3f3e0cfe14d93e04");
+        assert_eq!(checksum(MIGRATIONS[1].cql), "fd965feb97e12e23");
     }
 }

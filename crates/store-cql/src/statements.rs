@@ -23,6 +23,10 @@ pub(crate) struct Statements {
     pub(crate) messages_after: PreparedStatement,
     pub(crate) messages_through_desc: PreparedStatement,
 
+    pub(crate) announcement_keep: PreparedStatement,
+    pub(crate) announcements_after: PreparedStatement,
+    pub(crate) announcements_forget: PreparedStatement,
+
     pub(crate) lease_get_serial: PreparedStatement,
     pub(crate) lease_insert: PreparedStatement,
     pub(crate) lease_take_over: PreparedStatement,
@@ -125,6 +129,26 @@ impl Statements {
                      ORDER BY seq DESC LIMIT ?"
                 ))
                 .await?,
+            // Timestamps bound, not left to a clock: see `announcements.rs`.
+            announcement_keep: p
+                .write(
+                    "INSERT INTO {ks}.announcements (partition, version, events) \
+                     VALUES (?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+            announcements_after: p
+                .read(
+                    "SELECT version, events FROM {ks}.announcements \
+                     WHERE partition = ? AND version > ? LIMIT ?",
+                )
+                .await?,
+            announcements_forget: p
+                .write(
+                    "DELETE FROM {ks}.announcements USING TIMESTAMP ? \
+                     WHERE partition = ? AND version <= ?",
+                )
+                .await?,
+
             lease_get_serial: p
                 .serial_read(
                     "SELECT owner, epoch, until FROM {ks}.leases WHERE scope = ? AND partition = ?",

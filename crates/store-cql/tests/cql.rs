@@ -1,6 +1,7 @@
 //! What only the CQL store has: migrations, bucket boundaries and the
-//! `last_seq` hint, versions deciding between writes of one seq, batch
-//! sizes, and paging across partitions.
+//! `last_seq` hint, versions deciding between writes of one seq (and
+//! between announcements and their forgetting), batch sizes, and paging
+//! across partitions.
 
 mod common;
 
@@ -16,7 +17,8 @@ use natter_core::{
 };
 use natter_proto::codec::encode_event;
 use natter_store::{
-    ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
+    Announcement, ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore,
+    UpdateBatch,
 };
 use natter_store_cql::{CqlStore, MAX_DEVICES_PER_USER};
 use scylla::serialize::row::SerializeRow;
@@ -85,7 +87,7 @@ async fn write(store: &CqlStore, tenant: &TenantId, messages: &[Message], versio
         .map(|m| (tenant.clone(), m.clone()))
         .collect();
     store
-        .write_messages(&batch, version)
+        .write_messages(&batch, None, version)
         .await
         .expect("write messages");
 }
@@ -174,7 +176,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .into_iter()
         .flat_map(|run| run.expect("migrate"))
         .collect();
-    assert_eq!(applied, vec![1], "each migration applied exactly once");
+    assert_eq!(applied, vec![1, 2], "each migration applied exactly once");
     assert!(
         CqlStore::migrate(&config)
             .await
@@ -201,12 +203,14 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .expect("typed rows")
         .collect::<Result<Vec<_>, _>>()
         .expect("decode");
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (version, checksum, applied_at, lock_owner) = &rows[0];
-    assert_eq!(*version, Some(1));
-    assert_eq!(checksum.as_deref().map(str::len), Some(16));
-    assert!(applied_at.is_some());
-    assert_eq!(*lock_owner, None, "the lock is released");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (row, expected) in rows.iter().zip(1..) {
+        let (version, checksum, applied_at, lock_owner) = row;
+        assert_eq!(*version, Some(expected));
+        assert_eq!(checksum.as_deref().map(str::len), Some(16));
+        assert!(applied_at.is_some());
+        assert_eq!(*lock_owner, None, "the lock is released");
+    }
 
     // A run that died holding the lock and before recording its version:
     // the next run waits out the lease, then redoes the idempotent DDL.
@@ -509,7 +513,7 @@ async fn a_write_of_many_conversations_lands_in_each() {
         .map(|(seq, id)| (tenant.clone(), message(id, seq, "hi")))
         .collect();
     store
-        .write_messages(&batch, VERSION)
+        .write_messages(&batch, None, VERSION)
         .await
         .expect("write messages");
     for id in ids {
@@ -545,6 +549,94 @@ async fn every_lease_partition_has_a_row_of_its_own() {
             .expect("acquire");
         assert_eq!(held, None, "partition {partition} is held");
     }
+}
+
+/// Wall-clock microseconds, as versions are.
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+}
+
+/// An announcement is written at its version and forgotten by a range
+/// tombstone at the forget's bound, so which rows a forget removes depends
+/// on no clock: a late write of a forgotten version stays forgotten, and a
+/// later version is kept. A bound past the clock is lowered to it, so
+/// forgetting everything spares what is written after. Partitions past
+/// `i32::MAX` keep theirs apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_are_timestamped_by_their_versions() {
+    let store = common::store(Limits::default()).await;
+    let tenant = tenant();
+    let id = conversation(&store, &tenant).await.id;
+    let keep = async |partition: u32, version: u64, seq: u64| {
+        let announcement = Announcement {
+            partition,
+            version,
+            events: format!("up to {seq}").into_bytes(),
+        };
+        let batch = [(tenant.clone(), message(id, seq, "hi"))];
+        store
+            .write_messages(&batch, Some(&announcement), version)
+            .await
+            .expect("write with an announcement");
+        announcement
+    };
+    let kept = async |partition: u32| {
+        store
+            .announcements(partition, 0, 100)
+            .await
+            .expect("read announcements")
+    };
+    // The two ends of the negative ints.
+    let (high, low) = (u32::MAX, i32::MAX as u32 + 1);
+    let past = now_micros() - 60_000_000;
+    keep(high, past, 1).await;
+    let other = keep(low, past, 2).await;
+    let writetime = bigint_of(
+        &store,
+        "SELECT WRITETIME(events) FROM {ks}.announcements WHERE partition = ? AND version = ?",
+        (-1_i32, past as i64),
+    )
+    .await;
+    assert_eq!(writetime, Some(past as i64), "written at its version");
+
+    store
+        .forget_announcements(high, past)
+        .await
+        .expect("forget");
+    assert_eq!(kept(high).await, []);
+    assert_eq!(
+        kept(low).await,
+        std::slice::from_ref(&other),
+        "another partition's stay"
+    );
+    keep(high, past - 1, 3).await;
+    assert_eq!(
+        kept(high).await,
+        [],
+        "a late write of a forgotten version stays forgotten"
+    );
+    let next = keep(high, past + 1, 4).await;
+    assert_eq!(kept(high).await, [next]);
+
+    store
+        .forget_announcements(high, u64::MAX)
+        .await
+        .expect("forget everything");
+    assert_eq!(kept(high).await, []);
+    let later = keep(high, now_micros() + 1_000_000, 5).await;
+    assert_eq!(
+        kept(high).await,
+        [later],
+        "a write after forgetting everything is kept"
+    );
+    assert_eq!(kept(low).await, [other]);
+    assert_eq!(
+        seqs_of(&all_messages(&store, &tenant, id).await),
+        [1, 2, 3, 4, 5]
+    );
 }
 
 /// A UUIDv7 minted at `millis`, as a conversation created then has.

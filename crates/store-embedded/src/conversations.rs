@@ -9,7 +9,8 @@ use natter_core::{
     NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, UserId, validate_member_list,
 };
 use natter_store::{
-    ConversationStore, MessageRange, Page, PageRequest, Result, StoreError, validate_write,
+    Announcement, ConversationStore, MessageRange, Page, PageRequest, Result, StoreError,
+    validate_write,
 };
 use redb::{AccessGuard, ReadableTable};
 
@@ -17,7 +18,7 @@ use crate::record::{
     ConversationRecord, conversation_id, decode_member, decode_message, encode_member,
     encode_message, uuid_key,
 };
-use crate::tables::{CONVERSATIONS, MEMBERS, MEMBERSHIPS, MESSAGES};
+use crate::tables::{ANNOUNCEMENTS, CONVERSATIONS, MEMBERS, MEMBERSHIPS, MESSAGES};
 use crate::{EmbeddedStore, TxResult, into_page};
 
 type ConversationKey = (&'static str, u128);
@@ -296,19 +297,26 @@ impl ConversationStore for EmbeddedStore {
         .await
     }
 
-    async fn write_messages(&self, messages: &[(TenantId, Message)], version: u64) -> Result<()> {
-        validate_write(messages, version, &self.limits)?;
-        // Beyond that, `version` is not used: it orders writes of one seq
-        // that race, and here none do. One process holds the file, and the
-        // storage service runs a partition's writes one at a time, so the
-        // later write of a seq is always the newer one and simply replaces
-        // it.
-        if messages.is_empty() {
+    async fn write_messages(
+        &self,
+        messages: &[(TenantId, Message)],
+        announcement: Option<&Announcement>,
+        version: u64,
+    ) -> Result<()> {
+        validate_write(messages, announcement, version, &self.limits)?;
+        // Beyond that, `version` only keys the announcement. Elsewhere it
+        // orders writes of one seq that race, and here none do: one process
+        // holds the file, and the storage service runs a partition's writes
+        // one at a time, so the later write of a seq is always the newer
+        // one and simply replaces it.
+        if messages.is_empty() && announcement.is_none() {
             return Ok(());
         }
         let messages = messages.to_vec();
+        let announcement = announcement.cloned();
         // One write: all of it lands or none (a missing conversation fails
-        // the whole call), so no conversation is left half-written.
+        // the whole call), so no conversation is left half-written, and the
+        // announcement is kept exactly when its messages are.
         self.write(move |txn| {
             let mut highest: HashMap<(&TenantId, ConversationId), Seq> = HashMap::new();
             for (tenant, message) in &messages {
@@ -336,6 +344,47 @@ impl ConversationStore for EmbeddedStore {
             for (key, record) in records {
                 conversations.insert(key, record.encode().as_slice())?;
             }
+            if let Some(kept) = &announcement {
+                let mut announcements = txn.open_table(ANNOUNCEMENTS)?;
+                announcements.insert((kept.partition, kept.version), kept.events.as_slice())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn announcements(
+        &self,
+        partition: u32,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Announcement>> {
+        let Some(first) = after.checked_add(1).filter(|_| limit > 0) else {
+            return Ok(Vec::new());
+        };
+        self.read(move |txn| {
+            let announcements = txn.open_table(ANNOUNCEMENTS)?;
+            let mut kept = Vec::new();
+            let range = announcements.range((partition, first)..=(partition, u64::MAX))?;
+            for entry in range.take(limit as usize) {
+                let (key, events) = entry?;
+                kept.push(Announcement {
+                    partition,
+                    version: key.value().1,
+                    events: events.value().to_vec(),
+                });
+            }
+            Ok(kept)
+        })
+        .await
+    }
+
+    async fn forget_announcements(&self, partition: u32, through: u64) -> Result<()> {
+        // A forget lost in a crash only has them announced again, so it
+        // need not wait for a flush of its own.
+        self.write_unflushed(move |txn| {
+            let mut announcements = txn.open_table(ANNOUNCEMENTS)?;
+            announcements.retain_in((partition, 0)..=(partition, through), |_, _| false)?;
             Ok(())
         })
         .await

@@ -347,7 +347,7 @@ mod tests {
     /// Writes one message, as a sequencer with epoch 1 would.
     async fn write(store: &EmbeddedStore, message: &Message) -> natter_store::Result<()> {
         store
-            .write_messages(&[(tenant(), message.clone())], 1 << 40)
+            .write_messages(&[(tenant(), message.clone())], None, 1 << 40)
             .await
     }
 

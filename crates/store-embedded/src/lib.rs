@@ -260,15 +260,17 @@ fn init(db: &Database) -> TxResult<()> {
             meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
         }
         // Every table this build uses, so a file that lacks one (`leases`
-        // is newer than the first files of format 1) gets it. Files from
-        // before the sequencer also hold `message_keys`, the store's old
-        // idempotency index: nothing opens it, and a table nobody opens is
-        // harmless, so it is left as it is.
+        // is newer than the first files of format 1, `announcements` than
+        // those of format 2) gets it. Files from before the sequencer also
+        // hold `message_keys`, the store's old idempotency index: nothing
+        // opens it, and a table nobody opens is harmless, so it is left as
+        // it is.
         txn.open_table(tables::CONVERSATIONS)?;
         txn.open_table(tables::MEMBERS)?;
         txn.open_table(tables::MEMBERSHIPS)?;
         txn.open_table(tables::MESSAGES)?;
         txn.open_table(tables::LEASES)?;
+        txn.open_table(tables::ANNOUNCEMENTS)?;
         txn.open_table(tables::LOG_HEADS)?;
         txn.open_table(tables::UPDATES)?;
         txn.open_table(tables::DEVICES)?;

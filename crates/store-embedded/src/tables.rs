@@ -2,8 +2,10 @@
 //!
 //! Keys are redb tuples, which compare element by element (strings by
 //! bytes, integers by value), so a range over a key prefix is one tenant's,
-//! one conversation's or one user's records in order. Every key starts with
-//! the tenant id, so a record of another tenant is simply not found. UUIDs
+//! one conversation's or one user's records in order. Every key of a
+//! tenant's records starts with the tenant id, so a record of another
+//! tenant is simply not found; only the services' own bookkeeping
+//! ([`LEASES`], [`ANNOUNCEMENTS`]) is keyed across tenants. UUIDs
 //! are keyed as `u128` (`Uuid::as_u128` reads their bytes big-endian), so
 //! they sort as their bytes do: for UUIDv7 ids, in creation order.
 //!
@@ -15,7 +17,9 @@ use redb::TableDefinition;
 
 /// The on-disk format this build reads and writes, stored under
 /// [`FORMAT_KEY`] in [`META`]. Bump it with any change to a table's key or
-/// value encoding, together with a migration.
+/// value encoding, together with a migration. A new table is not such a
+/// change: `init` creates it in older files, and older builds never open
+/// it.
 ///
 /// - 1: the first.
 /// - 2: [`LEASES`] keyed by scope and partition, not partition alone
@@ -49,6 +53,13 @@ pub(crate) const MESSAGES: TableDefinition<(&str, u128, u64), &[u8]> =
 /// scope (`"storage"`'s of conversations, `"sync"`'s of users; see
 /// `natter_store::LeaseStore`). Not per tenant: partitions span them.
 pub(crate) const LEASES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("leases");
+
+/// `(partition, version) → events`: what each write of a storage
+/// partition's sequencer announced (`natter_store::Announcement`), kept
+/// until fanout has taken it. Not per tenant: a partition spans them.
+/// Newer than the first files of format 2.
+pub(crate) const ANNOUNCEMENTS: TableDefinition<(u32, u64), &[u8]> =
+    TableDefinition::new("announcements");
 
 /// `(tenant, user) → LogHead`: the head of a user's update log and the
 /// cursor it has been trimmed through. Kept apart from the entries so the

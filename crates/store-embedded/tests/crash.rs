@@ -1,5 +1,6 @@
 //! Acknowledged means durable: a process that dies mid-write loses nothing
-//! it acknowledged, and leaves each conversation's seqs gap-free.
+//! it acknowledged, leaves each conversation's seqs gap-free, and keeps an
+//! announcement exactly when it keeps the messages of its write.
 //!
 //! The test runs itself again as a child process that writes messages to
 //! several conversations from several tasks at once (so their writes share
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{VERSION, conversation, numbered, tenant};
 use natter_core::{ConversationId, Limits, Role, Seq};
-use natter_store::{ConversationStore, MessageRange};
+use natter_store::{Announcement, ConversationStore, MessageRange};
 use natter_store_embedded::EmbeddedStore;
 
 const CHILD_DIR: &str = "NATTER_CRASH_TEST_DIR";
@@ -91,7 +92,7 @@ fn acknowledged_writes_survive_a_crash() {
 
     runtime.block_on(async {
         let store = EmbeddedStore::open(dir.path(), Limits::default()).unwrap();
-        for (id, acknowledged) in ids.into_iter().zip(acknowledged) {
+        for (writer, (id, acknowledged)) in ids.into_iter().zip(acknowledged).enumerate() {
             let mut stored = Vec::new();
             loop {
                 let range = MessageRange::After {
@@ -114,6 +115,21 @@ fn acknowledged_writes_survive_a_crash() {
                 acknowledged <= last,
                 "acknowledged seq {acknowledged} was lost"
             );
+            // Each write's announcement names the last seq it wrote: one
+            // per write that landed, none of one that did not.
+            let partition = writer as u32;
+            let kept = store.announcements(partition, 0, 10_000).await.unwrap();
+            let named: Vec<u64> = kept
+                .iter()
+                .map(|a| {
+                    String::from_utf8(a.events.clone())
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            let landed: Vec<u64> = (1..=last / PER_WRITE).map(|w| w * PER_WRITE).collect();
+            assert_eq!(named, landed, "writer {writer}");
         }
     });
 }
@@ -137,11 +153,17 @@ fn crashing_writer(dir: &str) -> ! {
                     let batch: Vec<_> = seqs
                         .map(|seq| (tenant("acme"), numbered(id, "alice", seq)))
                         .collect();
+                    let last = (write + 1) * PER_WRITE;
+                    // Each writer is the sequencer of a partition of its own.
+                    let announcement = Announcement {
+                        partition: writer as u32,
+                        version: VERSION + write,
+                        events: last.to_string().into_bytes(),
+                    };
                     store
-                        .write_messages(&batch, VERSION)
+                        .write_messages(&batch, Some(&announcement), announcement.version)
                         .await
                         .expect("write messages");
-                    let last = (write + 1) * PER_WRITE;
                     if acknowledged.send((writer, last)).await.is_err() {
                         break;
                     }

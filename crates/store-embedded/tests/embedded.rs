@@ -1,7 +1,8 @@
 //! What the conformance suite cannot see: data surviving a restart,
 //! concurrent writes sharing transactions, writes to unknown conversations
-//! refused whole, the data directory's exclusivity, and damaged files
-//! reported as errors.
+//! refused whole (their announcements too), files from before a table
+//! existed, the data directory's exclusivity, and damaged files reported
+//! as errors.
 
 mod common;
 
@@ -13,7 +14,8 @@ use natter_core::{
     MembershipChange, MembershipKind, Message, ReadMarker, Role, Seq, TenantId, Update, UserId,
 };
 use natter_store::{
-    ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
+    Announcement, ConversationStore, LeaseStore, MessageRange, PageRequest, StoreError, SyncStore,
+    UpdateBatch,
 };
 use natter_store_embedded::{DATABASE_FILE, EmbeddedStore, MAX_DEVICES_PER_USER};
 use redb::{Database, ReadableDatabase, TableDefinition};
@@ -34,6 +36,22 @@ fn update(
         event: event.clone(),
     };
     (tenant.clone(), who.clone(), update)
+}
+
+/// What a write of storage partition `partition` at `version` announced.
+fn announcement(partition: u32, version: u64) -> Announcement {
+    Announcement {
+        partition,
+        version,
+        events: format!("events of {version}").into_bytes(),
+    }
+}
+
+/// The versions of every announcement `partition` keeps.
+async fn kept(store: &EmbeddedStore, partition: u32) -> Vec<u64> {
+    let kept = store.announcements(partition, 0, 1000).await;
+    let kept = kept.expect("read announcements");
+    kept.iter().map(|a| a.version).collect()
 }
 
 fn all_messages() -> MessageRange {
@@ -165,7 +183,11 @@ async fn everything_survives_a_restart() {
             attachment(ids[2], "bob", "file").at(Seq::new(1)),
         )])
         .collect();
-    store.write_messages(&written, VERSION).await.unwrap();
+    let announced = announcement(7, VERSION);
+    store
+        .write_messages(&written, Some(&announced), VERSION)
+        .await
+        .unwrap();
     let first = written[0].1.clone();
     store
         .mark_read(&acme, ids[0], &bob, Seq::new(4))
@@ -229,11 +251,19 @@ async fn everything_survives_a_restart() {
     // Writes continue where they left off.
     let conversation = store.conversation(&acme, ids[0]).await.unwrap();
     assert_eq!(conversation.last_seq, Seq::new(5));
+    let kept_before = store.announcements(7, 0, 10).await.unwrap();
+    assert_eq!(kept_before, [announced]);
     let next = numbered(ids[0], "bob", 6);
     store
-        .write_messages(&[(acme.clone(), next.clone())], VERSION + 1)
+        .write_messages(
+            &[(acme.clone(), next.clone())],
+            Some(&announcement(7, VERSION + 1)),
+            VERSION + 1,
+        )
         .await
         .unwrap();
+    store.forget_announcements(7, VERSION).await.unwrap();
+    assert_eq!(kept(&store, 7).await, [VERSION + 1]);
     let stored = store
         .list_messages(&acme, ids[0], all_messages())
         .await
@@ -282,7 +312,7 @@ async fn concurrent_writes_of_many_conversations_all_land() {
                     let batch: Vec<_> = (call * EACH + 1..=(call + 1) * EACH)
                         .map(|seq| (acme.clone(), numbered(id, "alice", seq)))
                         .collect();
-                    store.write_messages(&batch, VERSION).await.unwrap();
+                    store.write_messages(&batch, None, VERSION).await.unwrap();
                     written.extend(batch.into_iter().map(|(_, m)| m));
                 }
                 written
@@ -302,7 +332,8 @@ async fn concurrent_writes_of_many_conversations_all_land() {
 }
 
 /// Unlike the CQL store, this one checks that every conversation of a
-/// write exists; if one does not, nothing of the write is stored.
+/// write exists; if one does not, nothing of the write is stored, nor its
+/// announcement.
 #[tokio::test]
 async fn a_write_to_an_unknown_conversation_stores_nothing() {
     let store = EmbeddedStore::temporary(Limits::default()).unwrap();
@@ -317,8 +348,9 @@ async fn a_write_to_an_unknown_conversation_stores_nothing() {
         ),
         (tenant("globex"), numbered(id, "alice", 1)),
     ] {
+        let batch = [ours(1), ours(2), stranger, ours(3)];
         let result = store
-            .write_messages(&[ours(1), ours(2), stranger, ours(3)], VERSION)
+            .write_messages(&batch, Some(&announcement(7, VERSION)), VERSION)
             .await;
         assert!(
             matches!(result, Err(StoreError::NotFound { .. })),
@@ -334,10 +366,11 @@ async fn a_write_to_an_unknown_conversation_stores_nothing() {
         store.conversation(&acme, id).await.unwrap().last_seq,
         Seq::ZERO
     );
+    assert!(kept(&store, 7).await.is_empty());
 }
 
-/// Concurrent writes share transactions; one that fails is refused whole
-/// and undoes nobody else's.
+/// Concurrent writes share transactions; one that fails is refused whole,
+/// its announcement too, and undoes nobody else's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_write_undoes_no_other() {
     const TASKS: u64 = 8;
@@ -356,16 +389,24 @@ async fn a_failing_write_undoes_no_other() {
         .enumerate()
         .map(|(task, &id)| {
             let (store, acme) = (store.clone(), acme.clone());
+            // Each task writes as the sequencer of a partition of its own.
+            let partition = task as u32;
             tokio::spawn(async move {
                 let mut refused = 0;
                 for seq in 1..=EACH {
                     let message = (acme.clone(), numbered(id, "alice", seq));
+                    let version = VERSION + 2 * seq;
                     if (task as u64 + seq).is_multiple_of(3) {
                         // Together with a message of a missing conversation
                         // the write is refused, and this message not stored.
                         let stranger = (acme.clone(), numbered(missing, "alice", seq));
+                        let announced = announcement(partition, version - 1);
                         let result = store
-                            .write_messages(&[message.clone(), stranger], VERSION)
+                            .write_messages(
+                                &[message.clone(), stranger],
+                                Some(&announced),
+                                version - 1,
+                            )
                             .await;
                         assert!(
                             matches!(result, Err(StoreError::NotFound { .. })),
@@ -375,7 +416,11 @@ async fn a_failing_write_undoes_no_other() {
                         assert_eq!(stored, Seq::new(seq - 1), "nothing of it landed");
                         refused += 1;
                     }
-                    store.write_messages(&[message], VERSION).await.unwrap();
+                    let announced = announcement(partition, version);
+                    store
+                        .write_messages(&[message], Some(&announced), version)
+                        .await
+                        .unwrap();
                 }
                 refused
             })
@@ -386,7 +431,7 @@ async fn a_failing_write_undoes_no_other() {
         refused += task.await.unwrap();
     }
     assert!(refused > 0);
-    for id in ids {
+    for (partition, id) in ids.into_iter().enumerate() {
         let stored = store
             .list_messages(&acme, id, all_messages())
             .await
@@ -396,7 +441,48 @@ async fn a_failing_write_undoes_no_other() {
             (1..=EACH).collect::<Vec<_>>(),
             "every message once, gap-free"
         );
+        assert_eq!(
+            kept(&store, partition as u32).await,
+            (1..=EACH).map(|seq| VERSION + 2 * seq).collect::<Vec<_>>(),
+            "the announcements of the writes that landed, and only those"
+        );
     }
+}
+
+/// Files of format 2 from before announcements have no table for them;
+/// opening one adds it, and the format stays.
+#[tokio::test]
+async fn a_file_from_before_announcements_keeps_them_once_opened() {
+    const ANNOUNCEMENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("announcements");
+    let dir = tempfile::tempdir().unwrap();
+    let acme = tenant("acme");
+    let store = open(&dir);
+    let new = conversation(&acme, &[("alice", Role::Customer)]);
+    let id = store.create_conversation(&new).await.unwrap().id;
+    drop(store);
+    let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    assert!(
+        txn.delete_table(ANNOUNCEMENTS).unwrap(),
+        "the table was there"
+    );
+    txn.commit().unwrap();
+    drop(db);
+
+    let store = open(&dir);
+    assert!(kept(&store, 7).await.is_empty());
+    let message = (acme.clone(), numbered(id, "alice", 1));
+    store
+        .write_messages(&[message], Some(&announcement(7, VERSION)), VERSION)
+        .await
+        .unwrap();
+    assert_eq!(kept(&store, 7).await, [VERSION]);
+    drop(store);
+
+    let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let format = txn.open_table(META).unwrap().get("format_version").unwrap();
+    assert_eq!(format.map(|v| v.value()), Some(2));
 }
 
 #[tokio::test]

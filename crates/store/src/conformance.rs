@@ -19,7 +19,8 @@ use natter_core::{
 };
 
 use crate::{
-    ConversationStore, Lease, MessageRange, PageRequest, StoreError, SyncStore, UpdateBatch,
+    Announcement, ConversationStore, Lease, MAX_ANNOUNCEMENT_BYTES, MessageRange, PageRequest,
+    StoreError, SyncStore, UpdateBatch,
 };
 
 /// A store under test: both halves of the storage boundary.
@@ -40,6 +41,8 @@ macro_rules! store_conformance {
             writes_cross_a_bucket_boundary,
             a_rewritten_seq_is_replaced,
             write_rejects_bad_input_and_writes_nothing,
+            announcements_are_kept_until_forgotten,
+            a_bad_announcement_is_refused_with_its_write,
             message_pages_meet_at_their_boundaries,
             content_round_trips,
             members_are_added_and_removed_once,
@@ -149,7 +152,7 @@ fn of(tenant: &TenantId, messages: &[Message]) -> Vec<(TenantId, Message)> {
 /// Writes `messages` of `tenant` in one call.
 async fn write<S: Store>(store: &S, tenant: &TenantId, messages: &[Message]) {
     store
-        .write_messages(&of(tenant, messages), VERSION)
+        .write_messages(&of(tenant, messages), None, VERSION)
         .await
         .expect("write messages");
 }
@@ -413,7 +416,7 @@ pub async fn written_messages_read_back_in_order<S: Store>(make: impl AsyncFn(Li
     let tenant = tenant();
     let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
     store
-        .write_messages(&[], VERSION)
+        .write_messages(&[], None, VERSION)
         .await
         .expect("an empty write");
 
@@ -463,7 +466,10 @@ pub async fn a_write_spans_conversations_and_tenants<S: Store>(make: impl AsyncF
     .into_iter()
     .map(|(tenant, id, seq)| (tenant.clone(), numbered(id, seq)))
     .collect();
-    store.write_messages(&batch, VERSION).await.expect("write");
+    store
+        .write_messages(&batch, None, VERSION)
+        .await
+        .expect("write");
 
     for (tenant, id, count) in [(&first, ours, 4), (&first, other, 2), (&second, ours, 3)] {
         let expected: Vec<Message> = batch
@@ -584,7 +590,7 @@ pub async fn a_rewritten_seq_is_replaced<S: Store>(make: impl AsyncFn(Limits) ->
         .map(|seq| text(conv.id, "alice", &format!("r{seq}"), "again").at(Seq::new(seq)))
         .collect();
     store
-        .write_messages(&of(&tenant, &again), VERSION + 1)
+        .write_messages(&of(&tenant, &again), None, VERSION + 1)
         .await
         .expect("write again");
     let mut expected = vec![first[0].clone()];
@@ -618,12 +624,12 @@ pub async fn write_rejects_bad_input_and_writes_nothing<S: Store>(make: impl Asy
         (numbered(conv.id, u64::MAX), "seq"),
     ] {
         let batch = of(&tenant, &[good.clone(), bad]);
-        assert_invalid(store.write_messages(&batch, VERSION).await, field);
+        assert_invalid(store.write_messages(&batch, None, VERSION).await, field);
     }
     // A CQL timestamp is signed.
     assert_invalid(
         store
-            .write_messages(&of(&tenant, std::slice::from_ref(&good)), u64::MAX)
+            .write_messages(&of(&tenant, std::slice::from_ref(&good)), None, u64::MAX)
             .await,
         "version",
     );
@@ -646,6 +652,179 @@ pub async fn write_rejects_bad_input_and_writes_nothing<S: Store>(make: impl Asy
     );
     write(&store, &tenant, std::slice::from_ref(&good)).await;
     assert_eq!(all_messages(&store, &tenant, conv.id).await, vec![good]);
+}
+
+/// What a write of `partition` at `version` told fanout.
+fn announcement(partition: u32, version: u64, events: &[u8]) -> Announcement {
+    Announcement {
+        partition,
+        version,
+        events: events.to_vec(),
+    }
+}
+
+/// Writes `messages` of `tenant` with `announcement`, at its version.
+async fn write_announced<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    messages: &[Message],
+    announcement: &Announcement,
+) {
+    store
+        .write_messages(
+            &of(tenant, messages),
+            Some(announcement),
+            announcement.version,
+        )
+        .await
+        .expect("write messages with an announcement");
+}
+
+async fn kept<S: Store>(store: &S, partition: u32, after: u64, limit: u32) -> Vec<Announcement> {
+    store
+        .announcements(partition, after, limit)
+        .await
+        .expect("read announcements")
+}
+
+/// A sequencer write keeps what it announced beside its messages until
+/// fanout has taken it, and the partition's next holder reads what is
+/// kept, page by page. A write of no messages keeps its announcement too:
+/// that is how changes other than messages keep theirs.
+pub async fn announcements_are_kept_until_forgotten<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let id = created(&store, &tenant, &[("alice", Role::Customer)])
+        .await
+        .id;
+    let none: Vec<Announcement> = Vec::new();
+    let (p, q) = (partition(), partition());
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let one = announcement(p, VERSION, &every_byte);
+    let two = announcement(p, VERSION + 1, b"two");
+    let three = announcement(p, VERSION + 3, b"");
+    let elsewhere = announcement(q, VERSION + 4, b"elsewhere");
+    write_announced(&store, &tenant, &[numbered(id, 1), numbered(id, 2)], &one).await;
+    write_announced(&store, &tenant, &[numbered(id, 3)], &two).await;
+    store
+        .write_messages(&of(&tenant, &[numbered(id, 4)]), None, VERSION + 2)
+        .await
+        .expect("write messages without an announcement");
+    write_announced(&store, &tenant, &[], &three).await;
+    write_announced(&store, &tenant, &[numbered(id, 5)], &elsewhere).await;
+    assert_eq!(
+        seqs(&all_messages(&store, &tenant, id).await),
+        (1..=5).collect::<Vec<_>>()
+    );
+
+    assert_eq!(
+        kept(&store, p, 0, 10).await,
+        [one.clone(), two.clone(), three.clone()],
+        "oldest first, and none of the write without one"
+    );
+    assert_eq!(
+        kept(&store, p, VERSION, 10).await,
+        [two.clone(), three.clone()],
+        "above `after` only"
+    );
+    assert_eq!(kept(&store, p, VERSION + 3, 10).await, none);
+    assert_eq!(kept(&store, p, u64::MAX, 10).await, none);
+    assert_eq!(kept(&store, p, 0, 2).await, [one.clone(), two.clone()]);
+    assert_eq!(
+        kept(&store, p, VERSION + 1, 1).await,
+        std::slice::from_ref(&three)
+    );
+    assert_eq!(kept(&store, p, 0, 0).await, none);
+    assert_eq!(
+        kept(&store, q, 0, 10).await,
+        std::slice::from_ref(&elsewhere),
+        "each partition keeps its own"
+    );
+    assert_eq!(kept(&store, partition(), 0, 10).await, none);
+
+    store
+        .forget_announcements(p, VERSION + 1)
+        .await
+        .expect("forget");
+    assert_eq!(
+        kept(&store, p, 0, 10).await,
+        std::slice::from_ref(&three),
+        "forgotten up to and including `through`"
+    );
+    assert_eq!(
+        kept(&store, q, 0, 10).await,
+        std::slice::from_ref(&elsewhere)
+    );
+    for through in [VERSION + 1, VERSION + 2] {
+        store
+            .forget_announcements(p, through)
+            .await
+            .expect("forget what is forgotten already");
+    }
+    assert_eq!(kept(&store, p, 0, 10).await, std::slice::from_ref(&three));
+    let four = announcement(p, VERSION + 5, b"four");
+    write_announced(&store, &tenant, &[numbered(id, 6)], &four).await;
+    assert_eq!(
+        kept(&store, p, 0, 10).await,
+        [three, four],
+        "a write after a forget is kept"
+    );
+    store
+        .forget_announcements(p, u64::MAX)
+        .await
+        .expect("forget the rest");
+    assert_eq!(kept(&store, p, 0, 10).await, none);
+    store
+        .forget_announcements(partition(), VERSION)
+        .await
+        .expect("forget where none are kept");
+    assert_eq!(last_seq(&store, &tenant, id).await, 6, "messages stay");
+}
+
+pub async fn a_bad_announcement_is_refused_with_its_write<S: Store>(
+    make: impl AsyncFn(Limits) -> S,
+) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let id = created(&store, &tenant, &[("alice", Role::Customer)])
+        .await
+        .id;
+    let p = partition();
+    let messages = of(&tenant, &[numbered(id, 1)]);
+    let too_large = vec![7; MAX_ANNOUNCEMENT_BYTES + 1];
+    for (bad, version, field) in [
+        // Keyed by the write's version, so it must be that.
+        (
+            announcement(p, VERSION + 1, b"x"),
+            VERSION,
+            "announcement.version",
+        ),
+        // Reads start above a version: one of 0 would never be read.
+        (announcement(p, 0, b"x"), 0, "announcement.version"),
+        (
+            announcement(p, VERSION, &too_large),
+            VERSION,
+            "announcement.events",
+        ),
+        (announcement(p, u64::MAX, b"x"), u64::MAX, "version"),
+    ] {
+        assert_invalid(
+            store.write_messages(&messages, Some(&bad), version).await,
+            field,
+        );
+    }
+    assert!(
+        all_messages(&store, &tenant, id).await.is_empty(),
+        "a refused write stores none of its messages"
+    );
+    assert!(
+        kept(&store, p, 0, 10).await.is_empty(),
+        "nor its announcement"
+    );
+
+    let largest = announcement(p, VERSION, &too_large[1..]);
+    write_announced(&store, &tenant, &[numbered(id, 1)], &largest).await;
+    assert_eq!(kept(&store, p, 0, 10).await, [largest], "kept whole");
 }
 
 pub async fn message_pages_meet_at_their_boundaries<S: Store>(make: impl AsyncFn(Limits) -> S) {

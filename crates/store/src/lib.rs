@@ -92,6 +92,29 @@ pub enum UpdateBatch {
     ResyncRequired { head: Cursor },
 }
 
+/// What one sequencer write told fanout (its encoded `ConversationEvents`),
+/// kept in the store with the write's messages where the bus keeps no
+/// streams of its own (`natter dev`), so that a crash between the write
+/// and fanout taking the announcement loses no event: the partition's next
+/// holder announces what is still kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The storage partition (sequencer) that wrote it.
+    pub partition: u32,
+    /// The write's version: rises with each write of the partition.
+    pub version: u64,
+    /// The announced events, encoded.
+    pub events: Vec<u8>,
+}
+
+/// The most bytes of events one [`Announcement`] may carry. Each store
+/// keeps an announcement as one value (a redb value, a CQL cell), and
+/// Cassandra and ScyllaDB refuse a mutation above 16 MiB by default (half
+/// a commit log segment); this is a quarter of that, the size of the CQL
+/// store's largest message batch. A sequencer write whose events are
+/// larger must be split into several writes.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 4 * 1024 * 1024;
+
 /// Conversations, their members and their messages, and the leases of
 /// the sequencers that number the messages.
 #[async_trait]
@@ -169,7 +192,37 @@ pub trait ConversationStore: LeaseStore {
     /// (that read would double the cost of a write), so callers write only
     /// to conversations they know exist, as the storage service does when
     /// it checks the sender's membership.
-    async fn write_messages(&self, messages: &[(TenantId, Message)], version: u64) -> Result<()>;
+    ///
+    /// With an `announcement`, the store keeps it beside the messages until
+    /// [`forget_announcements`](Self::forget_announcements): in the same
+    /// transaction (embedded), or once the messages have landed (CQL), so
+    /// a kept announcement never names a message that is not stored. A
+    /// failed write may have kept it or not. It is keyed by its partition
+    /// and version, so its version must be the write's `version` (above 0:
+    /// reads start above a version) and its events at most
+    /// [`MAX_ANNOUNCEMENT_BYTES`]; otherwise the call is `Invalid` and
+    /// nothing is written.
+    async fn write_messages(
+        &self,
+        messages: &[(TenantId, Message)],
+        announcement: Option<&Announcement>,
+        version: u64,
+    ) -> Result<()>;
+
+    /// The kept announcements of `partition` whose versions are above
+    /// `after`, oldest first, at most `limit`. Fewer than `limit` means
+    /// there are no more, so a caller can read them all page by page.
+    async fn announcements(
+        &self,
+        partition: u32,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Announcement>>;
+
+    /// Forgets the announcements of `partition` up to and including
+    /// version `through`. A forget lost in a crash only has them announced
+    /// once more, so it may answer before it is durable.
+    async fn forget_announcements(&self, partition: u32, through: u64) -> Result<()>;
 
     async fn list_messages(
         &self,
@@ -230,14 +283,19 @@ pub trait LeaseStore: Send + Sync + 'static {
 
 /// Checks a [`write_messages`](ConversationStore::write_messages) call as
 /// every store does before writing any of it: content within `limits`,
-/// seqs from 1 to `i64::MAX` and a version up to `i64::MAX` (CQL's `bigint`
-/// and timestamp are signed).
+/// seqs from 1 to `i64::MAX`, a version up to `i64::MAX` (CQL's `bigint`
+/// and timestamp are signed), and an announcement of that version with
+/// events within [`MAX_ANNOUNCEMENT_BYTES`].
 pub fn validate_write(
     messages: &[(TenantId, Message)],
+    announcement: Option<&Announcement>,
     version: u64,
     limits: &Limits,
 ) -> Result<()> {
     validate_version(version)?;
+    if let Some(announcement) = announcement {
+        validate_announcement(announcement, version)?;
+    }
     for (_, message) in messages {
         message.content.validate(limits)?;
         validate_position("seq", message.seq.get())?;
@@ -268,6 +326,28 @@ fn validate_version(version: u64) -> Result<()> {
     if i64::try_from(version).is_err() {
         let reason = format!("must be at most {}, got {version}", i64::MAX);
         return Err(Invalid::new("version", reason).into());
+    }
+    Ok(())
+}
+
+/// An announcement is keyed by the write's version, and one of version 0
+/// could never be read back: reads are of versions above a given one.
+fn validate_announcement(announcement: &Announcement, version: u64) -> Result<()> {
+    let field = "announcement.version";
+    if announcement.version != version {
+        let reason = format!(
+            "must be the write's version {version}, got {}",
+            announcement.version
+        );
+        return Err(Invalid::new(field, reason).into());
+    }
+    if version == 0 {
+        return Err(Invalid::new(field, "must be above 0").into());
+    }
+    let size = announcement.events.len();
+    if size > MAX_ANNOUNCEMENT_BYTES {
+        let reason = format!("must be at most {MAX_ANNOUNCEMENT_BYTES} bytes, got {size}");
+        return Err(Invalid::new("announcement.events", reason).into());
     }
     Ok(())
 }

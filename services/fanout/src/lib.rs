@@ -100,7 +100,7 @@ use crate::stats::Stats;
 
 /// The durable consumer name on EVENTS, and the queue group on
 /// `fanout.ephemeral`.
-pub(crate) const CONSUMER: &str = "fanout";
+pub(crate) const CONSUMER: &str = natter_contract::EVENTS_CONSUMER;
 
 /// How often the counters are logged.
 const REPORT_EVERY: Duration = Duration::from_secs(60);

@@ -60,6 +60,7 @@
 //! since the creation. Otherwise it is ALREADY_EXISTS with reason CONFLICT.
 
 mod grpc;
+mod kept;
 mod policy;
 mod responders;
 mod sequencer;
@@ -79,6 +80,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::grpc::ConversationApi;
+use crate::kept::Kept;
 use crate::storage::Storage;
 
 /// The queue group of storage's bus responders.
@@ -119,6 +121,7 @@ pub async fn run(
         bus: deps.bus.clone(),
         topology: settings.topology(),
         limits: settings.limits(),
+        kept: (!deps.bus.keeps_streams()).then(Kept::default),
     });
     let sends = Holders::new(deps.bus.clone(), storage.topology);
     let mark_read = deps

@@ -32,13 +32,13 @@ use natter_proto::status::{self, reason, to_failure};
 use natter_server::clock::Versions;
 use natter_server::partitions::{self, trusted};
 use natter_server::store_status;
-use natter_store::{Lease, LeaseStore, MessageRange, StoreError};
+use natter_store::{Announcement, Lease, LeaseStore, MessageRange, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::policy;
-use crate::storage::{Storage, invalid, unavailable};
+use crate::storage::{Announced, Storage, invalid, unavailable};
+use crate::{kept, policy};
 
 /// Sends whose sender is being checked at once, per partition.
 const CHECKS_IN_FLIGHT: usize = 256;
@@ -79,7 +79,8 @@ enum Done {
 
 /// What the announcer does, in the order the loop asked.
 enum Announce {
-    Stored(Vec<Stored<Reply>>),
+    /// A write's messages, and its EVENTS message made when it was written.
+    Stored(Vec<Stored<Reply>>, Option<Announced>),
     Duplicate {
         key: ConversationKey,
         seq: Seq,
@@ -91,6 +92,24 @@ enum Announce {
 /// trusted.
 async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: CancellationToken) {
     let partition = lease.borrow().partition;
+    // Where the bus keeps no streams, what the previous holder kept goes
+    // out before any new send, and what this holder keeps is forgotten
+    // as fanout takes it.
+    let forgetting = stop.child_token();
+    if let Some(kept) = &storage.kept {
+        if let Err(e) = kept::announce_kept(&storage, kept, partition).await {
+            tracing::error!(partition, error = %e, "cannot announce what was kept");
+            return;
+        }
+        let (storage, stop) = (storage.clone(), forgetting.clone());
+        tokio::spawn(async move {
+            if let Some(kept) = &storage.kept {
+                let (bus, store) = (storage.bus.as_ref(), storage.store.as_ref());
+                kept::forget_consumed(bus, store, kept, partition, &stop).await;
+            }
+        });
+    }
+    let _forgetting = forgetting.drop_guard();
     let mut requests = match storage
         .bus
         .subscribe(&subjects::sequencer(partition), None)
@@ -113,6 +132,7 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
         announce,
         window: config.window,
         versions: Versions::default(),
+        writing: None,
     };
     let mut checks: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
     let mut trust = tokio::time::interval(Duration::from_millis(250));
@@ -139,6 +159,9 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
                             false
                         }
                     };
+                    if !ok {
+                        shell.write_failed();
+                    }
                     sequencer.written(ok)
                 }
             },
@@ -171,6 +194,9 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
         match done.recv().await {
             Some(Done::Written(result)) => {
                 let ok = result.is_ok() && trusted(&lease.borrow());
+                if !ok {
+                    shell.write_failed();
+                }
                 let settled = sequencer.written(ok);
                 shell.carry_out(settled).await;
             }
@@ -190,7 +216,10 @@ struct Shell<'a> {
     done: mpsc::UnboundedSender<Done>,
     announce: mpsc::Sender<Announce>,
     window: usize,
+    /// Versions of the writes, where nothing is kept (else the ledger's).
     versions: Versions,
+    /// The EVENTS message of the write under way.
+    writing: Option<Announced>,
 }
 
 impl Shell<'_> {
@@ -216,15 +245,22 @@ impl Shell<'_> {
                     });
                 }
                 Step::Write(batch) => {
-                    let version = self.versions.next();
+                    let (version, announcement) = self.announcement(&batch);
                     let (storage, done) = (self.storage.clone(), self.done.clone());
                     tokio::spawn(async move {
-                        let written = storage.store.write_messages(&batch, version).await;
+                        let written = storage
+                            .store
+                            .write_messages(&batch, announcement.as_ref(), version)
+                            .await;
                         let _ = done.send(Done::Written(written));
                     });
                 }
                 Step::Stored(stored) => {
-                    let _ = self.announce.send(Announce::Stored(stored)).await;
+                    let announced = self.writing.take();
+                    let _ = self
+                        .announce
+                        .send(Announce::Stored(stored, announced))
+                        .await;
                 }
                 Step::Duplicate { key, seq, waiter } => {
                     let duplicate = Announce::Duplicate {
@@ -245,18 +281,67 @@ impl Shell<'_> {
     }
 }
 
+impl Shell<'_> {
+    /// The version of a write of `batch`, and its EVENTS message, kept
+    /// with it where the bus keeps no streams.
+    fn announcement(&mut self, batch: &[(TenantId, Message)]) -> (u64, Option<Announcement>) {
+        let events = batch
+            .iter()
+            .map(|(tenant, m)| (tenant.clone(), Event::Message(m.clone())))
+            .collect();
+        // One partition's conversations: one message.
+        let Some((partition, message)) = self.storage.by_partition(events).pop() else {
+            return (self.versions.next(), None);
+        };
+        let (version, announcement) = match &self.storage.kept {
+            Some(kept) => {
+                let version = kept.track(partition);
+                let events = message.message.payload.to_vec();
+                let announcement = Announcement {
+                    partition,
+                    version,
+                    events,
+                };
+                (version, Some(announcement))
+            }
+            None => (self.versions.next(), None),
+        };
+        self.writing = Some(Announced {
+            partition,
+            message,
+            kept: announcement.as_ref().map(|a| a.version),
+        });
+        (version, announcement)
+    }
+
+    /// The write under way failed or is not trusted: its senders retry,
+    /// and its announcement will not be published.
+    fn write_failed(&mut self) {
+        if let (Some(kept), Some(writing)) = (&self.storage.kept, self.writing.take())
+            && let Some(version) = writing.kept
+        {
+            kept.abandoned(writing.partition, version);
+        }
+    }
+}
+
 /// Announces stored messages on EVENTS and answers their senders, in the
 /// order the partition stored them, so a conversation's events keep
 /// their order on the stream.
 async fn announce_in_order(storage: Arc<Storage>, mut queue: mpsc::Receiver<Announce>) {
     while let Some(next) = queue.recv().await {
         match next {
-            Announce::Stored(stored) => {
-                let events = stored
-                    .iter()
-                    .map(|s| (s.tenant.clone(), Event::Message(s.message.clone())))
-                    .collect();
-                let announced = storage.announce(events, RETRY_UNANNOUNCED).await;
+            Announce::Stored(stored, announced) => {
+                let announced = match announced {
+                    Some(announced) => storage.publish(vec![announced], RETRY_UNANNOUNCED).await,
+                    None => {
+                        let events = stored
+                            .iter()
+                            .map(|s| (s.tenant.clone(), Event::Message(s.message.clone())))
+                            .collect();
+                        storage.announce(events, RETRY_UNANNOUNCED).await
+                    }
+                };
                 for s in stored {
                     let outcome = match &announced {
                         Ok(()) => stored_outcome(s.message, false),

@@ -17,9 +17,10 @@ use natter_proto::bus::v1::{ConversationEvent, ConversationEvents};
 use natter_proto::status::{self, reason};
 use natter_server::clock::now;
 use natter_server::store_status;
-use natter_store::ConversationStore;
+use natter_store::{Announcement, ConversationStore};
 use tonic::Status;
 
+use crate::kept::Kept;
 use crate::policy::{self, Check};
 
 /// What a caller is told when its change is stored but not announced.
@@ -36,6 +37,17 @@ pub(crate) struct Storage {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) topology: Topology,
     pub(crate) limits: Limits,
+    /// Where announcements are kept in the store: when the bus keeps no
+    /// streams (`kept.rs`).
+    pub(crate) kept: Option<Kept>,
+}
+
+/// One EVENTS message about to be published: its partition, the message,
+/// and the version it is kept under, if it is.
+pub(crate) struct Announced {
+    pub(crate) partition: u32,
+    pub(crate) message: DurableMessage,
+    pub(crate) kept: Option<u64>,
 }
 
 impl Storage {
@@ -62,9 +74,10 @@ impl Storage {
 
     /// Publishes `events` durably on EVENTS, in order, as one message per
     /// partition they fall in (all of one conversation, or all of one
-    /// sequencer's write, fall in one), retrying briefly. The change they
-    /// announce is stored already, so failing here answers UNAVAILABLE
-    /// with `retry`: see the crate docs for what a retry repairs.
+    /// sequencer's write, fall in one), kept in the store first where the
+    /// bus keeps no streams, retrying briefly. The change they announce is
+    /// stored already, so failing here answers UNAVAILABLE with `retry`:
+    /// see the crate docs for what a retry repairs.
     ///
     /// Each message's dedup id comes from its events' keys, so publishing
     /// the same events again (a retry of the call) stores them once within
@@ -75,20 +88,53 @@ impl Storage {
         events: Vec<(TenantId, Event)>,
         retry: &str,
     ) -> Result<(), Status> {
-        let mut by_partition: Vec<(String, Vec<(TenantId, Event)>)> = Vec::new();
+        let mut announced = Vec::new();
+        for (partition, message) in self.by_partition(events) {
+            let kept = match &self.kept {
+                Some(kept) => {
+                    let version = kept.track(partition);
+                    let announcement = Announcement {
+                        partition,
+                        version,
+                        events: message.message.payload.to_vec(),
+                    };
+                    let written = self.store.write_messages(&[], Some(&announcement), version);
+                    if let Err(e) = written.await {
+                        kept.abandoned(partition, version);
+                        tracing::warn!(error = %e, "cannot keep an announcement");
+                        return Err(unavailable(retry));
+                    }
+                    Some(version)
+                }
+                None => None,
+            };
+            announced.push(Announced {
+                partition,
+                message,
+                kept,
+            });
+        }
+        self.publish(announced, retry).await
+    }
+
+    /// `events` as the EVENTS messages that announce them, one per
+    /// partition, in order.
+    pub(crate) fn by_partition(
+        &self,
+        events: Vec<(TenantId, Event)>,
+    ) -> Vec<(u32, DurableMessage)> {
+        let mut by_partition: Vec<(u32, Vec<(TenantId, Event)>)> = Vec::new();
         for (tenant, event) in events {
-            let subject = EVENTS.subject(
-                &self.topology,
-                &subjects::conversation_key(event.conversation_id()),
-            );
-            match by_partition.iter_mut().find(|(s, _)| *s == subject) {
+            let key = subjects::conversation_key(event.conversation_id());
+            let partition = natter_bus::partition(&key, self.topology.partitions);
+            match by_partition.iter_mut().find(|(p, _)| *p == partition) {
                 Some((_, same)) => same.push((tenant, event)),
-                None => by_partition.push((subject, vec![(tenant, event)])),
+                None => by_partition.push((partition, vec![(tenant, event)])),
             }
         }
-        let batch: Vec<DurableMessage> = by_partition
+        by_partition
             .into_iter()
-            .filter_map(|(subject, events)| {
+            .filter_map(|(partition, events)| {
                 let dedup_id = dedup_id(&events)?;
                 let message = encode(&ConversationEvents {
                     events: events
@@ -99,20 +145,40 @@ impl Storage {
                         })
                         .collect(),
                 });
-                Some(DurableMessage {
-                    subject,
+                let message = DurableMessage {
+                    subject: EVENTS.subject_of(partition),
                     message,
                     dedup_id: Some(dedup_id),
-                })
+                };
+                Some((partition, message))
             })
-            .collect();
-        if batch.is_empty() {
+            .collect()
+    }
+
+    /// Publishes `announced` in one durable batch, retrying briefly, and
+    /// tells the ledger of what is kept where each landed.
+    pub(crate) async fn publish(
+        &self,
+        announced: Vec<Announced>,
+        retry: &str,
+    ) -> Result<(), Status> {
+        if announced.is_empty() {
             return Ok(());
         }
+        let batch: Vec<DurableMessage> = announced.iter().map(|a| a.message.clone()).collect();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         for attempt in 1..=PUBLISH_ATTEMPTS {
             match self.bus.publish_durable_batch(batch.clone()).await {
-                Ok(_) => return Ok(()),
+                Ok(persisted) => {
+                    if let Some(kept) = &self.kept {
+                        for (a, p) in announced.iter().zip(&persisted) {
+                            if let Some(version) = a.kept {
+                                kept.published(a.partition, version, p.sequence);
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "cannot announce stored changes");
                     if attempt < PUBLISH_ATTEMPTS {
@@ -122,6 +188,13 @@ impl Storage {
             }
         }
         tracing::error!("cannot announce stored changes; giving up");
+        if let Some(kept) = &self.kept {
+            for a in &announced {
+                if let Some(version) = a.kept {
+                    kept.abandoned(a.partition, version);
+                }
+            }
+        }
         Err(unavailable(retry))
     }
 
@@ -159,7 +232,7 @@ pub(crate) fn with_tenant(tenant: &TenantId, events: Vec<Event>) -> Vec<(TenantI
 
 /// The dedup id of a message of `events`: the first event's key, and their
 /// number when there are more; `None` for no events.
-fn dedup_id(events: &[(TenantId, Event)]) -> Option<String> {
+pub(crate) fn dedup_id(events: &[(TenantId, Event)]) -> Option<String> {
     let (_, first) = events.first()?;
     let key = first.key();
     Some(match events.len() {

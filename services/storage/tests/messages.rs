@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_invalid, assert_status, next_event, text_content, who};
-use natter_contract::{EVENTS, Holders};
+use natter_contract::{EVENTS, EVENTS_CONSUMER, Holders, subjects};
 use natter_core::Timestamp;
 use natter_core::{ConversationId, Event, Role};
 use natter_proto::bus::v1::{Actor, SendCommand, send_outcome};
@@ -15,6 +15,7 @@ use natter_proto::status::from_failure;
 use natter_proto::v1::{
     ListMessagesRequest, MessageContent, SendMessageRequest, list_messages_request,
 };
+use natter_store::ConversationStore as _;
 use tonic::Code;
 
 #[tokio::test]
@@ -265,6 +266,56 @@ async fn an_event_lost_after_the_store_write_is_published_by_the_retry() {
     };
     assert_eq!(message.id.to_string(), first.message.unwrap().message_id);
     h.stop().await;
+}
+
+/// The in-process bus keeps EVENTS in memory only, so storage keeps each
+/// announcement in the store until fanout's consumer has acknowledged it,
+/// and after a restart the partition's next holder announces what is still
+/// kept, and nothing fanout had taken.
+#[tokio::test]
+async fn a_new_holder_announces_what_fanout_had_not_taken() {
+    let h = Harness::start().await;
+    let alice = who("acme", "alice", Role::Agent);
+    let id = h.create(&alice, &[]).await;
+    let partition = natter_bus::partition(&subjects::conversation_key(id), h.topology.partitions);
+    let fanout_name = EVENTS.consumer(EVENTS_CONSUMER, partition);
+    let mut fanout = h.consume(&fanout_name, &EVENTS.subject_of(partition)).await;
+    h.send(&alice, id, "c-1", "one").await.unwrap();
+    assert!(matches!(
+        next_event(&mut fanout).await.1,
+        Event::Membership(_)
+    ));
+    assert!(matches!(next_event(&mut fanout).await.1, Event::Message(_)));
+    // Acknowledged, so forgotten within a round of the holder's checks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !kept(&h, partition).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = h.send(&alice, id, "c-2", "two").await.unwrap();
+    assert_eq!(
+        kept(&h, partition).await.len(),
+        1,
+        "kept until fanout has it"
+    );
+    let store = h.store.clone();
+    h.stop().await;
+
+    let h = Harness::start_on(store).await;
+    let mut events = h.events("after-restart").await;
+    let Event::Message(message) = next_event(&mut events).await.1 else {
+        panic!("expected the message fanout had not taken");
+    };
+    assert_eq!(message.id.to_string(), second.message.unwrap().message_id);
+    h.stop().await;
+}
+
+async fn kept(h: &Harness, partition: u32) -> Vec<natter_store::Announcement> {
+    h.store
+        .announcements(partition, 0, 100)
+        .await
+        .expect("the kept announcements")
 }
 
 /// Commands straight to the sequencer, as a gateway sends them, bypassing

@@ -1,30 +1,17 @@
 //! The streams and consumers behind [`LocalBus`]: a plain state machine
-//! that is handed the time and never waits or touches a file, so the async
-//! shell around it stays thin.
+//! that is handed the time and never waits, so the async shell around it
+//! stays thin. Everything lives in memory and is gone with the process.
 //!
 //! It follows JetStream where the services can observe the difference:
 //! sequences start at 1 and have no gaps, limits discard the oldest
 //! messages, a dedup id is remembered for the duplicate window, streams may
 //! not overlap, and a consumer has at most one unacknowledged delivery.
 //!
-//! # Plan, then apply
-//!
-//! Every change a restart must not lose comes in two steps. `plan_*` checks
-//! the request and decides everything (the sequence a message gets, what
-//! its stream keeps afterwards, a consumer's new ack floor) and returns it
-//! as a value, changing nothing but what a restart recomputes anyway: it
-//! may discard messages and dedup ids that have aged out. `apply_*` carries
-//! the plan out and cannot fail. A persistent bus writes the plan to its
-//! journal in between, so nothing is answered or visible before it is on
-//! disk; an in-memory bus applies it at once. Plans must be applied in the
-//! order they were made, one at a time; the shell ensures that.
-//!
 //! # Two clocks
 //!
 //! [`Now`] carries both. Message ages and dedup windows follow the wall
-//! clock, as they do in JetStream, because they must mean the same after a
-//! restart; a wall clock set back keeps messages longer, never loses them.
-//! Ack deadlines follow the monotonic clock: they live in memory only.
+//! clock, as they do in JetStream; a wall clock set back keeps messages
+//! longer, never loses them. Ack deadlines follow the monotonic clock.
 //!
 //! [`LocalBus`]: super::LocalBus
 
@@ -36,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{BusError, Headers, Persisted, Result, Storage, StreamConfig, matches, overlaps};
+use crate::{BusError, Headers, Persisted, Result, StreamConfig, matches, overlaps};
 
 /// The time as the shell reads it.
 #[derive(Debug, Clone, Copy)]
@@ -81,84 +68,8 @@ pub(super) enum Next {
     Gone(BusError),
 }
 
-/// The lowest sequences for which a stream still holds a message and a
-/// dedup id; everything below has been discarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Floors {
-    pub(super) messages: u64,
-    pub(super) dedup_ids: u64,
-}
-
-/// The plan for storing one message.
-#[derive(Debug)]
-pub(super) enum Store {
-    /// The dedup id was seen within the duplicate window: nothing changes.
-    Duplicate(Persisted),
-    Append(Append),
-}
-
-/// A message to append to a stream.
-#[derive(Debug)]
-pub(super) struct Append {
-    /// The stream's (prefixed) name.
-    pub(super) stream: String,
-    pub(super) message: Stored,
-    pub(super) dedup_id: Option<String>,
-    /// What the stream holds once the message is in and its limits applied.
-    pub(super) floors: Floors,
-    /// The stream is on disk, so the journal writes the message.
-    pub(super) journaled: bool,
-}
-
-/// What a durable consumer keeps across restarts. Deliveries in flight and
-/// their counts are not kept: after a restart, everything above the ack
-/// floor is delivered again, counted from 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ConsumerState {
-    /// Prefixed, as are all subjects here.
-    pub(super) filter: String,
-    pub(super) ack_wait: Duration,
-    /// Every message up to this sequence that the filter matches has been
-    /// acked (or discarded by the stream's limits).
-    pub(super) ack_floor: u64,
-}
-
-/// The plan to create or update a consumer, or to move its ack floor.
-#[derive(Debug, Clone)]
-pub(super) struct ConsumerPlan {
-    pub(super) stream: String,
-    pub(super) name: String,
-    pub(super) state: ConsumerState,
-    /// The stream is on disk, so the journal writes the consumer.
-    pub(super) journaled: bool,
-}
-
-/// The plan to ack one delivery: the consumer with its new ack floor.
-#[derive(Debug)]
-pub(super) struct Ack {
-    pub(super) consumer: ConsumerPlan,
-    sequence: u64,
-}
-
-/// The plan to delete a stream.
-#[derive(Debug)]
-pub(super) struct Deletion {
-    /// The stream's (prefixed) name.
-    pub(super) stream: String,
-}
-
-/// A stream as a journal read it back.
-#[derive(Debug)]
-pub(super) struct Restored {
-    /// Carries the prefixed name.
-    pub(super) config: StreamConfig,
-    pub(super) last_sequence: u64,
-    /// In sequence order.
-    pub(super) messages: Vec<Stored>,
-    /// `(sequence, stored at, id)`, in sequence order.
-    pub(super) dedup_ids: Vec<(u64, SystemTime, String)>,
-    pub(super) consumers: Vec<(String, ConsumerState)>,
-}
+/// One message to store: subject (prefixed), headers, payload, dedup id.
+pub(super) type ToStore<'a> = (&'a str, &'a Headers, &'a Bytes, Option<&'a str>);
 
 #[derive(Debug, Default)]
 pub(super) struct Streams {
@@ -179,11 +90,15 @@ struct Stream {
 
 #[derive(Debug)]
 struct Consumer {
+    /// Prefixed, as are all subjects here.
     filter: String,
     ack_wait: Duration,
     /// The lowest sequence not yet delivered.
     next: u64,
     in_flight: Option<InFlight>,
+    /// Whether it has acked anything yet; its ack floor is 0 until then,
+    /// as on NATS.
+    acked: bool,
     /// Wakes the consumer's readers; dropped with the consumer.
     changed: watch::Sender<()>,
 }
@@ -206,14 +121,10 @@ fn age(now: SystemTime, at: SystemTime) -> Duration {
     now.duration_since(at).unwrap_or_default()
 }
 
-fn corrupt(stream: &str, reason: &str) -> BusError {
-    BusError::Unavailable(format!("journal of stream {stream} is corrupt: {reason}"))
-}
-
 impl Streams {
-    /// Checks that `config` (with prefixed names) overlaps no other stream
-    /// and hands it back to apply.
-    pub(super) fn plan_ensure(&self, config: StreamConfig) -> Result<StreamConfig> {
+    /// Creates the stream of `config` (with prefixed names), or updates it,
+    /// unless it would overlap another stream or change its storage.
+    pub(super) fn ensure(&mut self, config: StreamConfig, now: Now) -> Result<()> {
         for (name, other) in &self.by_name {
             if *name == config.name {
                 if other.config.storage != config.storage {
@@ -233,11 +144,6 @@ impl Streams {
                 }
             }
         }
-        Ok(config)
-    }
-
-    /// Creates or updates a stream planned by [`plan_ensure`](Self::plan_ensure).
-    pub(super) fn apply_ensure(&mut self, config: StreamConfig, now: Now) {
         match self.by_name.entry(config.name.clone()) {
             Entry::Occupied(mut entry) => {
                 let stream = entry.get_mut();
@@ -248,17 +154,13 @@ impl Streams {
                 entry.insert(Stream::new(config));
             }
         }
+        Ok(())
     }
 
-    /// Plans deleting a stream; `None` if there is none of that name.
-    pub(super) fn plan_delete(&self, name: &str) -> Option<Deletion> {
-        self.by_name.contains_key(name).then(|| Deletion {
-            stream: name.to_owned(),
-        })
-    }
-
-    pub(super) fn apply_delete(&mut self, deletion: Deletion) {
-        self.by_name.remove(&deletion.stream);
+    /// Deletes a stream with its messages and consumers, if there is one
+    /// of that name. Its consumers' readers end.
+    pub(super) fn delete(&mut self, name: &str) {
+        self.by_name.remove(name);
     }
 
     /// Whether a stream captures `subject`.
@@ -273,126 +175,34 @@ impl Streams {
             .map(|(name, _)| name)
     }
 
-    /// Plans storing a message in the stream capturing `subject`; `None`
-    /// if no stream does.
-    pub(super) fn plan_store(
-        &mut self,
-        subject: &str,
-        headers: &Headers,
-        payload: &Bytes,
-        dedup_id: Option<&str>,
-        now: Now,
-    ) -> Option<Store> {
-        let mut plans = self.plan_stores(&[(subject, headers, payload, dedup_id)], now)?;
-        plans.pop()
-    }
-
-    /// Plans storing messages one after another, as if each plan were
-    /// applied before the next is made: sequences follow on, and a dedup
-    /// id repeated in the batch is a duplicate of its first. `None` if no
-    /// stream captures one of the subjects.
-    pub(super) fn plan_stores(
-        &mut self,
-        messages: &[(&str, &Headers, &Bytes, Option<&str>)],
-        now: Now,
-    ) -> Option<Vec<Store>> {
-        // Per stream: the first sequence this batch appends, and the last.
-        let mut appended: HashMap<String, (u64, u64)> = HashMap::new();
-        let mut ids: HashMap<(String, &str), u64> = HashMap::new();
-        let mut plans = Vec::with_capacity(messages.len());
-        for &(subject, headers, payload, dedup_id) in messages {
-            let name = self.capturing(subject)?.clone();
+    /// Stores messages one after another, each in the stream capturing its
+    /// subject; a dedup id seen within the duplicate window (or earlier in
+    /// the batch) is a duplicate of its first. `None`, storing nothing, if
+    /// no stream captures one of the subjects.
+    pub(super) fn store(&mut self, messages: &[ToStore<'_>], now: Now) -> Option<Vec<Persisted>> {
+        let names = messages
+            .iter()
+            .map(|(subject, ..)| self.capturing(subject).cloned())
+            .collect::<Option<Vec<_>>>()?;
+        let mut persisted = Vec::with_capacity(messages.len());
+        for (&(subject, headers, payload, dedup_id), name) in messages.iter().zip(names) {
             let stream = self.by_name.get_mut(&name)?;
-            stream.prune(now.wall);
-            let earlier = dedup_id.and_then(|id| {
-                stream
-                    .dedup
-                    .get(id)
-                    .or_else(|| ids.get(&(name.clone(), id)))
-                    .copied()
-            });
-            if let Some(sequence) = earlier {
-                plans.push(Store::Duplicate(Persisted {
-                    sequence,
-                    duplicate: true,
-                }));
-                continue;
-            }
-            let sequence = appended
-                .get(&name)
-                .map_or(stream.last_sequence, |&(_, last)| last)
-                + 1;
-            let first = appended.get(&name).map_or(sequence, |&(first, _)| first);
-            appended.insert(name.clone(), (first, sequence));
-            if let Some(id) = dedup_id {
-                ids.insert((name.clone(), id), sequence);
-            }
-            plans.push(Store::Append(Append {
-                message: Stored {
-                    sequence,
-                    subject: subject.to_owned(),
-                    headers: headers.clone(),
-                    payload: payload.clone(),
-                    at: now.wall,
-                },
-                dedup_id: dedup_id.map(str::to_owned),
-                floors: stream.floors_with(first, sequence),
-                journaled: stream.config.storage == Storage::Disk,
-                stream: name,
-            }));
+            persisted.push(stream.append(subject, headers, payload, dedup_id, now.wall));
         }
-        Some(plans)
+        Some(persisted)
     }
 
-    /// Carries out a plan of [`plan_store`](Self::plan_store).
-    pub(super) fn apply_store(&mut self, store: Store, now: Now) -> Persisted {
-        let append = match store {
-            Store::Duplicate(persisted) => return persisted,
-            Store::Append(append) => append,
-        };
-        let Append {
-            stream,
-            message,
-            dedup_id,
-            ..
-        } = append;
-        let persisted = Persisted {
-            sequence: message.sequence,
-            duplicate: false,
-        };
-        // Plans are applied in order, so the stream is still there and the
-        // sequence is the next one.
-        let Some(stream) = self.by_name.get_mut(&stream) else {
-            return persisted;
-        };
-        debug_assert_eq!(message.sequence, stream.last_sequence + 1);
-        stream.last_sequence = message.sequence;
-        if let Some(id) = dedup_id {
-            stream.dedup.insert(id.clone(), message.sequence);
-            stream
-                .dedup_order
-                .push_back((message.at, id, message.sequence));
-        }
-        for consumer in stream.consumers.values() {
-            if matches(&consumer.filter, &message.subject) {
-                consumer.changed.send_replace(());
-            }
-        }
-        stream.messages.push_back(message);
-        stream.prune(now.wall);
-        persisted
-    }
-
-    /// Plans creating or updating a durable consumer; an existing one
-    /// keeps its ack floor.
-    pub(super) fn plan_consumer(
-        &self,
+    /// Creates or updates a durable consumer, which starts at the beginning
+    /// of the stream; an existing one keeps its position. Returns what wakes
+    /// its readers.
+    pub(super) fn consumer(
+        &mut self,
         stream: &str,
         name: &str,
         filter: &str,
         ack_wait: Duration,
-    ) -> Result<ConsumerPlan> {
-        let Some(stream_state) = self.by_name.get(stream) else {
+    ) -> Result<watch::Receiver<()>> {
+        let Some(stream_state) = self.by_name.get_mut(stream) else {
             return Err(BusError::StreamNotFound {
                 name: stream.to_owned(),
             });
@@ -409,44 +219,27 @@ impl Streams {
                 reason: "matches none of the stream's subjects",
             });
         }
-        Ok(ConsumerPlan {
-            stream: stream.to_owned(),
-            name: name.to_owned(),
-            state: ConsumerState {
-                filter: filter.to_owned(),
-                ack_wait,
-                ack_floor: stream_state
-                    .consumers
-                    .get(name)
-                    .map_or(0, Consumer::ack_floor),
-            },
-            journaled: stream_state.config.storage == Storage::Disk,
-        })
+        let consumer = stream_state
+            .consumers
+            .entry(name.to_owned())
+            .or_insert_with(|| Consumer::new(filter, ack_wait));
+        filter.clone_into(&mut consumer.filter);
+        consumer.ack_wait = ack_wait;
+        consumer.changed.send_replace(());
+        Ok(consumer.changed.subscribe())
     }
 
-    /// Creates or updates the consumer planned by
-    /// [`plan_consumer`](Self::plan_consumer) and returns what wakes its
-    /// readers.
-    pub(super) fn apply_consumer(&mut self, plan: ConsumerPlan) -> watch::Receiver<()> {
-        let ConsumerPlan {
-            stream,
-            name,
-            state,
-            ..
-        } = plan;
-        let Some(stream) = self.by_name.get_mut(&stream) else {
-            // The stream is gone: a receiver whose sender is dropped ends
-            // the reader at once.
-            return watch::channel(()).1;
-        };
-        let consumer = stream
-            .consumers
-            .entry(name)
-            .or_insert_with(|| Consumer::new(&state));
-        consumer.filter = state.filter;
-        consumer.ack_wait = state.ack_wait;
-        consumer.changed.send_replace(());
-        consumer.changed.subscribe()
+    /// The sequence up to which the consumer has settled every message
+    /// it takes; 0 before its first ack, or if there is no such consumer.
+    /// `None` if there is no such stream.
+    pub(super) fn ack_floor(&self, stream: &str, consumer: &str) -> Option<u64> {
+        let stream = self.by_name.get(stream)?;
+        Some(
+            stream
+                .consumers
+                .get(consumer)
+                .map_or(0, Consumer::ack_floor),
+        )
     }
 
     /// The consumer's next step: redeliver the message in flight once it is
@@ -517,43 +310,21 @@ impl Streams {
         }
     }
 
-    /// Plans acking the delivery of `sequence`; `None` when that delivery
-    /// is no longer in flight (redelivered and acked meanwhile, or
-    /// discarded by the stream's limits), which makes the ack a no-op.
-    pub(super) fn plan_ack(&self, stream: &str, consumer: &str, sequence: u64) -> Option<Ack> {
-        let stream_state = self.by_name.get(stream)?;
-        let state = stream_state.consumers.get(consumer)?;
-        let in_flight = state.in_flight.as_ref()?;
-        (in_flight.sequence == sequence).then(|| Ack {
-            consumer: ConsumerPlan {
-                stream: stream.to_owned(),
-                name: consumer.to_owned(),
-                state: ConsumerState {
-                    filter: state.filter.clone(),
-                    ack_wait: state.ack_wait,
-                    // Everything below `next` but the delivery in flight is
-                    // settled, so acking it settles everything below `next`.
-                    ack_floor: state.next - 1,
-                },
-                journaled: stream_state.config.storage == Storage::Disk,
-            },
-            sequence,
-        })
-    }
-
-    /// Settles a delivery planned by [`plan_ack`](Self::plan_ack), unless
-    /// it was settled since.
-    pub(super) fn apply_ack(&mut self, ack: Ack) {
-        let Ack { consumer, sequence } = ack;
-        if let Some(consumer) = self.in_flight(&consumer.stream, &consumer.name, sequence) {
-            consumer.in_flight = None;
-            consumer.changed.send_replace(());
-        }
+    /// Settles the delivery of `sequence`; `false`, changing nothing, when
+    /// that delivery is no longer in flight (redelivered and acked
+    /// meanwhile, or discarded by the stream's limits).
+    pub(super) fn ack(&mut self, stream: &str, consumer: &str, sequence: u64) -> bool {
+        let Some(consumer) = self.in_flight(stream, consumer, sequence) else {
+            return false;
+        };
+        consumer.in_flight = None;
+        consumer.acked = true;
+        consumer.changed.send_replace(());
+        true
     }
 
     /// Gives the delivery of `sequence` back, to be delivered again after
-    /// `delay`; a delivery no longer in flight is ignored. Not journaled:
-    /// after a restart everything unacked is delivered again anyway.
+    /// `delay`; a delivery no longer in flight is ignored.
     pub(super) fn nak(
         &mut self,
         stream: &str,
@@ -578,57 +349,6 @@ impl Streams {
             .get_mut(consumer)
             .filter(|c| c.in_flight.as_ref().is_some_and(|f| f.sequence == sequence))
     }
-
-    /// Puts back a stream a journal read, applies its limits as of `now`
-    /// and returns what it still holds. Fails, changing nothing, on
-    /// records no sequence of plans could have written.
-    pub(super) fn restore(&mut self, restored: Restored, now: Now) -> Result<Floors> {
-        let Restored {
-            config,
-            last_sequence,
-            messages,
-            dedup_ids,
-            consumers,
-        } = restored;
-        let name = config.name.clone();
-        let consecutive = messages
-            .windows(2)
-            .all(|w| w[0].sequence.checked_add(1) == Some(w[1].sequence));
-        let in_range = messages.first().is_none_or(|m| m.sequence > 0)
-            && messages.last().is_none_or(|m| m.sequence <= last_sequence);
-        if !consecutive || !in_range {
-            return Err(corrupt(
-                &name,
-                "messages are not consecutive up to the last sequence",
-            ));
-        }
-        if !dedup_ids.is_sorted_by_key(|(s, _, _)| *s)
-            || dedup_ids.last().is_some_and(|(s, _, _)| *s > last_sequence)
-        {
-            return Err(corrupt(&name, "dedup ids are out of sequence"));
-        }
-        if consumers.iter().any(|(_, c)| c.ack_floor > last_sequence) {
-            return Err(corrupt(&name, "a consumer acked past the last sequence"));
-        }
-        if self.plan_ensure(config.clone()).is_err() {
-            return Err(corrupt(&name, "it overlaps another stream"));
-        }
-
-        let mut stream = Stream::new(config);
-        stream.last_sequence = last_sequence;
-        stream.messages = messages.into();
-        for (sequence, at, id) in dedup_ids {
-            stream.dedup.insert(id.clone(), sequence);
-            stream.dedup_order.push_back((at, id, sequence));
-        }
-        for (consumer, state) in consumers {
-            stream.consumers.insert(consumer, Consumer::new(&state));
-        }
-        stream.prune(now.wall);
-        let floors = stream.floors();
-        self.by_name.insert(name, stream);
-        Ok(floors)
-    }
 }
 
 impl Stream {
@@ -640,6 +360,48 @@ impl Stream {
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             consumers: HashMap::new(),
+        }
+    }
+
+    /// Appends a message under the next sequence, unless its dedup id was
+    /// seen within the duplicate window, and applies the limits.
+    fn append(
+        &mut self,
+        subject: &str,
+        headers: &Headers,
+        payload: &Bytes,
+        dedup_id: Option<&str>,
+        now: SystemTime,
+    ) -> Persisted {
+        self.prune(now);
+        if let Some(&sequence) = dedup_id.and_then(|id| self.dedup.get(id)) {
+            return Persisted {
+                sequence,
+                duplicate: true,
+            };
+        }
+        self.last_sequence += 1;
+        let sequence = self.last_sequence;
+        if let Some(id) = dedup_id {
+            self.dedup.insert(id.to_owned(), sequence);
+            self.dedup_order.push_back((now, id.to_owned(), sequence));
+        }
+        for consumer in self.consumers.values() {
+            if matches(&consumer.filter, subject) {
+                consumer.changed.send_replace(());
+            }
+        }
+        self.messages.push_back(Stored {
+            sequence,
+            subject: subject.to_owned(),
+            headers: headers.clone(),
+            payload: payload.clone(),
+            at: now,
+        });
+        self.prune(now);
+        Persisted {
+            sequence,
+            duplicate: false,
         }
     }
 
@@ -670,42 +432,27 @@ impl Stream {
             self.dedup_order.pop_front();
         }
     }
-
-    fn floors(&self) -> Floors {
-        let next = self.last_sequence + 1;
-        Floors {
-            messages: self.messages.front().map_or(next, |m| m.sequence),
-            dedup_ids: self.dedup_order.front().map_or(next, |(_, _, s)| *s),
-        }
-    }
-
-    /// The floors once messages `first_new..=sequence`, the next ones, are
-    /// appended and the count limit applied. Messages are consecutive, so
-    /// the count limit keeps the last `max` sequences.
-    fn floors_with(&self, first_new: u64, sequence: u64) -> Floors {
-        let first = self.messages.front().map_or(first_new, |m| m.sequence);
-        Floors {
-            messages: self
-                .config
-                .max_messages
-                .map_or(first, |max| first.max((sequence + 1).saturating_sub(max))),
-            dedup_ids: self.dedup_order.front().map_or(first_new, |(_, _, s)| *s),
-        }
-    }
 }
 
 impl Consumer {
-    fn new(state: &ConsumerState) -> Self {
+    fn new(filter: &str, ack_wait: Duration) -> Self {
         Self {
-            filter: state.filter.clone(),
-            ack_wait: state.ack_wait,
-            next: state.ack_floor + 1,
+            filter: filter.to_owned(),
+            ack_wait,
+            next: 1,
             in_flight: None,
+            acked: false,
             changed: watch::channel(()).0,
         }
     }
 
+    /// Everything below the lowest sequence not yet delivered but the
+    /// delivery in flight is settled: acked, or not taken (another
+    /// subject, or discarded by the stream's limits).
     fn ack_floor(&self) -> u64 {
+        if !self.acked {
+            return 0;
+        }
         self.in_flight.as_ref().map_or(self.next, |f| f.sequence) - 1
     }
 }
@@ -734,33 +481,29 @@ mod tests {
     }
 
     fn ensure(streams: &mut Streams, config: StreamConfig, now: Now) -> Result<()> {
-        let config = streams.plan_ensure(config)?;
-        streams.apply_ensure(config, now);
-        Ok(())
+        streams.ensure(config, now)
     }
 
-    fn consumer(streams: &mut Streams, name: &str, filter: &str) -> ConsumerPlan {
-        let plan = streams
-            .plan_consumer("s", name, filter, Duration::from_secs(5))
+    fn consumer(streams: &mut Streams, name: &str, filter: &str) {
+        streams
+            .consumer("s", name, filter, Duration::from_secs(5))
             .expect("consumer");
-        streams.apply_consumer(plan.clone());
-        plan
     }
 
     fn store(streams: &mut Streams, subject: &str, dedup: Option<&str>, now: Now) -> Persisted {
-        let plan = streams
-            .plan_store(subject, &Headers::new(), &Bytes::new(), dedup, now)
-            .expect("a stream captures the subject");
-        streams.apply_store(plan, now)
+        let (headers, payload) = (Headers::new(), Bytes::new());
+        streams
+            .store(&[(subject, &headers, &payload, dedup)], now)
+            .and_then(|mut persisted| persisted.pop())
+            .expect("a stream captures the subject")
     }
 
     /// Acks a delivery of consumer `c`; its new ack floor, if it was in
     /// flight.
     fn ack(streams: &mut Streams, sequence: u64) -> Option<u64> {
-        let plan = streams.plan_ack("s", "c", sequence)?;
-        let floor = plan.consumer.state.ack_floor;
-        streams.apply_ack(plan);
-        Some(floor)
+        streams
+            .ack("s", "c", sequence)
+            .then(|| streams.ack_floor("s", "c").expect("stream"))
     }
 
     fn delivered(next: Next) -> (u64, u32) {
@@ -845,180 +588,63 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_changes_nothing_until_applied() {
-        let now = start();
-        let mut streams = Streams::default();
-        ensure(&mut streams, stream("s", &["a"]), now).expect("ensure");
-        consumer(&mut streams, "c", "a");
-        let plan = streams
-            .plan_store("a", &Headers::new(), &Bytes::new(), Some("x"), now)
-            .expect("captured");
-        assert!(matches!(&plan, Store::Append(a) if a.message.sequence == 1));
-        assert!(matches!(streams.next("s", "c", now), Next::Wait(None)));
-        // A plan that is dropped (its journal write failed) leaves no trace.
-        drop(plan);
-        assert_eq!(store(&mut streams, "a", Some("x"), now).sequence, 1);
-        assert!(matches!(
-            streams.plan_store("a", &Headers::new(), &Bytes::new(), Some("x"), now),
-            Some(Store::Duplicate(Persisted {
-                sequence: 1,
-                duplicate: true
-            }))
-        ));
-    }
-
-    #[test]
-    fn planned_floors_match_what_the_stream_keeps() {
-        let now = start();
-        let mut streams = Streams::default();
-        let mut config = stream("s", &["a"]);
-        config.max_messages = Some(3);
-        config.duplicate_window = Duration::from_secs(10);
-        ensure(&mut streams, config, now).expect("ensure");
-        let mut at = now;
-        for i in 1..=8u64 {
-            at = later(at, Duration::from_secs(4));
-            let dedup = format!("id-{i}");
-            let plan = streams
-                .plan_store("a", &Headers::new(), &Bytes::new(), Some(&dedup), at)
-                .expect("captured");
-            let Store::Append(append) = &plan else {
-                panic!("not a duplicate")
-            };
-            let planned = append.floors;
-            streams.apply_store(plan, at);
-            let kept = streams.by_name["s"].floors();
-            assert_eq!(planned, kept, "after message {i}");
-            assert_eq!(
-                kept.messages,
-                i.saturating_sub(2).max(1),
-                "the last 3 messages"
-            );
-            // Ids 4 s apart with a 10 s window: the last three are remembered.
-            assert_eq!(kept.dedup_ids, i.saturating_sub(2).max(1), "the last 3 ids");
-        }
-    }
-
-    #[test]
     fn the_ack_floor_covers_what_was_acked_and_skipped() {
         let now = start();
         let mut streams = Streams::default();
         ensure(&mut streams, stream("s", &["a", "b"]), now).expect("ensure");
         consumer(&mut streams, "c", "a");
-        for subject in ["a", "b", "b", "a", "b"] {
+        for subject in ["b", "a", "b", "b", "a", "b"] {
             store(&mut streams, subject, None, now);
         }
-        assert_eq!(delivered(streams.next("s", "c", now)), (1, 1));
-        assert_eq!(ack(&mut streams, 1), Some(1));
-        assert_eq!(ack(&mut streams, 1), None, "acked twice");
-        assert_eq!(delivered(streams.next("s", "c", now)), (4, 1));
+        assert_eq!(delivered(streams.next("s", "c", now)), (2, 1));
+        assert_eq!(streams.ack_floor("s", "c"), Some(0), "before the first ack");
+        assert_eq!(ack(&mut streams, 2), Some(2));
+        assert_eq!(ack(&mut streams, 2), None, "acked twice");
+        assert_eq!(delivered(streams.next("s", "c", now)), (5, 1));
         assert_eq!(
-            streams
-                .plan_consumer("s", "c", "a", Duration::from_secs(5))
-                .expect("plan")
-                .state
-                .ack_floor,
-            3,
+            streams.ack_floor("s", "c"),
+            Some(4),
             "the delivery in flight is not acked"
         );
-        assert_eq!(ack(&mut streams, 4), Some(4));
+        assert_eq!(ack(&mut streams, 5), Some(5));
+        assert!(matches!(streams.next("s", "c", now), Next::Wait(None)));
+        assert_eq!(streams.ack_floor("s", "c"), Some(6), "nothing more to take");
+        assert_eq!(streams.ack_floor("s", "other"), Some(0), "no such consumer");
+        assert_eq!(streams.ack_floor("t", "c"), None, "no such stream");
     }
 
     #[test]
-    fn a_restored_consumer_resumes_above_its_ack_floor() {
+    fn a_batch_is_stored_whole_or_not_at_all() {
         let now = start();
         let mut streams = Streams::default();
-        ensure(&mut streams, stream("s", &["a.*"]), now).expect("ensure");
-        let plan = consumer(&mut streams, "c", "a.*");
-        for subject in ["a.1", "a.2", "a.3"] {
-            store(&mut streams, subject, Some(subject), now);
-        }
-        assert_eq!(delivered(streams.next("s", "c", now)), (1, 1));
-        let floor = ack(&mut streams, 1).expect("in flight");
-        assert_eq!(delivered(streams.next("s", "c", now)), (2, 1));
-
-        let old = &streams.by_name["s"];
-        let restored = Restored {
-            config: old.config.clone(),
-            last_sequence: old.last_sequence,
-            messages: old.messages.iter().cloned().collect(),
-            dedup_ids: old
-                .dedup_order
+        ensure(&mut streams, stream("s", &["a"]), now).expect("ensure");
+        let (headers, payload) = (Headers::new(), Bytes::new());
+        let batch = |subjects: &[(&'static str, Option<&'static str>)]| {
+            subjects
                 .iter()
-                .map(|(at, id, s)| (*s, *at, id.clone()))
-                .collect(),
-            consumers: vec![(
-                "c".to_owned(),
-                ConsumerState {
-                    ack_floor: floor,
-                    ..plan.state
-                },
-            )],
+                .map(|&(subject, dedup)| (subject, &headers, &payload, dedup))
+                .collect::<Vec<_>>()
         };
-        let mut streams = Streams::default();
-        let floors = streams
-            .restore(restored, later(now, Duration::from_secs(1)))
-            .expect("restore");
-        assert_eq!(
-            floors,
-            Floors {
-                messages: 1,
-                dedup_ids: 1
-            }
+        assert!(
+            streams
+                .store(&batch(&[("a", Some("x")), ("b", None)]), now)
+                .is_none(),
+            "no stream captures b"
         );
+        let persisted = streams
+            .store(
+                &batch(&[("a", Some("x")), ("a", None), ("a", Some("x"))]),
+                now,
+            )
+            .expect("captured");
         assert_eq!(
-            delivered(streams.next("s", "c", now)),
-            (2, 1),
-            "unacked, counted anew"
-        );
-        assert_eq!(ack(&mut streams, 2), Some(2));
-        assert_eq!(delivered(streams.next("s", "c", now)), (3, 1));
-        assert!(store(&mut streams, "a.x", Some("a.1"), now).duplicate);
-        assert_eq!(store(&mut streams, "a.4", None, now).sequence, 4);
-    }
-
-    #[test]
-    fn a_restore_prunes_by_age_and_refuses_gaps() {
-        let now = start();
-        let message = |sequence: u64, at: SystemTime| Stored {
-            sequence,
-            subject: "a".to_owned(),
-            headers: Headers::new(),
-            payload: Bytes::new(),
-            at,
-        };
-        let restored = |sequences: &[u64], last_sequence: u64| Restored {
-            config: stream("s", &["a"]),
-            last_sequence,
-            messages: sequences
+            persisted
                 .iter()
-                .map(|s| message(*s, now.wall - Duration::from_secs(100 - *s)))
-                .collect(),
-            dedup_ids: Vec::new(),
-            consumers: Vec::new(),
-        };
-        let mut streams = Streams::default();
-        assert!(streams.restore(restored(&[3, 5], 5), now).is_err(), "a gap");
-        assert!(
-            streams.restore(restored(&[3, 4], 3), now).is_err(),
-            "past the last"
+                .map(|p| (p.sequence, p.duplicate))
+                .collect::<Vec<_>>(),
+            [(1, false), (2, false), (1, true)],
+            "the refused batch left no trace, and an id repeated in a batch is a duplicate"
         );
-        assert!(
-            streams.by_name.is_empty(),
-            "a failed restore changes nothing"
-        );
-        // Messages 40 and older are 60 s or more old: past max_age.
-        let floors = streams
-            .restore(restored(&[38, 39, 40, 41], 43), now)
-            .expect("restore");
-        assert_eq!(
-            floors,
-            Floors {
-                messages: 41,
-                dedup_ids: 44
-            }
-        );
-        assert_eq!(store(&mut streams, "a", None, now).sequence, 44);
     }
 
     #[test]

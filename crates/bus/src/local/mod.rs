@@ -1,30 +1,20 @@
 //! The in-process bus, for single-process mode and tests: tokio channels
-//! for core traffic, a state machine in memory for streams (`durable`),
-//! and optionally a journal file that keeps the streams across restarts
-//! (`journal`, with its encodings in `record`).
+//! for core traffic and a state machine in memory for streams (`durable`),
+//! bounded by each stream's `max_age` and `max_messages`.
 //!
-//! [`LocalBus::new`] keeps streams in memory only; a crash loses them. That
-//! suits tests and tools, not the single-process default: there the
-//! storage service answers a sender once a message is stored, and what
-//! tells devices about it still rides on durable streams (the stored event
-//! to fanout, the per-user events to sync). Lost from memory, those events
-//! never reach the devices, and they never converge.
-//!
-//! [`LocalBus::open`] writes every change to a stream or a consumer's ack
-//! floor to its journal before applying it, so it survives `kill -9`: when
-//! the bus is opened again, every message whose durable publish returned
-//! `Ok` and that a consumer had not acked is delivered to that consumer
-//! again, in order, and the streams' sequences and dedup ids carry on.
-//! Either way the streams are served from memory, bounded by each stream's
-//! `max_age` and `max_messages`.
+//! Streams live in the process's memory only, whatever their
+//! [`Storage`](crate::Storage): a crash or restart loses their messages
+//! and their consumers' positions, and [`Bus::keeps_streams`] says so. A
+//! publisher whose messages must survive a crash keeps them itself until
+//! their consumers have taken them, as the storage service does in
+//! single-process mode: it keeps each write's announcement in its store
+//! until fanout's consumer has acked it ([`Bus::ack_floor`]), and
+//! announces again, after a crash, what it kept.
 
 mod durable;
-mod journal;
-mod record;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -36,8 +26,6 @@ use futures::Stream;
 use tokio::sync::{mpsc, watch};
 
 use self::durable::{Next, Now, Stored, Streams};
-pub use self::journal::LOCAL_BUS_FILE;
-use self::journal::{Journal, Journaled};
 use crate::subject::INBOX;
 use crate::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
@@ -45,9 +33,7 @@ use crate::{
     Subscription, check_name, matches,
 };
 
-/// The in-process [`Bus`], with its streams in memory
-/// ([`new`](Self::new)) or also in a journal file that survives a crash
-/// ([`open`](Self::open)). Clones share one bus;
+/// The in-process [`Bus`], with its streams in memory. Clones share one bus;
 /// [`with_prefix`](Self::with_prefix) opens the same bus under another
 /// prefix, as a second NATS connection would.
 #[derive(Clone)]
@@ -63,8 +49,6 @@ struct Hub {
     turn: AtomicUsize,
     subscribers: Mutex<Subscribers>,
     streams: Mutex<Streams>,
-    /// Where a persistent bus writes its streams' changes ahead.
-    journal: Option<Journal>,
 }
 
 struct Subscriber {
@@ -96,59 +80,16 @@ impl LocalBus {
 
     /// A new, empty bus whose subscriptions buffer `capacity` messages each.
     pub fn with_capacity(prefix: &str, capacity: usize) -> Result<Self> {
-        Ok(Self::build(
-            Prefix::new(prefix)?,
-            capacity,
-            Streams::default(),
-            None,
-        ))
-    }
-
-    /// Opens the persistent bus kept in `dir`, creating the directory and
-    /// its journal file, [`LOCAL_BUS_FILE`], if they do not exist, and
-    /// restoring the streams, messages, dedup ids and consumers' ack floors
-    /// it holds. Subscriptions buffer [`DEFAULT_SUBSCRIPTION_CAPACITY`]
-    /// messages each.
-    ///
-    /// Durable publishes, stream changes, new consumers and acks return
-    /// once they are on disk. What is not kept: deliveries in flight and
-    /// their counts, so after a restart every message a consumer had not
-    /// acked is delivered again, counted from 1.
-    ///
-    /// One bus has the directory open at a time: a second `open` of it
-    /// fails with [`BusError::Unavailable`] until every clone of the first
-    /// bus, and every delivery and consumer stream it handed out, is
-    /// dropped. This blocks on file I/O, reading the whole journal: call it
-    /// at start-up, before serving, or from `spawn_blocking`.
-    pub fn open(prefix: &str, dir: impl AsRef<Path>) -> Result<Self> {
-        let prefix = Prefix::new(prefix)?;
-        let mut streams = Streams::default();
-        let journal = Journal::open(dir.as_ref(), &mut streams, Now::current())?;
-        Ok(Self::build(
-            prefix,
-            DEFAULT_SUBSCRIPTION_CAPACITY,
-            streams,
-            Some(journal),
-        ))
-    }
-
-    fn build(prefix: Prefix, capacity: usize, streams: Streams, journal: Option<Journal>) -> Self {
-        Self {
-            prefix,
+        Ok(Self {
+            prefix: Prefix::new(prefix)?,
             hub: Arc::new(Hub {
                 capacity: capacity.max(1),
                 next_id: AtomicU64::new(1),
                 turn: AtomicUsize::new(0),
                 subscribers: Mutex::new(Subscribers::default()),
-                streams: Mutex::new(streams),
-                journal,
+                streams: Mutex::new(Streams::default()),
             }),
-        }
-    }
-
-    /// The journal file of a persistent bus; `None` for one in memory.
-    pub fn path(&self) -> Option<&Path> {
-        self.hub.journal.as_ref().map(Journal::path)
+        })
     }
 
     /// This bus under another prefix.
@@ -189,51 +130,11 @@ impl fmt::Debug for LocalBus {
         f.debug_struct("LocalBus")
             .field("prefix", &self.prefix.as_str())
             .field("capacity", &self.hub.capacity)
-            .field("path", &self.path())
             .finish_non_exhaustive()
     }
 }
 
 impl Hub {
-    /// Makes one change to the streams: `plan` decides it (see `durable`),
-    /// a persistent bus writes the plan to its journal, and `apply` carries
-    /// it out. On a persistent bus, changes are made one at a time, and a
-    /// plan is applied right after it is written, on the blocking pool, so
-    /// a caller that stops waiting cannot leave a written plan unapplied.
-    async fn change<P, T>(
-        self: &Arc<Self>,
-        plan: impl FnOnce(&mut Streams) -> Result<P>,
-        apply: impl FnOnce(&mut Streams, P) -> T + Send + 'static,
-    ) -> Result<T>
-    where
-        P: Journaled + Send + 'static,
-        T: Send + 'static,
-    {
-        let Some(journal) = &self.journal else {
-            let mut streams = lock(&self.streams);
-            let planned = plan(&mut streams)?;
-            return Ok(apply(&mut streams, planned));
-        };
-        let mut writer = journal.writer().await;
-        let planned = plan(&mut lock(&self.streams))?;
-        let deferred = planned.deferred().inspect(|c| writer.defer(c)).is_some();
-        if deferred || planned.entries().is_empty() {
-            return Ok(apply(&mut lock(&self.streams), planned));
-        }
-        let hub = Arc::clone(self);
-        blocking(move || {
-            let written = writer.commit(&planned.entries())?;
-            let applied = apply(&mut lock(&hub.streams), planned);
-            // The next change goes ahead while this one waits for the disk.
-            drop(writer);
-            if let Some(journal) = &hub.journal {
-                journal.flush_through(written)?;
-            }
-            Ok(applied)
-        })
-        .await
-    }
-
     /// Offers a message to every matching subscriber outside queue groups
     /// and to one member of each matching queue group. Returns how many
     /// subscribers matched, whether or not they had room.
@@ -272,18 +173,6 @@ fn uncaptured(streams: &Streams, batch: &[(String, DurableMessage)]) -> String {
         .find(|(full, _)| !streams.captures(full))
         .map(|(_, m)| m.subject.clone())
         .unwrap_or_default()
-}
-
-/// Runs blocking work off the runtime threads. A panic in it is re-raised
-/// in the caller, as if the work had run inline.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(BusError::Unavailable(format!(
-            "bus journal task ended: {e}"
-        ))),
-    }
 }
 
 /// Hands a message to one subscriber without waiting; a full subscriber
@@ -397,29 +286,11 @@ impl Bus for LocalBus {
         let message = message.prepare()?;
         self.hub.deliver(&subject, None, &message);
         // As on NATS, a stream captures core publishes too, and the
-        // publisher learns nothing of how that went. Checked first, so core
-        // traffic waits for the journal only when a stream captures it.
-        if !lock(&self.hub.streams).captures(&subject) {
-            return Ok(());
-        }
-        let stored = self
-            .hub
-            .change(
-                |streams| {
-                    Ok(streams.plan_store(
-                        &subject,
-                        &message.headers,
-                        &message.payload,
-                        None,
-                        Now::current(),
-                    ))
-                },
-                |streams, plan| plan.map(|plan| streams.apply_store(plan, Now::current())),
-            )
-            .await;
-        if let Err(err) = stored {
-            tracing::warn!(subject, error = %err, "core message not stored in its stream");
-        }
+        // publisher learns nothing of how that went.
+        lock(&self.hub.streams).store(
+            &[(&subject, &message.headers, &message.payload, None)],
+            Now::current(),
+        );
         Ok(())
     }
 
@@ -470,26 +341,13 @@ impl Bus for LocalBus {
                 .collect::<Result<_>>()?,
             ..config.clone()
         };
-        self.hub
-            .change(
-                |streams| streams.plan_ensure(prefixed),
-                |streams, config| streams.apply_ensure(config, Now::current()),
-            )
-            .await
+        lock(&self.hub.streams).ensure(prefixed, Now::current())
     }
 
     async fn delete_stream(&self, name: &str) -> Result<()> {
         let name = self.prefix.stream(name)?;
-        self.hub
-            .change(
-                |streams| Ok(streams.plan_delete(&name)),
-                |streams, deletion| {
-                    if let Some(deletion) = deletion {
-                        streams.apply_delete(deletion);
-                    }
-                },
-            )
-            .await
+        lock(&self.hub.streams).delete(&name);
+        Ok(())
     }
 
     async fn publish_durable_batch(&self, messages: Vec<DurableMessage>) -> Result<Vec<Persisted>> {
@@ -497,35 +355,25 @@ impl Bus for LocalBus {
             .into_iter()
             .map(|m| m.prepare(&self.prefix))
             .collect::<Result<Vec<_>>>()?;
-        let persisted = self
-            .hub
-            .change(
-                |streams| {
-                    let batch: Vec<_> = prepared
-                        .iter()
-                        .map(|(full, m)| {
-                            (
-                                full.as_str(),
-                                &m.message.headers,
-                                &m.message.payload,
-                                m.dedup_id.as_deref(),
-                            )
-                        })
-                        .collect();
-                    streams
-                        .plan_stores(&batch, Now::current())
-                        .ok_or_else(|| BusError::NoStream {
-                            subject: uncaptured(streams, &prepared),
-                        })
-                },
-                |streams, plans| {
-                    plans
-                        .into_iter()
-                        .map(|plan| streams.apply_store(plan, Now::current()))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .await?;
+        let batch: Vec<_> = prepared
+            .iter()
+            .map(|(full, m)| {
+                (
+                    full.as_str(),
+                    &m.message.headers,
+                    &m.message.payload,
+                    m.dedup_id.as_deref(),
+                )
+            })
+            .collect();
+        let persisted = {
+            let mut streams = lock(&self.hub.streams);
+            streams
+                .store(&batch, Now::current())
+                .ok_or_else(|| BusError::NoStream {
+                    subject: uncaptured(&streams, &prepared),
+                })?
+        };
         for ((full, m), persisted) in prepared.iter().zip(&persisted) {
             if !persisted.duplicate {
                 self.hub.deliver(full, None, &m.message);
@@ -538,13 +386,8 @@ impl Bus for LocalBus {
         config.check()?;
         let stream = self.prefix.stream(&config.stream)?;
         let filter = self.prefix.filter(&config.filter_subject)?;
-        let changed = self
-            .hub
-            .change(
-                |streams| streams.plan_consumer(&stream, &config.name, &filter, config.ack_wait),
-                |streams, plan| streams.apply_consumer(plan),
-            )
-            .await?;
+        let changed =
+            lock(&self.hub.streams).consumer(&stream, &config.name, &filter, config.ack_wait)?;
         let reader = Reader {
             bus: self.clone(),
             stream,
@@ -561,6 +404,20 @@ impl Bus for LocalBus {
                 }
             },
         )))
+    }
+
+    async fn ack_floor(&self, stream: &str, consumer: &str) -> Result<u64> {
+        check_name("consumer name", consumer)?;
+        let prefixed = self.prefix.stream(stream)?;
+        lock(&self.hub.streams)
+            .ack_floor(&prefixed, consumer)
+            .ok_or_else(|| BusError::StreamNotFound {
+                name: stream.to_owned(),
+            })
+    }
+
+    fn keeps_streams(&self) -> bool {
+        false
     }
 }
 
@@ -641,16 +498,8 @@ impl fmt::Debug for LocalAck {
 #[async_trait]
 impl Acknowledge for LocalAck {
     async fn ack(self: Box<Self>) -> Result<()> {
-        self.hub
-            .change(
-                |streams| Ok(streams.plan_ack(&self.stream, &self.consumer, self.sequence)),
-                |streams, ack| {
-                    if let Some(ack) = ack {
-                        streams.apply_ack(ack);
-                    }
-                },
-            )
-            .await
+        lock(&self.hub.streams).ack(&self.stream, &self.consumer, self.sequence);
+        Ok(())
     }
 
     async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {

@@ -46,6 +46,13 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
+        let store = EmbeddedStore::temporary(Settings::default().limits());
+        Self::start_on(Arc::new(store.expect("a temporary store"))).await
+    }
+
+    /// Starts on `store`, as a restarted process would: with a new
+    /// in-process bus, which keeps nothing of the old one's streams.
+    pub async fn start_on(store: Arc<EmbeddedStore>) -> Self {
         let mut settings = Settings::default();
         settings.auth.hs256_secret = SECRET.to_owned();
         settings.bus.partitions = 4;
@@ -55,8 +62,6 @@ impl Harness {
         natter_contract::ensure_streams(bus.as_ref(), &topology)
             .await
             .expect("the streams");
-        let store =
-            Arc::new(EmbeddedStore::temporary(settings.limits()).expect("a temporary store"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port");
@@ -177,13 +182,14 @@ impl Harness {
 
     /// A fresh durable consumer of every EVENTS partition, from the start.
     pub async fn events(&self, name: &str) -> Events {
+        self.consume(name, &format!("{}.*", EVENTS.base)).await
+    }
+
+    /// The durable consumer `name` of the EVENTS messages on `subject`.
+    pub async fn consume(&self, name: &str, subject: &str) -> Events {
         let deliveries = self
             .bus
-            .consume(&ConsumerConfig::new(
-                EVENTS.name,
-                name,
-                format!("{}.*", EVENTS.base),
-            ))
+            .consume(&ConsumerConfig::new(EVENTS.name, name, subject))
             .await
             .expect("a consumer of EVENTS");
         Events {
