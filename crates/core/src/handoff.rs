@@ -7,6 +7,12 @@
 //! therefore sees every update after its cursor exactly once, in order.
 //! A watched conversation meets its live messages the same way, by seq.
 //!
+//! Everything goes live only once it is readable (sync writes an update
+//! before publishing it, fanout publishes a message after storage wrote
+//! it), so what arrives live while the hold is full is left to the
+//! fetches: the session holds a bounded number and never falls over
+//! because writes outpace its catch-up.
+//!
 //! This is a plain state machine: the gateway feeds it what arrives and
 //! carries out the [`Step`]s it returns.
 
@@ -18,17 +24,24 @@ use crate::model::{Message, Update};
 /// A gap-free position: 1, 2, 3, … after a start.
 pub trait Position: Copy + Ord + std::fmt::Debug {
     fn next(self) -> Self;
+    fn previous(self) -> Self;
 }
 
 impl Position for Cursor {
     fn next(self) -> Self {
         Cursor::next(self)
     }
+    fn previous(self) -> Self {
+        Cursor::new(self.get().saturating_sub(1))
+    }
 }
 
 impl Position for Seq {
     fn next(self) -> Self {
         Seq::next(self)
+    }
+    fn previous(self) -> Self {
+        Seq::new(self.get().saturating_sub(1))
     }
 }
 
@@ -60,9 +73,6 @@ pub enum Step<T: Sequenced = Update> {
     Deliver(Vec<T>),
     /// Ask for what follows `after`.
     Fetch { after: T::Position },
-    /// More live items are waiting than the session may hold: close the
-    /// session (or the watch); the device catches up on reconnect.
-    Overflow,
 }
 
 #[derive(Debug)]
@@ -74,6 +84,9 @@ pub struct Handoff<T: Sequenced = Update> {
     /// A fetch is outstanding; do not ask again until it answers.
     fetching: bool,
     max_held: usize,
+    /// The newest live item left out because the hold was full: fetching
+    /// goes on until it is delivered.
+    left_out: Option<T::Position>,
 }
 
 impl<T: Sequenced> Handoff<T> {
@@ -85,6 +98,7 @@ impl<T: Sequenced> Handoff<T> {
             held: BTreeMap::new(),
             fetching: true,
             max_held,
+            left_out: None,
         };
         (handoff, Step::Fetch { after: from })
     }
@@ -96,7 +110,7 @@ impl<T: Sequenced> Handoff<T> {
 
     /// Whether the session is caught up and delivering live.
     pub fn is_live(&self) -> bool {
-        !self.fetching && self.held.is_empty()
+        !self.fetching && self.held.is_empty() && self.left_out.is_none()
     }
 
     /// A live item arrived.
@@ -106,9 +120,21 @@ impl<T: Sequenced> Handoff<T> {
             return Vec::new();
         }
         self.held.insert(position, item);
-        if self.held.len() > self.max_held {
-            return vec![Step::Overflow];
+        if self.held.len() > self.max_held
+            && let Some((newest, _)) = self.held.pop_last()
+        {
+            // A fetch brings it: it was readable before it went live.
+            self.left_out = self.left_out.max(Some(newest));
         }
+        self.advance()
+    }
+
+    /// The session could not pass on what it was handed from `first`
+    /// through `through` (its device reads more slowly than they come):
+    /// they are in the log, so a fetch brings them again.
+    pub fn rewind(&mut self, first: T::Position, through: T::Position) -> Vec<Step<T>> {
+        self.delivered = self.delivered.min(first.previous());
+        self.left_out = self.left_out.max(Some(through));
         self.advance()
     }
 
@@ -133,18 +159,25 @@ impl<T: Sequenced> Handoff<T> {
     }
 
     /// Delivers the contiguous run after `delivered`; asks for what is
-    /// missing if a gap remains.
+    /// missing if a gap remains or something was left out.
     fn advance(&mut self) -> Vec<Step<T>> {
         let mut run = Vec::new();
         while let Some(item) = self.held.remove(&self.delivered.next()) {
             self.delivered = item.position();
             run.push(item);
         }
+        if self
+            .left_out
+            .is_some_and(|left_out| left_out <= self.delivered)
+        {
+            self.left_out = None;
+        }
         let mut steps = Vec::new();
         if !run.is_empty() {
             steps.push(Step::Deliver(run));
         }
-        if !self.held.is_empty() && !self.fetching {
+        let behind = !self.held.is_empty() || self.left_out.is_some();
+        if behind && !self.fetching {
             self.fetching = true;
             steps.push(Step::Fetch {
                 after: self.delivered,
@@ -235,11 +268,37 @@ mod tests {
     }
 
     #[test]
-    fn too_many_held_updates_overflow() {
+    fn what_a_full_hold_leaves_out_is_fetched() {
         let (mut h, _) = Handoff::start(Cursor::ZERO, 2);
         h.on_live(update(5));
         h.on_live(update(6));
-        assert_eq!(h.on_live(update(7)), vec![Step::Overflow]);
+        assert!(h.on_live(update(7)).is_empty(), "held two, 7 left out");
+        // The catch-up page reaches the head as it was when read: 1 to 6.
+        let page = (1..=6).map(update).collect();
+        let steps = h.on_page(page, true);
+        assert_eq!(delivered(&steps), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            steps.last(),
+            Some(&Step::Fetch {
+                after: Cursor::new(6)
+            })
+        );
+        assert!(!h.is_live());
+        let steps = h.on_page(vec![update(7)], true);
+        assert_eq!(delivered(&steps), vec![7]);
+        assert!(h.is_live());
+    }
+
+    #[test]
+    fn what_the_session_could_not_pass_on_is_fetched_again() {
+        let (mut h, _) = Handoff::start(Cursor::ZERO, 10);
+        let steps = h.on_page((1..=5).map(update).collect(), false);
+        assert_eq!(delivered(&steps), vec![1, 2, 3, 4, 5]);
+        // Only 1 and 2 fit; a fetch is out already, so none is asked.
+        assert!(h.rewind(Cursor::new(3), Cursor::new(5)).is_empty());
+        let steps = h.on_page((3..=5).map(update).collect(), true);
+        assert_eq!(delivered(&steps), vec![3, 4, 5]);
+        assert!(h.is_live());
     }
 
     proptest! {
@@ -250,10 +309,11 @@ mod tests {
             from in 0u64..5,
             total in 1u64..60,
             page in 1usize..8,
+            max_held in 1usize..20,
             live_order in proptest::collection::vec(any::<prop::sample::Index>(), 0..80),
             choices in proptest::collection::vec(any::<bool>(), 0..200),
         ) {
-            let (mut h, first) = Handoff::start(Cursor::new(from), 1_000);
+            let (mut h, first) = Handoff::start(Cursor::new(from), max_held);
             let mut pending_fetch = match first { Step::Fetch { after } => Some(after), _ => None };
             // Live updates from `from + 1` on arrive in a shuffled order.
             let mut live: Vec<u64> = (from + 1..=from + total).collect();
@@ -280,11 +340,22 @@ mod tests {
                     }
                     (_, None) => break,
                 };
-                for step in steps {
+                // A session whose device falls behind passes on a prefix
+                // of a run and rewinds the rest.
+                let mut steps: std::collections::VecDeque<_> = steps.into();
+                while let Some(step) = steps.pop_front() {
                     match step {
-                        Step::Deliver(us) => seen.extend(us.iter().map(|u| u.cursor.get())),
-                        Step::Fetch { after } => pending_fetch = Some(after),
-                        Step::Overflow => prop_assert!(false, "unexpected overflow"),
+                        Step::Deliver(us) => {
+                            let room = if choices.next().unwrap_or(true) { us.len() } else { us.len() / 2 };
+                            seen.extend(us[..room].iter().map(|u| u.cursor.get()));
+                            if let (Some(first), Some(last)) = (us.get(room), us.last()) {
+                                steps.extend(h.rewind(first.cursor, last.cursor));
+                            }
+                        }
+                        Step::Fetch { after } => {
+                            prop_assert!(pending_fetch.is_none(), "one fetch at a time");
+                            pending_fetch = Some(after);
+                        }
                     }
                 }
             }

@@ -82,7 +82,8 @@ pub struct GatewaySettings {
     /// Frames queued for one device before it counts as too slow and is
     /// disconnected (it catches up on reconnect).
     pub outbound_queue: usize,
-    /// Live updates held for one device while its catch-up runs.
+    /// Live updates held for one device while its catch-up runs; those
+    /// beyond it are fetched from the log instead.
     pub max_held_updates: usize,
     /// Conversations one session may watch at once.
     pub max_watches: usize,

@@ -23,7 +23,8 @@
 //! Everything a session holds is bounded: the outbound queue
 //! (`gateway.outbound_queue` frames; a device that falls behind it is
 //! disconnected and catches up on reconnect), the live updates held during
-//! catch-up (`gateway.max_held_updates`), requests in flight per session
+//! catch-up (`gateway.max_held_updates`; later ones are fetched from the log
+//! instead, where they are before they go live), requests in flight per session
 //! (`session::MAX_IN_FLIGHT`), and frame sizes (`gateway.max_frame_bytes`).
 //! Catch-up pages are only fetched when the outbound queue has room for a
 //! whole page, so replaying a long backlog goes at the device's pace

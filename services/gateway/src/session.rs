@@ -16,6 +16,7 @@
 //! (While the partition changes hands a send is asked again after a
 //! pause, and may then land after a later one.)
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,12 +46,10 @@ use tonic::Status;
 use tracing::field::Empty;
 
 use crate::Shared;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Refused};
 use crate::peers;
 use crate::revoke::Watch;
-use crate::stop::{
-    Stop, device_revoked, shutting_down, slow_consumer, too_many_watches, unavailable,
-};
+use crate::stop::{Stop, device_revoked, shutting_down, too_many_watches, unavailable};
 use crate::typing::TypingLimiter;
 use crate::watches::{self, Watches};
 
@@ -355,12 +354,27 @@ impl Session {
 
     /// Carries out what the handoff asks for.
     fn steps(&mut self, steps: Vec<Step>) -> Flow {
-        for step in steps {
+        let mut steps = VecDeque::from(steps);
+        while let Some(step) = steps.pop_front() {
             match step {
                 Step::Deliver(updates) => {
+                    // While catching up, updates outpacing the device are
+                    // left in the log and fetched at its pace; a device
+                    // that is live and still cannot keep up is cut off.
+                    let catching_up = !self.handoff.is_live();
+                    let through = updates.last().map(|u| u.cursor);
                     for update in updates {
+                        let cursor = update.cursor;
                         self.left(&update);
-                        self.out.push(Frame::Update(update.into()))?;
+                        match self.out.push(Frame::Update(update.into())) {
+                            Ok(()) => {}
+                            Err(Refused::Full) if catching_up => {
+                                let through = through.unwrap_or(cursor);
+                                steps.extend(self.handoff.rewind(cursor, through));
+                                break;
+                            }
+                            Err(refused) => return Err(refused.into()),
+                        }
                     }
                 }
                 Step::Fetch { after } => {
@@ -375,11 +389,6 @@ impl Session {
                         self.out.clone(),
                         self.identity.clone(),
                         query,
-                    )));
-                }
-                Step::Overflow => {
-                    return Err(Stop::Fail(slow_consumer(
-                        "too far behind; reconnect to catch up",
                     )));
                 }
             }

@@ -33,7 +33,7 @@ use tonic::Status;
 use crate::Shared;
 use crate::outbound::Outbound;
 use crate::peers;
-use crate::stop::{Stop, slow_consumer, unavailable};
+use crate::stop::{Stop, unavailable};
 
 /// What a fetch brings back: the page, and for a watch's first fetch the
 /// subscription to its live messages, made before the page was asked for.
@@ -267,11 +267,6 @@ impl Watches {
                     frames.extend(messages.into_iter().map(|m| Frame::Message(m.into())));
                 }
                 Step::Fetch { .. } => self.queue.push_back((conversation, room.generation)),
-                Step::Overflow => {
-                    return Err(Stop::Fail(slow_consumer(
-                        "too far behind a watched conversation; reconnect to catch up",
-                    )));
-                }
             }
         }
         if !room.caught_up && room.handoff.is_live() {

@@ -22,7 +22,7 @@
 //! | 1008 | a bad or missing token, a revoked device, no `hello` first or in time, a bad `hello` |
 //! | 1009 | a message larger than `gateway.max_frame_bytes` |
 //! | 1011 | the server failed |
-//! | 1013 | the device reads too slowly or fell too far behind, or a peer service is unavailable: reconnect later |
+//! | 1013 | the device reads too slowly, or a peer service is unavailable: reconnect later |
 //!
 //! The close reason is `<ErrorInfo reason>: <message>`, cut to the 123
 //! bytes a close frame allows.
