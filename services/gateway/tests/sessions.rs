@@ -426,6 +426,25 @@ async fn a_device_that_reads_too_slowly_is_disconnected() {
     harness.stop().await;
 }
 
+/// Opens a session of `user` whose catch-up is held up, and appends
+/// updates 1 to `through`: the first without its live publication, so the
+/// later ones wait behind the catch-up. Catch-up is still held up after.
+async fn stuck_in_catch_up(
+    harness: &Harness,
+    transport: Transport,
+    user: &str,
+    room: ConversationId,
+    through: u64,
+) -> Device {
+    harness.sync.hold_pages.send_replace(true);
+    let device = harness.open(transport, user, "d1", 0).await;
+    harness.sync.append_quietly(user, read_event(room, user, 1));
+    for seq in 2..=through {
+        harness.sync.append(user, read_event(room, user, seq)).await;
+    }
+    device
+}
+
 /// Updates are in the log before they go live, so a session whose hold
 /// is full during catch-up leaves the rest to its fetches and stays open.
 #[tokio::test]
@@ -434,20 +453,8 @@ async fn live_updates_beyond_the_hold_during_catch_up_come_from_the_log() {
     let room = conversation();
     for (t, transport) in ALL.into_iter().enumerate() {
         let user = format!("u{t}");
-        harness.sync.hold_pages.send_replace(true);
-        let mut device = harness.open(transport, &user, "d1", 0).await;
-        // The first update's live publication is lost, so the later ones
-        // wait for the catch-up, which is held up: two are held, the rest
-        // left out.
-        harness
-            .sync
-            .append_quietly(&user, read_event(room, &user, 1));
-        for seq in 2..=6 {
-            harness
-                .sync
-                .append(&user, read_event(room, &user, seq))
-                .await;
-        }
+        // Two are held, the rest left out.
+        let mut device = stuck_in_catch_up(&harness, transport, &user, room, 6).await;
         harness.sync.hold_pages.send_replace(false);
         assert_eq!(updates(&mut device, 6).await, (1..=6).collect::<Vec<_>>());
         // Caught up: the next update comes live.
@@ -470,17 +477,7 @@ async fn a_device_catching_up_behind_a_burst_gets_every_update_once() {
     let room = conversation();
     for (t, transport) in ALL.into_iter().enumerate() {
         let user = format!("u{t}");
-        harness.sync.hold_pages.send_replace(true);
-        let mut device = harness.open(transport, &user, "d1", 0).await;
-        harness
-            .sync
-            .append_quietly(&user, read_event(room, &user, 1));
-        for seq in 2..=3 {
-            harness
-                .sync
-                .append(&user, read_event(room, &user, seq))
-                .await;
-        }
+        let mut device = stuck_in_catch_up(&harness, transport, &user, room, 3).await;
         // Catch-up resumes while the burst goes on and the device reads
         // nothing: its queue of 4 fills long before the burst ends.
         harness.sync.hold_pages.send_replace(false);
