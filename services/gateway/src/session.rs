@@ -362,14 +362,15 @@ impl Session {
                     // left in the log and fetched at its pace; a device
                     // that is live and still cannot keep up is cut off.
                     let catching_up = !self.handoff.is_live();
-                    let through = updates.last().map(|u| u.cursor);
+                    let Some(through) = updates.last().map(|u| u.cursor) else {
+                        continue;
+                    };
                     for update in updates {
                         let cursor = update.cursor;
                         self.left(&update);
                         match self.out.push(Frame::Update(update.into())) {
                             Ok(()) => {}
                             Err(Refused::Full) if catching_up => {
-                                let through = through.unwrap_or(cursor);
                                 steps.extend(self.handoff.rewind(cursor, through));
                                 break;
                             }

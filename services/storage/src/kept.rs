@@ -17,15 +17,15 @@
 //! the oldest announcement that may not be consumed yet, never past it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use natter_bus::{Bus, Outgoing};
+use natter_bus::Outgoing;
 use natter_contract::EVENTS;
 use natter_core::{Event, TenantId};
 use natter_proto::bus::v1::ConversationEvents;
 use natter_server::clock::Versions;
-use natter_store::{Announcement, ConversationStore, Result};
+use natter_store::{Announcement, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::storage::{Storage, dedup_id};
@@ -144,10 +144,13 @@ impl Kept {
     }
 }
 
-/// Publishes again, in order, what the partition's previous holder kept:
-/// called before the partition takes sends, so a conversation's events
-/// keep their order.
-pub(crate) async fn announce_kept(storage: &Storage, kept: &Kept, partition: u32) -> Result<()> {
+/// Publishes again, in order, what the partition's previous holder kept,
+/// where anything is kept: called before the partition takes sends, so a
+/// conversation's events keep their order.
+pub(crate) async fn announce_kept(storage: &Storage, partition: u32) -> Result<()> {
+    let Some(kept) = &storage.kept else {
+        return Ok(());
+    };
     let mut all = Vec::new();
     let mut after = 0;
     loop {
@@ -202,14 +205,17 @@ fn replay_dedup_id(payload: &[u8]) -> Option<String> {
     dedup_id(&events)
 }
 
-/// Until `stop`: forgets what fanout has acknowledged on the partition.
+/// Until `stop`: forgets what fanout has acknowledged on the partition,
+/// where anything is kept.
 pub(crate) async fn forget_consumed(
-    bus: &dyn Bus,
-    store: &dyn ConversationStore,
-    kept: &Kept,
+    storage: Arc<Storage>,
     partition: u32,
-    stop: &CancellationToken,
+    stop: CancellationToken,
 ) {
+    let Some(kept) = &storage.kept else {
+        return;
+    };
+    let (bus, store) = (&storage.bus, &storage.store);
     let consumer = EVENTS.consumer(natter_contract::EVENTS_CONSUMER, partition);
     let mut every = tokio::time::interval(FORGET_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -95,20 +95,16 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
     // Where the bus keeps no streams, what the previous holder kept goes
     // out before any new send, and what this holder keeps is forgotten
     // as fanout takes it.
-    let forgetting = stop.child_token();
-    if let Some(kept) = &storage.kept {
-        if let Err(e) = kept::announce_kept(&storage, kept, partition).await {
-            tracing::error!(partition, error = %e, "cannot announce what was kept");
-            return;
-        }
-        let (storage, stop) = (storage.clone(), forgetting.clone());
-        tokio::spawn(async move {
-            if let Some(kept) = &storage.kept {
-                let (bus, store) = (storage.bus.as_ref(), storage.store.as_ref());
-                kept::forget_consumed(bus, store, kept, partition, &stop).await;
-            }
-        });
+    if let Err(e) = kept::announce_kept(&storage, partition).await {
+        tracing::error!(partition, error = %e, "cannot announce what was kept");
+        return;
     }
+    let forgetting = stop.child_token();
+    tokio::spawn(kept::forget_consumed(
+        storage.clone(),
+        partition,
+        forgetting.clone(),
+    ));
     let _forgetting = forgetting.drop_guard();
     let mut requests = match storage
         .bus
