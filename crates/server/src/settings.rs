@@ -425,13 +425,6 @@ impl Settings {
     }
 }
 
-/// Binds a service's listener and says where it listens.
-pub async fn bind(service: &str, addr: &str) -> std::io::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(service, addr = %listener.local_addr()?, "listening");
-    Ok(listener)
-}
-
 /// Both halves of the storage boundary, from one backend.
 #[derive(Clone)]
 pub struct Stores {

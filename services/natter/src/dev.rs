@@ -47,11 +47,11 @@ pub(crate) async fn run(
     } = settings.infra("dev").await?;
     let stores = settings.open_stores().await?;
 
-    let gateway_grpc = TcpListener::bind(&settings.gateway.grpc_addr).await?;
-    let gateway_http = TcpListener::bind(&settings.gateway.http_addr).await?;
-    let storage = TcpListener::bind(&settings.storage.grpc_addr).await?;
-    let sync = TcpListener::bind(&settings.sync.grpc_addr).await?;
-    let fanout = TcpListener::bind(&settings.fanout.grpc_addr).await?;
+    let gateway_grpc = natter_server::listen(&settings.gateway.grpc_addr).await?;
+    let gateway_http = natter_server::listen(&settings.gateway.http_addr).await?;
+    let storage = natter_server::listen(&settings.storage.grpc_addr).await?;
+    let sync = natter_server::listen(&settings.sync.grpc_addr).await?;
+    let fanout = natter_server::listen(&settings.fanout.grpc_addr).await?;
     let gateway_http_addr = gateway_http.local_addr()?;
     let mut addrs = vec![
         ("gateway (gRPC)", gateway_grpc.local_addr()?.to_string()),
@@ -179,7 +179,7 @@ async fn demo_listener(settings: &Settings, addr: &str) -> Result<Option<TcpList
     if settings.auth.hs256_secret.is_empty() {
         return Err("it mints tokens, which needs auth.hs256_secret".into());
     }
-    TcpListener::bind(addr)
+    natter_server::listen(addr)
         .await
         .map(Some)
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
