@@ -59,7 +59,8 @@ mod tests {
     async fn listens_where_asked_and_accepts() {
         let listener = listen("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         assert_eq!(accepted.unwrap().1, client.unwrap().local_addr().unwrap());
     }
 
