@@ -9,7 +9,8 @@
 //! with [`Started::commit`], hand on its turn, then wait with
 //! [`GroupCommit::flush_through`]. Readers can see a commit before it is
 //! flushed; those that must not (what they read would be handed out as
-//! durable) wait with [`GroupCommit::wait_for_started`] after reading.
+//! durable) ask [`GroupCommit::unflushed`] after reading and wait for what
+//! it names.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
@@ -73,11 +74,17 @@ impl GroupCommit {
         Ok((started, txn))
     }
 
-    /// Blocks until every write transaction begun so far is on disk; for a
-    /// reader, after reading, so nothing it read can be lost to a crash.
-    pub fn wait_for_started(&self, db: &Database) -> Result<(), FlushFailed> {
-        let mark = self.lock().started;
-        self.wait(db, mark)
+    /// For a reader, after reading: what it must wait for with
+    /// [`GroupCommit::flush_through`] before it answers, so nothing it read
+    /// can be lost to a crash. That is every write transaction begun so
+    /// far (one that has committed may not have ended yet); `None` when
+    /// all of them are on disk already, so the reader need not block.
+    pub fn unflushed(&self) -> Option<Written> {
+        let state = self.lock();
+        let clean = state.failed.is_none() && state.flushed >= state.started;
+        (!clean).then_some(Written {
+            mark: state.started,
+        })
     }
 
     /// Blocks until `written` is on disk.
@@ -199,7 +206,9 @@ mod tests {
         // An aborted transaction counts as ended, so readers do not wait
         // for it forever.
         drop(group.begin(&db).unwrap());
-        group.wait_for_started(&db).unwrap();
+        let unflushed = group.unflushed().expect("the aborted transaction");
+        group.flush_through(&db, unflushed).unwrap();
+        assert!(group.unflushed().is_none());
         {
             let state = group.lock();
             assert_eq!((state.started, state.ended), (401, 401));
@@ -209,5 +218,22 @@ mod tests {
         let db = Database::create(&path).unwrap();
         let read = db.begin_read().unwrap();
         assert_eq!(read.open_table(TABLE).unwrap().len().unwrap(), 400);
+    }
+
+    #[test]
+    fn a_reader_waits_only_while_a_write_is_not_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        let group = GroupCommit::default();
+        assert!(group.unflushed().is_none());
+        let (started, txn) = group.begin(&db).unwrap();
+        txn.open_table(TABLE).unwrap().insert(1, 1).unwrap();
+        // Begun, not committed: a reader may already see it once it is.
+        assert!(group.unflushed().is_some());
+        let written = started.commit(txn).unwrap();
+        let unflushed = group.unflushed().expect("committed, not flushed");
+        group.flush_through(&db, written).unwrap();
+        group.flush_through(&db, unflushed).unwrap();
+        assert!(group.unflushed().is_none());
     }
 }

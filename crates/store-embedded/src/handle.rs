@@ -77,9 +77,27 @@ impl Handle {
     /// closes, so the next call opens the file again. Blocks on file I/O.
     pub(crate) fn run<T>(&self, f: impl FnOnce(&Open) -> TxResult<T>) -> TxResult<T> {
         let open = self.get()?;
-        let result = f(&open);
+        self.run_on(&open, f)
+    }
+
+    /// The open database, or `None` if it must be opened again first,
+    /// which blocks on file I/O.
+    pub(crate) fn if_open(&self) -> Option<Arc<Open>> {
+        match &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::Open(open) => Some(open.clone()),
+            State::Closed { .. } => None,
+        }
+    }
+
+    /// Runs `f` on `open`, got from this handle, as [`Handle::run`] does.
+    pub(crate) fn run_on<T>(
+        &self,
+        open: &Arc<Open>,
+        f: impl FnOnce(&Open) -> TxResult<T>,
+    ) -> TxResult<T> {
+        let result = f(open);
         if let Err(TxError { error, io: true }) = &result {
-            self.fail(&open, error);
+            self.fail(open, error);
         }
         result
     }

@@ -20,9 +20,10 @@
 //!
 //! # Transactions and durability
 //!
-//! Every operation runs in a redb transaction on tokio's blocking pool
-//! (`spawn_blocking`), because redb is synchronous and a commit waits for
-//! `fsync`. Writes that arrive together share one transaction and its
+//! Every operation runs in a redb transaction. Writes run on tokio's
+//! blocking pool (`spawn_blocking`), because redb is synchronous and a
+//! commit waits for `fsync`; reads run on the caller's thread and go to
+//! the pool only to wait for a flush. Writes that arrive together share one transaction and its
 //! flush (`batch.rs`): sync writing to many users' logs at once commits
 //! once, not once per user. Commits are group commits
 //! (`natter_record::group`): each commits without `fsync`, then waits for
@@ -51,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use natter_core::Limits;
-use natter_record::group::FlushFailed;
+use natter_record::group::{FlushFailed, Written};
 use natter_store::{Page, Result, StoreError};
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
@@ -59,7 +60,7 @@ use redb::{
 use tempfile::TempDir;
 
 use crate::batch::Batcher;
-use crate::handle::Handle;
+use crate::handle::{Handle, Open};
 use crate::tables::{FORMAT_KEY, FORMAT_VERSION, META};
 
 /// The database file inside the data directory.
@@ -180,26 +181,38 @@ impl EmbeddedStore {
         self.limits.page_size(requested).max(1) as usize
     }
 
-    /// Runs `f` in a read transaction (a snapshot of the last commit) on
-    /// the blocking pool, and answers once what it read is on disk, so no
-    /// caller is shown a write that a crash could still undo.
+    /// Runs `f` in a read transaction (a snapshot of the last commit) and
+    /// answers once what it read is on disk, so no caller is shown a write
+    /// that a crash could still undo. A read of pages redb or the OS has
+    /// cached takes microseconds, less than handing it to another thread,
+    /// so it runs on the caller's thread; only opening the file again and
+    /// waiting for a flush block, and those go to the blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> TxResult<T> + Send + 'static,
     {
         let handle = self.handle.clone();
-        blocking(move || {
-            handle.run(|open| {
-                let txn = open.db.begin_read()?;
-                let value = f(&txn)?;
-                open.group
-                    .wait_for_started(&open.db)
-                    .map_err(flush_failed)?;
-                Ok(value)
+        let Some(open) = handle.if_open() else {
+            return blocking(move || {
+                handle.run(|open| {
+                    let value = f(&open.db.begin_read()?)?;
+                    wait_for(open, open.group.unflushed())?;
+                    Ok(value)
+                })
             })
-        })
-        .await
+            .await;
+        };
+        let (value, unflushed) = handle
+            .run_on(&open, |open| {
+                let value = f(&open.db.begin_read()?)?;
+                Ok((value, open.group.unflushed()))
+            })
+            .map_err(|e| e.error)?;
+        if unflushed.is_some() {
+            blocking(move || handle.run_on(&open, |open| wait_for(open, unflushed))).await?;
+        }
+        Ok(value)
     }
 
     /// Runs `f` in a write transaction on the blocking pool and, if `f`
@@ -306,6 +319,17 @@ where
         Ok(result) => result.map_err(|e| e.error),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(StoreError::Unavailable(format!("store task ended: {e}"))),
+    }
+}
+
+/// Waits until `unflushed`, what a read saw, is on disk.
+fn wait_for(open: &Open, unflushed: Option<Written>) -> TxResult<()> {
+    match unflushed {
+        Some(written) => open
+            .group
+            .flush_through(&open.db, written)
+            .map_err(flush_failed),
+        None => Ok(()),
     }
 }
 
