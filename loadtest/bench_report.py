@@ -175,6 +175,7 @@ def durable(records):
         half = [r for r in mine if r["kind"] == "half"]
         out[system] = {
             "stored_per_s": median([r["report"]["acked_per_s"] for r in saturated]),
+            "offered_per_s": median([r["value"] for r in saturated]),
             "half_offered_per_s": median([r["value"] for r in half]),
             "ack_p50_ms": median([r["report"]["ack_latency"]["p50_ms"] for r in half]),
             "ack_p99_ms": median([r["report"]["ack_latency"]["p99_ms"] for r in half]),
@@ -280,28 +281,55 @@ def lowest_tried(system):
 
 
 def targets(results):
-    """Each target: the measured figure, Centrifugo's, and met or missed."""
+    """Each target of the message-path redesign: the measured figure,
+    Centrifugo's from the same run, and met or missed."""
     rows = []
     f = results["fanout"]
     cf_mem = f.get("centrifugo-memory", {})
     cf_nats = f.get("centrifugo-nats", {})
-    for natter, cf, label in (("natter-single", cf_mem, "natter dev vs Centrifugo memory"),
-                              ("natter-services", cf_nats, "four services on NATS vs Centrifugo NATS broker"),
-                              ("natter-services-cql", cf_nats,
-                               "four services on NATS and Cassandra (production path) vs Centrifugo NATS broker")):
+    for natter, cf, label, want in (
+            ("natter-single", cf_mem, "natter dev ÷ Centrifugo memory engine", 1.0),
+            ("natter-services", cf_nats, "four services on NATS, embedded stores ÷ Centrifugo NATS broker", None),
+            ("natter-services-cql", cf_nats, "four services on NATS + Cassandra ÷ Centrifugo NATS broker", 0.35)):
         if natter not in f:
             continue
         r = ratio(f[natter]["peak_delivered_per_s"], cf.get("peak_delivered_per_s"))
         peak = f[natter]["peak_delivered_per_s"]
         shown = (f"{fmt(peak)}/s ({fmt(r, 3)}×)" if peak else
                  f"none: p99 > 10 ms even at {fmt(lowest_tried(f[natter]))} msg/s")
-        rows.append((f"delivered msgs/s at p99 ≤ 10 ms, {label}", "≥ 2× Centrifugo", shown,
-                     f"{fmt(cf.get('peak_delivered_per_s'))}/s", verdict(None if r is None else r >= 2)))
+        rows.append((f"delivered msgs/s at p99 ≤ 10 ms, {label}", f"≥ {want}×" if want else "–", shown,
+                     f"{fmt(cf.get('peak_delivered_per_s'))}/s",
+                     verdict(None if r is None or want is None else r >= want)))
+        if want is None:
+            continue
         p99 = f[natter]["half_p99_ms"]
         at = "" if peak else f" (no peak: at {fmt(f[natter]['half_offered_per_s'])} msgs/s)"
         rows.append((f"p99 send → deliver at 50 % of peak, {natter}", "< 5 ms",
                      fmt(p99, 2, " ms") + at, fmt(cf.get("half_p99_ms"), 2, " ms"),
                      verdict(None if p99 is None else p99 < 5)))
+    d = results["durable"]
+    for system, want in (("natter-single", 20_000), ("natter-cql", 5_000)):
+        if system in d:
+            stored = d[system]["stored_per_s"]
+            rows.append((f"stored msgs/s, acked only when durable: {DURABLE_SYSTEMS[system]}", f"≥ {want:,}",
+                         fmt(stored), "–", verdict(None if stored is None else stored >= want)))
+    paid = d.get("natter-services-cql", {})
+    for key, label, want in (("lwt_per_message", "LWTs per message in the steady state", 0),
+                             ("nats_msgs_per_message", "NATS messages per 1:1 message", 6)):
+        counted = [c[key] for c in (paid.get("saturated_costs", {}), paid.get("half_costs", {})) if key in c]
+        if counted:
+            worst = max(counted)
+            rows.append((f"{label} (50 pairs on the four services + Cassandra, saturated and at half)",
+                         f"≤ {want}", " / ".join(fmt(c, 1) for c in counted), "–", verdict(worst <= want)))
+    s = results["sync"]
+    storms = s.get("storms", {})
+    n, c = storms.get("natter-single"), storms.get("centrifugo-memory")
+    if n:
+        ok = n["never_back"] == 0 and n["storm_s"] is not None and n["storm_s"] <= 5 and (
+            c is None or c["storm_s"] is None or n["storm_s"] < c["storm_s"])
+        rows.append((f"reconnect storm, {n['devices']:,} devices, until all are back",
+                     "≤ 5 s, faster than Centrifugo", fmt(n["storm_s"], 2, " s"),
+                     fmt(c["storm_s"], 2, " s") if c else "–", verdict(ok)))
     i = results["idle"]
     n, c = i.get("natter-single"), i.get("centrifugo-memory")
     if n:
@@ -309,44 +337,33 @@ def targets(results):
         cf_last = c["checkpoints"][-1] if c and c["checkpoints"] else None
         if last:
             per = last["per_connection_bytes"] / KIB
-            rows.append((f"server memory per idle connection at {last['open']:,}", "≤ 8 KiB",
+            rows.append((f"server memory per idle connection at {last['open']:,}, natter dev", "≤ 8 KiB",
                          fmt(per, 1, " KiB"),
                          fmt(cf_last["per_connection_bytes"] / KIB, 1, " KiB") if cf_last else "–",
                          verdict(per <= 8)))
-        kept = n["opened"] - n["dropped"]
-        held = kept >= 100_000 and n["failed"] == 0
-        limit = results["meta"]["machine"].get("open_files_limit", 0)
-        why = ""
-        if not held and limit < 100_000:
-            why = f" (open files capped at {limit:,} per process here)"
-        elif not held and results["meta"]["settings"]["quick"]:
-            why = " (--quick opens 10,000)"
-        rows.append(("concurrent connections held", "100,000",
-                     f"{kept:,} held: {n['opened']:,} opened, {n['failed']:,} failed, "
-                     f"{n['dropped']:,} ended by the server{why}",
-                     f"{c['opened']:,}" if c else "–", verdict(held)))
     sc = results["scale"]
     if sc:
+        per = sc["per_connection_bytes"]
+        if per is not None:
+            rows.append(("gateway memory per idle connection, four services on NATS (median of the gateways)",
+                         "≤ 8 KiB", fmt(per / KIB, 1, " KiB"), "–", verdict(per / KIB <= 8)))
         together = sc["held_together_s"]
         held = sc["held"] >= 100_000 and not sc["failed"] and not sc["dropped"] and together and together > 0
-        rows.append((f"concurrent connections held, {len(sc['gateways'])} gateways on one NATS", "100,000",
+        rows.append((f"concurrent idle connections held, {len(sc['gateways'])} gateways on one NATS",
+                     "100,000, 0 failed",
                      f"{sc['held']:,} held ({sc['failed']:,} failed, {sc['dropped']:,} ended by a gateway), "
                      f"all at once for {fmt(together, 0, ' s')}",
                      "–", verdict(held)))
-        per = sc["per_connection_bytes"]
-        if per is not None:
-            rows.append(("gateway memory per idle connection on NATS (median of the gateways)", "≤ 8 KiB",
-                         fmt(per / KIB, 1, " KiB"), "–", verdict(per / KIB <= 8)))
-    s = results["sync"]
     if s.get("catch_up_s") is not None:
-        rows.append((f"catch-up of {s['catch_up_messages']:,} missed messages", "< 1 s",
-                     fmt(s["catch_up_s"], 3, " s"), "–", verdict(s["catch_up_s"] < 1 and not s["catch_up_missing"])))
+        rows.append((f"catch-up of {s['catch_up_messages']:,} missed messages", "< 0.1 s",
+                     fmt(s["catch_up_s"], 3, " s"), "–",
+                     verdict(s["catch_up_s"] < 0.1 and not s["catch_up_missing"])))
     ce = results["ceiling"]
     if ce.get("natter_acked_per_s") and ce.get("nats_js_async_per_s"):
         r = ce["nats_js_async_per_s"] / ce["natter_acked_per_s"]
-        rows.append(("NATS path against nats bench (JetStream async publish)", "within 1.25×",
+        rows.append(("NATS path against nats bench (JetStream async publish)", "–",
                      f"{fmt(ce['natter_acked_per_s'])}/s vs {fmt(ce['nats_js_async_per_s'])}/s: {r:,.0f}× slower",
-                     "–", verdict(r <= 1.25)))
+                     "–", verdict(None)))
     return rows
 
 
@@ -464,7 +481,8 @@ def markdown(results):
             "",
             "## Durable path: 50 pairs, sends acked only once stored",
             "",
-            "| store | stored msgs/s (offered 1,500/s) | at 50 %: send → ack p50 | p99 | load |",
+            f"| store | stored msgs/s (offered {fmt(max(r.get('offered_per_s') or 0 for r in d.values()))}/s) "
+            "| at 50 %: send → ack p50 | p99 | load |",
             "|---|---:|---:|---:|---|",
         ]
         for system, r in d.items():
