@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use natter_record::group::GroupCommit;
+use crate::group::GroupCommit;
 use natter_store::{Result, StoreError};
 use redb::Database;
 
@@ -205,6 +205,8 @@ mod tests {
     const FULL: u8 = 1;
     /// Only `fsync`s fail, as when the disk reports EIO.
     const FSYNC: u8 = 2;
+    /// `fsync`s wait until the fault changes, as on a disk that stalls.
+    const STALL: u8 = 3;
 
     /// A disk whose failures the test switches on and off, and which counts
     /// the times the store opens the database file on it.
@@ -278,6 +280,9 @@ mod tests {
         }
 
         fn sync_data(&self) -> io::Result<()> {
+            while self.fault.load(Ordering::SeqCst) == STALL {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             self.check(&[FULL, FSYNC])?;
             self.file.sync_data()
         }
@@ -480,6 +485,58 @@ mod tests {
                 3,
                 "fault {fault}: one failed reopen, one that worked"
             );
+        }
+    }
+
+    /// Ends a stall when dropped, so a failed assertion does not leave the
+    /// stalled flush (and the test) waiting for ever.
+    struct Unstall<'a>(&'a Disk);
+
+    impl Drop for Unstall<'_> {
+        fn drop(&mut self) {
+            let _ =
+                self.0
+                    .fault
+                    .compare_exchange(STALL, HEALTHY, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_answers_once_what_it_saw_is_on_disk() {
+        for (then, on_disk) in [(HEALTHY, true), (FSYNC, false)] {
+            let disk = Disk::default();
+            let store = Arc::new(disk.store());
+            let id = conversation(&store).await;
+            let one = text(id, 1);
+            let ended = || store.handle.if_open().unwrap().group.ended();
+            let before = ended();
+            disk.set(STALL);
+            let _unstall = Unstall(&disk);
+            let writing = tokio::spawn({
+                let (store, one) = (store.clone(), one.clone());
+                async move { write(&store, &one).await }
+            });
+            // Once the write has committed, waiting for the disk, a read
+            // sees it and waits with it.
+            while ended() == before {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let waiting = tokio::spawn({
+                let store = store.clone();
+                async move { messages(&store, id).await }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!waiting.is_finished(), "answered before the flush");
+
+            disk.set(then);
+            let (read, written) = (waiting.await.unwrap(), writing.await.unwrap());
+            if on_disk {
+                assert_eq!(read.unwrap(), vec![one]);
+                written.unwrap();
+            } else {
+                assert_unavailable(read);
+                assert_unavailable(written);
+            }
         }
     }
 

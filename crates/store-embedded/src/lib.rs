@@ -26,12 +26,13 @@
 //! the pool only to wait for a flush. Writes that arrive together share one transaction and its
 //! flush (`batch.rs`): sync writing to many users' logs at once commits
 //! once, not once per user. Commits are group commits
-//! (`natter_record::group`): each commits without `fsync`, then waits for
+//! (`group.rs`): each commits without `fsync`, then waits for
 //! one flush shared with what was committed meanwhile, so when a call
 //! returns `Ok`, what it wrote is on disk. A read answers only once what it
 //! saw is on disk. A call that fails writes nothing. After a disk I/O error
 //! the store opens the file again by itself (`handle.rs`). The table layout
-//! is in `tables.rs`, the value encodings in `record.rs`.
+//! is in `tables.rs`, the value encodings in `record.rs` (their field
+//! layout in `fields.rs`).
 //!
 //! # Sharing
 //!
@@ -41,6 +42,8 @@
 
 mod batch;
 mod conversations;
+mod fields;
+mod group;
 mod handle;
 mod leases;
 mod record;
@@ -52,7 +55,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use natter_core::Limits;
-use natter_record::group::{FlushFailed, Written};
 use natter_store::{Page, Result, StoreError};
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
@@ -60,6 +62,7 @@ use redb::{
 use tempfile::TempDir;
 
 use crate::batch::Batcher;
+use crate::group::{FlushFailed, Written};
 use crate::handle::{Handle, Open};
 use crate::tables::{FORMAT_KEY, FORMAT_VERSION, META};
 

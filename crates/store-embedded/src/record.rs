@@ -5,12 +5,12 @@
 //!
 //! A value that does not decode is reported as [`StoreError::Corrupt`].
 
+use crate::fields::{Damaged, Reader, Writer, read};
 use natter_core::{
     ClientMessageId, ConversationId, Cursor, Device, DeviceId, Member, Message, MessageId, Role,
     Seq, TenantId, Timestamp, UserId,
 };
 use natter_proto::codec;
-use natter_record::{Damaged, Reader, Writer, read};
 use natter_store::{Result, StoreError};
 use uuid::Uuid;
 

@@ -20,12 +20,12 @@ use redb::{Database, Durability, WriteTransaction};
 /// opened again.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("flush to disk failed: {0}")]
-pub struct FlushFailed(pub String);
+pub(crate) struct FlushFailed(pub(crate) String);
 
 /// The group commit of one database. Share it between every writer of the
 /// database.
 #[derive(Debug, Default)]
-pub struct GroupCommit {
+pub(crate) struct GroupCommit {
     state: Mutex<State>,
     flushed: Condvar,
 }
@@ -46,13 +46,13 @@ struct State {
 /// A committed write transaction, not necessarily on disk yet.
 #[derive(Debug)]
 #[must_use = "wait with GroupCommit::flush_through before reporting the write done"]
-pub struct Written {
+pub(crate) struct Written {
     mark: u64,
 }
 
 /// A write transaction that takes part in the group commit.
 #[derive(Debug)]
-pub struct Started<'a> {
+pub(crate) struct Started<'a> {
     group: &'a GroupCommit,
     ended: bool,
 }
@@ -60,7 +60,7 @@ pub struct Started<'a> {
 impl GroupCommit {
     /// Begins a write transaction that commits without `fsync`. End it
     /// with [`Started::commit`]; dropping it counts it as ended.
-    pub fn begin<'a>(
+    pub(crate) fn begin<'a>(
         &'a self,
         db: &'a Database,
     ) -> Result<(Started<'a>, WriteTransaction), redb::Error> {
@@ -79,7 +79,7 @@ impl GroupCommit {
     /// can be lost to a crash. That is every write transaction begun so
     /// far (one that has committed may not have ended yet); `None` when
     /// all of them are on disk already, so the reader need not block.
-    pub fn unflushed(&self) -> Option<Written> {
+    pub(crate) fn unflushed(&self) -> Option<Written> {
         let state = self.lock();
         let clean = state.failed.is_none() && state.flushed >= state.started;
         (!clean).then_some(Written {
@@ -88,7 +88,7 @@ impl GroupCommit {
     }
 
     /// Blocks until `written` is on disk.
-    pub fn flush_through(&self, db: &Database, written: Written) -> Result<(), FlushFailed> {
+    pub(crate) fn flush_through(&self, db: &Database, written: Written) -> Result<(), FlushFailed> {
         self.wait(db, written.mark)
     }
 
@@ -124,6 +124,12 @@ impl GroupCommit {
         }
     }
 
+    /// Write transactions ended so far, committed or not.
+    #[cfg(test)]
+    pub(crate) fn ended(&self) -> u64 {
+        self.lock().ended
+    }
+
     fn end(&self) -> u64 {
         let mut state = self.lock();
         state.ended += 1;
@@ -143,7 +149,7 @@ impl Started<'_> {
     /// Commits `txn` without waiting for the disk. Changes whose loss in a
     /// crash costs only a repeat (a device cursor) may drop the [`Written`]:
     /// they reach the disk with the next flush.
-    pub fn commit(mut self, txn: WriteTransaction) -> Result<Written, redb::Error> {
+    pub(crate) fn commit(mut self, txn: WriteTransaction) -> Result<Written, redb::Error> {
         txn.commit()?;
         self.ended = true;
         Ok(Written {
