@@ -35,6 +35,7 @@ import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import javax.management.InstanceNotFoundException;
 import javax.management.MBeanServerConnection;
 import javax.management.ObjectName;
 import javax.management.remote.JMXConnector;
@@ -138,7 +139,15 @@ public class CassandraCounters {
     return out;
   }
 
+  /**
+   * A metric's count; 0 for one the node has not registered yet, as it
+   * registers batch and CAS metrics only when the first such request comes.
+   */
   private static long count(MBeanServerConnection jmx, String name) throws Exception {
-    return ((Number) jmx.getAttribute(new ObjectName(METRICS + name), "Count")).longValue();
+    try {
+      return ((Number) jmx.getAttribute(new ObjectName(METRICS + name), "Count")).longValue();
+    } catch (InstanceNotFoundException e) {
+      return 0;
+    }
   }
 }
