@@ -314,13 +314,13 @@ def targets(results):
             rows.append((f"stored msgs/s, acked only when durable: {DURABLE_SYSTEMS[system]}", f"≥ {want:,}",
                          fmt(stored), "–", verdict(None if stored is None else stored >= want)))
     paid = d.get("natter-services-cql", {})
-    for key, label, want in (("lwt_per_message", "LWTs per message in the steady state", 0),
-                             ("nats_msgs_per_message", "NATS messages per 1:1 message", 6)):
+    for key, label, want, digits in (("lwt_per_message", "LWTs per message in the steady state", 0, 2),
+                                     ("nats_msgs_per_message", "NATS messages per 1:1 message", 6, 1)):
         counted = [c[key] for c in (paid.get("saturated_costs", {}), paid.get("half_costs", {})) if key in c]
         if counted:
             worst = max(counted)
             rows.append((f"{label} (50 pairs on the four services + Cassandra, saturated and at half)",
-                         f"≤ {want}", " / ".join(fmt(c, 1) for c in counted), "–", verdict(worst <= want)))
+                         f"≤ {want}", " / ".join(fmt(c, digits) for c in counted), "–", verdict(worst <= want)))
     s = results["sync"]
     storms = s.get("storms", {})
     n, c = storms.get("natter-single"), storms.get("centrifugo-memory")
