@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use crate::group::GroupCommit;
 use natter_store::{Result, StoreError};
 use redb::Database;
 
+use crate::group::GroupCommit;
 use crate::{TxError, TxResult};
 
 /// How long a failed reopen waits before the next call tries again.

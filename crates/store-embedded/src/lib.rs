@@ -23,12 +23,12 @@
 //! Every operation runs in a redb transaction. Writes run on tokio's
 //! blocking pool (`spawn_blocking`), because redb is synchronous and a
 //! commit waits for `fsync`; reads run on the caller's thread and go to
-//! the pool only to wait for a flush. Writes that arrive together share one transaction and its
-//! flush (`batch.rs`): sync writing to many users' logs at once commits
-//! once, not once per user. Commits are group commits
-//! (`group.rs`): each commits without `fsync`, then waits for
-//! one flush shared with what was committed meanwhile, so when a call
-//! returns `Ok`, what it wrote is on disk. A read answers only once what it
+//! the pool only to wait for a flush. Writes that arrive together share
+//! one transaction and its flush (`batch.rs`): sync writing to many users'
+//! logs at once commits once, not once per user. Commits are group
+//! commits (`group.rs`): each commits without `fsync`, then waits for one
+//! flush shared with what was committed meanwhile, so when a call returns
+//! `Ok`, what it wrote is on disk. A read answers only once what it
 //! saw is on disk. A call that fails writes nothing. After a disk I/O error
 //! the store opens the file again by itself (`handle.rs`). The table layout
 //! is in `tables.rs`, the value encodings in `record.rs` (their field
