@@ -47,6 +47,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "announcements",
         cql: include_str!("migrations/0002_announcements.cql"),
     },
+    Migration {
+        version: 3,
+        name: "device cursors",
+        cql: include_str!("migrations/0003_device_cursors.cql"),
+    },
 ];
 
 /// The one partition of `schema_migrations`.

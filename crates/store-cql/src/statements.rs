@@ -59,8 +59,11 @@ pub(crate) struct Statements {
     pub(crate) devices_after: PreparedStatement,
     pub(crate) device_insert: PreparedStatement,
     pub(crate) device_touch: PreparedStatement,
-    pub(crate) device_save_cursor: PreparedStatement,
     pub(crate) device_revoke: PreparedStatement,
+    pub(crate) device_cursor_get: PreparedStatement,
+    pub(crate) device_cursors_between: PreparedStatement,
+    /// Its timestamp is the cursor: the higher cursor stands.
+    pub(crate) device_cursor_save: PreparedStatement,
 }
 
 impl Statements {
@@ -310,8 +313,8 @@ impl Statements {
                 .await?,
             device_insert: p
                 .lwt(
-                    "INSERT INTO {ks}.devices (tenant_id, user_id, device_id, label, sync_cursor, \
-                     last_seen, revoked) VALUES (?, ?, ?, ?, 0, ?, false) IF NOT EXISTS",
+                    "INSERT INTO {ks}.devices (tenant_id, user_id, device_id, label, last_seen, \
+                     revoked) VALUES (?, ?, ?, ?, ?, false) IF NOT EXISTS",
                 )
                 .await?,
             device_touch: p
@@ -320,17 +323,29 @@ impl Statements {
                      WHERE tenant_id = ? AND user_id = ? AND device_id = ? IF revoked = false",
                 )
                 .await?,
-            device_save_cursor: p
-                .lwt(
-                    "UPDATE {ks}.devices SET sync_cursor = ? \
-                     WHERE tenant_id = ? AND user_id = ? AND device_id = ? \
-                     IF revoked = false AND sync_cursor < ?",
-                )
-                .await?,
             device_revoke: p
                 .lwt(
                     "UPDATE {ks}.devices SET revoked = true \
                      WHERE tenant_id = ? AND user_id = ? AND device_id = ? IF EXISTS",
+                )
+                .await?,
+            device_cursor_get: p
+                .read(
+                    "SELECT acked FROM {ks}.device_cursors \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id = ?",
+                )
+                .await?,
+            device_cursors_between: p
+                .read(
+                    "SELECT device_id, acked FROM {ks}.device_cursors \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id > ? AND device_id <= ? \
+                     LIMIT ?",
+                )
+                .await?,
+            device_cursor_save: p
+                .write(
+                    "UPDATE {ks}.device_cursors USING TIMESTAMP ? SET acked = ? \
+                     WHERE tenant_id = ? AND user_id = ? AND device_id = ?",
                 )
                 .await?,
         })

@@ -2,6 +2,8 @@
 //! written as messages are (`sequences.rs`) and trimmed by whole-partition
 //! deletes, and the user's devices.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use natter_core::{Cursor, Device, DeviceId, TenantId, Timestamp, Update, UserId};
 use natter_proto::codec::{decode_event, encode_event};
@@ -45,20 +47,21 @@ type DeviceColumns = (
     Option<bool>,
 );
 
+/// A device from its `devices` row and its `device_cursors.acked`; a
+/// cursor recorded before `device_cursors` existed is in the row.
 fn decode_device(
     tenant: &TenantId,
     user: &UserId,
     device_id: DeviceId,
-    (label, cursor, last_seen, revoked): DeviceColumns,
+    (label, recorded, last_seen, revoked): DeviceColumns,
+    acked: Option<i64>,
 ) -> Result<Device> {
+    let cursor = recorded.max(acked).unwrap_or(0);
     Ok(Device {
         tenant_id: tenant.clone(),
         user_id: user.clone(),
         label: label.unwrap_or_default(),
-        cursor: Cursor::new(position(
-            &format!("device {device_id}"),
-            cursor.unwrap_or(0),
-        )?),
+        cursor: Cursor::new(position(&format!("device {device_id}"), cursor)?),
         last_seen: Timestamp::from_millis(last_seen.map_or(0, |t| t.0)),
         revoked: revoked.unwrap_or(false),
         device_id,
@@ -393,15 +396,17 @@ impl SyncStore for CqlStore {
         user: &UserId,
         device: &DeviceId,
     ) -> Result<Option<Device>> {
-        let row: Option<DeviceColumns> = self
-            .db()
-            .row(
-                "read device",
-                &self.statements.device_get,
-                (tenant.as_str(), user.as_str(), device.as_str()),
-            )
-            .await?;
-        row.map(|row| decode_device(tenant, user, device.clone(), row))
+        let key = (tenant.as_str(), user.as_str(), device.as_str());
+        let db = self.db();
+        let (row, acked) = futures::try_join!(
+            db.row::<DeviceColumns>("read device", &self.statements.device_get, key),
+            db.row::<(Option<i64>,)>(
+                "read device cursor",
+                &self.statements.device_cursor_get,
+                key
+            ),
+        )?;
+        row.map(|row| decode_device(tenant, user, device.clone(), row, acked.and_then(|a| a.0)))
             .transpose()
     }
 
@@ -432,11 +437,31 @@ impl SyncStore for CqlStore {
                 ),
             )
             .await?;
+        let acked = match rows.last() {
+            None => HashMap::new(),
+            Some((last, ..)) => self
+                .db()
+                .rows::<(String, Option<i64>)>(
+                    "list device cursors",
+                    &self.statements.device_cursors_between,
+                    (
+                        tenant.as_str(),
+                        user.as_str(),
+                        request.after.as_ref().map_or("", DeviceId::as_str),
+                        last.as_str(),
+                        i32::try_from(rows.len()).unwrap_or(i32::MAX),
+                    ),
+                )
+                .await?
+                .into_iter()
+                .collect(),
+        };
         let devices = rows
             .into_iter()
             .map(|(id, label, cursor, last_seen, revoked)| {
+                let acked = acked.get(&id).copied().flatten();
                 let id = DeviceId::new(id).map_err(|e| corrupt("device id", e))?;
-                decode_device(tenant, user, id, (label, cursor, last_seen, revoked))
+                decode_device(tenant, user, id, (label, cursor, last_seen, revoked), acked)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(page(devices, size, |d| d.device_id.clone()))
@@ -449,24 +474,27 @@ impl SyncStore for CqlStore {
         device: &DeviceId,
         cursor: Cursor,
     ) -> Result<()> {
-        let saved = self
+        let key = (tenant.as_str(), user.as_str(), device.as_str());
+        let known: Option<DeviceColumns> = self
             .db()
-            .lwt(
-                "save device cursor",
-                &self.statements.device_save_cursor,
-                (
-                    to_bigint(cursor.get()),
-                    tenant.as_str(),
-                    user.as_str(),
-                    device.as_str(),
-                    to_bigint(cursor.get()),
-                ),
-            )
+            .row("read device", &self.statements.device_get, key)
             .await?;
-        match (saved.applied, saved.boolean("revoked")) {
-            (true, _) | (false, Some(false)) => Ok(()),
-            (false, Some(true)) => Err(revoked(device)),
-            (false, None) => Err(StoreError::not_found("device", device)),
+        match known {
+            None => Err(StoreError::not_found("device", device)),
+            Some((.., Some(true))) => Err(revoked(device)),
+            // No LWT: the cursor is the write's timestamp, so a lower
+            // cursor landing later loses. A revocation racing this write
+            // leaves a cursor nobody can use.
+            Some(_) => {
+                let at = to_bigint(cursor.get());
+                self.db()
+                    .write(
+                        "save device cursor",
+                        &self.statements.device_cursor_save,
+                        (at, at, key.0, key.1, key.2),
+                    )
+                    .await
+            }
         }
     }
 

@@ -176,7 +176,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .into_iter()
         .flat_map(|run| run.expect("migrate"))
         .collect();
-    assert_eq!(applied, vec![1, 2], "each migration applied exactly once");
+    assert_eq!(applied, vec![1, 2, 3], "each migration applied exactly once");
     assert!(
         CqlStore::migrate(&config)
             .await
@@ -203,7 +203,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .expect("typed rows")
         .collect::<Result<Vec<_>, _>>()
         .expect("decode");
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
     for (row, expected) in rows.iter().zip(1..) {
         let (version, checksum, applied_at, lock_owner) = row;
         assert_eq!(*version, Some(expected));
@@ -994,5 +994,80 @@ async fn devices_are_bounded_per_user() {
     assert!(
         matches!(stale, Err(StoreError::FailedPrecondition(_))),
         "got {stale:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_highest_cursor_ack_stands_and_cursors_recorded_in_devices_still_count() {
+    let store = common::store(Limits::default()).await;
+    let tenant = tenant();
+    let alice = user("alice");
+    let phone = DeviceId::new("phone").expect("device id");
+    let registered = store
+        .touch_device(&Device {
+            tenant_id: tenant.clone(),
+            user_id: alice.clone(),
+            device_id: phone.clone(),
+            label: "ios".into(),
+            cursor: Cursor::ZERO,
+            last_seen: Timestamp::from_millis(now()),
+            revoked: false,
+        })
+        .await
+        .expect("register");
+    assert_eq!(registered.cursor, Cursor::ZERO);
+    let cursor = async || {
+        store
+            .device(&tenant, &alice, &phone)
+            .await
+            .expect("read")
+            .expect("known")
+            .cursor
+    };
+
+    // Acks land in any order; a wall-clock timestamp would let the last
+    // one win, the cursor as timestamp lets the highest.
+    stream::iter([4, 9, 2, 7])
+        .for_each_concurrent(None, |at| {
+            let (store, tenant, alice, phone) = (&store, &tenant, &alice, &phone);
+            async move {
+                store
+                    .save_cursor(tenant, alice, phone, Cursor::new(at))
+                    .await
+                    .expect("save");
+            }
+        })
+        .await;
+    assert_eq!(cursor().await, Cursor::new(9));
+    store
+        .save_cursor(&tenant, &alice, &phone, Cursor::new(3))
+        .await
+        .expect("save lower");
+    assert_eq!(cursor().await, Cursor::new(9));
+
+    // A cursor recorded in `devices` by a release before migration 3.
+    let legacy = "UPDATE {ks}.devices SET sync_cursor = ? \
+                  WHERE tenant_id = ? AND user_id = ? AND device_id = ?";
+    run(&store, legacy, (12_i64, tenant.as_str(), alice.as_str(), phone.as_str())).await;
+    assert_eq!(cursor().await, Cursor::new(12));
+    store
+        .save_cursor(&tenant, &alice, &phone, Cursor::new(15))
+        .await
+        .expect("save past the legacy cursor");
+    assert_eq!(cursor().await, Cursor::new(15));
+    let listed = store
+        .list_devices(
+            &tenant,
+            &alice,
+            PageRequest {
+                after: None,
+                size: 10,
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.items.iter().map(|d| d.cursor).collect::<Vec<_>>(),
+        [Cursor::new(15)]
     );
 }
