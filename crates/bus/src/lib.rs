@@ -1,6 +1,7 @@
 //! What Natter's services need from the message bus, as one object-safe
-//! trait, [`Bus`], that services hold as `Arc<dyn Bus>`. Implementations:
-//! [`LocalBus`] here (tokio channels and streams in memory, for
+//! trait, [`Bus`], that services hold as `Arc<dyn Bus>`, and the
+//! conformance suite (feature `conformance`) both implementations pass:
+//! `natter-bus-local` (tokio channels and streams in memory, for
 //! single-process mode) and `natter-bus-nats` (NATS core plus JetStream).
 //!
 //! Two kinds of traffic:
@@ -64,7 +65,6 @@
 //! `natter-telemetry` installs, the current context is that of the entered
 //! `tracing` span, so an `#[instrument]`ed handler propagates its span.
 
-mod local;
 mod message;
 mod partition;
 mod subject;
@@ -78,14 +78,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
-pub use local::LocalBus;
 pub use message::{
     Acknowledge, Deliveries, Delivery, DurableMessage, Headers, Incoming, MAX_PAYLOAD_BYTES,
     Outgoing, Persisted, Subscription, TRACEPARENT,
 };
 pub use partition::{partition, partition_subject};
 pub use subject::{
-    MAX_NAME_BYTES, MAX_SUBJECT_BYTES, Prefix, check_name, check_subject, matches, overlaps,
+    INBOX, MAX_NAME_BYTES, MAX_SUBJECT_BYTES, Prefix, check_name, check_subject, matches, overlaps,
 };
 
 /// How many messages a subscription buffers before it is a slow consumer,

@@ -15,7 +15,7 @@ pub const MAX_SUBJECT_BYTES: usize = 512;
 pub const MAX_NAME_BYTES: usize = 64;
 
 /// The subject every reply inbox lives under, relative to the prefix.
-pub(crate) const INBOX: &str = "_INBOX";
+pub const INBOX: &str = "_INBOX";
 
 /// What every subject and stream name of one bus instance is put under, so
 /// deployments and parallel tests on one NATS server never see each other.

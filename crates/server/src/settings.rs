@@ -358,7 +358,7 @@ impl Settings {
     pub async fn connect_bus(&self) -> Result<Arc<dyn Bus>, natter_bus::BusError> {
         if self.bus.nats_url.is_empty() {
             // In memory: the storage service keeps what must survive a crash in its store.
-            return Ok(Arc::new(natter_bus::LocalBus::new(&self.bus.prefix)?));
+            return Ok(Arc::new(natter_bus_local::LocalBus::new(&self.bus.prefix)?));
         }
         let mut config = natter_bus_nats::NatsConfig::new(&self.bus.nats_url, &self.bus.prefix);
         config.replicas = self.bus.replicas;

@@ -176,7 +176,11 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .into_iter()
         .flat_map(|run| run.expect("migrate"))
         .collect();
-    assert_eq!(applied, vec![1, 2, 3], "each migration applied exactly once");
+    assert_eq!(
+        applied,
+        vec![1, 2, 3],
+        "each migration applied exactly once"
+    );
     assert!(
         CqlStore::migrate(&config)
             .await
@@ -1048,7 +1052,12 @@ async fn the_highest_cursor_ack_stands_and_cursors_recorded_in_devices_still_cou
     // A cursor recorded in `devices` by a release before migration 3.
     let legacy = "UPDATE {ks}.devices SET sync_cursor = ? \
                   WHERE tenant_id = ? AND user_id = ? AND device_id = ?";
-    run(&store, legacy, (12_i64, tenant.as_str(), alice.as_str(), phone.as_str())).await;
+    run(
+        &store,
+        legacy,
+        (12_i64, tenant.as_str(), alice.as_str(), phone.as_str()),
+    )
+    .await;
     assert_eq!(cursor().await, Cursor::new(12));
     store
         .save_cursor(&tenant, &alice, &phone, Cursor::new(15))

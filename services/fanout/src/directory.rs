@@ -166,7 +166,7 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
-    use natter_bus::LocalBus;
+    use natter_bus_local::LocalBus;
     use natter_contract::serve;
 
     use super::*;

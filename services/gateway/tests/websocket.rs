@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::*;
 use futures::StreamExt;
 use natter_auth::Verifier;
-use natter_bus::LocalBus;
+use natter_bus_local::LocalBus;
 use natter_gateway::{Deps, Gateway};
 use natter_proto::v1::server_frame::Frame;
 use natter_proto::v1::{ClientFrame, client_frame};

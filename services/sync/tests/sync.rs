@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use natter_bus::{Bus, BusError, LocalBus};
+use natter_bus::{Bus, BusError};
+use natter_bus_local::LocalBus;
 use natter_contract::{ContractError, encode, subjects};
 use natter_core::{Cursor, DeviceId, Event, Role, UserId};
 use natter_proto::bus::v1::{

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use natter_auth::{Identity, Signer, Verifier};
-use natter_bus::{Bus, Incoming, LocalBus, Outgoing, Subscription};
+use natter_bus::{Bus, Incoming, Outgoing, Subscription};
+use natter_bus_local::LocalBus;
 use natter_contract::{EVENTS, Holders, encode, subjects};
 use natter_core::{
     ConversationId, Event, Limits, NewConversation, Role, TenantId, Timestamp, UserId,

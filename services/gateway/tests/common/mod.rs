@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use natter_auth::{Identity, Signer, Verifier};
-use natter_bus::{Bus, BusError, LocalBus, Outgoing};
+use natter_bus::{Bus, BusError, Outgoing};
+use natter_bus_local::LocalBus;
 use natter_contract::subjects;
 use natter_core::{ConversationId, Role, TenantId, UserId};
 use natter_gateway::Deps;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use natter_auth::{Identity, Signer, Verifier};
-use natter_bus::{Bus, ConsumerConfig, Deliveries, LocalBus};
+use natter_bus::{Bus, ConsumerConfig, Deliveries};
+use natter_bus_local::LocalBus;
 use natter_contract::{EVENTS, Topology};
 use natter_core::{ConversationId, Event, Role, TenantId, UserId};
 use natter_proto::bus::v1::ConversationEvents;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use natter_auth::{Identity, Signer, Verifier};
-use natter_bus::{Bus, LocalBus, Subscription};
+use natter_bus::{Bus, Subscription};
+use natter_bus_local::LocalBus;
 use natter_contract::{Holders, Topology, request, subjects};
 use natter_core::{
     ClientMessageId, Content, ConversationId, Cursor, Device, DeviceId, Event, Message, MessageId,

@@ -4,7 +4,8 @@
 
 use std::sync::LazyLock;
 
-use natter_bus::{Bus, LocalBus};
+use natter_bus::Bus;
+use natter_bus_local::LocalBus;
 
 static BUS: LazyLock<LocalBus> = LazyLock::new(|| LocalBus::new("natter").expect("valid prefix"));
 

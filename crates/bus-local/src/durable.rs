@@ -13,7 +13,7 @@
 //! clock, as they do in JetStream; a wall clock set back keeps messages
 //! longer, never loses them. Ack deadlines follow the monotonic clock.
 //!
-//! [`LocalBus`]: super::LocalBus
+//! [`LocalBus`]: crate::LocalBus
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{BusError, Headers, Persisted, Result, StreamConfig, matches, overlaps};
+use natter_bus::{BusError, Headers, Persisted, Result, StreamConfig, matches, overlaps};
 
 /// The time as the shell reads it.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 //! bounded by each stream's `max_age` and `max_messages`.
 //!
 //! Streams live in the process's memory only, whatever their
-//! [`Storage`](crate::Storage): a crash or restart loses their messages
+//! [`Storage`](natter_bus::Storage): a crash or restart loses their messages
 //! and their consumers' positions, and [`Bus::keeps_streams`] says so. A
 //! publisher whose messages must survive a crash keeps them itself until
 //! their consumers have taken them, as the storage service does in
@@ -25,13 +25,13 @@ use async_trait::async_trait;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 
-use self::durable::{Next, Now, Stored, Streams};
-use crate::subject::INBOX;
-use crate::{
+use natter_bus::{
     Acknowledge, Bus, BusError, ConsumerConfig, DEFAULT_SUBSCRIPTION_CAPACITY, Deliveries,
-    Delivery, DurableMessage, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig,
+    Delivery, DurableMessage, INBOX, Incoming, Outgoing, Persisted, Prefix, Result, StreamConfig,
     Subscription, check_name, matches,
 };
+
+use self::durable::{Next, Now, Stored, Streams};
 
 /// The in-process [`Bus`], with its streams in memory. Clones share one bus;
 /// [`with_prefix`](Self::with_prefix) opens the same bus under another
