@@ -243,7 +243,7 @@ struct Subscribers {
 impl Subscribers {
     fn add(&mut self, subscriber: Subscriber) {
         if is_literal(&subscriber.filter) {
-            // Most subjects have one subscriber (a session's live subject);
+            // Most subjects have one subscriber (a gateway's live subject);
             // a list grown by the default doubling would hold room for four.
             self.exact
                 .entry(subscriber.filter.clone())

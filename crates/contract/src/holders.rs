@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use natter_bus::{Bus, BusError, Outgoing};
 use natter_core::{ConversationId, TenantId, UserId};
-use natter_proto::bus::v1::{AppendOutcome, SendCommand, SendOutcome, UpdatesPage, UpdatesQuery};
+use natter_proto::bus::v1::{
+    AppendOutcome, DeviceHello, DeviceWelcome, SendCommand, SendOutcome, UpdatesPage, UpdatesQuery,
+};
 use prost::Message;
 use tokio::time::Instant;
 
@@ -82,6 +84,28 @@ impl Holders {
         match request(self.bus.as_ref(), &subject, &query, timeout).await {
             Err(ContractError::Bus(BusError::NoResponders { .. })) => {
                 request(self.bus.as_ref(), subjects::UPDATES, &query, timeout).await
+            }
+            done => done,
+        }
+    }
+
+    /// Says `hello` to the holder of the device's user's log, which
+    /// registers the device and starts sending the user's live frames to
+    /// `hello.gateway`. While nobody holds the partition any sync process
+    /// registers the device ([`subjects::DEVICE_HELLO`]), and the welcome's
+    /// `holder_epoch` is 0: the holder to come announces itself, and the
+    /// gateway attaches the user then.
+    pub async fn hello(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        hello: DeviceHello,
+        timeout: Duration,
+    ) -> Result<DeviceWelcome> {
+        let subject = subjects::hello(self.user_partition(tenant, user));
+        match request(self.bus.as_ref(), &subject, &hello, timeout).await {
+            Err(ContractError::Bus(BusError::NoResponders { .. })) => {
+                request(self.bus.as_ref(), subjects::DEVICE_HELLO, &hello, timeout).await
             }
             done => done,
         }

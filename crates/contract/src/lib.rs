@@ -9,8 +9,12 @@
 //! fanout ──UserEvents──▶ sync.append.<partition> (request, by user) ──▶ sync's appender
 //! sync ──AppendOutcome──▶ the request's reply
 //! fanout ──ServerFrame(message)──▶ room.<tenant>.<conversation> ──▶ gateways
-//! sync ──ServerFrame(update)──▶ live.<tenant>.<user> ──▶ gateways
-//! fanout ──ServerFrame(typing)──▶ live.<tenant>.<user> ──▶ gateways
+//! gateway ──DeviceHello──▶ sync.hello.<partition> (request) ──▶ the holder: registers the
+//!         device, routes the user's live frames to the gateway
+//! gateway ──Attach──▶ sync.attach.<partition> ──▶ the holder (after a takeover, and every 30 s)
+//! fanout ──LiveFrames(typing)──▶ sync.signals.<partition> ──▶ the holder
+//! sync ──LiveFrames(updates, typing)──▶ gateway.<id> ──▶ the gateway's sessions
+//! sync ──PartitionHeld──▶ sync.held.<partition> ──▶ gateways attach their users again
 //! ```
 //!
 //! Subjects here carry no prefix: the bus adds its own, so one NATS server
@@ -33,6 +37,10 @@ pub use backoff::Backoff;
 pub use consume::{Handled, consume_partition, consume_partitions};
 pub use holders::Holders;
 pub use request::{decode, encode, request, serve};
+
+/// How often a gateway attaches all its users to their holders again. A
+/// holder forgets a gateway it has not heard of for three of these.
+pub const ATTACH_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum ContractError {

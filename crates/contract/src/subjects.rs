@@ -9,18 +9,45 @@ pub const MARK_READ: &str = "storage.read";
 pub const MEMBERS: &str = "storage.members";
 /// Storage answers `MessagesQuery` here (queue group `storage`).
 pub const MESSAGES: &str = "storage.messages";
-/// Sync answers `DeviceHello` here (queue group `sync`).
+/// Any sync process answers `DeviceHello` here (queue group `sync`), for
+/// partitions nobody holds at the moment.
 pub const DEVICE_HELLO: &str = "sync.hello";
 /// Sync records `CursorAck`s published here (queue group `sync`).
 pub const CURSOR_ACK: &str = "sync.cursor";
 /// Fanout expands `EphemeralSignal`s published here (queue group `fanout`).
 pub const EPHEMERAL: &str = "fanout.ephemeral";
 
-/// Where a user's devices get live `ServerFrame`s: updates, typing,
-/// presence. Every gateway holding a session of the user subscribes.
-pub fn live(tenant: &TenantId, user: &UserId) -> String {
-    format!("live.{}.{}", token(tenant.as_str()), token(user.as_str()))
+/// Where gateway `id` gets `LiveFrames` for its sessions' users from the
+/// holders of their partitions: one subscription per gateway.
+pub fn gateway(id: &str) -> String {
+    format!("gateway.{}", token(id))
 }
+
+/// Where the holder of user partition `partition` answers `DeviceHello`
+/// and starts sending the user's live frames to the device's gateway.
+pub fn hello(partition: u32) -> String {
+    format!("sync.hello.{partition}")
+}
+
+/// Where the holder of user partition `partition` takes `Attach`es.
+pub fn attach(partition: u32) -> String {
+    format!("sync.attach.{partition}")
+}
+
+/// Where the holder of user partition `partition` takes `LiveFrames` of
+/// signals (typing, presence) to pass on to its users' gateways.
+pub fn signals(partition: u32) -> String {
+    format!("sync.signals.{partition}")
+}
+
+/// Where a new holder of user partition `partition` announces itself
+/// (`PartitionHeld`).
+pub fn held(partition: u32) -> String {
+    format!("sync.held.{partition}")
+}
+
+/// Every subject [`held`] makes.
+pub const ALL_HELD: &str = "sync.held.*";
 
 /// Where fanout publishes each new message of a conversation as a
 /// `ServerFrame`, for the gateways whose devices watch it.
@@ -104,12 +131,13 @@ mod tests {
     }
 
     #[test]
-    fn live_subjects_keep_users_apart() {
+    fn user_subjects_keep_users_apart() {
         let t = TenantId::new("acme").unwrap();
         let dotted = UserId::new("a.b").unwrap();
         let nested = UserId::new("a").unwrap();
-        assert_eq!(live(&t, &dotted), "live.acme.a~2Eb");
-        assert_ne!(live(&t, &dotted), live(&t, &nested));
-        natter_bus::check_subject(&live(&t, &dotted), false).unwrap();
+        assert_eq!(revoked(&t, &dotted), "revoked.acme.a~2Eb");
+        assert_ne!(revoked(&t, &dotted), revoked(&t, &nested));
+        natter_bus::check_subject(&revoked(&t, &dotted), false).unwrap();
+        natter_bus::check_subject(&gateway("gw 1.x"), false).unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! The hand-off between catch-up and live delivery.
 //!
 //! A device connects with the cursor of the last update it saw. The gateway
-//! subscribes to the user's live updates first, then pages through the
+//! registers for the user's live updates first, then pages through the
 //! missed ones; live updates that arrive meanwhile, or that arrive out of
 //! order later, are held until the gap before them is filled. The device
 //! therefore sees every update after its cursor exactly once, in order.
@@ -87,6 +87,9 @@ pub struct Handoff<T: Sequenced = Update> {
     /// The newest live item left out because the hold was full: fetching
     /// goes on until it is delivered.
     left_out: Option<T::Position>,
+    /// Live items may have been missed (see [`Handoff::recheck`]): fetch
+    /// once more, after any fetch under way.
+    again: bool,
 }
 
 impl<T: Sequenced> Handoff<T> {
@@ -99,6 +102,7 @@ impl<T: Sequenced> Handoff<T> {
             fetching: true,
             max_held,
             left_out: None,
+            again: false,
         };
         (handoff, Step::Fetch { after: from })
     }
@@ -110,7 +114,7 @@ impl<T: Sequenced> Handoff<T> {
 
     /// Whether the session is caught up and delivering live.
     pub fn is_live(&self) -> bool {
-        !self.fetching && self.held.is_empty() && self.left_out.is_none()
+        !self.fetching && self.held.is_empty() && self.left_out.is_none() && !self.again
     }
 
     /// A live item arrived.
@@ -135,6 +139,15 @@ impl<T: Sequenced> Handoff<T> {
     pub fn rewind(&mut self, first: T::Position, through: T::Position) -> Vec<Step<T>> {
         self.delivered = self.delivered.min(first.previous());
         self.left_out = self.left_out.max(Some(through));
+        self.advance()
+    }
+
+    /// Live items may have been lost on the way (live delivery was routed
+    /// anew, or could not be queued): fetch what follows the last item
+    /// delivered. A fetch under way may have read before the lost items
+    /// were readable, so one more follows it.
+    pub fn recheck(&mut self) -> Vec<Step<T>> {
+        self.again = true;
         self.advance()
     }
 
@@ -176,9 +189,10 @@ impl<T: Sequenced> Handoff<T> {
         if !run.is_empty() {
             steps.push(Step::Deliver(run));
         }
-        let behind = !self.held.is_empty() || self.left_out.is_some();
+        let behind = !self.held.is_empty() || self.left_out.is_some() || self.again;
         if behind && !self.fetching {
             self.fetching = true;
+            self.again = false;
             steps.push(Step::Fetch {
                 after: self.delivered,
             });
@@ -290,6 +304,23 @@ mod tests {
     }
 
     #[test]
+    fn a_recheck_during_a_fetch_fetches_once_more_after_it() {
+        let (mut h, _) = Handoff::start(Cursor::ZERO, 10);
+        assert!(h.recheck().is_empty(), "a fetch is out already");
+        let steps = h.on_page(vec![update(1)], true);
+        assert_eq!(delivered(&steps), vec![1]);
+        assert_eq!(
+            steps.last(),
+            Some(&Step::Fetch {
+                after: Cursor::new(1)
+            })
+        );
+        assert!(!h.is_live());
+        h.on_page(vec![], true);
+        assert!(h.is_live());
+    }
+
+    #[test]
     fn what_the_session_could_not_pass_on_is_fetched_again() {
         let (mut h, _) = Handoff::start(Cursor::ZERO, 10);
         let steps = h.on_page((1..=5).map(update).collect(), false);
@@ -302,8 +333,9 @@ mod tests {
     }
 
     proptest! {
-        /// However catch-up pages and live updates interleave, the device
-        /// sees each update after its cursor exactly once, in order.
+        /// However catch-up pages and live updates interleave, and whichever
+        /// live updates are lost before a recheck, the device sees each
+        /// update after its cursor exactly once, in order.
         #[test]
         fn every_interleaving_delivers_each_update_once_in_order(
             from in 0u64..5,
@@ -312,6 +344,7 @@ mod tests {
             max_held in 1usize..20,
             live_order in proptest::collection::vec(any::<prop::sample::Index>(), 0..80),
             choices in proptest::collection::vec(any::<bool>(), 0..200),
+            lost in proptest::collection::vec(proptest::bool::weighted(0.2), 0..80),
         ) {
             let (mut h, first) = Handoff::start(Cursor::new(from), max_held);
             let mut pending_fetch = match first { Step::Fetch { after } => Some(after), _ => None };
@@ -322,21 +355,43 @@ mod tests {
                 live.swap(i % len, idx.index(len));
             }
             let head = from + total;
+            // The log is written in cursor order and an update goes live
+            // once written: a page reads up to the newest update that
+            // has gone live (or was lost on its way), as `readable`.
+            let mut readable = from;
             let mut seen = Vec::new();
             let mut choices = choices.into_iter();
             let mut live = live.into_iter().peekable();
+            // Some live updates never arrive; the session is told to
+            // recheck at some point after.
+            let mut lost = lost.into_iter();
+            let mut missed = false;
             loop {
                 let prefer_live = choices.next().unwrap_or(true);
                 let steps = match (live.peek().copied(), pending_fetch) {
+                    _ if missed && choices.next().unwrap_or(false) => {
+                        missed = false;
+                        h.recheck()
+                    }
                     (Some(c), fetch) if prefer_live || fetch.is_none() => {
                         live.next();
-                        h.on_live(update(c))
+                        readable = readable.max(c);
+                        if lost.next().unwrap_or(false) {
+                            missed = true;
+                            Vec::new()
+                        } else {
+                            h.on_live(update(c))
+                        }
                     }
                     (_, Some(after)) => {
                         pending_fetch = None;
-                        let end = (after.get() + page as u64).min(head);
+                        let end = (after.get() + page as u64).min(readable);
                         let updates = (after.get() + 1..=end).map(update).collect();
-                        h.on_page(updates, end == head)
+                        h.on_page(updates, end == readable)
+                    }
+                    (_, None) if missed => {
+                        missed = false;
+                        h.recheck()
                     }
                     (_, None) => break,
                 };

@@ -1,15 +1,17 @@
-//! Typing and presence: relayed to the live subjects of a conversation's
-//! other members, never stored, dropped when stale.
+//! Typing and presence: relayed to a conversation's other members through
+//! the sync holders of their partitions, which know their gateways; never
+//! stored, dropped when stale.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use natter_bus::{Bus, Incoming, Outgoing, Subscription};
-use natter_contract::{Backoff, decode, subjects};
+use natter_contract::{Backoff, Holders, decode, subjects};
 use natter_core::{ConversationId, Invalid, Role, TenantId, Timestamp, UserId};
-use natter_proto::bus::v1::{EphemeralSignal, ephemeral_signal};
+use natter_proto::bus::v1::{EphemeralSignal, LiveFrame, LiveFrames, LiveUser, ephemeral_signal};
 use natter_proto::convert::{actor_from_wire, parse_id, required, timestamp_from_wire};
 use natter_proto::status::{permission_denied, reason};
 use natter_proto::v1;
@@ -27,7 +29,7 @@ use natter_server::clock::now;
 /// signal that waits is worthless anyway.
 const CONCURRENCY: usize = 256;
 
-/// Live publishes in flight for one signal.
+/// Publishes in flight for one signal, one per user partition.
 const PUBLISH_CONCURRENCY: usize = 64;
 
 /// What a signal says.
@@ -114,6 +116,7 @@ impl RelayError {
 #[derive(Debug)]
 pub(crate) struct Relay {
     pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) holders: Holders,
     pub(crate) directory: Arc<Directory>,
     pub(crate) stats: Arc<Stats>,
     /// Signals older than this are dropped.
@@ -121,10 +124,11 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// Publishes `signal` to the live subject of every member but its
-    /// user, who must be a member unless `role` is the service role.
-    /// Returns how many members it went to. Best effort: a failed publish
-    /// is logged and the others go on.
+    /// Publishes `signal` for every member but its user, who must be a
+    /// member unless `role` is the service role: one message to the sync
+    /// holder of each user partition they fall in. Returns how many
+    /// members it went to. Best effort: a failed publish is logged and
+    /// the others go on.
     pub(crate) async fn relay(&self, signal: &Signal, role: Role) -> Result<usize, RelayError> {
         let members = self
             .directory
@@ -135,15 +139,28 @@ impl Relay {
                 user: signal.user.clone(),
             });
         }
-        // Encoded once; every member's publish shares the bytes.
+        // Encoded once; every member's frame shares the bytes.
         let frame = Bytes::from(signal.frame().encode_to_vec());
+        let mut partitions: BTreeMap<u32, Vec<LiveFrame>> = BTreeMap::new();
+        for member in members.iter().filter(|member| **member != signal.user) {
+            partitions
+                .entry(self.holders.user_partition(&signal.tenant, member))
+                .or_default()
+                .push(LiveFrame {
+                    user: Some(LiveUser {
+                        tenant_id: signal.tenant.to_string(),
+                        user_id: member.to_string(),
+                    }),
+                    frame: frame.clone(),
+                });
+        }
         let mut sent = 0;
         let mut in_flight = FuturesUnordered::new();
-        for member in members.iter().filter(|member| **member != signal.user) {
+        for (partition, frames) in partitions {
             if in_flight.len() >= PUBLISH_CONCURRENCY {
                 sent += in_flight.next().await.unwrap_or(0);
             }
-            in_flight.push(self.publish(&signal.tenant, member, frame.clone()));
+            in_flight.push(self.publish(partition, frames));
         }
         while let Some(n) = in_flight.next().await {
             sent += n;
@@ -152,11 +169,17 @@ impl Relay {
         Ok(sent)
     }
 
-    /// Publishes a frame to one member's devices; 1 if it went out.
-    async fn publish(&self, tenant: &TenantId, member: &UserId, frame: Bytes) -> usize {
-        let subject = subjects::live(tenant, member);
-        match self.bus.publish(&subject, Outgoing::new(frame)).await {
-            Ok(()) => 1,
+    /// Publishes the frames of one partition's members to its holder;
+    /// how many members they are if it went out.
+    async fn publish(&self, partition: u32, frames: Vec<LiveFrame>) -> usize {
+        let members = frames.len();
+        let payload = LiveFrames { frames }.encode_to_vec();
+        match self
+            .bus
+            .publish(&subjects::signals(partition), Outgoing::new(payload))
+            .await
+        {
+            Ok(()) => members,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish an ephemeral signal");
                 0

@@ -22,7 +22,9 @@
 //!   ARCHITECTURE.md, "Big rooms".
 //! - **Ephemeral signals.** `EphemeralSignal`s on `fanout.ephemeral`
 //!   (queue group `fanout`) and `FanoutService.PublishEphemeral` calls go
-//!   to the live subject of every other member, as `ServerFrame`s. Stale
+//!   to every other member as `ServerFrame`s, through the sync holder of
+//!   each member partition (`sync.signals.<n>`), which knows the members'
+//!   gateways. Stale
 //!   ones (older than `fanout.typing_ttl_seconds`) and ones from
 //!   non-members are dropped; nothing is stored.
 //!
@@ -140,6 +142,7 @@ pub async fn run(
     });
     let relay = Arc::new(Relay {
         bus: deps.bus.clone(),
+        holders: Holders::new(deps.bus.clone(), settings.topology()),
         directory: directory.clone(),
         stats: stats.clone(),
         ttl: Duration::from_secs(settings.fanout.typing_ttl_seconds),

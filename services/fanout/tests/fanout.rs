@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{
-    Append, Fault, Harness, Peer, TENANT, per_user, ready, ready_appends, take, written,
+    Append, Fault, Harness, Peer, TENANT, per_user, ready, ready_appends, ready_signals, take,
+    written,
 };
 use natter_bus::{Bus, Incoming, Outgoing, Subscription};
 use natter_contract::subjects;
@@ -87,11 +88,8 @@ fn typing(conversation: ConversationId, from: &str, at: Timestamp) -> Outgoing {
     Outgoing::new(signal.encode_to_vec())
 }
 
-fn typing_frame(incoming: &Incoming) -> TypingSignal {
-    match v1::ServerFrame::decode(incoming.payload.as_ref())
-        .unwrap()
-        .frame
-    {
+fn typing_frame(frame: &[u8]) -> TypingSignal {
+    match v1::ServerFrame::decode(frame).unwrap().frame {
         Some(v1::server_frame::Frame::Typing(typing)) => typing,
         other => panic!("expected a typing frame, got {other:?}"),
     }
@@ -366,9 +364,9 @@ async fn membership_changes_reach_the_affected_user_and_move_the_member_list() {
 async fn typing_reaches_the_other_members_but_not_the_typist() {
     let h = Harness::start().await;
     let conversation = h.conversation(&["alice", "bob", "carol"]).await;
-    let mut alice = h.live("alice").await;
-    let mut bob = h.live("bob").await;
-    let mut carol = h.live("carol").await;
+    let mut alice = h.signals("alice").await;
+    let mut bob = h.signals("bob").await;
+    let mut carol = h.signals("carol").await;
 
     h.bus
         .publish(subjects::EPHEMERAL, typing(conversation, "alice", now()))
@@ -376,14 +374,17 @@ async fn typing_reaches_the_other_members_but_not_the_typist() {
         .unwrap();
     h.stats_until(|s| s.ephemeral_published == 1).await;
     for live in [&mut bob, &mut carol] {
-        let frames = ready(live);
+        let frames = ready_signals(live);
         assert_eq!(frames.len(), 1);
         let frame = typing_frame(&frames[0]);
         assert_eq!(frame.user_id, "alice");
         assert_eq!(frame.conversation_id, conversation.to_string());
         assert!(frame.active);
     }
-    assert!(ready(&mut alice).is_empty(), "not echoed to the typist");
+    assert!(
+        ready_signals(&mut alice).is_empty(),
+        "not echoed to the typist"
+    );
     h.stop().await;
 }
 
@@ -391,7 +392,7 @@ async fn typing_reaches_the_other_members_but_not_the_typist() {
 async fn stale_and_non_member_signals_are_dropped() {
     let h = Harness::start().await;
     let conversation = h.conversation(&["alice", "bob"]).await;
-    let mut bob = h.live("bob").await;
+    let mut bob = h.signals("bob").await;
 
     let stale = Timestamp::from_millis(now().as_millis() - 60_000);
     h.bus
@@ -404,7 +405,7 @@ async fn stale_and_non_member_signals_are_dropped() {
         .unwrap();
     let stats = h.stats_until(|s| s.ephemeral_dropped == 2).await;
     assert_eq!(stats.ephemeral_published, 0);
-    assert!(ready(&mut bob).is_empty());
+    assert!(ready_signals(&mut bob).is_empty());
     h.stop().await;
 }
 
@@ -412,7 +413,7 @@ async fn stale_and_non_member_signals_are_dropped() {
 async fn publish_ephemeral_checks_membership_synchronously() {
     let h = Harness::start().await;
     let conversation = h.conversation(&["alice", "bob"]).await;
-    let mut bob = h.live("bob").await;
+    let mut bob = h.signals("bob").await;
     let mut client = h.client.clone();
     let signal = |user_id: &str| PublishEphemeralRequest {
         signal: Some(publish_ephemeral_request::Signal::Typing(TypingSignal {
@@ -477,13 +478,16 @@ async fn publish_ephemeral_checks_membership_synchronously() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
-    assert!(ready(&mut bob).is_empty(), "nothing relayed for refusals");
+    assert!(
+        ready_signals(&mut bob).is_empty(),
+        "nothing relayed for refusals"
+    );
 
     client
         .publish_ephemeral(h.request("alice", Role::Customer, signal("")))
         .await
         .unwrap();
-    let frames = ready(&mut bob);
+    let frames = ready_signals(&mut bob);
     assert_eq!(frames.len(), 1);
     assert_eq!(typing_frame(&frames[0]).user_id, "alice");
 
@@ -492,7 +496,7 @@ async fn publish_ephemeral_checks_membership_synchronously() {
         .publish_ephemeral(h.request("svc", Role::Service, signal("alice")))
         .await
         .unwrap();
-    assert_eq!(ready(&mut bob).len(), 1);
+    assert_eq!(ready_signals(&mut bob).len(), 1);
 
     let stats = client
         .get_stats(h.request("alice", Role::Customer, v1::GetStatsRequest {}))

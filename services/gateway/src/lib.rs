@@ -6,8 +6,8 @@
 //! encode frames; one session core (`session.rs`) does the rest:
 //!
 //! ```text
-//! hello ─▶ verify token ─▶ watch revocations ─▶ DeviceHello (sync)
-//!       ─▶ subscribe live.<tenant>.<user> ─▶ welcome ─▶ catch-up ⇄ live
+//! hello ─▶ verify token ─▶ watch revocations ─▶ listen for the user's live frames
+//!       ─▶ DeviceHello (the holder of the user's log) ─▶ welcome ─▶ catch-up ⇄ live
 //! ```
 //!
 //! Catch-up and live delivery meet in `natter_core::handoff::Handoff`, so a
@@ -33,7 +33,10 @@
 //! # Memory per connection
 //!
 //! An idle session is one task holding the socket, the session state and
-//! one bus subscription (the user's live subject). WebSocket buffers are
+//! an empty inbox in the process's live directory (`live.rs`): live frames
+//! come on one bus subscription per process, not one per session, so a
+//! gateway on NATS costs no more per connection than one in process.
+//! WebSocket buffers are
 //! kept small (see `ws.rs`), the outbound queue, the request pipeline and
 //! the watches hold nothing while unused, and the state needed only while
 //! a session opens is dropped once it is open. The session's span carries
@@ -53,11 +56,12 @@
 //!
 //! Typing signals from a device go to fanout at most once per conversation
 //! per second (a change between started and stopped always goes). Typing
-//! and presence frames on the live subject are forwarded as they come:
+//! and presence frames among the live frames are forwarded as they come:
 //! fanout has dropped stale ones already, and the frames carry no time of
 //! their own for the gateway to judge.
 
 mod grpc;
+mod live;
 mod outbound;
 mod peers;
 mod revoke;
@@ -81,6 +85,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::grpc::{ConnectStream, GatewayGrpc};
+use crate::live::Live;
 use crate::revoke::Revocations;
 pub use crate::ws::{JSON_PROTOCOL, PROTO_PROTOCOL};
 
@@ -89,7 +94,8 @@ pub use crate::ws::{JSON_PROTOCOL, PROTO_PROTOCOL};
 pub struct Deps {
     pub bus: Arc<dyn Bus>,
     pub verifier: Arc<Verifier>,
-    /// Unique per process: names this process's reply subject for sends.
+    /// Unique per process: names this gateway in the sync holders'
+    /// directories (its live frames come on `gateway.<instance>`).
     pub instance: String,
 }
 
@@ -149,6 +155,7 @@ pub(crate) struct Shared {
     pub(crate) holders: Holders,
     pub(crate) config: Config,
     pub(crate) revocations: Arc<Revocations>,
+    pub(crate) live: Arc<Live>,
     /// Cancelled when the gateway shuts down; every session then ends.
     pub(crate) shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for them.
@@ -156,9 +163,8 @@ pub(crate) struct Shared {
 }
 
 impl Gateway {
-    /// Starts what sessions share: the send client (its reply
-    /// subscription) and the revocation listener. Both stop with
-    /// `shutdown`.
+    /// Starts what sessions share: the revocation listener and the live
+    /// frames' subscription. Both stop with `shutdown`.
     pub async fn new(
         settings: &Settings,
         deps: Deps,
@@ -167,13 +173,23 @@ impl Gateway {
         let holders = Holders::new(deps.bus.clone(), settings.topology());
         let revocations = Arc::new(Revocations::default());
         revoke::listen(deps.bus.clone(), revocations.clone(), shutdown.clone()).await?;
+        let config = Config::from_settings(settings);
+        let live = Live::start(
+            deps.instance,
+            deps.bus.clone(),
+            holders.clone(),
+            config.peer_timeout,
+            shutdown.clone(),
+        )
+        .await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 bus: deps.bus,
                 verifier: deps.verifier,
                 holders,
-                config: Config::from_settings(settings),
+                config,
                 revocations,
+                live,
                 shutdown,
                 sessions: TaskTracker::new(),
             }),

@@ -34,32 +34,37 @@ where
         })
 }
 
-/// Registers the device with sync and learns whether it may connect.
+/// Registers the device with sync and learns whether it may connect; the
+/// holder of the user's partition starts sending the user's live frames
+/// here. Returns the lease epoch of that holder (0: none answered).
 #[tracing::instrument(skip_all)]
 pub(crate) async fn device_hello(
     shared: &Shared,
     identity: &Identity,
     device: &DeviceId,
     label: String,
-) -> Result<(), Status> {
+) -> Result<u64, Status> {
     let hello = DeviceHello {
         actor: Some(identity.into()),
         device_id: device.to_string(),
         label,
+        gateway: shared.live.id().to_owned(),
     };
-    let welcome: DeviceWelcome = natter_contract::request(
-        shared.bus.as_ref(),
-        subjects::DEVICE_HELLO,
-        &hello,
-        shared.config.peer_timeout,
-    )
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, "device hello to sync failed");
-        unavailable("sync did not answer; reconnect later")
-    })?;
+    let welcome: DeviceWelcome = shared
+        .holders
+        .hello(
+            &identity.tenant,
+            &identity.user,
+            hello,
+            shared.config.peer_timeout,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "device hello to sync failed");
+            unavailable("sync did not answer; reconnect later")
+        })?;
     match welcome.failure {
-        None => Ok(()),
+        None => Ok(welcome.holder_epoch),
         // Sync reports a revoked device as a failed precondition of the
         // device record; to the device it means it may not connect.
         Some(failure)

@@ -25,8 +25,7 @@ use std::time::Duration;
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use natter_auth::Identity;
-use natter_bus::{Incoming, MAX_PAYLOAD_BYTES, Subscription};
-use natter_contract::subjects;
+use natter_bus::MAX_PAYLOAD_BYTES;
 use natter_core::handoff::{Handoff, Step};
 use natter_core::{
     ClientMessageId, ConversationId, Cursor, DeviceId, Event, Invalid, MembershipKind, Seq, Update,
@@ -46,10 +45,11 @@ use tonic::Status;
 use tracing::field::Empty;
 
 use crate::Shared;
+use crate::live::{Feed, Listener};
 use crate::outbound::{Outbound, Refused};
 use crate::peers;
 use crate::revoke::Watch;
-use crate::stop::{Stop, device_revoked, shutting_down, too_many_watches, unavailable};
+use crate::stop::{Stop, device_revoked, shutting_down, too_many_watches};
 use crate::typing::TypingLimiter;
 use crate::watches::{self, Watches};
 
@@ -235,14 +235,14 @@ struct Session {
 }
 
 impl Session {
-    /// Authenticates, registers the device, subscribes to the user's live
-    /// subject, sends `welcome`, and starts the catch-up.
+    /// Authenticates, registers for the user's live frames and the device
+    /// with sync, sends `welcome`, and starts the catch-up.
     async fn open(
         shared: Arc<Shared>,
         hello: Hello,
         fallback_token: Option<String>,
         out: Outbound,
-    ) -> Result<(Self, Subscription, Watch), Stop> {
+    ) -> Result<(Self, Listener, Watch), Stop> {
         let token = match (hello.token.is_empty(), fallback_token) {
             (false, _) => hello.token,
             (true, Some(token)) => token,
@@ -272,23 +272,20 @@ impl Session {
         span.record("user", identity.user.as_str());
         span.record("device", device.as_str());
 
-        // Registered before sync is asked, so no revocation slips between.
+        // Registered before sync is asked, so no revocation slips between,
+        // and no live frame the holder sends once the hello reached it.
+        // The first fetch follows, so nothing falls between the catch-up
+        // and live delivery.
         let watch = shared
             .revocations
             .watch(&identity.tenant, &identity.user, &device);
-        peers::device_hello(&shared, &identity, &device, hello.device_label)
+        let live = shared.live.listen(&identity.tenant, &identity.user);
+        let epoch = peers::device_hello(&shared, &identity, &device, hello.device_label)
             .await
             .map_err(Stop::Fail)?;
-        // Subscribed before the first fetch, so nothing falls between the
-        // catch-up and live delivery.
-        let live = shared
-            .bus
-            .subscribe(&subjects::live(&identity.tenant, &identity.user), None)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "cannot subscribe to live updates");
-                Stop::Fail(unavailable("cannot subscribe to live updates; reconnect"))
-            })?;
+        shared
+            .live
+            .welcomed(&identity.tenant, &identity.user, epoch);
         out.push(Frame::Welcome(Welcome {
             user_id: identity.user.to_string(),
             device_id: device.to_string(),
@@ -313,12 +310,7 @@ impl Session {
         Ok((session, live, watch))
     }
 
-    async fn serve<S>(
-        &mut self,
-        inbound: &mut S,
-        live: &mut Subscription,
-        watch: &mut Watch,
-    ) -> Flow
+    async fn serve<S>(&mut self, inbound: &mut S, live: &mut Listener, watch: &mut Watch) -> Flow
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -340,7 +332,7 @@ impl Session {
                     Some(frame) => self.on_client(frame)?,
                     None => return Ok(()),
                 },
-                incoming = live.next() => self.on_live(incoming)?,
+                feed = live.next() => self.on_live(feed)?,
                 event = next_watch_event(&mut self.watches) => {
                     if let Some(watches) = self.watches.as_mut() {
                         for frame in watches.on_event(event)? {
@@ -430,12 +422,15 @@ impl Session {
         self.steps(steps)
     }
 
-    fn on_live(&mut self, incoming: Option<Incoming>) -> Flow {
-        let Some(incoming) = incoming else {
-            tracing::warn!("live subscription ended");
-            return Err(Stop::Fail(unavailable("live updates stopped; reconnect")));
+    fn on_live(&mut self, feed: Feed) -> Flow {
+        let payload = match feed {
+            Feed::Frame(payload) => payload,
+            Feed::Recheck => {
+                let steps = self.handoff.recheck();
+                return self.steps(steps);
+            }
         };
-        let frame = match v1::ServerFrame::decode(incoming.payload) {
+        let frame = match v1::ServerFrame::decode(payload) {
             Ok(frame) => frame.frame,
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable live frame dropped");

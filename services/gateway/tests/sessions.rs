@@ -392,6 +392,33 @@ async fn a_cursor_older_than_the_log_gets_resync_required_then_the_rest() {
     harness.stop().await;
 }
 
+/// A new holder of the user's partition knows no gateway: the gateway
+/// attaches the user to it, and the session fetches what went live while
+/// nobody sent it there.
+#[tokio::test]
+async fn after_a_new_holder_takes_the_partition_sessions_catch_up_and_stay_live() {
+    let harness = Harness::start().await;
+    let room = conversation();
+    for (t, transport) in ALL.into_iter().enumerate() {
+        let user = format!("u{t}");
+        let mut device = harness.open(transport, &user, "d1", 0).await;
+        harness.sync.append(&user, read_event(room, &user, 1)).await;
+        assert_eq!(updates(&mut device, 1).await, vec![1]);
+
+        // Written, and never sent to this gateway, around the change of
+        // holder.
+        harness
+            .sync
+            .append_quietly(&user, read_event(room, &user, 2));
+        harness.sync.take_over(&user).await;
+        assert_eq!(updates(&mut device, 1).await, vec![2]);
+        assert!(harness.has_live_session(&user).await, "attached again");
+        harness.sync.append(&user, read_event(room, &user, 3)).await;
+        assert_eq!(updates(&mut device, 1).await, vec![3]);
+    }
+    harness.stop().await;
+}
+
 #[tokio::test]
 async fn a_device_that_reads_too_slowly_is_disconnected() {
     let harness = Harness::start_with(|s| s.gateway.outbound_queue = 4).await;

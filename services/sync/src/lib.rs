@@ -4,12 +4,14 @@
 //!   each, takes fanout's append requests (`sync.append.<n>`): it gives
 //!   each event the next cursor of its user's log, exactly once however
 //!   often it is asked, writes every request that arrived meanwhile in one
-//!   store write, then publishes each entry as a live `ServerFrame` on the
-//!   user's live subject for the gateways and answers (`log.rs`).
+//!   store write, then publishes the entries as live `ServerFrame`s to the
+//!   gateways holding sessions of their users, one message per gateway,
+//!   and answers (`log.rs`). Which gateways those are it learns from
+//!   device hellos and the gateways' attaches (`directory.rs`).
 //! - It answers the gateways over the bus: the updates after a cursor
-//!   (`sync.updates.<n>`, answered by the holder of the user's partition,
-//!   or by any sync process while nobody holds it), device hellos
-//!   (`DEVICE_HELLO`) and cursor acks (`CURSOR_ACK`).
+//!   (`sync.updates.<n>`) and device hellos (`sync.hello.<n>`), both at the
+//!   holder of the user's partition or at any sync process while nobody
+//!   holds it, and cursor acks (`CURSOR_ACK`).
 //! - It serves `natter.v1.SyncService` over gRPC to callers without a
 //!   gateway connection.
 //!
@@ -17,6 +19,7 @@
 //! state, and reaches storage (for `MarkRead`) only over the bus.
 
 mod api;
+mod directory;
 mod log;
 mod responders;
 

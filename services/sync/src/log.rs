@@ -1,7 +1,8 @@
 //! The appender of one partition of users: takes fanout's `UserEvents`
 //! requests (`sync.append.<n>`), gives each event the next cursor of its
 //! user's log, writes every request that arrived meanwhile in one store
-//! write, then publishes the entries live and answers each request.
+//! write, then publishes the entries live to the gateways that hold
+//! sessions of their users (`directory.rs`) and answers each request.
 //!
 //! This process holds the partition through a lease, so it is the only
 //! writer of these users' logs and can number them from memory: a bounded
@@ -24,20 +25,23 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::{FutureExt, StreamExt};
-use natter_bus::{Bus, Subscription};
+use natter_bus::{Bus, BusError, Subscription};
 use natter_contract::{decode, encode, serve, subjects};
 use natter_core::{Cursor, Event, Invalid, TenantId, Update, UserId};
-use natter_proto::bus::v1::{AppendOutcome, UserEvent, UserEvents};
-use natter_proto::convert::{parse_id, required};
+use natter_proto::bus::v1::{AppendOutcome, DeviceHello, PartitionHeld, UserEvent, UserEvents};
+use natter_proto::convert::{actor_from_wire, parse_id, required};
 use natter_proto::status::{self, reason, to_failure};
 use natter_proto::v1;
 use natter_server::clock::Versions;
 use natter_server::partitions::trusted;
 use natter_server::store_status;
 use natter_store::{Lease, StoreError, SyncStore, UpdateBatch};
+use prost::Message;
+use prost::bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::directory::{Directory, UserKey};
 use crate::responders::Responders;
 
 /// How many of a user's newest entries a repeated event is looked for in.
@@ -51,40 +55,88 @@ const READS_IN_FLIGHT: usize = 256;
 /// Append requests numbered and written together, at most.
 const APPENDS_PER_WRITE: usize = 64;
 
-type UserKey = (TenantId, UserId);
-
 /// Works one held partition of users until `stop`: appends what fanout
-/// asks at `sync.append.<n>` with `appender`, and answers catch-up reads
-/// for its users (`sync.updates.<n>`) from the store, which has every
-/// entry that went live.
+/// asks at `sync.append.<n>` with `appender`; answers its users' device
+/// hellos (`sync.hello.<n>`), putting their gateways in the partition's
+/// directory, and catch-up reads (`sync.updates.<n>`) from the store,
+/// which has every entry that went live; keeps the directory from the
+/// gateways' attaches and passes fanout's signals on through it.
 pub(crate) async fn serve_partition(
     appender: Appender,
     responders: Arc<Responders>,
     stop: CancellationToken,
 ) {
-    let partition = appender.lease.borrow().partition;
+    let (partition, epoch) = {
+        let lease = appender.lease.borrow();
+        (lease.partition, lease.epoch)
+    };
     let bus = appender.bus.clone();
     let subscribed = async {
-        let appends = bus.subscribe(&subjects::append(partition), None).await?;
-        let reads = bus.subscribe(&subjects::updates(partition), None).await?;
-        Ok::<_, natter_bus::BusError>((appends, reads))
+        Ok::<_, BusError>((
+            bus.subscribe(&subjects::append(partition), None).await?,
+            bus.subscribe(&subjects::updates(partition), None).await?,
+            bus.subscribe(&subjects::hello(partition), None).await?,
+            bus.subscribe(&subjects::attach(partition), None).await?,
+            bus.subscribe(&subjects::signals(partition), None).await?,
+        ))
     };
-    let (appends, reads) = match subscribed.await {
+    let (appends, reads, hellos, attaches, signals) = match subscribed.await {
         Ok(subscriptions) => subscriptions,
         Err(e) => {
             tracing::error!(partition, error = %e, "cannot take the partition's requests");
             return;
         }
     };
-    let serving = serve(bus, reads, READS_IN_FLIGHT, move |query| {
+    // The directory starts empty: gateways that hold sessions of these
+    // users attach them, and catch their sessions up, once they hear this.
+    let held = PartitionHeld {
+        partition,
+        holder_epoch: epoch,
+    };
+    if let Err(e) = bus.publish(&subjects::held(partition), encode(&held)).await {
+        tracing::warn!(partition, error = %e, "cannot announce the partition's new holder");
+    }
+    let directory = appender.directory.clone();
+    let reading = serve(bus.clone(), reads, READS_IN_FLIGHT, {
         let responders = responders.clone();
-        async move { responders.updates(query).await }
+        move |query| {
+            let responders = responders.clone();
+            async move { responders.updates(query).await }
+        }
+    });
+    let greeting = serve(bus.clone(), hellos, READS_IN_FLIGHT, {
+        let directory = directory.clone();
+        move |hello: DeviceHello| {
+            let (responders, directory) = (responders.clone(), directory.clone());
+            async move {
+                let gateway = hello.gateway.clone();
+                let user = actor_from_wire(hello.actor.clone())
+                    .ok()
+                    .map(|who| (who.tenant, who.user));
+                let mut welcome = responders.hello(hello).await;
+                if welcome.failure.is_none()
+                    && !gateway.is_empty()
+                    && let Some(user) = user
+                {
+                    directory.attach(&gateway, [user]);
+                    welcome.holder_epoch = epoch;
+                }
+                welcome
+            }
+        }
     });
     // Appending ends on `stop`, once the batch under way is answered; the
-    // reads end with it.
+    // rest ends with it.
     tokio::select! {
         () = appender.serve(appends, &stop) => {}
-        () = serving => tracing::error!(partition, "catch-up reads ended"),
+        () = reading => tracing::error!(partition, "catch-up reads ended"),
+        () = greeting => tracing::error!(partition, "device hellos ended"),
+        () = directory.serve_attaches(bus.as_ref(), attaches, epoch) => {
+            tracing::error!(partition, "attaches ended");
+        }
+        () = directory.serve_signals(bus.as_ref(), signals) => {
+            tracing::error!(partition, "signals ended");
+        }
     }
 }
 
@@ -100,6 +152,8 @@ pub(crate) struct Appender {
     window: u64,
     cache: Mutex<LogCache>,
     versions: Versions,
+    /// The gateways of this partition's users.
+    directory: Arc<Directory>,
 }
 
 /// One event of a request, numbered.
@@ -127,6 +181,7 @@ impl Appender {
             window: RECENT.min(retained),
             cache: Mutex::new(LogCache::new(CACHED_USERS)),
             versions: Versions::default(),
+            directory: Arc::default(),
         }
     }
 
@@ -227,9 +282,19 @@ impl Appender {
             .map(|(key, log)| (key.clone(), log.head))
             .collect();
         self.cache().put_all(logs);
-        for n in &numbered {
-            self.publish_live(&n.tenant, &n.user, &n.update).await;
-        }
+        let frames = numbered
+            .iter()
+            .map(|n| {
+                let frame = v1::ServerFrame {
+                    frame: Some(v1::server_frame::Frame::Update(n.update.clone().into())),
+                };
+                (
+                    (n.tenant.clone(), n.user.clone()),
+                    Bytes::from(frame.encode_to_vec()),
+                )
+            })
+            .collect();
+        self.directory.publish(self.bus.as_ref(), frames).await;
         for ((tenant, user), head) in heads {
             self.trim(&tenant, &user, head).await;
         }
@@ -340,22 +405,6 @@ impl Appender {
         let through = Cursor::new(head.get() - self.retained);
         if let Err(e) = self.store.trim_updates(tenant, user, through).await {
             tracing::warn!(%tenant, %user, %through, error = %e, "cannot trim the update log");
-        }
-    }
-
-    /// Tells the gateways holding sessions of `user`. Core NATS, at most
-    /// once: a device that misses it sees the gap at the next update and
-    /// fetches it, or catches up on reconnect.
-    async fn publish_live(&self, tenant: &TenantId, user: &UserId, update: &Update) {
-        let frame = v1::ServerFrame {
-            frame: Some(v1::server_frame::Frame::Update(update.clone().into())),
-        };
-        if let Err(e) = self
-            .bus
-            .publish(&subjects::live(tenant, user), encode(&frame))
-            .await
-        {
-            tracing::warn!(%tenant, %user, cursor = %update.cursor, error = %e, "cannot publish a live update");
         }
     }
 

@@ -132,25 +132,25 @@ impl Responders {
     /// label, costs a read and no write, so a reconnect storm writes
     /// nothing.
     #[tracing::instrument(skip_all, fields(device = %hello.device_id))]
-    async fn hello(&self, hello: DeviceHello) -> DeviceWelcome {
+    pub(crate) async fn hello(&self, hello: DeviceHello) -> DeviceWelcome {
         let device = match device_of(hello) {
             Ok(device) => device,
             Err(e) => {
                 tracing::warn!(error = %e, "malformed device hello");
                 return DeviceWelcome {
                     failure: Some(to_failure(&invalid_argument(e))),
-                    cursor: 0,
+                    ..DeviceWelcome::default()
                 };
             }
         };
         match self.recorded_or_touched(&device).await {
             Ok(device) => DeviceWelcome {
-                failure: None,
                 cursor: device.cursor.get(),
+                ..DeviceWelcome::default()
             },
             Err(e) => DeviceWelcome {
                 failure: store_failure(e),
-                cursor: 0,
+                ..DeviceWelcome::default()
             },
         }
     }

@@ -19,8 +19,9 @@ use natter_bus_local::LocalBus;
 use natter_contract::{ContractError, encode, subjects};
 use natter_core::{Cursor, DeviceId, Event, Role, UserId};
 use natter_proto::bus::v1::{
-    Actor, AppendOutcome, CursorAck, DeviceHello, DeviceRevoked, DeviceWelcome, MarkReadCommand,
-    MarkReadOutcome, UpdatesPage, UpdatesQuery, UserEvent, UserEvents,
+    Actor, AppendOutcome, CursorAck, DeviceHello, DeviceRevoked, DeviceWelcome, LiveFrames,
+    MarkReadCommand, MarkReadOutcome, PartitionHeld, UpdatesPage, UpdatesQuery, UserEvent,
+    UserEvents,
 };
 use natter_proto::status::{permission_denied, reason as reasons, to_failure};
 use natter_proto::v1::{
@@ -188,6 +189,8 @@ async fn a_new_holder_numbers_from_the_store() {
     // Another process held the partition for a while and wrote.
     seed(&store, &tenant, &alice, 2, &theirs).await;
     let h = Harness::on(bus, store, |_| {}).await;
+    // The gateway hears of the new holder and attaches its user again.
+    h.attach(&live, true).await;
     assert_eq!(h.append(&alice, &third).await.written, 1);
     let update = next_update(&mut live).await;
     assert_eq!((update.cursor, &update.event), (Cursor::new(3), &third));
@@ -196,6 +199,76 @@ async fn a_new_holder_numbers_from_the_store() {
     let update = next_update(&mut live).await;
     assert_eq!((update.cursor, &update.event), (Cursor::new(2), &theirs));
     assert_eq!(events(&h.log(&alice).await), vec![first, theirs, third]);
+    h.stop().await;
+}
+
+/// Live frames go to the gateways that hold sessions of their users: a
+/// gateway is named by its device's hello to the holder, or attaches its
+/// users; it stops getting them once it detaches them. A new holder knows
+/// no gateway and announces itself, so that they attach again.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_frames_go_to_the_gateways_of_their_users_and_a_new_holder_says_so() {
+    let h = Harness::start().await;
+    let (alice, bob) = (h.user("alice"), h.user("bob"));
+    let partition = h.partition(&alice);
+    h.held(partition).await;
+    let c = conversation();
+
+    let mut by_hello = h
+        .bus
+        .subscribe(&subjects::gateway("by-hello"), None)
+        .await
+        .unwrap();
+    let hello = DeviceHello {
+        actor: Some(actor(&h, "alice")),
+        device_id: "phone".into(),
+        label: "web".into(),
+        gateway: "by-hello".into(),
+    };
+    let welcome: DeviceWelcome =
+        natter_contract::request(h.bus.as_ref(), &subjects::hello(partition), &hello, ASK)
+            .await
+            .unwrap();
+    assert!(welcome.failure.is_none(), "{welcome:?}");
+    assert!(welcome.holder_epoch > 0, "answered by the holder");
+    let mut bobs = h.live(&bob).await;
+
+    assert_eq!(h.append(&alice, &message(c, 1)).await.written, 1);
+    assert_eq!(h.append(&bob, &message(c, 1)).await.written, 1);
+    let frames: LiveFrames =
+        natter_contract::decode(&by_hello.next().await.unwrap().payload).unwrap();
+    let users: Vec<&str> = frames
+        .frames
+        .iter()
+        .map(|f| f.user.as_ref().unwrap().user_id.as_str())
+        .collect();
+    assert_eq!(users, ["alice"], "only the users of this gateway");
+    assert_eq!(next_update(&mut bobs).await.cursor, Cursor::new(1));
+
+    h.attach(&bobs, false).await;
+    assert_eq!(h.append(&bob, &message(c, 2)).await.written, 1);
+    assert!(nothing_live(&mut bobs), "detached");
+
+    let mut held = h.bus.subscribe(subjects::ALL_HELD, None).await.unwrap();
+    let (bus, store) = (h.bus.clone(), h.store.clone());
+    h.stop().await;
+    let h = Harness::on(bus, store, |_| {}).await;
+    let announced: PartitionHeld = loop {
+        let incoming = tokio::time::timeout(ASK, held.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let announced: PartitionHeld = natter_contract::decode(&incoming.payload).unwrap();
+        if announced.partition == partition {
+            break announced;
+        }
+    };
+    assert!(announced.holder_epoch > welcome.holder_epoch);
+    assert_eq!(h.append(&alice, &message(c, 2)).await.written, 1);
+    assert!(
+        by_hello.next().now_or_never().is_none(),
+        "the new holder does not know the gateway yet"
+    );
     h.stop().await;
 }
 
@@ -353,8 +426,8 @@ async fn malformed_appends_are_dropped_and_the_partition_goes_on() {
 /// True if nothing has been published on `live`. The holder publishes
 /// before it answers, and the local bus delivers as it publishes, so once
 /// an append is answered or its write is held this is certain.
-fn nothing_live(live: &mut natter_bus::Subscription) -> bool {
-    live.next().now_or_never().is_none()
+fn nothing_live(live: &mut Live) -> bool {
+    live.is_quiet()
 }
 
 /// The next append request on `asked`, within [`WAIT`].
@@ -494,6 +567,7 @@ async fn hello(h: &Harness, user: &str, device: &str) -> DeviceWelcome {
         actor: Some(actor(h, user)),
         device_id: device.into(),
         label: "web".into(),
+        gateway: String::new(),
     };
     natter_contract::request(h.bus.as_ref(), subjects::DEVICE_HELLO, &hello, ASK)
         .await
@@ -582,6 +656,7 @@ async fn devices_say_hello_ack_their_cursor_and_can_be_revoked() {
         actor: None,
         device_id: "tablet".into(),
         label: String::new(),
+        gateway: String::new(),
     };
     let welcome: DeviceWelcome =
         natter_contract::request(h.bus.as_ref(), subjects::DEVICE_HELLO, &malformed, ASK)

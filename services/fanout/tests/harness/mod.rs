@@ -21,8 +21,8 @@ use natter_core::{
 };
 use natter_fanout::{Deps, run};
 use natter_proto::bus::v1::{
-    AppendOutcome, ConversationEvent, ConversationEvents, Failure, MembersPage, MembersQuery,
-    UserEvent, UserEvents,
+    AppendOutcome, ConversationEvent, ConversationEvents, Failure, LiveFrames, MembersPage,
+    MembersQuery, UserEvent, UserEvents,
 };
 use natter_proto::status::{reason, to_failure};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
@@ -303,10 +303,14 @@ impl Harness {
             .user_partition(&self.tenant(), &UserId::new(user).unwrap())
     }
 
-    /// The live frames of `user` from now on.
-    pub(crate) async fn live(&self, user: &str) -> Subscription {
-        let subject = subjects::live(&self.tenant(), &UserId::new(user).unwrap());
-        self.bus.subscribe(&subject, None).await.unwrap()
+    /// The signals fanout passes on for `user` from now on, as the sync
+    /// holder of the user's partition gets them.
+    pub(crate) async fn signals(&self, user: &str) -> Signals {
+        let subject = subjects::signals(self.partition(user));
+        Signals {
+            subscription: self.bus.subscribe(&subject, None).await.unwrap(),
+            user: user.to_owned(),
+        }
     }
 
     /// Stops the service and waits for it to end.
@@ -531,6 +535,32 @@ pub(crate) fn ready(stream: &mut Subscription) -> Vec<Incoming> {
         out.push(incoming);
     }
     out
+}
+
+/// What fanout sends the holder of one user's partition, for that user.
+pub(crate) struct Signals {
+    subscription: Subscription,
+    user: String,
+}
+
+/// The frames (encoded `ServerFrame`s) for the user of `signals` that
+/// arrived and were not yet handed out, without waiting.
+pub(crate) fn ready_signals(signals: &mut Signals) -> Vec<Vec<u8>> {
+    ready(&mut signals.subscription)
+        .iter()
+        .flat_map(|incoming| {
+            LiveFrames::decode(incoming.payload.as_ref())
+                .unwrap()
+                .frames
+        })
+        .filter(|frame| {
+            frame
+                .user
+                .as_ref()
+                .is_some_and(|u| u.user_id == signals.user)
+        })
+        .map(|frame| frame.frame.to_vec())
+        .collect()
 }
 
 /// The append requests `appends` has recorded and not yet handed out,

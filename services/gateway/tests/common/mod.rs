@@ -3,8 +3,9 @@
 //! device clients for each transport.
 //!
 //! The peers are test doubles that answer on the same subjects and streams
-//! as the real services: sync (DEVICE_HELLO, sync.updates.<n>, CURSOR_ACK, and live
-//! updates on `live.<tenant>.<user>`), storage (the sequencers
+//! as the real services: sync (sync.hello.<n>, sync.attach.<n>,
+//! sync.updates.<n>, CURSOR_ACK, and live frames on `gateway.<id>`, as the
+//! holder of every partition), storage (the sequencers
 //! and MARK_READ) and fanout (EPHEMERAL). They serve fixed rules from
 //! memory, so each test can steer them.
 
@@ -13,20 +14,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use natter_auth::{Identity, Signer, Verifier};
-use natter_bus::{Bus, BusError, Outgoing};
+use natter_bus::{Bus, Outgoing};
 use natter_bus_local::LocalBus;
-use natter_contract::subjects;
+use natter_contract::{Holders, subjects};
 use natter_core::{ConversationId, Role, TenantId, UserId};
 use natter_gateway::Deps;
 use natter_proto::bus::v1::{
-    CursorAck, DeviceHello, DeviceRevoked, DeviceWelcome, EphemeralSignal, Failure,
-    MarkReadCommand, MarkReadOutcome, MessagesPage, MessagesQuery, SendCommand, SendOutcome,
-    Stored, UpdatesPage, UpdatesQuery, send_outcome,
+    Attach, Attached, CursorAck, DeviceHello, DeviceRevoked, DeviceWelcome, EphemeralSignal,
+    Failure, LiveFrame, LiveFrames, LiveUser, MarkReadCommand, MarkReadOutcome, MessagesPage,
+    MessagesQuery, PartitionHeld, SendCommand, SendOutcome, Stored, UpdatesPage, UpdatesQuery,
+    send_outcome,
 };
 use natter_proto::status::reason;
 use natter_proto::v1::gateway_service_client::GatewayServiceClient;
@@ -223,23 +226,14 @@ impl Harness {
         client
     }
 
-    /// Whether a session of `user` is subscribed to live updates: a
-    /// request to the live subject finds a subscriber (which does not
-    /// answer) rather than none.
+    /// Whether the gateway wants live frames for `user`: it has a session
+    /// of the user. Pauses first, so that the gateway has run.
     pub async fn has_live_session(&self, user: &str) -> bool {
-        let subject = subjects::live(&TenantId::new(TENANT).unwrap(), &UserId::new(user).unwrap());
-        // An empty payload is a ServerFrame without a frame: sessions drop it.
-        let answer = self
-            .bus
-            .request(
-                &subject,
-                Outgoing::new(Vec::new()),
-                Duration::from_millis(20),
-            )
-            .await;
-        !matches!(answer, Err(BusError::NoResponders { .. }))
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.sync.is_attached(user)
     }
 
+    /// Waits until the gateway has detached `user`: its last session ended.
     pub async fn wait_until_gone(&self, user: &str) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while self.has_live_session(user).await {
@@ -293,6 +287,10 @@ pub struct FakeSync {
     /// Revoked devices, as (user, device).
     pub revoked: Mutex<HashSet<(String, String)>>,
     pub hellos: Mutex<Vec<DeviceHello>>,
+    /// Per user, the gateways that want its live frames.
+    pub attached: Mutex<HashMap<String, HashSet<String>>>,
+    /// The lease epoch this holder answers with.
+    pub epoch: AtomicU64,
     pub queries: Mutex<Vec<UpdatesQuery>>,
     pub acks: Mutex<Vec<CursorAck>>,
     /// While true, catch-up queries wait.
@@ -304,41 +302,58 @@ impl FakeSync {
         let sync = Arc::new(Self {
             bus: Some(bus.clone()),
             hold_pages: watch::channel(false).0,
+            epoch: AtomicU64::new(1),
             ..Self::default()
         });
-        let hellos = bus
-            .subscribe(subjects::DEVICE_HELLO, Some("sync"))
-            .await
-            .unwrap();
-        let me = sync.clone();
-        tokio::spawn(natter_contract::serve(
-            bus.clone(),
-            hellos,
-            16,
-            move |hello: DeviceHello| {
-                let me = me.clone();
-                async move {
-                    let user = hello.actor.clone().unwrap_or_default().user_id;
-                    let revoked = me
-                        .revoked
-                        .lock()
-                        .unwrap()
-                        .contains(&(user, hello.device_id.clone()));
-                    me.hellos.lock().unwrap().push(hello);
-                    DeviceWelcome {
-                        failure: revoked.then(|| Failure {
-                            code: Code::FailedPrecondition.into(),
-                            reason: reason::FAILED_PRECONDITION.into(),
-                            message: "device revoked".into(),
-                            field: String::new(),
-                        }),
-                        cursor: 0,
-                    }
-                }
-            },
-        ));
         // One process holding every partition of users.
         for partition in 0..partitions {
+            let hellos = bus
+                .subscribe(&subjects::hello(partition), None)
+                .await
+                .unwrap();
+            let me = sync.clone();
+            tokio::spawn(natter_contract::serve(
+                bus.clone(),
+                hellos,
+                16,
+                move |hello: DeviceHello| {
+                    let me = me.clone();
+                    async move { me.hello(hello) }
+                },
+            ));
+            let mut attaches = bus
+                .subscribe(&subjects::attach(partition), None)
+                .await
+                .unwrap();
+            let me = sync.clone();
+            tokio::spawn(async move {
+                while let Some(incoming) = attaches.next().await {
+                    let attach: Attach = natter_contract::decode(&incoming.payload).unwrap();
+                    {
+                        let mut attached = me.attached.lock().unwrap();
+                        for user in attach.users {
+                            attached
+                                .entry(user.user_id)
+                                .or_default()
+                                .insert(attach.gateway.clone());
+                        }
+                        for user in attach.detached {
+                            if let Some(gateways) = attached.get_mut(&user.user_id) {
+                                gateways.remove(&attach.gateway);
+                            }
+                        }
+                    }
+                    if let Some(reply) = incoming.reply {
+                        let answer = Attached {
+                            holder_epoch: me.epoch.load(Ordering::SeqCst),
+                        };
+                        let bus = me.bus.as_ref().unwrap();
+                        bus.publish(&reply, natter_contract::encode(&answer))
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
             let updates = bus
                 .subscribe(&subjects::updates(partition), None)
                 .await
@@ -371,6 +386,61 @@ impl FakeSync {
             }
         });
         sync
+    }
+
+    /// Registers the device, and sends its user's live frames to its
+    /// gateway from now on, as the holder of the user's partition does.
+    fn hello(&self, hello: DeviceHello) -> DeviceWelcome {
+        let user = hello.actor.clone().unwrap_or_default().user_id;
+        let revoked = self
+            .revoked
+            .lock()
+            .unwrap()
+            .contains(&(user.clone(), hello.device_id.clone()));
+        if !revoked {
+            self.attached
+                .lock()
+                .unwrap()
+                .entry(user)
+                .or_default()
+                .insert(hello.gateway.clone());
+        }
+        self.hellos.lock().unwrap().push(hello);
+        DeviceWelcome {
+            failure: revoked.then(|| Failure {
+                code: Code::FailedPrecondition.into(),
+                reason: reason::FAILED_PRECONDITION.into(),
+                message: "device revoked".into(),
+                field: String::new(),
+            }),
+            cursor: 0,
+            holder_epoch: self.epoch.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Takes the partition of `user` over as a new holder would: knowing
+    /// no gateway, with a higher epoch, announced.
+    pub async fn take_over(&self, user: &str) {
+        let bus = self.bus.as_ref().unwrap();
+        let partition = Holders::new(bus.clone(), settings().topology())
+            .user_partition(&TenantId::new(TENANT).unwrap(), &UserId::new(user).unwrap());
+        self.attached.lock().unwrap().clear();
+        let held = PartitionHeld {
+            partition,
+            holder_epoch: self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        bus.publish(&subjects::held(partition), natter_contract::encode(&held))
+            .await
+            .unwrap();
+    }
+
+    /// Whether a gateway wants `user`'s live frames.
+    pub fn is_attached(&self, user: &str) -> bool {
+        self.attached
+            .lock()
+            .unwrap()
+            .get(user)
+            .is_some_and(|gateways| !gateways.is_empty())
     }
 
     fn page(&self, query: &UpdatesQuery) -> UpdatesPage {
@@ -430,15 +500,35 @@ impl FakeSync {
         update
     }
 
+    /// Sends `frame` to the gateways that want `user`'s live frames.
     pub async fn publish_live(&self, user: &str, frame: Frame) {
-        let subject = subjects::live(&TenantId::new(TENANT).unwrap(), &UserId::new(user).unwrap());
-        let payload = ServerFrame { frame: Some(frame) }.encode_to_vec();
-        self.bus
-            .as_ref()
+        let frames = LiveFrames {
+            frames: vec![LiveFrame {
+                user: Some(LiveUser {
+                    tenant_id: TENANT.into(),
+                    user_id: user.into(),
+                }),
+                frame: ServerFrame { frame: Some(frame) }.encode_to_vec().into(),
+            }],
+        };
+        let gateways: Vec<String> = self
+            .attached
+            .lock()
             .unwrap()
-            .publish(&subject, Outgoing::new(payload))
-            .await
-            .unwrap();
+            .get(user)
+            .map(|gateways| gateways.iter().cloned().collect())
+            .unwrap_or_default();
+        for gateway in gateways {
+            self.bus
+                .as_ref()
+                .unwrap()
+                .publish(
+                    &subjects::gateway(&gateway),
+                    natter_contract::encode(&frames),
+                )
+                .await
+                .unwrap();
+        }
     }
 }
 

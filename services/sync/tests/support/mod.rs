@@ -1,6 +1,7 @@
 //! A sync service on an in-process bus and a temporary embedded store, on
 //! a loopback port, with the helpers the tests share.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use natter_auth::{Identity, Signer, Verifier};
 use natter_bus::{Bus, Subscription};
 use natter_bus_local::LocalBus;
@@ -17,7 +18,10 @@ use natter_core::{
     ClientMessageId, Content, ConversationId, Cursor, Device, DeviceId, Event, Message, MessageId,
     ReadMarker, Role, Seq, TenantId, Timestamp, Update, UserId,
 };
-use natter_proto::bus::v1::{AppendOutcome, UpdatesPage, UpdatesQuery, UserEvent, UserEvents};
+use natter_proto::bus::v1::{
+    AppendOutcome, Attach, Attached, LiveFrames, LiveUser, UpdatesPage, UpdatesQuery, UserEvent,
+    UserEvents,
+};
 use natter_proto::v1;
 use natter_proto::v1::sync_service_client::SyncServiceClient;
 use natter_server::{Settings, StartError};
@@ -26,6 +30,7 @@ use natter_store::{
 };
 use natter_store_embedded::EmbeddedStore;
 use prost::Message as _;
+use prost::bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -296,11 +301,55 @@ impl Harness {
         self.flaky.as_ref().expect("started with_failing_writes")
     }
 
-    pub(crate) async fn live(&self, user: &UserId) -> Subscription {
-        self.bus
-            .subscribe(&subjects::live(&self.tenant, user), None)
+    /// Attaches `user` as a gateway of its own would, once the user's
+    /// partition is held, and hands back what that gateway gets.
+    pub(crate) async fn live(&self, user: &UserId) -> Live {
+        static GATEWAYS: AtomicUsize = AtomicUsize::new(0);
+        let gateway = format!("gw{}", GATEWAYS.fetch_add(1, Ordering::Relaxed));
+        let subscription = self
+            .bus
+            .subscribe(&subjects::gateway(&gateway), None)
             .await
-            .unwrap()
+            .unwrap();
+        let live = Live {
+            subscription,
+            frames: VecDeque::new(),
+            gateway,
+            user: user.clone(),
+        };
+        self.attach(&live, true).await;
+        live
+    }
+
+    /// Attaches (or detaches) the user of `live` at the holder of its
+    /// partition, as its gateway does, once the partition is held.
+    /// Returns the holder's lease epoch.
+    pub(crate) async fn attach(&self, live: &Live, attach: bool) -> u64 {
+        let partition = self.partition(&live.user);
+        self.held(partition).await;
+        let user = vec![LiveUser {
+            tenant_id: self.tenant.to_string(),
+            user_id: live.user.to_string(),
+        }];
+        let (users, detached) = if attach {
+            (user, Vec::new())
+        } else {
+            (Vec::new(), user)
+        };
+        let attach = Attach {
+            gateway: live.gateway.clone(),
+            users,
+            detached,
+        };
+        request::<_, Attached>(
+            self.bus.as_ref(),
+            &subjects::attach(partition),
+            &attach,
+            WAIT,
+        )
+        .await
+        .unwrap()
+        .holder_epoch
     }
 
     /// A user named `<prefix><n>` whose partition is `other`'s.
@@ -325,13 +374,40 @@ impl Harness {
     }
 }
 
+/// What one gateway gets from the holders: `LiveFrames`, each with one
+/// or more frames.
+pub(crate) struct Live {
+    subscription: Subscription,
+    frames: VecDeque<Bytes>,
+    gateway: String,
+    user: UserId,
+}
+
+impl Live {
+    /// True if no frame has arrived.
+    pub(crate) fn is_quiet(&mut self) -> bool {
+        self.frames.is_empty() && self.subscription.next().now_or_never().is_none()
+    }
+
+    async fn next_frame(&mut self) -> Bytes {
+        loop {
+            if let Some(frame) = self.frames.pop_front() {
+                return frame;
+            }
+            let incoming = tokio::time::timeout(WAIT, self.subscription.next())
+                .await
+                .expect("a live frame in time")
+                .expect("the live subscription is open");
+            let frames: LiveFrames = natter_contract::decode(&incoming.payload).unwrap();
+            self.frames
+                .extend(frames.frames.into_iter().map(|f| f.frame));
+        }
+    }
+}
+
 /// The next live update on `live`, within [`WAIT`].
-pub(crate) async fn next_update(live: &mut Subscription) -> Update {
-    let incoming = tokio::time::timeout(WAIT, live.next())
-        .await
-        .expect("a live frame in time")
-        .expect("the live subscription is open");
-    let frame: v1::ServerFrame = natter_contract::decode(&incoming.payload).unwrap();
+pub(crate) async fn next_update(live: &mut Live) -> Update {
+    let frame: v1::ServerFrame = natter_contract::decode(&live.next_frame().await).unwrap();
     match frame.frame {
         Some(v1::server_frame::Frame::Update(update)) => update.try_into().unwrap(),
         other => panic!("expected an update frame, got {other:?}"),
