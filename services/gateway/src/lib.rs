@@ -34,17 +34,17 @@
 //!
 //! An idle session is one task holding the socket, the session state and
 //! an empty inbox in the process's live directory (`live.rs`): live frames
-//! come on one bus subscription per process, not one per session, so a
-//! gateway on NATS costs no more per connection than one in process.
-//! WebSocket buffers are
+//! come on one bus subscription per process, not one per session (on NATS
+//! a subscription's channel alone is about 6 KB). WebSocket buffers are
 //! kept small (see `ws.rs`), the outbound queue, the request pipeline and
 //! the watches hold nothing while unused, and the state needed only while
 //! a session opens is dropped once it is open. The session's span carries
 //! log fields only (`natter_telemetry::SCOPE_TARGET`), not OpenTelemetry
-//! state. `natter-load idle` measures the whole server: about 7.5 KB per
-//! idle WebSocket session on `natter dev` (see `loadtest/README.md`), of
-//! which the task is about 2.2 KB, the socket's read buffer 0.5 KB and
-//! the in-process bus subscription 0.8 KB.
+//! state. `natter-load idle` measures the whole server: about 5.0 KiB per
+//! idle WebSocket session on a gateway of its own on NATS, and 6.5 KiB on
+//! `natter dev`, whose sync keeps the user's entry in its directory (see
+//! `loadtest/README.md`); of that the task is about 2.2 KB and the
+//! socket's read buffer 0.5 KB.
 //!
 //! Revocations arrive on one subscription per process (`revoked.*.*`) and
 //! are routed to sessions through `revoke.rs`, instead of one subscription
