@@ -20,11 +20,11 @@
 //! collision costs a read, never an event.
 
 use std::collections::hash_map::{DefaultHasher, Entry};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use natter_bus::{Bus, BusError, Subscription};
 use natter_contract::{decode, encode, serve, subjects};
 use natter_core::{Cursor, Event, Invalid, TenantId, Update, UserId};
@@ -54,6 +54,8 @@ const TRIM_EVERY: u64 = 1024;
 const READS_IN_FLIGHT: usize = 256;
 /// Append requests numbered and written together, at most.
 const APPENDS_PER_WRITE: usize = 64;
+/// Logs read from the store at once while numbering a batch.
+const LOADS_IN_FLIGHT: usize = 32;
 
 /// Works one held partition of users until `stop`: appends what fanout
 /// asks at `sync.append.<n>` with `appender`; answers its users' device
@@ -311,7 +313,40 @@ impl Appender {
         &self,
         events: Vec<(TenantId, UserId, Event)>,
     ) -> Result<(Vec<Numbered>, HashMap<UserKey, UserLog>), StoreError> {
+        // Only what this holder wrote is cached: a log it has not written
+        // since taking the partition, or whose write failed, is read from
+        // the store, many at once, since a batch may name hundreds of
+        // users this holder has not seen (the members of a new room).
         let mut logs: HashMap<UserKey, UserLog> = HashMap::new();
+        let mut uncached: HashSet<UserKey> = HashSet::new();
+        {
+            let mut cache = self.cache();
+            for (tenant, user, _) in &events {
+                let key = (tenant.clone(), user.clone());
+                if !logs.contains_key(&key) && !uncached.contains(&key) {
+                    match cache.take(&key) {
+                        Some(log) => {
+                            logs.insert(key, log);
+                        }
+                        None => {
+                            uncached.insert(key);
+                        }
+                    }
+                }
+            }
+        }
+        let mut newest: HashMap<UserKey, Vec<Update>> = HashMap::new();
+        let mut loads = futures::stream::iter(uncached)
+            .map(|key| async move {
+                let (log, updates) = self.load(&key.0, &key.1).await?;
+                Ok::<_, StoreError>((key, log, updates))
+            })
+            .buffer_unordered(LOADS_IN_FLIGHT);
+        while let Some((key, log, updates)) = loads.try_next().await? {
+            logs.insert(key.clone(), log);
+            newest.insert(key, updates);
+        }
+        drop(loads);
         let mut pending: HashMap<(UserKey, String), Cursor> = HashMap::new();
         let mut numbered = Vec::with_capacity(events.len());
         for (tenant, user, event) in events {
@@ -320,22 +355,16 @@ impl Appender {
             let fingerprint = fingerprint(&event_key);
             let log = match logs.entry(key.clone()) {
                 Entry::Occupied(log) => log.into_mut(),
-                Entry::Vacant(slot) => {
-                    // Only what this holder wrote is cached: a log it has
-                    // not written since taking the partition, or whose
-                    // write failed, is read from the store.
-                    let cached = self.cache().take(&key);
-                    match cached {
-                        Some(log) => slot.insert(log),
-                        None => slot.insert(self.load(&tenant, &user).await?.0),
-                    }
-                }
+                Entry::Vacant(slot) => slot.insert(self.load(&tenant, &user).await?.0),
             };
             let earlier = match pending.get(&(key.clone(), event_key.clone())) {
                 Some(&cursor) => Some(cursor),
                 None if log.may_hold(fingerprint) => {
-                    let (_, newest) = self.load(&tenant, &user).await?;
-                    newest
+                    let stored = match newest.get(&key) {
+                        Some(stored) => stored.clone(),
+                        None => self.load(&tenant, &user).await?.1,
+                    };
+                    stored
                         .into_iter()
                         .find(|u| u.event.key() == event_key)
                         .map(|u| u.cursor)
