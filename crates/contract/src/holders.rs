@@ -81,12 +81,8 @@ impl Holders {
         timeout: Duration,
     ) -> Result<UpdatesPage> {
         let subject = subjects::updates(self.user_partition(tenant, user));
-        match request(self.bus.as_ref(), &subject, &query, timeout).await {
-            Err(ContractError::Bus(BusError::NoResponders { .. })) => {
-                request(self.bus.as_ref(), subjects::UPDATES, &query, timeout).await
-            }
-            done => done,
-        }
+        self.ask_sync(&subject, subjects::UPDATES, &query, timeout)
+            .await
     }
 
     /// Says `hello` to the holder of the device's user's log, which
@@ -103,9 +99,22 @@ impl Holders {
         timeout: Duration,
     ) -> Result<DeviceWelcome> {
         let subject = subjects::hello(self.user_partition(tenant, user));
-        match request(self.bus.as_ref(), &subject, &hello, timeout).await {
+        self.ask_sync(&subject, subjects::DEVICE_HELLO, &hello, timeout)
+            .await
+    }
+
+    /// Asks the holder of a user partition at `subject`, or any sync
+    /// process at `unheld` while nobody holds it.
+    async fn ask_sync<Q: Message, A: Message + Default>(
+        &self,
+        subject: &str,
+        unheld: &str,
+        query: &Q,
+        timeout: Duration,
+    ) -> Result<A> {
+        match request(self.bus.as_ref(), subject, query, timeout).await {
             Err(ContractError::Bus(BusError::NoResponders { .. })) => {
-                request(self.bus.as_ref(), subjects::DEVICE_HELLO, &hello, timeout).await
+                request(self.bus.as_ref(), unheld, query, timeout).await
             }
             done => done,
         }
