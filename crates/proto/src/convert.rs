@@ -19,10 +19,10 @@ use natter_auth::Identity;
 use natter_core::{
     Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, Invalid,
     Member, MembershipChange, MembershipKind, Message, Postback, QuickReplies, QuickReply,
-    ReadMarker, Result, Role, Seq, Template, Timestamp, Update, UserId,
+    ReadMarker, Result, Role, Seq, Template, TenantId, Timestamp, Update, UserId,
 };
 
-use crate::bus::v1::Actor;
+use crate::bus::v1::{Actor, LiveUser};
 use crate::v1;
 
 const MILLIS_PER_SECOND: i64 = 1_000;
@@ -496,6 +496,22 @@ impl TryFrom<Actor> for Identity {
             role: role_from_wire("actor.role", actor.role)?,
         })
     }
+}
+
+/// A user as a bus message names it (`LiveUser`).
+pub fn live_user(tenant: &TenantId, user: &UserId) -> LiveUser {
+    LiveUser {
+        tenant_id: tenant.to_string(),
+        user_id: user.to_string(),
+    }
+}
+
+/// The user a `LiveUser` names.
+pub fn live_user_from_wire(wire: &LiveUser) -> Result<(TenantId, UserId)> {
+    Ok((
+        parse_id("tenant_id", &wire.tenant_id)?,
+        parse_id("user_id", &wire.user_id)?,
+    ))
 }
 
 /// The caller of a bus command, whose `actor` field is required.

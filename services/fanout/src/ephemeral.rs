@@ -11,8 +11,8 @@ use futures::stream::FuturesUnordered;
 use natter_bus::{Bus, Incoming, Outgoing, Subscription};
 use natter_contract::{Backoff, Holders, decode, subjects};
 use natter_core::{ConversationId, Invalid, Role, TenantId, Timestamp, UserId};
-use natter_proto::bus::v1::{EphemeralSignal, LiveFrame, LiveFrames, LiveUser, ephemeral_signal};
-use natter_proto::convert::{actor_from_wire, parse_id, required, timestamp_from_wire};
+use natter_proto::bus::v1::{EphemeralSignal, LiveFrame, LiveFrames, ephemeral_signal};
+use natter_proto::convert::{actor_from_wire, live_user, parse_id, required, timestamp_from_wire};
 use natter_proto::status::{permission_denied, reason};
 use natter_proto::v1;
 use prost::Message as _;
@@ -147,10 +147,7 @@ impl Relay {
                 .entry(self.holders.user_partition(&signal.tenant, member))
                 .or_default()
                 .push(LiveFrame {
-                    user: Some(LiveUser {
-                        tenant_id: signal.tenant.to_string(),
-                        user_id: member.to_string(),
-                    }),
+                    user: Some(live_user(&signal.tenant, member)),
                     frame: frame.clone(),
                 });
         }

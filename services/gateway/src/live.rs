@@ -25,7 +25,7 @@ use natter_bus::{Bus, BusError, Subscription};
 use natter_contract::{ATTACH_EVERY, Backoff, Holders, decode, encode, subjects};
 use natter_core::{TenantId, UserId};
 use natter_proto::bus::v1::{Attach, Attached, LiveFrames, LiveUser, PartitionHeld};
-use natter_proto::convert::parse_id;
+use natter_proto::convert::{live_user, live_user_from_wire};
 use prost::bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -310,7 +310,7 @@ impl Live {
         };
         let state = self.state();
         for frame in frames.frames {
-            let Some(user) = frame.user.and_then(user_key) else {
+            let Some(user) = frame.user.and_then(|u| live_user_from_wire(&u).ok()) else {
                 continue;
             };
             if let Some(listeners) = state.users.get(&user) {
@@ -350,10 +350,7 @@ impl Live {
                 .users
                 .iter()
                 .filter(|(_, l)| l.partition == partition)
-                .map(|((tenant, user), _)| LiveUser {
-                    tenant_id: tenant.to_string(),
-                    user_id: user.to_string(),
-                })
+                .map(|((tenant, user), _)| live_user(tenant, user))
                 .collect()
         };
         let mut epoch = None;
@@ -397,10 +394,7 @@ impl Live {
         let detach = Attach {
             gateway: self.id.clone(),
             users: Vec::new(),
-            detached: vec![LiveUser {
-                tenant_id: tenant.to_string(),
-                user_id: user.to_string(),
-            }],
+            detached: vec![live_user(&tenant, &user)],
         };
         if let Err(e) = self
             .bus
@@ -422,13 +416,6 @@ impl Live {
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
-}
-
-fn user_key(wire: LiveUser) -> Option<UserKey> {
-    Some((
-        parse_id("tenant_id", &wire.tenant_id).ok()?,
-        parse_id("user_id", &wire.user_id).ok()?,
-    ))
 }
 
 /// Never held across an await; a panic inside cannot leave it torn.

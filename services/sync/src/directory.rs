@@ -23,7 +23,7 @@ use natter_bus::{Bus, Outgoing, Subscription};
 use natter_contract::{ATTACH_EVERY, decode, encode, subjects};
 use natter_core::{TenantId, UserId};
 use natter_proto::bus::v1::{Attach, Attached, LiveFrame, LiveFrames, LiveUser};
-use natter_proto::convert::parse_id;
+use natter_proto::convert::{live_user, live_user_from_wire};
 use prost::Message;
 use prost::bytes::Bytes;
 use tokio::time::Instant;
@@ -104,10 +104,7 @@ impl Directory {
             };
             for gateway in gateways.keys() {
                 routes.entry(gateway.clone()).or_default().push(LiveFrame {
-                    user: Some(LiveUser {
-                        tenant_id: tenant.to_string(),
-                        user_id: user.to_string(),
-                    }),
+                    user: Some(live_user(&tenant, &user)),
                     frame: frame.clone(),
                 });
             }
@@ -166,7 +163,7 @@ impl Directory {
                     let frames = signals
                         .frames
                         .into_iter()
-                        .filter_map(|f| Some((user(f.user?)?, f.frame)))
+                        .filter_map(|f| Some((live_user_from_wire(&f.user?).ok()?, f.frame)))
                         .collect();
                     self.publish(bus, frames).await;
                 }
@@ -181,17 +178,11 @@ impl Directory {
     }
 }
 
-/// A user named on the wire; a malformed one is left out, as nobody could
-/// have a session of it.
-fn user(wire: LiveUser) -> Option<UserKey> {
-    Some((
-        parse_id("tenant_id", &wire.tenant_id).ok()?,
-        parse_id("user_id", &wire.user_id).ok()?,
-    ))
-}
-
+/// The users named on the wire; a malformed one is left out, as nobody
+/// could have a session of it.
 fn users(wire: Vec<LiveUser>) -> impl Iterator<Item = UserKey> {
-    wire.into_iter().filter_map(user)
+    wire.into_iter()
+        .filter_map(|u| live_user_from_wire(&u).ok())
 }
 
 #[cfg(test)]
