@@ -49,7 +49,8 @@
    * @typedef {{ text?: string, attachment?: Attachment,
    *   quick_replies?: { text: string, replies?: QuickReply[] },
    *   template?: { text: string, buttons?: Button[] },
-   *   postback?: { title: string, payload: string } }} Content
+   *   postback?: { title: string, payload: string },
+   *   activity?: { status?: string } }} Content
    * @typedef {{ message_id?: string, conversation_id: string, seq: number,
    *   sender_id: string, client_message_id?: string, sent_at?: string,
    *   content: Content }} Message
@@ -271,6 +272,7 @@ h2{margin:0;font-size:16px;font-weight:600;flex:1;white-space:nowrap;overflow:hi
 .msgs{list-style:none;margin:0;padding:0;display:flex;flex-direction:column;gap:6px}
 .msg{display:flex;flex-direction:column;align-items:flex-start;max-width:85%}
 .msg.mine{align-self:flex-end;align-items:flex-end}
+.msg.activity{align-self:center;align-items:center;max-width:100%;font-size:12px;color:#6b7280}
 .who{font-size:11px;color:#6c757d;margin:4px 4px 1px}
 .bubble{padding:8px 12px;border-radius:14px;background:#fff;border:1px solid #e3e5e8;white-space:pre-wrap;overflow-wrap:anywhere}
 .mine .bubble{background:var(--accent);border-color:transparent;color:#fff}
@@ -401,6 +403,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
    */
   function show(m) {
     const stored = 'seq' in m && m.seq > 0;
+    if (m.content.activity) return showActivity(/** @type {Message} */ (m));
     const mine = isMine(senderOf(m));
     const li = /** @type {HTMLLIElement} */ (el('li', 'msg' + (mine ? ' mine' : '')));
     li.dataset.key = keyOf(m);
@@ -430,6 +433,36 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     scrollDown();
   }
 
+  /** What the visitor is told of a conversation's status. @type {Record<string, string>} */
+  const STATUS_LINES = {
+    CONVERSATION_STATUS_OPEN: 'Conversation reopened',
+    CONVERSATION_STATUS_PENDING: 'Waiting for your reply',
+    CONVERSATION_STATUS_RESOLVED: 'Conversation resolved',
+    CONVERSATION_STATUS_CLOSED: 'Conversation closed',
+  };
+
+  /**
+   * A lifecycle change, as a line between the messages: only a change of
+   * status is the visitor's business (tags, team and assignee are the
+   * business's), so an activity whose status is the one shown last says
+   * nothing.
+   * @param {Message} m
+   */
+  function showActivity(m) {
+    const status = (m.content.activity || {}).status || 'CONVERSATION_STATUS_OPEN';
+    const before = Array.from(list.querySelectorAll('[data-status]')).filter((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq) < m.seq).pop();
+    const shown = before ? /** @type {HTMLElement} */ (before).dataset.status : 'CONVERSATION_STATUS_OPEN';
+    const li = /** @type {HTMLLIElement} */ (el('li', 'msg activity', status === shown ? '' : STATUS_LINES[status] || ''));
+    li.dataset.key = keyOf(m);
+    li.dataset.seq = String(m.seq);
+    li.dataset.status = status;
+    li.hidden = !li.textContent;
+    list.querySelector(`[data-key="${CSS.escape(keyOf(m))}"]`)?.remove();
+    const next = Array.from(list.children).find((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq || Infinity) > m.seq);
+    list.insertBefore(li, next || null);
+    scrollDown();
+  }
+
   /** Status under the visitor's own messages: sending, sent, read, failed. */
   function refreshMeta() {
     const pending = new Set(outbox().map((p) => p.client_message_id));
@@ -450,7 +483,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
 
   function unread() {
     let n = 0;
-    for (const m of messages.values()) if (!isMine(m.sender_id) && m.seq > readSeq) n++;
+    for (const m of messages.values()) if (!isMine(m.sender_id) && !m.content.activity && m.seq > readSeq) n++;
     return n;
   }
 

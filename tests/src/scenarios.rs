@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use natter_core::Role;
 use natter_proto::v1::client_frame::Frame as ClientKind;
 use natter_proto::v1::{
-    AddMembersRequest, ClientFrame, CreateConversationRequest, GetConversationRequest,
-    GetStatsRequest, ListMessagesRequest, MessageContent, NewMember, Read, SendMessageRequest,
-    event, list_messages_request, message_content,
+    AddMembersRequest, ClientFrame, ConversationStatus, CreateConversationRequest,
+    GetConversationRequest, GetStatsRequest, Lifecycle, LifecycleChange, ListMessagesRequest,
+    MessageContent, NewMember, Read, SendMessageRequest, UpdateLifecycleRequest, event,
+    list_messages_request, message_content,
 };
 use tokio::sync::Mutex;
 
@@ -236,6 +237,137 @@ pub async fn retries_and_read_markers(mode: Mode, transport: Transport) {
             .await;
         assert_eq!((marker.user_id.as_str(), marker.seq), ("alice", 2));
     }
+}
+
+/// An agent resolves a conversation through the API: the change is an
+/// activity message every member's devices get, live and after a
+/// reconnect; a retry is recognised, a change that changes nothing stores
+/// nothing, customers may not change it, and a customer's next message
+/// opens it again.
+pub async fn lifecycle_changes(mode: Mode, transport: Transport) {
+    let cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let mut web = device(&cluster, transport, "alice", Role::Customer, "web").await;
+    let mut console = device(&cluster, transport, "bob", Role::Agent, "console").await;
+    web.send_text(&conv, "m1", "where is my refund?")
+        .await
+        .expect("ack");
+
+    let agent = cluster.token("bob", Role::Agent);
+    let mut api = cluster.conversations().await;
+    let resolve = |id: &str| UpdateLifecycleRequest {
+        conversation_id: conv.clone(),
+        client_change_id: id.into(),
+        change: Some(LifecycleChange {
+            status: ConversationStatus::Resolved.into(),
+            add_tags: vec!["refund".into()],
+            assignee_id: Some("bob".into()),
+            team_id: Some("billing".into()),
+            ..LifecycleChange::default()
+        }),
+    };
+    let first = api
+        .update_lifecycle(authed(&agent, resolve("c1")))
+        .await
+        .expect("resolve")
+        .into_inner();
+    let resolved = first.lifecycle.clone().expect("the lifecycle");
+    assert_eq!(
+        (
+            resolved.status(),
+            resolved.tags.as_slice(),
+            resolved.assignee_id.as_str()
+        ),
+        (
+            ConversationStatus::Resolved,
+            ["refund".to_owned()].as_slice(),
+            "bob"
+        )
+    );
+    let activity = first.activity.clone().expect("an activity message");
+    assert_eq!((activity.seq, activity.sender_id.as_str()), (2, "bob"));
+    let again = api
+        .update_lifecycle(authed(&agent, resolve("c1")))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.activity, first.activity);
+    let same = api
+        .update_lifecycle(authed(&agent, resolve("c2")))
+        .await
+        .expect("the same change")
+        .into_inner();
+    assert_eq!(
+        (same.activity, same.lifecycle),
+        (None, Some(resolved.clone()))
+    );
+    let denied = api
+        .update_lifecycle(authed(
+            &cluster.token("alice", Role::Customer),
+            resolve("c3"),
+        ))
+        .await
+        .expect_err("customers may not");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // Both members' devices get the activity, in order after the message.
+    for receiver in [&mut web, &mut console] {
+        let got = receiver.messages(&conv, 2).await;
+        assert_eq!(got[1].content, activity.content);
+    }
+    // A customer may not send an activity as content.
+    let forged = web
+        .send_content(
+            &conv,
+            "forged",
+            MessageContent {
+                kind: Some(message_content::Kind::Activity(Lifecycle::default())),
+            },
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(forged.code, INVALID_ARGUMENT);
+
+    // The customer writes again: the conversation opens, in the same write.
+    web.send_text(&conv, "m2", "it has not arrived")
+        .await
+        .expect("ack");
+    let reopened = console.messages(&conv, 2).await;
+    assert_eq!(text_of(&reopened[0]), "it has not arrived");
+    let Some(message_content::Kind::Activity(after)) =
+        reopened[1].content.as_ref().and_then(|c| c.kind.clone())
+    else {
+        panic!("expected the reopening activity, got {:?}", reopened[1]);
+    };
+    assert_eq!(
+        (
+            after.status(),
+            reopened[1].sender_id.as_str(),
+            reopened[1].seq
+        ),
+        (ConversationStatus::Open, "alice", 4)
+    );
+    assert_eq!(after.tags, resolved.tags, "reopening keeps the rest");
+    let stored = api
+        .get_conversation(authed(
+            &agent,
+            GetConversationRequest {
+                conversation_id: conv.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .conversation
+        .expect("the conversation");
+    assert_eq!(stored.lifecycle, Some(after));
+
+    // A device that was away catches up on the same events.
+    let mut phone = device(&cluster, transport, "alice", Role::Customer, "phone").await;
+    let caught_up = phone.messages(&conv, 4).await;
+    assert_eq!(caught_up[1].content, activity.content);
+    assert_eq!(caught_up[3].seq, 4);
 }
 
 /// Nobody reads or sends outside their conversations or their tenant; bad

@@ -31,6 +31,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn lifecycle_changes_over_websocket() {
+                scenarios::lifecycle_changes(MODE, Transport::WsJson).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn access_and_bad_input_over_websocket() {
                 scenarios::access_and_bad_input(MODE, Transport::WsJson).await;
             }

@@ -165,7 +165,7 @@
   /** @param {Conversation} c */
   function unread(c) {
     let n = 0;
-    for (const m of c.messages.values()) if (m.sender_id !== me && m.seq > c.readSeq) n++;
+    for (const m of c.messages.values()) if (m.sender_id !== me && !m.content.activity && m.seq > c.readSeq) n++;
     return n;
   }
 
@@ -176,7 +176,18 @@
     if (content.quick_replies) return content.quick_replies.text;
     if (content.template) return content.template.text;
     if (content.attachment) return '📎 ' + (content.attachment.file_name || 'file');
+    if (content.activity) return activityLine(content.activity);
     return '';
+  }
+
+  /** A lifecycle change as the console shows it: status, then who and where. @param {any} l */
+  function activityLine(l) {
+    const status = String(l.status || 'CONVERSATION_STATUS_OPEN').replace('CONVERSATION_STATUS_', '').toLowerCase();
+    const parts = ['status ' + status];
+    if (l.assignee_id) parts.push('assigned to ' + l.assignee_id);
+    if (l.team_id) parts.push('team ' + l.team_id);
+    if (l.tags && l.tags.length) parts.push('tags ' + l.tags.join(', '));
+    return '⚑ ' + parts.join(' · ');
   }
 
   function renderList() {
@@ -246,7 +257,10 @@
       const bubble = document.createElement('div');
       bubble.className = 'bubble';
       const content = m.content;
-      if (content.postback) {
+      if (content.activity) {
+        bubble.classList.add('activity');
+        bubble.textContent = activityLine(content.activity);
+      } else if (content.postback) {
         bubble.classList.add('postback');
         li.dataset.payload = content.postback.payload;
         bubble.textContent = '↩ ' + content.postback.title + ' (' + content.postback.payload + ')';

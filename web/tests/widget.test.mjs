@@ -70,7 +70,7 @@ async function say(page, text) {
 /** The widget's messages: seq (0 while not stored), sender and text. */
 async function transcript(page) {
   return page.evaluate(() =>
-    Array.from(document.querySelector('natter-chat').shadowRoot.querySelectorAll('li.msg'), (li) => ({
+    Array.from(document.querySelector('natter-chat').shadowRoot.querySelectorAll('li.msg:not(.activity)'), (li) => ({
       seq: Number(li.dataset.seq || 0),
       sender: li.dataset.sender,
       mine: li.classList.contains('mine'),

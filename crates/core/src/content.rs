@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use crate::error::{Invalid, Result};
+use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,9 @@ pub enum Content {
     QuickReplies(QuickReplies),
     Template(Template),
     Postback(Postback),
+    /// The conversation's lifecycle after a change (`lifecycle.rs`).
+    /// Written by the server only: a sender cannot send one.
+    Activity(Lifecycle),
 }
 
 /// A file stored elsewhere; Natter keeps only the reference.
@@ -98,11 +102,13 @@ impl Content {
                         .sum::<usize>()
             }
             Content::Postback(p) => p.title.len() + p.payload.len(),
+            Content::Activity(lifecycle) => lifecycle.size_bytes(),
         }
     }
 
     /// Checks every rule that does not need storage: non-empty, within
-    /// limits, well-formed references.
+    /// limits, well-formed references. (Whether a sender may send it is
+    /// [`Content::sendable`].)
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         let size = self.size_bytes();
         if size > limits.max_message_bytes {
@@ -174,6 +180,18 @@ impl Content {
                 title("content.postback.title", &p.title, limits)?;
                 payload("content.postback.payload", &p.payload, limits)
             }
+            Content::Activity(_) => Ok(()),
+        }
+    }
+
+    /// Refuses what only the server writes: an activity.
+    pub fn sendable(&self) -> Result<()> {
+        match self {
+            Content::Activity(_) => Err(Invalid::new(
+                "content.activity",
+                "is written by the server; change a conversation's lifecycle with UpdateLifecycle",
+            )),
+            _ => Ok(()),
         }
     }
 }

@@ -84,6 +84,15 @@ text_id!(
     /// The sender's own id for a message; the idempotency key of a send.
     ClientMessageId, "client_message_id", 128
 );
+text_id!(
+    /// A team (a queue of conversations) within a tenant, named by the
+    /// business.
+    TeamId, "team_id", 64
+);
+text_id!(
+    /// A label on a conversation, such as "billing" or "vip".
+    Tag, "tag", 64
+);
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {

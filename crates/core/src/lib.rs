@@ -10,6 +10,7 @@ mod content;
 mod error;
 pub mod handoff;
 mod ids;
+mod lifecycle;
 mod limits;
 mod model;
 mod page;
@@ -20,8 +21,10 @@ pub use content::{
 };
 pub use error::{Invalid, Result};
 pub use ids::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, TenantId, Timestamp, UserId,
+    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, Tag, TeamId, TenantId,
+    Timestamp, UserId,
 };
+pub use lifecycle::{Lifecycle, LifecycleChange, Priority, Status};
 pub use limits::Limits;
 pub use model::{
     Conversation, Device, Event, Member, MembershipChange, MembershipKind, Message,

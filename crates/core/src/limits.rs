@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Upper bound on a conversation subject, in characters.
     pub max_subject_chars: usize,
+    /// Upper bound on the tags a conversation carries, and on the tags one
+    /// change names.
+    pub max_tags: usize,
     /// Page size used when a list request names none.
     pub default_page_size: u32,
     /// Upper bound on any page; larger requests are clamped to it.
@@ -45,6 +48,7 @@ impl Default for Limits {
             max_title_chars: 80,
             max_payload_bytes: 1_000,
             max_subject_chars: 200,
+            max_tags: 20,
             default_page_size: 50,
             max_page_size: 1_000,
         }

@@ -6,6 +6,7 @@ use crate::error::{Invalid, Result};
 use crate::ids::{
     ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, TenantId, Timestamp, UserId,
 };
+use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 
 /// What a user is to the business. Carried in the user's token.
@@ -79,6 +80,9 @@ pub struct Conversation {
     /// Seq of the newest stored message; `Seq::ZERO` when empty.
     pub last_seq: Seq,
     pub member_count: u64,
+    /// Where it stands as a support case: as its newest activity message
+    /// left it.
+    pub lifecycle: Lifecycle,
 }
 
 /// A request to create a conversation, already holding its minted id.

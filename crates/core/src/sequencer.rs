@@ -16,6 +16,12 @@
 //! prefix in seq order, so a failure leaves no gap. A crashed or replaced
 //! owner simply starts a new `Sequencer`.
 //!
+//! A conversation's lifecycle (`lifecycle.rs`) is known here too, loaded
+//! with its newest messages: a lifecycle change is numbered as an activity
+//! message holding the lifecycle after it, and a customer's message to a
+//! conversation that is not open is followed by the activity that reopens
+//! it, in the same write.
+//!
 //! Idempotency holds within a window: a retried send is recognised while
 //! its first attempt is among the conversation's newest `window` messages
 //! (the fingerprints rebuilt from them on load), or still being written.
@@ -27,7 +33,11 @@ use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 
-use crate::ids::{ClientMessageId, ConversationId, Seq, TenantId, UserId};
+use crate::content::Content;
+use crate::error::Invalid;
+use crate::ids::{ClientMessageId, ConversationId, MessageId, Seq, TenantId, Timestamp, UserId};
+use crate::lifecycle::{Lifecycle, LifecycleChange};
+use crate::limits::Limits;
 use crate::model::{Message, NewMessage};
 
 /// A conversation, across tenants.
@@ -60,6 +70,44 @@ impl Default for SequencerConfig {
     }
 }
 
+/// What a sender asks to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submission {
+    /// A message. `reopens` when its sender is a customer: then a
+    /// conversation that is not open opens again.
+    Message { new: NewMessage, reopens: bool },
+    /// A lifecycle change, stored as an activity message.
+    Change(NewChange),
+}
+
+/// A lifecycle change to store, with what a message carries besides its
+/// content: its id, sender and idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChange {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub client_message_id: ClientMessageId,
+    pub sent_at: Timestamp,
+    pub change: LifecycleChange,
+}
+
+impl Submission {
+    fn conversation_id(&self) -> ConversationId {
+        match self {
+            Submission::Message { new, .. } => new.conversation_id,
+            Submission::Change(change) => change.conversation_id,
+        }
+    }
+
+    fn key(&self) -> (&UserId, &ClientMessageId) {
+        match self {
+            Submission::Message { new, .. } => (&new.sender_id, &new.client_message_id),
+            Submission::Change(c) => (&c.sender_id, &c.client_message_id),
+        }
+    }
+}
+
 /// What the owner must do next. `W` is how it answers a sender.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step<W> {
@@ -81,6 +129,12 @@ pub enum Step<W> {
     /// Not stored, and it may or may not be: the senders should retry with
     /// the same client message id.
     Retry(Vec<W>),
+    /// A change that changes nothing: nothing is stored; tell the sender
+    /// the conversation's lifecycle.
+    Unchanged { lifecycle: Lifecycle, waiter: W },
+    /// A change the conversation cannot take (too many tags): tell the
+    /// sender why.
+    Refused { why: Invalid, waiter: W },
 }
 
 /// A message the last write stored, and who waits for it.
@@ -96,12 +150,24 @@ struct Queued<W> {
     key: ConversationKey,
     message: Message,
     waiters: Vec<W>,
+    /// Customers who sent again a message stored at the seq given, and
+    /// wait for this activity after it to be stored: then they are
+    /// answered with their message, as a duplicate.
+    duplicates: Vec<(W, Seq)>,
+}
+
+impl<W> Queued<W> {
+    fn everyone(self) -> impl Iterator<Item = W> {
+        self.waiters
+            .into_iter()
+            .chain(self.duplicates.into_iter().map(|(w, _)| w))
+    }
 }
 
 #[derive(Debug)]
 enum Slot<W> {
     /// Its tail is being read; sends wait here in arrival order.
-    Loading(Vec<(NewMessage, W)>),
+    Loading(Vec<(Submission, W)>),
     Ready(Known),
 }
 
@@ -113,6 +179,11 @@ struct Known {
     stored: Seq,
     /// Fingerprints of the newest keys and their seqs, oldest first.
     recent: VecDeque<(u64, Seq)>,
+    /// The lifecycle after the highest seq assigned.
+    lifecycle: Lifecycle,
+    /// The seq of the newest activity (lifecycle change) known; zero if
+    /// none is among the messages loaded.
+    changed: Seq,
     /// Messages of this conversation queued or being written.
     unsettled: usize,
     /// When it was last touched, for eviction.
@@ -123,6 +194,7 @@ struct Known {
 #[derive(Debug)]
 pub struct Sequencer<W, S> {
     config: SequencerConfig,
+    limits: Limits,
     hasher: S,
     slots: HashMap<ConversationKey, Slot<W>>,
     queue: Vec<Queued<W>>,
@@ -133,9 +205,10 @@ pub struct Sequencer<W, S> {
 impl<W, S: BuildHasher> Sequencer<W, S> {
     /// A sequencer that knows nothing yet. `hasher` fingerprints keys; it
     /// should be seeded at random so nobody can craft a collision.
-    pub fn new(config: SequencerConfig, hasher: S) -> Self {
+    pub fn new(config: SequencerConfig, limits: Limits, hasher: S) -> Self {
         Self {
             config,
+            limits,
             hasher,
             slots: HashMap::new(),
             queue: Vec::new(),
@@ -144,9 +217,10 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         }
     }
 
-    /// A send arrived. The owner has checked that the sender may send.
-    pub fn submit(&mut self, tenant: TenantId, new: NewMessage, waiter: W) -> Vec<Step<W>> {
-        let key = (tenant, new.conversation_id);
+    /// A send or a change arrived. The owner has checked that the sender
+    /// may make it.
+    pub fn submit(&mut self, tenant: TenantId, new: Submission, waiter: W) -> Vec<Step<W>> {
+        let key = (tenant, new.conversation_id());
         let mut steps = Vec::new();
         match self.slots.get_mut(&key) {
             None => {
@@ -164,8 +238,14 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
     }
 
     /// The newest stored messages of a conversation being loaded (up to
-    /// `window` of them, in seq order; none if it has none).
-    pub fn loaded(&mut self, key: &ConversationKey, newest: &[Message]) -> Vec<Step<W>> {
+    /// `window` of them, in seq order; none if it has none), and its
+    /// stored lifecycle.
+    pub fn loaded(
+        &mut self,
+        key: &ConversationKey,
+        newest: &[Message],
+        lifecycle: Lifecycle,
+    ) -> Vec<Step<W>> {
         let Some(Slot::Loading(_)) = self.slots.get(key) else {
             return Vec::new();
         };
@@ -179,6 +259,12 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
             last,
             stored: last,
             recent,
+            lifecycle,
+            changed: newest
+                .iter()
+                .rev()
+                .find(|m| matches!(m.content, Content::Activity(_)))
+                .map_or(Seq::ZERO, |m| m.seq),
             unsettled: 0,
             used: self.tick(),
         });
@@ -219,10 +305,17 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         let mut steps = Vec::new();
         if ok {
             let mut stored = Vec::with_capacity(batch.len());
-            for queued in batch {
+            for mut queued in batch {
                 if let Some(Slot::Ready(known)) = self.slots.get_mut(&queued.key) {
                     known.stored = known.stored.max(queued.message.seq);
                     known.unsettled -= 1;
+                }
+                // Answered before the write's messages are announced, so
+                // the message they sent goes out again ahead of what
+                // follows it.
+                for (waiter, seq) in queued.duplicates.drain(..) {
+                    let key = queued.key.clone();
+                    steps.push(Step::Duplicate { key, seq, waiter });
                 }
                 stored.push(Stored {
                     tenant: queued.key.0,
@@ -233,12 +326,12 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
             steps.push(Step::Stored(stored));
         } else {
             let lost: HashSet<ConversationKey> = batch.iter().map(|q| q.key.clone()).collect();
-            let mut retry: Vec<W> = batch.into_iter().flat_map(|q| q.waiters).collect();
+            let mut retry: Vec<W> = batch.into_iter().flat_map(Queued::everyone).collect();
             let (gone, kept) = std::mem::take(&mut self.queue)
                 .into_iter()
                 .partition(|q| lost.contains(&q.key));
             self.queue = kept;
-            retry.extend(gone.into_iter().flat_map(|q: Queued<W>| q.waiters));
+            retry.extend(gone.into_iter().flat_map(Queued::everyone));
             for key in &lost {
                 self.slots.remove(key);
             }
@@ -254,7 +347,7 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
     /// any, is still reported with [`written`](Self::written), which then
     /// settles just its own messages.
     pub fn abandon(&mut self) -> Vec<Step<W>> {
-        let mut retry: Vec<W> = self.queue.drain(..).flat_map(|q| q.waiters).collect();
+        let mut retry: Vec<W> = self.queue.drain(..).flat_map(Queued::everyone).collect();
         for slot in std::mem::take(&mut self.slots).into_values() {
             if let Slot::Loading(waiting) = slot {
                 retry.extend(waiting.into_iter().map(|(_, w)| w));
@@ -280,31 +373,88 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
     fn sequence(
         &mut self,
         key: ConversationKey,
-        new: NewMessage,
+        new: Submission,
         waiter: W,
         steps: &mut Vec<Step<W>>,
     ) {
-        let fingerprint = self.fingerprint(&new.sender_id, &new.client_message_id);
+        let (sender, client) = new.key();
+        let fingerprint = self.fingerprint(sender, client);
         let used = self.tick();
         let Some(Slot::Ready(known)) = self.slots.get_mut(&key) else {
             unreachable!("sequence is called for known conversations only");
         };
         known.used = used;
         if let Some(&(_, seq)) = known.recent.iter().rev().find(|(f, _)| *f == fingerprint) {
-            if seq <= known.stored {
-                steps.push(Step::Duplicate { key, seq, waiter });
+            let reopens = matches!(new, Submission::Message { reopens: true, .. });
+            // A customer's message is acknowledged only once what comes of
+            // it is stored too: the activity that reopens after it (its
+            // first write may have stored the message alone), or a later
+            // change still being written.
+            let waits_for = if !reopens {
+                None
+            } else if seq > known.changed {
+                let Submission::Message { new, .. } = &new else {
+                    unreachable!("checked above")
+                };
+                reopen(known, &self.limits, new).map(|message| {
+                    self.queue.push(Queued {
+                        key: key.clone(),
+                        message,
+                        waiters: Vec::new(),
+                        duplicates: Vec::new(),
+                    });
+                    known.changed
+                })
             } else {
+                (known.changed > known.stored).then_some(known.changed)
+            };
+            let unsettled = waits_for.unwrap_or(seq);
+            let queued = self
+                .queue
+                .iter_mut()
+                .chain(self.writing.iter_mut().flatten())
+                .find(|q| q.key == key && q.message.seq == unsettled);
+            match (queued, waits_for) {
+                (Some(queued), Some(_)) => queued.duplicates.push((waiter, seq)),
                 // Still queued or being written: answer with the first.
-                let queued = self
-                    .queue
-                    .iter_mut()
-                    .chain(self.writing.iter_mut().flatten())
-                    .find(|q| q.key == key && q.message.seq == seq)
-                    .expect("an unsettled seq is queued or being written");
-                queued.waiters.push(waiter);
+                (Some(queued), None) => queued.waiters.push(waiter),
+                (None, _) => {
+                    assert!(
+                        seq <= known.stored,
+                        "an unsettled seq is queued or being written"
+                    );
+                    steps.push(Step::Duplicate { key, seq, waiter });
+                }
             }
             return;
         }
+        let (message, reopens) = match new {
+            Submission::Message { new, reopens } => (new, reopens),
+            Submission::Change(new) => match known.lifecycle.apply(&new.change, &self.limits) {
+                Ok(Some(next)) => {
+                    known.lifecycle = next.clone();
+                    known.changed = known.last.next();
+                    let activity = NewMessage {
+                        id: new.id,
+                        conversation_id: new.conversation_id,
+                        sender_id: new.sender_id,
+                        client_message_id: new.client_message_id,
+                        sent_at: new.sent_at,
+                        content: Content::Activity(next),
+                    };
+                    (activity, false)
+                }
+                Ok(None) => {
+                    let lifecycle = known.lifecycle.clone();
+                    steps.push(Step::Unchanged { lifecycle, waiter });
+                    return;
+                }
+                Err(why) => {
+                    steps.push(Step::Refused { why, waiter });
+                    return;
+                }
+            },
+        };
         let seq = known.last.next();
         known.last = seq;
         known.unsettled += 1;
@@ -312,11 +462,25 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         if known.recent.len() > self.config.window {
             known.recent.pop_front();
         }
+        let reopening = if reopens {
+            reopen(known, &self.limits, &message)
+        } else {
+            None
+        };
         self.queue.push(Queued {
-            key,
-            message: new.at(seq),
+            key: key.clone(),
+            message: message.at(seq),
             waiters: vec![waiter],
+            duplicates: Vec::new(),
         });
+        if let Some(message) = reopening {
+            self.queue.push(Queued {
+                key,
+                message,
+                waiters: Vec::new(),
+                duplicates: Vec::new(),
+            });
+        }
     }
 
     fn start_write(&mut self, steps: &mut Vec<Step<W>>) {
@@ -334,6 +498,13 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
                 first || bytes <= self.config.max_batch_bytes
             })
             .count();
+        // A reopening activity is written with the message that reopens:
+        // once that message is acknowledged, nobody would ask again.
+        let take = take
+            + self.queue[take..]
+                .iter()
+                .take_while(|q| q.waiters.is_empty() && q.duplicates.is_empty())
+                .count();
         let batch: Vec<Queued<W>> = self.queue.drain(..take).collect();
         steps.push(Step::Write(
             batch
@@ -381,6 +552,33 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
     }
 }
 
+/// The activity that reopens `known`'s conversation after a customer's
+/// `message`, numbered next, if it is not open. It is the customer's, and
+/// its idempotency key derives from the message's id, so it is never
+/// taken for one of theirs.
+fn reopen(known: &mut Known, limits: &Limits, message: &NewMessage) -> Option<Message> {
+    let next = known
+        .lifecycle
+        .apply(&LifecycleChange::reopen(), limits)
+        .ok()
+        .flatten()?;
+    known.lifecycle = next.clone();
+    known.last = known.last.next();
+    known.changed = known.last;
+    known.unsettled += 1;
+    let client_message_id = ClientMessageId::new(format!("reopen/{}", message.id))
+        .expect("a uuid with a short prefix is a valid client message id");
+    let activity = NewMessage {
+        id: MessageId::generate(),
+        conversation_id: message.conversation_id,
+        sender_id: message.sender_id.clone(),
+        client_message_id,
+        sent_at: message.sent_at,
+        content: Content::Activity(next),
+    };
+    Some(activity.at(known.last))
+}
+
 #[cfg(test)]
 mod tests {
     //! A seeded simulation: the real sequencer against a store that fails,
@@ -391,8 +589,7 @@ mod tests {
     use std::hash::BuildHasherDefault;
 
     use super::*;
-    use crate::content::Content;
-    use crate::ids::{MessageId, Timestamp};
+    use crate::lifecycle::Status;
 
     type Fixed = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
@@ -416,15 +613,21 @@ mod tests {
 
     const WINDOW: usize = 16;
 
+    /// What a send is: sender 0 is the customer, whose messages reopen;
+    /// sender 1 an agent, who also changes the status (to resolved for
+    /// `Some(0)`, to pending for `Some(1)`).
     #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
     struct SendKey {
         conversation: usize,
         sender: usize,
+        change: Option<u8>,
         client: u64,
     }
 
     #[derive(Default)]
     struct Tally {
+        unchanged: usize,
+        reopened: usize,
         stored: usize,
         duplicates: usize,
         retries: usize,
@@ -482,6 +685,7 @@ mod tests {
                     max_batch_bytes: 120,
                     max_conversations: 2,
                 },
+                Limits::default(),
                 Fixed::default(),
             )
         }
@@ -495,13 +699,31 @@ mod tests {
             let waiter = self.next_waiter;
             self.next_waiter += 1;
             self.waiting.insert(waiter, key.clone());
-            let new = NewMessage {
-                id: MessageId::generate(),
-                conversation_id: id,
-                sender_id: UserId::new(format!("user{}", key.sender)).unwrap(),
-                client_message_id: ClientMessageId::new(format!("c{}", key.client)).unwrap(),
-                sent_at: Timestamp::from_millis(1),
-                content: Content::Text(format!("{key:?}")),
+            let sender_id = UserId::new(format!("user{}", key.sender)).unwrap();
+            let client_message_id = ClientMessageId::new(format!("c{}", key.client)).unwrap();
+            let new = match key.change {
+                Some(to) => Submission::Change(NewChange {
+                    id: MessageId::generate(),
+                    conversation_id: id,
+                    sender_id,
+                    client_message_id,
+                    sent_at: Timestamp::from_millis(1),
+                    change: LifecycleChange {
+                        status: Some([Status::Resolved, Status::Pending][usize::from(to)]),
+                        ..LifecycleChange::default()
+                    },
+                }),
+                None => Submission::Message {
+                    new: NewMessage {
+                        id: MessageId::generate(),
+                        conversation_id: id,
+                        sender_id,
+                        client_message_id,
+                        sent_at: Timestamp::from_millis(1),
+                        content: Content::Text(format!("{key:?}")),
+                    },
+                    reopens: key.sender == 0,
+                },
             };
             let steps = self.sequencer.submit(tenant, new, waiter);
             self.carry_out(steps);
@@ -512,9 +734,13 @@ mod tests {
                 0..=34 => {
                     let conversation = self.rng.below(self.conversations.len());
                     *client += 1;
+                    let sender = self.rng.below(2);
+                    let change =
+                        (sender == 1 && self.rng.chance(30)).then(|| u8::from(self.rng.chance(50)));
                     let key = SendKey {
                         conversation,
-                        sender: self.rng.below(2),
+                        sender,
+                        change,
                         client: *client,
                     };
                     let recent = &mut self.sent[conversation];
@@ -541,7 +767,16 @@ mod tests {
                     } else {
                         let stored = &self.store[self.index(&key)];
                         let newest = &stored[stored.len().saturating_sub(WINDOW)..];
-                        self.sequencer.loaded(&key, newest)
+                        // The store keeps the newest activity's lifecycle.
+                        let lifecycle = stored
+                            .iter()
+                            .rev()
+                            .find_map(|m| match &m.content {
+                                Content::Activity(lifecycle) => Some(lifecycle.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        self.sequencer.loaded(&key, newest, lifecycle)
                     };
                     self.carry_out(steps);
                 }
@@ -600,7 +835,9 @@ mod tests {
                     }
                     Step::Write(batch) => {
                         assert!(self.writing.is_none(), "one write at a time");
-                        assert!(!batch.is_empty() && batch.len() <= 5);
+                        // At most five, and the reopening that follows
+                        // the fifth.
+                        assert!(!batch.is_empty() && batch.len() <= 6);
                         self.writing = Some(batch);
                     }
                     Step::Stored(stored) => {
@@ -636,6 +873,15 @@ mod tests {
                             self.tally.retries += 1;
                         }
                     }
+                    Step::Unchanged { waiter, .. } => {
+                        let sent = self.waiting.remove(&waiter);
+                        assert!(
+                            sent.is_some_and(|s| s.change.is_some()),
+                            "only changes are unchanged"
+                        );
+                        self.tally.unchanged += 1;
+                    }
+                    Step::Refused { why, .. } => panic!("a status change refused: {why}"),
                 }
             }
         }
@@ -667,12 +913,49 @@ mod tests {
                     message.client_message_id.as_str(),
                     format!("c{}", key.client)
                 );
+                assert_eq!(
+                    matches!(message.content, Content::Activity(_)),
+                    key.change.is_some()
+                );
+            }
+            for (i, stored) in self.store.iter().enumerate() {
+                let mut status = Status::Open;
+                let mut changed_at = Vec::new();
+                for message in stored {
+                    if let Content::Activity(lifecycle) = &message.content {
+                        assert_ne!(
+                            lifecycle.status, status,
+                            "conversation {i}: an activity that changes nothing"
+                        );
+                        status = lifecycle.status;
+                        changed_at.push((message.seq, status));
+                    }
+                }
+                // An acknowledged customer message left the conversation
+                // open, unless a change came after it.
+                for (key, seq) in &self.acked {
+                    if key.conversation != i || key.sender != 0 || key.change.is_some() {
+                        continue;
+                    }
+                    let before = changed_at
+                        .iter()
+                        .rev()
+                        .find(|(at, _)| at < seq)
+                        .map_or(Status::Open, |(_, status)| *status);
+                    let later = changed_at.iter().any(|(at, _)| at > seq);
+                    assert!(
+                        before == Status::Open || later,
+                        "conversation {i}: the customer's message at {seq} left it {before:?}"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn crashes_failures_and_retries_lose_nothing_acknowledged_and_store_nothing_twice() {
+        // Also: lifecycle changes store only what changes something, and
+        // every acknowledged customer message leaves its conversation open.
         let mut total = Tally::default();
         for seed in 0..300 {
             let mut world = World::new(seed);
@@ -686,6 +969,13 @@ mod tests {
             total.retries += world.tally.retries;
             total.failed_writes += world.tally.failed_writes;
             total.crashes += world.tally.crashes;
+            total.unchanged += world.tally.unchanged;
+            total.reopened += world
+                .store
+                .iter()
+                .flatten()
+                .filter(|m| m.client_message_id.as_str().starts_with("reopen/"))
+                .count();
         }
         // A run in which nothing happened proves nothing.
         assert!(total.stored > 10_000, "stored {}", total.stored);
@@ -697,26 +987,27 @@ mod tests {
             total.failed_writes
         );
         assert!(total.crashes > 100, "crashes {}", total.crashes);
+        assert!(total.unchanged > 100, "unchanged {}", total.unchanged);
+        assert!(total.reopened > 1_000, "reopened {}", total.reopened);
     }
 
     #[test]
     fn a_busy_partition_shares_one_write_and_an_idle_one_writes_at_once() {
-        let mut sequencer: Sequencer<u32, Fixed> =
-            Sequencer::new(SequencerConfig::default(), Fixed::default());
+        let mut sequencer: Sequencer<u32, Fixed> = Sequencer::new(
+            SequencerConfig::default(),
+            Limits::default(),
+            Fixed::default(),
+        );
         let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
-        let new = |client: &str| NewMessage {
-            id: MessageId::generate(),
-            conversation_id: key.1,
-            sender_id: UserId::new("alice").unwrap(),
-            client_message_id: ClientMessageId::new(client).unwrap(),
-            sent_at: Timestamp::from_millis(1),
-            content: Content::Text("hi".into()),
+        let new = |client: &str| Submission::Message {
+            new: text(key.1, "alice", client, "hi"),
+            reopens: false,
         };
         assert_eq!(
             sequencer.submit(key.0.clone(), new("a"), 1),
             vec![Step::Load(key.clone())]
         );
-        let steps = sequencer.loaded(&key, &[]);
+        let steps = sequencer.loaded(&key, &[], Lifecycle::default());
         assert!(matches!(&steps[..], [Step::Write(batch)] if batch.len() == 1));
         // While that write is out, three more queue up behind it.
         for (i, client) in ["b", "c", "d"].into_iter().enumerate() {
@@ -744,18 +1035,15 @@ mod tests {
             max_batch_bytes: 10,
             ..SequencerConfig::default()
         };
-        let mut sequencer: Sequencer<u32, Fixed> = Sequencer::new(config, Fixed::default());
+        let mut sequencer: Sequencer<u32, Fixed> =
+            Sequencer::new(config, Limits::default(), Fixed::default());
         let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
-        let new = |client: u32, text: &str| NewMessage {
-            id: MessageId::generate(),
-            conversation_id: key.1,
-            sender_id: UserId::new("alice").unwrap(),
-            client_message_id: ClientMessageId::new(format!("c{client}")).unwrap(),
-            sent_at: Timestamp::from_millis(1),
-            content: Content::Text(text.into()),
+        let new = |client: u32, body: &str| Submission::Message {
+            new: text(key.1, "alice", &format!("c{client}"), body),
+            reopens: false,
         };
         sequencer.submit(key.0.clone(), new(0, "first"), 0);
-        sequencer.loaded(&key, &[]);
+        sequencer.loaded(&key, &[], Lifecycle::default());
         // Queued behind the first write: 4 + 4 bytes fit, 12 more do not,
         // and 12 alone is over the cap but still written.
         for (client, text) in [(1, "abcd"), (2, "efgh"), (3, "0123456789ab"), (4, "z")] {
@@ -772,5 +1060,121 @@ mod tests {
         assert_eq!(batch_len(sequencer.written(true)), 2);
         assert_eq!(batch_len(sequencer.written(true)), 1);
         assert_eq!(batch_len(sequencer.written(true)), 1);
+    }
+
+    fn text(id: ConversationId, sender: &str, client: &str, body: &str) -> NewMessage {
+        NewMessage {
+            id: MessageId::generate(),
+            conversation_id: id,
+            sender_id: UserId::new(sender).unwrap(),
+            client_message_id: ClientMessageId::new(client).unwrap(),
+            sent_at: Timestamp::from_millis(1),
+            content: Content::Text(body.into()),
+        }
+    }
+
+    fn change(id: ConversationId, client: &str, change: LifecycleChange) -> Submission {
+        Submission::Change(NewChange {
+            id: MessageId::generate(),
+            conversation_id: id,
+            sender_id: UserId::new("agent").unwrap(),
+            client_message_id: ClientMessageId::new(client).unwrap(),
+            sent_at: Timestamp::from_millis(1),
+            change,
+        })
+    }
+
+    /// The lifecycles of the activities in a step list's writes.
+    fn activities(steps: &[Step<u32>]) -> Vec<(u64, Status)> {
+        steps
+            .iter()
+            .flat_map(|step| match step {
+                Step::Write(batch) => batch.clone(),
+                _ => Vec::new(),
+            })
+            .filter_map(|(_, m)| match m.content {
+                Content::Activity(l) => Some((m.seq.get(), l.status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_are_activities_and_a_customer_reopens_what_is_not_open() {
+        let mut sequencer: Sequencer<u32, Fixed> = Sequencer::new(
+            SequencerConfig::default(),
+            Limits::default(),
+            Fixed::default(),
+        );
+        let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
+        let resolve = LifecycleChange {
+            status: Some(Status::Resolved),
+            ..LifecycleChange::default()
+        };
+        sequencer.submit(key.0.clone(), change(key.1, "r1", resolve.clone()), 1);
+        let steps = sequencer.loaded(&key, &[], Lifecycle::default());
+        assert_eq!(activities(&steps), vec![(1, Status::Resolved)]);
+        sequencer.written(true);
+        // Resolving again stores nothing.
+        let steps = sequencer.submit(key.0.clone(), change(key.1, "r2", resolve), 2);
+        assert!(
+            matches!(&steps[..], [Step::Unchanged { lifecycle, waiter: 2 }]
+            if lifecycle.status == Status::Resolved)
+        );
+        // An agent's message leaves it resolved; a customer's reopens it,
+        // in the same write.
+        let agent = Submission::Message {
+            new: text(key.1, "agent", "m1", "anything else?"),
+            reopens: false,
+        };
+        assert_eq!(
+            activities(&sequencer.submit(key.0.clone(), agent, 3)),
+            vec![]
+        );
+        sequencer.written(true);
+        let customer = |client| Submission::Message {
+            new: text(key.1, "cus", client, "yes, one more thing"),
+            reopens: true,
+        };
+        let steps = sequencer.submit(key.0.clone(), customer("m2"), 4);
+        assert_eq!(activities(&steps), vec![(4, Status::Open)]);
+        // That write fails after the message landed but not the activity:
+        // loaded again, the customer's retry reopens it.
+        sequencer.written(false);
+        let resolved = Lifecycle {
+            status: Status::Resolved,
+            ..Lifecycle::default()
+        };
+        let landed: Vec<Message> = (1..=3)
+            .map(|seq| text(key.1, "cus", "m2", "x").at(Seq::new(seq)))
+            .collect();
+        assert_eq!(
+            sequencer.submit(key.0.clone(), customer("m2"), 5),
+            vec![Step::Load(key.clone())]
+        );
+        let steps = sequencer.loaded(&key, &landed, resolved);
+        assert_eq!(activities(&steps), vec![(4, Status::Open)]);
+        // The retry is answered with its message once the activity is
+        // stored, and before the activity is announced.
+        let steps = sequencer.written(true);
+        assert!(
+            matches!(&steps[..], [Step::Duplicate { seq, waiter: 5, .. }, Step::Stored(s)]
+            if seq.get() == 3 && s[0].waiters.is_empty())
+        );
+        // Too many tags is refused, and nothing is numbered.
+        let tags = (0..=Limits::default().max_tags)
+            .map(|i| crate::ids::Tag::new(format!("t{i}")).unwrap())
+            .collect::<Vec<_>>();
+        let (first, rest) = tags.split_at(10);
+        let add = |tags: &[crate::ids::Tag]| LifecycleChange {
+            add_tags: tags.iter().cloned().collect(),
+            ..LifecycleChange::default()
+        };
+        sequencer.submit(key.0.clone(), change(key.1, "t1", add(first)), 6);
+        sequencer.written(true);
+        let steps = sequencer.submit(key.0.clone(), change(key.1, "t2", add(rest)), 7);
+        assert!(
+            matches!(&steps[..], [Step::Refused { why, waiter: 7 }] if why.field == "add_tags")
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! Decoding errors come back as [`Invalid`] naming the record; a store
 //! reports them as `StoreError::Corrupt`.
 
-use natter_core::{Content, Event, Invalid, Result};
+use natter_core::{Content, Event, Invalid, Lifecycle, Result};
 use prost::Message as _;
 
 use crate::v1;
@@ -33,10 +33,31 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event> {
         .try_into()
 }
 
+/// A conversation's lifecycle as stored: an encoded `natter.v1.Lifecycle`.
+pub fn encode_lifecycle(lifecycle: &Lifecycle) -> Vec<u8> {
+    v1::Lifecycle::from(lifecycle.clone()).encode_to_vec()
+}
+
+pub fn decode_lifecycle(bytes: &[u8]) -> Result<Lifecycle> {
+    let lifecycle = v1::Lifecycle::decode(bytes)
+        .map_err(|err| Invalid::new("lifecycle", format!("undecodable: {err}")))?;
+    crate::convert::lifecycle_from_wire("lifecycle", lifecycle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testdata;
+
+    #[test]
+    fn lifecycles_round_trip() {
+        for lifecycle in [Lifecycle::default(), testdata::lifecycle()] {
+            assert_eq!(
+                decode_lifecycle(&encode_lifecycle(&lifecycle)).unwrap(),
+                lifecycle
+            );
+        }
+    }
 
     #[test]
     fn every_content_variant_round_trips() {

@@ -18,8 +18,9 @@ use std::str::FromStr;
 use natter_auth::Identity;
 use natter_core::{
     Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, Invalid,
-    Member, MembershipChange, MembershipKind, Message, Postback, QuickReplies, QuickReply,
-    ReadMarker, Result, Role, Seq, Template, TenantId, Timestamp, Update, UserId,
+    Lifecycle, LifecycleChange, Member, MembershipChange, MembershipKind, Message, Postback,
+    Priority, QuickReplies, QuickReply, ReadMarker, Result, Role, Seq, Status, Template, TenantId,
+    Timestamp, Update, UserId,
 };
 
 use crate::bus::v1::{Actor, LiveUser};
@@ -135,6 +136,7 @@ impl From<Content> for v1::MessageContent {
                 title: p.title,
                 payload: p.payload,
             }),
+            Content::Activity(lifecycle) => Kind::Activity(lifecycle.into()),
         };
         v1::MessageContent { kind: Some(kind) }
     }
@@ -189,6 +191,9 @@ impl TryFrom<v1::MessageContent> for Content {
                 title: p.title,
                 payload: p.payload,
             }),
+            Kind::Activity(lifecycle) => {
+                Content::Activity(lifecycle_from_wire("content.activity", lifecycle)?)
+            }
         })
     }
 }
@@ -253,6 +258,7 @@ impl From<Conversation> for v1::Conversation {
             created_at: Some(timestamp_to_wire(c.created_at)),
             last_seq: c.last_seq.get(),
             member_count: c.member_count,
+            lifecycle: Some(c.lifecycle.into()),
         }
     }
 }
@@ -269,6 +275,136 @@ impl TryFrom<v1::Conversation> for Conversation {
             created_at: timestamp_from_wire("created_at", c.created_at)?,
             last_seq: Seq::new(c.last_seq),
             member_count: c.member_count,
+            lifecycle: match c.lifecycle {
+                Some(lifecycle) => lifecycle_from_wire("lifecycle", lifecycle)?,
+                None => Lifecycle::default(),
+            },
+        })
+    }
+}
+
+// Lifecycles.
+
+impl From<Status> for v1::ConversationStatus {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Open => v1::ConversationStatus::Open,
+            Status::Pending => v1::ConversationStatus::Pending,
+            Status::Resolved => v1::ConversationStatus::Resolved,
+            Status::Closed => v1::ConversationStatus::Closed,
+        }
+    }
+}
+
+/// A wire status in the domain; `None` for unspecified.
+fn status_from_wire(field: &'static str, status: i32) -> Result<Option<Status>> {
+    match v1::ConversationStatus::try_from(status) {
+        Ok(v1::ConversationStatus::Unspecified) => Ok(None),
+        Ok(v1::ConversationStatus::Open) => Ok(Some(Status::Open)),
+        Ok(v1::ConversationStatus::Pending) => Ok(Some(Status::Pending)),
+        Ok(v1::ConversationStatus::Resolved) => Ok(Some(Status::Resolved)),
+        Ok(v1::ConversationStatus::Closed) => Ok(Some(Status::Closed)),
+        Err(_) => Err(Invalid::new(field, format!("unknown status {status}"))),
+    }
+}
+
+impl From<Priority> for v1::Priority {
+    fn from(priority: Priority) -> Self {
+        match priority {
+            Priority::Low => v1::Priority::Low,
+            Priority::Normal => v1::Priority::Normal,
+            Priority::High => v1::Priority::High,
+            Priority::Urgent => v1::Priority::Urgent,
+        }
+    }
+}
+
+/// A wire priority in the domain; `None` for unspecified.
+fn priority_from_wire(field: &'static str, priority: i32) -> Result<Option<Priority>> {
+    match v1::Priority::try_from(priority) {
+        Ok(v1::Priority::Unspecified) => Ok(None),
+        Ok(v1::Priority::Low) => Ok(Some(Priority::Low)),
+        Ok(v1::Priority::Normal) => Ok(Some(Priority::Normal)),
+        Ok(v1::Priority::High) => Ok(Some(Priority::High)),
+        Ok(v1::Priority::Urgent) => Ok(Some(Priority::Urgent)),
+        Err(_) => Err(Invalid::new(field, format!("unknown priority {priority}"))),
+    }
+}
+
+impl From<Lifecycle> for v1::Lifecycle {
+    fn from(l: Lifecycle) -> Self {
+        v1::Lifecycle {
+            status: v1::ConversationStatus::from(l.status).into(),
+            priority: v1::Priority::from(l.priority).into(),
+            tags: l.tags.into_iter().map(|t| t.to_string()).collect(),
+            assignee_id: l.assignee.map(|a| a.to_string()).unwrap_or_default(),
+            team_id: l.team.map(|t| t.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A lifecycle the server wrote (a conversation's, an activity's), sent
+/// as `field`; its status and priority are always set.
+pub fn lifecycle_from_wire(field: &'static str, l: v1::Lifecycle) -> Result<Lifecycle> {
+    let unset = || Invalid::new(field, "status and priority are required");
+    Ok(Lifecycle {
+        status: status_from_wire(field, l.status)?.ok_or_else(unset)?,
+        priority: priority_from_wire(field, l.priority)?.ok_or_else(unset)?,
+        tags: l
+            .tags
+            .iter()
+            .map(|t| parse_id("tags", t))
+            .collect::<Result<_>>()?,
+        assignee: optional_id("assignee_id", &l.assignee_id)?,
+        team: optional_id("team_id", &l.team_id)?,
+    })
+}
+
+/// An id field where empty means none.
+fn optional_id<T: FromStr<Err = Invalid>>(field: &'static str, value: &str) -> Result<Option<T>> {
+    (!value.is_empty())
+        .then(|| parse_id(field, value))
+        .transpose()
+}
+
+impl From<LifecycleChange> for v1::LifecycleChange {
+    fn from(c: LifecycleChange) -> Self {
+        let unset_or = |id: Option<String>| id.unwrap_or_default();
+        v1::LifecycleChange {
+            status: c
+                .status
+                .map_or(0, |s| v1::ConversationStatus::from(s).into()),
+            priority: c.priority.map_or(0, |p| v1::Priority::from(p).into()),
+            add_tags: c.add_tags.into_iter().map(|t| t.to_string()).collect(),
+            remove_tags: c.remove_tags.into_iter().map(|t| t.to_string()).collect(),
+            assignee_id: c.assignee.map(|a| unset_or(a.map(|a| a.to_string()))),
+            team_id: c.team.map(|t| unset_or(t.map(|t| t.to_string()))),
+        }
+    }
+}
+
+impl TryFrom<v1::LifecycleChange> for LifecycleChange {
+    type Error = Invalid;
+
+    fn try_from(c: v1::LifecycleChange) -> Result<Self> {
+        let tags = |field, tags: Vec<String>| {
+            tags.iter()
+                .map(|t| parse_id(field, t))
+                .collect::<Result<_>>()
+        };
+        Ok(LifecycleChange {
+            status: status_from_wire("change.status", c.status)?,
+            priority: priority_from_wire("change.priority", c.priority)?,
+            add_tags: tags("change.add_tags", c.add_tags)?,
+            remove_tags: tags("change.remove_tags", c.remove_tags)?,
+            assignee: c
+                .assignee_id
+                .map(|a| optional_id("change.assignee_id", &a))
+                .transpose()?,
+            team: c
+                .team_id
+                .map(|t| optional_id("change.team_id", &t))
+                .transpose()?,
         })
     }
 }
@@ -603,7 +739,17 @@ mod tests {
             created_at: Timestamp::from_millis(1_700_000_000_123),
             last_seq: Seq::new(9),
             member_count: 3,
+            lifecycle: testdata::lifecycle(),
         });
+        round_trip::<LifecycleChange, v1::LifecycleChange>(LifecycleChange {
+            status: Some(Status::Pending),
+            priority: Some(Priority::Low),
+            add_tags: testdata::lifecycle().tags,
+            remove_tags: ["old"].map(|t| natter_core::Tag::new(t).unwrap()).into(),
+            assignee: Some(None),
+            team: Some(Some(natter_core::TeamId::new("sales").unwrap())),
+        });
+        round_trip::<LifecycleChange, v1::LifecycleChange>(LifecycleChange::reopen());
         round_trip::<Member, v1::Member>(Member {
             user_id: user.clone(),
             role: Role::Agent,

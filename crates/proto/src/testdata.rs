@@ -1,9 +1,9 @@
 //! Domain values covering every variant, shared by the unit tests.
 
 use natter_core::{
-    Attachment, Button, ButtonAction, ClientMessageId, Content, ConversationId, Event,
-    MembershipChange, MembershipKind, Message, MessageId, Postback, QuickReplies, QuickReply,
-    ReadMarker, Role, Seq, Template, Timestamp, UserId,
+    Attachment, Button, ButtonAction, ClientMessageId, Content, ConversationId, Event, Lifecycle,
+    MembershipChange, MembershipKind, Message, MessageId, Postback, Priority, QuickReplies,
+    QuickReply, ReadMarker, Role, Seq, Status, Tag, TeamId, Template, Timestamp, UserId,
 };
 use prost::bytes::Bytes;
 
@@ -61,7 +61,20 @@ pub(crate) fn contents() -> Vec<Content> {
             title: "Small".into(),
             payload: "SIZE_S".into(),
         }),
+        Content::Activity(Lifecycle::default()),
+        Content::Activity(lifecycle()),
     ]
+}
+
+/// A lifecycle with every field set.
+pub(crate) fn lifecycle() -> Lifecycle {
+    Lifecycle {
+        status: Status::Resolved,
+        priority: Priority::Urgent,
+        tags: ["refund", "vip"].map(|t| Tag::new(t).unwrap()).into(),
+        assignee: Some(UserId::new("ann").unwrap()),
+        team: Some(TeamId::new("billing").unwrap()),
+    }
 }
 
 pub(crate) fn message() -> Message {

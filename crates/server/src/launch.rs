@@ -116,7 +116,9 @@ where
         crate::shutdown::signal().await;
         trigger.cancel();
     });
-    match service(settings, shutdown).await {
+    // On the heap: a service's start-up future is large, and the binaries
+    // should not each carry it on their stack.
+    match Box::pin(service(settings, shutdown)).await {
         Ok(()) => {
             tracing::info!(service = name, "stopped");
             ExitCode::SUCCESS

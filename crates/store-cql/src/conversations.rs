@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
 use natter_core::{
-    ClientMessageId, Conversation, ConversationId, Member, MembershipChange, MembershipKind,
-    Message, MessageId, NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, UserId,
-    validate_member_list,
+    ClientMessageId, Conversation, ConversationId, Lifecycle, Member, MembershipChange,
+    MembershipKind, Message, MessageId, NewConversation, ReadMarker, Role, Seq, TenantId,
+    Timestamp, UserId, validate_member_list,
 };
 use natter_proto::codec::decode_content;
 use natter_store::{
@@ -21,6 +21,7 @@ use crate::layout::{
     BUCKET_SPAN, MEMBER_SHARDS, bucket_last, bucket_of, conversation_bucket, find_head,
     member_shard, to_bigint,
 };
+use crate::messages::lifecycle_of_cell;
 use crate::{CqlStore, page};
 
 /// Concurrent single-partition requests one call may have in flight.
@@ -189,9 +190,10 @@ impl CqlStore {
     }
 
     async fn load_conversation(&self, row: ConversationRow) -> Result<Conversation> {
-        let last_seq = self
-            .message_head(&row.tenant_id, row.id, row.last_seq_hint)
-            .await?;
+        let (last_seq, lifecycle) = futures::try_join!(
+            self.message_head(&row.tenant_id, row.id, row.last_seq_hint),
+            self.lifecycle(&row.tenant_id, row.id),
+        )?;
         Ok(Conversation {
             id: row.id,
             tenant_id: row.tenant_id,
@@ -200,7 +202,25 @@ impl CqlStore {
             created_at: row.created_at,
             last_seq: Seq::new(last_seq),
             member_count: row.member_count.max(0).unsigned_abs(),
+            lifecycle,
         })
+    }
+
+    /// The lifecycle its newest activity left; the default without one.
+    async fn lifecycle(&self, tenant: &TenantId, id: ConversationId) -> Result<Lifecycle> {
+        let row: Option<(Option<Vec<u8>>,)> = self
+            .db()
+            .row(
+                "read lifecycle",
+                &self.statements.lifecycle_get,
+                (tenant.as_str(), id.as_uuid()),
+            )
+            .await?;
+        match row.and_then(|(bytes,)| bytes) {
+            Some(cell) => lifecycle_of_cell(&cell)
+                .map_err(|e| corrupt(&format!("lifecycle of conversation {id}"), e)),
+            None => Ok(Lifecycle::default()),
+        }
     }
 
     pub(crate) async fn read_member(
@@ -540,6 +560,7 @@ impl ConversationStore for CqlStore {
             created_at: new.created_at,
             last_seq: Seq::ZERO,
             member_count: (count - lost).unsigned_abs(),
+            lifecycle: Lifecycle::default(),
         })
     }
 

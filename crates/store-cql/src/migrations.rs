@@ -52,6 +52,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "device cursors",
         cql: include_str!("migrations/0003_device_cursors.cql"),
     },
+    Migration {
+        version: 4,
+        name: "conversation lifecycles",
+        cql: include_str!("migrations/0004_conversation_lifecycles.cql"),
+    },
 ];
 
 /// The one partition of `schema_migrations`.

@@ -14,7 +14,9 @@ use std::hash::Hash;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use natter_store::Result;
-use scylla::serialize::row::SerializeRow;
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::writers::RowWriter;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
@@ -72,6 +74,10 @@ pub(crate) struct Sequence<'a> {
     pub(crate) set_hint: &'a PreparedStatement,
 }
 
+/// A statement that must land with a sequence's last row, and its values:
+/// the row and it go in one logged batch, so both land or neither does.
+pub(crate) type Closing<'a, C> = (&'a PreparedStatement, C);
+
 impl CqlStore {
     /// Writes one sequence's `rows`, each its position and its values for
     /// the insert, in position order, batch after batch, so a failure
@@ -80,12 +86,32 @@ impl CqlStore {
     pub(crate) async fn write_sequence<V, H>(
         &self,
         sequence: Sequence<'_>,
-        mut rows: Vec<(u64, V)>,
+        rows: Vec<(u64, V)>,
         hint: impl FnOnce(i64) -> H,
         timestamp: i64,
     ) -> Result<()>
     where
         V: SerializeRow,
+        H: SerializeRow,
+    {
+        self.write_sequence_closed(sequence, rows, None::<Closing<'_, ()>>, hint, timestamp)
+            .await
+    }
+
+    /// [`write_sequence`](Self::write_sequence), with `closing` in the
+    /// last row's batch, which is then logged: a logged batch lands whole
+    /// even though it spans partitions.
+    pub(crate) async fn write_sequence_closed<V, C, H>(
+        &self,
+        sequence: Sequence<'_>,
+        mut rows: Vec<(u64, V)>,
+        closing: Option<Closing<'_, C>>,
+        hint: impl FnOnce(i64) -> H,
+        timestamp: i64,
+    ) -> Result<()>
+    where
+        V: SerializeRow,
+        C: SerializeRow,
         H: SerializeRow,
     {
         rows.sort_by_key(|(position, _)| *position);
@@ -95,19 +121,30 @@ impl CqlStore {
         let (first, last) = (*first, *last);
         let db = self.db();
         let same_bucket = |(a, _): &(u64, V), (b, _): &(u64, V)| bucket_of(*a) == bucket_of(*b);
+        let mut closing = closing;
         for partition in rows.chunk_by(same_bucket) {
             for part in partition.chunks(MAX_BATCH) {
-                let mut batch = Batch::new(BatchType::Unlogged);
+                let closes = part.last().is_some_and(|(p, _)| *p == last);
+                let closing = closing.take_if(|_| closes);
+                let kind = match closing {
+                    Some(_) => BatchType::Logged,
+                    None => BatchType::Unlogged,
+                };
+                let mut batch = Batch::new(kind);
                 // Every statement's timestamp: of two writes of one
                 // position, the higher version stands whatever order they
                 // land in. The same write again changes nothing, so a
                 // retry is safe.
                 batch.set_timestamp(Some(timestamp));
                 batch.set_is_idempotent(true);
-                let mut values = Vec::with_capacity(part.len());
+                let mut values = Vec::with_capacity(part.len() + 1);
                 for (_, row) in part {
                     batch.append_statement(sequence.insert.clone());
-                    values.push(row);
+                    values.push(Either::Row(row));
+                }
+                if let Some((statement, row)) = &closing {
+                    batch.append_statement((*statement).clone());
+                    values.push(Either::Closing(row));
                 }
                 db.batch(sequence.what, &batch, values).await?;
             }
@@ -130,5 +167,31 @@ impl CqlStore {
             }
         }
         Ok(())
+    }
+}
+
+/// A row of a batch that mixes two statements' values.
+enum Either<'a, R, C> {
+    Row(&'a R),
+    Closing(&'a C),
+}
+
+impl<R: SerializeRow, C: SerializeRow> SerializeRow for Either<'_, R, C> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> std::result::Result<(), SerializationError> {
+        match self {
+            Either::Row(row) => row.serialize(ctx, writer),
+            Either::Closing(row) => row.serialize(ctx, writer),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Either::Row(row) => row.is_empty(),
+            Either::Closing(row) => row.is_empty(),
+        }
     }
 }

@@ -16,6 +16,9 @@ pub(crate) struct Statements {
     pub(crate) conversation_get: PreparedStatement,
     pub(crate) conversation_set_count: PreparedStatement,
     pub(crate) conversation_set_hint: PreparedStatement,
+    /// Only ever run in a logged batch with its activity message.
+    pub(crate) lifecycle_write: PreparedStatement,
+    pub(crate) lifecycle_get: PreparedStatement,
 
     /// Only ever run in a batch whose timestamp is the write's version.
     pub(crate) message_write: PreparedStatement,
@@ -100,6 +103,18 @@ impl Statements {
             conversation_set_hint: p
                 .write(
                     "UPDATE {ks}.conversations SET last_seq = ? \
+                     WHERE tenant_id = ? AND conversation_id = ?",
+                )
+                .await?,
+            lifecycle_write: p
+                .write(
+                    "UPDATE {ks}.conversation_lifecycles SET lifecycle = ? \
+                     WHERE tenant_id = ? AND conversation_id = ?",
+                )
+                .await?,
+            lifecycle_get: p
+                .read(
+                    "SELECT lifecycle FROM {ks}.conversation_lifecycles \
                      WHERE tenant_id = ? AND conversation_id = ?",
                 )
                 .await?,

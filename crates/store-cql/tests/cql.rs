@@ -27,6 +27,9 @@ use uuid::Uuid;
 
 use common::{config, drop_keyspace, shared_keyspace};
 
+/// The schema migrations the store ships.
+const MIGRATIONS: i32 = 4;
+
 /// The version of a first lease holder's (epoch 1) first write.
 const VERSION: u64 = 1 << 40;
 
@@ -178,7 +181,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .collect();
     assert_eq!(
         applied,
-        vec![1, 2, 3],
+        (1..=MIGRATIONS).collect::<Vec<_>>(),
         "each migration applied exactly once"
     );
     assert!(
@@ -207,7 +210,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .expect("typed rows")
         .collect::<Result<Vec<_>, _>>()
         .expect("decode");
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), MIGRATIONS as usize, "{rows:?}");
     for (row, expected) in rows.iter().zip(1..) {
         let (version, checksum, applied_at, lock_owner) = row;
         assert_eq!(*version, Some(expected));

@@ -5,8 +5,9 @@ use std::ops::Bound;
 
 use async_trait::async_trait;
 use natter_core::{
-    Conversation, ConversationId, Member, MembershipChange, MembershipKind, Message,
-    NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, UserId, validate_member_list,
+    Content, Conversation, ConversationId, Lifecycle, Member, MembershipChange, MembershipKind,
+    Message, NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, UserId,
+    validate_member_list,
 };
 use natter_store::{
     Announcement, ConversationStore, MessageRange, Page, PageRequest, Result, StoreError,
@@ -78,6 +79,7 @@ impl ConversationStore for EmbeddedStore {
                 created_at: new.created_at,
                 last_seq: Seq::ZERO,
                 member_count: count,
+                lifecycle: Lifecycle::default(),
             };
             conversations.insert((t, c), record.encode().as_slice())?;
 
@@ -318,18 +320,29 @@ impl ConversationStore for EmbeddedStore {
         // the whole call), so no conversation is left half-written, and the
         // announcement is kept exactly when its messages are.
         self.write(move |txn| {
-            let mut highest: HashMap<(&TenantId, ConversationId), Seq> = HashMap::new();
+            // Per conversation: its highest seq, and the lifecycle of its
+            // newest activity.
+            type Newest<'a> = (Seq, Option<(Seq, &'a Lifecycle)>);
+            let mut highest: HashMap<(&TenantId, ConversationId), Newest> = HashMap::new();
             for (tenant, message) in &messages {
-                let seq = highest
+                let (seq, lifecycle) = highest
                     .entry((tenant, message.conversation_id))
-                    .or_insert(Seq::ZERO);
+                    .or_insert((Seq::ZERO, None));
                 *seq = (*seq).max(message.seq);
+                if let Content::Activity(activity) = &message.content
+                    && lifecycle.is_none_or(|(at, _)| at < message.seq)
+                {
+                    *lifecycle = Some((message.seq, activity));
+                }
             }
             let mut conversations = txn.open_table(CONVERSATIONS)?;
             let mut records = Vec::with_capacity(highest.len());
-            for (&(tenant, id), &seq) in &highest {
+            for (&(tenant, id), &(seq, lifecycle)) in &highest {
                 let mut record = load_conversation(&conversations, tenant, id)?;
                 record.last_seq = record.last_seq.max(seq);
+                if let Some((_, lifecycle)) = lifecycle {
+                    record.lifecycle = lifecycle.clone();
+                }
                 records.push(((tenant.as_str(), uuid_key(id)), record));
             }
             let mut table = txn.open_table(MESSAGES)?;

@@ -7,8 +7,8 @@
 
 use crate::fields::{Damaged, Reader, Writer, read};
 use natter_core::{
-    ClientMessageId, ConversationId, Cursor, Device, DeviceId, Member, Message, MessageId, Role,
-    Seq, TenantId, Timestamp, UserId,
+    ClientMessageId, ConversationId, Cursor, Device, DeviceId, Lifecycle, Member, Message,
+    MessageId, Role, Seq, TenantId, Timestamp, UserId,
 };
 use natter_proto::codec;
 use natter_store::{Result, StoreError};
@@ -48,9 +48,12 @@ pub(crate) struct ConversationRecord {
     pub(crate) created_at: Timestamp,
     pub(crate) last_seq: Seq,
     pub(crate) member_count: u64,
+    pub(crate) lifecycle: Lifecycle,
 }
 
 impl ConversationRecord {
+    /// The lifecycle last, as protobuf; a record written before
+    /// lifecycles existed ends without one and reads as the default.
     pub(crate) fn encode(&self) -> Vec<u8> {
         Writer::default()
             .str(&self.subject)
@@ -58,7 +61,7 @@ impl ConversationRecord {
             .i64(self.created_at.as_millis())
             .u64(self.last_seq.get())
             .u64(self.member_count)
-            .finish()
+            .rest(&codec::encode_lifecycle(&self.lifecycle))
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
@@ -69,6 +72,11 @@ impl ConversationRecord {
                 created_at: Timestamp::from_millis(r.i64()?),
                 last_seq: Seq::new(r.u64()?),
                 member_count: r.u64()?,
+                lifecycle: match r.rest() {
+                    [] => Lifecycle::default(),
+                    rest => codec::decode_lifecycle(rest)
+                        .map_err(|e| r.damaged(format!("lifecycle: {e}")))?,
+                },
             })
         })
         .map_err(corrupt)
@@ -87,6 +95,7 @@ impl ConversationRecord {
             created_at: self.created_at,
             last_seq: self.last_seq,
             member_count: self.member_count,
+            lifecycle: self.lifecycle,
         }
     }
 }
@@ -281,10 +290,26 @@ mod tests {
             created_at: Timestamp::from_millis(-5),
             last_seq: Seq::new(7),
             member_count: 2,
+            lifecycle: Lifecycle {
+                status: natter_core::Status::Pending,
+                ..Lifecycle::default()
+            },
         };
         assert_eq!(
             ConversationRecord::decode(&conversation.encode()).unwrap(),
             conversation
+        );
+        // Written before lifecycles: the default.
+        let older = Writer::default()
+            .str("Order")
+            .str("alice")
+            .i64(1)
+            .u64(0)
+            .u64(1)
+            .finish();
+        assert_eq!(
+            ConversationRecord::decode(&older).unwrap().lifecycle,
+            Lifecycle::default()
         );
 
         let member = Member {

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use natter_core::{
     Attachment, Button, ButtonAction, ClientMessageId, Content, Conversation, ConversationId,
-    Cursor, Device, DeviceId, Event, Limits, MembershipChange, MembershipKind, Message, MessageId,
-    NewConversation, NewMessage, Postback, QuickReplies, QuickReply, ReadMarker, Role, Seq,
-    Template, TenantId, Timestamp, Update, UserId,
+    Cursor, Device, DeviceId, Event, Lifecycle, Limits, MembershipChange, MembershipKind, Message,
+    MessageId, NewConversation, NewMessage, Postback, Priority, QuickReplies, QuickReply,
+    ReadMarker, Role, Seq, Status, Tag, TeamId, Template, TenantId, Timestamp, Update, UserId,
 };
 
 use crate::{
@@ -40,6 +40,7 @@ macro_rules! store_conformance {
             a_write_spans_conversations_and_tenants,
             writes_cross_a_bucket_boundary,
             a_rewritten_seq_is_replaced,
+            an_activity_sets_the_conversation_lifecycle,
             write_rejects_bad_input_and_writes_nothing,
             announcements_are_kept_until_forgotten,
             a_bad_announcement_is_refused_with_its_write,
@@ -597,6 +598,68 @@ pub async fn a_rewritten_seq_is_replaced<S: Store>(make: impl AsyncFn(Limits) ->
     expected.extend(again);
     assert_eq!(all_messages(&store, &tenant, conv.id).await, expected);
     assert_eq!(last_seq(&store, &tenant, conv.id).await, 4);
+}
+
+/// A conversation's lifecycle is its newest activity's, written with it:
+/// messages around an activity leave it be, a later activity replaces it,
+/// and each conversation of a write keeps its own.
+pub async fn an_activity_sets_the_conversation_lifecycle<S: Store>(
+    make: impl AsyncFn(Limits) -> S,
+) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let conv = created(&store, &tenant, &[("alice", Role::Customer)]).await;
+    let other = created(&store, &tenant, &[("bob", Role::Customer)]).await;
+    assert_eq!(conv.lifecycle, Lifecycle::default());
+    let lifecycle = |status, tag: &str| Lifecycle {
+        status,
+        priority: Priority::High,
+        tags: [Tag::new(tag).expect("valid tag")].into(),
+        assignee: Some(user("ann")),
+        team: Some(TeamId::new("billing").expect("valid team")),
+    };
+    let activity =
+        |id, key: &str, lifecycle| with_content(id, "ann", key, Content::Activity(lifecycle));
+    let resolved = lifecycle(Status::Resolved, "refund");
+    let pending = lifecycle(Status::Pending, "vip");
+    let write = vec![
+        text(conv.id, "alice", "m1", "hi").at(Seq::new(1)),
+        activity(conv.id, "a1", resolved.clone()).at(Seq::new(2)),
+        text(conv.id, "ann", "m2", "bye").at(Seq::new(3)),
+        activity(other.id, "a2", pending.clone()).at(Seq::new(1)),
+    ];
+    store
+        .write_messages(&of(&tenant, &write), None, VERSION)
+        .await
+        .expect("write with activities");
+    let read = |id| store.conversation(&tenant, id);
+    assert_eq!(read(conv.id).await.expect("read").lifecycle, resolved);
+    assert_eq!(read(other.id).await.expect("read").lifecycle, pending);
+    assert_eq!(read(conv.id).await.expect("read").last_seq, Seq::new(3));
+    assert_eq!(all_messages(&store, &tenant, conv.id).await[1], write[1]);
+    // A later write's activity replaces it; two in one write, the newest.
+    let open = Lifecycle::default();
+    let later = vec![
+        activity(conv.id, "a3", pending.clone()).at(Seq::new(4)),
+        activity(conv.id, "a4", open.clone()).at(Seq::new(5)),
+    ];
+    store
+        .write_messages(&of(&tenant, &later), None, VERSION + 1)
+        .await
+        .expect("write again");
+    assert_eq!(read(conv.id).await.expect("read").lifecycle, open);
+    let listed = store
+        .list_conversations(
+            &tenant,
+            &user("bob"),
+            PageRequest {
+                after: None,
+                size: 10,
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(listed.items[0].lifecycle, pending);
 }
 
 pub async fn write_rejects_bad_input_and_writes_nothing<S: Store>(make: impl AsyncFn(Limits) -> S) {

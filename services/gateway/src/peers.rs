@@ -144,7 +144,8 @@ pub(crate) async fn send(
             tracing::info!(code = ?status.code(), message = status.message(), "send refused");
             error(status)
         }
-        None => {
+        // Only lifecycle changes are answered so, and devices send none.
+        Some(send_outcome::Result::Unchanged(_)) | None => {
             tracing::error!("storage answered a send with neither a message nor a failure");
             error(unreadable(
                 "storage answered the send with an unreadable outcome",

@@ -564,6 +564,7 @@ impl Session {
             client_message_id: id.to_string(),
             content: Some(content.into()),
             sent_at: Some(timestamp_to_wire(now())),
+            change: None,
         };
         if command.encoded_len() + SEND_ENVELOPE_BYTES > MAX_PAYLOAD_BYTES {
             return self.reject(

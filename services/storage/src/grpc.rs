@@ -9,8 +9,8 @@ use std::time::Duration;
 use natter_auth::{Identity, Verifier};
 use natter_contract::Holders;
 use natter_core::{
-    ClientMessageId, Conversation, ConversationId, Event, Invalid, NewConversation, Role, UserId,
-    validate_member_list,
+    ClientMessageId, Conversation, ConversationId, Event, Invalid, LifecycleChange,
+    NewConversation, Role, UserId, validate_member_list,
 };
 use natter_proto::bus::v1::{SendCommand, send_outcome};
 use natter_proto::convert::{self, content_from_wire, new_members_from_wire, parse_id};
@@ -22,7 +22,7 @@ use natter_proto::v1::{
     GetConversationRequest, GetConversationResponse, ListConversationsRequest,
     ListConversationsResponse, ListMembersRequest, ListMembersResponse, ListMessagesRequest,
     ListMessagesResponse, RemoveMembersRequest, RemoveMembersResponse, SendMessageRequest,
-    SendMessageResponse,
+    SendMessageResponse, UpdateLifecycleRequest, UpdateLifecycleResponse,
 };
 use natter_server::store_status;
 use natter_store::StoreError;
@@ -410,6 +410,7 @@ impl ConversationService for ConversationApi {
             .map_err(invalid)?;
         let content = content_from_wire(request.content.clone()).map_err(invalid)?;
         content.validate(&self.storage.limits).map_err(invalid)?;
+        content.sendable().map_err(invalid)?;
         self.storage
             .enforce(policy::read_or_send(who.role), &who, id)
             .await?;
@@ -420,7 +421,82 @@ impl ConversationService for ConversationApi {
             client_message_id: request.client_message_id,
             content: request.content,
             sent_at: Some(convert::timestamp_to_wire(now())),
+            change: None,
         };
+        match self.sequence(id, command).await? {
+            send_outcome::Result::Stored(stored) => Ok(Response::new(SendMessageResponse {
+                message: stored.message,
+                duplicate: stored.duplicate,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes the lifecycle through the conversation's sequencer, which
+    /// stores the change as an activity message in order with the
+    /// conversation's messages (see `SendMessage`).
+    #[tracing::instrument(skip_all, fields(tenant, user, conversation))]
+    async fn update_lifecycle(
+        &self,
+        request: Request<UpdateLifecycleRequest>,
+    ) -> Result<Response<UpdateLifecycleResponse>, Status> {
+        let who = self.caller(&request)?;
+        let request = request.into_inner();
+        let id = conversation_id(&request.conversation_id)?;
+        Span::current().record("conversation", tracing::field::display(id));
+        parse_id::<ClientMessageId>("client_change_id", &request.client_change_id)
+            .map_err(invalid)?;
+        let change: LifecycleChange = convert::required("change", request.change.clone())
+            .and_then(TryInto::try_into)
+            .map_err(invalid)?;
+        change.validate(&self.storage.limits).map_err(invalid)?;
+        self.storage
+            .enforce(policy::change_lifecycle(who.role), &who, id)
+            .await?;
+
+        let command = SendCommand {
+            actor: Some((&who).into()),
+            conversation_id: request.conversation_id,
+            client_message_id: request.client_change_id,
+            sent_at: Some(convert::timestamp_to_wire(now())),
+            change: request.change,
+            ..SendCommand::default()
+        };
+        match self.sequence(id, command).await? {
+            send_outcome::Result::Stored(stored) => {
+                let lifecycle = match stored.message.as_ref().and_then(activity) {
+                    Some(lifecycle) => lifecycle,
+                    None => {
+                        tracing::error!("a lifecycle change stored something else");
+                        return Err(unavailable(RETRY_SEND));
+                    }
+                };
+                Ok(Response::new(UpdateLifecycleResponse {
+                    lifecycle: Some(lifecycle),
+                    activity: stored.message,
+                    duplicate: stored.duplicate,
+                }))
+            }
+            send_outcome::Result::Unchanged(lifecycle) => {
+                Ok(Response::new(UpdateLifecycleResponse {
+                    lifecycle: Some(lifecycle),
+                    activity: None,
+                    duplicate: false,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl ConversationApi {
+    /// Hands `command` to the sequencer of conversation `id` and waits for
+    /// what became of it; a failure comes back as its status.
+    async fn sequence(
+        &self,
+        id: ConversationId,
+        command: SendCommand,
+    ) -> Result<send_outcome::Result, Status> {
         let outcome = self
             .sends
             .send(id, command, SEND_TIMEOUT)
@@ -430,15 +506,30 @@ impl ConversationService for ConversationApi {
                 unavailable(RETRY_SEND)
             })?;
         match outcome.result {
-            Some(send_outcome::Result::Stored(stored)) => Ok(Response::new(SendMessageResponse {
-                message: stored.message,
-                duplicate: stored.duplicate,
-            })),
             Some(send_outcome::Result::Failure(failure)) => Err(status::from_failure(failure)),
+            Some(result) => Ok(result),
             None => {
                 tracing::error!("send outcome without a result");
                 Err(unavailable(RETRY_SEND))
             }
         }
     }
+}
+
+/// The lifecycle an activity message holds.
+fn activity(message: &natter_proto::v1::Message) -> Option<natter_proto::v1::Lifecycle> {
+    match message.content.as_ref()?.kind.as_ref()? {
+        natter_proto::v1::message_content::Kind::Activity(lifecycle) => Some(lifecycle.clone()),
+        _ => None,
+    }
+}
+
+/// An outcome the request cannot have had: a sequencer that answers a
+/// send as a change, or the other way round.
+fn unexpected(outcome: send_outcome::Result) -> Status {
+    tracing::error!(
+        ?outcome,
+        "the sequencer answered with an unexpected outcome"
+    );
+    unavailable(RETRY_SEND)
 }

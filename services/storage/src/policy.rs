@@ -27,6 +27,17 @@ pub(crate) fn read_or_send(role: Role) -> Check {
     }
 }
 
+/// Changing a conversation's lifecycle: the business's members (agents
+/// and bots), and service-role callers without membership; never a
+/// customer.
+pub(crate) fn change_lifecycle(role: Role) -> Check {
+    match role {
+        Role::Service => Check::Allowed,
+        Role::Agent | Role::Bot => Check::Member,
+        Role::Customer => Check::Denied("customers may not change a conversation's lifecycle"),
+    }
+}
+
 /// Moving a read marker: only members have one, whatever their role.
 pub(crate) fn mark_read() -> Check {
     Check::Member

@@ -22,9 +22,12 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use natter_bus::Incoming;
 use natter_contract::{encode, subjects};
-use natter_core::sequencer::{ConversationKey, Sequencer, SequencerConfig, Step, Stored};
+use natter_core::sequencer::{
+    ConversationKey, NewChange, Sequencer, SequencerConfig, Step, Stored, Submission,
+};
 use natter_core::{
-    ClientMessageId, ConversationId, Event, Message, MessageId, NewMessage, Seq, TenantId,
+    ClientMessageId, ConversationId, Event, Lifecycle, LifecycleChange, Message, MessageId,
+    NewMessage, Role, Seq, TenantId,
 };
 use natter_proto::bus::v1::{SendCommand, SendOutcome, send_outcome};
 use natter_proto::convert::{actor_from_wire, content_from_wire, parse_id, timestamp_from_wire};
@@ -69,11 +72,15 @@ pub(crate) async fn run(storage: Arc<Storage>, owner: String, shutdown: Cancella
 type Reply = String;
 
 /// A send checked and ready to number, or refused.
-type Checked = Result<(TenantId, NewMessage, Reply), (Reply, Status)>;
+type Checked = Result<(TenantId, Submission, Reply), (Reply, Status)>;
 
 /// What the partition's helpers report back to its loop.
 enum Done {
-    Loaded(ConversationKey, Result<Vec<Message>, StoreError>),
+    /// A conversation's newest messages and its lifecycle.
+    Loaded(
+        ConversationKey,
+        Result<(Vec<Message>, Lifecycle), StoreError>,
+    ),
     Written(Result<(), StoreError>),
 }
 
@@ -118,7 +125,8 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
         }
     };
     let config = SequencerConfig::default();
-    let mut sequencer: Sequencer<Reply, RandomState> = Sequencer::new(config, RandomState::new());
+    let mut sequencer: Sequencer<Reply, RandomState> =
+        Sequencer::new(config, storage.limits.clone(), RandomState::new());
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let (announce, announcements) = mpsc::channel(ANNOUNCE_QUEUE);
     let announcer = tokio::spawn(announce_in_order(storage.clone(), announcements));
@@ -142,7 +150,9 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
                 break;
             }
             Some(done) = done.recv() => match done {
-                Done::Loaded(key, Ok(newest)) => sequencer.loaded(&key, &newest),
+                Done::Loaded(key, Ok((newest, lifecycle))) => {
+                    sequencer.loaded(&key, &newest, lifecycle)
+                }
                 Done::Loaded(key, Err(e)) => {
                     tracing::warn!(error = %e, "cannot load a conversation's newest messages");
                     sequencer.load_failed(&key)
@@ -226,18 +236,17 @@ impl Shell<'_> {
                     let (storage, done) = (self.storage.clone(), self.done.clone());
                     let limit = u32::try_from(self.window).unwrap_or(u32::MAX);
                     tokio::spawn(async move {
-                        let newest = storage
-                            .store
-                            .list_messages(
-                                &key.0,
-                                key.1,
-                                MessageRange::Before {
-                                    before: None,
-                                    limit,
-                                },
-                            )
-                            .await;
-                        let _ = done.send(Done::Loaded(key, newest));
+                        let store = &storage.store;
+                        let newest = MessageRange::Before {
+                            before: None,
+                            limit,
+                        };
+                        let loaded = futures::try_join!(
+                            store.list_messages(&key.0, key.1, newest),
+                            store.conversation(&key.0, key.1),
+                        )
+                        .map(|(newest, conversation)| (newest, conversation.lifecycle));
+                        let _ = done.send(Done::Loaded(key, loaded));
                     });
                 }
                 Step::Write(batch) => {
@@ -271,6 +280,13 @@ impl Shell<'_> {
                     for reply in replies {
                         answer(self.storage, &reply, retry.clone()).await;
                     }
+                }
+                Step::Unchanged { lifecycle, waiter } => {
+                    let unchanged = send_outcome::Result::Unchanged(lifecycle.into());
+                    answer(self.storage, &waiter, unchanged).await;
+                }
+                Step::Refused { why, waiter } => {
+                    answer(self.storage, &waiter, failure(&invalid(why))).await;
                 }
             }
         }
@@ -393,7 +409,7 @@ async fn check(storage: Arc<Storage>, incoming: Incoming, reply: Reply) -> Check
     }
 }
 
-async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, NewMessage), Status> {
+async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, Submission), Status> {
     let command: SendCommand = natter_contract::decode(payload).map_err(|e| {
         tracing::error!(error = %e, "unreadable send command");
         status::internal(
@@ -406,10 +422,47 @@ async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, NewMess
         parse_id("conversation_id", &command.conversation_id).map_err(invalid)?;
     let client_message_id: ClientMessageId =
         parse_id("client_message_id", &command.client_message_id).map_err(invalid)?;
-    let content = content_from_wire(command.content).map_err(invalid)?;
-    content.validate(&storage.limits).map_err(invalid)?;
     let sent_at = timestamp_from_wire("sent_at", command.sent_at).map_err(invalid)?;
-    let may_send = match policy::read_or_send(sender.role) {
+    let id = MessageId::generate();
+    let sender_id = sender.user.clone();
+    let (check, submission) = match command.change {
+        Some(change) => {
+            let change = LifecycleChange::try_from(change).map_err(invalid)?;
+            change.validate(&storage.limits).map_err(invalid)?;
+            let change = NewChange {
+                id,
+                conversation_id,
+                sender_id,
+                client_message_id,
+                sent_at,
+                change,
+            };
+            (
+                policy::change_lifecycle(sender.role),
+                Submission::Change(change),
+            )
+        }
+        None => {
+            let content = content_from_wire(command.content).map_err(invalid)?;
+            content.validate(&storage.limits).map_err(invalid)?;
+            content.sendable().map_err(invalid)?;
+            let new = NewMessage {
+                id,
+                conversation_id,
+                sender_id,
+                client_message_id,
+                sent_at,
+                content,
+            };
+            // A customer's message opens the conversation again.
+            let reopens = sender.role == Role::Customer;
+            (
+                policy::read_or_send(sender.role),
+                Submission::Message { new, reopens },
+            )
+        }
+    };
+    let allowed = match check {
         policy::Check::Member => storage
             .store
             .member(&sender.tenant, conversation_id, &sender.user)
@@ -431,20 +484,10 @@ async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, NewMess
         }
         policy::Check::Denied(why) => return Err(policy::role_not_allowed(why)),
     };
-    if !may_send {
+    if !allowed {
         return Err(policy::not_a_member());
     }
-    Ok((
-        sender.tenant,
-        NewMessage {
-            id: MessageId::generate(),
-            conversation_id,
-            sender_id: sender.user,
-            client_message_id,
-            sent_at,
-            content,
-        },
-    ))
+    Ok((sender.tenant, submission))
 }
 
 fn stored_outcome(message: Message, duplicate: bool) -> send_outcome::Result {

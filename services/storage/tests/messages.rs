@@ -339,6 +339,7 @@ async fn the_sequencer_reports_failures_to_the_sender() {
         client_message_id: "g-1".into(),
         content: Some(text_content(text)),
         sent_at: Some(timestamp_to_wire(Timestamp::from_millis(1_700_000_000_000))),
+        change: None,
     };
     use natter_proto::v1::Role::{Agent, Customer, Service};
     let cases = [

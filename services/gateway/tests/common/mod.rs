@@ -671,6 +671,7 @@ impl FakeStorage {
             sent_at: Some(natter_proto::convert::timestamp_to_wire(
                 natter_core::Timestamp::from_millis(1_700_000_000_000),
             )),
+            change: None,
         };
         match self.store_command(command).result {
             Some(send_outcome::Result::Stored(stored)) => stored.message.unwrap(),
