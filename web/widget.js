@@ -50,7 +50,7 @@
    *   quick_replies?: { text: string, replies?: QuickReply[] },
    *   template?: { text: string, buttons?: Button[] },
    *   postback?: { title: string, payload: string },
-   *   activity?: { status?: string } }} Content
+   *   activity?: { status?: string, owner?: string, control_requested?: boolean } }} Content
    * @typedef {{ message_id?: string, conversation_id: string, seq: number,
    *   sender_id: string, client_message_id?: string, sent_at?: string,
    *   content: Content }} Message
@@ -442,20 +442,41 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
   };
 
   /**
-   * A lifecycle change, as a line between the messages: only a change of
-   * status is the visitor's business (tags, team and assignee are the
-   * business's), so an activity whose status is the one shown last says
-   * nothing.
+   * What the visitor is told of a lifecycle change: its status, or who
+   * answers. Tags, team and assignee are the business's, so a change of
+   * only those says nothing.
+   * @param {Lifecycle} before @param {Lifecycle} after
+   */
+  function activityLine(before, after) {
+    if (after.status !== before.status) return STATUS_LINES[after.status] || '';
+    if (after.owner !== before.owner) return after.owner === 'THREAD_OWNER_INBOX' ? 'A person has joined the conversation' : '';
+    if (after.control_requested && !before.control_requested) return 'Asking for a person…';
+    return '';
+  }
+
+  /** @typedef {{ status: string, owner: string, control_requested: boolean }} Lifecycle */
+  /** @param {{ status?: string, owner?: string, control_requested?: boolean }} [l] @returns {Lifecycle} */
+  function lifecycleOf(l) {
+    return {
+      status: (l && l.status) || 'CONVERSATION_STATUS_OPEN',
+      owner: (l && l.owner) || 'THREAD_OWNER_BOT',
+      control_requested: !!(l && l.control_requested),
+    };
+  }
+
+  /**
+   * A lifecycle change, as a line between the messages, against the
+   * change before it.
    * @param {Message} m
    */
   function showActivity(m) {
-    const status = (m.content.activity || {}).status || 'CONVERSATION_STATUS_OPEN';
-    const before = Array.from(list.querySelectorAll('[data-status]')).filter((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq) < m.seq).pop();
-    const shown = before ? /** @type {HTMLElement} */ (before).dataset.status : 'CONVERSATION_STATUS_OPEN';
-    const li = /** @type {HTMLLIElement} */ (el('li', 'msg activity', status === shown ? '' : STATUS_LINES[status] || ''));
+    const after = lifecycleOf(m.content.activity);
+    const earlier = Array.from(list.querySelectorAll('[data-lifecycle]')).filter((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq) < m.seq).pop();
+    const before = earlier ? JSON.parse(/** @type {HTMLElement} */ (earlier).dataset.lifecycle || '{}') : lifecycleOf();
+    const li = /** @type {HTMLLIElement} */ (el('li', 'msg activity', activityLine(before, after)));
     li.dataset.key = keyOf(m);
     li.dataset.seq = String(m.seq);
-    li.dataset.status = status;
+    li.dataset.lifecycle = JSON.stringify(after);
     li.hidden = !li.textContent;
     list.querySelector(`[data-key="${CSS.escape(keyOf(m))}"]`)?.remove();
     const next = Array.from(list.children).find((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq || Infinity) > m.seq);

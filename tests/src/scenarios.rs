@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use natter_core::Role;
+use natter_proto::status;
 use natter_proto::v1::client_frame::Frame as ClientKind;
 use natter_proto::v1::{
     AddMembersRequest, ClientFrame, ConversationStatus, CreateConversationRequest,
     GetConversationRequest, GetStatsRequest, Lifecycle, LifecycleChange, ListMessagesRequest,
-    MessageContent, NewMember, Read, SendMessageRequest, UpdateLifecycleRequest, event,
-    list_messages_request, message_content,
+    MessageContent, NewMember, Read, SendMessageRequest, ThreadOwner, UpdateLifecycleRequest,
+    event, list_messages_request, message_content,
 };
 use tokio::sync::Mutex;
 
@@ -368,6 +369,120 @@ pub async fn lifecycle_changes(mode: Mode, transport: Transport) {
     let caught_up = phone.messages(&conv, 4).await;
     assert_eq!(caught_up[1].content, activity.content);
     assert_eq!(caught_up[3].seq, 4);
+}
+
+/// The handover protocol: a customer asking for a person asks the bot for
+/// control; the bot passes it to the inbox and may not send until an
+/// agent passes it back, nor take it back itself.
+pub async fn handover(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let conv = conversation(
+        &cluster,
+        &[
+            ("alice", Role::Customer),
+            ("helper", Role::Bot),
+            ("bob", Role::Agent),
+        ],
+    )
+    .await;
+    let mut web = device(&cluster, Transport::WsJson, "alice", Role::Customer, "web").await;
+    let mut console = device(&cluster, Transport::WsJson, "bob", Role::Agent, "console").await;
+    let (bot, agent) = (
+        cluster.token("helper", Role::Bot),
+        cluster.token("bob", Role::Agent),
+    );
+    let mut api = cluster.conversations().await;
+    let text = |id: &str, body: &str| SendMessageRequest {
+        conversation_id: conv.clone(),
+        client_message_id: id.into(),
+        content: Some(MessageContent {
+            kind: Some(message_content::Kind::Text(body.into())),
+        }),
+    };
+    let owner = |id: &str, owner: ThreadOwner| UpdateLifecycleRequest {
+        conversation_id: conv.clone(),
+        client_change_id: id.into(),
+        change: Some(LifecycleChange {
+            owner: owner.into(),
+            ..LifecycleChange::default()
+        }),
+    };
+    api.send_message(authed(&bot, text("b1", "Hi! I am the shop's bot.")))
+        .await
+        .expect("the bot answers");
+
+    web.send_text(&conv, "c1", "Can I talk to a human?")
+        .await
+        .expect("ack");
+    let asked = console.messages(&conv, 3).await;
+    let Some(message_content::Kind::Activity(request)) =
+        asked[2].content.as_ref().and_then(|c| c.kind.clone())
+    else {
+        panic!("expected a request for control, got {:?}", asked[2]);
+    };
+    assert!(request.control_requested);
+    assert_eq!(request.owner(), ThreadOwner::Bot);
+
+    let passed = api
+        .update_lifecycle(authed(&bot, owner("p1", ThreadOwner::Inbox)))
+        .await
+        .expect("the bot passes control")
+        .into_inner()
+        .lifecycle
+        .expect("the lifecycle");
+    assert_eq!(
+        (passed.owner(), passed.control_requested),
+        (ThreadOwner::Inbox, false)
+    );
+    let silenced = api
+        .send_message(authed(&bot, text("b2", "Still here!")))
+        .await
+        .expect_err("the bot is silent while people have control");
+    assert_eq!(
+        (silenced.code(), status::reason_of(&silenced).as_str()),
+        (tonic::Code::FailedPrecondition, "INBOX_HAS_CONTROL")
+    );
+    let grab = api
+        .update_lifecycle(authed(&bot, owner("t1", ThreadOwner::Bot)))
+        .await
+        .expect_err("a bot may not take control back");
+    assert_eq!(grab.code(), tonic::Code::PermissionDenied);
+
+    api.send_message(authed(&agent, text("a1", "Bob here, how can I help?")))
+        .await
+        .expect("people answer");
+    api.update_lifecycle(authed(&agent, owner("p2", ThreadOwner::Bot)))
+        .await
+        .expect("the agent passes control back");
+    api.send_message(authed(&bot, text("b3", "Anything else?")))
+        .await
+        .expect("the bot answers again");
+
+    // The customer saw it all in order: the request, the hand-over and the
+    // hand-back as activities between the messages, and nothing the bot
+    // was refused.
+    let seen: Vec<String> = web
+        .messages(&conv, 7)
+        .await
+        .iter()
+        .map(|m| match m.content.as_ref().and_then(|c| c.kind.clone()) {
+            Some(message_content::Kind::Text(text)) => text,
+            Some(message_content::Kind::Activity(l)) => format!("{:?}", l.owner()),
+            other => panic!("unexpected content {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "Hi! I am the shop's bot.",
+            "Can I talk to a human?",
+            "Bot",
+            "Inbox",
+            "Bob here, how can I help?",
+            "Bot",
+            "Anything else?",
+        ]
+    );
 }
 
 /// Nobody reads or sends outside their conversations or their tenant; bad

@@ -238,6 +238,24 @@ test('a quick reply tap reaches the business as a postback', async () => {
   await Promise.all([context.close(), agent.context().close()]);
 });
 
+test('a visitor who asks for a person sees the request between the messages', async () => {
+  const context = await browser.newContext(PHONE);
+  const page = await visit(context);
+  await openWidget(page);
+  await say(page, 'Can I talk to a human?');
+  await shows(page, 'Can I talk to a human?');
+  const line = page.locator('natter-chat li.activity', { hasText: 'Asking for a person' });
+  await line.waitFor();
+  // The line comes right after the message that asked, and is not counted
+  // among the visitor's messages.
+  const seqs = await page.evaluate(() =>
+    Array.from(document.querySelector('natter-chat').shadowRoot.querySelectorAll('li.msg'), (li) => li.dataset.seq),
+  );
+  const asked = (await transcript(page)).find((m) => m.text === 'Can I talk to a human?');
+  assert.equal(seqs[seqs.indexOf(String(asked.seq)) + 1], String(asked.seq + 1));
+  await context.close();
+});
+
 test('images and files sent by reference show inline', async () => {
   const context = await browser.newContext(PHONE);
   const page = await visit(context);

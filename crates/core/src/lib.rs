@@ -24,7 +24,9 @@ pub use ids::{
     ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, Tag, TeamId, TenantId,
     Timestamp, UserId,
 };
-pub use lifecycle::{Lifecycle, LifecycleChange, Priority, Status};
+pub use lifecycle::{
+    ASK_FOR_A_PERSON, Lifecycle, LifecycleChange, Owner, Priority, Status, asks_for_a_person,
+};
 pub use limits::Limits;
 pub use model::{
     Conversation, Device, Event, Member, MembershipChange, MembershipKind, Message,

@@ -1,5 +1,8 @@
 //! A conversation's support lifecycle: its status, priority, tags,
-//! assignee and team.
+//! assignee and team, and who answers it, the bot or the people of the
+//! business's inbox (the handover protocol of Messenger's platform: one
+//! owner at a time; the owner passes control, the inbox takes it, the bot
+//! requests it; the customer asks for a person).
 //!
 //! Every change is stored as an *activity* message in the conversation
 //! (content [`Content::Activity`](crate::Content::Activity) holding the
@@ -12,9 +15,11 @@
 
 use std::collections::BTreeSet;
 
+use crate::content::Content;
 use crate::error::{Invalid, Result};
 use crate::ids::{Tag, TeamId, UserId};
 use crate::limits::Limits;
+use crate::model::Role;
 
 /// Where a conversation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -41,8 +46,19 @@ pub enum Priority {
     Urgent,
 }
 
+/// Who answers a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Owner {
+    /// The business's bots; people may still write.
+    #[default]
+    Bot,
+    /// The people of the business's inbox: bots receive the messages but
+    /// may not send until control is passed back.
+    Inbox,
+}
+
 /// A conversation's lifecycle. A new conversation's is the default: open,
-/// normal priority, no tags, nobody assigned, no team.
+/// normal priority, no tags, nobody assigned, no team, the bot answering.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Lifecycle {
     pub status: Status,
@@ -50,6 +66,10 @@ pub struct Lifecycle {
     pub tags: BTreeSet<Tag>,
     pub assignee: Option<UserId>,
     pub team: Option<TeamId>,
+    pub owner: Owner,
+    /// Control was asked of the owner (by the bot, or by the customer
+    /// asking for a person) and not passed yet.
+    pub control_requested: bool,
 }
 
 /// What a change sets; everything left `None` (or empty) stays as it is.
@@ -63,6 +83,39 @@ pub struct LifecycleChange {
     pub assignee: Option<Option<UserId>>,
     /// `Some(None)` takes the conversation out of its team.
     pub team: Option<Option<TeamId>>,
+    /// Passes or takes control; a new owner clears a request.
+    pub owner: Option<Owner>,
+    /// Asks the owner for control.
+    pub request_control: bool,
+}
+
+/// The postback payload of a quick reply or button that asks for a
+/// person, whatever its title.
+pub const ASK_FOR_A_PERSON: &str = "natter:person";
+
+/// Words that, in a customer's text, ask for a person.
+const PERSON_WORDS: [&str; 6] = [
+    "human",
+    "person",
+    "agent",
+    "representative",
+    "operator",
+    "someone",
+];
+
+/// Whether a customer's message asks for a person: a text with one of
+/// [`PERSON_WORDS`] as a word (any case), or a postback with the payload
+/// [`ASK_FOR_A_PERSON`] or such a word in its title.
+pub fn asks_for_a_person(content: &Content) -> bool {
+    let has_word = |text: &str| {
+        text.split(|c: char| !c.is_alphanumeric())
+            .any(|word| PERSON_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)))
+    };
+    match content {
+        Content::Text(text) => has_word(text),
+        Content::Postback(p) => p.payload == ASK_FOR_A_PERSON || has_word(&p.title),
+        _ => false,
+    }
 }
 
 impl LifecycleChange {
@@ -124,7 +177,38 @@ impl Lifecycle {
         if let Some(team) = &change.team {
             next.team.clone_from(team);
         }
+        if change.request_control {
+            next.control_requested = true;
+        }
+        if let Some(owner) = change.owner
+            && owner != self.owner
+        {
+            next.owner = owner;
+            next.control_requested = false;
+        }
         Ok((next != *self).then_some(next))
+    }
+
+    /// Whether someone of `role` may send now: anyone but a bot while the
+    /// inbox has control.
+    pub fn may_send(&self, role: Role) -> bool {
+        role != Role::Bot || self.owner == Owner::Bot
+    }
+
+    /// What a message from `role` changes by itself: a customer's opens the
+    /// conversation if it is not open, and asks for control while the bot
+    /// has it if it asks for a person.
+    pub fn follow_up(&self, role: Role, content: &Content) -> LifecycleChange {
+        if role != Role::Customer {
+            return LifecycleChange::default();
+        }
+        LifecycleChange {
+            status: (self.status != Status::Open).then_some(Status::Open),
+            request_control: self.owner == Owner::Bot
+                && !self.control_requested
+                && asks_for_a_person(content),
+            ..LifecycleChange::default()
+        }
     }
 
     /// The bytes it weighs as a message's content.
@@ -179,6 +263,59 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((cleared.assignee, cleared.team), (None, None));
+    }
+
+    #[test]
+    fn control_passes_and_a_customer_asks_for_a_person() {
+        let limits = Limits::default();
+        let start = Lifecycle::default();
+        assert!(start.may_send(Role::Bot) && start.may_send(Role::Agent));
+        let person = Content::Text("Can I talk to a HUMAN, please?".into());
+        let asked = start.follow_up(Role::Customer, &person);
+        assert!(asked.request_control && asked.status.is_none());
+        let requested = start.apply(&asked, &limits).unwrap().unwrap();
+        assert!(requested.control_requested);
+        // Asking again while a request stands changes nothing.
+        assert_eq!(
+            requested.follow_up(Role::Customer, &person),
+            LifecycleChange::default()
+        );
+        // Only customers' messages change anything by themselves.
+        assert_eq!(
+            start.follow_up(Role::Agent, &person),
+            LifecycleChange::default()
+        );
+        // The bot passes control: the request is answered.
+        let pass = LifecycleChange {
+            owner: Some(Owner::Inbox),
+            ..LifecycleChange::default()
+        };
+        let inbox = requested.apply(&pass, &limits).unwrap().unwrap();
+        assert_eq!(
+            (inbox.owner, inbox.control_requested),
+            (Owner::Inbox, false)
+        );
+        assert!(!inbox.may_send(Role::Bot) && inbox.may_send(Role::Agent));
+        // While people answer, the customer asking again asks nothing.
+        assert_eq!(
+            inbox.follow_up(Role::Customer, &person),
+            LifecycleChange::default()
+        );
+        for content in [
+            Content::Text("agent".into()),
+            Content::Postback(crate::content::Postback {
+                title: "Talk to us".into(),
+                payload: ASK_FOR_A_PERSON.into(),
+            }),
+        ] {
+            assert!(asks_for_a_person(&content), "{content:?}");
+        }
+        for content in [
+            Content::Text("the agency is humane".into()),
+            Content::Text("where is my parcel?".into()),
+        ] {
+            assert!(!asks_for_a_person(&content), "{content:?}");
+        }
     }
 
     #[test]

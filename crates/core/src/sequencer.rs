@@ -18,9 +18,10 @@
 //!
 //! A conversation's lifecycle (`lifecycle.rs`) is known here too, loaded
 //! with its newest messages: a lifecycle change is numbered as an activity
-//! message holding the lifecycle after it, and a customer's message to a
-//! conversation that is not open is followed by the activity that reopens
-//! it, in the same write.
+//! message holding the lifecycle after it; a customer's message that
+//! changes the lifecycle by itself (it reopens the conversation, or asks
+//! for a person) is followed by that activity, in the same write; and a
+//! bot's message is refused while people have control.
 //!
 //! Idempotency holds within a window: a retried send is recognised while
 //! its first attempt is among the conversation's newest `window` messages
@@ -38,7 +39,7 @@ use crate::error::Invalid;
 use crate::ids::{ClientMessageId, ConversationId, MessageId, Seq, TenantId, Timestamp, UserId};
 use crate::lifecycle::{Lifecycle, LifecycleChange};
 use crate::limits::Limits;
-use crate::model::{Message, NewMessage};
+use crate::model::{Message, NewMessage, Role};
 
 /// A conversation, across tenants.
 pub type ConversationKey = (TenantId, ConversationId);
@@ -73,9 +74,8 @@ impl Default for SequencerConfig {
 /// What a sender asks to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Submission {
-    /// A message. `reopens` when its sender is a customer: then a
-    /// conversation that is not open opens again.
-    Message { new: NewMessage, reopens: bool },
+    /// A message, from someone of `role` in the conversation.
+    Message { new: NewMessage, role: Role },
     /// A lifecycle change, stored as an activity message.
     Change(NewChange),
 }
@@ -132,9 +132,18 @@ pub enum Step<W> {
     /// A change that changes nothing: nothing is stored; tell the sender
     /// the conversation's lifecycle.
     Unchanged { lifecycle: Lifecycle, waiter: W },
-    /// A change the conversation cannot take (too many tags): tell the
-    /// sender why.
-    Refused { why: Invalid, waiter: W },
+    /// Not stored, and asking again will not change that: tell the sender
+    /// why.
+    Refused { why: Refusal, waiter: W },
+}
+
+/// Why a submission is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A change the conversation cannot take (too many tags).
+    Invalid(Invalid),
+    /// A bot's message while people have control.
+    InboxOwns,
 }
 
 /// A message the last write stored, and who waits for it.
@@ -385,28 +394,30 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         };
         known.used = used;
         if let Some(&(_, seq)) = known.recent.iter().rev().find(|(f, _)| *f == fingerprint) {
-            let reopens = matches!(new, Submission::Message { reopens: true, .. });
             // A customer's message is acknowledged only once what comes of
-            // it is stored too: the activity that reopens after it (its
-            // first write may have stored the message alone), or a later
-            // change still being written.
-            let waits_for = if !reopens {
-                None
-            } else if seq > known.changed {
-                let Submission::Message { new, .. } = &new else {
-                    unreachable!("checked above")
-                };
-                reopen(known, &self.limits, new).map(|message| {
-                    self.queue.push(Queued {
-                        key: key.clone(),
-                        message,
-                        waiters: Vec::new(),
-                        duplicates: Vec::new(),
-                    });
-                    known.changed
-                })
-            } else {
-                (known.changed > known.stored).then_some(known.changed)
+            // it is stored too: the activity that follows it (its first
+            // write may have stored the message alone), or a later change
+            // still being written.
+            let waits_for = match &new {
+                Submission::Message {
+                    new,
+                    role: Role::Customer,
+                } => {
+                    if seq > known.changed {
+                        follow_up(known, &self.limits, Role::Customer, new).map(|message| {
+                            self.queue.push(Queued {
+                                key: key.clone(),
+                                message,
+                                waiters: Vec::new(),
+                                duplicates: Vec::new(),
+                            });
+                            known.changed
+                        })
+                    } else {
+                        (known.changed > known.stored).then_some(known.changed)
+                    }
+                }
+                _ => None,
             };
             let unsettled = waits_for.unwrap_or(seq);
             let queued = self
@@ -428,8 +439,13 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
             }
             return;
         }
-        let (message, reopens) = match new {
-            Submission::Message { new, reopens } => (new, reopens),
+        let (message, role) = match new {
+            Submission::Message { role, .. } if !known.lifecycle.may_send(role) => {
+                let why = Refusal::InboxOwns;
+                steps.push(Step::Refused { why, waiter });
+                return;
+            }
+            Submission::Message { new, role } => (new, Some(role)),
             Submission::Change(new) => match known.lifecycle.apply(&new.change, &self.limits) {
                 Ok(Some(next)) => {
                     known.lifecycle = next.clone();
@@ -442,7 +458,7 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
                         sent_at: new.sent_at,
                         content: Content::Activity(next),
                     };
-                    (activity, false)
+                    (activity, None)
                 }
                 Ok(None) => {
                     let lifecycle = known.lifecycle.clone();
@@ -450,6 +466,7 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
                     return;
                 }
                 Err(why) => {
+                    let why = Refusal::Invalid(why);
                     steps.push(Step::Refused { why, waiter });
                     return;
                 }
@@ -462,18 +479,14 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
         if known.recent.len() > self.config.window {
             known.recent.pop_front();
         }
-        let reopening = if reopens {
-            reopen(known, &self.limits, &message)
-        } else {
-            None
-        };
+        let following = role.and_then(|role| follow_up(known, &self.limits, role, &message));
         self.queue.push(Queued {
             key: key.clone(),
             message: message.at(seq),
             waiters: vec![waiter],
             duplicates: Vec::new(),
         });
-        if let Some(message) = reopening {
+        if let Some(message) = following {
             self.queue.push(Queued {
                 key,
                 message,
@@ -498,7 +511,7 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
                 first || bytes <= self.config.max_batch_bytes
             })
             .count();
-        // A reopening activity is written with the message that reopens:
+        // A following activity is written with the message it follows:
         // once that message is acknowledged, nobody would ask again.
         let take = take
             + self.queue[take..]
@@ -552,21 +565,24 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
     }
 }
 
-/// The activity that reopens `known`'s conversation after a customer's
-/// `message`, numbered next, if it is not open. It is the customer's, and
+/// The activity that follows `message` from someone of `role` in
+/// `known`'s conversation, numbered next, if the message changes the
+/// lifecycle by itself (`Lifecycle::follow_up`). It is the sender's, and
 /// its idempotency key derives from the message's id, so it is never
 /// taken for one of theirs.
-fn reopen(known: &mut Known, limits: &Limits, message: &NewMessage) -> Option<Message> {
-    let next = known
-        .lifecycle
-        .apply(&LifecycleChange::reopen(), limits)
-        .ok()
-        .flatten()?;
+fn follow_up(
+    known: &mut Known,
+    limits: &Limits,
+    role: Role,
+    message: &NewMessage,
+) -> Option<Message> {
+    let change = known.lifecycle.follow_up(role, &message.content);
+    let next = known.lifecycle.apply(&change, limits).ok().flatten()?;
     known.lifecycle = next.clone();
     known.last = known.last.next();
     known.changed = known.last;
     known.unsettled += 1;
-    let client_message_id = ClientMessageId::new(format!("reopen/{}", message.id))
+    let client_message_id = ClientMessageId::new(format!("after/{}", message.id))
         .expect("a uuid with a short prefix is a valid client message id");
     let activity = NewMessage {
         id: MessageId::generate(),
@@ -720,9 +736,17 @@ mod tests {
                         sender_id,
                         client_message_id,
                         sent_at: Timestamp::from_millis(1),
-                        content: Content::Text(format!("{key:?}")),
+                        // Now and then the customer asks for a person.
+                        content: Content::Text(match key.client % 7 {
+                            0 => format!("{key:?}: a human, please"),
+                            _ => format!("{key:?}"),
+                        }),
                     },
-                    reopens: key.sender == 0,
+                    role: if key.sender == 0 {
+                        Role::Customer
+                    } else {
+                        Role::Agent
+                    },
                 },
             };
             let steps = self.sequencer.submit(tenant, new, waiter);
@@ -881,7 +905,7 @@ mod tests {
                         );
                         self.tally.unchanged += 1;
                     }
-                    Step::Refused { why, .. } => panic!("a status change refused: {why}"),
+                    Step::Refused { why, .. } => panic!("a status change refused: {why:?}"),
                 }
             }
         }
@@ -919,16 +943,16 @@ mod tests {
                 );
             }
             for (i, stored) in self.store.iter().enumerate() {
-                let mut status = Status::Open;
+                let mut lifecycle = Lifecycle::default();
                 let mut changed_at = Vec::new();
                 for message in stored {
-                    if let Content::Activity(lifecycle) = &message.content {
+                    if let Content::Activity(next) = &message.content {
                         assert_ne!(
-                            lifecycle.status, status,
+                            *next, lifecycle,
                             "conversation {i}: an activity that changes nothing"
                         );
-                        status = lifecycle.status;
-                        changed_at.push((message.seq, status));
+                        lifecycle = next.clone();
+                        changed_at.push((message.seq, lifecycle.status));
                     }
                 }
                 // An acknowledged customer message left the conversation
@@ -974,7 +998,7 @@ mod tests {
                 .store
                 .iter()
                 .flatten()
-                .filter(|m| m.client_message_id.as_str().starts_with("reopen/"))
+                .filter(|m| m.client_message_id.as_str().starts_with("after/"))
                 .count();
         }
         // A run in which nothing happened proves nothing.
@@ -1001,7 +1025,7 @@ mod tests {
         let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
         let new = |client: &str| Submission::Message {
             new: text(key.1, "alice", client, "hi"),
-            reopens: false,
+            role: Role::Agent,
         };
         assert_eq!(
             sequencer.submit(key.0.clone(), new("a"), 1),
@@ -1040,7 +1064,7 @@ mod tests {
         let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
         let new = |client: u32, body: &str| Submission::Message {
             new: text(key.1, "alice", &format!("c{client}"), body),
-            reopens: false,
+            role: Role::Agent,
         };
         sequencer.submit(key.0.clone(), new(0, "first"), 0);
         sequencer.loaded(&key, &[], Lifecycle::default());
@@ -1125,7 +1149,7 @@ mod tests {
         // in the same write.
         let agent = Submission::Message {
             new: text(key.1, "agent", "m1", "anything else?"),
-            reopens: false,
+            role: Role::Agent,
         };
         assert_eq!(
             activities(&sequencer.submit(key.0.clone(), agent, 3)),
@@ -1134,7 +1158,7 @@ mod tests {
         sequencer.written(true);
         let customer = |client| Submission::Message {
             new: text(key.1, "cus", client, "yes, one more thing"),
-            reopens: true,
+            role: Role::Customer,
         };
         let steps = sequencer.submit(key.0.clone(), customer("m2"), 4);
         assert_eq!(activities(&steps), vec![(4, Status::Open)]);
@@ -1174,7 +1198,57 @@ mod tests {
         sequencer.written(true);
         let steps = sequencer.submit(key.0.clone(), change(key.1, "t2", add(rest)), 7);
         assert!(
-            matches!(&steps[..], [Step::Refused { why, waiter: 7 }] if why.field == "add_tags")
+            matches!(&steps[..], [Step::Refused { why: Refusal::Invalid(why), waiter: 7 }] if why.field == "add_tags")
         );
+    }
+
+    #[test]
+    fn a_bot_is_refused_while_people_have_control_and_a_customer_asks_for_them() {
+        let mut sequencer: Sequencer<u32, Fixed> = Sequencer::new(
+            SequencerConfig::default(),
+            Limits::default(),
+            Fixed::default(),
+        );
+        let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
+        let from = |role, sender, client, body| Submission::Message {
+            new: text(key.1, sender, client, body),
+            role,
+        };
+        sequencer.submit(
+            key.0.clone(),
+            from(Role::Bot, "bot", "b1", "Hi! How can I help?"),
+            1,
+        );
+        assert!(activities(&sequencer.loaded(&key, &[], Lifecycle::default())).is_empty());
+        sequencer.written(true);
+        // The customer asks for a person: a request follows, in one write.
+        let steps = sequencer.submit(
+            key.0.clone(),
+            from(Role::Customer, "cus", "c1", "Agent!"),
+            2,
+        );
+        let write = match &steps[..] {
+            [Step::Write(batch)] => batch.clone(),
+            other => panic!("expected one write, got {other:?}"),
+        };
+        assert!(matches!(&write[1].1.content, Content::Activity(l) if l.control_requested));
+        sequencer.written(true);
+        // The bot passes control; then it may not send, and people may.
+        let pass = LifecycleChange {
+            owner: Some(crate::lifecycle::Owner::Inbox),
+            ..LifecycleChange::default()
+        };
+        sequencer.submit(key.0.clone(), change(key.1, "p1", pass), 3);
+        sequencer.written(true);
+        let steps = sequencer.submit(key.0.clone(), from(Role::Bot, "bot", "b2", "Still me"), 4);
+        assert_eq!(
+            steps,
+            vec![Step::Refused {
+                why: Refusal::InboxOwns,
+                waiter: 4
+            }]
+        );
+        let steps = sequencer.submit(key.0.clone(), from(Role::Agent, "ann", "a1", "Ann here"), 5);
+        assert!(matches!(&steps[..], [Step::Write(batch)] if batch.len() == 1));
     }
 }

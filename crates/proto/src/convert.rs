@@ -18,7 +18,7 @@ use std::str::FromStr;
 use natter_auth::Identity;
 use natter_core::{
     Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, Invalid,
-    Lifecycle, LifecycleChange, Member, MembershipChange, MembershipKind, Message, Postback,
+    Lifecycle, LifecycleChange, Member, MembershipChange, MembershipKind, Message, Owner, Postback,
     Priority, QuickReplies, QuickReply, ReadMarker, Result, Role, Seq, Status, Template, TenantId,
     Timestamp, Update, UserId,
 };
@@ -331,9 +331,30 @@ fn priority_from_wire(field: &'static str, priority: i32) -> Result<Option<Prior
     }
 }
 
+impl From<Owner> for v1::ThreadOwner {
+    fn from(owner: Owner) -> Self {
+        match owner {
+            Owner::Bot => v1::ThreadOwner::Bot,
+            Owner::Inbox => v1::ThreadOwner::Inbox,
+        }
+    }
+}
+
+/// A wire thread owner in the domain; `None` for unspecified.
+fn owner_from_wire(field: &'static str, owner: i32) -> Result<Option<Owner>> {
+    match v1::ThreadOwner::try_from(owner) {
+        Ok(v1::ThreadOwner::Unspecified) => Ok(None),
+        Ok(v1::ThreadOwner::Bot) => Ok(Some(Owner::Bot)),
+        Ok(v1::ThreadOwner::Inbox) => Ok(Some(Owner::Inbox)),
+        Err(_) => Err(Invalid::new(field, format!("unknown thread owner {owner}"))),
+    }
+}
+
 impl From<Lifecycle> for v1::Lifecycle {
     fn from(l: Lifecycle) -> Self {
         v1::Lifecycle {
+            owner: v1::ThreadOwner::from(l.owner).into(),
+            control_requested: l.control_requested,
             status: v1::ConversationStatus::from(l.status).into(),
             priority: v1::Priority::from(l.priority).into(),
             tags: l.tags.into_iter().map(|t| t.to_string()).collect(),
@@ -357,6 +378,8 @@ pub fn lifecycle_from_wire(field: &'static str, l: v1::Lifecycle) -> Result<Life
             .collect::<Result<_>>()?,
         assignee: optional_id("assignee_id", &l.assignee_id)?,
         team: optional_id("team_id", &l.team_id)?,
+        owner: owner_from_wire(field, l.owner)?.unwrap_or_default(),
+        control_requested: l.control_requested,
     })
 }
 
@@ -379,6 +402,8 @@ impl From<LifecycleChange> for v1::LifecycleChange {
             remove_tags: c.remove_tags.into_iter().map(|t| t.to_string()).collect(),
             assignee_id: c.assignee.map(|a| unset_or(a.map(|a| a.to_string()))),
             team_id: c.team.map(|t| unset_or(t.map(|t| t.to_string()))),
+            owner: c.owner.map_or(0, |o| v1::ThreadOwner::from(o).into()),
+            request_control: c.request_control,
         }
     }
 }
@@ -405,6 +430,8 @@ impl TryFrom<v1::LifecycleChange> for LifecycleChange {
                 .team_id
                 .map(|t| optional_id("change.team_id", &t))
                 .transpose()?,
+            owner: owner_from_wire("change.owner", c.owner)?,
+            request_control: c.request_control,
         })
     }
 }
@@ -748,6 +775,8 @@ mod tests {
             remove_tags: ["old"].map(|t| natter_core::Tag::new(t).unwrap()).into(),
             assignee: Some(None),
             team: Some(Some(natter_core::TeamId::new("sales").unwrap())),
+            owner: Some(Owner::Inbox),
+            request_control: true,
         });
         round_trip::<LifecycleChange, v1::LifecycleChange>(LifecycleChange::reopen());
         round_trip::<Member, v1::Member>(Member {

@@ -39,6 +39,9 @@ pub mod reason {
     pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
     /// FAILED_PRECONDITION: the record is not in the state the call needs.
     pub const FAILED_PRECONDITION: &str = "FAILED_PRECONDITION";
+    /// FAILED_PRECONDITION: a bot sent while the people of the inbox have
+    /// control of the conversation.
+    pub const INBOX_HAS_CONTROL: &str = "INBOX_HAS_CONTROL";
     /// UNAVAILABLE: storage could not be reached; retry with backoff.
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     /// UNAVAILABLE: another Natter service, or the bus between them, did

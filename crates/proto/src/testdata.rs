@@ -74,6 +74,8 @@ pub(crate) fn lifecycle() -> Lifecycle {
         tags: ["refund", "vip"].map(|t| Tag::new(t).unwrap()).into(),
         assignee: Some(UserId::new("ann").unwrap()),
         team: Some(TeamId::new("billing").unwrap()),
+        owner: natter_core::Owner::Inbox,
+        control_requested: true,
     }
 }
 

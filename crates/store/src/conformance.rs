@@ -14,7 +14,7 @@ use std::time::Duration;
 use natter_core::{
     Attachment, Button, ButtonAction, ClientMessageId, Content, Conversation, ConversationId,
     Cursor, Device, DeviceId, Event, Lifecycle, Limits, MembershipChange, MembershipKind, Message,
-    MessageId, NewConversation, NewMessage, Postback, Priority, QuickReplies, QuickReply,
+    MessageId, NewConversation, NewMessage, Owner, Postback, Priority, QuickReplies, QuickReply,
     ReadMarker, Role, Seq, Status, Tag, TeamId, Template, TenantId, Timestamp, Update, UserId,
 };
 
@@ -617,6 +617,8 @@ pub async fn an_activity_sets_the_conversation_lifecycle<S: Store>(
         tags: [Tag::new(tag).expect("valid tag")].into(),
         assignee: Some(user("ann")),
         team: Some(TeamId::new("billing").expect("valid team")),
+        owner: Owner::Inbox,
+        control_requested: false,
     };
     let activity =
         |id, key: &str, lifecycle| with_content(id, "ann", key, Content::Activity(lifecycle));

@@ -451,7 +451,7 @@ impl ConversationService for ConversationApi {
             .map_err(invalid)?;
         change.validate(&self.storage.limits).map_err(invalid)?;
         self.storage
-            .enforce(policy::change_lifecycle(who.role), &who, id)
+            .enforce(policy::change_lifecycle(who.role, &change), &who, id)
             .await?;
 
         let command = SendCommand {

@@ -2,7 +2,7 @@
 //! ids: no store, no bus, so every rule is checked by a unit test. The
 //! caller looks up membership only when a rule asks for it.
 
-use natter_core::{Role, UserId};
+use natter_core::{LifecycleChange, Owner, Role, UserId};
 use natter_proto::status::{self, reason};
 use tonic::Status;
 
@@ -29,10 +29,14 @@ pub(crate) fn read_or_send(role: Role) -> Check {
 
 /// Changing a conversation's lifecycle: the business's members (agents
 /// and bots), and service-role callers without membership; never a
-/// customer.
-pub(crate) fn change_lifecycle(role: Role) -> Check {
+/// customer. A bot passes control to the inbox but never takes it: it
+/// asks for it.
+pub(crate) fn change_lifecycle(role: Role, change: &LifecycleChange) -> Check {
     match role {
         Role::Service => Check::Allowed,
+        Role::Bot if change.owner == Some(Owner::Bot) => {
+            Check::Denied("a bot may not take control from the inbox; request it")
+        }
         Role::Agent | Role::Bot => Check::Member,
         Role::Customer => Check::Denied("customers may not change a conversation's lifecycle"),
     }

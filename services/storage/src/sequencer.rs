@@ -23,11 +23,11 @@ use futures::{FutureExt, StreamExt};
 use natter_bus::Incoming;
 use natter_contract::{encode, subjects};
 use natter_core::sequencer::{
-    ConversationKey, NewChange, Sequencer, SequencerConfig, Step, Stored, Submission,
+    ConversationKey, NewChange, Refusal, Sequencer, SequencerConfig, Step, Stored, Submission,
 };
 use natter_core::{
     ClientMessageId, ConversationId, Event, Lifecycle, LifecycleChange, Message, MessageId,
-    NewMessage, Role, Seq, TenantId,
+    NewMessage, Seq, TenantId,
 };
 use natter_proto::bus::v1::{SendCommand, SendOutcome, send_outcome};
 use natter_proto::convert::{actor_from_wire, content_from_wire, parse_id, timestamp_from_wire};
@@ -286,7 +286,15 @@ impl Shell<'_> {
                     answer(self.storage, &waiter, unchanged).await;
                 }
                 Step::Refused { why, waiter } => {
-                    answer(self.storage, &waiter, failure(&invalid(why))).await;
+                    let status = match why {
+                        Refusal::Invalid(why) => invalid(why),
+                        Refusal::InboxOwns => status::failed_precondition(
+                            reason::INBOX_HAS_CONTROL,
+                            "people of the inbox have control of the conversation; \
+                             a bot may send once control is passed back",
+                        ),
+                    };
+                    answer(self.storage, &waiter, failure(&status)).await;
                 }
             }
         }
@@ -438,7 +446,7 @@ async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, Submiss
                 change,
             };
             (
-                policy::change_lifecycle(sender.role),
+                policy::change_lifecycle(sender.role, &change.change),
                 Submission::Change(change),
             )
         }
@@ -454,11 +462,10 @@ async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, Submiss
                 sent_at,
                 content,
             };
-            // A customer's message opens the conversation again.
-            let reopens = sender.role == Role::Customer;
+            let role = sender.role;
             (
-                policy::read_or_send(sender.role),
-                Submission::Message { new, reopens },
+                policy::read_or_send(role),
+                Submission::Message { new, role },
             )
         }
     };
