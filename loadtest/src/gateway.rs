@@ -402,6 +402,7 @@ pub(crate) fn frame_name(frame: &ServerKind) -> &'static str {
         ServerKind::Presence(_) => "presence",
         ServerKind::Message(_) => "message",
         ServerKind::Watching(_) => "watching",
+        ServerKind::LifecycleUpdated(_) => "lifecycle_updated",
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use natter_core::Role;
 use natter_proto::status;
 use natter_proto::v1::client_frame::Frame as ClientKind;
+use natter_proto::v1::server_frame::Frame as ServerKind;
 use natter_proto::v1::{
     AddMembersRequest, ClientFrame, ConversationStatus, CreateConversationRequest,
     GetConversationRequest, GetStatsRequest, Lifecycle, LifecycleChange, ListMessagesRequest,
@@ -369,6 +370,41 @@ pub async fn lifecycle_changes(mode: Mode, transport: Transport) {
     let caught_up = phone.messages(&conv, 4).await;
     assert_eq!(caught_up[1].content, activity.content);
     assert_eq!(caught_up[3].seq, 4);
+
+    // The agent's console changes it over its session, as a device; the
+    // customer's device may not.
+    let pending = |id: &str| {
+        ClientKind::UpdateLifecycle(UpdateLifecycleRequest {
+            conversation_id: conv.clone(),
+            client_change_id: id.into(),
+            change: Some(LifecycleChange {
+                status: ConversationStatus::Pending.into(),
+                ..LifecycleChange::default()
+            }),
+        })
+    };
+    console.send(pending("w1")).await;
+    let updated = console
+        .expect(|frame| match &frame.frame {
+            Some(ServerKind::LifecycleUpdated(updated)) => Some(updated.clone()),
+            _ => None,
+        })
+        .await;
+    let result = updated.result.expect("the result");
+    assert_eq!(updated.client_change_id, "w1");
+    assert_eq!(
+        (
+            result.lifecycle.expect("lifecycle").status(),
+            result.activity.map(|a| a.seq)
+        ),
+        (ConversationStatus::Pending, Some(5))
+    );
+    phone.send(pending("w2")).await;
+    let refused = phone.error().await;
+    assert_eq!(
+        (refused.code, refused.client_message_id.as_str()),
+        (PERMISSION_DENIED, "w2")
+    );
 }
 
 /// The handover protocol: a customer asking for a person asks the bot for

@@ -340,6 +340,14 @@
       quick_replies: { text, replies: options.map((title) => ({ title, payload: title.toLowerCase().replace(/\W+/g, '-') })) },
     });
   });
+  /** Changes the selected conversation's lifecycle. @param {object} change */
+  function changeLifecycle(change) {
+    if (!selected) return;
+    send({ update_lifecycle: { conversation_id: selected, client_change_id: crypto.randomUUID(), change } });
+  }
+  $('take-over').addEventListener('click', () => changeLifecycle({ owner: 'THREAD_OWNER_INBOX', assignee_id: me }));
+  $('pass-back').addEventListener('click', () => changeLifecycle({ owner: 'THREAD_OWNER_BOT' }));
+  $('resolve').addEventListener('click', () => changeLifecycle({ status: 'CONVERSATION_STATUS_RESOLVED' }));
   $('send-photo').addEventListener('click', () => {
     sendContent({
       attachment: { url: new URL('/trail-tent.svg', location.href).href, mime_type: 'image/svg+xml', size_bytes: '1200', file_name: 'trail-tent.svg' },

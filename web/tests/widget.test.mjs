@@ -256,6 +256,28 @@ test('a visitor who asks for a person sees the request between the messages', as
   await context.close();
 });
 
+test('an agent takes over from the bot and resolves, and the visitor sees both', async () => {
+  const context = await browser.newContext(PHONE);
+  const page = await visit(context);
+  const { conversationId } = await state(page);
+  await openWidget(page);
+  const agent = await agentConsole();
+  await pick(agent, conversationId);
+  await agent.click('#take-over');
+  await page.locator('natter-chat li.activity', { hasText: 'A person has joined the conversation' }).waitFor();
+  await agent.click('#resolve');
+  await page.locator('natter-chat li.activity', { hasText: 'Conversation resolved' }).waitFor();
+  // The console shows each change in the thread.
+  await until(
+    async () => (await agentTranscript(agent)).some((m) => /status resolved · assigned to agent/.test(m.text)),
+    'the resolution in the console',
+  );
+  // The visitor writes again: the conversation opens again.
+  await say(page, 'One more question');
+  await page.locator('natter-chat li.activity', { hasText: 'Conversation reopened' }).waitFor();
+  await Promise.all([context.close(), agent.context().close()]);
+});
+
 test('images and files sent by reference show inline', async () => {
   const context = await browser.newContext(PHONE);
   const page = await visit(context);

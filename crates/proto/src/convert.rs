@@ -390,6 +390,36 @@ fn optional_id<T: FromStr<Err = Invalid>>(field: &'static str, value: &str) -> R
         .transpose()
 }
 
+/// What `UpdateLifecycle` answers for the outcome of its change at the
+/// sequencer: the activity stored, or the lifecycle a change that changed
+/// nothing left. `None` for an outcome a change cannot have (a failure is
+/// the caller's to turn into a status first).
+pub fn lifecycle_response(
+    outcome: crate::bus::v1::send_outcome::Result,
+) -> Option<v1::UpdateLifecycleResponse> {
+    use crate::bus::v1::send_outcome::Result as Outcome;
+    match outcome {
+        Outcome::Stored(stored) => {
+            let message = stored.message?;
+            let lifecycle = match message.content.as_ref()?.kind.as_ref()? {
+                v1::message_content::Kind::Activity(lifecycle) => lifecycle.clone(),
+                _ => return None,
+            };
+            Some(v1::UpdateLifecycleResponse {
+                lifecycle: Some(lifecycle),
+                activity: Some(message),
+                duplicate: stored.duplicate,
+            })
+        }
+        Outcome::Unchanged(lifecycle) => Some(v1::UpdateLifecycleResponse {
+            lifecycle: Some(lifecycle),
+            activity: None,
+            duplicate: false,
+        }),
+        Outcome::Failure(_) => None,
+    }
+}
+
 impl From<LifecycleChange> for v1::LifecycleChange {
     fn from(c: LifecycleChange) -> Self {
         let unset_or = |id: Option<String>| id.unwrap_or_default();

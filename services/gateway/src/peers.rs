@@ -10,8 +10,8 @@ use natter_proto::bus::v1::{
     CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, MarkReadCommand, MarkReadOutcome,
     SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
 };
-use natter_proto::status;
-use natter_proto::v1::{SendAck, server_frame::Frame};
+use natter_proto::v1::{LifecycleUpdated, SendAck, server_frame::Frame};
+use natter_proto::{convert, status};
 use tonic::{Code, Status};
 
 use crate::Shared;
@@ -109,27 +109,12 @@ pub(crate) async fn send(
     client_message_id: ClientMessageId,
     command: SendCommand,
 ) -> Option<Frame> {
-    let error = |status: Status| {
-        Some(Frame::Error(status::error_frame(
-            &status,
-            Some(&client_message_id),
-        )))
-    };
-    let outcome = match shared
-        .holders
-        .send(conversation, command, shared.config.peer_timeout)
-        .await
-    {
+    let outcome = match sequence(&shared, conversation, command, &client_message_id).await {
         Ok(outcome) => outcome,
-        Err(e) => {
-            tracing::warn!(error = %e, "send not confirmed");
-            return error(unavailable(
-                "storage did not confirm the send in time; retry with the same client_message_id",
-            ));
-        }
+        Err(frame) => return Some(frame),
     };
-    match outcome.result {
-        Some(send_outcome::Result::Stored(stored)) => {
+    match outcome {
+        send_outcome::Result::Stored(stored) => {
             let message = stored.message.unwrap_or_default();
             Some(Frame::SendAck(SendAck {
                 client_message_id: client_message_id.to_string(),
@@ -139,19 +124,76 @@ pub(crate) async fn send(
                 duplicate: stored.duplicate,
             }))
         }
+        outcome => Some(unexpected(&outcome, &client_message_id)),
+    }
+}
+
+/// Changes a conversation's lifecycle through its sequencer; answers
+/// `lifecycle_updated` or `error`.
+#[tracing::instrument(skip_all, fields(conversation = %conversation, client_change_id = %client_change_id))]
+pub(crate) async fn update_lifecycle(
+    shared: Arc<Shared>,
+    conversation: ConversationId,
+    client_change_id: ClientMessageId,
+    command: SendCommand,
+) -> Option<Frame> {
+    let outcome = match sequence(&shared, conversation, command, &client_change_id).await {
+        Ok(outcome) => outcome,
+        Err(frame) => return Some(frame),
+    };
+    match convert::lifecycle_response(outcome.clone()) {
+        Some(result) => Some(Frame::LifecycleUpdated(LifecycleUpdated {
+            client_change_id: client_change_id.to_string(),
+            result: Some(result),
+        })),
+        None => Some(unexpected(&outcome, &client_change_id)),
+    }
+}
+
+/// Hands `command` to the sequencer of `conversation`: what became of it,
+/// or the `error` frame (naming `key`, the request's own id) to answer.
+async fn sequence(
+    shared: &Shared,
+    conversation: ConversationId,
+    command: SendCommand,
+    key: &ClientMessageId,
+) -> Result<send_outcome::Result, Frame> {
+    let error = |status: Status| Frame::Error(status::error_frame(&status, Some(key)));
+    let outcome = shared
+        .holders
+        .send(conversation, command, shared.config.peer_timeout)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "send not confirmed");
+            error(unavailable(
+                "storage did not confirm the request in time; retry with the same id",
+            ))
+        })?;
+    match outcome.result {
         Some(send_outcome::Result::Failure(failure)) => {
             let status = status::from_failure(failure);
-            tracing::info!(code = ?status.code(), message = status.message(), "send refused");
-            error(status)
+            tracing::info!(code = ?status.code(), message = status.message(), "request refused");
+            Err(error(status))
         }
-        // Only lifecycle changes are answered so, and devices send none.
-        Some(send_outcome::Result::Unchanged(_)) | None => {
-            tracing::error!("storage answered a send with neither a message nor a failure");
-            error(unreadable(
-                "storage answered the send with an unreadable outcome",
-            ))
-        }
+        Some(result) => Ok(result),
+        None => Err(unexpected_frame(key)),
     }
+}
+
+/// The `error` frame for an outcome the request cannot have had.
+fn unexpected(outcome: &send_outcome::Result, key: &ClientMessageId) -> Frame {
+    tracing::error!(
+        ?outcome,
+        "storage answered with an outcome the request cannot have"
+    );
+    unexpected_frame(key)
+}
+
+fn unexpected_frame(key: &ClientMessageId) -> Frame {
+    Frame::Error(status::error_frame(
+        &unreadable("storage answered with an unreadable outcome"),
+        Some(key),
+    ))
 }
 
 /// Marks a conversation read; answers only on failure (the new watermark

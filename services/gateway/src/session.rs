@@ -28,13 +28,14 @@ use natter_auth::Identity;
 use natter_bus::MAX_PAYLOAD_BYTES;
 use natter_core::handoff::{Handoff, Step};
 use natter_core::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, Event, Invalid, MembershipKind, Seq, Update,
+    ClientMessageId, ConversationId, Cursor, DeviceId, Event, Invalid, LifecycleChange,
+    MembershipKind, Seq, Update,
 };
 use natter_proto::bus::v1::{
     CursorAck, EphemeralSignal, MarkReadCommand, SendCommand, UpdatesPage, UpdatesQuery,
     ephemeral_signal,
 };
-use natter_proto::convert::{content_from_wire, parse_id, timestamp_to_wire};
+use natter_proto::convert::{content_from_wire, parse_id, required, timestamp_to_wire};
 use natter_proto::status::{self, reason};
 use natter_proto::v1::{
     self, ClientFrame, Hello, Pong, ResyncRequired, Welcome, client_frame, server_frame::Frame,
@@ -484,6 +485,7 @@ impl Session {
                 "",
             ),
             client_frame::Frame::Send(send) => self.on_send(send),
+            client_frame::Frame::UpdateLifecycle(update) => self.on_update_lifecycle(update),
             client_frame::Frame::Ack(ack) => self.on_ack(ack.cursor),
             client_frame::Frame::Read(read) => self.on_read(read),
             client_frame::Frame::Typing(typing) => self.on_typing(typing),
@@ -573,6 +575,41 @@ impl Session {
             );
         }
         self.replies.push(Box::pin(peers::send(
+            self.shared.clone(),
+            conversation,
+            id,
+            command,
+        )));
+        Ok(())
+    }
+
+    fn on_update_lifecycle(&mut self, update: v1::UpdateLifecycleRequest) -> Flow {
+        let v1::UpdateLifecycleRequest {
+            conversation_id,
+            client_change_id,
+            change,
+        } = update;
+        let limits = &self.shared.config.limits;
+        let checked = (|| {
+            let conversation: ConversationId = parse_id("conversation_id", &conversation_id)?;
+            let id: ClientMessageId = parse_id("client_change_id", &client_change_id)?;
+            let change = required("change", change)?;
+            LifecycleChange::try_from(change.clone())?.validate(limits)?;
+            Ok((conversation, id, change))
+        })();
+        let (conversation, id, change) = match checked {
+            Ok(checked) => checked,
+            Err(e) => return self.reject(e, &client_change_id),
+        };
+        let command = SendCommand {
+            actor: Some((&self.identity).into()),
+            conversation_id: conversation.to_string(),
+            client_message_id: id.to_string(),
+            sent_at: Some(timestamp_to_wire(now())),
+            change: Some(change),
+            ..SendCommand::default()
+        };
+        self.replies.push(Box::pin(peers::update_lifecycle(
             self.shared.clone(),
             conversation,
             id,

@@ -462,29 +462,10 @@ impl ConversationService for ConversationApi {
             change: request.change,
             ..SendCommand::default()
         };
-        match self.sequence(id, command).await? {
-            send_outcome::Result::Stored(stored) => {
-                let lifecycle = match stored.message.as_ref().and_then(activity) {
-                    Some(lifecycle) => lifecycle,
-                    None => {
-                        tracing::error!("a lifecycle change stored something else");
-                        return Err(unavailable(RETRY_SEND));
-                    }
-                };
-                Ok(Response::new(UpdateLifecycleResponse {
-                    lifecycle: Some(lifecycle),
-                    activity: stored.message,
-                    duplicate: stored.duplicate,
-                }))
-            }
-            send_outcome::Result::Unchanged(lifecycle) => {
-                Ok(Response::new(UpdateLifecycleResponse {
-                    lifecycle: Some(lifecycle),
-                    activity: None,
-                    duplicate: false,
-                }))
-            }
-            other => Err(unexpected(other)),
+        let outcome = self.sequence(id, command).await?;
+        match convert::lifecycle_response(outcome.clone()) {
+            Some(response) => Ok(Response::new(response)),
+            None => Err(unexpected(outcome)),
         }
     }
 }
@@ -513,14 +494,6 @@ impl ConversationApi {
                 Err(unavailable(RETRY_SEND))
             }
         }
-    }
-}
-
-/// The lifecycle an activity message holds.
-fn activity(message: &natter_proto::v1::Message) -> Option<natter_proto::v1::Lifecycle> {
-    match message.content.as_ref()?.kind.as_ref()? {
-        natter_proto::v1::message_content::Kind::Activity(lifecycle) => Some(lifecycle.clone()),
-        _ => None,
     }
 }
 
