@@ -109,7 +109,8 @@ pub(crate) async fn send(
     client_message_id: ClientMessageId,
     command: SendCommand,
 ) -> Option<Frame> {
-    let outcome = match sequence(&shared, conversation, command, &client_message_id).await {
+    let key = (&client_message_id, "client_message_id");
+    let outcome = match sequence(&shared, conversation, command, key).await {
         Ok(outcome) => outcome,
         Err(frame) => return Some(frame),
     };
@@ -137,7 +138,8 @@ pub(crate) async fn update_lifecycle(
     client_change_id: ClientMessageId,
     command: SendCommand,
 ) -> Option<Frame> {
-    let outcome = match sequence(&shared, conversation, command, &client_change_id).await {
+    let key = (&client_change_id, "client_change_id");
+    let outcome = match sequence(&shared, conversation, command, key).await {
         Ok(outcome) => outcome,
         Err(frame) => return Some(frame),
     };
@@ -151,12 +153,13 @@ pub(crate) async fn update_lifecycle(
 }
 
 /// Hands `command` to the sequencer of `conversation`: what became of it,
-/// or the `error` frame (naming `key`, the request's own id) to answer.
+/// or the `error` frame to answer, naming the request's own id and the
+/// field it came in.
 async fn sequence(
     shared: &Shared,
     conversation: ConversationId,
     command: SendCommand,
-    key: &ClientMessageId,
+    (key, field): (&ClientMessageId, &str),
 ) -> Result<send_outcome::Result, Frame> {
     let error = |status: Status| Frame::Error(status::error_frame(&status, Some(key)));
     let outcome = shared
@@ -165,9 +168,9 @@ async fn sequence(
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "send not confirmed");
-            error(unavailable(
-                "storage did not confirm the request in time; retry with the same id",
-            ))
+            error(unavailable(format!(
+                "storage did not confirm the request in time; retry with the same {field}"
+            )))
         })?;
     match outcome.result {
         Some(send_outcome::Result::Failure(failure)) => {
