@@ -50,7 +50,10 @@
    *   quick_replies?: { text: string, replies?: QuickReply[] },
    *   template?: { text: string, buttons?: Button[] },
    *   postback?: { title: string, payload: string },
-   *   activity?: { status?: string, owner?: string, control_requested?: boolean } }} Content
+   *   activity?: { status?: string, owner?: string, control_requested?: boolean },
+   *   form?: Form, form_reply?: { form_id: string, values?: Record<string, string> } }} Content
+   * @typedef {{ name: string, label: string, kind?: string, required?: boolean }} FormField
+   * @typedef {{ form_id: string, text: string, fields?: FormField[] }} Form
    * @typedef {{ message_id?: string, conversation_id: string, seq: number,
    *   sender_id: string, client_message_id?: string, sent_at?: string,
    *   content: Content }} Message
@@ -284,6 +287,12 @@ h2{margin:0;font-size:16px;font-weight:600;flex:1;white-space:nowrap;overflow:hi
 .choices button,.choices a{border:1px solid var(--accent);color:var(--accent);background:#fff;border-radius:16px;padding:5px 12px;
   cursor:pointer;text-decoration:none;font-size:13px}
 .msg:not(:last-child) .qr{display:none}
+.form{display:flex;flex-direction:column;gap:6px;margin-top:6px}
+.form label{display:flex;flex-direction:column;font-size:12px;gap:2px}
+.form input{font:inherit;padding:5px 8px;border:1px solid #d0d4d9;border-radius:8px}
+.form input[aria-invalid=true]{border-color:#d1242f}
+.form-error{color:#d1242f;margin:0;font-size:12px}
+.form button{align-self:flex-start;border:0;border-radius:16px;background:var(--accent);color:#fff;padding:5px 12px;cursor:pointer}
 .typing{min-height:20px;padding:0 14px;font-size:12px;color:#6c757d;background:#f6f7f9}
 .composer{display:flex;gap:8px;align-items:flex-end;padding:10px;border-top:1px solid #e3e5e8;background:#fff}
 textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:8px 12px;max-height:120px;background:#fff;min-height:38px}
@@ -377,6 +386,68 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       }
       bubble.append(choices);
     } else if (c.postback) bubble.textContent = c.postback.title;
+    else if (c.form) renderForm(c.form, bubble);
+    else if (c.form_reply) {
+      const values = c.form_reply.values || {};
+      bubble.textContent = Object.keys(values).map((k) => `${k}: ${values[k]}`).join('\n');
+    }
+  }
+
+  /** What a form field's value must look like; the server's rules. @type {Record<string, RegExp>} */
+  const FIELD_PATTERNS = {
+    FORM_FIELD_KIND_EMAIL: /^[^\s@]+@[^\s@.]+(\.[^\s@.]+)+$/,
+    FORM_FIELD_KIND_PHONE: /^(?=(?:\D*\d){6,20}\D*$)[\d +\-().]+$/,
+  };
+  const FIELD_TYPES = { FORM_FIELD_KIND_EMAIL: 'email', FORM_FIELD_KIND_PHONE: 'tel' };
+
+  /**
+   * A form the visitor fills in: each field checked against its kind and
+   * whether it is required before the answer goes out as a form reply.
+   * @param {Form} form @param {HTMLElement} bubble
+   */
+  function renderForm(form, bubble) {
+    bubble.append(form.text);
+    const f = /** @type {HTMLFormElement} */ (el('form', 'form'));
+    f.noValidate = true;
+    /** @type {[FormField, HTMLInputElement][]} */
+    const inputs = [];
+    for (const field of form.fields || []) {
+      const label = el('label', '', field.label + (field.required ? ' *' : ''));
+      const input = /** @type {HTMLInputElement} */ (el('input'));
+      input.name = field.name;
+      input.type = FIELD_TYPES[/** @type {keyof typeof FIELD_TYPES} */ (field.kind || '')] || 'text';
+      input.required = !!field.required;
+      label.append(input);
+      f.append(label);
+      inputs.push([field, input]);
+    }
+    const error = el('p', 'form-error');
+    error.setAttribute('role', 'alert');
+    const button = /** @type {HTMLButtonElement} */ (el('button', '', 'Send'));
+    button.type = 'submit';
+    f.append(error, button);
+    f.addEventListener('submit', (e) => {
+      e.preventDefault();
+      /** @type {Record<string, string>} */
+      const values = {};
+      for (const [field, input] of inputs) {
+        const value = input.value.trim();
+        const pattern = FIELD_PATTERNS[field.kind || ''];
+        const wrong = value ? pattern && !pattern.test(value) : field.required;
+        input.setAttribute('aria-invalid', String(!!wrong));
+        if (wrong) {
+          error.textContent = value ? `Please check ${field.label}.` : `${field.label} is required.`;
+          input.focus();
+          return;
+        }
+        if (value) values[field.name] = value;
+      }
+      error.textContent = '';
+      for (const [, input] of inputs) input.disabled = true;
+      button.disabled = true;
+      submit({ form_reply: { form_id: form.form_id, values } });
+    });
+    bubble.append(f);
   }
 
   /** @param {string} label @param {string} payload */

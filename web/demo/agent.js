@@ -177,6 +177,11 @@
     if (content.template) return content.template.text;
     if (content.attachment) return '📎 ' + (content.attachment.file_name || 'file');
     if (content.activity) return activityLine(content.activity);
+    if (content.form) return '📋 ' + content.form.text;
+    if (content.form_reply) {
+      const values = content.form_reply.values || {};
+      return '📋 ' + Object.keys(values).map((k) => k + ': ' + values[k]).join(' · ');
+    }
     return '';
   }
 
@@ -348,6 +353,19 @@
   $('take-over').addEventListener('click', () => changeLifecycle({ owner: 'THREAD_OWNER_INBOX', assignee_id: me }));
   $('pass-back').addEventListener('click', () => changeLifecycle({ owner: 'THREAD_OWNER_BOT' }));
   $('resolve').addEventListener('click', () => changeLifecycle({ status: 'CONVERSATION_STATUS_RESOLVED' }));
+  $('send-lead-form').addEventListener('click', () => {
+    sendContent({
+      form: {
+        form_id: 'lead',
+        text: 'How can we reach you?',
+        fields: [
+          { name: 'name', label: 'Name', kind: 'FORM_FIELD_KIND_TEXT', required: true },
+          { name: 'email', label: 'Email', kind: 'FORM_FIELD_KIND_EMAIL', required: true },
+          { name: 'phone', label: 'Phone', kind: 'FORM_FIELD_KIND_PHONE' },
+        ],
+      },
+    });
+  });
   $('send-photo').addEventListener('click', () => {
     sendContent({
       attachment: { url: new URL('/trail-tent.svg', location.href).href, mime_type: 'image/svg+xml', size_bytes: '1200', file_name: 'trail-tent.svg' },

@@ -278,6 +278,33 @@ test('an agent takes over from the bot and resolves, and the visitor sees both',
   await Promise.all([context.close(), agent.context().close()]);
 });
 
+test('a lead form is checked in the widget and its values reach the business', async () => {
+  const context = await browser.newContext(PHONE);
+  const page = await visit(context);
+  const { conversationId } = await state(page);
+  await openWidget(page);
+  const agent = await agentConsole();
+  await pick(agent, conversationId);
+  await agent.click('#send-lead-form');
+  const form = page.locator('natter-chat form.form');
+  await form.waitFor();
+  await form.locator('input[name=name]').fill('Ann Example');
+  await form.locator('input[name=email]').fill('ann@example');
+  await form.locator('button').click();
+  // A malformed address is refused in the widget; nothing is sent.
+  await form.locator('[role=alert]', { hasText: 'Please check Email' }).waitFor();
+  assert.equal(await form.locator('input[name=email]').getAttribute('aria-invalid'), 'true');
+  await form.locator('input[name=email]').fill('ann@example.com');
+  await form.locator('button').click();
+  await shows(page, 'name: Ann Example\nemail: ann@example.com');
+  const reply = await until(
+    async () => (await agentTranscript(agent)).find((m) => m.text.startsWith('📋 email')),
+    'the form reply at the agent console',
+  );
+  assert.equal(reply.text, '📋 email: ann@example.com · name: Ann Example');
+  await Promise.all([context.close(), agent.context().close()]);
+});
+
 test('images and files sent by reference show inline', async () => {
   const context = await browser.newContext(PHONE);
   const page = await visit(context);

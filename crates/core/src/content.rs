@@ -2,6 +2,8 @@
 //! has settled on: text, attachments by reference, quick replies, button
 //! templates, and postbacks (a button press sent back to the business).
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use crate::error::{Invalid, Result};
@@ -18,6 +20,42 @@ pub enum Content {
     /// The conversation's lifecycle after a change (`lifecycle.rs`).
     /// Written by the server only: a sender cannot send one.
     Activity(Lifecycle),
+    Form(Form),
+    FormReply(FormReply),
+}
+
+/// A form for the customer to fill in, such as a lead form: the widget
+/// renders its fields and checks them before sending a [`FormReply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Form {
+    /// The business's name for the form, echoed in the reply.
+    pub form_id: String,
+    pub text: String,
+    pub fields: Vec<FormField>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormField {
+    /// The value's key in the reply.
+    pub name: String,
+    pub label: String,
+    pub kind: FieldKind,
+    pub required: bool,
+}
+
+/// What a form field's value must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Text,
+    Email,
+    Phone,
+}
+
+/// The customer's answer to a [`Form`]: a value per field filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormReply {
+    pub form_id: String,
+    pub values: BTreeMap<String, String>,
 }
 
 /// A file stored elsewhere; Natter keeps only the reference.
@@ -103,6 +141,21 @@ impl Content {
             }
             Content::Postback(p) => p.title.len() + p.payload.len(),
             Content::Activity(lifecycle) => lifecycle.size_bytes(),
+            Content::Form(f) => {
+                f.form_id.len()
+                    + f.text.len()
+                    + f.fields
+                        .iter()
+                        .map(|field| field.name.len() + field.label.len())
+                        .sum::<usize>()
+            }
+            Content::FormReply(r) => {
+                r.form_id.len()
+                    + r.values
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
         }
     }
 
@@ -181,6 +234,50 @@ impl Content {
                 payload("content.postback.payload", &p.payload, limits)
             }
             Content::Activity(_) => Ok(()),
+            Content::Form(f) => {
+                form_key("content.form.form_id", &f.form_id, 64)?;
+                non_blank("content.form.text", &f.text)?;
+                bounded_list(
+                    "content.form.fields",
+                    f.fields.len(),
+                    limits.max_form_fields,
+                )?;
+                let mut names = std::collections::BTreeSet::new();
+                for field in &f.fields {
+                    form_key("content.form.fields.name", &field.name, 32)?;
+                    title("content.form.fields.label", &field.label, limits)?;
+                    if !names.insert(&field.name) {
+                        return Err(Invalid::new(
+                            "content.form.fields.name",
+                            format!("{:?} names two fields", field.name),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Content::FormReply(r) => {
+                form_key("content.form_reply.form_id", &r.form_id, 64)?;
+                bounded_list(
+                    "content.form_reply.values",
+                    r.values.len(),
+                    limits.max_form_fields,
+                )?;
+                for (name, value) in &r.values {
+                    form_key("content.form_reply.values.name", name, 32)?;
+                    non_blank("content.form_reply.values.value", value)?;
+                    let chars = value.chars().count();
+                    if chars > limits.max_form_value_chars {
+                        return Err(Invalid::new(
+                            "content.form_reply.values.value",
+                            format!(
+                                "must be at most {} characters, got {chars}",
+                                limits.max_form_value_chars
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -194,6 +291,91 @@ impl Content {
             _ => Ok(()),
         }
     }
+}
+
+impl Form {
+    /// Checks a reply against the form: every required field filled in,
+    /// no value for a field it does not have, and each value of the kind
+    /// its field asks for. (The widget checks the same before sending;
+    /// whoever stores the values checks again.)
+    pub fn check_reply(&self, reply: &FormReply) -> Result<()> {
+        if reply.form_id != self.form_id {
+            return Err(Invalid::new(
+                "form_id",
+                format!("answers form {:?}, not {:?}", reply.form_id, self.form_id),
+            ));
+        }
+        for name in reply.values.keys() {
+            if !self.fields.iter().any(|f| &f.name == name) {
+                return Err(Invalid::new(
+                    "values",
+                    format!("the form has no field {name:?}"),
+                ));
+            }
+        }
+        for field in &self.fields {
+            match reply.values.get(&field.name) {
+                None if field.required => {
+                    return Err(Invalid::new(
+                        "values",
+                        format!("{:?} is required", field.name),
+                    ));
+                }
+                None => {}
+                Some(value) if !field.kind.accepts(value) => {
+                    return Err(Invalid::new(
+                        "values",
+                        format!("{:?} is not a valid {:?}", field.name, field.kind),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FieldKind {
+    /// Whether `value` looks like this kind: an address with one `@` and
+    /// a dot in its domain, or a phone number of 6 to 20 digits with the
+    /// usual punctuation. Deliverability is not this check's business.
+    pub fn accepts(self, value: &str) -> bool {
+        let value = value.trim();
+        match self {
+            FieldKind::Text => !value.is_empty(),
+            FieldKind::Email => value.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && !domain.contains('@')
+                    && domain.split('.').count() >= 2
+                    && domain.split('.').all(|part| !part.is_empty())
+                    && !value.chars().any(char::is_whitespace)
+            }),
+            FieldKind::Phone => {
+                let digits = value.chars().filter(char::is_ascii_digit).count();
+                (6..=20).contains(&digits)
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+            }
+        }
+    }
+}
+
+/// A form's or field's name: `max` bytes at most of lowercase letters,
+/// digits, `_` and `-`.
+fn form_key(field: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty()
+        || value.len() > max
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(Invalid::new(
+            field,
+            format!("must be 1 to {max} lowercase letters, digits, '_' or '-'"),
+        ));
+    }
+    Ok(())
 }
 
 fn non_blank(field: &'static str, value: &str) -> Result<()> {
@@ -270,6 +452,85 @@ fn check_mime(field: &'static str, mime: &str) -> Result<()> {
             field,
             "must be a media type such as image/png",
         )),
+    }
+}
+
+#[cfg(test)]
+mod form_tests {
+    use super::*;
+
+    fn lead() -> Form {
+        let field = |name: &str, kind, required| FormField {
+            name: name.into(),
+            label: name.to_uppercase(),
+            kind,
+            required,
+        };
+        Form {
+            form_id: "lead".into(),
+            text: "How can we reach you?".into(),
+            fields: vec![
+                field("name", FieldKind::Text, true),
+                field("email", FieldKind::Email, true),
+                field("phone", FieldKind::Phone, false),
+            ],
+        }
+    }
+
+    fn reply(values: &[(&str, &str)]) -> FormReply {
+        FormReply {
+            form_id: "lead".into(),
+            values: values
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn forms_and_replies_are_checked() {
+        let limits = Limits::default();
+        assert!(Content::Form(lead()).validate(&limits).is_ok());
+        let mut twice = lead();
+        twice.fields.push(twice.fields[0].clone());
+        assert_eq!(
+            Content::Form(twice).validate(&limits).unwrap_err().field,
+            "content.form.fields.name"
+        );
+        let ok = reply(&[
+            ("name", "Ann"),
+            ("email", "ann@example.com"),
+            ("phone", "+49 (30) 123-456"),
+        ]);
+        assert!(Content::FormReply(ok.clone()).validate(&limits).is_ok());
+        assert!(lead().check_reply(&ok).is_ok());
+        assert!(
+            lead()
+                .check_reply(&reply(&[("name", "Ann"), ("email", "ann@example.com")]))
+                .is_ok()
+        );
+        for bad in [
+            reply(&[("name", "Ann")]),
+            reply(&[("name", "Ann"), ("email", "ann@example")]),
+            reply(&[
+                ("name", "Ann"),
+                ("email", "ann@example.com"),
+                ("phone", "call me"),
+            ]),
+            reply(&[("name", "Ann"), ("email", "a@b.co"), ("fax", "1")]),
+        ] {
+            assert!(lead().check_reply(&bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            Content::FormReply(reply(&[("Name", "x")]))
+                .validate(&limits)
+                .is_err()
+        );
+        assert!(
+            Content::FormReply(reply(&[("name", " ")]))
+                .validate(&limits)
+                .is_err()
+        );
     }
 }
 

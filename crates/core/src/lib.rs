@@ -17,7 +17,8 @@ mod page;
 pub mod sequencer;
 
 pub use content::{
-    Attachment, Button, ButtonAction, Content, Postback, QuickReplies, QuickReply, Template,
+    Attachment, Button, ButtonAction, Content, FieldKind, Form, FormField, FormReply, Postback,
+    QuickReplies, QuickReply, Template,
 };
 pub use error::{Invalid, Result};
 pub use ids::{

@@ -29,6 +29,10 @@ pub struct Limits {
     /// Upper bound on the tags a conversation carries, and on the tags one
     /// change names.
     pub max_tags: usize,
+    /// Upper bound on a form's fields, and on the values of a reply.
+    pub max_form_fields: usize,
+    /// Upper bound on one value of a form reply, in characters.
+    pub max_form_value_chars: usize,
     /// Page size used when a list request names none.
     pub default_page_size: u32,
     /// Upper bound on any page; larger requests are clamped to it.
@@ -49,6 +53,8 @@ impl Default for Limits {
             max_payload_bytes: 1_000,
             max_subject_chars: 200,
             max_tags: 20,
+            max_form_fields: 10,
+            max_form_value_chars: 500,
             default_page_size: 50,
             max_page_size: 1_000,
         }

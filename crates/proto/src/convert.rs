@@ -17,10 +17,10 @@ use std::str::FromStr;
 
 use natter_auth::Identity;
 use natter_core::{
-    Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, Invalid,
-    Lifecycle, LifecycleChange, Member, MembershipChange, MembershipKind, Message, Owner, Postback,
-    Priority, QuickReplies, QuickReply, ReadMarker, Result, Role, Seq, Status, Template, TenantId,
-    Timestamp, Update, UserId,
+    Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, FieldKind,
+    Form, FormField, FormReply, Invalid, Lifecycle, LifecycleChange, Member, MembershipChange,
+    MembershipKind, Message, Owner, Postback, Priority, QuickReplies, QuickReply, ReadMarker,
+    Result, Role, Seq, Status, Template, TenantId, Timestamp, Update, UserId,
 };
 
 use crate::bus::v1::{Actor, LiveUser};
@@ -137,6 +137,24 @@ impl From<Content> for v1::MessageContent {
                 payload: p.payload,
             }),
             Content::Activity(lifecycle) => Kind::Activity(lifecycle.into()),
+            Content::Form(f) => Kind::Form(v1::Form {
+                form_id: f.form_id,
+                text: f.text,
+                fields: f
+                    .fields
+                    .into_iter()
+                    .map(|field| v1::FormField {
+                        name: field.name,
+                        label: field.label,
+                        kind: v1::FormFieldKind::from(field.kind).into(),
+                        required: field.required,
+                    })
+                    .collect(),
+            }),
+            Content::FormReply(r) => Kind::FormReply(v1::FormReply {
+                form_id: r.form_id,
+                values: r.values.into_iter().collect(),
+            }),
         };
         v1::MessageContent { kind: Some(kind) }
     }
@@ -194,7 +212,48 @@ impl TryFrom<v1::MessageContent> for Content {
             Kind::Activity(lifecycle) => {
                 Content::Activity(lifecycle_from_wire("content.activity", lifecycle)?)
             }
+            Kind::Form(f) => Content::Form(Form {
+                form_id: f.form_id,
+                text: f.text,
+                fields: f
+                    .fields
+                    .into_iter()
+                    .map(|field| {
+                        Ok(FormField {
+                            kind: field_kind_from_wire(field.kind)?,
+                            name: field.name,
+                            label: field.label,
+                            required: field.required,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            }),
+            Kind::FormReply(r) => Content::FormReply(FormReply {
+                form_id: r.form_id,
+                values: r.values.into_iter().collect(),
+            }),
         })
+    }
+}
+
+impl From<FieldKind> for v1::FormFieldKind {
+    fn from(kind: FieldKind) -> Self {
+        match kind {
+            FieldKind::Text => v1::FormFieldKind::Text,
+            FieldKind::Email => v1::FormFieldKind::Email,
+            FieldKind::Phone => v1::FormFieldKind::Phone,
+        }
+    }
+}
+
+fn field_kind_from_wire(kind: i32) -> Result<FieldKind> {
+    const FIELD: &str = "content.form.fields.kind";
+    match v1::FormFieldKind::try_from(kind) {
+        Ok(v1::FormFieldKind::Unspecified) => Err(Invalid::new(FIELD, "is required")),
+        Ok(v1::FormFieldKind::Text) => Ok(FieldKind::Text),
+        Ok(v1::FormFieldKind::Email) => Ok(FieldKind::Email),
+        Ok(v1::FormFieldKind::Phone) => Ok(FieldKind::Phone),
+        Err(_) => Err(Invalid::new(FIELD, format!("unknown kind {kind}"))),
     }
 }
 

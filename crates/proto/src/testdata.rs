@@ -1,9 +1,10 @@
 //! Domain values covering every variant, shared by the unit tests.
 
 use natter_core::{
-    Attachment, Button, ButtonAction, ClientMessageId, Content, ConversationId, Event, Lifecycle,
-    MembershipChange, MembershipKind, Message, MessageId, Postback, Priority, QuickReplies,
-    QuickReply, ReadMarker, Role, Seq, Status, Tag, TeamId, Template, Timestamp, UserId,
+    Attachment, Button, ButtonAction, ClientMessageId, Content, ConversationId, Event, FieldKind,
+    Form, FormField, FormReply, Lifecycle, MembershipChange, MembershipKind, Message, MessageId,
+    Postback, Priority, QuickReplies, QuickReply, ReadMarker, Role, Seq, Status, Tag, TeamId,
+    Template, Timestamp, UserId,
 };
 use prost::bytes::Bytes;
 
@@ -63,6 +64,28 @@ pub(crate) fn contents() -> Vec<Content> {
         }),
         Content::Activity(Lifecycle::default()),
         Content::Activity(lifecycle()),
+        Content::Form(Form {
+            form_id: "lead".into(),
+            text: "How can we reach you?".into(),
+            fields: vec![
+                FormField {
+                    name: "email".into(),
+                    label: "Email".into(),
+                    kind: FieldKind::Email,
+                    required: true,
+                },
+                FormField {
+                    name: "phone".into(),
+                    label: "Phone".into(),
+                    kind: FieldKind::Phone,
+                    required: false,
+                },
+            ],
+        }),
+        Content::FormReply(FormReply {
+            form_id: "lead".into(),
+            values: [("email".to_owned(), "ann@example.com".to_owned())].into(),
+        }),
     ]
 }
 

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use natter_core::{
     Attachment, Button, ButtonAction, ClientMessageId, Content, Conversation, ConversationId,
-    Cursor, Device, DeviceId, Event, Lifecycle, Limits, MembershipChange, MembershipKind, Message,
-    MessageId, NewConversation, NewMessage, Owner, Postback, Priority, QuickReplies, QuickReply,
-    ReadMarker, Role, Seq, Status, Tag, TeamId, Template, TenantId, Timestamp, Update, UserId,
+    Cursor, Device, DeviceId, Event, FieldKind, Form, FormField, FormReply, Lifecycle, Limits,
+    MembershipChange, MembershipKind, Message, MessageId, NewConversation, NewMessage, Owner,
+    Postback, Priority, QuickReplies, QuickReply, ReadMarker, Role, Seq, Status, Tag, TeamId,
+    Template, TenantId, Timestamp, Update, UserId,
 };
 
 use crate::{
@@ -1039,6 +1040,20 @@ fn every_content() -> Vec<Content> {
         Content::Postback(Postback {
             title: "Billing".into(),
             payload: "BILLING".into(),
+        }),
+        Content::Form(Form {
+            form_id: "lead".into(),
+            text: "How can we reach you?".into(),
+            fields: vec![FormField {
+                name: "email".into(),
+                label: "Email".into(),
+                kind: FieldKind::Email,
+                required: true,
+            }],
+        }),
+        Content::FormReply(FormReply {
+            form_id: "lead".into(),
+            values: [("email".to_owned(), "ann@example.com".to_owned())].into(),
         }),
     ]
 }
