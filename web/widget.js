@@ -389,7 +389,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     else if (c.form) renderForm(c.form, bubble);
     else if (c.form_reply) {
       const values = c.form_reply.values || {};
-      bubble.textContent = Object.keys(values).map((k) => `${k}: ${values[k]}`).join('\n');
+      bubble.textContent = Object.keys(values).sort().map((k) => `${k}: ${values[k]}`).join('\n');
     }
   }
 

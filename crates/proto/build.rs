@@ -65,6 +65,9 @@ fn main() -> Result<(), Error> {
         .build_transport(false)
         // `bytes::Bytes` is what the domain holds thumbnails in.
         .bytes(".natter")
+        // Maps in key order, so an encoding (protobuf or JSON) is the same
+        // every time, as the domain's maps are.
+        .btree_map(".natter")
         // pbjson-types' well-known types serialize in the proto3 JSON
         // mapping, which the WebSocket JSON subprotocol speaks.
         .compile_well_known_types(true)
@@ -75,6 +78,7 @@ fn main() -> Result<(), Error> {
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
         .preserve_proto_field_names()
+        .btree_map([".natter"])
         .build(&[".natter.v1"])?;
     Ok(())
 }

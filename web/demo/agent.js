@@ -180,7 +180,7 @@
     if (content.form) return '📋 ' + content.form.text;
     if (content.form_reply) {
       const values = content.form_reply.values || {};
-      return '📋 ' + Object.keys(values).map((k) => k + ': ' + values[k]).join(' · ');
+      return '📋 ' + Object.keys(values).sort().map((k) => k + ': ' + values[k]).join(' · ');
     }
     return '';
   }

@@ -296,7 +296,7 @@ test('a lead form is checked in the widget and its values reach the business', a
   assert.equal(await form.locator('input[name=email]').getAttribute('aria-invalid'), 'true');
   await form.locator('input[name=email]').fill('ann@example.com');
   await form.locator('button').click();
-  await shows(page, 'name: Ann Example\nemail: ann@example.com');
+  await shows(page, 'email: ann@example.com\nname: Ann Example');
   const reply = await until(
     async () => (await agentTranscript(agent)).find((m) => m.text.startsWith('📋 email')),
     'the form reply at the agent console',
