@@ -409,6 +409,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     bubble.append(form.text);
     const f = /** @type {HTMLFormElement} */ (el('form', 'form'));
     f.noValidate = true;
+    f.dataset.form = form.form_id;
     /** @type {[FormField, HTMLInputElement][]} */
     const inputs = [];
     for (const field of form.fields || []) {
@@ -500,8 +501,24 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       const prev = /** @type {HTMLElement | null} */ (item.previousElementSibling);
       if (who) /** @type {HTMLElement} */ (who).hidden = !!prev && prev.dataset.sender === /** @type {HTMLElement} */ (item).dataset.sender;
     }
+    // A form the visitor has answered stays answered, whichever of the
+    // two shows first (history comes in either order).
+    const reply = m.content.form_reply;
+    if (reply && mine) {
+      li.dataset.answers = reply.form_id;
+      answered(reply.form_id);
+    }
+    const form = m.content.form;
+    if (form && list.querySelector(`[data-answers="${CSS.escape(form.form_id)}"]`)) answered(form.form_id);
     refreshMeta();
     scrollDown();
+  }
+
+  /** Disables the forms with this id: the visitor has answered. @param {string} formId */
+  function answered(formId) {
+    for (const f of list.querySelectorAll(`form.form[data-form="${CSS.escape(formId)}"]`)) {
+      for (const control of /** @type {HTMLFormElement} */ (f).elements) /** @type {HTMLInputElement} */ (control).disabled = true;
+    }
   }
 
   /** What the visitor is told of a conversation's status. @type {Record<string, string>} */

@@ -302,6 +302,12 @@ test('a lead form is checked in the widget and its values reach the business', a
     'the form reply at the agent console',
   );
   assert.equal(reply.text, '📋 email: ann@example.com · name: Ann Example');
+  // After a reload the form shows as answered.
+  await page.reload();
+  await online(page);
+  await openWidget(page);
+  await shows(page, 'email: ann@example.com\nname: Ann Example');
+  await until(async () => form.locator('input[name=email]').isDisabled(), 'the answered form disabled after a reload');
   await Promise.all([context.close(), agent.context().close()]);
 });
 
