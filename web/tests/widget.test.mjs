@@ -113,6 +113,17 @@ async function agentTranscript(agent) {
   );
 }
 
+/** A visitor on a phone with the widget open, and the agent console on their conversation. */
+async function visitorWithAgent() {
+  const context = await browser.newContext(PHONE);
+  const page = await visit(context);
+  const { conversationId } = await state(page);
+  await openWidget(page);
+  const agent = await agentConsole();
+  await pick(agent, conversationId);
+  return { page, agent, close: () => Promise.all([context.close(), agent.context().close()]) };
+}
+
 async function agentReply(agent, text) {
   await agent.fill('#reply-text', text);
   await agent.press('#reply-text', 'Enter');
@@ -257,12 +268,7 @@ test('a visitor who asks for a person sees the request between the messages', as
 });
 
 test('an agent takes over from the bot and resolves, and the visitor sees both', async () => {
-  const context = await browser.newContext(PHONE);
-  const page = await visit(context);
-  const { conversationId } = await state(page);
-  await openWidget(page);
-  const agent = await agentConsole();
-  await pick(agent, conversationId);
+  const { page, agent, close } = await visitorWithAgent();
   await agent.click('#take-over');
   await page.locator('natter-chat li.activity', { hasText: 'A person has joined the conversation' }).waitFor();
   await agent.click('#resolve');
@@ -275,16 +281,11 @@ test('an agent takes over from the bot and resolves, and the visitor sees both',
   // The visitor writes again: the conversation opens again.
   await say(page, 'One more question');
   await page.locator('natter-chat li.activity', { hasText: 'Conversation reopened' }).waitFor();
-  await Promise.all([context.close(), agent.context().close()]);
+  await close();
 });
 
 test('a lead form is checked in the widget and its values reach the business', async () => {
-  const context = await browser.newContext(PHONE);
-  const page = await visit(context);
-  const { conversationId } = await state(page);
-  await openWidget(page);
-  const agent = await agentConsole();
-  await pick(agent, conversationId);
+  const { page, agent, close } = await visitorWithAgent();
   await agent.click('#send-lead-form');
   const form = page.locator('natter-chat form.form');
   await form.waitFor();
@@ -308,16 +309,11 @@ test('a lead form is checked in the widget and its values reach the business', a
   await openWidget(page);
   await shows(page, 'email: ann@example.com\nname: Ann Example');
   await until(async () => form.locator('input[name=email]').isDisabled(), 'the answered form disabled after a reload');
-  await Promise.all([context.close(), agent.context().close()]);
+  await close();
 });
 
 test('images and files sent by reference show inline', async () => {
-  const context = await browser.newContext(PHONE);
-  const page = await visit(context);
-  const { conversationId } = await state(page);
-  await openWidget(page);
-  const agent = await agentConsole();
-  await pick(agent, conversationId);
+  const { page, agent, close } = await visitorWithAgent();
   await agent.click('#send-photo');
   const image = page.locator('natter-chat .bubble img[alt="trail-tent.svg"]');
   await image.waitFor();
@@ -328,7 +324,7 @@ test('images and files sent by reference show inline', async () => {
   const link = page.locator('natter-chat .bubble a', { hasText: 'trail-tent.svg' });
   assert.equal(await link.getAttribute('href'), natter.demo + '/trail-tent.svg');
   assert.equal(await link.getAttribute('rel'), 'noopener noreferrer');
-  await Promise.all([context.close(), agent.context().close()]);
+  await close();
 });
 
 test('messages written during a network cut are delivered once each, in order, on reconnect', async () => {
