@@ -416,7 +416,7 @@ pub async fn handover(mode: Mode) {
         &cluster,
         &[
             ("alice", Role::Customer),
-            ("helper", Role::Bot),
+            ("shopbot", Role::Bot),
             ("bob", Role::Agent),
         ],
     )
@@ -424,7 +424,7 @@ pub async fn handover(mode: Mode) {
     let mut web = device(&cluster, Transport::WsJson, "alice", Role::Customer, "web").await;
     let mut console = device(&cluster, Transport::WsJson, "bob", Role::Agent, "console").await;
     let (bot, agent) = (
-        cluster.token("helper", Role::Bot),
+        cluster.token("shopbot", Role::Bot),
         cluster.token("bob", Role::Agent),
     );
     let mut api = cluster.conversations().await;
