@@ -119,15 +119,6 @@ pub fn asks_for_a_person(content: &Content) -> bool {
 }
 
 impl LifecycleChange {
-    /// The change a customer's message makes to a conversation that is
-    /// not open.
-    pub fn reopen() -> Self {
-        Self {
-            status: Some(Status::Open),
-            ..Self::default()
-        }
-    }
-
     /// Checks what does not depend on the conversation: the change sets
     /// something, names few enough tags, and does not both add and remove
     /// one.
@@ -354,6 +345,10 @@ mod tests {
             full.apply(&one_more, &limits).unwrap_err().field,
             "add_tags"
         );
-        assert!(LifecycleChange::reopen().validate(&limits).is_ok());
+        let reopen = LifecycleChange {
+            status: Some(Status::Open),
+            ..LifecycleChange::default()
+        };
+        assert!(reopen.validate(&limits).is_ok());
     }
 }

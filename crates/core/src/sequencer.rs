@@ -643,7 +643,7 @@ mod tests {
     #[derive(Default)]
     struct Tally {
         unchanged: usize,
-        reopened: usize,
+        followed: usize,
         stored: usize,
         duplicates: usize,
         retries: usize,
@@ -994,7 +994,7 @@ mod tests {
             total.failed_writes += world.tally.failed_writes;
             total.crashes += world.tally.crashes;
             total.unchanged += world.tally.unchanged;
-            total.reopened += world
+            total.followed += world
                 .store
                 .iter()
                 .flatten()
@@ -1012,7 +1012,7 @@ mod tests {
         );
         assert!(total.crashes > 100, "crashes {}", total.crashes);
         assert!(total.unchanged > 100, "unchanged {}", total.unchanged);
-        assert!(total.reopened > 1_000, "reopened {}", total.reopened);
+        assert!(total.followed > 1_000, "followed {}", total.followed);
     }
 
     #[test]

@@ -867,7 +867,10 @@ mod tests {
             owner: Some(Owner::Inbox),
             request_control: true,
         });
-        round_trip::<LifecycleChange, v1::LifecycleChange>(LifecycleChange::reopen());
+        round_trip::<LifecycleChange, v1::LifecycleChange>(LifecycleChange {
+            status: Some(Status::Open),
+            ..LifecycleChange::default()
+        });
         round_trip::<Member, v1::Member>(Member {
             user_id: user.clone(),
             role: Role::Agent,

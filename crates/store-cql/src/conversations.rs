@@ -206,23 +206,6 @@ impl CqlStore {
         })
     }
 
-    /// The lifecycle its newest activity left; the default without one.
-    async fn lifecycle(&self, tenant: &TenantId, id: ConversationId) -> Result<Lifecycle> {
-        let row: Option<(Option<Vec<u8>>,)> = self
-            .db()
-            .row(
-                "read lifecycle",
-                &self.statements.lifecycle_get,
-                (tenant.as_str(), id.as_uuid()),
-            )
-            .await?;
-        match row.and_then(|(bytes,)| bytes) {
-            Some(cell) => lifecycle_of_cell(&cell)
-                .map_err(|e| corrupt(&format!("lifecycle of conversation {id}"), e)),
-            None => Ok(Lifecycle::default()),
-        }
-    }
-
     pub(crate) async fn read_member(
         &self,
         tenant: &TenantId,
@@ -567,6 +550,22 @@ impl ConversationStore for CqlStore {
     async fn conversation(&self, tenant: &TenantId, id: ConversationId) -> Result<Conversation> {
         let row = self.conversation_row(tenant, id).await?;
         self.load_conversation(row).await
+    }
+
+    async fn lifecycle(&self, tenant: &TenantId, id: ConversationId) -> Result<Lifecycle> {
+        let row: Option<(Option<Vec<u8>>,)> = self
+            .db()
+            .row(
+                "read lifecycle",
+                &self.statements.lifecycle_get,
+                (tenant.as_str(), id.as_uuid()),
+            )
+            .await?;
+        match row.and_then(|(bytes,)| bytes) {
+            Some(cell) => lifecycle_of_cell(&cell)
+                .map_err(|e| corrupt(&format!("lifecycle of conversation {id}"), e)),
+            None => Ok(Lifecycle::default()),
+        }
     }
 
     async fn list_conversations(

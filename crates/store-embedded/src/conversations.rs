@@ -109,6 +109,18 @@ impl ConversationStore for EmbeddedStore {
         .await
     }
 
+    async fn lifecycle(&self, tenant: &TenantId, id: ConversationId) -> Result<Lifecycle> {
+        let tenant = tenant.clone();
+        self.read(move |txn| {
+            let conversations = txn.open_table(CONVERSATIONS)?;
+            match conversations.get((tenant.as_str(), uuid_key(id)))? {
+                Some(value) => Ok(ConversationRecord::decode(value.value())?.lifecycle),
+                None => Ok(Lifecycle::default()),
+            }
+        })
+        .await
+    }
+
     async fn list_conversations(
         &self,
         tenant: &TenantId,

@@ -651,6 +651,15 @@ pub async fn an_activity_sets_the_conversation_lifecycle<S: Store>(
         .await
         .expect("write again");
     assert_eq!(read(conv.id).await.expect("read").lifecycle, open);
+    assert_eq!(
+        store.lifecycle(&tenant, conv.id).await.expect("lifecycle"),
+        open
+    );
+    let unknown = ConversationId::generate();
+    assert_eq!(
+        store.lifecycle(&tenant, unknown).await.expect("lifecycle"),
+        Lifecycle::default()
+    );
     let listed = store
         .list_conversations(
             &tenant,

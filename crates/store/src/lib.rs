@@ -11,9 +11,9 @@
 
 use async_trait::async_trait;
 use natter_core::{
-    Conversation, ConversationId, Cursor, Device, DeviceId, Event, Invalid, Limits, Member,
-    MembershipChange, Message, NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp, Update,
-    UserId,
+    Conversation, ConversationId, Cursor, Device, DeviceId, Event, Invalid, Lifecycle, Limits,
+    Member, MembershipChange, Message, NewConversation, ReadMarker, Role, Seq, TenantId, Timestamp,
+    Update, UserId,
 };
 use thiserror::Error;
 
@@ -124,6 +124,12 @@ pub trait ConversationStore: LeaseStore {
     async fn create_conversation(&self, new: &NewConversation) -> Result<Conversation>;
 
     async fn conversation(&self, tenant: &TenantId, id: ConversationId) -> Result<Conversation>;
+
+    /// The lifecycle a conversation's newest activity left: what a
+    /// sequencer loads with the newest messages, without reading the rest
+    /// of the conversation again. The default for a conversation without
+    /// activities, or one this tenant does not have.
+    async fn lifecycle(&self, tenant: &TenantId, id: ConversationId) -> Result<Lifecycle>;
 
     /// The conversations `user` is a member of, newest first.
     async fn list_conversations(

@@ -243,9 +243,8 @@ impl Shell<'_> {
                         };
                         let loaded = futures::try_join!(
                             store.list_messages(&key.0, key.1, newest),
-                            store.conversation(&key.0, key.1),
-                        )
-                        .map(|(newest, conversation)| (newest, conversation.lifecycle));
+                            store.lifecycle(&key.0, key.1),
+                        );
                         let _ = done.send(Done::Loaded(key, loaded));
                     });
                 }
