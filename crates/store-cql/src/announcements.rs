@@ -36,7 +36,7 @@ const PER_READ: u32 = match READ_BYTES / MAX_ANNOUNCEMENT_BYTES {
 };
 
 /// Wall-clock microseconds, the unit of CQL timestamps and of versions.
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

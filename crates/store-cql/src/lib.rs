@@ -1,7 +1,8 @@
 //! Natter's storage traits on ScyllaDB, with Apache Cassandra 5 as a
-//! drop-in stand-in: [`CqlStore`] implements both
-//! [`ConversationStore`](natter_store::ConversationStore) and
-//! [`SyncStore`](natter_store::SyncStore).
+//! drop-in stand-in: [`CqlStore`] implements
+//! [`ConversationStore`](natter_store::ConversationStore),
+//! [`SyncStore`](natter_store::SyncStore) and
+//! [`DeskStore`](natter_store::DeskStore).
 //!
 //! The schema, its partition bounds and how messages and update logs are
 //! written are described in `SCHEMA.md` beside this crate's manifest. The
@@ -27,6 +28,7 @@
 mod announcements;
 mod conversations;
 mod db;
+mod desk;
 mod layout;
 mod leases;
 mod messages;
@@ -202,7 +204,7 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Both storage traits on one CQL session.
+/// The storage traits on one CQL session.
 #[derive(Debug)]
 pub struct CqlStore {
     session: Session,

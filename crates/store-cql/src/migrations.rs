@@ -57,6 +57,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "conversation lifecycles",
         cql: include_str!("migrations/0004_conversation_lifecycles.cql"),
     },
+    Migration {
+        version: 5,
+        name: "desk records",
+        cql: include_str!("migrations/0005_desk_records.cql"),
+    },
 ];
 
 /// The one partition of `schema_migrations`.

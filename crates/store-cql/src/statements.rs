@@ -67,6 +67,13 @@ pub(crate) struct Statements {
     pub(crate) device_cursors_between: PreparedStatement,
     /// Its timestamp is the cursor: the higher cursor stands.
     pub(crate) device_cursor_save: PreparedStatement,
+
+    /// This and `desk_record_delete` take their timestamp from
+    /// `desk::next_timestamp`, so a call's writes stand in their order.
+    pub(crate) desk_record_put: PreparedStatement,
+    pub(crate) desk_record_delete: PreparedStatement,
+    pub(crate) desk_record_get: PreparedStatement,
+    pub(crate) desk_records_after: PreparedStatement,
 }
 
 impl Statements {
@@ -361,6 +368,28 @@ impl Statements {
                 .write(
                     "UPDATE {ks}.device_cursors USING TIMESTAMP ? SET acked = ? \
                      WHERE tenant_id = ? AND user_id = ? AND device_id = ?",
+                )
+                .await?,
+
+            desk_record_put: p
+                .write(
+                    "INSERT INTO {ks}.desk_records (tenant_id, kind, id, body) VALUES (?, ?, ?, ?) \
+                     USING TIMESTAMP ?",
+                )
+                .await?,
+            desk_record_delete: p
+                .write(
+                    "DELETE FROM {ks}.desk_records USING TIMESTAMP ? \
+                     WHERE tenant_id = ? AND kind = ? AND id = ?",
+                )
+                .await?,
+            desk_record_get: p
+                .read("SELECT body FROM {ks}.desk_records WHERE tenant_id = ? AND kind = ? AND id = ?")
+                .await?,
+            desk_records_after: p
+                .read(
+                    "SELECT id, body FROM {ks}.desk_records \
+                     WHERE tenant_id = ? AND kind = ? AND id > ? LIMIT ?",
                 )
                 .await?,
         })

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use common::{config, drop_keyspace, shared_keyspace};
 
 /// The schema migrations the store ships.
-const MIGRATIONS: i32 = 4;
+const MIGRATIONS: i32 = 5;
 
 /// The version of a first lease holder's (epoch 1) first write.
 const VERSION: u64 = 1 << 40;

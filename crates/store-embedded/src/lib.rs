@@ -1,7 +1,7 @@
 //! Natter's single-process store: conversations, members, messages, update
-//! logs, devices and the leases of storage's and sync's partitions in one
-//! [redb] file under a data directory, with no database server. It is what
-//! `natter dev` runs on.
+//! logs, devices, the support desk's records and the leases of the
+//! services' partitions in one [redb] file under a data directory, with no
+//! database server. It is what `natter dev` runs on.
 //!
 //! # Why redb
 //!
@@ -42,6 +42,7 @@
 
 mod batch;
 mod conversations;
+mod desk;
 mod fields;
 mod group;
 mod handle;
@@ -276,11 +277,11 @@ fn init(db: &Database) -> TxResult<()> {
             meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
         }
         // Every table this build uses, so a file that lacks one (`leases`
-        // is newer than the first files of format 1, `announcements` than
-        // those of format 2) gets it. Files from before the sequencer also
-        // hold `message_keys`, the store's old idempotency index: nothing
-        // opens it, and a table nobody opens is harmless, so it is left as
-        // it is.
+        // is newer than the first files of format 1, `announcements` and
+        // `desk_records` than those of format 2) gets it. Files from before
+        // the sequencer also hold `message_keys`, the store's old
+        // idempotency index: nothing opens it, and a table nobody opens is
+        // harmless, so it is left as it is.
         txn.open_table(tables::CONVERSATIONS)?;
         txn.open_table(tables::MEMBERS)?;
         txn.open_table(tables::MEMBERSHIPS)?;
@@ -290,6 +291,7 @@ fn init(db: &Database) -> TxResult<()> {
         txn.open_table(tables::LOG_HEADS)?;
         txn.open_table(tables::UPDATES)?;
         txn.open_table(tables::DEVICES)?;
+        txn.open_table(tables::DESK_RECORDS)?;
     }
     Ok(txn.commit()?)
 }

@@ -75,3 +75,9 @@ pub(crate) const UPDATES: TableDefinition<(&str, &str, u64), &[u8]> =
 /// order.
 pub(crate) const DEVICES: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("devices");
+
+/// `(tenant, kind, id) → body`: the support desk's records
+/// (`natter_store::DeskStore`), as the desk service encoded them, so each
+/// kind lists in id order. Newer than the first files of format 2.
+pub(crate) const DESK_RECORDS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("desk_records");

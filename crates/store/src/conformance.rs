@@ -20,13 +20,14 @@ use natter_core::{
 };
 
 use crate::{
-    Announcement, ConversationStore, Lease, MAX_ANNOUNCEMENT_BYTES, MessageRange, PageRequest,
-    StoreError, SyncStore, UpdateBatch,
+    Announcement, ConversationStore, DeskKind, DeskRecord, DeskStore, DeskWrite, Lease,
+    MAX_ANNOUNCEMENT_BYTES, MAX_DESK_RECORD_BYTES, MessageRange, Page, PageRequest, StoreError,
+    SyncStore, UpdateBatch,
 };
 
-/// A store under test: both halves of the storage boundary.
-pub trait Store: ConversationStore + SyncStore {}
-impl<T: ConversationStore + SyncStore> Store for T {}
+/// A store under test: every trait of the storage boundary.
+pub trait Store: ConversationStore + SyncStore + DeskStore {}
+impl<T: ConversationStore + SyncStore + DeskStore> Store for T {}
 
 /// Expands to one `#[tokio::test]` per conformance check. `$factory` is an
 /// `async fn(Limits) -> impl Store` in the calling crate.
@@ -61,6 +62,11 @@ macro_rules! store_conformance {
             leases_pass_from_owner_to_owner,
             scopes_lease_their_partitions_apart,
             one_of_racing_acquirers_wins,
+            desk_records_round_trip_and_are_replaced,
+            desk_records_are_deleted,
+            desk_kinds_and_tenants_are_apart,
+            desk_pages_meet_at_their_boundaries,
+            desk_write_rejects_bad_input_and_writes_nothing,
         );
     };
     (@each $factory:path; $($check:ident,)*) => {
@@ -2001,4 +2007,315 @@ pub async fn one_of_racing_acquirers_wins<S: Store>(make: impl AsyncFn(Limits) -
             last_epoch = lease.epoch;
         }
     }
+}
+
+fn put(kind: DeskKind, id: &str, body: &[u8]) -> DeskWrite {
+    DeskWrite::Put {
+        kind,
+        id: id.into(),
+        body: body.to_vec(),
+    }
+}
+
+fn delete(kind: DeskKind, id: &str) -> DeskWrite {
+    DeskWrite::Delete {
+        kind,
+        id: id.into(),
+    }
+}
+
+async fn write_desk<S: Store>(store: &S, tenant: &TenantId, writes: &[DeskWrite]) {
+    store.write_desk(tenant, writes).await.expect("write desk");
+}
+
+/// The body of the record, if there is one.
+async fn desk_body<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    kind: DeskKind,
+    id: &str,
+) -> Option<Vec<u8>> {
+    let record = store
+        .desk_record(tenant, kind, id)
+        .await
+        .expect("desk record");
+    record.map(|record| {
+        assert_eq!(record.id, id);
+        record.body
+    })
+}
+
+async fn desk_page<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    kind: DeskKind,
+    after: Option<&str>,
+    size: u32,
+) -> Page<DeskRecord, String> {
+    let request = PageRequest {
+        after: after.map(str::to_owned),
+        size,
+    };
+    store
+        .desk_records(tenant, kind, request)
+        .await
+        .expect("desk records")
+}
+
+/// The ids of the first page of `kind`'s records, which the checks keep
+/// to fewer than a page.
+async fn desk_ids<S: Store>(store: &S, tenant: &TenantId, kind: DeskKind) -> Vec<String> {
+    let page = desk_page(store, tenant, kind, None, 0).await;
+    assert_eq!(page.next, None);
+    page.items.into_iter().map(|record| record.id).collect()
+}
+
+pub async fn desk_records_round_trip_and_are_replaced<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let largest = vec![7; MAX_DESK_RECORD_BYTES];
+    let longest = "i".repeat(255);
+    write_desk(
+        &store,
+        &tenant,
+        &[
+            put(DeskKind::Team, "billing", b"team"),
+            put(DeskKind::Agent, "bob", b""),
+            put(DeskKind::Route, &longest, &largest),
+        ],
+    )
+    .await;
+    let body = async |kind, id| desk_body(&store, &tenant, kind, id).await;
+    assert_eq!(
+        body(DeskKind::Team, "billing").await,
+        Some(b"team".to_vec())
+    );
+    assert_eq!(
+        body(DeskKind::Agent, "bob").await,
+        Some(Vec::new()),
+        "an empty body is a record"
+    );
+    assert_eq!(body(DeskKind::Route, &longest).await, Some(largest));
+    assert_eq!(body(DeskKind::Team, "sales").await, None);
+
+    write_desk(&store, &tenant, &[put(DeskKind::Team, "billing", b"v2")]).await;
+    assert_eq!(body(DeskKind::Team, "billing").await, Some(b"v2".to_vec()));
+    // Writes of one record in one call stand in their order.
+    write_desk(
+        &store,
+        &tenant,
+        &[
+            put(DeskKind::Team, "billing", b"v3"),
+            put(DeskKind::Team, "billing", b"v4"),
+            put(DeskKind::Team, "sales", b"z"),
+            put(DeskKind::Team, "sales", b"a"),
+        ],
+    )
+    .await;
+    assert_eq!(body(DeskKind::Team, "billing").await, Some(b"v4".to_vec()));
+    assert_eq!(body(DeskKind::Team, "sales").await, Some(b"a".to_vec()));
+    assert_eq!(
+        desk_ids(&store, &tenant, DeskKind::Team).await,
+        ["billing", "sales"],
+        "replaced, not added"
+    );
+    write_desk(&store, &tenant, &[]).await;
+    assert_eq!(body(DeskKind::Team, "sales").await, Some(b"a".to_vec()));
+}
+
+pub async fn desk_records_are_deleted<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let kind = DeskKind::Route;
+    write_desk(
+        &store,
+        &tenant,
+        &[put(kind, "a", b"1"), put(kind, "b", b"2")],
+    )
+    .await;
+    write_desk(&store, &tenant, &[delete(kind, "a")]).await;
+    assert_eq!(desk_body(&store, &tenant, kind, "a").await, None);
+    assert_eq!(desk_ids(&store, &tenant, kind).await, ["b"]);
+    // Deleting what is not there is nothing.
+    write_desk(&store, &tenant, &[delete(kind, "a"), delete(kind, "never")]).await;
+    assert_eq!(desk_ids(&store, &tenant, kind).await, ["b"]);
+
+    // In one call, the later write of a record stands.
+    write_desk(&store, &tenant, &[put(kind, "c", b"3"), delete(kind, "c")]).await;
+    assert_eq!(desk_body(&store, &tenant, kind, "c").await, None);
+    write_desk(&store, &tenant, &[delete(kind, "b"), put(kind, "b", b"4")]).await;
+    assert_eq!(
+        desk_body(&store, &tenant, kind, "b").await,
+        Some(b"4".to_vec())
+    );
+    // A deleted record may be stored again.
+    write_desk(&store, &tenant, &[put(kind, "a", b"5")]).await;
+    assert_eq!(desk_ids(&store, &tenant, kind).await, ["a", "b"]);
+}
+
+pub async fn desk_kinds_and_tenants_are_apart<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let (acme, globex) = (tenant(), tenant());
+    write_desk(&store, &acme, &[put(DeskKind::Team, "x", b"team")]).await;
+    for kind in [DeskKind::Agent, DeskKind::Route] {
+        assert_eq!(desk_body(&store, &acme, kind, "x").await, None, "{kind:?}");
+        assert!(desk_ids(&store, &acme, kind).await.is_empty(), "{kind:?}");
+    }
+    for kind in DeskKind::ALL {
+        assert_eq!(
+            desk_body(&store, &globex, kind, "x").await,
+            None,
+            "{kind:?}"
+        );
+        assert!(desk_ids(&store, &globex, kind).await.is_empty(), "{kind:?}");
+    }
+
+    write_desk(&store, &acme, &[put(DeskKind::Agent, "x", b"agent")]).await;
+    write_desk(&store, &globex, &[put(DeskKind::Team, "x", b"other")]).await;
+    assert_eq!(
+        desk_body(&store, &acme, DeskKind::Team, "x").await,
+        Some(b"team".to_vec())
+    );
+    write_desk(&store, &acme, &[delete(DeskKind::Team, "x")]).await;
+    assert_eq!(
+        desk_body(&store, &acme, DeskKind::Agent, "x").await,
+        Some(b"agent".to_vec())
+    );
+    assert_eq!(
+        desk_body(&store, &globex, DeskKind::Team, "x").await,
+        Some(b"other".to_vec())
+    );
+}
+
+pub async fn desk_pages_meet_at_their_boundaries<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits {
+        default_page_size: 4,
+        max_page_size: 10,
+        ..Limits::default()
+    })
+    .await;
+    let tenant = tenant();
+    let kind = DeskKind::Agent;
+    // Written out of order, and beside records of another kind.
+    let ids = |range: RangeInclusive<usize>| -> Vec<String> {
+        range.map(|i| format!("a{i:02}")).collect()
+    };
+    let writes: Vec<DeskWrite> = ids(0..=24)
+        .iter()
+        .rev()
+        .map(|id| put(kind, id, id.as_bytes()))
+        .chain([put(DeskKind::Team, "a05", b"team")])
+        .collect();
+    write_desk(&store, &tenant, &writes).await;
+    let ids_after = async |after, size| {
+        let page = desk_page(&store, &tenant, kind, after, size).await;
+        let ids: Vec<String> = page.items.iter().map(|r| r.id.clone()).collect();
+        (ids, page.next)
+    };
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = desk_page(&store, &tenant, kind, after.as_deref(), 10).await;
+        for record in &page.items {
+            assert_eq!(record.body, record.id.as_bytes());
+        }
+        seen.extend(page.items.into_iter().map(|r| r.id));
+        match page.next {
+            Some(next) => {
+                assert_eq!(
+                    Some(&next),
+                    seen.last(),
+                    "the next page starts after this one"
+                );
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids(0..=24), "every record once, in id order");
+
+    assert_eq!(ids_after(None, 10).await, (ids(0..=9), Some("a09".into())));
+    assert_eq!(ids_after(Some("a19"), 10).await, (ids(20..=24), None));
+    assert_eq!(
+        ids_after(Some("a14"), 10).await,
+        (ids(15..=24), None),
+        "a page that ends with the records has no next"
+    );
+    assert_eq!(
+        ids_after(Some("a055"), 3).await,
+        (ids(6..=8), Some("a08".into())),
+        "after an id that is not stored"
+    );
+    assert_eq!(ids_after(Some("a24"), 10).await, (Vec::new(), None));
+    assert_eq!(ids_after(Some("b"), 10).await, (Vec::new(), None));
+    assert_eq!(
+        ids_after(None, 0).await,
+        (ids(0..=3), Some("a03".into())),
+        "the default page size"
+    );
+    assert_eq!(
+        ids_after(None, 1000).await,
+        (ids(0..=9), Some("a09".into())),
+        "no more than the largest page"
+    );
+
+    // Pages larger than a store may read at once, of the largest records.
+    let (store, tenant) = (make(Limits::default()).await, self::tenant());
+    let all: Vec<String> = (0..300).map(|i| format!("b{i:03}")).collect();
+    let largest = vec![0; MAX_DESK_RECORD_BYTES];
+    let writes: Vec<DeskWrite> = all.iter().map(|id| put(kind, id, &largest)).collect();
+    write_desk(&store, &tenant, &writes).await;
+    let first = desk_page(&store, &tenant, kind, None, 299).await;
+    let second = desk_page(&store, &tenant, kind, first.next.as_deref(), 299).await;
+    let listed: Vec<String> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(listed, all);
+    assert_eq!((first.next.as_deref(), second.next), (Some("b298"), None));
+
+    // In byte order, not by letter.
+    let kind = DeskKind::Route;
+    let writes: Vec<DeskWrite> = ["é", "a", "B", "aa"]
+        .into_iter()
+        .map(|id| put(kind, id, b""))
+        .collect();
+    write_desk(&store, &tenant, &writes).await;
+    assert_eq!(desk_ids(&store, &tenant, kind).await, ["B", "a", "aa", "é"]);
+}
+
+pub async fn desk_write_rejects_bad_input_and_writes_nothing<S: Store>(
+    make: impl AsyncFn(Limits) -> S,
+) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let kind = DeskKind::Team;
+    let good = put(kind, "good", b"body");
+    let long = "x".repeat(256);
+    for (bad, field) in [
+        (put(kind, "", b"body"), "id"),
+        (put(kind, &long, b"body"), "id"),
+        (delete(kind, ""), "id"),
+        (delete(kind, &long), "id"),
+        (
+            put(kind, "big", &vec![0; MAX_DESK_RECORD_BYTES + 1]),
+            "body",
+        ),
+    ] {
+        let writes = [good.clone(), bad];
+        assert_invalid(store.write_desk(&tenant, &writes).await, field);
+    }
+    assert_eq!(
+        desk_body(&store, &tenant, kind, "good").await,
+        None,
+        "a refused write stores nothing, not even its valid writes"
+    );
+    assert!(desk_ids(&store, &tenant, kind).await.is_empty());
+    assert_eq!(desk_body(&store, &tenant, kind, "").await, None);
+
+    write_desk(&store, &tenant, &[good]).await;
+    assert_eq!(desk_ids(&store, &tenant, kind).await, ["good"]);
 }

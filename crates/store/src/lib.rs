@@ -1,8 +1,10 @@
-//! What Natter needs from durable storage, as two traits split by owner:
+//! What Natter needs from durable storage, as three traits split by owner:
 //! [`ConversationStore`] belongs to the storage service (conversations,
-//! members, messages) and [`SyncStore`] to the sync service (per-user update
-//! logs and devices). Both extend [`LeaseStore`], through which a process
-//! of either service holds its partitions (of conversations, of users).
+//! members, messages), [`SyncStore`] to the sync service (per-user update
+//! logs and devices) and [`DeskStore`] to the desk service (teams, agents,
+//! routed conversations). All extend [`LeaseStore`], through which a
+//! process of any service holds its partitions (of conversations, of users,
+//! of tenants).
 //! Implementations: `natter-store-cql` (ScyllaDB or Cassandra) and
 //! `natter-store-embedded` (one local file).
 //!
@@ -454,4 +456,100 @@ pub trait SyncStore: LeaseStore {
         user: &UserId,
         device: &DeviceId,
     ) -> Result<()>;
+}
+
+/// What kind of record of a tenant's support desk a [`DeskStore`] keeps.
+/// The desk service encodes the records; the store keeps them as bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeskKind {
+    /// A team and its queue's settings, by team id.
+    Team,
+    /// An agent's settings, by user id.
+    Agent,
+    /// A conversation the desk routes (waiting or assigned), by
+    /// conversation id.
+    Route,
+}
+
+impl DeskKind {
+    pub const ALL: [DeskKind; 3] = [DeskKind::Team, DeskKind::Agent, DeskKind::Route];
+
+    /// Its name in storage; never changes once released.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeskKind::Team => "team",
+            DeskKind::Agent => "agent",
+            DeskKind::Route => "route",
+        }
+    }
+}
+
+/// One change of a [`DeskStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeskWrite {
+    /// Stores `body` as the record `id` of `kind`, replacing any.
+    Put {
+        kind: DeskKind,
+        id: String,
+        body: Vec<u8>,
+    },
+    /// Forgets the record `id` of `kind`; nothing if there is none.
+    Delete { kind: DeskKind, id: String },
+}
+
+/// A stored record of a [`DeskStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeskRecord {
+    pub id: String,
+    pub body: Vec<u8>,
+}
+
+/// The largest body of a desk record, in bytes.
+pub const MAX_DESK_RECORD_BYTES: usize = 64 * 1024;
+
+/// The support desk's records per tenant, and the leases of the desk
+/// processes that route tenants' conversations. Records are small and
+/// written off the message path, by the one process that holds the
+/// tenant's partition.
+#[async_trait]
+pub trait DeskStore: LeaseStore {
+    /// Applies `writes` in order. Each write is idempotent, so a call that
+    /// failed may be repeated; what landed of a failed call is a prefix of
+    /// `writes`. An id that is empty or longer than 255 bytes, or a body
+    /// over [`MAX_DESK_RECORD_BYTES`], is `Invalid`, and nothing is written.
+    async fn write_desk(&self, tenant: &TenantId, writes: &[DeskWrite]) -> Result<()>;
+
+    /// The record `id` of `kind`, if there is one.
+    async fn desk_record(
+        &self,
+        tenant: &TenantId,
+        kind: DeskKind,
+        id: &str,
+    ) -> Result<Option<DeskRecord>>;
+
+    /// Records of `kind` in id order (by bytes).
+    async fn desk_records(
+        &self,
+        tenant: &TenantId,
+        kind: DeskKind,
+        page: PageRequest<String>,
+    ) -> Result<Page<DeskRecord, String>>;
+}
+
+/// Checks a [`DeskStore::write_desk`] call as every store does before
+/// writing any of it.
+pub fn validate_desk_writes(writes: &[DeskWrite]) -> Result<()> {
+    for write in writes {
+        let (DeskWrite::Put { id, .. } | DeskWrite::Delete { id, .. }) = write;
+        if id.is_empty() || id.len() > 255 {
+            return Err(Invalid::new("id", "must be 1 to 255 bytes").into());
+        }
+        if let DeskWrite::Put { body, .. } = write
+            && body.len() > MAX_DESK_RECORD_BYTES
+        {
+            let reason = format!("must be at most {MAX_DESK_RECORD_BYTES} bytes");
+            return Err(Invalid::new("body", reason).into());
+        }
+    }
+    Ok(())
 }
