@@ -403,6 +403,8 @@ pub(crate) fn frame_name(frame: &ServerKind) -> &'static str {
         ServerKind::Message(_) => "message",
         ServerKind::Watching(_) => "watching",
         ServerKind::LifecycleUpdated(_) => "lifecycle_updated",
+        ServerKind::DeskAnswer(_) => "desk_answer",
+        ServerKind::DeskSignal(_) => "desk_signal",
     }
 }
 

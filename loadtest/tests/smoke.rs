@@ -35,7 +35,7 @@ impl Server {
             SERVERS.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("create the data directory");
-        let [http, grpc, storage, sync, fanout] =
+        let [http, grpc, storage, sync, fanout, desk] =
             std::array::from_fn(|_| natter_testkit::free_port());
         let log = std::fs::File::create(dir.join("natter.log")).expect("create the log");
         let child = Command::new(natter_testkit::binary("natter"))
@@ -46,6 +46,7 @@ impl Server {
             .env("NATTER_STORAGE__GRPC_ADDR", storage.to_string())
             .env("NATTER_SYNC__GRPC_ADDR", sync.to_string())
             .env("NATTER_FANOUT__GRPC_ADDR", fanout.to_string())
+            .env("NATTER_DESK__GRPC_ADDR", desk.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::from(log.try_clone().expect("clone the log")))
             .stderr(Stdio::from(log))
@@ -58,7 +59,7 @@ impl Server {
             storage,
         };
         let deadline = Instant::now() + START_DEADLINE;
-        for addr in [http, grpc, storage, sync, fanout] {
+        for addr in [http, grpc, storage, sync, fanout, desk] {
             while TcpStream::connect(addr).is_err() {
                 if let Ok(Some(status)) = server.child.try_wait() {
                     panic!("natter dev exited with {status}:\n{}", server.log());

@@ -1,4 +1,4 @@
-//! Runs Natter's real binaries as child processes: the four services
+//! Runs Natter's real binaries as child processes: the five services
 //! separately on real NATS and Cassandra, or all of them in one process
 //! on the embedded defaults.
 
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use natter_auth::{Identity, Signer};
 use natter_core::{Role, TenantId, UserId};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
+use natter_proto::v1::desk_service_client::DeskServiceClient;
 use natter_proto::v1::fanout_service_client::FanoutServiceClient;
 use natter_proto::v1::sync_service_client::SyncServiceClient;
 use tonic::transport::Channel;
@@ -23,7 +24,7 @@ const SECRET: &str = "end-to-end-test-secret-of-at-least-32-bytes";
 /// How the system under test runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Four processes on the test NATS server and Cassandra node.
+    /// Five processes on the test NATS server and Cassandra node.
     Separate,
     /// `natter dev`: one process, in-process bus, embedded store.
     Single,
@@ -36,7 +37,8 @@ pub enum Service {
     Storage,
     Sync,
     Fanout,
-    /// All four in one process (`natter dev`).
+    Desk,
+    /// All five in one process (`natter dev`).
     All,
     /// A second storage process beside the first, on its own gRPC port:
     /// it holds the partitions the first does not (none while the first
@@ -52,10 +54,11 @@ impl Service {
         }
     }
 
-    pub const SEPARATE: [Service; 4] = [
+    pub const SEPARATE: [Service; 5] = [
         Service::Storage,
         Service::Sync,
         Service::Fanout,
+        Service::Desk,
         Service::Gateway,
     ];
 
@@ -65,6 +68,7 @@ impl Service {
             Service::Storage | Service::StandbyStorage => ("natter-storage", &[]),
             Service::Sync => ("natter-sync", &[]),
             Service::Fanout => ("natter-fanout", &[]),
+            Service::Desk => ("natter-desk", &[]),
             Service::All => ("natter", &["dev", "--demo-addr", "off"]),
         }
     }
@@ -78,6 +82,7 @@ pub struct Addrs {
     pub storage: SocketAddr,
     pub sync: SocketAddr,
     pub fanout: SocketAddr,
+    pub desk: SocketAddr,
     /// The standby storage process's gRPC address, once started.
     pub standby_storage: SocketAddr,
 }
@@ -105,6 +110,7 @@ impl Cluster {
             storage: natter_testkit::free_port(),
             sync: natter_testkit::free_port(),
             fanout: natter_testkit::free_port(),
+            desk: natter_testkit::free_port(),
             standby_storage: natter_testkit::free_port(),
         };
         let infra = match mode {
@@ -125,8 +131,14 @@ impl Cluster {
             "log_format = \"json\"\ngrace_period_seconds = 2\n\n{infra}\n\
              [auth]\nhs256_secret = {SECRET:?}\n\n\
              [gateway]\ngrpc_addr = \"{}\"\nhttp_addr = \"{}\"\n\n\
-             [storage]\ngrpc_addr = \"{}\"\n\n[sync]\ngrpc_addr = \"{}\"\n\n[fanout]\ngrpc_addr = \"{}\"\n",
-            addrs.gateway_grpc, addrs.gateway_http, addrs.storage, addrs.sync, addrs.fanout,
+             [storage]\ngrpc_addr = \"{}\"\n\n[sync]\ngrpc_addr = \"{}\"\n\n[fanout]\ngrpc_addr = \"{}\"\n\n\
+             [desk]\ngrpc_addr = \"{}\"\n",
+            addrs.gateway_grpc,
+            addrs.gateway_http,
+            addrs.storage,
+            addrs.sync,
+            addrs.fanout,
+            addrs.desk,
         );
         std::fs::write(&config, settings).expect("write the cluster's settings");
 
@@ -191,11 +203,13 @@ impl Cluster {
             Service::StandbyStorage => vec![self.addrs.standby_storage],
             Service::Sync => vec![self.addrs.sync],
             Service::Fanout => vec![self.addrs.fanout],
+            Service::Desk => vec![self.addrs.desk],
             Service::All => vec![
                 self.addrs.gateway_grpc,
                 self.addrs.storage,
                 self.addrs.sync,
                 self.addrs.fanout,
+                self.addrs.desk,
             ],
         };
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -305,6 +319,10 @@ impl Cluster {
 
     pub async fn fanout(&self) -> FanoutServiceClient<Channel> {
         FanoutServiceClient::new(channel(self.addrs.fanout).await)
+    }
+
+    pub async fn desk(&self) -> DeskServiceClient<Channel> {
+        DeskServiceClient::new(channel(self.addrs.desk).await)
     }
 }
 

@@ -2,6 +2,7 @@
 //! on real infrastructure) and drive it as clients would.
 
 pub mod cluster;
+pub mod desk;
 pub mod device;
 pub mod scenarios;
 

@@ -1,4 +1,4 @@
-//! Every scenario against both ways Natter runs: the four services as
+//! Every scenario against both ways Natter runs: the five services as
 //! separate processes on real NATS and Cassandra (`separate`), and all of
 //! it in one process on the embedded defaults, `natter dev` (`single`).
 
@@ -38,6 +38,16 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_bot_hands_over_to_people_and_waits_to_be_passed_back() {
                 scenarios::handover(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_desk_queues_offers_and_requeues() {
+                natter_tests::desk::queue(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_desk_answers_out_of_hours() {
+                natter_tests::desk::out_of_hours(MODE).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

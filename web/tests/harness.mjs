@@ -66,8 +66,9 @@ async function freePort() {
 export async function startNatter() {
   const bin = process.env.NATTER_BIN || join(repo, 'target/debug/natter');
   const dir = mkdtempSync(join(tmpdir(), 'natter-web-'));
-  const [grpc, http, storage, sync, fanout, demo] = [
+  const [grpc, http, storage, sync, fanout, desk, demo] = [
     await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort(),
+    await freePort(),
   ];
   const config = join(dir, 'natter.toml');
   writeFileSync(
@@ -83,6 +84,8 @@ export async function startNatter() {
       `grpc_addr = "127.0.0.1:${sync}"`,
       '[fanout]',
       `grpc_addr = "127.0.0.1:${fanout}"`,
+      '[desk]',
+      `grpc_addr = "127.0.0.1:${desk}"`,
       '',
     ].join('\n'),
   );

@@ -2,17 +2,25 @@
 //! sequencer in storage (sends), a user's log in sync (appends, catch-up).
 //! Only the holder subscribes to the partition's subject, so during a
 //! takeover nobody answers for a moment: a send or an append is asked
-//! again, a catch-up read goes to any sync process.
+//! again, a catch-up read goes to any sync process. Live frames for users
+//! (signals) go to the holders of their partitions too, which know the
+//! users' gateways.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use natter_bus::{Bus, BusError, Outgoing};
 use natter_core::{ConversationId, TenantId, UserId};
 use natter_proto::bus::v1::{
-    AppendOutcome, DeviceHello, DeviceWelcome, SendCommand, SendOutcome, UpdatesPage, UpdatesQuery,
+    AppendOutcome, DeviceHello, DeviceWelcome, LiveFrame, LiveFrames, SendCommand, SendOutcome,
+    UpdatesPage, UpdatesQuery,
 };
+use natter_proto::convert::live_user;
 use prost::Message;
+use prost::bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::request::request_encoded;
@@ -22,6 +30,10 @@ use crate::{Backoff, ContractError, Result, Topology, encode, request, subjects}
 /// doubling up to the cap.
 const NO_HOLDER_FIRST: Duration = Duration::from_millis(20);
 const NO_HOLDER_MAX: Duration = Duration::from_millis(500);
+
+/// Publishes in flight for one [`Holders::publish_frames`], one per user
+/// partition.
+const PUBLISH_CONCURRENCY: usize = 64;
 
 /// Asks partition holders. One per process.
 #[derive(Debug, Clone)]
@@ -101,6 +113,59 @@ impl Holders {
         let subject = subjects::hello(self.user_partition(tenant, user));
         self.ask_sync(&subject, subjects::DEVICE_HELLO, &hello, timeout)
             .await
+    }
+
+    /// Sends `frame`, an encoded `natter.v1.ServerFrame`, to the live
+    /// sessions of `users` of `tenant`: one `LiveFrames` to the holder of
+    /// each user partition they fall in ([`subjects::signals`]), which
+    /// passes it on to their gateways. Returns how many users it went out
+    /// to. Best effort: a failed publish is logged and the others go on.
+    pub async fn publish_frames<'a>(
+        &self,
+        tenant: &TenantId,
+        users: impl IntoIterator<Item = &'a UserId>,
+        frame: Bytes,
+    ) -> usize {
+        let mut partitions: BTreeMap<u32, Vec<LiveFrame>> = BTreeMap::new();
+        for user in users {
+            partitions
+                .entry(self.user_partition(tenant, user))
+                .or_default()
+                .push(LiveFrame {
+                    user: Some(live_user(tenant, user)),
+                    frame: frame.clone(),
+                });
+        }
+        let mut sent = 0;
+        let mut in_flight = FuturesUnordered::new();
+        for (partition, frames) in partitions {
+            if in_flight.len() >= PUBLISH_CONCURRENCY {
+                sent += in_flight.next().await.unwrap_or(0);
+            }
+            in_flight.push(self.publish_partition(partition, frames));
+        }
+        while let Some(n) = in_flight.next().await {
+            sent += n;
+        }
+        sent
+    }
+
+    /// Publishes the frames of one partition's users to its holder; how
+    /// many users they are if it went out.
+    async fn publish_partition(&self, partition: u32, frames: Vec<LiveFrame>) -> usize {
+        let users = frames.len();
+        let subject = subjects::signals(partition);
+        match self
+            .bus
+            .publish(&subject, encode(&LiveFrames { frames }))
+            .await
+        {
+            Ok(()) => users,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot publish live frames");
+                0
+            }
+        }
     }
 
     /// Asks the holder of a user partition at `subject`, or any sync

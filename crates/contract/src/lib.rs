@@ -15,6 +15,13 @@
 //! fanout ──LiveFrames(typing)──▶ sync.signals.<partition> ──▶ the holder
 //! sync ──LiveFrames(updates, typing)──▶ gateway.<id> ──▶ the gateway's sessions
 //! sync ──PartitionHeld──▶ sync.held.<partition> ──▶ gateways attach their users again
+//! EVENTS stream ──ConversationEvents──▶ desk (lifecycle changes: who waits for a person)
+//! gateway, desk's gRPC API ──DeskCommand──▶ desk.call (request) ──▶ the desk's holder
+//! gateway ──AgentSessions──▶ desk.sessions ──▶ the desk's holder (agents' presence)
+//! desk ──AddMembersCommand──▶ storage.members.add (request) ──▶ storage
+//! desk ──SendCommand(change)──▶ storage.seq.<partition>: assignments are lifecycle changes
+//! desk ──LiveFrames(desk_signal)──▶ sync.signals.<partition>: offers to agents
+//! desk ──EphemeralSignal(desk)──▶ fanout.ephemeral: queue positions to a conversation's members
 //! ```
 //!
 //! Subjects here carry no prefix: the bus adds its own, so one NATS server
@@ -113,6 +120,12 @@ pub const EVENTS: Stream = Stream {
 /// the bus keeps no streams, storage keeps each announcement until this
 /// consumer has acknowledged it.
 pub const EVENTS_CONSUMER: &str = "fanout";
+
+/// The desk's durable consumers of EVENTS are `<this>-<partition>`. The
+/// desk reads lifecycle changes only; where the bus keeps no streams, what
+/// it had not consumed before a crash is not published again, and its
+/// records (the desk's routes) are what it resumes from.
+pub const DESK_CONSUMER: &str = "desk";
 
 impl Stream {
     pub fn config(&self, topology: &Topology) -> StreamConfig {

@@ -17,6 +17,20 @@ pub const CURSOR_ACK: &str = "sync.cursor";
 /// Fanout expands `EphemeralSignal`s published here (queue group `fanout`).
 pub const EPHEMERAL: &str = "fanout.ephemeral";
 
+/// Storage answers `AddMembersCommand` here (queue group `storage`).
+pub const ADD_MEMBERS: &str = "storage.members.add";
+
+/// The desk's holder answers `DeskCommand` here; only the holder
+/// subscribes, so nobody answers while the desk changes hands.
+pub const DESK_CALL: &str = "desk.call";
+
+/// Gateways publish `AgentSessions` here for the desk's holder.
+pub const DESK_SESSIONS: &str = "desk.sessions";
+
+/// A new holder of the desk publishes here (empty payload); every gateway
+/// answers by publishing its full `AgentSessions` at once.
+pub const DESK_HELD: &str = "desk.held";
+
 /// Where gateway `id` gets `LiveFrames` for its sessions' users from the
 /// holders of their partitions: one subscription per gateway.
 pub fn gateway(id: &str) -> String {

@@ -379,7 +379,7 @@ impl From<Priority> for v1::Priority {
 }
 
 /// A wire priority in the domain; `None` for unspecified.
-fn priority_from_wire(field: &'static str, priority: i32) -> Result<Option<Priority>> {
+pub fn priority_from_wire(field: &'static str, priority: i32) -> Result<Option<Priority>> {
     match v1::Priority::try_from(priority) {
         Ok(v1::Priority::Unspecified) => Ok(None),
         Ok(v1::Priority::Low) => Ok(Some(Priority::Low)),

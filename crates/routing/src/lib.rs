@@ -25,7 +25,7 @@ use natter_core::{Priority, TeamId};
 use thiserror::Error;
 
 pub use hours::{Date, Opening, Schedule};
-pub use router::{Router, Step};
+pub use router::{AgentView, Router, Step};
 
 /// Whether an agent takes conversations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -690,6 +690,25 @@ impl Router {
 
     /// Reports the waiting conversations whose position changed.
     fn report_positions(&mut self, steps: &mut Vec<Step>) {
+        let mut changed = Vec::new();
+        for (id, position) in self.positions() {
+            if let Some(Conversation {
+                state: State::Queued { reported },
+                ..
+            }) = self.conversations.get_mut(&id)
+                && *reported != Some(position)
+            {
+                *reported = Some(position);
+                changed.push((id, position));
+            }
+        }
+        if !changed.is_empty() {
+            steps.push(Step::Positions(changed));
+        }
+    }
+
+    /// Every waiting conversation's position, in queue order.
+    fn positions(&self) -> Vec<(ConversationId, Position)> {
         let rates: BTreeMap<&TeamId, (u64, u64)> = self
             .teams
             .iter()
@@ -704,9 +723,9 @@ impl Router {
             })
             .collect();
         let mut ahead: BTreeMap<&TeamId, u32> = BTreeMap::new();
-        let mut changed = Vec::new();
+        let mut positions = Vec::new();
         for (_, _, id) in &self.queue {
-            let Some(waiting) = self.conversations.get_mut(id) else {
+            let Some(waiting) = self.conversations.get(id) else {
                 continue;
             };
             let Some((&team, &(slots, handle_ms))) = rates.get_key_value(&waiting.request.team)
@@ -714,24 +733,56 @@ impl Router {
                 continue;
             };
             let in_front = ahead.entry(team).or_insert(0);
-            let position = Position {
-                ahead: *in_front,
-                estimated_wait_ms: (u64::from(*in_front) + 1)
-                    .div_ceil(slots.max(1))
-                    .saturating_mul(handle_ms),
-            };
+            positions.push((
+                *id,
+                Position {
+                    ahead: *in_front,
+                    estimated_wait_ms: (u64::from(*in_front) + 1)
+                        .div_ceil(slots.max(1))
+                        .saturating_mul(handle_ms),
+                },
+            ));
             *in_front += 1;
-            if let State::Queued { reported } = &mut waiting.state
-                && *reported != Some(position)
-            {
-                *reported = Some(position);
-                changed.push((*id, position));
-            }
         }
-        if !changed.is_empty() {
-            steps.push(Step::Positions(changed));
-        }
+        positions
     }
+
+    /// The waiting conversations, in queue order, with their positions.
+    pub fn waiting(&self) -> Vec<(&Request, Position)> {
+        self.positions()
+            .into_iter()
+            .filter_map(|(id, position)| Some((&self.conversations.get(&id)?.request, position)))
+            .collect()
+    }
+
+    /// Each agent as the router sees them now, in id order.
+    pub fn agents(&self) -> impl Iterator<Item = AgentView<'_>> {
+        self.agents.values().map(|a| AgentView {
+            agent: &a.config,
+            presence: a.presence,
+            assigned: &a.assigned,
+            offered: &a.offered,
+        })
+    }
+
+    /// The agent holding (assigned or offered) `conversation`, if any.
+    pub fn holder(&self, conversation: ConversationId) -> Option<&UserId> {
+        self.conversations.get(&conversation)?.state.agent()
+    }
+
+    /// Whether the router holds `conversation`, waiting or not.
+    pub fn routes(&self, conversation: ConversationId) -> bool {
+        self.conversations.contains_key(&conversation)
+    }
+}
+
+/// An agent's settings and what they hold, from [`Router::agents`].
+#[derive(Debug, Clone, Copy)]
+pub struct AgentView<'a> {
+    pub agent: &'a Agent,
+    pub presence: Presence,
+    pub assigned: &'a BTreeSet<ConversationId>,
+    pub offered: &'a BTreeSet<ConversationId>,
 }
 
 impl Conversation {

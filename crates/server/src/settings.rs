@@ -11,7 +11,7 @@ use natter_auth::Verifier;
 use natter_bus::Bus;
 use natter_contract::Topology;
 use natter_core::Limits;
-use natter_store::{ConversationStore, SyncStore};
+use natter_store::{ConversationStore, DeskStore, SyncStore};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
@@ -31,6 +31,7 @@ pub struct Settings {
     pub storage: ServiceSettings,
     pub sync: SyncSettings,
     pub fanout: FanoutSettings,
+    pub desk: ServiceSettings,
 }
 
 impl Default for Settings {
@@ -46,6 +47,7 @@ impl Default for Settings {
             storage: ServiceSettings::at("127.0.0.1:7200"),
             sync: SyncSettings::default(),
             fanout: FanoutSettings::default(),
+            desk: ServiceSettings::at("127.0.0.1:7500"),
         }
     }
 }
@@ -274,6 +276,7 @@ impl Settings {
             ("storage.grpc_addr", &self.storage.grpc_addr),
             ("sync.grpc_addr", &self.sync.grpc_addr),
             ("fanout.grpc_addr", &self.fanout.grpc_addr),
+            ("desk.grpc_addr", &self.desk.grpc_addr),
         ] {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| ConfigError::key(key, format!("{addr:?} is not host:port: {e}")))?;
@@ -377,7 +380,8 @@ impl Settings {
             )?);
             return Ok(Stores {
                 conversations: store.clone(),
-                sync: store,
+                sync: store.clone(),
+                desk: store,
             });
         }
         let mut config =
@@ -388,7 +392,8 @@ impl Settings {
         let store = Arc::new(natter_store_cql::CqlStore::connect(config).await?);
         Ok(Stores {
             conversations: store.clone(),
-            sync: store,
+            sync: store.clone(),
+            desk: store,
         })
     }
 }
@@ -425,11 +430,12 @@ impl Settings {
     }
 }
 
-/// Both halves of the storage boundary, from one backend.
+/// Every trait of the storage boundary, from one backend.
 #[derive(Clone)]
 pub struct Stores {
     pub conversations: Arc<dyn ConversationStore>,
     pub sync: Arc<dyn SyncStore>,
+    pub desk: Arc<dyn DeskStore>,
 }
 
 impl std::fmt::Debug for Stores {

@@ -1,18 +1,16 @@
-//! Typing and presence: relayed to a conversation's other members through
-//! the sync holders of their partitions, which know their gateways; never
-//! stored, dropped when stale.
+//! Typing, presence and the desk's news: relayed to a conversation's other
+//! members through the sync holders of their partitions, which know their
+//! gateways; never stored, dropped when stale.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use natter_bus::{Bus, Incoming, Outgoing, Subscription};
+use natter_bus::{Bus, Incoming, Subscription};
 use natter_contract::{Backoff, Holders, decode, subjects};
 use natter_core::{ConversationId, Invalid, Role, TenantId, Timestamp, UserId};
-use natter_proto::bus::v1::{EphemeralSignal, LiveFrame, LiveFrames, ephemeral_signal};
-use natter_proto::convert::{actor_from_wire, live_user, parse_id, required, timestamp_from_wire};
+use natter_proto::bus::v1::{EphemeralSignal, ephemeral_signal};
+use natter_proto::convert::{actor_from_wire, parse_id, required, timestamp_from_wire};
 use natter_proto::status::{permission_denied, reason};
 use natter_proto::v1;
 use prost::Message as _;
@@ -29,17 +27,20 @@ use natter_server::clock::now;
 /// signal that waits is worthless anyway.
 const CONCURRENCY: usize = 256;
 
-/// Publishes in flight for one signal, one per user partition.
-const PUBLISH_CONCURRENCY: usize = 64;
-
 /// What a signal says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SignalKind {
-    Typing { active: bool },
-    Presence { online: bool },
+    Typing {
+        active: bool,
+    },
+    Presence {
+        online: bool,
+    },
+    /// The desk's news about the conversation, sent with the service role.
+    Desk(v1::DeskSignal),
 }
 
-/// A typing or presence signal of `user` in `conversation`.
+/// A signal of `user` in `conversation`: typing, presence, or the desk's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Signal {
     pub(crate) tenant: TenantId,
@@ -56,6 +57,7 @@ impl Signal {
         let kind = match required("signal", signal.signal)? {
             ephemeral_signal::Signal::Typing(active) => SignalKind::Typing { active },
             ephemeral_signal::Signal::Online(online) => SignalKind::Presence { online },
+            ephemeral_signal::Signal::Desk(desk) => SignalKind::Desk(desk),
         };
         let signal = Signal {
             tenant: sender.tenant,
@@ -77,17 +79,18 @@ impl Signal {
     fn frame(&self) -> v1::ServerFrame {
         use v1::server_frame::Frame;
         let (conversation_id, user_id) = (self.conversation.to_string(), self.user.to_string());
-        let frame = match self.kind {
+        let frame = match &self.kind {
             SignalKind::Typing { active } => Frame::Typing(v1::TypingSignal {
                 conversation_id,
                 user_id,
-                active,
+                active: *active,
             }),
             SignalKind::Presence { online } => Frame::Presence(v1::PresenceSignal {
                 conversation_id,
                 user_id,
-                online,
+                online: *online,
             }),
+            SignalKind::Desk(desk) => Frame::DeskSignal(desk.clone()),
         };
         v1::ServerFrame { frame: Some(frame) }
     }
@@ -141,47 +144,13 @@ impl Relay {
         }
         // Encoded once; every member's frame shares the bytes.
         let frame = Bytes::from(signal.frame().encode_to_vec());
-        let mut partitions: BTreeMap<u32, Vec<LiveFrame>> = BTreeMap::new();
-        for member in members.iter().filter(|member| **member != signal.user) {
-            partitions
-                .entry(self.holders.user_partition(&signal.tenant, member))
-                .or_default()
-                .push(LiveFrame {
-                    user: Some(live_user(&signal.tenant, member)),
-                    frame: frame.clone(),
-                });
-        }
-        let mut sent = 0;
-        let mut in_flight = FuturesUnordered::new();
-        for (partition, frames) in partitions {
-            if in_flight.len() >= PUBLISH_CONCURRENCY {
-                sent += in_flight.next().await.unwrap_or(0);
-            }
-            in_flight.push(self.publish(partition, frames));
-        }
-        while let Some(n) = in_flight.next().await {
-            sent += n;
-        }
+        let others = members.iter().filter(|member| **member != signal.user);
+        let sent = self
+            .holders
+            .publish_frames(&signal.tenant, others, frame)
+            .await;
         Stats::add(&self.stats.ephemeral_published, 1);
         Ok(sent)
-    }
-
-    /// Publishes the frames of one partition's members to its holder;
-    /// how many members they are if it went out.
-    async fn publish(&self, partition: u32, frames: Vec<LiveFrame>) -> usize {
-        let members = frames.len();
-        let payload = LiveFrames { frames }.encode_to_vec();
-        match self
-            .bus
-            .publish(&subjects::signals(partition), Outgoing::new(payload))
-            .await
-        {
-            Ok(()) => members,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot publish an ephemeral signal");
-                0
-            }
-        }
     }
 
     /// Relays the signals published on the bus until `shutdown`,

@@ -20,13 +20,13 @@
 //!   (`room.<tenant>.<conversation>`), for devices that watch it. In big
 //!   rooms that is the only way new messages reach devices. See
 //!   ARCHITECTURE.md, "Big rooms".
-//! - **Ephemeral signals.** `EphemeralSignal`s on `fanout.ephemeral`
-//!   (queue group `fanout`) and `FanoutService.PublishEphemeral` calls go
-//!   to every other member as `ServerFrame`s, through the sync holder of
-//!   each member partition (`sync.signals.<n>`), which knows the members'
-//!   gateways. Stale
-//!   ones (older than `fanout.typing_ttl_seconds`) and ones from
-//!   non-members are dropped; nothing is stored.
+//! - **Ephemeral signals.** `EphemeralSignal`s (typing, presence, the
+//!   desk's queue positions) on `fanout.ephemeral` (queue group `fanout`)
+//!   and `FanoutService.PublishEphemeral` calls go to every other member
+//!   as `ServerFrame`s, through the sync holder of each member partition
+//!   (`sync.signals.<n>`), which knows the members' gateways. Stale ones
+//!   (older than `fanout.typing_ttl_seconds`) and ones from non-members
+//!   are dropped; nothing is stored.
 //!
 //! # Member lists and their consistency
 //!

@@ -389,6 +389,49 @@ async fn typing_reaches_the_other_members_but_not_the_typist() {
 }
 
 #[tokio::test]
+async fn desk_signals_of_a_service_reach_every_member() {
+    let h = Harness::start().await;
+    let conversation = h.conversation(&["alice", "bob"]).await;
+    let mut alice = h.signals("alice").await;
+    let mut bob = h.signals("bob").await;
+
+    let news = v1::DeskSignal {
+        signal: Some(v1::desk_signal::Signal::Queued(v1::Queued {
+            conversation_id: conversation.to_string(),
+            position: Some(v1::QueuePosition {
+                ahead: 2,
+                estimated_wait_seconds: 90,
+            }),
+            opens_at: None,
+        })),
+    };
+    let signal = EphemeralSignal {
+        actor: Some(Actor {
+            tenant_id: TENANT.into(),
+            user_id: "desk".into(),
+            role: v1::Role::Service as i32,
+        }),
+        conversation_id: conversation.to_string(),
+        at: Some(timestamp_to_wire(now())),
+        signal: Some(ephemeral_signal::Signal::Desk(news.clone())),
+    };
+    h.bus
+        .publish(subjects::EPHEMERAL, Outgoing::new(signal.encode_to_vec()))
+        .await
+        .unwrap();
+    h.stats_until(|s| s.ephemeral_published == 1).await;
+    for live in [&mut alice, &mut bob] {
+        let frames = ready_signals(live);
+        assert_eq!(frames.len(), 1);
+        match v1::ServerFrame::decode(frames[0].as_slice()).unwrap().frame {
+            Some(v1::server_frame::Frame::DeskSignal(got)) => assert_eq!(got, news),
+            other => panic!("expected a desk signal, got {other:?}"),
+        }
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn stale_and_non_member_signals_are_dropped() {
     let h = Harness::start().await;
     let conversation = h.conversation(&["alice", "bob"]).await;

@@ -15,8 +15,10 @@
 //! also watch conversations (`watches.rs`): their messages after a seq,
 //! then live from the conversation's room subject, joined the same way.
 //! Sends go to the sequencers and catch-up reads to the holders of users'
-//! logs through one `Holders` per process; read markers, acks and typing
-//! go to storage, sync and fanout over the bus.
+//! logs through one `Holders` per process; read markers, acks, typing and
+//! desk calls go to storage, sync, fanout and the desk over the bus. The
+//! desk also learns from the gateway which agents have sessions on it
+//! (`live.rs`).
 //!
 //! # Bounds
 //!

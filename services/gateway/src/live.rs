@@ -15,16 +15,23 @@
 //! lost announcement, and whenever a hello is answered by a holder it did
 //! not know. When the last session of a user ends, the holder is told to
 //! stop sending.
+//!
+//! The directory also tells the desk which agents have sessions here
+//! (`AgentSessions` on `desk.sessions`): when an agent's first session
+//! opens or their last closes, in full every `ATTACH_EVERY`, and in full
+//! at once when a new holder of the desk asks (`desk.held`). Only the
+//! serving task publishes them, so they leave in the order they happened.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::StreamExt;
+use natter_auth::Identity;
 use natter_bus::{Bus, BusError, Subscription};
 use natter_contract::{ATTACH_EVERY, Backoff, Holders, decode, encode, subjects};
-use natter_core::{TenantId, UserId};
-use natter_proto::bus::v1::{Attach, Attached, LiveFrames, LiveUser, PartitionHeld};
+use natter_core::{Role, TenantId, UserId};
+use natter_proto::bus::v1::{AgentSessions, Attach, Attached, LiveFrames, LiveUser, PartitionHeld};
 use natter_proto::convert::{live_user, live_user_from_wire};
 use prost::bytes::Bytes;
 use tokio::sync::Notify;
@@ -50,6 +57,8 @@ pub(crate) struct Live {
     holders: Holders,
     peer_timeout: std::time::Duration,
     state: Mutex<State>,
+    /// Wakes the serving task to tell the desk of `State::agents_changed`.
+    agents_changed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +67,9 @@ struct State {
     /// Per user partition, the lease epoch of the holder this gateway's
     /// users of it are attached to.
     epochs: HashMap<u32, u64>,
+    /// Agents whose first session opened or last closed since the desk
+    /// was last told.
+    agents_changed: HashSet<UserKey>,
     next_id: u64,
 }
 
@@ -65,6 +77,8 @@ struct State {
 struct Listeners {
     partition: u32,
     inboxes: Vec<(u64, Arc<Inbox>)>,
+    /// How many of the sessions have the agent role.
+    agents: usize,
 }
 
 /// What a session's feed yields.
@@ -112,6 +126,7 @@ pub(crate) struct Listener {
     user: UserKey,
     id: u64,
     inbox: Arc<Inbox>,
+    agent: bool,
 }
 
 impl Listener {
@@ -134,10 +149,18 @@ impl Drop for Listener {
     fn drop(&mut self) {
         let last = {
             let mut state = self.live.state();
+            let state = &mut *state;
             let Some(listeners) = state.users.get_mut(&self.user) else {
                 return;
             };
             listeners.inboxes.retain(|(id, _)| *id != self.id);
+            if self.agent {
+                listeners.agents -= 1;
+                if listeners.agents == 0 {
+                    state.agents_changed.insert(self.user.clone());
+                    self.live.agents_changed.notify_one();
+                }
+            }
             if listeners.inboxes.is_empty() {
                 state.users.remove(&self.user).map(|l| l.partition)
             } else {
@@ -170,13 +193,15 @@ impl Live {
             holders,
             peer_timeout,
             state: Mutex::default(),
+            agents_changed: Notify::new(),
         });
         let frames = live
             .bus
             .subscribe(&subjects::gateway(&live.id), None)
             .await?;
         let held = live.bus.subscribe(subjects::ALL_HELD, None).await?;
-        tokio::spawn(live.clone().serve(frames, held, shutdown));
+        let desk_held = live.bus.subscribe(subjects::DESK_HELD, None).await?;
+        tokio::spawn(live.clone().serve(frames, held, desk_held, shutdown));
         Ok(live)
     }
 
@@ -185,29 +210,36 @@ impl Live {
         &self.id
     }
 
-    /// Registers a session of `user` for its live frames.
-    pub(crate) fn listen(self: &Arc<Self>, tenant: &TenantId, user: &UserId) -> Listener {
+    /// Registers a session of `identity`'s user for its live frames.
+    pub(crate) fn listen(self: &Arc<Self>, identity: &Identity) -> Listener {
+        let (tenant, user) = (&identity.tenant, &identity.user);
         let key = (tenant.clone(), user.clone());
         let inbox = Arc::new(Inbox::default());
         let partition = self.holders.user_partition(tenant, user);
+        let agent = identity.role == Role::Agent;
         let mut state = self.state();
+        let state = &mut *state;
         state.next_id += 1;
         let id = state.next_id;
-        state
-            .users
-            .entry(key.clone())
-            .or_insert_with(|| Listeners {
-                partition,
-                inboxes: Vec::new(),
-            })
-            .inboxes
-            .push((id, inbox.clone()));
-        drop(state);
+        let listeners = state.users.entry(key.clone()).or_insert_with(|| Listeners {
+            partition,
+            inboxes: Vec::new(),
+            agents: 0,
+        });
+        listeners.inboxes.push((id, inbox.clone()));
+        if agent {
+            listeners.agents += 1;
+            if listeners.agents == 1 {
+                state.agents_changed.insert(key.clone());
+                self.agents_changed.notify_one();
+            }
+        }
         Listener {
             live: self.clone(),
             user: key,
             id,
             inbox,
+            agent,
         }
     }
 
@@ -244,6 +276,7 @@ impl Live {
         self: Arc<Self>,
         mut frames: Subscription,
         mut held: Subscription,
+        mut desk_held: Subscription,
         shutdown: CancellationToken,
     ) {
         let mut refresh = tokio::time::interval(ATTACH_EVERY);
@@ -273,14 +306,19 @@ impl Live {
                 },
                 next = held.next() => match next {
                     Some(incoming) => self.on_held(&incoming.payload),
-                    None => match self.bus.subscribe(subjects::ALL_HELD, None).await {
-                        Ok(again) => held = again,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot subscribe to holder announcements");
-                            backoff.wait(&shutdown).await;
-                        }
-                    },
+                    None => {
+                        let subject = subjects::ALL_HELD;
+                        self.subscribe_again(subject, &mut held, &mut backoff, &shutdown).await;
+                    }
                 },
+                next = desk_held.next() => match next {
+                    Some(_) => self.tell_desk(true).await,
+                    None => {
+                        let subject = subjects::DESK_HELD;
+                        self.subscribe_again(subject, &mut desk_held, &mut backoff, &shutdown).await;
+                    }
+                },
+                () = self.agents_changed.notified() => self.tell_desk(false).await,
                 _ = refresh.tick() => {
                     let partitions: Vec<u32> = {
                         let state = self.state();
@@ -294,9 +332,78 @@ impl Live {
                         let live = self.clone();
                         tokio::spawn(async move { live.attach(partition).await });
                     }
+                    self.tell_desk(true).await;
                 }
             }
         }
+    }
+
+    /// Replaces `subscription`, which ended, with a new one to `subject`;
+    /// after a pause if that fails.
+    async fn subscribe_again(
+        &self,
+        subject: &str,
+        subscription: &mut Subscription,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) {
+        match self.bus.subscribe(subject, None).await {
+            Ok(again) => *subscription = again,
+            Err(e) => {
+                tracing::warn!(subject, error = %e, "cannot subscribe again");
+                backoff.wait(shutdown).await;
+            }
+        }
+    }
+
+    /// Tells the desk which agents have sessions here: every one
+    /// (`full`), or those whose first session opened or last closed since
+    /// it was last told. A lost message is made good by the next full one.
+    async fn tell_desk(&self, full: bool) {
+        let Some(sessions) = self.agent_sessions(full) else {
+            return;
+        };
+        if let Err(e) = self
+            .bus
+            .publish(subjects::DESK_SESSIONS, encode(&sessions))
+            .await
+        {
+            tracing::debug!(error = %e, "cannot tell the desk of agents' sessions");
+        }
+    }
+
+    /// What [`Live::tell_desk`] publishes; `None` if nothing changed.
+    fn agent_sessions(&self, full: bool) -> Option<AgentSessions> {
+        let mut state = self.state();
+        // A full account says all the changes would.
+        let changed = std::mem::take(&mut state.agents_changed);
+        let mut sessions = AgentSessions {
+            gateway: self.id.clone(),
+            full,
+            ..AgentSessions::default()
+        };
+        if full {
+            sessions.online = state
+                .users
+                .iter()
+                .filter(|(_, l)| l.agents > 0)
+                .map(|((tenant, user), _)| live_user(tenant, user))
+                .collect();
+            return Some(sessions);
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        for key in changed {
+            let online = state.users.get(&key).is_some_and(|l| l.agents > 0);
+            let to = if online {
+                &mut sessions.online
+            } else {
+                &mut sessions.offline
+            };
+            to.push(live_user(&key.0, &key.1));
+        }
+        Some(sessions)
     }
 
     /// Hands each frame to the sessions of its user.

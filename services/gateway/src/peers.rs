@@ -7,8 +7,8 @@ use natter_auth::Identity;
 use natter_contract::subjects;
 use natter_core::{ClientMessageId, ConversationId, DeviceId};
 use natter_proto::bus::v1::{
-    CursorAck, DeviceHello, DeviceWelcome, EphemeralSignal, MarkReadCommand, MarkReadOutcome,
-    SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
+    CursorAck, DeskCommand, DeskOutcome, DeviceHello, DeviceWelcome, EphemeralSignal,
+    MarkReadCommand, MarkReadOutcome, SendCommand, UpdatesPage, UpdatesQuery, send_outcome,
 };
 use natter_proto::v1::{LifecycleUpdated, SendAck, server_frame::Frame};
 use natter_proto::{convert, status};
@@ -222,6 +222,56 @@ pub(crate) async fn mark_read(shared: Arc<Shared>, command: MarkReadCommand) -> 
     let status = status::from_failure(failure);
     tracing::info!(code = ?status.code(), message = status.message(), "read refused");
     Some(Frame::Error(status::error_frame(&status, None)))
+}
+
+/// Carries out a desk call at the desk's holder; answers `desk_answer` or
+/// `error`, each naming the call's `client_call_id`.
+#[tracing::instrument(skip_all, fields(client_call_id = %client_call_id))]
+pub(crate) async fn desk(
+    shared: Arc<Shared>,
+    client_call_id: String,
+    command: DeskCommand,
+) -> Option<Frame> {
+    let error = |status: &Status| {
+        let mut frame = status::error_frame(status, None);
+        frame.client_message_id.clone_from(&client_call_id);
+        Frame::Error(frame)
+    };
+    let outcome: DeskOutcome = match natter_contract::request(
+        shared.bus.as_ref(),
+        subjects::DESK_CALL,
+        &command,
+        shared.config.peer_timeout,
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        // Nobody answers while the desk changes hands: the client retries.
+        Err(e) => return Some(error(&e.into_status("the desk"))),
+    };
+    match outcome {
+        DeskOutcome {
+            failure: Some(failure),
+            ..
+        } => {
+            let status = status::from_failure(failure);
+            tracing::info!(code = ?status.code(), message = status.message(), "desk call refused");
+            Some(error(&status))
+        }
+        DeskOutcome {
+            answer: Some(mut answer),
+            ..
+        } => {
+            answer.client_call_id.clone_from(&client_call_id);
+            Some(Frame::DeskAnswer(answer))
+        }
+        DeskOutcome { answer: None, .. } => {
+            tracing::error!("the desk answered with neither an answer nor a failure");
+            Some(error(&unreadable(
+                "the desk answered with an unreadable outcome",
+            )))
+        }
+    }
 }
 
 /// Tells sync how far the device got. Lost acks only delay the news, so

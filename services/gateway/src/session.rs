@@ -32,8 +32,8 @@ use natter_core::{
     MembershipKind, Seq, Update,
 };
 use natter_proto::bus::v1::{
-    CursorAck, EphemeralSignal, MarkReadCommand, SendCommand, UpdatesPage, UpdatesQuery,
-    ephemeral_signal,
+    CursorAck, DeskCommand, EphemeralSignal, MarkReadCommand, SendCommand, UpdatesPage,
+    UpdatesQuery, ephemeral_signal,
 };
 use natter_proto::convert::{content_from_wire, parse_id, required, timestamp_to_wire};
 use natter_proto::status::{self, reason};
@@ -280,7 +280,7 @@ impl Session {
         let watch = shared
             .revocations
             .watch(&identity.tenant, &identity.user, &device);
-        let live = shared.live.listen(&identity.tenant, &identity.user);
+        let live = shared.live.listen(&identity);
         let epoch = peers::device_hello(&shared, &identity, &device, hello.device_label)
             .await
             .map_err(Stop::Fail)?;
@@ -450,9 +450,11 @@ impl Session {
                     Ok(())
                 }
             },
-            // Ephemeral: fanout already dropped stale ones and checked
-            // membership; the frames carry no time of their own.
-            Some(frame @ (Frame::Typing(_) | Frame::Presence(_))) => Ok(self.out.push(frame)?),
+            // Ephemeral: fanout (or the desk) already dropped stale ones and
+            // chose who gets them; the frames carry no time of their own.
+            Some(frame @ (Frame::Typing(_) | Frame::Presence(_) | Frame::DeskSignal(_))) => {
+                Ok(self.out.push(frame)?)
+            }
             other => {
                 tracing::warn!(frame = ?other, "unexpected live frame dropped");
                 Ok(())
@@ -467,7 +469,8 @@ impl Session {
                 return self.reject(
                     Invalid::new(
                         "frame",
-                        "is required: one of hello, send, ack, read, typing, ping, watch or unwatch",
+                        "is required: one of hello, send, update_lifecycle, ack, read, typing, \
+                         ping, watch, unwatch or desk",
                     ),
                     "",
                 );
@@ -486,6 +489,7 @@ impl Session {
             ),
             client_frame::Frame::Send(send) => self.on_send(send),
             client_frame::Frame::UpdateLifecycle(update) => self.on_update_lifecycle(update),
+            client_frame::Frame::Desk(call) => self.on_desk(call),
             client_frame::Frame::Ack(ack) => self.on_ack(ack.cursor),
             client_frame::Frame::Read(read) => self.on_read(read),
             client_frame::Frame::Typing(typing) => self.on_typing(typing),
@@ -613,6 +617,32 @@ impl Session {
             self.shared.clone(),
             conversation,
             id,
+            command,
+        )));
+        Ok(())
+    }
+
+    /// Passes a desk call to the desk, which checks it and the caller's
+    /// right to make it.
+    fn on_desk(&mut self, call: v1::DeskCall) -> Flow {
+        if call.call.is_none() {
+            return self.reject(
+                Invalid::new(
+                    "call",
+                    "is required: one of set_presence, get_desk, accept_offer, decline_offer, \
+                     transfer, list_teams, put_team or put_agent",
+                ),
+                &call.client_call_id,
+            );
+        }
+        let client_call_id = call.client_call_id.clone();
+        let command = DeskCommand {
+            actor: Some((&self.identity).into()),
+            call: Some(call),
+        };
+        self.replies.push(Box::pin(peers::desk(
+            self.shared.clone(),
+            client_call_id,
             command,
         )));
         Ok(())

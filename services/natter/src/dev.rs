@@ -1,4 +1,4 @@
-//! `natter dev`: the four services in one process, sharing one bus and one
+//! `natter dev`: the five services in one process, sharing one bus and one
 //! store, each on its own port exactly as when they run apart, and the
 //! demo (`demo.rs`) beside them.
 
@@ -52,6 +52,7 @@ pub(crate) async fn run(
     let storage = natter_server::listen(&settings.storage.grpc_addr).await?;
     let sync = natter_server::listen(&settings.sync.grpc_addr).await?;
     let fanout = natter_server::listen(&settings.fanout.grpc_addr).await?;
+    let desk = natter_server::listen(&settings.desk.grpc_addr).await?;
     let gateway_http_addr = gateway_http.local_addr()?;
     let mut addrs = vec![
         ("gateway (gRPC)", gateway_grpc.local_addr()?.to_string()),
@@ -66,6 +67,7 @@ pub(crate) async fn run(
         ("storage", storage.local_addr()?.to_string()),
         ("sync", sync.local_addr()?.to_string()),
         ("fanout", fanout.local_addr()?.to_string()),
+        ("desk", desk.local_addr()?.to_string()),
     ];
     // The demo is a convenience: when it cannot run, the services still do.
     let demo = match demo_listener(&settings, &demo_addr).await {
@@ -130,6 +132,17 @@ pub(crate) async fn run(
         sync,
         shutdown.clone(),
     );
+    let desk = natter_desk::run(
+        &settings,
+        natter_desk::Deps {
+            bus: bus.clone(),
+            verifier: verifier.clone(),
+            store: stores.desk,
+            instance: format!("{instance}-desk"),
+        },
+        desk,
+        shutdown.clone(),
+    );
     let fanout = natter_fanout::run(
         &settings,
         natter_fanout::Deps {
@@ -145,14 +158,15 @@ pub(crate) async fn run(
         shutdown.cancel();
         result
     };
-    let (g, st, sy, f, ()) = tokio::join!(
+    let (g, st, sy, f, d, ()) = tokio::join!(
         async { stop_all(gateway.await) },
         async { stop_all(storage.await) },
         async { stop_all(sync.await) },
         async { stop_all(fanout.await) },
+        async { stop_all(desk.await) },
         demo,
     );
-    g.and(st).and(sy).and(f)
+    g.and(st).and(sy).and(f).and(d)
 }
 
 /// Creates or upgrades the CQL schema (`natter migrate --cql HOST:PORT`).
@@ -186,7 +200,7 @@ async fn demo_listener(settings: &Settings, addr: &str) -> Result<Option<TcpList
 }
 
 fn banner(settings: &Settings, addrs: &[(&str, String)]) {
-    let mut text = String::from("\nNatter is running: all four services in one process.\n\n");
+    let mut text = String::from("\nNatter is running: all five services in one process.\n\n");
     for (name, addr) in addrs {
         text.push_str(&format!("  {name:<20} {addr}\n"));
     }

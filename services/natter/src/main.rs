@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run all four services in one process. With no --nats and no --cql
+    /// Run all five services in one process. With no --nats and no --cql
     /// this needs nothing installed: an in-process bus and an embedded
     /// store under --data-dir. Also serves a demo: a sample business
     /// website with the chat widget, and an agent console.
@@ -31,6 +31,8 @@ enum Command {
     Sync(InfraArgs),
     /// Run the fanout service (delivery to members) alone.
     Fanout(InfraArgs),
+    /// Run the desk service (teams, agents, routing to them) alone.
+    Desk(InfraArgs),
     /// Print a signed token for a user, using the HS256 secret from the
     /// settings (development and tests; production tokens come from the
     /// business's own identity service).
@@ -42,7 +44,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        // Four services in one future: box it rather than grow main's stack.
+        // Five services in one future: box it rather than grow main's stack.
         Command::Dev(args) => {
             let demo_addr = args.demo_addr;
             Box::pin(run_with(
@@ -56,6 +58,7 @@ async fn main() -> ExitCode {
         Command::Storage(args) => run_binary("storage", &args, natter_storage::start).await,
         Command::Sync(args) => run_binary("sync", &args, natter_sync::start).await,
         Command::Fanout(args) => run_binary("fanout", &args, natter_fanout::start).await,
+        Command::Desk(args) => run_binary("desk", &args, natter_desk::start).await,
         Command::Token(args) => token::print(&args),
         Command::Migrate(args) => run_binary("migrate", &args, dev::migrate).await,
     }

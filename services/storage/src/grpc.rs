@@ -2,7 +2,6 @@
 //! Every call is authenticated and tenant-scoped; wire types are converted
 //! to domain types here and nowhere further in.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,46 +254,7 @@ impl ConversationService for ConversationApi {
         let id = conversation_id(&request.conversation_id)?;
         Span::current().record("conversation", tracing::field::display(id));
         let members = new_members_from_wire(request.members).map_err(invalid)?;
-        validate_member_list(members.iter().map(|(user, _)| user), &self.storage.limits)
-            .map_err(invalid)?;
-        self.storage
-            .enforce(policy::add_members(who.role, &members), &who, id)
-            .await?;
-        let changes = self
-            .storage
-            .store
-            .add_members(&who.tenant, id, &members, now())
-            .await
-            .map_err(store_status)?;
-
-        // Users already members may have joined through an earlier attempt
-        // of this very call whose events were lost; publish their Joined
-        // events again while EVENTS still deduplicates them.
-        let changed: HashSet<&UserId> = changes.iter().map(|c| &c.user_id).collect();
-        let unchanged: Vec<&UserId> = members
-            .iter()
-            .map(|(user, _)| user)
-            .filter(|user| !changed.contains(user))
-            .collect();
-        let earlier = self
-            .storage
-            .members_among(&who.tenant, id, &unchanged)
-            .await?;
-        let events: Vec<Event> = changes
-            .iter()
-            .cloned()
-            .map(Event::Membership)
-            .chain(
-                earlier
-                    .iter()
-                    .flatten()
-                    .filter(|m| self.storage.within_dedup_window(m.joined_at))
-                    .map(|m| joined(id, &m.user_id, m.role, m.joined_at)),
-            )
-            .collect();
-        self.storage
-            .announce(with_tenant(&who.tenant, events), RETRY_CALL)
-            .await?;
+        let changes = self.storage.add_members(&who, id, members).await?;
         Ok(Response::new(AddMembersResponse {
             changes: changes.into_iter().map(Into::into).collect(),
         }))

@@ -9,8 +9,8 @@
 //!   subject that numbers, writes and announces every message, whether a
 //!   device sent it through a gateway or a backend through `SendMessage`,
 //!   so ordering and idempotency have one home;
-//! - bus responders for `MARK_READ`, `MEMBERS` and `MESSAGES` (queue group
-//!   `storage`).
+//! - bus responders for `MARK_READ`, `MEMBERS`, `MESSAGES` and
+//!   `ADD_MEMBERS` (queue group `storage`).
 //!
 //! Every stored change is announced as a `ConversationEvent` on the
 //! durable EVENTS stream (partitioned by conversation, dedup id
@@ -136,6 +136,10 @@ pub async fn run(
         .bus
         .subscribe(subjects::MESSAGES, Some(QUEUE_GROUP))
         .await?;
+    let add_members = deps
+        .bus
+        .subscribe(subjects::ADD_MEMBERS, Some(QUEUE_GROUP))
+        .await?;
 
     // Stops the bus-side work when the caller shuts down, or when gRPC
     // fails on its own.
@@ -158,6 +162,12 @@ pub async fn run(
         messages,
         stop.clone(),
         responders::messages,
+    ));
+    tasks.spawn(responders::respond(
+        storage.clone(),
+        add_members,
+        stop.clone(),
+        responders::add_members,
     ));
     tasks.spawn(sequencer::run(storage.clone(), deps.instance, stop.clone()));
 

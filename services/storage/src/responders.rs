@@ -1,7 +1,7 @@
 //! What storage answers on the bus: read markers (`MARK_READ`), member
-//! pages (`MEMBERS`) and message pages for watching devices (`MESSAGES`),
-//! all in queue group `storage` so any one storage process answers each
-//! request.
+//! pages (`MEMBERS`), message pages for watching devices (`MESSAGES`) and
+//! member additions for services without a token (`ADD_MEMBERS`), all in
+//! queue group `storage` so any one storage process answers each request.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,10 +10,10 @@ use natter_bus::Subscription;
 use natter_contract::serve;
 use natter_core::{ConversationId, Event, Seq, TenantId, UserId};
 use natter_proto::bus::v1::{
-    Failure, MarkReadCommand, MarkReadOutcome, MembersPage, MembersQuery, MessagesPage,
-    MessagesQuery,
+    AddMembersCommand, AddMembersOutcome, Failure, MarkReadCommand, MarkReadOutcome, MembersPage,
+    MembersQuery, MessagesPage, MessagesQuery,
 };
-use natter_proto::convert::{actor_from_wire, parse_id};
+use natter_proto::convert::{actor_from_wire, new_members_from_wire, parse_id};
 use natter_proto::status::to_failure;
 use natter_server::store_status;
 use natter_store::{MessageRange, PageRequest};
@@ -35,6 +35,8 @@ pub(crate) trait Answer: prost::Message + Default + 'static {
 macro_rules! answers {
     ($($answer:ty),*) => {$(
         impl Answer for $answer {
+            // Some answers have no field but the failure.
+            #[allow(clippy::needless_update)]
             fn failed(failure: Failure) -> Self {
                 Self {
                     failure: Some(failure),
@@ -45,7 +47,12 @@ macro_rules! answers {
     )*};
 }
 
-answers!(MarkReadOutcome, MembersPage, MessagesPage);
+answers!(
+    AddMembersOutcome,
+    MarkReadOutcome,
+    MembersPage,
+    MessagesPage
+);
 
 /// Answers the requests on `requests` with `handler` until `shutdown`; a
 /// handler's error status goes back as the answer's failure.
@@ -190,4 +197,19 @@ pub(crate) async fn messages(
         complete: messages.len() < limit as usize,
         messages: messages.into_iter().map(Into::into).collect(),
     })
+}
+
+/// Adds members for a service that reaches storage only over the bus (the
+/// desk), with the rules and effects of `AddMembers`.
+#[tracing::instrument(skip_all, fields(conversation = %command.conversation_id))]
+pub(crate) async fn add_members(
+    storage: Arc<Storage>,
+    command: AddMembersCommand,
+) -> Result<AddMembersOutcome, Status> {
+    let who = actor_from_wire(command.actor).map_err(invalid)?;
+    let id: ConversationId =
+        parse_id("conversation_id", &command.conversation_id).map_err(invalid)?;
+    let members = new_members_from_wire(command.members).map_err(invalid)?;
+    storage.add_members(&who, id, members).await?;
+    Ok(AddMembersOutcome { failure: None })
 }

@@ -1,7 +1,9 @@
 //! What the gRPC API, the sequencers and the bus responders share: the
 //! store, the bus, the limits, and the two things all of them do, checking
-//! access to a conversation and announcing its events on EVENTS.
+//! access to a conversation and announcing its events on EVENTS; and
+//! adding members, which both the gRPC API and a bus responder do.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use natter_bus::{Bus, DurableMessage};
 use natter_contract::{Backoff, EVENTS, Topology, encode, subjects};
 use natter_core::{
     ConversationId, Event, Invalid, Limits, Member, MembershipChange, MembershipKind, Role,
-    TenantId, Timestamp, UserId,
+    TenantId, Timestamp, UserId, validate_member_list,
 };
 use natter_proto::bus::v1::{ConversationEvent, ConversationEvents};
 use natter_proto::status::{self, reason};
@@ -70,6 +72,52 @@ impl Storage {
                 Err(e) => Err(store_status(e)),
             },
         }
+    }
+
+    /// Adds `members` to conversation `id` for `who` and announces the
+    /// changes: `AddMembers`, over gRPC and over the bus alike. Users who
+    /// were members already make no change.
+    pub(crate) async fn add_members(
+        &self,
+        who: &Identity,
+        id: ConversationId,
+        members: Vec<(UserId, Role)>,
+    ) -> Result<Vec<MembershipChange>, Status> {
+        validate_member_list(members.iter().map(|(user, _)| user), &self.limits)
+            .map_err(invalid)?;
+        self.enforce(policy::add_members(who.role, &members), who, id)
+            .await?;
+        let changes = self
+            .store
+            .add_members(&who.tenant, id, &members, now())
+            .await
+            .map_err(store_status)?;
+
+        // Users already members may have joined through an earlier attempt
+        // of this very call whose events were lost; publish their Joined
+        // events again while EVENTS still deduplicates them.
+        let changed: HashSet<&UserId> = changes.iter().map(|c| &c.user_id).collect();
+        let unchanged: Vec<&UserId> = members
+            .iter()
+            .map(|(user, _)| user)
+            .filter(|user| !changed.contains(user))
+            .collect();
+        let earlier = self.members_among(&who.tenant, id, &unchanged).await?;
+        let events: Vec<Event> = changes
+            .iter()
+            .cloned()
+            .map(Event::Membership)
+            .chain(
+                earlier
+                    .iter()
+                    .flatten()
+                    .filter(|m| self.within_dedup_window(m.joined_at))
+                    .map(|m| joined(id, &m.user_id, m.role, m.joined_at)),
+            )
+            .collect();
+        self.announce(with_tenant(&who.tenant, events), RETRY_CALL)
+            .await?;
+        Ok(changes)
     }
 
     /// Publishes `events` durably on EVENTS, in order, as one message per

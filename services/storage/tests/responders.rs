@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use common::{Harness, assert_status, next_event, who};
 use natter_contract::{request, subjects};
-use natter_core::{ConversationId, Event, Role};
-use natter_proto::bus::v1::{Actor, MarkReadCommand, MarkReadOutcome, MembersPage, MembersQuery};
+use natter_core::{ConversationId, Event, MembershipKind, Role};
+use natter_proto::bus::v1::{
+    Actor, AddMembersCommand, AddMembersOutcome, MarkReadCommand, MarkReadOutcome, MembersPage,
+    MembersQuery,
+};
 use natter_proto::status::from_failure;
+use natter_proto::v1::NewMember;
 use tonic::Code;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +28,12 @@ fn actor(tenant: &str, user: &str, role: natter_proto::v1::Role) -> Option<Actor
 
 async fn mark_read(h: &Harness, command: MarkReadCommand) -> MarkReadOutcome {
     request(h.bus.as_ref(), subjects::MARK_READ, &command, TIMEOUT)
+        .await
+        .expect("an answer from storage")
+}
+
+async fn add_members(h: &Harness, command: AddMembersCommand) -> AddMembersOutcome {
+    request(h.bus.as_ref(), subjects::ADD_MEMBERS, &command, TIMEOUT)
         .await
         .expect("an answer from storage")
 }
@@ -186,5 +196,90 @@ async fn members_come_in_pages() {
             reason,
         );
     }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn add_members_follows_the_rules_of_the_grpc_call_and_announces_once() {
+    let h = Harness::start().await;
+    let alice = who("acme", "alice", Role::Agent);
+    let id = h.create(&alice, &[("bob", Role::Customer)]).await;
+    use natter_proto::v1::Role::{Agent, Customer, Service};
+    let add = |actor, user: &str, role: natter_proto::v1::Role| AddMembersCommand {
+        actor,
+        conversation_id: id.to_string(),
+        members: vec![NewMember {
+            user_id: user.into(),
+            role: role.into(),
+        }],
+    };
+
+    // The desk, a service, makes an agent a member; asking again is a no-op.
+    for _ in 0..2 {
+        let outcome = add_members(&h, add(actor("acme", "desk", Service), "dave", Agent)).await;
+        assert_eq!(outcome.failure, None);
+    }
+    let failures = [
+        (
+            add(actor("acme", "bob", Customer), "carol", Customer),
+            Code::PermissionDenied,
+            "ROLE_NOT_ALLOWED",
+        ),
+        (
+            add(actor("acme", "erin", Agent), "carol", Customer),
+            Code::PermissionDenied,
+            "NOT_A_MEMBER",
+        ),
+        (
+            add(actor("acme", "alice", Agent), "crm", Service),
+            Code::PermissionDenied,
+            "ROLE_NOT_ALLOWED",
+        ),
+        (
+            add(actor("globex", "desk", Service), "carol", Customer),
+            Code::NotFound,
+            "CONVERSATION_NOT_FOUND",
+        ),
+        (
+            AddMembersCommand {
+                conversation_id: "nope".into(),
+                ..add(actor("acme", "desk", Service), "carol", Customer)
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            add(actor("acme", "desk", Service), "has space", Customer),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            add(None, "carol", Customer),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+    ];
+    for (command, code, reason) in failures {
+        let outcome = add_members(&h, command).await;
+        assert_status(
+            &from_failure(outcome.failure.expect("a failure")),
+            code,
+            reason,
+        );
+    }
+
+    // After the two joins of the create, dave joined once: the repeated
+    // add was published again within the dedup window and dropped.
+    let mut events = h.events("test").await;
+    for _ in 0..2 {
+        next_event(&mut events).await;
+    }
+    let Event::Membership(change) = next_event(&mut events).await.1 else {
+        panic!("expected a membership change");
+    };
+    assert_eq!(
+        (change.user_id.as_str(), change.kind, change.role),
+        ("dave", MembershipKind::Joined, Role::Agent)
+    );
     h.stop().await;
 }

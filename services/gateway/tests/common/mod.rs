@@ -71,13 +71,21 @@ pub fn identity(user: &str) -> Identity {
 }
 
 pub fn token(user: &str) -> String {
-    Signer::hs256(SECRET).token(&identity(user), 600).unwrap()
+    token_of(&identity(user))
+}
+
+pub fn token_of(who: &Identity) -> String {
+    Signer::hs256(SECRET).token(who, 600).unwrap()
 }
 
 pub fn hello(user: &str, device: &str, cursor: u64) -> ClientFrame {
+    hello_as(&identity(user), device, cursor)
+}
+
+pub fn hello_as(who: &Identity, device: &str, cursor: u64) -> ClientFrame {
     ClientFrame {
         frame: Some(client_frame::Frame::Hello(Hello {
-            token: token(user),
+            token: token_of(who),
             device_id: device.into(),
             cursor,
             device_label: "test".into(),
@@ -213,11 +221,23 @@ impl Harness {
         device: &str,
         cursor: u64,
     ) -> Device {
+        self.open_as(transport, &identity(user), device, cursor)
+            .await
+    }
+
+    /// Opens a session of `who` and reads its welcome.
+    pub async fn open_as(
+        &self,
+        transport: Transport,
+        who: &Identity,
+        device: &str,
+        cursor: u64,
+    ) -> Device {
         let mut client = self.device(transport).await;
-        client.send(hello(user, device, cursor)).await;
+        client.send(hello_as(who, device, cursor)).await;
         match client.frame().await {
             Frame::Welcome(welcome) => {
-                assert_eq!(welcome.user_id, user);
+                assert_eq!(welcome.user_id, who.user.as_str());
                 assert_eq!(welcome.device_id, device);
                 assert_eq!(welcome.cursor, cursor);
             }

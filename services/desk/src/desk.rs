@@ -1,0 +1,812 @@
+//! The holder's desk: each tenant's routing, loaded from the store when
+//! first needed, and what every call, lifecycle change, session and
+//! timeout does to it. Only the holder's loop owns a [`Desk`], so nothing
+//! here locks. Each change is written to the store before its effects go
+//! out; a write that fails drops the tenant from memory, so it is loaded
+//! again as the store has it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use natter_auth::Identity;
+use natter_core::{ConversationId, Invalid, Lifecycle, Owner, Role, Status, TeamId, TenantId};
+use natter_core::{Timestamp, UserId};
+use natter_proto::bus::v1::DeskRoute;
+use natter_proto::convert::{parse_id, timestamp_to_wire};
+use natter_proto::status::{self, reason};
+use natter_proto::v1::{self, desk_answer::Answer, desk_call::Call, desk_signal::Signal};
+use natter_routing::{Presence, Request, Router, RoutingError, Step};
+use natter_store::{DeskKind, DeskRecord, DeskStore, DeskWrite, PageRequest, StoreError};
+use thiserror::Error;
+
+use crate::presence::{AgentKey, Sessions};
+use crate::records::{self, Hours, Route};
+
+/// How many records one store read returns while a tenant loads.
+const LOAD_PAGE: u32 = 500;
+
+/// What a caller did wrong, or what failed underneath.
+#[derive(Debug, Error)]
+pub(crate) enum DeskError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    Denied(&'static str),
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DeskError {
+    pub(crate) fn into_status(self) -> tonic::Status {
+        match self {
+            DeskError::Invalid(e) => status::invalid_argument(e),
+            DeskError::Denied(why) => status::permission_denied(reason::ROLE_NOT_ALLOWED, why),
+            DeskError::Routing(e) => match e {
+                RoutingError::UnknownTeam(team) => status::not_found("team", team.as_str()),
+                RoutingError::UnknownAgent(agent) => status::not_found("agent", agent.as_str()),
+                RoutingError::UnknownConversation(id) => {
+                    status::not_found("routed conversation", &id.to_string())
+                }
+                RoutingError::AlreadyRouted(_) => {
+                    status::already_exists(reason::CONFLICT, e.to_string())
+                }
+                RoutingError::NotOffered { .. } | RoutingError::Unavailable(_) => {
+                    status::failed_precondition(reason::FAILED_PRECONDITION, e.to_string())
+                }
+            },
+            DeskError::Store(e) => natter_server::store_status(e),
+        }
+    }
+}
+
+pub(crate) type Result<T, E = DeskError> = std::result::Result<T, E>;
+
+/// What the holder carries out once a change is in the store. Each is
+/// safe to carry out twice.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Effect {
+    /// Make `agent` a member of the conversation and its assignee, with
+    /// the inbox in control.
+    Assign {
+        tenant: TenantId,
+        conversation: ConversationId,
+        agent: UserId,
+        team: TeamId,
+    },
+    /// The conversation waits again, in `team`'s queue: no assignee.
+    Requeue {
+        tenant: TenantId,
+        conversation: ConversationId,
+        team: TeamId,
+    },
+    /// Send `text` to the conversation as the desk; `key` makes sending
+    /// it again a duplicate.
+    Reply {
+        tenant: TenantId,
+        conversation: ConversationId,
+        key: String,
+        text: String,
+    },
+    /// Tell these users' sessions.
+    Tell {
+        tenant: TenantId,
+        users: Vec<UserId>,
+        signal: Signal,
+    },
+    /// Tell the conversation's members.
+    TellConversation {
+        tenant: TenantId,
+        conversation: ConversationId,
+        signal: Signal,
+    },
+}
+
+impl Changes {
+    fn new(now: Timestamp) -> Self {
+        Self {
+            now,
+            writes: Vec::new(),
+            effects: Vec::new(),
+            changed: false,
+        }
+    }
+}
+
+/// What one change of a tenant's desk writes and sets off.
+#[derive(Debug)]
+struct Changes {
+    /// When it happens.
+    now: Timestamp,
+    writes: Vec<DeskWrite>,
+    effects: Vec<Effect>,
+    /// Agents should look at the desk again.
+    changed: bool,
+}
+
+#[derive(Debug)]
+struct Tenant {
+    router: Router,
+    teams: BTreeMap<TeamId, v1::Team>,
+    /// The hours of the teams that keep any.
+    hours: BTreeMap<TeamId, Hours>,
+    agents: BTreeMap<UserId, v1::Agent>,
+    /// Presence set by hand; an agent who set none is online while
+    /// connected.
+    manual: HashMap<UserId, Presence>,
+    routes: BTreeMap<ConversationId, Route>,
+}
+
+pub(crate) struct Desk {
+    store: Arc<dyn DeskStore>,
+    tenants: HashMap<TenantId, Tenant>,
+    pub(crate) sessions: Sessions,
+}
+
+impl std::fmt::Debug for Desk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desk")
+            .field("tenants", &self.tenants.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Desk {
+    pub(crate) fn new(store: Arc<dyn DeskStore>, sessions: Sessions) -> Self {
+        Self {
+            store,
+            tenants: HashMap::new(),
+            sessions,
+        }
+    }
+
+    /// Carries out a call of `actor`'s.
+    pub(crate) async fn call(
+        &mut self,
+        actor: &Identity,
+        call: Call,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) -> Result<Answer> {
+        allowed(actor, &call)?;
+        let tenant_id = &actor.tenant;
+        let mut changes = Changes::new(now);
+        let answer = self.answer(actor, call, now, &mut changes).await;
+        self.commit(tenant_id, changes, out).await?;
+        answer
+    }
+
+    async fn answer(
+        &mut self,
+        actor: &Identity,
+        call: Call,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<Answer> {
+        let tenant_id = actor.tenant.clone();
+        let sessions = &self.sessions;
+        let tenant = load(
+            &mut self.tenants,
+            &*self.store,
+            sessions,
+            &tenant_id,
+            now,
+            changes,
+        )
+        .await?;
+        let answer = match call {
+            Call::PutTeam(request) => {
+                let (wire, team, hours) = records::team(request.team.unwrap_or_default())?;
+                changes
+                    .writes
+                    .push(put(DeskKind::Team, team.id.as_str(), &wire));
+                tenant.teams.insert(team.id.clone(), wire.clone());
+                match hours {
+                    Some(hours) => tenant.hours.insert(team.id.clone(), hours),
+                    None => tenant.hours.remove(&team.id),
+                };
+                tenant.router.set_team(team);
+                changes.changed = true;
+                Answer::PutTeam(v1::PutTeamResponse { team: Some(wire) })
+            }
+            Call::PutAgent(request) => {
+                let (wire, agent) = records::agent(request.agent.unwrap_or_default())?;
+                let id = agent.id.clone();
+                let mut steps = tenant.router.set_agent(agent, now)?;
+                changes
+                    .writes
+                    .push(put(DeskKind::Agent, id.as_str(), &wire));
+                tenant.agents.insert(id.clone(), wire.clone());
+                let presence = tenant.presence(sessions, &tenant_id, &id);
+                steps.extend(tenant.router.set_presence(&id, presence, now)?);
+                tenant.apply(&tenant_id, steps, changes);
+                changes.changed = true;
+                Answer::PutAgent(v1::PutAgentResponse { agent: Some(wire) })
+            }
+            Call::ListTeams(_) => {
+                let teams = tenant.teams.values().cloned().collect();
+                Answer::ListTeams(v1::ListTeamsResponse { teams })
+            }
+            Call::GetDesk(_) => Answer::GetDesk(tenant.view()),
+            Call::SetPresence(request) => {
+                let user = match request.user_id.as_str() {
+                    "" => actor.user.clone(),
+                    id => parse_id("user_id", id)?,
+                };
+                let manual = records::presence_from_wire(request.presence)?;
+                if !tenant.agents.contains_key(&user) {
+                    return Err(RoutingError::UnknownAgent(user).into());
+                }
+                tenant.manual.insert(user.clone(), manual);
+                let presence = tenant.presence(sessions, &tenant_id, &user);
+                let steps = tenant.router.set_presence(&user, presence, now)?;
+                tenant.apply(&tenant_id, steps, changes);
+                changes.changed = true;
+                Answer::SetPresence(v1::SetPresenceResponse {
+                    presence: records::presence_to_wire(presence).into(),
+                })
+            }
+            Call::AcceptOffer(request) => {
+                let id = parse_id("conversation_id", &request.conversation_id)?;
+                let steps = tenant.router.accept(id, &actor.user, now)?;
+                tenant.apply(&tenant_id, steps, changes);
+                Answer::AcceptOffer(v1::AcceptOfferResponse {})
+            }
+            Call::DeclineOffer(request) => {
+                let id = parse_id("conversation_id", &request.conversation_id)?;
+                let steps = tenant.router.decline(id, &actor.user, now)?;
+                tenant.apply(&tenant_id, steps, changes);
+                Answer::DeclineOffer(v1::DeclineOfferResponse {})
+            }
+            Call::Transfer(request) => {
+                let id: ConversationId = parse_id("conversation_id", &request.conversation_id)?;
+                if actor.role == Role::Agent && tenant.router.holder(id) != Some(&actor.user) {
+                    return Err(DeskError::Denied(
+                        "an agent may transfer only a conversation they hold",
+                    ));
+                }
+                use v1::transfer_request::To;
+                let steps = match request.to {
+                    Some(To::AgentId(agent)) => {
+                        let agent = parse_id("agent_id", &agent)?;
+                        tenant.router.transfer_to_agent(id, &agent, now)?
+                    }
+                    Some(To::TeamId(team)) => {
+                        let team = parse_id("team_id", &team)?;
+                        tenant.router.transfer_to_team(id, &team, now)?
+                    }
+                    None => return Err(Invalid::new("to", "an agent or a team is required").into()),
+                };
+                tenant.apply(&tenant_id, steps, changes);
+                Answer::Transfer(v1::TransferResponse {})
+            }
+        };
+        Ok(answer)
+    }
+
+    /// A conversation's lifecycle changed (an activity stored at `at`):
+    /// it may now wait for a person, be resolved, or be reopened.
+    pub(crate) async fn lifecycle(
+        &mut self,
+        tenant_id: &TenantId,
+        conversation: ConversationId,
+        lifecycle: &Lifecycle,
+        at: Timestamp,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) -> Result<()> {
+        let mut changes = Changes::new(now);
+        let tenant = load(
+            &mut self.tenants,
+            &*self.store,
+            &self.sessions,
+            tenant_id,
+            now,
+            &mut changes,
+        )
+        .await?;
+        tenant.on_lifecycle(tenant_id, conversation, lifecycle, at, now, &mut changes);
+        self.commit(tenant_id, changes, out).await
+    }
+
+    /// Agents' sessions opened or closed.
+    pub(crate) async fn connected(
+        &mut self,
+        agents: Vec<AgentKey>,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) -> Result<()> {
+        let mut by_tenant: BTreeMap<TenantId, Vec<UserId>> = BTreeMap::new();
+        for (tenant, user) in agents {
+            by_tenant.entry(tenant).or_default().push(user);
+        }
+        for (tenant_id, users) in by_tenant {
+            // Only loaded tenants have a presence to change; the others
+            // read the sessions when they load.
+            let Some(tenant) = self.tenants.get_mut(&tenant_id) else {
+                continue;
+            };
+            let mut changes = Changes::new(now);
+            for user in users {
+                let presence = tenant.presence(&self.sessions, &tenant_id, &user);
+                if tenant
+                    .router
+                    .agents()
+                    .any(|a| a.agent.id == user && a.presence != presence)
+                {
+                    let steps = tenant.router.set_presence(&user, presence, now)?;
+                    tenant.apply(&tenant_id, steps, &mut changes);
+                    changes.changed = true;
+                }
+            }
+            self.commit(&tenant_id, changes, out).await?;
+        }
+        Ok(())
+    }
+
+    /// When the next offer times out.
+    pub(crate) fn next_timeout(&self) -> Option<Timestamp> {
+        self.tenants
+            .values()
+            .filter_map(|t| t.router.next_timeout())
+            .min()
+    }
+
+    /// Withdraws the offers whose time is up.
+    pub(crate) async fn tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) -> Result<()> {
+        let due: Vec<TenantId> = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| t.router.next_timeout().is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for tenant_id in due {
+            let mut changes = Changes::new(now);
+            if let Some(tenant) = self.tenants.get_mut(&tenant_id) {
+                let steps = tenant.router.tick(now);
+                tenant.apply(&tenant_id, steps, &mut changes);
+                changes.changed = true;
+            }
+            self.commit(&tenant_id, changes, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what a change wrote, then lets its effects out.
+    async fn commit(
+        &mut self,
+        tenant_id: &TenantId,
+        changes: Changes,
+        out: &mut Vec<Effect>,
+    ) -> Result<()> {
+        if !changes.writes.is_empty()
+            && let Err(e) = self.store.write_desk(tenant_id, &changes.writes).await
+        {
+            tracing::warn!(tenant = %tenant_id, error = %e, "desk write failed; reloading the tenant");
+            self.tenants.remove(tenant_id);
+            return Err(e.into());
+        }
+        out.extend(changes.effects);
+        if changes.changed
+            && let Some(tenant) = self.tenants.get(tenant_id)
+        {
+            let users: Vec<UserId> = tenant
+                .agents
+                .keys()
+                .filter(|a| self.sessions.connected(tenant_id, a))
+                .cloned()
+                .collect();
+            if !users.is_empty() {
+                out.push(Effect::Tell {
+                    tenant: tenant_id.clone(),
+                    users,
+                    signal: Signal::Changed(v1::DeskChanged {}),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Who may make which call: the business's services anything, agents
+/// what concerns their own work, nobody else anything.
+fn allowed(actor: &Identity, call: &Call) -> Result<()> {
+    match (actor.role, call) {
+        (Role::Service, _) => Ok(()),
+        (Role::Agent, Call::PutTeam(_) | Call::PutAgent(_)) => {
+            Err(DeskError::Denied("only a service may configure the desk"))
+        }
+        (Role::Agent, Call::SetPresence(r))
+            if !r.user_id.is_empty() && r.user_id != actor.user.as_str() =>
+        {
+            Err(DeskError::Denied("an agent sets only their own presence"))
+        }
+        (Role::Agent, _) => Ok(()),
+        (Role::Customer | Role::Bot, _) => Err(DeskError::Denied(
+            "the desk is for the business's agents and services",
+        )),
+    }
+}
+
+/// The tenant's desk, loaded from the store if it is not in memory yet:
+/// teams, agents with their presence, and the routed conversations, each
+/// assignment carried out again in case the holder before did not finish.
+async fn load<'a>(
+    tenants: &'a mut HashMap<TenantId, Tenant>,
+    store: &dyn DeskStore,
+    sessions: &Sessions,
+    tenant_id: &TenantId,
+    now: Timestamp,
+    changes: &mut Changes,
+) -> Result<&'a mut Tenant> {
+    if !tenants.contains_key(tenant_id) {
+        let tenant = read(store, sessions, tenant_id, now, changes).await?;
+        tenants.insert(tenant_id.clone(), tenant);
+    }
+    Ok(tenants
+        .get_mut(tenant_id)
+        .expect("the tenant was just inserted"))
+}
+
+async fn read(
+    store: &dyn DeskStore,
+    sessions: &Sessions,
+    tenant_id: &TenantId,
+    now: Timestamp,
+    changes: &mut Changes,
+) -> Result<Tenant> {
+    let mut tenant = Tenant {
+        router: Router::new(),
+        teams: BTreeMap::new(),
+        hours: BTreeMap::new(),
+        agents: BTreeMap::new(),
+        manual: HashMap::new(),
+        routes: BTreeMap::new(),
+    };
+    for record in records_of(store, tenant_id, DeskKind::Team).await? {
+        match decode::<v1::Team>(&record).and_then(|t| Ok(records::team(t)?)) {
+            Ok((wire, team, hours)) => {
+                if let Some(hours) = hours {
+                    tenant.hours.insert(team.id.clone(), hours);
+                }
+                tenant.teams.insert(team.id.clone(), wire);
+                tenant.router.set_team(team);
+            }
+            Err(e) => {
+                tracing::error!(tenant = %tenant_id, id = record.id, error = %e, "unreadable team skipped")
+            }
+        }
+    }
+    for record in records_of(store, tenant_id, DeskKind::Agent).await? {
+        let agent = decode::<v1::Agent>(&record).and_then(|a| Ok(records::agent(a)?));
+        let set = agent.and_then(|(wire, agent)| {
+            let id = agent.id.clone();
+            tenant.router.set_agent(agent, now)?;
+            let presence = tenant.presence(sessions, tenant_id, &id);
+            tenant.router.set_presence(&id, presence, now)?;
+            tenant.agents.insert(id, wire);
+            Ok(())
+        });
+        if let Err(e) = set {
+            tracing::error!(tenant = %tenant_id, id = record.id, error = %e, "unusable agent skipped");
+        }
+    }
+    let (mut assigned, mut waiting) = (Vec::new(), Vec::new());
+    for record in records_of(store, tenant_id, DeskKind::Route).await? {
+        let route = decode::<DeskRoute>(&record).and_then(|r| Ok(Route::try_from(r)?));
+        match route {
+            Ok(route) if tenant.teams.contains_key(&route.request.team) => {
+                match route
+                    .agent
+                    .clone()
+                    .filter(|a| tenant.agents.contains_key(a))
+                {
+                    Some(agent) => assigned.push((route.request.clone(), agent)),
+                    None => waiting.push(route.request.clone()),
+                }
+                tenant.routes.insert(route.request.conversation, route);
+            }
+            Ok(route) => {
+                tracing::warn!(tenant = %tenant_id, conversation = %route.request.conversation, "route of a removed team dropped")
+            }
+            Err(e) => {
+                tracing::error!(tenant = %tenant_id, id = record.id, error = %e, "unreadable route skipped")
+            }
+        }
+    }
+    for (request, agent) in &assigned {
+        changes.effects.push(Effect::Assign {
+            tenant: tenant_id.clone(),
+            conversation: request.conversation,
+            agent: agent.clone(),
+            team: request.team.clone(),
+        });
+    }
+    let steps = tenant.router.restore(assigned, waiting, now)?;
+    tenant.apply(tenant_id, steps, changes);
+    Ok(tenant)
+}
+
+/// Every record of `kind`, page by page.
+async fn records_of(
+    store: &dyn DeskStore,
+    tenant: &TenantId,
+    kind: DeskKind,
+) -> Result<Vec<DeskRecord>> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .desk_records(
+                tenant,
+                kind,
+                PageRequest {
+                    after,
+                    size: LOAD_PAGE,
+                },
+            )
+            .await?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+fn decode<M: prost::Message + Default>(record: &DeskRecord) -> Result<M> {
+    M::decode(record.body.as_slice()).map_err(|e| Invalid::new("record", e.to_string()).into())
+}
+
+fn put(kind: DeskKind, id: &str, message: &impl prost::Message) -> DeskWrite {
+    DeskWrite::Put {
+        kind,
+        id: id.to_owned(),
+        body: message.encode_to_vec(),
+    }
+}
+
+impl Tenant {
+    /// What the router should take `user`'s presence to be.
+    fn presence(&self, sessions: &Sessions, tenant: &TenantId, user: &UserId) -> Presence {
+        if sessions.connected(tenant, user) {
+            self.manual.get(user).copied().unwrap_or(Presence::Online)
+        } else {
+            Presence::Offline
+        }
+    }
+
+    fn on_lifecycle(
+        &mut self,
+        tenant_id: &TenantId,
+        conversation: ConversationId,
+        lifecycle: &Lifecycle,
+        at: Timestamp,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) {
+        let routed = self.routes.contains_key(&conversation);
+        let steps = match lifecycle.status {
+            Status::Resolved | Status::Closed if routed => {
+                self.routes.remove(&conversation);
+                changes.writes.push(DeskWrite::Delete {
+                    kind: DeskKind::Route,
+                    id: conversation.to_string(),
+                });
+                Ok(self.router.resolve(conversation, now))
+            }
+            Status::Open if !routed => {
+                let for_people = lifecycle.owner == Owner::Inbox || lifecycle.control_requested;
+                let Some(request) = self.request(conversation, lifecycle, at) else {
+                    return;
+                };
+                match &lifecycle.assignee {
+                    None if for_people => {
+                        self.reply_if_closed(tenant_id, &request, changes);
+                        self.route(request, None, changes, now)
+                    }
+                    // Reopened, or assigned by someone else while the inbox
+                    // has it: back to that agent while they can take it.
+                    Some(last) if lifecycle.owner == Owner::Inbox => {
+                        self.route(request, Some(last), changes, now)
+                    }
+                    _ => return,
+                }
+            }
+            _ => return,
+        };
+        match steps {
+            Ok(steps) => {
+                self.apply(tenant_id, steps, changes);
+                changes.changed = true;
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant_id, %conversation, error = %e, "cannot route")
+            }
+        }
+    }
+
+    /// When `team` opens again, if it is closed at `now`.
+    fn opens_at(&self, team: &TeamId, now: Timestamp) -> Option<Timestamp> {
+        let hours = self.hours.get(team)?;
+        if hours.schedule.is_open(now) {
+            return None;
+        }
+        hours.schedule.next_open(now)
+    }
+
+    /// Answers a customer who asks for a person while their team is
+    /// closed, once per time they ask.
+    fn reply_if_closed(&self, tenant: &TenantId, request: &Request, changes: &mut Changes) {
+        let Some(hours) = self.hours.get(&request.team) else {
+            return;
+        };
+        if hours.schedule.is_open(changes.now) {
+            return;
+        }
+        changes.effects.push(Effect::Reply {
+            tenant: tenant.clone(),
+            conversation: request.conversation,
+            key: format!("closed-{}", request.since.as_millis()),
+            text: hours.closed_reply.clone(),
+        });
+    }
+
+    /// What `conversation` asks of the desk: its team, or the tenant's
+    /// first; `None` when the tenant has no team.
+    fn request(
+        &self,
+        conversation: ConversationId,
+        lifecycle: &Lifecycle,
+        at: Timestamp,
+    ) -> Option<Request> {
+        let team = lifecycle
+            .team
+            .clone()
+            .filter(|t| self.teams.contains_key(t))
+            .or_else(|| self.teams.keys().next().cloned())?;
+        Some(Request {
+            conversation,
+            team,
+            priority: lifecycle.priority,
+            skills: Default::default(),
+            since: at,
+        })
+    }
+
+    fn route(
+        &mut self,
+        request: Request,
+        last_agent: Option<&UserId>,
+        changes: &mut Changes,
+        now: Timestamp,
+    ) -> Result<Vec<Step>, RoutingError> {
+        let route = Route {
+            request: request.clone(),
+            agent: None,
+        };
+        let steps = match last_agent {
+            None => self.router.enqueue(request, now)?,
+            Some(agent) => self.router.reopen(request, Some(agent), now)?,
+        };
+        changes.writes.push(route_write(&route));
+        self.routes.insert(route.request.conversation, route);
+        Ok(steps)
+    }
+
+    /// Records and sets off what the router decided.
+    fn apply(&mut self, tenant: &TenantId, steps: Vec<Step>, changes: &mut Changes) {
+        let tell = |user: UserId, signal| Effect::Tell {
+            tenant: tenant.clone(),
+            users: vec![user],
+            signal,
+        };
+        for step in steps {
+            match step {
+                Step::Offer {
+                    conversation,
+                    agent,
+                    until,
+                } => changes.effects.push(tell(
+                    agent,
+                    Signal::Offered(v1::Offered {
+                        conversation_id: conversation.to_string(),
+                        until: Some(timestamp_to_wire(until)),
+                    }),
+                )),
+                Step::Withdraw {
+                    conversation,
+                    agent,
+                } => changes.effects.push(tell(
+                    agent,
+                    Signal::WithdrawnConversationId(conversation.to_string()),
+                )),
+                Step::Assign {
+                    conversation,
+                    agent,
+                } => {
+                    let Some(route) = self.routes.get_mut(&conversation) else {
+                        continue;
+                    };
+                    route.agent = Some(agent.clone());
+                    let team = route.request.team.clone();
+                    changes.writes.push(route_write(route));
+                    changes.effects.push(Effect::Assign {
+                        tenant: tenant.clone(),
+                        conversation,
+                        agent,
+                        team,
+                    });
+                }
+                Step::Requeue { conversation, team } => {
+                    let Some(route) = self.routes.get_mut(&conversation) else {
+                        continue;
+                    };
+                    route.agent = None;
+                    route.request.team = team.clone();
+                    changes.writes.push(route_write(route));
+                    changes.effects.push(Effect::Requeue {
+                        tenant: tenant.clone(),
+                        conversation,
+                        team,
+                    });
+                }
+                Step::Positions(positions) => {
+                    for (conversation, position) in positions {
+                        let opens_at = self
+                            .routes
+                            .get(&conversation)
+                            .and_then(|r| self.opens_at(&r.request.team, changes.now));
+                        changes.effects.push(Effect::TellConversation {
+                            tenant: tenant.clone(),
+                            conversation,
+                            signal: Signal::Queued(v1::Queued {
+                                conversation_id: conversation.to_string(),
+                                position: Some(records::position_to_wire(position)),
+                                opens_at: opens_at.map(timestamp_to_wire),
+                            }),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn view(&self) -> v1::GetDeskResponse {
+        let waiting = self
+            .router
+            .waiting()
+            .into_iter()
+            .map(|(request, position)| v1::WaitingConversation {
+                conversation_id: request.conversation.to_string(),
+                team_id: request.team.to_string(),
+                priority: records::priority_to_wire(request.priority),
+                since: Some(timestamp_to_wire(request.since)),
+                position: Some(records::position_to_wire(position)),
+            })
+            .collect();
+        let ids = |set: &std::collections::BTreeSet<ConversationId>| {
+            set.iter().map(ToString::to_string).collect()
+        };
+        let agents = self
+            .router
+            .agents()
+            .map(|view| v1::AgentDesk {
+                agent: self.agents.get(&view.agent.id).cloned(),
+                presence: records::presence_to_wire(view.presence).into(),
+                assigned_conversation_ids: ids(view.assigned),
+                offered_conversation_ids: ids(view.offered),
+            })
+            .collect();
+        v1::GetDeskResponse { waiting, agents }
+    }
+}
+
+fn route_write(route: &Route) -> DeskWrite {
+    put(
+        DeskKind::Route,
+        &route.request.conversation.to_string(),
+        &DeskRoute::from(route),
+    )
+}

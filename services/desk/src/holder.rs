@@ -1,0 +1,285 @@
+//! The holder of the desk: the one process that routes. One task owns the
+//! [`Desk`] and takes, one at a time, the calls (`desk.call`), the
+//! lifecycle changes from EVENTS, the agents' sessions (`desk.sessions`)
+//! and the offers' timeouts; what they decide goes to [`Acts`] in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use natter_bus::{Bus, Outgoing};
+use natter_contract::{
+    DESK_CONSUMER, EVENTS, Handled, Holders, Topology, consume_partitions, decode, serve, subjects,
+};
+use natter_core::{Content, Event, TenantId};
+use natter_proto::bus::v1::{AgentSessions, ConversationEvents, DeskCommand, DeskOutcome};
+use natter_proto::convert::{actor_from_wire, parse_id, required};
+use natter_proto::status::{self, reason, to_failure};
+use natter_proto::v1::{DeskAnswer, DeskCall};
+use natter_server::clock::now;
+use natter_store::{DeskStore, Lease};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::act::Acts;
+use crate::desk::{Desk, DeskError, Effect};
+use crate::presence::Sessions;
+
+/// How long a new holder listens for the gateways' sessions before it
+/// routes, so agents with sessions are not taken for offline.
+const SETTLE: Duration = Duration::from_secs(1);
+/// How often silent gateways are looked for.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+/// Calls and event batches waiting for the loop.
+const INPUT_CAPACITY: usize = 1024;
+/// Decisions waiting to be carried out.
+const EFFECT_CAPACITY: usize = 65_536;
+/// Calls answered at once; each waits for the loop.
+const CALL_CONCURRENCY: usize = 256;
+/// How long an event batch waits before it is tried again after the store
+/// failed.
+const RETRY_EVENTS: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) store: Arc<dyn DeskStore>,
+    pub(crate) topology: Topology,
+    pub(crate) peer_timeout: Duration,
+}
+
+enum Input {
+    Call(Box<DeskCommand>, oneshot::Sender<DeskOutcome>),
+    Events(ConversationEvents, oneshot::Sender<Handled>),
+}
+
+/// Routes while this process holds the desk's lease, until `stop`.
+pub(crate) async fn serve_desk(
+    config: Config,
+    lease: watch::Receiver<Lease>,
+    stop: CancellationToken,
+) {
+    let epoch = lease.borrow().epoch;
+    tracing::info!(epoch, "holding the desk");
+    let bus = config.bus.clone();
+    let Ok(mut sessions_in) = bus.subscribe(subjects::DESK_SESSIONS, None).await else {
+        tracing::warn!("cannot subscribe to agents' sessions; giving the desk up");
+        return;
+    };
+    if let Err(e) = bus
+        .publish(subjects::DESK_HELD, Outgoing::new(Vec::new()))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot ask the gateways for their sessions");
+    }
+    let mut sessions = Sessions::default();
+    let settled = tokio::time::sleep(SETTLE);
+    tokio::pin!(settled);
+    loop {
+        tokio::select! {
+            () = &mut settled => break,
+            () = stop.cancelled() => return,
+            Some(report) = sessions_in.next() => {
+                if let Ok(report) = decode::<AgentSessions>(&report.payload) {
+                    sessions.apply(&report, Instant::now());
+                }
+            }
+        }
+    }
+
+    let (inputs, mut input) = mpsc::channel(INPUT_CAPACITY);
+    let (effects, effects_in) = mpsc::channel(EFFECT_CAPACITY);
+    let mut tasks = tokio::task::JoinSet::new();
+    let acts = Acts {
+        bus: bus.clone(),
+        holders: Holders::new(bus.clone(), config.topology),
+        peer_timeout: config.peer_timeout,
+    };
+    tasks.spawn(acts.run(effects_in, stop.clone()));
+    match bus.subscribe(subjects::DESK_CALL, Some("desk")).await {
+        Ok(calls) => {
+            let inputs = inputs.clone();
+            tasks.spawn(serve(
+                bus.clone(),
+                calls,
+                CALL_CONCURRENCY,
+                move |command| {
+                    let inputs = inputs.clone();
+                    async move {
+                        let (reply, answer) = oneshot::channel();
+                        if inputs
+                            .send(Input::Call(Box::new(command), reply))
+                            .await
+                            .is_err()
+                        {
+                            return giving_up();
+                        }
+                        answer.await.unwrap_or_else(|_| giving_up())
+                    }
+                },
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take desk calls; giving the desk up");
+            return;
+        }
+    }
+    let events_inputs = inputs.clone();
+    tasks.spawn(consume_partitions(
+        bus.clone(),
+        EVENTS,
+        DESK_CONSUMER,
+        config.topology,
+        stop.clone(),
+        move |batch: ConversationEvents, _delivered| {
+            let inputs = events_inputs.clone();
+            async move {
+                let (reply, handled) = oneshot::channel();
+                if inputs.send(Input::Events(batch, reply)).await.is_err() {
+                    return Handled::Retry(RETRY_EVENTS);
+                }
+                handled.await.unwrap_or(Handled::Retry(RETRY_EVENTS))
+            }
+        },
+    ));
+    drop(inputs);
+
+    let mut desk = Desk::new(config.store.clone(), sessions);
+    let mut expire = tokio::time::interval(EXPIRE_EVERY);
+    loop {
+        let mut out = Vec::new();
+        let timeout = desk.next_timeout();
+        tokio::select! {
+            () = stop.cancelled() => break,
+            Some(next) = input.recv() => match next {
+                Input::Call(command, reply) => {
+                    let outcome = call(&mut desk, *command, &mut out).await;
+                    let _ = reply.send(outcome);
+                }
+                Input::Events(batch, reply) => {
+                    let _ = reply.send(events(&mut desk, batch, &mut out).await);
+                }
+            },
+            Some(report) = sessions_in.next() => {
+                if let Ok(report) = decode::<AgentSessions>(&report.payload) {
+                    let touched = desk.sessions.apply(&report, Instant::now());
+                    if let Err(e) = desk.connected(touched, now(), &mut out).await {
+                        tracing::warn!(error = %e, "cannot apply agents' sessions");
+                    }
+                }
+            }
+            () = sleep_until(timeout) => {
+                if let Err(e) = desk.tick(now(), &mut out).await {
+                    tracing::warn!(error = %e, "cannot withdraw timed-out offers");
+                }
+            }
+            _ = expire.tick() => {
+                let gone = desk.sessions.expire(Instant::now());
+                if let Err(e) = desk.connected(gone, now(), &mut out).await {
+                    tracing::warn!(error = %e, "cannot apply silent gateways");
+                }
+            }
+        }
+        for effect in out {
+            if effects.send(effect).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(effects);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!(epoch, "desk given up");
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<natter_core::Timestamp>) {
+    match at {
+        Some(at) => {
+            let wait = at.as_millis().saturating_sub(now().as_millis());
+            tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn call(desk: &mut Desk, command: DeskCommand, out: &mut Vec<Effect>) -> DeskOutcome {
+    let actor = match actor_from_wire(command.actor) {
+        Ok(actor) => actor,
+        Err(e) => return failed(e.into()),
+    };
+    let DeskCall {
+        client_call_id,
+        call,
+    } = command.call.unwrap_or_default();
+    let Some(call) = call else {
+        return failed(natter_core::Invalid::new("call", "is required").into());
+    };
+    match desk.call(&actor, call, now(), out).await {
+        Ok(answer) => DeskOutcome {
+            failure: None,
+            answer: Some(DeskAnswer {
+                client_call_id,
+                answer: Some(answer),
+            }),
+        },
+        Err(e) => failed(e),
+    }
+}
+
+fn failed(error: DeskError) -> DeskOutcome {
+    refused(&error.into_status())
+}
+
+/// The answer to a call that came in as this holder stopped.
+fn giving_up() -> DeskOutcome {
+    refused(&status::unavailable(
+        reason::SERVICE_UNAVAILABLE,
+        "the desk is changing hands; retry",
+    ))
+}
+
+fn refused(status: &tonic::Status) -> DeskOutcome {
+    DeskOutcome {
+        failure: Some(to_failure(status)),
+        answer: None,
+    }
+}
+
+/// Hands the lifecycle changes of one EVENTS delivery to the desk.
+async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect>) -> Handled {
+    for wire in batch.events {
+        let parsed = (|| {
+            let tenant: TenantId = parse_id("tenant_id", &wire.tenant_id)?;
+            let event = Event::try_from(required("event", wire.event)?)?;
+            Ok::<_, natter_core::Invalid>((tenant, event))
+        })();
+        let (tenant, message) = match parsed {
+            Ok((tenant, Event::Message(message))) => (tenant, message),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid conversation event skipped");
+                continue;
+            }
+        };
+        let Content::Activity(lifecycle) = &message.content else {
+            continue;
+        };
+        let now = now();
+        let applied = desk
+            .lifecycle(
+                &tenant,
+                message.conversation_id,
+                lifecycle,
+                message.sent_at,
+                now,
+                out,
+            )
+            .await;
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, "cannot route a lifecycle change; retrying");
+            return Handled::Retry(RETRY_EVENTS);
+        }
+    }
+    Handled::Done
+}

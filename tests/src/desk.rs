@@ -1,0 +1,376 @@
+//! The support desk's scenarios: customers asking for a person, queued
+//! and offered to agents with a capacity, as every deployment must route
+//! them.
+
+use std::time::{Duration, Instant};
+
+use natter_core::Role;
+use natter_proto::v1::client_frame::Frame as ClientKind;
+use natter_proto::v1::desk_answer::Answer;
+use natter_proto::v1::desk_call::Call;
+use natter_proto::v1::desk_service_client::DeskServiceClient;
+use natter_proto::v1::desk_signal::Signal;
+use natter_proto::v1::server_frame::Frame as ServerKind;
+use natter_proto::v1::{
+    AcceptOfferRequest, Agent, AgentPresence, BusinessHours, ConversationStatus,
+    CreateConversationRequest, DeskCall, GetDeskRequest, GetDeskResponse, Lifecycle,
+    LifecycleChange, Message, NewMember, Opening, PutAgentRequest, PutTeamRequest, QueuePosition,
+    Team, ThreadOwner, UpdateLifecycleRequest, message_content,
+};
+use tonic::transport::Channel;
+
+use crate::cluster::{Cluster, Mode, authed};
+use crate::device::{Device, Transport, WAIT};
+
+/// Two agents with room for one conversation each and three customers
+/// asking for a person: the third waits, knowing its place, until an
+/// agent resolves one; a reopened conversation goes back to its agent; an
+/// agent who goes offline hands their conversation back to the queue.
+pub async fn queue(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let service = cluster.token("crm", Role::Service);
+    let mut desk = cluster.desk().await;
+    desk.put_team(authed(
+        &service,
+        PutTeamRequest {
+            team: Some(Team {
+                team_id: "support".into(),
+                name: "Support".into(),
+                ..Team::default()
+            }),
+        },
+    ))
+    .await
+    .expect("a service sets up a team");
+    for agent in ["ann", "bob"] {
+        desk.put_agent(authed(
+            &service,
+            PutAgentRequest {
+                agent: Some(Agent {
+                    user_id: agent.into(),
+                    team_ids: vec!["support".into()],
+                    skills: Vec::new(),
+                    capacity: 1,
+                }),
+            },
+        ))
+        .await
+        .expect("a service adds an agent");
+    }
+    let mut ann = connect(&cluster, Transport::WsJson, "ann", Role::Agent).await;
+    let mut bob = connect(&cluster, Transport::Grpc, "bob", Role::Agent).await;
+    desk_until(&mut desk, &service, "both agents online", |d| {
+        d.agents
+            .iter()
+            .filter(|a| a.presence() == AgentPresence::Online)
+            .count()
+            == 2
+    })
+    .await;
+
+    let mut customers = Vec::new();
+    for n in 1..=3 {
+        let user = format!("customer-{n}");
+        let mut web = connect(&cluster, Transport::WsJson, &user, Role::Customer).await;
+        let conversation = own_conversation(&cluster, &user).await;
+        web.send_text(&conversation, "hello", "Can I talk to a human?")
+            .await
+            .expect("the customer's message is stored");
+        customers.push((web, conversation));
+    }
+    let [(first, c1), (second, c2), (third, c3)] = &mut customers[..] else {
+        unreachable!("three customers");
+    };
+
+    // Least busy, ties in turn: the first to Ann, the second to Bob, and
+    // the third waits at the head of the queue.
+    assert_eq!(offered(&mut ann).await, *c1);
+    assert_eq!(offered(&mut bob).await, *c2);
+    let place = queued(third, c3).await;
+    assert_eq!(place.ahead, 0);
+    call(
+        &mut ann,
+        Call::AcceptOffer(AcceptOfferRequest {
+            conversation_id: c1.clone(),
+        }),
+    )
+    .await;
+    desk.accept_offer(authed(
+        &cluster.token("bob", Role::Agent),
+        AcceptOfferRequest {
+            conversation_id: c2.clone(),
+        },
+    ))
+    .await
+    .expect("bob accepts over gRPC");
+
+    // The assignment is an activity every member sees, Ann included now.
+    let assigned = activity(first, c1, true).await;
+    assert_eq!(
+        (assigned.assignee_id.as_str(), assigned.owner()),
+        ("ann", ThreadOwner::Inbox)
+    );
+    assert_eq!(activity(&mut ann, c1, true).await.assignee_id, "ann");
+    assert_eq!(activity(second, c2, true).await.assignee_id, "bob");
+    let now = desk_until(&mut desk, &service, "the third waiting", |d| {
+        d.waiting.len() == 1 && assigned_to(d, "ann") == [c1.clone()]
+    })
+    .await;
+    assert_eq!(now.waiting[0].conversation_id, *c3);
+    assert_eq!(assigned_to(&now, "bob"), std::slice::from_ref(c2));
+
+    // Ann resolves hers and the waiting one is hers to take.
+    resolve(&cluster, "ann", c1).await;
+    assert_eq!(offered(&mut ann).await, *c3);
+    call(
+        &mut ann,
+        Call::AcceptOffer(AcceptOfferRequest {
+            conversation_id: c3.clone(),
+        }),
+    )
+    .await;
+    assert_eq!(activity(third, c3, true).await.assignee_id, "ann");
+
+    // Resolved, then reopened by the customer: straight back to Ann, who
+    // is online with room, without an offer.
+    resolve(&cluster, "ann", c3).await;
+    desk_until(&mut desk, &service, "ann free", |d| {
+        assigned_to(d, "ann").is_empty()
+    })
+    .await;
+    third
+        .send_text(c3, "again", "One more thing")
+        .await
+        .expect("stored");
+    desk_until(&mut desk, &service, "the reopened one back with ann", |d| {
+        assigned_to(d, "ann") == [c3.clone()]
+    })
+    .await;
+
+    // Bob leaves: his conversation goes back to the queue, its assignee
+    // cleared, and waits, since Ann is full.
+    drop(bob);
+    let now = desk_until(&mut desk, &service, "bob's conversation waiting", |d| {
+        d.waiting.iter().any(|w| w.conversation_id == *c2)
+    })
+    .await;
+    let bob_now = now
+        .agents
+        .iter()
+        .find(|a| a.agent.as_ref().is_some_and(|a| a.user_id == "bob"))
+        .expect("bob is an agent");
+    assert_eq!(bob_now.presence(), AgentPresence::Offline);
+    assert!(bob_now.assigned_conversation_ids.is_empty());
+    let requeued = activity(second, c2, false).await;
+    assert_eq!(
+        (requeued.assignee_id.as_str(), requeued.team_id.as_str()),
+        ("", "support")
+    );
+    assert_eq!(queued(second, c2).await.ahead, 0);
+}
+
+/// A customer who asks for a person while the team is closed gets the
+/// team's automatic reply, and the time it opens again with their place.
+pub async fn out_of_hours(mode: Mode) {
+    const DAY_MS: i64 = 86_400_000;
+    let cluster = Cluster::start(mode).await;
+    let service = cluster.token("crm", Role::Service);
+    // Open only two days from now, 09:00 to 17:00 UTC: closed today.
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64)
+        / DAY_MS;
+    let opens = today + 2;
+    let weekday = u32::try_from((opens + 3) % 7 + 1).expect("a weekday");
+    cluster
+        .desk()
+        .await
+        .put_team(authed(
+            &service,
+            PutTeamRequest {
+                team: Some(Team {
+                    team_id: "support".into(),
+                    hours: Some(BusinessHours {
+                        time_zone: "UTC".into(),
+                        openings: vec![Opening {
+                            weekday,
+                            start_minute: 9 * 60,
+                            end_minute: 17 * 60,
+                        }],
+                        holidays: Vec::new(),
+                        closed_reply: "We are closed; back soon.".into(),
+                    }),
+                    ..Team::default()
+                }),
+            },
+        ))
+        .await
+        .expect("a service sets up a team with hours");
+
+    let mut web = connect(&cluster, Transport::WsJson, "night-owl", Role::Customer).await;
+    let conversation = own_conversation(&cluster, "night-owl").await;
+    web.send_text(&conversation, "hello", "I need a person please")
+        .await
+        .expect("stored");
+    let place = web
+        .expect(|frame| match desk_signal(frame) {
+            Some(Signal::Queued(q)) if q.conversation_id == conversation => Some(q.clone()),
+            _ => None,
+        })
+        .await;
+    let opens_at = place.opens_at.expect("the time the team opens");
+    assert_eq!(opens_at.seconds * 1000, opens * DAY_MS + 9 * 3_600_000);
+    loop {
+        let message = web.messages(&conversation, 1).await.remove(0);
+        if let Some(message_content::Kind::Text(text)) =
+            message.content.as_ref().and_then(|c| c.kind.clone())
+            && message.sender_id == "desk"
+        {
+            assert_eq!(text, "We are closed; back soon.");
+            break;
+        }
+    }
+}
+
+async fn connect(cluster: &Cluster, transport: Transport, user: &str, role: Role) -> Device {
+    let token = cluster.token(user, role);
+    Device::connect(cluster, transport, &token, "console", 0)
+        .await
+        .unwrap_or_else(|closed| panic!("{user} could not connect: {closed:?}"))
+}
+
+/// A conversation a customer opens for themselves, as the widget does.
+async fn own_conversation(cluster: &Cluster, user: &str) -> String {
+    let token = cluster.token(user, Role::Customer);
+    let request = CreateConversationRequest {
+        conversation_id: String::new(),
+        subject: String::new(),
+        members: vec![NewMember {
+            user_id: user.into(),
+            role: natter_proto::v1::Role::Customer.into(),
+        }],
+    };
+    cluster
+        .conversations()
+        .await
+        .create_conversation(authed(&token, request))
+        .await
+        .expect("a customer opens a conversation")
+        .into_inner()
+        .conversation
+        .expect("the conversation")
+        .conversation_id
+}
+
+async fn resolve(cluster: &Cluster, agent: &str, conversation: &str) {
+    cluster
+        .conversations()
+        .await
+        .update_lifecycle(authed(
+            &cluster.token(agent, Role::Agent),
+            UpdateLifecycleRequest {
+                conversation_id: conversation.into(),
+                client_change_id: format!("resolve-{conversation}"),
+                change: Some(LifecycleChange {
+                    status: ConversationStatus::Resolved.into(),
+                    ..LifecycleChange::default()
+                }),
+            },
+        ))
+        .await
+        .expect("the agent resolves their conversation");
+}
+
+/// The conversation offered to the agent next.
+async fn offered(agent: &mut Device) -> String {
+    agent
+        .expect(|frame| match desk_signal(frame) {
+            Some(Signal::Offered(offer)) => Some(offer.conversation_id.clone()),
+            _ => None,
+        })
+        .await
+}
+
+/// The next place in the queue a member of `conversation` is told.
+async fn queued(device: &mut Device, conversation: &str) -> QueuePosition {
+    device
+        .expect(|frame| match desk_signal(frame) {
+            Some(Signal::Queued(q)) if q.conversation_id == conversation => q.position,
+            _ => None,
+        })
+        .await
+}
+
+fn desk_signal(frame: &natter_proto::v1::ServerFrame) -> Option<&Signal> {
+    match &frame.frame {
+        Some(ServerKind::DeskSignal(signal)) => signal.signal.as_ref(),
+        _ => None,
+    }
+}
+
+/// The lifecycle of the next activity of `conversation` the device gets
+/// that names an assignee (`assigned`) or none.
+async fn activity(device: &mut Device, conversation: &str, assigned: bool) -> Lifecycle {
+    loop {
+        let messages: Vec<Message> = device.messages(conversation, 1).await;
+        if let Some(message_content::Kind::Activity(lifecycle)) =
+            messages[0].content.as_ref().and_then(|c| c.kind.clone())
+            && lifecycle.assignee_id.is_empty() != assigned
+        {
+            return lifecycle;
+        }
+    }
+}
+
+/// Makes a desk call over the session and waits for its answer.
+async fn call(device: &mut Device, call: Call) -> Answer {
+    let id = natter_testkit::unique_name("call");
+    device
+        .send(ClientKind::Desk(DeskCall {
+            client_call_id: id.clone(),
+            call: Some(call),
+        }))
+        .await;
+    device
+        .expect(|frame| match &frame.frame {
+            Some(ServerKind::DeskAnswer(answer)) if answer.client_call_id == id => {
+                answer.answer.clone()
+            }
+            Some(ServerKind::Error(error)) if error.client_message_id == id => {
+                panic!("the desk refused the call: {error:?}")
+            }
+            _ => None,
+        })
+        .await
+}
+
+fn assigned_to(desk: &GetDeskResponse, agent: &str) -> Vec<String> {
+    desk.agents
+        .iter()
+        .find(|a| a.agent.as_ref().is_some_and(|a| a.user_id == agent))
+        .map(|a| a.assigned_conversation_ids.clone())
+        .unwrap_or_default()
+}
+
+/// Polls the desk until `done` holds, and returns it then.
+async fn desk_until(
+    desk: &mut DeskServiceClient<Channel>,
+    token: &str,
+    what: &str,
+    mut done: impl FnMut(&GetDeskResponse) -> bool,
+) -> GetDeskResponse {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = desk
+            .get_desk(authed(token, GetDeskRequest {}))
+            .await
+            .expect("the desk answers")
+            .into_inner();
+        if done(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
