@@ -12,10 +12,12 @@ use natter_proto::v1::desk_service_client::DeskServiceClient;
 use natter_proto::v1::desk_signal::Signal;
 use natter_proto::v1::server_frame::Frame as ServerKind;
 use natter_proto::v1::{
-    AcceptOfferRequest, Agent, AgentPresence, BusinessHours, ConversationStatus,
-    CreateConversationRequest, DeskCall, GetDeskRequest, GetDeskResponse, Lifecycle,
-    LifecycleChange, Message, NewMember, Opening, PutAgentRequest, PutTeamRequest, QueuePosition,
-    Team, ThreadOwner, UpdateLifecycleRequest, message_content,
+    AcceptOfferRequest, Agent, AgentPresence, BusinessHours, Contact, ConversationStatus,
+    CreateConversationRequest, DeskCall, ExportContactsRequest, Form, FormField, FormFieldKind,
+    FormReply, GetContactRequest, GetDeskRequest, GetDeskResponse, Lifecycle, LifecycleChange,
+    ListContactsRequest, Message, MessageContent, NewMember, Opening, PutAgentRequest,
+    PutTeamRequest, QueuePosition, SendMessageRequest, Team, ThreadOwner, UpdateContactRequest,
+    UpdateLifecycleRequest, message_content,
 };
 use tonic::transport::Channel;
 
@@ -231,6 +233,159 @@ pub async fn out_of_hours(mode: Mode) {
             break;
         }
     }
+}
+
+/// A customer's answers to a lead form land on their contact, which a
+/// CRM then finds by email or phone, changes, and exports.
+pub async fn lead_capture(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let service = cluster.token("crm", Role::Service);
+    let agent = cluster.token("ann", Role::Agent);
+    let conversation = crate::scenarios::conversation(
+        &cluster,
+        &[("lead-1", Role::Customer), ("ann", Role::Agent)],
+    )
+    .await;
+    let field = |name: &str, kind: FormFieldKind| FormField {
+        name: name.into(),
+        label: name.into(),
+        kind: kind.into(),
+        required: false,
+    };
+    cluster
+        .conversations()
+        .await
+        .send_message(authed(
+            &agent,
+            SendMessageRequest {
+                conversation_id: conversation.clone(),
+                client_message_id: "form".into(),
+                content: Some(MessageContent {
+                    kind: Some(message_content::Kind::Form(Form {
+                        form_id: "lead".into(),
+                        text: "How can we reach you?".into(),
+                        fields: vec![
+                            field("name", FormFieldKind::Text),
+                            field("email", FormFieldKind::Email),
+                            field("plan", FormFieldKind::Text),
+                        ],
+                    })),
+                }),
+            },
+        ))
+        .await
+        .expect("the agent asks for contact details");
+    let mut web = connect(&cluster, Transport::WsJson, "lead-1", Role::Customer).await;
+    let values = [
+        ("name", "Ann Lee"),
+        ("email", "Ann.Lee@Example.com"),
+        ("plan", "pro"),
+    ];
+    web.send_content(
+        &conversation,
+        "answers",
+        MessageContent {
+            kind: Some(message_content::Kind::FormReply(FormReply {
+                form_id: "lead".into(),
+                values: values
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            })),
+        },
+    )
+    .await
+    .expect("the customer answers");
+
+    let mut desk = cluster.desk().await;
+    let deadline = Instant::now() + WAIT;
+    let contact = loop {
+        let found = desk
+            .get_contact(authed(
+                &service,
+                GetContactRequest {
+                    user_id: "lead-1".into(),
+                },
+            ))
+            .await;
+        match found {
+            Ok(found) => break found.into_inner().contact.expect("the contact"),
+            Err(e) if e.code() == tonic::Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no contact from the lead form: {e:?}"),
+        }
+    };
+    assert_eq!(
+        (contact.name.as_str(), contact.email.as_str()),
+        ("Ann Lee", "ann.lee@example.com")
+    );
+    assert_eq!(
+        contact.attributes.get("plan").map(String::as_str),
+        Some("pro")
+    );
+
+    // An agent adds a phone number; the CRM finds the contact by either.
+    desk.update_contact(authed(
+        &agent,
+        UpdateContactRequest {
+            contact: Some(Contact {
+                user_id: "lead-1".into(),
+                phone: "+49 (30) 1234-567".into(),
+                ..Contact::default()
+            }),
+        },
+    ))
+    .await
+    .expect("an agent updates the contact");
+    let find = |email: &str, phone: &str| ListContactsRequest {
+        email: email.into(),
+        phone: phone.into(),
+        ..ListContactsRequest::default()
+    };
+    for request in [find("ANN.LEE@example.com", ""), find("", "+49 30 1234567")] {
+        let found = desk
+            .list_contacts(authed(&service, request))
+            .await
+            .expect("the CRM searches")
+            .into_inner()
+            .contacts;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].user_id.as_str(), found[0].phone.as_str()),
+            ("lead-1", "+49301234567")
+        );
+    }
+    let mut export = desk
+        .export_contacts(authed(&service, ExportContactsRequest {}))
+        .await
+        .expect("the CRM exports")
+        .into_inner();
+    let mut csv = Vec::new();
+    while let Some(chunk) = export.message().await.expect("a chunk") {
+        csv.extend_from_slice(&chunk.csv);
+    }
+    let csv = String::from_utf8(csv).expect("utf-8");
+    assert!(
+        csv.starts_with("user_id,name,email,phone,company,"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("lead-1,Ann Lee,ann.lee@example.com,+49301234567,"),
+        "{csv}"
+    );
+
+    let customer = cluster.token("lead-1", Role::Customer);
+    let denied = desk
+        .get_contact(authed(
+            &customer,
+            GetContactRequest {
+                user_id: "lead-1".into(),
+            },
+        ))
+        .await
+        .expect_err("customers do not read contacts");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 }
 
 async fn connect(cluster: &Cluster, transport: Transport, user: &str, role: Role) -> Device {

@@ -51,6 +51,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_lead_form_lands_on_the_contact() {
+                natter_tests::desk::lead_capture(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn access_and_bad_input_over_websocket() {
                 scenarios::access_and_bad_input(MODE, Transport::WsJson).await;
             }

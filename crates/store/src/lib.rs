@@ -469,10 +469,23 @@ pub enum DeskKind {
     /// A conversation the desk routes (waiting or assigned), by
     /// conversation id.
     Route,
+    /// A customer's contact, by user id.
+    Contact,
+    /// An index of contacts by email: `<email> <user id>`, no body.
+    ContactEmail,
+    /// An index of contacts by phone number: `<phone> <user id>`, no body.
+    ContactPhone,
 }
 
 impl DeskKind {
-    pub const ALL: [DeskKind; 3] = [DeskKind::Team, DeskKind::Agent, DeskKind::Route];
+    pub const ALL: [DeskKind; 6] = [
+        DeskKind::Team,
+        DeskKind::Agent,
+        DeskKind::Route,
+        DeskKind::Contact,
+        DeskKind::ContactEmail,
+        DeskKind::ContactPhone,
+    ];
 
     /// Its name in storage; never changes once released.
     pub fn as_str(self) -> &'static str {
@@ -480,6 +493,9 @@ impl DeskKind {
             DeskKind::Team => "team",
             DeskKind::Agent => "agent",
             DeskKind::Route => "route",
+            DeskKind::Contact => "contact",
+            DeskKind::ContactEmail => "contact-email",
+            DeskKind::ContactPhone => "contact-phone",
         }
     }
 }

@@ -2,8 +2,18 @@
 //! carried to the desk's holder as a `DeskCommand`, the same way a gateway
 //! session's `desk` frames travel, so both follow one set of rules.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::Stream;
+use natter_core::{Invalid, PageRequest, Role, TenantId};
+use natter_proto::convert::parse_id;
+use natter_proto::page::{next_page_token, page_request};
+use natter_store::DeskKind;
+
+use crate::contacts::{ContactError, Contacts, EXPORT_PAGE, csv, email_key, phone_key};
+use crate::desk::DeskError;
 
 use natter_bus::BusError;
 use natter_contract::{Backoff, ContractError};
@@ -25,6 +35,8 @@ use tonic::{Request, Response, Status};
 pub(crate) struct Api {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) verifier: Arc<Verifier>,
+    /// Read here, from the store; changed by the holder.
+    pub(crate) contacts: Contacts,
     pub(crate) timeout: Duration,
 }
 
@@ -73,29 +85,126 @@ fn unreadable() -> Status {
     )
 }
 
-/// The service's RPCs: each request becomes the call `$variant`, whose
-/// answer must be `$variant` too.
+/// The service's RPCs: those carried to the holder, each request becoming
+/// the call `$variant`, whose answer must be `$variant` too; then those
+/// answered here.
 macro_rules! rpcs {
-    ($($name:ident($request:ty) -> $response:ty = $variant:ident;)*) => {
+    (holder { $($name:ident($request:ty) -> $response:ty = $variant:ident;)* } here { $($here:tt)* }) => {
         #[tonic::async_trait]
-        impl DeskService for Api {$(
-            async fn $name(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
-                match self.ask(request, Call::$variant).await? {
-                    Answer::$variant(answer) => Ok(Response::new(answer)),
-                    _ => Err(unreadable()),
+        impl DeskService for Api {
+            $(
+                async fn $name(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
+                    match self.ask(request, Call::$variant).await? {
+                        Answer::$variant(answer) => Ok(Response::new(answer)),
+                        _ => Err(unreadable()),
+                    }
                 }
-            }
-        )*}
+            )*
+            $($here)*
+        }
     };
 }
 
 rpcs! {
-        put_team(PutTeamRequest) -> PutTeamResponse = PutTeam;
-        list_teams(ListTeamsRequest) -> ListTeamsResponse = ListTeams;
-        put_agent(PutAgentRequest) -> PutAgentResponse = PutAgent;
-        set_presence(SetPresenceRequest) -> SetPresenceResponse = SetPresence;
-        get_desk(GetDeskRequest) -> GetDeskResponse = GetDesk;
-        accept_offer(AcceptOfferRequest) -> AcceptOfferResponse = AcceptOffer;
-        decline_offer(DeclineOfferRequest) -> DeclineOfferResponse = DeclineOffer;
-    transfer(TransferRequest) -> TransferResponse = Transfer;
+    holder {
+            put_team(PutTeamRequest) -> PutTeamResponse = PutTeam;
+            list_teams(ListTeamsRequest) -> ListTeamsResponse = ListTeams;
+            put_agent(PutAgentRequest) -> PutAgentResponse = PutAgent;
+            set_presence(SetPresenceRequest) -> SetPresenceResponse = SetPresence;
+            get_desk(GetDeskRequest) -> GetDeskResponse = GetDesk;
+            accept_offer(AcceptOfferRequest) -> AcceptOfferResponse = AcceptOffer;
+            decline_offer(DeclineOfferRequest) -> DeclineOfferResponse = DeclineOffer;
+        transfer(TransferRequest) -> TransferResponse = Transfer;
+        update_contact(UpdateContactRequest) -> UpdateContactResponse = UpdateContact;
+    }
+    here {
+        async fn get_contact(
+            &self,
+            request: Request<GetContactRequest>,
+        ) -> Result<Response<GetContactResponse>, Status> {
+            let (tenant, request) = self.reader(request, &[Role::Agent, Role::Service])?;
+            let user = parse_id("user_id", &request.user_id).map_err(status::invalid_argument)?;
+            let contact = self.contacts.get(&tenant, &user).await.map_err(contact_status)?;
+            Ok(Response::new(GetContactResponse {
+                contact: Some(contact),
+            }))
+        }
+
+        async fn list_contacts(
+            &self,
+            request: Request<ListContactsRequest>,
+        ) -> Result<Response<ListContactsResponse>, Status> {
+            let (tenant, request) = self.reader(request, &[Role::Agent, Role::Service])?;
+            let by = match (request.email.as_str(), request.phone.as_str()) {
+                ("", "") => None,
+                (email, "") => Some((DeskKind::ContactEmail, email_key(email))),
+                ("", phone) => Some((DeskKind::ContactPhone, phone_key(phone))),
+                _ => {
+                    let why = Invalid::new("phone", "search by email or by phone, not both");
+                    return Err(status::invalid_argument(why));
+                }
+            };
+            if let Some((kind, key)) = by {
+                let key = key.map_err(contact_status)?;
+                let contacts = self.contacts.find(&tenant, kind, &key).await.map_err(contact_status)?;
+                return Ok(Response::new(ListContactsResponse {
+                    contacts,
+                    next_page_token: String::new(),
+                }));
+            }
+            let page = page_request(request.page_size, &request.page_token, &self.contacts.limits)
+                .map_err(status::invalid_argument)?;
+            let page = self.contacts.page(&tenant, page).await.map_err(contact_status)?;
+            Ok(Response::new(ListContactsResponse {
+                next_page_token: next_page_token(&page),
+                contacts: page.items,
+            }))
+        }
+
+        type ExportContactsStream =
+            Pin<Box<dyn Stream<Item = Result<ExportContactsResponse, Status>> + std::marker::Send>>;
+
+        async fn export_contacts(
+            &self,
+            request: Request<ExportContactsRequest>,
+        ) -> Result<Response<Self::ExportContactsStream>, Status> {
+            let (tenant, _) = self.reader(request, &[Role::Service])?;
+            let contacts = self.contacts.clone();
+            // One read of the store per chunk, as the caller takes them.
+            let chunks = futures::stream::try_unfold(Some(None), move |after| {
+                let (contacts, tenant) = (contacts.clone(), tenant.clone());
+                async move {
+                    let Some(after) = after else {
+                        return Ok(None);
+                    };
+                    let header = after.is_none();
+                    let page = PageRequest { after, size: EXPORT_PAGE };
+                    let page = contacts.page(&tenant, page).await.map_err(contact_status)?;
+                    let chunk = ExportContactsResponse {
+                        csv: csv(&page.items, header).into(),
+                    };
+                    Ok(Some((chunk, page.next.map(Some))))
+                }
+            });
+            Ok(Response::new(Box::pin(chunks)))
+        }
+    }
+}
+
+impl Api {
+    /// The caller's tenant and the request, if the caller's role may read.
+    fn reader<T>(&self, request: Request<T>, roles: &[Role]) -> Result<(TenantId, T), Status> {
+        let identity: Identity = natter_server::authenticate(&self.verifier, &request)?;
+        if !roles.contains(&identity.role) {
+            return Err(status::permission_denied(
+                reason::ROLE_NOT_ALLOWED,
+                "contacts are for the business's agents and services",
+            ));
+        }
+        Ok((identity.tenant, request.into_inner()))
+    }
+}
+
+fn contact_status(error: ContactError) -> Status {
+    DeskError::Contact(error).into_status()
 }

@@ -19,6 +19,7 @@ use natter_routing::{Presence, Request, Router, RoutingError, Step};
 use natter_store::{DeskKind, DeskRecord, DeskStore, DeskWrite, PageRequest, StoreError};
 use thiserror::Error;
 
+use crate::contacts::{ContactError, Contacts, Patch};
 use crate::presence::{AgentKey, Sessions};
 use crate::records::{self, Hours, Route};
 
@@ -36,6 +37,8 @@ pub(crate) enum DeskError {
     Routing(#[from] RoutingError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Contact(#[from] ContactError),
 }
 
 impl DeskError {
@@ -56,7 +59,13 @@ impl DeskError {
                     status::failed_precondition(reason::FAILED_PRECONDITION, e.to_string())
                 }
             },
-            DeskError::Store(e) => natter_server::store_status(e),
+            DeskError::Store(e) | DeskError::Contact(ContactError::Store(e)) => {
+                natter_server::store_status(e)
+            }
+            DeskError::Contact(ContactError::Invalid(e)) => status::invalid_argument(e),
+            DeskError::Contact(ContactError::NotFound(user)) => {
+                status::not_found("contact", user.as_str())
+            }
         }
     }
 }
@@ -140,6 +149,7 @@ struct Tenant {
 
 pub(crate) struct Desk {
     store: Arc<dyn DeskStore>,
+    contacts: Contacts,
     tenants: HashMap<TenantId, Tenant>,
     pub(crate) sessions: Sessions,
 }
@@ -153,9 +163,10 @@ impl std::fmt::Debug for Desk {
 }
 
 impl Desk {
-    pub(crate) fn new(store: Arc<dyn DeskStore>, sessions: Sessions) -> Self {
+    pub(crate) fn new(contacts: Contacts, sessions: Sessions) -> Self {
         Self {
-            store,
+            store: contacts.store.clone(),
+            contacts,
             tenants: HashMap::new(),
             sessions,
         }
@@ -229,6 +240,13 @@ impl Desk {
                 Answer::ListTeams(v1::ListTeamsResponse { teams })
             }
             Call::GetDesk(_) => Answer::GetDesk(tenant.view()),
+            Call::UpdateContact(request) => {
+                let (user, patch) = Patch::from_wire(request.contact.unwrap_or_default())?;
+                let contact = self.contacts.update(&tenant_id, &user, patch, now).await?;
+                Answer::UpdateContact(v1::UpdateContactResponse {
+                    contact: Some(contact),
+                })
+            }
             Call::SetPresence(request) => {
                 let user = match request.user_id.as_str() {
                     "" => actor.user.clone(),
@@ -283,6 +301,29 @@ impl Desk {
             }
         };
         Ok(answer)
+    }
+
+    /// A customer answered a lead form: the answers land on their contact.
+    /// An answer the contact cannot take is reported and dropped.
+    pub(crate) async fn lead(
+        &mut self,
+        tenant: &TenantId,
+        customer: &UserId,
+        values: &BTreeMap<String, String>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let updated = match Patch::from_form(values) {
+            Ok(patch) => self.contacts.update(tenant, customer, patch, now).await,
+            Err(e) => Err(e),
+        };
+        match updated {
+            Ok(_) => Ok(()),
+            Err(ContactError::Store(e)) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, customer = %customer, error = %e, "lead form answer not kept");
+                Ok(())
+            }
+        }
     }
 
     /// A conversation's lifecycle changed (an activity stored at `at`):

@@ -11,7 +11,7 @@ use natter_bus::{Bus, Outgoing};
 use natter_contract::{
     DESK_CONSUMER, EVENTS, Handled, Holders, Topology, consume_partitions, decode, serve, subjects,
 };
-use natter_core::{Content, Event, TenantId};
+use natter_core::{Content, Event, Limits, TenantId};
 use natter_proto::bus::v1::{AgentSessions, ConversationEvents, DeskCommand, DeskOutcome};
 use natter_proto::convert::{actor_from_wire, parse_id, required};
 use natter_proto::status::{self, reason, to_failure};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::act::Acts;
+use crate::contacts::Contacts;
 use crate::desk::{Desk, DeskError, Effect};
 use crate::presence::Sessions;
 
@@ -46,6 +47,7 @@ pub(crate) struct Config {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) store: Arc<dyn DeskStore>,
     pub(crate) topology: Topology,
+    pub(crate) limits: Limits,
     pub(crate) peer_timeout: Duration,
 }
 
@@ -145,7 +147,11 @@ pub(crate) async fn serve_desk(
     ));
     drop(inputs);
 
-    let mut desk = Desk::new(config.store.clone(), sessions);
+    let contacts = Contacts {
+        store: config.store.clone(),
+        limits: config.limits.clone(),
+    };
+    let mut desk = Desk::new(contacts, sessions);
     let mut expire = tokio::time::interval(EXPIRE_EVERY);
     loop {
         let mut out = Vec::new();
@@ -262,20 +268,25 @@ async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect
                 continue;
             }
         };
-        let Content::Activity(lifecycle) = &message.content else {
-            continue;
-        };
         let now = now();
-        let applied = desk
-            .lifecycle(
-                &tenant,
-                message.conversation_id,
-                lifecycle,
-                message.sent_at,
-                now,
-                out,
-            )
-            .await;
+        let applied = match &message.content {
+            Content::Activity(lifecycle) => {
+                desk.lifecycle(
+                    &tenant,
+                    message.conversation_id,
+                    lifecycle,
+                    message.sent_at,
+                    now,
+                    out,
+                )
+                .await
+            }
+            Content::FormReply(reply) => {
+                desk.lead(&tenant, &message.sender_id, &reply.values, now)
+                    .await
+            }
+            _ => continue,
+        };
         if let Err(e) = applied {
             tracing::warn!(error = %e, "cannot route a lifecycle change; retrying");
             return Handled::Retry(RETRY_EVENTS);

@@ -6,9 +6,10 @@
 //!   stand by and serve the gRPC API, which, like a gateway session's
 //!   `desk` frames, carries each call to the holder (`desk.call`).
 //! - **Inputs.** The holder consumes EVENTS (durable consumer `desk`) for
-//!   lifecycle changes only: a conversation that waits for a person
-//!   (the inbox owns it or the customer asked for one, and nobody is
-//!   assigned), is resolved, or is reopened. Gateways report which agents
+//!   lifecycle changes (a conversation that waits for a person, because
+//!   the inbox owns it or the customer asked for one and nobody is
+//!   assigned; is resolved; or is reopened) and for customers' answers to
+//!   lead forms, which land on their contacts (`contacts.rs`). Gateways report which agents
 //!   have sessions (`desk.sessions`), which is what makes an agent online.
 //! - **Rules.** `natter_routing::Router`, one per tenant (`desk.rs`).
 //! - **Outputs.** Through the message path only (`act.rs`): an assignment
@@ -25,6 +26,7 @@
 
 mod act;
 mod api;
+mod contacts;
 mod desk;
 mod holder;
 mod presence;
@@ -81,6 +83,7 @@ pub async fn run(
         bus: deps.bus.clone(),
         store: deps.store.clone(),
         topology: settings.topology(),
+        limits: settings.limits(),
         peer_timeout: PEER_TIMEOUT,
     };
     let leases: Arc<dyn LeaseStore> = deps.store.clone();
@@ -95,6 +98,10 @@ pub async fn run(
     let api = api::Api {
         bus: deps.bus,
         verifier: deps.verifier,
+        contacts: contacts::Contacts {
+            store: deps.store,
+            limits: settings.limits(),
+        },
         timeout: PEER_TIMEOUT,
     };
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
