@@ -12,6 +12,7 @@ use natter_auth::{Identity, Signer};
 use natter_core::{Role, TenantId, UserId};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
 use natter_proto::v1::desk_service_client::DeskServiceClient;
+use natter_proto::v1::event_service_client::EventServiceClient;
 use natter_proto::v1::fanout_service_client::FanoutServiceClient;
 use natter_proto::v1::sync_service_client::SyncServiceClient;
 use tonic::transport::Channel;
@@ -323,6 +324,10 @@ impl Cluster {
 
     pub async fn desk(&self) -> DeskServiceClient<Channel> {
         DeskServiceClient::new(channel(self.addrs.desk).await)
+    }
+
+    pub async fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(channel(self.addrs.desk).await)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod desk;
 pub mod device;
 pub mod scenarios;
+pub mod webhooks;
 
 pub use cluster::{Cluster, Mode, Service, authed};
 pub use device::{Closed, Device, Outbound, Transport};

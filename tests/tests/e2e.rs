@@ -56,6 +56,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_webhook_down_for_a_while_gets_every_event() {
+                natter_tests::webhooks::webhooks(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn access_and_bad_input_over_websocket() {
                 scenarios::access_and_bad_input(MODE, Transport::WsJson).await;
             }

@@ -475,16 +475,30 @@ pub enum DeskKind {
     ContactEmail,
     /// An index of contacts by phone number: `<phone> <user id>`, no body.
     ContactPhone,
+    /// A webhook endpoint's settings, by webhook id.
+    Webhook,
+    /// Where a webhook's delivery stands, by webhook id: written by its
+    /// deliverer alone.
+    WebhookState,
+    /// The tenant's event log, by seq as 20 decimal digits (so ids sort as
+    /// numbers).
+    Event,
+    /// The event log's head: one record, `head`.
+    EventHead,
 }
 
 impl DeskKind {
-    pub const ALL: [DeskKind; 6] = [
+    pub const ALL: [DeskKind; 10] = [
         DeskKind::Team,
         DeskKind::Agent,
         DeskKind::Route,
         DeskKind::Contact,
         DeskKind::ContactEmail,
         DeskKind::ContactPhone,
+        DeskKind::Webhook,
+        DeskKind::WebhookState,
+        DeskKind::Event,
+        DeskKind::EventHead,
     ];
 
     /// Its name in storage; never changes once released.
@@ -496,6 +510,10 @@ impl DeskKind {
             DeskKind::Contact => "contact",
             DeskKind::ContactEmail => "contact-email",
             DeskKind::ContactPhone => "contact-phone",
+            DeskKind::Webhook => "webhook",
+            DeskKind::WebhookState => "webhook-state",
+            DeskKind::Event => "event",
+            DeskKind::EventHead => "event-head",
         }
     }
 }

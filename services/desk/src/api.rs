@@ -6,13 +6,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use natter_core::{Invalid, PageRequest, Role, TenantId};
 use natter_proto::convert::parse_id;
 use natter_proto::page::{next_page_token, page_request};
 use natter_store::DeskKind;
 
 use crate::contacts::{ContactError, Contacts, EXPORT_PAGE, csv, email_key, phone_key};
+use crate::events;
+
+/// Events a subscription reads at once.
+const SUBSCRIBE_PAGE: u32 = 100;
+/// How long an idle subscription waits for a notice before it looks.
+const SUBSCRIBE_LOOK: Duration = Duration::from_secs(5);
 use crate::desk::DeskError;
 
 use natter_bus::BusError;
@@ -28,6 +34,7 @@ use natter_proto::status::{self, reason};
 use natter_proto::v1::desk_answer::Answer;
 use natter_proto::v1::desk_call::Call;
 use natter_proto::v1::desk_service_server::DeskService;
+use natter_proto::v1::event_service_server::EventService;
 use natter_proto::v1::*;
 use tonic::{Request, Response, Status};
 
@@ -89,9 +96,9 @@ fn unreadable() -> Status {
 /// the call `$variant`, whose answer must be `$variant` too; then those
 /// answered here.
 macro_rules! rpcs {
-    (holder { $($name:ident($request:ty) -> $response:ty = $variant:ident;)* } here { $($here:tt)* }) => {
+    ($service:ident holder { $($name:ident($request:ty) -> $response:ty = $variant:ident;)* } here { $($here:tt)* }) => {
         #[tonic::async_trait]
-        impl DeskService for Api {
+        impl $service for Api {
             $(
                 async fn $name(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
                     match self.ask(request, Call::$variant).await? {
@@ -106,7 +113,7 @@ macro_rules! rpcs {
 }
 
 rpcs! {
-    holder {
+    DeskService holder {
             put_team(PutTeamRequest) -> PutTeamResponse = PutTeam;
             list_teams(ListTeamsRequest) -> ListTeamsResponse = ListTeams;
             put_agent(PutAgentRequest) -> PutAgentResponse = PutAgent;
@@ -187,6 +194,69 @@ rpcs! {
                 }
             });
             Ok(Response::new(Box::pin(chunks)))
+        }
+    }
+}
+
+rpcs! {
+    EventService holder {
+        put_webhook(PutWebhookRequest) -> PutWebhookResponse = PutWebhook;
+        list_webhooks(ListWebhooksRequest) -> ListWebhooksResponse = ListWebhooks;
+        delete_webhook(DeleteWebhookRequest) -> DeleteWebhookResponse = DeleteWebhook;
+        replay_webhook(ReplayWebhookRequest) -> ReplayWebhookResponse = ReplayWebhook;
+    }
+    here {
+        type SubscribeStream =
+            Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + std::marker::Send>>;
+
+        async fn subscribe(
+            &self,
+            request: Request<SubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
+            let (tenant, request) = self.reader(request, &[Role::Service])?;
+            let store = self.contacts.store.clone();
+            let keeps_log = store
+                .desk_records(&tenant, DeskKind::Webhook, PageRequest { after: None, size: 1 })
+                .await
+                .map_err(natter_server::store_status)?;
+            if keeps_log.items.is_empty() {
+                return Err(status::failed_precondition(
+                    reason::FAILED_PRECONDITION,
+                    "the tenant keeps no event log until it has a webhook",
+                ));
+            }
+            // Told of new events before reading, so none slips between.
+            let notices = self
+                .bus
+                .subscribe(&events::logged_subject(&tenant), None)
+                .await
+                .map_err(|e| natter_contract::ContractError::Bus(e).into_status("the bus"))?;
+            let pending: Vec<TenantEvent> = Vec::new();
+            let state = (store, tenant, request.after_seq, notices, pending.into_iter());
+            let stream = futures::stream::try_unfold(state, move |mut state| {
+                let types = request.event_types.clone();
+                async move {
+                    loop {
+                        let (store, tenant, after, notices, pending) = &mut state;
+                        if let Some(event) = pending.next() {
+                            *after = event.seq;
+                            if events::wanted(&types, &event.r#type) {
+                                return Ok(Some((SubscribeResponse { event: Some(event) }, state)));
+                            }
+                            continue;
+                        }
+                        let page = events::read(&**store, tenant, *after, SUBSCRIBE_PAGE)
+                            .await
+                            .map_err(natter_server::store_status)?;
+                        if page.is_empty() {
+                            // A lost notice costs at most this long.
+                            let _ = tokio::time::timeout(SUBSCRIBE_LOOK, notices.next()).await;
+                        }
+                        *pending = page.into_iter();
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(stream)))
         }
     }
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use natter_auth::Identity;
+use natter_bus::{Bus, Outgoing};
 use natter_core::{ConversationId, Invalid, Lifecycle, Owner, Role, Status, TeamId, TenantId};
 use natter_core::{Timestamp, UserId};
 use natter_proto::bus::v1::DeskRoute;
@@ -20,8 +21,10 @@ use natter_store::{DeskKind, DeskRecord, DeskStore, DeskWrite, PageRequest, Stor
 use thiserror::Error;
 
 use crate::contacts::{ContactError, Contacts, Patch};
+use crate::events::{self, EventLog};
 use crate::presence::{AgentKey, Sessions};
 use crate::records::{self, Hours, Route};
+use crate::webhooks::{self, Webhooks};
 
 /// How many records one store read returns while a tenant loads.
 const LOAD_PAGE: u32 = 500;
@@ -39,6 +42,8 @@ pub(crate) enum DeskError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Contact(#[from] ContactError),
+    #[error("no {0} {1}")]
+    NotFound(&'static str, String),
 }
 
 impl DeskError {
@@ -63,6 +68,7 @@ impl DeskError {
                 natter_server::store_status(e)
             }
             DeskError::Contact(ContactError::Invalid(e)) => status::invalid_argument(e),
+            DeskError::NotFound(kind, id) => status::not_found(kind, &id),
             DeskError::Contact(ContactError::NotFound(user)) => {
                 status::not_found("contact", user.as_str())
             }
@@ -145,11 +151,17 @@ struct Tenant {
     /// connected.
     manual: HashMap<UserId, Presence>,
     routes: BTreeMap<ConversationId, Route>,
+    /// Webhook settings by id.
+    webhooks: BTreeMap<String, v1::Webhook>,
+    /// Kept once the tenant has a webhook.
+    log: Option<EventLog>,
 }
 
 pub(crate) struct Desk {
     store: Arc<dyn DeskStore>,
     contacts: Contacts,
+    webhooks: Webhooks,
+    bus: Arc<dyn Bus>,
     tenants: HashMap<TenantId, Tenant>,
     pub(crate) sessions: Sessions,
 }
@@ -163,10 +175,17 @@ impl std::fmt::Debug for Desk {
 }
 
 impl Desk {
-    pub(crate) fn new(contacts: Contacts, sessions: Sessions) -> Self {
+    pub(crate) fn new(
+        contacts: Contacts,
+        webhooks: Webhooks,
+        bus: Arc<dyn Bus>,
+        sessions: Sessions,
+    ) -> Self {
         Self {
             store: contacts.store.clone(),
             contacts,
+            webhooks,
+            bus,
             tenants: HashMap::new(),
             sessions,
         }
@@ -199,6 +218,7 @@ impl Desk {
         let sessions = &self.sessions;
         let tenant = load(
             &mut self.tenants,
+            &mut self.webhooks,
             &*self.store,
             sessions,
             &tenant_id,
@@ -240,6 +260,53 @@ impl Desk {
                 Answer::ListTeams(v1::ListTeamsResponse { teams })
             }
             Call::GetDesk(_) => Answer::GetDesk(tenant.view()),
+            Call::PutWebhook(request) => {
+                let wire = webhooks::settings(request.webhook.unwrap_or_default())?;
+                let id = wire.webhook_id.clone();
+                // Written at once, not with the call's other changes: the
+                // deliverer reads it back when it starts.
+                self.store
+                    .write_desk(&tenant_id, &[put(DeskKind::Webhook, &id, &wire)])
+                    .await?;
+                if tenant.log.is_none() {
+                    tenant.log = Some(EventLog::load(&*self.store, &tenant_id).await?);
+                }
+                let start = tenant.log.as_ref().map_or(0, EventLog::next_seq);
+                tenant.webhooks.insert(id.clone(), wire.clone());
+                self.webhooks.start(&tenant_id, wire, start).await?;
+                Answer::PutWebhook(v1::PutWebhookResponse {
+                    webhook: self.webhook(&tenant_id, &id),
+                })
+            }
+            Call::ListWebhooks(_) => Answer::ListWebhooks(v1::ListWebhooksResponse {
+                webhooks: self
+                    .webhooks
+                    .list(&tenant_id)
+                    .into_iter()
+                    .map(redacted)
+                    .collect(),
+            }),
+            Call::DeleteWebhook(request) => {
+                let id = request.webhook_id;
+                self.webhooks.stop_one(&tenant_id, &id).await;
+                tenant.webhooks.remove(&id);
+                for kind in [DeskKind::Webhook, DeskKind::WebhookState] {
+                    changes.writes.push(DeskWrite::Delete {
+                        kind,
+                        id: id.clone(),
+                    });
+                }
+                Answer::DeleteWebhook(v1::DeleteWebhookResponse {})
+            }
+            Call::ReplayWebhook(request) => {
+                let id = request.webhook_id;
+                self.webhooks
+                    .replay(&tenant_id, &id, request.after_seq)
+                    .ok_or_else(|| DeskError::NotFound("webhook", id.clone()))?;
+                Answer::ReplayWebhook(v1::ReplayWebhookResponse {
+                    webhook: self.webhook(&tenant_id, &id),
+                })
+            }
             Call::UpdateContact(request) => {
                 let (user, patch) = Patch::from_wire(request.contact.unwrap_or_default())?;
                 let contact = self.contacts.update(&tenant_id, &user, patch, now).await?;
@@ -269,12 +336,14 @@ impl Desk {
                 let id = parse_id("conversation_id", &request.conversation_id)?;
                 let steps = tenant.router.accept(id, &actor.user, now)?;
                 tenant.apply(&tenant_id, steps, changes);
+                changes.changed = true;
                 Answer::AcceptOffer(v1::AcceptOfferResponse {})
             }
             Call::DeclineOffer(request) => {
                 let id = parse_id("conversation_id", &request.conversation_id)?;
                 let steps = tenant.router.decline(id, &actor.user, now)?;
                 tenant.apply(&tenant_id, steps, changes);
+                changes.changed = true;
                 Answer::DeclineOffer(v1::DeclineOfferResponse {})
             }
             Call::Transfer(request) => {
@@ -297,10 +366,20 @@ impl Desk {
                     None => return Err(Invalid::new("to", "an agent or a team is required").into()),
                 };
                 tenant.apply(&tenant_id, steps, changes);
+                changes.changed = true;
                 Answer::Transfer(v1::TransferResponse {})
             }
         };
         Ok(answer)
+    }
+
+    /// A webhook as it stands, without its secrets.
+    fn webhook(&self, tenant: &TenantId, id: &str) -> Option<v1::Webhook> {
+        self.webhooks
+            .list(tenant)
+            .into_iter()
+            .find(|w| w.webhook_id == id)
+            .map(redacted)
     }
 
     /// A customer answered a lead form: the answers land on their contact.
@@ -311,19 +390,83 @@ impl Desk {
         customer: &UserId,
         values: &BTreeMap<String, String>,
         now: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<Option<v1::Contact>> {
         let updated = match Patch::from_form(values) {
             Ok(patch) => self.contacts.update(tenant, customer, patch, now).await,
             Err(e) => Err(e),
         };
         match updated {
-            Ok(_) => Ok(()),
+            Ok(contact) => Ok(Some(contact)),
             Err(ContactError::Store(e)) => Err(e.into()),
             Err(e) => {
                 tracing::warn!(tenant = %tenant, customer = %customer, error = %e, "lead form answer not kept");
-                Ok(())
+                Ok(None)
             }
         }
+    }
+
+    /// Adds `message` (and the contact its lead form filled in) to the
+    /// tenant's event log, if it keeps one and does not hold it yet; the
+    /// writes wait in `logged` for [`Desk::write_log`].
+    pub(crate) async fn log(
+        &mut self,
+        tenant_id: &TenantId,
+        message: &v1::Message,
+        lead: Option<v1::Contact>,
+        now: Timestamp,
+        logged: &mut Logged,
+    ) -> Result<()> {
+        let mut changes = Changes::new(now);
+        let tenant = load(
+            &mut self.tenants,
+            &mut self.webhooks,
+            &*self.store,
+            &self.sessions,
+            tenant_id,
+            now,
+            &mut changes,
+        )
+        .await?;
+        if let Some(log) = tenant.log.as_mut()
+            && log.is_new(message)
+        {
+            let writes = logged.0.entry(tenant_id.clone()).or_default();
+            log.append(message, lead, now, writes);
+        }
+        let mut out = Vec::new();
+        self.commit(tenant_id, changes, &mut out).await?;
+        logged.1.extend(out);
+        Ok(())
+    }
+
+    /// Writes what [`Desk::log`] gathered, each tenant's events before its
+    /// head, and tells its webhooks and subscribers.
+    pub(crate) async fn write_log(&mut self, logged: Logged) -> Result<()> {
+        for (tenant_id, mut writes) in logged.0 {
+            let Some(log) = self.tenants.get(&tenant_id).and_then(|t| t.log.as_ref()) else {
+                continue;
+            };
+            writes.push(log.head_write());
+            if let Err(e) = self.store.write_desk(&tenant_id, &writes).await {
+                // The log in memory ran ahead of the store: load it again.
+                self.tenants.remove(&tenant_id);
+                return Err(e.into());
+            }
+            self.webhooks.wake(&tenant_id);
+            let notice = Outgoing::new(Vec::new());
+            if let Err(e) = self
+                .bus
+                .publish(&events::logged_subject(&tenant_id), notice)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot tell subscribers the log grew");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn stop_webhooks(&mut self) {
+        self.webhooks.stop_all().await;
     }
 
     /// A conversation's lifecycle changed (an activity stored at `at`):
@@ -340,6 +483,7 @@ impl Desk {
         let mut changes = Changes::new(now);
         let tenant = load(
             &mut self.tenants,
+            &mut self.webhooks,
             &*self.store,
             &self.sessions,
             tenant_id,
@@ -450,14 +594,31 @@ impl Desk {
     }
 }
 
+/// Events to log, by tenant, and the effects loading their tenants set
+/// off.
+#[derive(Debug, Default)]
+pub(crate) struct Logged(BTreeMap<TenantId, Vec<DeskWrite>>, pub(crate) Vec<Effect>);
+
+/// What a webhook shows callers: never its secrets.
+fn redacted(mut webhook: v1::Webhook) -> v1::Webhook {
+    webhook.secrets.clear();
+    webhook
+}
+
 /// Who may make which call: the business's services anything, agents
 /// what concerns their own work, nobody else anything.
 fn allowed(actor: &Identity, call: &Call) -> Result<()> {
     match (actor.role, call) {
         (Role::Service, _) => Ok(()),
-        (Role::Agent, Call::PutTeam(_) | Call::PutAgent(_)) => {
-            Err(DeskError::Denied("only a service may configure the desk"))
-        }
+        (
+            Role::Agent,
+            Call::PutTeam(_)
+            | Call::PutAgent(_)
+            | Call::PutWebhook(_)
+            | Call::ListWebhooks(_)
+            | Call::DeleteWebhook(_)
+            | Call::ReplayWebhook(_),
+        ) => Err(DeskError::Denied("only a service may configure the desk")),
         (Role::Agent, Call::SetPresence(r))
             if !r.user_id.is_empty() && r.user_id != actor.user.as_str() =>
         {
@@ -475,6 +636,7 @@ fn allowed(actor: &Identity, call: &Call) -> Result<()> {
 /// assignment carried out again in case the holder before did not finish.
 async fn load<'a>(
     tenants: &'a mut HashMap<TenantId, Tenant>,
+    webhooks: &mut Webhooks,
     store: &dyn DeskStore,
     sessions: &Sessions,
     tenant_id: &TenantId,
@@ -483,6 +645,9 @@ async fn load<'a>(
 ) -> Result<&'a mut Tenant> {
     if !tenants.contains_key(tenant_id) {
         let tenant = read(store, sessions, tenant_id, now, changes).await?;
+        for webhook in tenant.webhooks.values() {
+            webhooks.start(tenant_id, webhook.clone(), 0).await?;
+        }
         tenants.insert(tenant_id.clone(), tenant);
     }
     Ok(tenants
@@ -504,7 +669,22 @@ async fn read(
         agents: BTreeMap::new(),
         manual: HashMap::new(),
         routes: BTreeMap::new(),
+        webhooks: BTreeMap::new(),
+        log: None,
     };
+    for record in records_of(store, tenant_id, DeskKind::Webhook).await? {
+        match decode::<v1::Webhook>(&record) {
+            Ok(webhook) => {
+                tenant.webhooks.insert(record.id, webhook);
+            }
+            Err(e) => {
+                tracing::error!(tenant = %tenant_id, id = record.id, error = %e, "unreadable webhook skipped")
+            }
+        }
+    }
+    if !tenant.webhooks.is_empty() {
+        tenant.log = Some(EventLog::load(store, tenant_id).await?);
+    }
     for record in records_of(store, tenant_id, DeskKind::Team).await? {
         match decode::<v1::Team>(&record).and_then(|t| Ok(records::team(t)?)) {
             Ok((wire, team, hours)) => {

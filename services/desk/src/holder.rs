@@ -15,7 +15,7 @@ use natter_core::{Content, Event, Limits, TenantId};
 use natter_proto::bus::v1::{AgentSessions, ConversationEvents, DeskCommand, DeskOutcome};
 use natter_proto::convert::{actor_from_wire, parse_id, required};
 use natter_proto::status::{self, reason, to_failure};
-use natter_proto::v1::{DeskAnswer, DeskCall};
+use natter_proto::v1::{DeskAnswer, DeskCall, event};
 use natter_server::clock::now;
 use natter_store::{DeskStore, Lease};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::act::Acts;
 use crate::contacts::Contacts;
-use crate::desk::{Desk, DeskError, Effect};
+use crate::desk::{Desk, DeskError, Effect, Logged};
 use crate::presence::Sessions;
+use crate::webhooks::Webhooks;
 
 /// How long a new holder listens for the gateways' sessions before it
 /// routes, so agents with sessions are not taken for offline.
@@ -151,7 +152,8 @@ pub(crate) async fn serve_desk(
         store: config.store.clone(),
         limits: config.limits.clone(),
     };
-    let mut desk = Desk::new(contacts, sessions);
+    let webhooks = Webhooks::new(config.store.clone(), stop.clone());
+    let mut desk = Desk::new(contacts, webhooks, bus.clone(), sessions);
     let mut expire = tokio::time::interval(EXPIRE_EVERY);
     loop {
         let mut out = Vec::new();
@@ -194,6 +196,7 @@ pub(crate) async fn serve_desk(
         }
     }
     drop(effects);
+    desk.stop_webhooks().await;
     while tasks.join_next().await.is_some() {}
     tracing::info!(epoch, "desk given up");
 }
@@ -252,16 +255,23 @@ fn refused(status: &tonic::Status) -> DeskOutcome {
     }
 }
 
-/// Hands the lifecycle changes of one EVENTS delivery to the desk.
+/// Hands one EVENTS delivery to the desk: lifecycle changes to the
+/// routers, lead forms to the contacts, and every message to the event
+/// log of a tenant that keeps one.
 async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect>) -> Handled {
+    let mut logged = Logged::default();
     for wire in batch.events {
         let parsed = (|| {
             let tenant: TenantId = parse_id("tenant_id", &wire.tenant_id)?;
-            let event = Event::try_from(required("event", wire.event)?)?;
-            Ok::<_, natter_core::Invalid>((tenant, event))
+            let wire = required("event", wire.event)?;
+            let event = Event::try_from(wire.clone())?;
+            Ok::<_, natter_core::Invalid>((tenant, wire, event))
         })();
-        let (tenant, message) = match parsed {
-            Ok((tenant, Event::Message(message))) => (tenant, message),
+        let (tenant, wire, message) = match parsed {
+            Ok((tenant, wire, Event::Message(message))) => match wire.kind {
+                Some(event::Kind::Message(wire)) => (tenant, wire, message),
+                _ => continue,
+            },
             Ok(_) => continue,
             Err(e) => {
                 tracing::error!(error = %e, "invalid conversation event skipped");
@@ -270,8 +280,8 @@ async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect
         };
         let now = now();
         let applied = match &message.content {
-            Content::Activity(lifecycle) => {
-                desk.lifecycle(
+            Content::Activity(lifecycle) => desk
+                .lifecycle(
                     &tenant,
                     message.conversation_id,
                     lifecycle,
@@ -280,17 +290,28 @@ async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect
                     out,
                 )
                 .await
-            }
+                .map(|()| None),
             Content::FormReply(reply) => {
                 desk.lead(&tenant, &message.sender_id, &reply.values, now)
                     .await
             }
-            _ => continue,
+            _ => Ok(None),
         };
-        if let Err(e) = applied {
-            tracing::warn!(error = %e, "cannot route a lifecycle change; retrying");
+        let logged_now = match applied {
+            Ok(lead) => desk.log(&tenant, &wire, lead, now, &mut logged).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = logged_now {
+            tracing::warn!(error = %e, "cannot take a conversation event; retrying");
             return Handled::Retry(RETRY_EVENTS);
         }
     }
-    Handled::Done
+    out.append(&mut logged.1);
+    match desk.write_log(logged).await {
+        Ok(()) => Handled::Done,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the event log; retrying");
+            Handled::Retry(RETRY_EVENTS)
+        }
+    }
 }

@@ -28,9 +28,11 @@ mod act;
 mod api;
 mod contacts;
 mod desk;
+mod events;
 mod holder;
 mod presence;
 mod records;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +97,7 @@ pub async fn run(
         stop.clone(),
         move |lease, stop| holder::serve_desk(config.clone(), lease, stop),
     ));
-    let api = api::Api {
+    let api = Arc::new(api::Api {
         bus: deps.bus,
         verifier: deps.verifier,
         contacts: contacts::Contacts {
@@ -103,9 +105,12 @@ pub async fn run(
             limits: settings.limits(),
         },
         timeout: PEER_TIMEOUT,
-    };
+    });
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
-        .add_service(natter_proto::v1::desk_service_server::DeskServiceServer::new(api))
+        .add_service(
+            natter_proto::v1::desk_service_server::DeskServiceServer::from_arc(api.clone()),
+        )
+        .add_service(natter_proto::v1::event_service_server::EventServiceServer::from_arc(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
         .await?;
     Ok(())
