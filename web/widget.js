@@ -50,7 +50,7 @@
    *   quick_replies?: { text: string, replies?: QuickReply[] },
    *   template?: { text: string, buttons?: Button[] },
    *   postback?: { title: string, payload: string },
-   *   activity?: { status?: string, owner?: string, control_requested?: boolean },
+   *   activity?: { status?: string, owner?: string, control_requested?: boolean, assignee_id?: string },
    *   form?: Form, form_reply?: { form_id: string, values?: Record<string, string> } }} Content
    * @typedef {{ name: string, label: string, kind?: string, required?: boolean }} FormField
    * @typedef {{ form_id: string, text: string, fields?: FormField[] }} Form
@@ -215,6 +215,7 @@
       <p class="greeting" hidden></p>
       <ol class="msgs"></ol>
     </div>
+    <p class="queue" role="status" hidden></p>
     <div class="typing" role="status" aria-live="polite"></div>
     <form class="composer">
       <label class="sr" for="input">Message</label>
@@ -238,6 +239,7 @@
   const log = /** @type {HTMLElement} */ ($('.log'));
   const list = /** @type {HTMLOListElement} */ ($('.msgs'));
   const typingLine = /** @type {HTMLElement} */ ($('.typing'));
+  const queueLine = /** @type {HTMLElement} */ ($('.queue'));
   const form = /** @type {HTMLFormElement} */ ($('.composer'));
   const input = /** @type {HTMLTextAreaElement} */ ($('#input'));
   $('#title').textContent = title;
@@ -293,6 +295,7 @@ h2{margin:0;font-size:16px;font-weight:600;flex:1;white-space:nowrap;overflow:hi
 .form input[aria-invalid=true]{border-color:#d1242f}
 .form-error{color:#d1242f;margin:0;font-size:12px}
 .form button{align-self:flex-start;border:0;border-radius:16px;background:var(--accent);color:#fff;padding:5px 12px;cursor:pointer}
+.queue{margin:0;padding:6px 14px;font-size:12px;color:#495057;background:#eef1f6;text-align:center}
 .typing{min-height:20px;padding:0 14px;font-size:12px;color:#6c757d;background:#f6f7f9}
 .composer{display:flex;gap:8px;align-items:flex-end;padding:10px;border-top:1px solid #e3e5e8;background:#fff}
 textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:8px 12px;max-height:120px;background:#fff;min-height:38px}
@@ -531,24 +534,26 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
 
   /**
    * What the visitor is told of a lifecycle change: its status, or who
-   * answers. Tags, team and assignee are the business's, so a change of
-   * only those says nothing.
+   * answers. Tags and team are the business's, so a change of only those
+   * says nothing.
    * @param {Lifecycle} before @param {Lifecycle} after
    */
   function activityLine(before, after) {
     if (after.status !== before.status) return STATUS_LINES[after.status] || '';
+    if (after.assignee && after.assignee !== before.assignee) return `${after.assignee} joined the conversation`;
     if (after.owner !== before.owner) return after.owner === 'THREAD_OWNER_INBOX' ? 'A person has joined the conversation' : '';
     if (after.control_requested && !before.control_requested) return 'Asking for a person…';
     return '';
   }
 
-  /** @typedef {{ status: string, owner: string, control_requested: boolean }} Lifecycle */
-  /** @param {{ status?: string, owner?: string, control_requested?: boolean }} [l] @returns {Lifecycle} */
+  /** @typedef {{ status: string, owner: string, control_requested: boolean, assignee: string }} Lifecycle */
+  /** @param {Content['activity']} [l] @returns {Lifecycle} */
   function lifecycleOf(l) {
     return {
       status: (l && l.status) || 'CONVERSATION_STATUS_OPEN',
       owner: (l && l.owner) || 'THREAD_OWNER_BOT',
       control_requested: !!(l && l.control_requested),
+      assignee: (l && l.assignee_id) || '',
     };
   }
 
@@ -569,6 +574,9 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     list.querySelector(`[data-key="${CSS.escape(keyOf(m))}"]`)?.remove();
     const next = Array.from(list.children).find((e) => Number(/** @type {HTMLElement} */ (e).dataset.seq || Infinity) > m.seq);
     list.insertBefore(li, next || null);
+    // Nobody waits once the newest lifecycle has an assignee or is not open.
+    const newest = !list.querySelector(`[data-lifecycle][data-seq="${m.seq}"] ~ [data-lifecycle]`);
+    if (newest && (after.assignee || after.status !== 'CONVERSATION_STATUS_OPEN')) queueLine.hidden = true;
     scrollDown();
   }
 
@@ -605,6 +613,21 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
 
   function refreshStatus() {
     statusLine.textContent = online ? '' : navigator.onLine ? 'Connecting…' : 'Offline';
+  }
+
+  /**
+   * The visitor's place in the queue for a person, as the desk last told
+   * it; hidden once somebody is assigned (`showActivity`).
+   * @param {{ ahead?: number, estimated_wait_seconds?: number }} p
+   */
+  function showQueue(p) {
+    const ahead = Number(p.ahead || 0);
+    const seconds = Number(p.estimated_wait_seconds || 0);
+    const wait = seconds ? `about ${Math.max(1, Math.round(seconds / 60))} min` : '';
+    queueLine.textContent = ahead
+      ? `${ahead} ${ahead > 1 ? 'people' : 'person'} ahead of you${wait ? ' · ' + wait : ''}`
+      : `You're next in line${wait ? ' — an agent will be with you in ' + wait : ''}`;
+    queueLine.hidden = false;
   }
 
   function refreshTyping() {
@@ -741,6 +764,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     if (same) return;
     messages = new Map();
     list.textContent = '';
+    queueLine.hidden = true;
     cursor = Number(load('cursor:' + auth.userId) || 0);
     readSeq = Number(load(`read:${auth.userId}:${auth.conversationId}`) || 0);
     othersReadSeq = Number(load(`seen:${auth.userId}:${auth.conversationId}`) || 0);
@@ -876,6 +900,9 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       if (t.active) typing.set(t.user_id, win.setTimeout(() => (typing.delete(t.user_id), refreshTyping()), TYPING_SHOWN_MS));
       else typing.delete(t.user_id);
       refreshTyping();
+    } else if (f.desk_signal) {
+      const queued = f.desk_signal.queued;
+      if (queued && queued.conversation_id === auth.conversationId) showQueue(queued.position || {});
     } else if (f.resync_required) {
       // Too far behind for the update log: the watch below refetches the
       // conversation, and the log continues from the server's position.

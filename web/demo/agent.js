@@ -1,13 +1,20 @@
 // @ts-check
 /**
- * The demo's agent console: a person answering as the business.
+ * The demo's agent console: a person at the business's support desk.
  *
- * It signs in as the demo agent (a token from the demo's `/agent-token`),
- * opens a device session on the gateway's WebSocket, and learns the
- * agent's conversations from the agent's update log: the agent is a member
- * of every visitor's conversation, so catching up from cursor 0 replays
- * every join and message. The open conversation is watched, and replies go
- * out as `send` frames.
+ * It signs in as one of the demo's agents (a token from the demo's
+ * `/agent-token`, `?as=agent-2` for the second) and opens a device session
+ * on the gateway's WebSocket; the session is what makes the agent online
+ * at the desk. Through the same session it calls the desk (`desk` frames,
+ * answered by `desk_answer`) and hears from it (`desk_signal`): offers to
+ * accept or decline, and `changed`, after which it asks for the desk again
+ * (`get_desk`: the queue, and what each agent holds).
+ *
+ * Accepting an offer makes the agent a member of the conversation, so its
+ * messages come in the agent's update log from then on (caught up from
+ * cursor 0 on each load); the open conversation is watched from the first
+ * message the console lacks, which brings the history from before the
+ * agent joined. Replies go out as `send` frames.
  */
 (function () {
   'use strict';
@@ -15,18 +22,30 @@
   /**
    * @typedef {{ seq: number, sender_id: string, client_message_id?: string, content: any }} Message
    * @typedef {{ id: string, customers: string[], messages: Map<number, Message>, readSeq: number }} Conversation
+   * @typedef {{ agent?: { user_id: string, capacity?: number }, presence?: string,
+   *   assigned_conversation_ids?: string[], offered_conversation_ids?: string[] }} AgentDesk
+   * @typedef {{ conversation_id: string, team_id?: string, since?: string,
+   *   position?: { ahead?: number, estimated_wait_seconds?: number } }} Waiting
+   * @typedef {{ waiting?: Waiting[], agents?: AgentDesk[] }} DeskView
+   * @typedef {{ team_id: string, name?: string }} Team
    */
 
   const gatewayMeta = /** @type {HTMLMetaElement} */ (document.querySelector('meta[name="natter-gateway"]'));
   const gateway = gatewayMeta.content;
   const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
   const status = $('status');
-  const list = $('conversations');
+  const notice = $('notice');
+  const agentSelect = /** @type {HTMLSelectElement} */ ($('agent'));
+  const presenceSelect = /** @type {HTMLSelectElement} */ ($('presence'));
+  const offersList = $('offers');
+  const queueList = $('queue');
   const log = $('messages');
   const typingLine = $('typing');
   const reply = /** @type {HTMLFormElement} */ ($('reply'));
   const replyText = /** @type {HTMLTextAreaElement} */ ($('reply-text'));
   const quick = /** @type {HTMLFormElement} */ ($('quick'));
+  const transfer = /** @type {HTMLFormElement} */ ($('transfer'));
+  const transferTo = /** @type {HTMLSelectElement} */ ($('transfer-to'));
 
   /** @type {Map<string, Conversation>} */
   const conversations = new Map();
@@ -44,6 +63,22 @@
   const typing = new Map();
   const deviceId = localStorage.getItem('natter-agent-device') || 'agent-console-' + crypto.randomUUID();
   localStorage.setItem('natter-agent-device', deviceId);
+
+  /** The desk as `get_desk` last answered. @type {DeskView} */
+  let desk = {};
+  /** @type {Team[]} */
+  let teams = [];
+  /** Conversations offered to this agent, with when the offer ends (0: not known). @type {Map<string, number>} */
+  const offers = new Map();
+  /** Offers signalled since the desk was last asked for: its answer may predate them. */
+  let freshOffers = new Set();
+  /** Desk calls awaiting their answer, by client call id. @type {Map<string, { resolve: (a: any) => void, reject: (e: any) => void }>} */
+  const calls = new Map();
+  let deskAsked = false;
+  let deskAgain = false;
+  /** The conversation just accepted: opened once the agent is a member. */
+  let opening = '';
+  let noticeTimer = 0;
 
   /** @param {any} value @returns {any} */
   function snake(value) {
@@ -72,10 +107,12 @@
 
   async function connect() {
     try {
-      const response = await fetch('/agent-token');
+      // The page's `?as=` names the agent; the demo trusts it.
+      const response = await fetch('/agent-token' + location.search);
       if (!response.ok) throw new Error('agent token: ' + response.status);
       const body = await response.json();
       me = body.userId;
+      if (!agentSelect.options.length) agentSelect.append(new Option(me));
       open(body.token);
     } catch (e) {
       retry();
@@ -92,6 +129,9 @@
       if (ws !== sock) return;
       ws = null;
       online = false;
+      presenceSelect.disabled = true;
+      for (const call of calls.values()) call.reject(new Error('disconnected'));
+      calls.clear();
       status.textContent = 'Reconnecting…';
       retry();
     };
@@ -107,7 +147,15 @@
     if (f.welcome) {
       online = true;
       attempt = 0;
-      status.textContent = 'Online as ' + me;
+      status.textContent = 'Connected';
+      presenceSelect.disabled = false;
+      // Offers are not kept across sessions: the desk says which stand.
+      offers.clear();
+      refreshDesk();
+      deskCall({ list_teams: {} }).then((a) => {
+        teams = a.list_teams.teams || [];
+        renderThreadBar();
+      }, report);
       if (selected) watch(selected);
     } else if (f.update) {
       cursor = Number(f.update.cursor || cursor);
@@ -123,11 +171,11 @@
         const c = conversation(e.read_marker.conversation_id);
         c.readSeq = Math.max(c.readSeq, Number(e.read_marker.seq || 0));
       }
-      renderList();
+      if (!openAccepted()) renderLists();
       if (cursor % 50 === 0) send({ ack: { cursor: String(cursor) } });
     } else if (f.message) {
       accept(f.message);
-      renderList();
+      renderLists();
     } else if (f.typing) {
       const t = f.typing;
       clearTimeout(typing.get(t.conversation_id + ' ' + t.user_id));
@@ -138,21 +186,297 @@
         }, 10000));
       } else typing.delete(t.conversation_id + ' ' + t.user_id);
       renderTyping();
+    } else if (f.desk_answer) {
+      const call = calls.get(f.desk_answer.client_call_id);
+      calls.delete(f.desk_answer.client_call_id);
+      if (call) call.resolve(f.desk_answer);
+    } else if (f.desk_signal) {
+      onSignal(f.desk_signal);
     } else if (f.error) {
-      console.warn('natter:', f.error.reason || f.error.code, f.error.message);
+      const call = calls.get(f.error.client_message_id);
+      calls.delete(f.error.client_message_id);
+      if (call) call.reject(f.error);
+      else console.warn('natter:', f.error.reason || f.error.code, f.error.message);
     }
   }
 
-  /** @param {any} m */
-  function accept(m) {
-    const c = conversation(m.conversation_id);
-    const seq = Number(m.seq || 0);
-    if (c.messages.has(seq)) return;
-    c.messages.set(seq, { ...m, seq, content: m.content || {} });
-    if (m.conversation_id === selected) {
-      renderThread();
-      markRead();
+  // ---- the desk ----
+
+  /**
+   * Calls the desk over the session; resolves with the `desk_answer`,
+   * rejects with the `error` frame that answers instead.
+   * @param {object} call @returns {Promise<any>}
+   */
+  function deskCall(call) {
+    if (!online) return Promise.reject(new Error('not connected'));
+    const id = 'desk-' + crypto.randomUUID();
+    send({ desk: { client_call_id: id, ...call } });
+    return new Promise((resolve, reject) => calls.set(id, { resolve, reject }));
+  }
+
+  /** Asks for the desk, once at a time: a request while one is out asks again after it. */
+  function refreshDesk() {
+    if (deskAsked) {
+      deskAgain = true;
+      return;
     }
+    deskAsked = true;
+    freshOffers = new Set();
+    deskCall({ get_desk: {} })
+      .then((a) => {
+        desk = a.get_desk || {};
+        const offered = new Set((mine() || {}).offered_conversation_ids || []);
+        for (const id of offers.keys()) if (!offered.has(id) && !freshOffers.has(id)) offers.delete(id);
+        for (const id of offered) if (!offers.has(id)) offers.set(id, 0);
+        renderDesk();
+      }, report)
+      .finally(() => {
+        deskAsked = false;
+        if (deskAgain) {
+          deskAgain = false;
+          refreshDesk();
+        }
+      });
+  }
+
+  /** @param {any} s */
+  function onSignal(s) {
+    if (s.offered) {
+      const id = s.offered.conversation_id;
+      offers.set(id, Date.parse(s.offered.until) || 0);
+      freshOffers.add(id);
+      renderOffers();
+    } else if (s.withdrawn_conversation_id) {
+      offers.delete(s.withdrawn_conversation_id);
+      freshOffers.delete(s.withdrawn_conversation_id);
+      renderOffers();
+    } else if (s.changed) {
+      refreshDesk();
+    }
+  }
+
+  /** This agent on the desk. @returns {AgentDesk | undefined} */
+  function mine() {
+    return (desk.agents || []).find((a) => a.agent && a.agent.user_id === me);
+  }
+
+  /** @param {string} id */
+  function isMine(id) {
+    return ((mine() || {}).assigned_conversation_ids || []).includes(id);
+  }
+
+  /** @param {string} id @param {boolean} take */
+  function answerOffer(id, take) {
+    offers.delete(id);
+    renderOffers();
+    deskCall(take ? { accept_offer: { conversation_id: id } } : { decline_offer: { conversation_id: id } }).then(() => {
+      if (take) opening = id;
+      refreshDesk();
+    }, (e) => {
+      report(e);
+      refreshDesk();
+    });
+  }
+
+  /**
+   * Opens the conversation just accepted once the agent is in it (its
+   * update log has something of it), so the watch is allowed.
+   * @returns {boolean} whether it did
+   */
+  function openAccepted() {
+    if (!opening || !conversations.has(opening)) return false;
+    const id = opening;
+    opening = '';
+    select(id);
+    return true;
+  }
+
+  /** Shows what went wrong with a desk call. @param {any} e */
+  function report(e) {
+    notice.textContent = e.message || String(e);
+    notice.hidden = false;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => (notice.hidden = true), 8000);
+  }
+
+  presenceSelect.addEventListener('change', () => {
+    deskCall({ set_presence: { presence: presenceSelect.value } }).then(refreshDesk, report);
+  });
+  agentSelect.addEventListener('change', () => {
+    location.search = '?as=' + encodeURIComponent(agentSelect.value);
+  });
+  transfer.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const [kind, id] = transferTo.value.split(':');
+    if (!selected || !id) return;
+    const to = kind === 'team' ? { team_id: id } : { agent_id: id };
+    deskCall({ transfer: { conversation_id: selected, ...to } }).then(refreshDesk, report);
+  });
+
+  // ---- rendering ----
+
+  /**
+   * @param {keyof HTMLElementTagNameMap} tag
+   * @param {string} [className]
+   * @param {string} [text]
+   */
+  function el(tag, className, text) {
+    const e = document.createElement(tag);
+    if (className) e.className = className;
+    if (text) e.textContent = text;
+    return e;
+  }
+
+  /** A conversation's name: its customers, or a visitor and the end of its id. @param {string} id */
+  function nameOf(id) {
+    const c = conversations.get(id);
+    return (c && c.customers.join(', ')) || 'visitor …' + id.slice(-4);
+  }
+
+  /** @param {number} seconds */
+  function minutes(seconds) {
+    return Math.max(1, Math.round(seconds / 60)) + ' min';
+  }
+
+  function renderDesk() {
+    const self = mine();
+    const presence = self && self.presence;
+    if (presence === 'AGENT_PRESENCE_ONLINE' || presence === 'AGENT_PRESENCE_AWAY') presenceSelect.value = presence;
+    presenceSelect.dataset.presence = presence || '';
+    const agents = (desk.agents || []).map((a) => (a.agent ? a.agent.user_id : '')).filter(Boolean);
+    if (agents.join() !== Array.from(agentSelect.options, (o) => o.value).join()) {
+      agentSelect.textContent = '';
+      for (const id of agents) agentSelect.append(new Option(id, id, false, id === me));
+    }
+    renderOffers();
+    renderQueue();
+    renderLists();
+    renderThreadBar();
+    openAccepted();
+  }
+
+  function renderOffers() {
+    offersList.textContent = '';
+    $('offers-box').hidden = !offers.size;
+    for (const [id, until] of offers) {
+      const li = el('li', 'card');
+      li.dataset.offer = id;
+      const left = el('span', 'small line');
+      left.dataset.until = String(until);
+      const accept = el('button', '', 'Accept');
+      accept.addEventListener('click', () => answerOffer(id, true));
+      const decline = el('button', 'decline', 'Decline');
+      decline.addEventListener('click', () => answerOffer(id, false));
+      li.append(el('span', 'line', nameOf(id) + ' asks for a person'), left, accept, decline);
+      offersList.append(li);
+    }
+    countDown();
+  }
+
+  /** How long each offer has left. */
+  function countDown() {
+    for (const span of offersList.querySelectorAll('[data-until]')) {
+      const until = Number(/** @type {HTMLElement} */ (span).dataset.until);
+      const left = Math.round((until - Date.now()) / 1000);
+      span.textContent = until && left > 0 ? `answer within ${left} s` : '';
+    }
+  }
+  setInterval(countDown, 1000);
+
+  function renderQueue() {
+    const waiting = desk.waiting || [];
+    $('queue-title').textContent = `Queue (${waiting.length})`;
+    queueList.textContent = '';
+    if (!waiting.length) queueList.append(el('li', 'none', 'Nobody is waiting'));
+    for (const w of waiting) {
+      const p = w.position || {};
+      const li = el('li', 'card');
+      li.dataset.waiting = w.conversation_id;
+      const since = w.since ? Math.max(0, (Date.now() - Date.parse(w.since)) / 1000) : 0;
+      const team = teams.find((t) => t.team_id === w.team_id);
+      li.append(
+        el('span', 'line', `${Number(p.ahead || 0) + 1}. ${nameOf(w.conversation_id)}`),
+        el('span', 'small line', `asked ${since < 60 ? 'just now' : minutes(since) + ' ago'} · about ${minutes(Number(p.estimated_wait_seconds || 0))} to go`
+          + (team ? ' · ' + (team.name || team.team_id) : '')),
+      );
+      queueList.append(li);
+    }
+  }
+
+  /** My conversations, the rest of the team's, and earlier ones (assigned to nobody now). */
+  function renderLists() {
+    const assigned = new Set();
+    for (const a of desk.agents || []) for (const id of a.assigned_conversation_ids || []) assigned.add(id);
+    const self = mine();
+    fill($('mine'), (self && self.assigned_conversation_ids) || [], 'None yet: accept an offer');
+    const team = $('team');
+    team.textContent = '';
+    for (const a of desk.agents || []) {
+      if (!a.agent || a === self) continue;
+      const held = a.assigned_conversation_ids || [];
+      const load = held.length + (a.offered_conversation_ids || []).length;
+      const head = el('li', 'agent');
+      head.append(el('span', 'dot ' + (a.presence || '')), a.agent.user_id);
+      head.append(el('span', 'small', ` · ${(a.presence || 'AGENT_PRESENCE_OFFLINE').replace('AGENT_PRESENCE_', '').toLowerCase()} · ${load}/${a.agent.capacity || 0}`));
+      team.append(head);
+      for (const id of held) team.append(conversations.has(id) ? item(id) : el('li', 'none', nameOf(id)));
+    }
+    const earlier = Array.from(conversations.keys()).filter((id) => !assigned.has(id)).sort().reverse();
+    fill($('earlier'), earlier, 'None');
+  }
+
+  /** @param {HTMLElement} list @param {string[]} ids @param {string} empty */
+  function fill(list, ids, empty) {
+    list.textContent = '';
+    if (!ids.length) list.append(el('li', 'none', empty));
+    for (const id of ids) list.append(item(id));
+  }
+
+  /**
+   * A conversation to open, with its last message and unread count. One
+   * the desk just assigned may not be known yet: it is, once the agent's
+   * update log says they joined.
+   * @param {string} id
+   */
+  function item(id) {
+    const c = conversations.get(id);
+    const li = el('li');
+    const button = el('button', 'conversation');
+    button.setAttribute('type', 'button');
+    button.dataset.conversation = id;
+    button.setAttribute('aria-current', String(id === selected));
+    const name = el('span', 'name', nameOf(id));
+    const last = c && c.messages.get(lastSeq(c));
+    name.append(el('span', 'preview', last ? preview(last.content) : ''));
+    button.append(name);
+    const n = c ? unread(c) : 0;
+    if (n) {
+      const badge = el('span', 'unread', String(n));
+      badge.setAttribute('aria-label', n + ' unread');
+      button.append(badge);
+    }
+    button.addEventListener('click', () => select(id));
+    li.append(button);
+    return li;
+  }
+
+  /** The open conversation's name, state, and where it can be transferred. */
+  function renderThreadBar() {
+    const c = conversations.get(selected);
+    $('thread-bar').hidden = !c;
+    if (!c) return;
+    $('thread-title').textContent = nameOf(c.id);
+    const activities = Array.from(c.messages.values()).filter((m) => m.content.activity).sort((a, b) => a.seq - b.seq);
+    const latest = activities[activities.length - 1];
+    $('thread-state').textContent = latest ? activityLine(latest.content.activity) : '';
+    transfer.hidden = !isMine(c.id);
+    const chosen = transferTo.value;
+    transferTo.textContent = '';
+    for (const a of desk.agents || []) {
+      if (a.agent && a.agent.user_id !== me) transferTo.append(new Option(`to ${a.agent.user_id}`, 'agent:' + a.agent.user_id));
+    }
+    for (const t of teams) transferTo.append(new Option(`to the ${t.name || t.team_id} queue`, 'team:' + t.team_id));
+    if (chosen) transferTo.value = chosen;
   }
 
   /** @param {Conversation} c */
@@ -160,6 +484,35 @@
     let top = 0;
     for (const s of c.messages.keys()) if (s > top) top = s;
     return top;
+  }
+
+  /**
+   * The seq up to which the console has every message. An agent who joined
+   * late has none of what came before, so a watch starts here.
+   * @param {Conversation} c
+   */
+  function complete(c) {
+    let seq = 0;
+    while (c.messages.has(seq + 1)) seq++;
+    return seq;
+  }
+
+  /** @param {any} m */
+  function accept(m) {
+    const c = conversation(m.conversation_id);
+    const seq = Number(m.seq || 0);
+    if (c.messages.has(seq)) return;
+    const content = m.content || {};
+    c.messages.set(seq, { ...m, seq, content });
+    // A request for a person is the customer's own activity: how an agent
+    // who joined late learns who the customer is.
+    if (content.activity && content.activity.control_requested && !c.customers.includes(m.sender_id)) c.customers.push(m.sender_id);
+    // Assignments show as activities; the desk signals no `changed` for them.
+    if (content.activity) refreshDesk();
+    if (m.conversation_id === selected) {
+      renderThread();
+      markRead();
+    }
   }
 
   /** @param {Conversation} c */
@@ -192,39 +545,8 @@
     if (l.assignee_id) parts.push('assigned to ' + l.assignee_id);
     if (l.team_id) parts.push('team ' + l.team_id);
     if (l.tags && l.tags.length) parts.push('tags ' + l.tags.join(', '));
+    if (l.owner !== 'THREAD_OWNER_INBOX') parts.push(l.control_requested ? 'asks for a person' : 'bot answers');
     return '⚑ ' + parts.join(' · ');
-  }
-
-  function renderList() {
-    const sorted = Array.from(conversations.values()).sort((a, b) => (a.id < b.id ? 1 : -1));
-    list.textContent = '';
-    for (const c of sorted) {
-      const li = document.createElement('li');
-      const button = document.createElement('button');
-      button.type = 'button';
-      button.dataset.conversation = c.id;
-      button.setAttribute('aria-current', String(c.id === selected));
-      const name = document.createElement('span');
-      name.className = 'name';
-      name.textContent = c.customers.join(', ') || 'visitor';
-      const last = c.messages.get(lastSeq(c));
-      const small = document.createElement('span');
-      small.className = 'preview';
-      small.textContent = last ? preview(last.content) : '';
-      name.append(small);
-      button.append(name);
-      const n = unread(c);
-      if (n) {
-        const badge = document.createElement('span');
-        badge.className = 'unread';
-        badge.textContent = String(n);
-        badge.setAttribute('aria-label', n + ' unread');
-        button.append(badge);
-      }
-      button.addEventListener('click', () => select(c.id));
-      li.append(button);
-      list.append(li);
-    }
   }
 
   /** @param {string} id */
@@ -235,7 +557,7 @@
     log.hidden = reply.hidden = quick.hidden = false;
     watch(id);
     renderThread();
-    renderList();
+    renderLists();
     renderTyping();
     markRead();
     replyText.focus();
@@ -243,24 +565,20 @@
 
   /** @param {string} id */
   function watch(id) {
-    send({ watch: { conversation_id: id, after_seq: String(lastSeq(conversation(id))) } });
+    send({ watch: { conversation_id: id, after_seq: String(complete(conversation(id))) } });
   }
 
   function renderThread() {
     const c = conversations.get(selected);
     if (!c) return;
+    renderThreadBar();
     log.textContent = '';
     for (const m of Array.from(c.messages.values()).sort((a, b) => a.seq - b.seq)) {
-      const li = document.createElement('li');
+      const li = el('li', m.sender_id === me ? 'mine' : '');
       li.dataset.seq = String(m.seq);
       li.dataset.sender = m.sender_id;
       if (m.client_message_id) li.dataset.cid = m.client_message_id;
-      if (m.sender_id === me) li.className = 'mine';
-      const who = document.createElement('div');
-      who.className = 'who';
-      who.textContent = m.sender_id + ' · #' + m.seq;
-      const bubble = document.createElement('div');
-      bubble.className = 'bubble';
+      const bubble = el('div', 'bubble');
       const content = m.content;
       if (content.activity) {
         bubble.classList.add('activity');
@@ -270,7 +588,7 @@
         li.dataset.payload = content.postback.payload;
         bubble.textContent = '↩ ' + content.postback.title + ' (' + content.postback.payload + ')';
       } else if (content.attachment && /^image\//.test(content.attachment.mime_type || '')) {
-        const img = document.createElement('img');
+        const img = /** @type {HTMLImageElement} */ (el('img'));
         img.src = content.attachment.url;
         img.alt = content.attachment.file_name || '';
         bubble.append(img);
@@ -278,13 +596,10 @@
         bubble.textContent = preview(content);
         const options = content.quick_replies ? content.quick_replies.replies || [] : content.template ? content.template.buttons || [] : [];
         if (options.length) {
-          const choices = document.createElement('div');
-          choices.className = 'choices';
-          choices.textContent = 'Options: ' + options.map((/** @type {any} */ o) => o.title).join(' · ');
-          bubble.append(choices);
+          bubble.append(el('div', 'choices', 'Options: ' + options.map((/** @type {any} */ o) => o.title).join(' · ')));
         }
       }
-      li.append(who, bubble);
+      li.append(el('div', 'who', m.sender_id + ' · #' + m.seq), bubble);
       log.append(li);
     }
     log.scrollTop = log.scrollHeight;
@@ -306,9 +621,11 @@
     if (top > c.readSeq) {
       c.readSeq = top;
       send({ read: { conversation_id: c.id, seq: String(top) } });
-      renderList();
+      renderLists();
     }
   }
+
+  // ---- answering ----
 
   /** @param {object} content */
   function sendContent(content) {

@@ -1,5 +1,6 @@
 // What the browser tests share: a `natter dev` of their own (the built
-// binary, a fresh data directory, free ports) and a headless Chromium.
+// binary, a fresh data directory, free ports), a headless Chromium, and
+// the steps of the demo's visitors (the widget) and agents (the console).
 //
 // Environment:
 //   NATTER_BIN        the natter binary (default: target/debug/natter)
@@ -60,8 +61,9 @@ async function freePort() {
 }
 
 /**
- * Starts `natter dev` with its demo, waits until the demo and the gateway
- * answer, and returns their addresses and a `stop`.
+ * Starts `natter dev` with its demo, waits until the demo, the gateway and
+ * the demo's desk (the agent token needs it) answer, and returns their
+ * addresses and a `stop`.
  */
 export async function startNatter() {
   const bin = process.env.NATTER_BIN || join(repo, 'target/debug/natter');
@@ -108,8 +110,10 @@ export async function startNatter() {
   try {
     await until(async () => {
       if (exited) throw new Error(`natter ${exited}:\n${tail()}`);
-      const [site, health] = await Promise.all([fetch(urls.demo + '/'), fetch(urls.gateway + '/healthz')]);
-      return site.ok && health.ok;
+      const answers = await Promise.all(
+        [urls.demo + '/', urls.gateway + '/healthz', urls.demo + '/agent-token'].map((url) => fetch(url)),
+      );
+      return answers.every((answer) => answer.ok);
     }, 'natter dev to serve', 60000);
   } catch (e) {
     child.kill('SIGKILL');
@@ -157,4 +161,119 @@ export function widgetSource() {
 /** A name no other test uses. */
 export function unique(prefix) {
   return prefix + Math.random().toString(36).slice(2, 8);
+}
+
+// ---- the visitor's side: the demo site with the widget ----
+
+/** Opens the demo site in `context` and waits for the widget to connect. */
+export async function visitDemo(natter, context) {
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  await page.goto(natter.demo + '/');
+  await online(page);
+  return page;
+}
+
+export async function state(page) {
+  return page.evaluate(() => window.Natter.state());
+}
+
+export async function online(page, user) {
+  await page.waitForFunction(
+    (user) => {
+      const s = window.Natter && window.Natter.state();
+      return s && s.online && (!user || s.userId === user);
+    },
+    user,
+    { timeout: 15000 },
+  );
+  return state(page);
+}
+
+/** Signs in on the demo site as `name` and waits for the widget to follow. */
+export async function signIn(page, name) {
+  await page.fill('#signin-name', name);
+  await page.click('#signin-button');
+  return online(page, 'user-' + name);
+}
+
+export async function openWidget(page) {
+  if ((await page.getAttribute('natter-chat .launcher', 'aria-expanded')) !== 'true') {
+    await page.click('natter-chat .launcher');
+  }
+  await page.locator('natter-chat .panel').waitFor({ state: 'visible' });
+}
+
+export async function say(page, text) {
+  await page.fill('natter-chat textarea', text);
+  await page.press('natter-chat textarea', 'Enter');
+}
+
+/** The widget's messages: seq (0 while not stored), sender and text. */
+export async function transcript(page) {
+  return page.evaluate(() =>
+    Array.from(document.querySelector('natter-chat').shadowRoot.querySelectorAll('li.msg:not(.activity)'), (li) => ({
+      seq: Number(li.dataset.seq || 0),
+      sender: li.dataset.sender,
+      mine: li.classList.contains('mine'),
+      text: li.querySelector('.bubble').textContent,
+      status: li.querySelector('.meta')?.textContent || '',
+    })),
+  );
+}
+
+/** Waits until the widget shows `text` stored (with a seq) and returns it. */
+export async function shows(page, text, ms) {
+  return until(async () => (await transcript(page)).find((m) => m.text === text && m.seq > 0), `"${text}" in the widget`, ms);
+}
+
+/** Waits until the widget shows a lifecycle line with `text`. */
+export async function showsActivity(page, text) {
+  await page.locator('natter-chat li.activity', { hasText: text }).waitFor();
+}
+
+// ---- the business's side: the agent console ----
+
+/** An agent console of its own (a browser context), signed in as `agent`. */
+export async function openConsole(natter, browser, agent = 'agent') {
+  const context = await browser.newContext(DESKTOP);
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error(`${agent} page error:`, e.message));
+  await page.goto(`${natter.demo}/agent?as=${agent}`);
+  await page.locator('#status', { hasText: 'Connected' }).waitFor({ timeout: 15000 });
+  return page;
+}
+
+/** Accepts the offer of the conversation and waits until it is open as the agent's. */
+export async function acceptOffer(agent, conversationId) {
+  await agent.locator(`[data-offer="${conversationId}"] button`, { hasText: 'Accept' }).click({ timeout: 15000 });
+  await agent.locator(`#mine [data-conversation="${conversationId}"][aria-current="true"]`).waitFor({ timeout: 15000 });
+}
+
+/** Sets the agent's presence (`Online` or `Away`) and waits until the desk has it. */
+export async function setPresence(agent, presence) {
+  await agent.selectOption('#presence', { label: presence });
+  await agent.locator(`#presence[data-presence="AGENT_PRESENCE_${presence.toUpperCase()}"]`).waitFor();
+}
+
+/** Resolves the open conversation and waits until the desk no longer gives it to the agent. */
+export async function resolveConversation(agent, conversationId) {
+  await agent.click('#resolve');
+  await agent.locator(`#mine [data-conversation="${conversationId}"]`).waitFor({ state: 'detached' });
+}
+
+export async function agentReply(agent, text) {
+  await agent.fill('#reply-text', text);
+  await agent.press('#reply-text', 'Enter');
+}
+
+export async function agentTranscript(agent) {
+  return agent.evaluate(() =>
+    Array.from(document.querySelectorAll('#messages li'), (li) => ({
+      seq: Number(li.dataset.seq),
+      sender: li.dataset.sender,
+      text: li.querySelector('.bubble').textContent,
+      payload: li.dataset.payload || '',
+    })),
+  );
 }

@@ -5,7 +5,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  DESKTOP, PHONE, launchBrowser, screenshotPath, startNatter, unique, until, widgetSource,
+  DESKTOP, PHONE, acceptOffer, agentReply, agentTranscript, launchBrowser, online, openConsole, openWidget,
+  resolveConversation, say, screenshotPath, shows, showsActivity, signIn, startNatter, state, transcript, unique,
+  until, visitDemo, widgetSource,
 } from './harness.mjs';
 
 /** @type {Awaited<ReturnType<typeof startNatter>>} */
@@ -22,95 +24,21 @@ after(async () => {
   await natter?.stop();
 });
 
-// ---- the visitor's side ----
+const visit = (context) => visitDemo(natter, context);
+const agentConsole = () => openConsole(natter, browser);
 
-/** Opens the demo site in `context` and waits for the widget to connect. */
-async function visit(context) {
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  await page.goto(natter.demo + '/');
-  await online(page);
-  return page;
-}
-
-async function state(page) {
-  return page.evaluate(() => window.Natter.state());
-}
-
-async function online(page, user) {
-  await page.waitForFunction(
-    (user) => {
-      const s = window.Natter && window.Natter.state();
-      return s && s.online && (!user || s.userId === user);
-    },
-    user,
-    { timeout: 15000 },
-  );
-  return state(page);
-}
-
-async function signIn(page, name) {
-  await page.fill('#signin-name', name);
-  await page.click('#signin-button');
-  return online(page, 'user-' + name);
-}
-
-async function openWidget(page) {
-  if ((await page.getAttribute('natter-chat .launcher', 'aria-expanded')) !== 'true') {
-    await page.click('natter-chat .launcher');
-  }
-  await page.locator('natter-chat .panel').waitFor({ state: 'visible' });
-}
-
-async function say(page, text) {
-  await page.fill('natter-chat textarea', text);
-  await page.press('natter-chat textarea', 'Enter');
-}
-
-/** The widget's messages: seq (0 while not stored), sender and text. */
-async function transcript(page) {
-  return page.evaluate(() =>
-    Array.from(document.querySelector('natter-chat').shadowRoot.querySelectorAll('li.msg:not(.activity)'), (li) => ({
-      seq: Number(li.dataset.seq || 0),
-      sender: li.dataset.sender,
-      mine: li.classList.contains('mine'),
-      text: li.querySelector('.bubble').textContent,
-      status: li.querySelector('.meta')?.textContent || '',
-    })),
-  );
-}
-
-/** Waits until the widget shows `text` stored (with a seq) and returns it. */
-async function shows(page, text, ms) {
-  return until(async () => (await transcript(page)).find((m) => m.text === text && m.seq > 0), `"${text}" in the widget`, ms);
-}
-
-// ---- the business's side ----
-
-async function agentConsole() {
-  const context = await browser.newContext(DESKTOP);
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.error('agent page error:', e.message));
-  await page.goto(natter.demo + '/agent');
-  await page.waitForFunction(() => /Online/.test(document.getElementById('status').textContent));
-  return page;
-}
-
-async function pick(agent, conversationId) {
-  const button = agent.locator(`button[data-conversation="${conversationId}"]`);
-  await button.waitFor({ timeout: 15000 });
-  await button.click();
-}
-
-async function agentTranscript(agent) {
-  return agent.evaluate(() =>
-    Array.from(document.querySelectorAll('#messages li'), (li) => ({
-      seq: Number(li.dataset.seq),
-      sender: li.dataset.sender,
-      text: li.querySelector('.bubble').textContent,
-      payload: li.dataset.payload || '',
-    })),
-  );
+/**
+ * The visitor asks for a person and the agent, at a console of their own,
+ * accepts the offer. Each test ends with `done`, which resolves it: the
+ * desk would otherwise give the agent's unresolved conversations back to
+ * the queue, and offer them to the next test's console first.
+ */
+async function agentJoins(page, conversationId) {
+  const agent = await agentConsole();
+  await say(page, 'Can I talk to a person?');
+  await acceptOffer(agent, conversationId);
+  await showsActivity(page, 'agent joined the conversation');
+  return agent;
 }
 
 /** A visitor on a phone with the widget open, and the agent console on their conversation. */
@@ -119,14 +47,14 @@ async function visitorWithAgent() {
   const page = await visit(context);
   const { conversationId } = await state(page);
   await openWidget(page);
-  const agent = await agentConsole();
-  await pick(agent, conversationId);
-  return { page, agent, close: () => Promise.all([context.close(), agent.context().close()]) };
+  const agent = await agentJoins(page, conversationId);
+  return { page, agent, close: () => done(agent, conversationId, context) };
 }
 
-async function agentReply(agent, text) {
-  await agent.fill('#reply-text', text);
-  await agent.press('#reply-text', 'Enter');
+/** Resolves the agent's conversation, then closes the agent's and the visitor's contexts. */
+async function done(agent, conversationId, ...contexts) {
+  await resolveConversation(agent, conversationId);
+  await Promise.all([agent.context().close(), ...contexts.map((c) => c.close())]);
 }
 
 // ---- scenarios ----
@@ -153,8 +81,7 @@ test('a signed-in visitor on desktop and phone sees one conversation, and the ag
   await say(phone, 'And hello from the phone');
   await shows(desktop, 'And hello from the phone');
 
-  const agent = await agentConsole();
-  await pick(agent, onDesktop.conversationId);
+  const agent = await agentJoins(desktop, onDesktop.conversationId);
   // The agent has read it: the visitor sees a read receipt.
   await until(async () => (await transcript(desktop)).at(-1)?.status === 'Read', 'a read receipt on the desktop');
   // The agent types: both devices show it.
@@ -168,10 +95,12 @@ test('a signed-in visitor on desktop and phone sees one conversation, and the ag
   await agentReply(agent, 'Hi! How can we help?');
   await Promise.all([shows(desktop, 'Hi! How can we help?'), shows(phone, 'Hi! How can we help?')]);
 
-  // Same messages, same order, on both devices and at the agent.
+  // Same messages, same order, on both devices, from the greeting on.
   const desktopSeqs = (await transcript(desktop)).map((m) => `${m.seq}:${m.text}`);
   assert.deepEqual((await transcript(phone)).map((m) => `${m.seq}:${m.text}`), desktopSeqs);
-  assert.deepEqual(desktopSeqs.map((line) => Number(line.split(':')[0])), desktopSeqs.map((_, i) => i + 1));
+  const seqs = desktopSeqs.map((line) => Number(line.split(':')[0]));
+  assert.equal(seqs[0], 1);
+  assert.ok(seqs.every((seq, i) => i === 0 || seq > seqs[i - 1]), `each once, in order: ${seqs}`);
 
   // Screenshots of the open widget for the record.
   await desktop.screenshot({ path: screenshotPath('widget-desktop.png') });
@@ -192,7 +121,7 @@ test('a signed-in visitor on desktop and phone sees one conversation, and the ag
   await phone.locator('natter-chat .badge').waitFor({ state: 'hidden' });
   await desktop.locator('natter-chat .badge').waitFor({ state: 'hidden' });
 
-  await Promise.all([desktopContext.close(), phoneContext.close(), agent.context().close()]);
+  await done(agent, onDesktop.conversationId, desktopContext, phoneContext);
 });
 
 test('a guest chats, signs in, and finds the conversation with its history on another device', async () => {
@@ -227,31 +156,35 @@ test('a guest chats, signs in, and finds the conversation with its history on an
   await Promise.all([laptopContext.close(), tabletContext.close()]);
 });
 
-test('a quick reply tap reaches the business as a postback', async () => {
+test('a quick reply tap reaches the business as a postback, and the person reply brings an agent', async () => {
   const context = await browser.newContext(PHONE);
   const page = await visit(context);
   const { conversationId, userId } = await state(page);
   await openWidget(page);
-  const button = page.locator('natter-chat .choices button', { hasText: 'Track my order' });
+  const agent = await agentConsole();
+  const button = page.locator('natter-chat .choices button', { hasText: 'Talk to a person' });
   await button.click();
-  await shows(page, 'Track my order');
+  await shows(page, 'Talk to a person');
   // Answered: the quick replies are gone.
   await button.waitFor({ state: 'hidden' });
 
-  const agent = await agentConsole();
-  await pick(agent, conversationId);
+  await acceptOffer(agent, conversationId);
+  await showsActivity(page, 'agent joined the conversation');
+  // The console has the history from before the agent joined.
   const postback = await until(
-    async () => (await agentTranscript(agent)).find((m) => m.payload === 'track-order'),
+    async () => (await agentTranscript(agent)).find((m) => m.payload === 'natter:person'),
     'the postback at the agent console',
   );
   assert.equal(postback.sender, userId);
-  assert.match(postback.text, /Track my order/);
-  await Promise.all([context.close(), agent.context().close()]);
+  assert.match(postback.text, /Talk to a person/);
+  assert.equal((await agentTranscript(agent))[0].seq, 1, 'from the greeting on');
+  await done(agent, conversationId, context);
 });
 
-test('a visitor who asks for a person sees the request between the messages', async () => {
+test('a visitor who asks for a person sees the request, waits in line while no agent is on, then an agent joins', async () => {
   const context = await browser.newContext(PHONE);
   const page = await visit(context);
+  const { conversationId } = await state(page);
   await openWidget(page);
   await say(page, 'Can I talk to a human?');
   await shows(page, 'Can I talk to a human?');
@@ -264,15 +197,31 @@ test('a visitor who asks for a person sees the request between the messages', as
   );
   const asked = (await transcript(page)).find((m) => m.text === 'Can I talk to a human?');
   assert.equal(seqs[seqs.indexOf(String(asked.seq)) + 1], String(asked.seq + 1));
-  await context.close();
+
+  // No agent console is open: the visitor waits, and is told their place.
+  const queue = page.locator('natter-chat .queue');
+  await queue.waitFor();
+  assert.match(await queue.textContent(), /^You're next in line — an agent will be with you in about \d+ min$/);
+
+  // An agent comes online and takes it; the line gives way to who joined.
+  const agent = await agentConsole();
+  await acceptOffer(agent, conversationId);
+  await showsActivity(page, 'agent joined the conversation');
+  await queue.waitFor({ state: 'hidden' });
+  await done(agent, conversationId, context);
 });
 
-test('an agent takes over from the bot and resolves, and the visitor sees both', async () => {
+test('an agent passes back to the bot, takes over again and resolves, and the visitor sees it', async () => {
   const { page, agent, close } = await visitorWithAgent();
+  await agent.click('#pass-back');
+  await until(
+    async () => (await agentTranscript(agent)).some((m) => /assigned to agent · team support · bot answers/.test(m.text)),
+    'the bot in control again',
+  );
   await agent.click('#take-over');
-  await page.locator('natter-chat li.activity', { hasText: 'A person has joined the conversation' }).waitFor();
+  await showsActivity(page, 'A person has joined the conversation');
   await agent.click('#resolve');
-  await page.locator('natter-chat li.activity', { hasText: 'Conversation resolved' }).waitFor();
+  await showsActivity(page, 'Conversation resolved');
   // The console shows each change in the thread.
   await until(
     async () => (await agentTranscript(agent)).some((m) => /status resolved · assigned to agent/.test(m.text)),
@@ -280,7 +229,7 @@ test('an agent takes over from the bot and resolves, and the visitor sees both',
   );
   // The visitor writes again: the conversation opens again.
   await say(page, 'One more question');
-  await page.locator('natter-chat li.activity', { hasText: 'Conversation reopened' }).waitFor();
+  await showsActivity(page, 'Conversation reopened');
   await close();
 });
 
@@ -349,9 +298,8 @@ test('messages written during a network cut are delivered once each, in order, o
   });
   const page = await visit(context);
   const { conversationId } = await state(page);
-  const agent = await agentConsole();
-  await pick(agent, conversationId);
   await openWidget(page);
+  const agent = await agentJoins(page, conversationId);
   await say(page, 'before the cut');
   await shows(page, 'before the cut');
 
@@ -392,7 +340,7 @@ test('messages written during a network cut are delivered once each, in order, o
   assert.deepEqual(delivered.map((m) => m.text), expected, 'each once, in order, at the business');
   assert.deepEqual(delivered.map((m) => m.seq), seqs);
   assert.equal(await page.evaluate(() => localStorage.getItem('natter:demo:outbox')), null, 'the outbox is empty');
-  await Promise.all([context.close(), agent.context().close()]);
+  await done(agent, conversationId, context);
 });
 
 test('the widget and the page do not style each other', async () => {

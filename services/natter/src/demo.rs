@@ -1,22 +1,29 @@
 //! The demo `natter dev` serves beside the services, so a newcomer sees the
 //! whole product in a minute: a sample business website with the chat
 //! widget on it (`GET /`), and an agent console where a person answers as
-//! the business (`GET /agent`).
+//! the business (`GET /agent`, `/agent?as=agent-2` for the second agent).
 //!
 //! It plays the business, and only through Natter's public surfaces: its
 //! website loads the widget from the gateway's `/widget.js`; its sign-in is
 //! a cookie holding a name; and its backend is the token endpoint the
 //! widget calls (`POST /natter-token`), a client of the public gRPC API
-//! (`natter.v1.ConversationService` on the storage address) with a
-//! service-role token, minting tokens with the development secret exactly
-//! as a business backend mints them with its own.
+//! (`natter.v1.ConversationService` on the storage address,
+//! `natter.v1.DeskService` on the desk's) with a service-role token,
+//! minting tokens with the development secret exactly as a business
+//! backend mints them with its own.
+//!
+//! At start-up it sets up the support desk: a team (`support`) and two
+//! agents (`agent`, `agent-2`) who take up to three conversations each.
+//! Until the desk has answered, both token endpoints answer 503: a
+//! customer who asked for a person before the desk knew its team would
+//! never be routed.
 //!
 //! The token endpoint's rules, which a real business would choose itself:
 //!
 //! - A guest (no sign-in cookie) gets a guest id (`guest-…`) unless it sent
 //!   one, and the guest's newest conversation, or a new one: the guest as
-//!   customer, the demo agent (`agent`) and the demo bot (`bot`), which
-//!   greets with quick replies.
+//!   customer and the demo bot (`bot`), which greets with quick replies,
+//!   one of them asking for a person. Agents join through the desk.
 //! - A signed-in visitor (`user-<name>`) who sends a guest id has the
 //!   guest's conversations with more than the greeting linked to them: the
 //!   known user is added as a member, so the whole history comes along and
@@ -25,20 +32,25 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use natter_auth::{Identity, Signer};
+use natter_contract::Backoff;
 use natter_core::{Role, TenantId, UserId};
 use natter_proto::v1::conversation_service_client::ConversationServiceClient;
+use natter_proto::v1::desk_service_client::DeskServiceClient;
 use natter_proto::v1::message_content::Kind;
 use natter_proto::v1::{
-    AddMembersRequest, Conversation, CreateConversationRequest, ListConversationsRequest,
-    ListMembersRequest, MessageContent, NewMember, QuickReplies, QuickReply, SendMessageRequest,
+    AddMembersRequest, Agent, Conversation, CreateConversationRequest, ListConversationsRequest,
+    ListMembersRequest, MessageContent, NewMember, PutAgentRequest, PutTeamRequest, QuickReplies,
+    QuickReply, RoutingStrategy, SendMessageRequest, Team,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -52,8 +64,12 @@ const TENT_SVG: &str = include_str!("../../../web/demo/trail-tent.svg");
 
 /// The demo business.
 const TENANT: &str = "demo";
-/// The human who answers in the agent console.
-const AGENT: &str = "agent";
+/// The desk's one team, and the people who answer in the agent console
+/// (the first unless the console asks for another).
+const TEAM: &str = "support";
+const AGENTS: [&str; 2] = ["agent", "agent-2"];
+/// How many conversations each agent takes at once.
+const AGENT_CAPACITY: u32 = 3;
 /// The bot that greets every new conversation.
 const BOT: &str = "bot";
 /// The business backend's own identity, with the service role.
@@ -72,6 +88,8 @@ const MAX_LINKED: u32 = 20;
 pub(crate) struct Config {
     /// The storage service's gRPC address (`ConversationService`).
     pub(crate) storage: SocketAddr,
+    /// The desk's gRPC address (`DeskService`).
+    pub(crate) desk: SocketAddr,
     /// The gateway's HTTP address (`/widget.js`, `/v1/connect`).
     pub(crate) gateway_http: SocketAddr,
     /// The HS256 secret Natter verifies tokens with.
@@ -88,6 +106,9 @@ struct Inner {
     signer: Signer,
     tenant: TenantId,
     conversations: ConversationServiceClient<Channel>,
+    desk: DeskServiceClient<Channel>,
+    /// Whether the desk knows the demo's team and agents.
+    desk_ready: AtomicBool,
     gateway_http: SocketAddr,
 }
 
@@ -97,14 +118,18 @@ pub(crate) async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), std::io::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.storage))
-        .map_err(std::io::Error::other)?
-        .connect_lazy();
+    let channel = |addr: SocketAddr| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map(|endpoint| endpoint.connect_lazy())
+            .map_err(std::io::Error::other)
+    };
     let demo = Demo {
         inner: Arc::new(Inner {
             signer: Signer::hs256(config.secret.as_bytes()),
             tenant: TenantId::new(TENANT).map_err(std::io::Error::other)?,
-            conversations: ConversationServiceClient::new(channel),
+            conversations: ConversationServiceClient::new(channel(config.storage)?),
+            desk: DeskServiceClient::new(channel(config.desk)?),
+            desk_ready: AtomicBool::new(false),
             gateway_http: config.gateway_http,
         }),
     };
@@ -115,10 +140,11 @@ pub(crate) async fn serve(
         .route("/trail-tent.svg", get(tent))
         .route("/agent-token", get(agent_token))
         .route("/natter-token", post(natter_token))
-        .with_state(demo);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .with_state(demo.clone());
+    let serve =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let ((), served) = tokio::join!(demo.set_up_desk(&shutdown), serve);
+    served
 }
 
 /// The host a browser reaches the gateway at: its bound address, or, when
@@ -223,15 +249,22 @@ fn failure(status: StatusCode, message: &str) -> Response {
     (status, format!("{message}\n")).into_response()
 }
 
-/// `GET /agent-token`: the agent console's token. A real agent console
-/// would sign its agents in first; the demo trusts whoever opens it.
-async fn agent_token(State(demo): State<Demo>) -> Response {
-    match demo.token(AGENT, Role::Agent, AGENT_TOKEN_SECONDS) {
+/// `GET /agent-token?as=<agent>`: the agent console's token, for the
+/// first agent unless `as` names another. A real agent console would sign
+/// its agents in first; the demo trusts whoever opens it.
+async fn agent_token(State(demo): State<Demo>, RawQuery(query): RawQuery) -> Response {
+    let Some(agent) = agent_named(query.as_deref().unwrap_or_default()) else {
+        return failure(StatusCode::NOT_FOUND, "no such agent");
+    };
+    if let Some(unready) = demo.unready() {
+        return unready;
+    }
+    match demo.token(agent, Role::Agent, AGENT_TOKEN_SECONDS) {
         Ok(token) => json(
             StatusCode::OK,
             &TokenAnswer {
                 token,
-                user_id: AGENT.into(),
+                user_id: agent.into(),
                 conversation_id: String::new(),
                 guest_id: String::new(),
                 aliases: Vec::new(),
@@ -245,6 +278,9 @@ async fn agent_token(State(demo): State<Demo>) -> Response {
 /// documentation for its rules).
 #[tracing::instrument(skip_all)]
 async fn natter_token(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(unready) = demo.unready() {
+        return unready;
+    }
     let request: TokenRequest = if body.is_empty() {
         TokenRequest::default()
     } else {
@@ -260,6 +296,16 @@ async fn natter_token(State(demo): State<Demo>, headers: HeaderMap, body: Bytes)
             failure(StatusCode::BAD_GATEWAY, &e)
         }
     }
+}
+
+/// The demo agent a query string's `as` names, the first when it names
+/// none.
+fn agent_named(query: &str) -> Option<&'static str> {
+    let wanted = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("as="))
+        .unwrap_or(AGENTS[0]);
+    AGENTS.into_iter().find(|agent| *agent == wanted)
 }
 
 /// The signed-in visitor's user id, from the demo's sign-in cookie.
@@ -319,6 +365,64 @@ fn guest_id(given: &str) -> String {
 type DemoResult<T> = Result<T, String>;
 
 impl Demo {
+    /// Sets up the demo's desk, retrying until the desk answers (it starts
+    /// with the demo) or `shutdown`.
+    async fn set_up_desk(&self, shutdown: &CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while !shutdown.is_cancelled() {
+            match self.put_desk().await {
+                Ok(()) => {
+                    self.inner.desk_ready.store(true, Ordering::Release);
+                    tracing::info!(team = TEAM, agents = ?AGENTS, "the demo's desk is set up");
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot set up the demo's desk yet; retrying");
+                    backoff.wait(shutdown).await;
+                }
+            }
+        }
+    }
+
+    async fn put_desk(&self) -> DemoResult<()> {
+        let team = PutTeamRequest {
+            team: Some(Team {
+                team_id: TEAM.into(),
+                name: "Support".into(),
+                strategy: RoutingStrategy::LeastBusy.into(),
+                ..Team::default()
+            }),
+        };
+        let mut desk = self.inner.desk.clone();
+        desk.put_team(self.call(team, BACKEND, Role::Service)?)
+            .await
+            .map_err(|e| format!("PutTeam: {}", e.message()))?;
+        for agent in AGENTS {
+            let request = PutAgentRequest {
+                agent: Some(Agent {
+                    user_id: agent.into(),
+                    team_ids: vec![TEAM.into()],
+                    skills: Vec::new(),
+                    capacity: AGENT_CAPACITY,
+                }),
+            };
+            desk.put_agent(self.call(request, BACKEND, Role::Service)?)
+                .await
+                .map_err(|e| format!("PutAgent: {}", e.message()))?;
+        }
+        Ok(())
+    }
+
+    /// A 503 while the desk is not set up.
+    fn unready(&self) -> Option<Response> {
+        (!self.inner.desk_ready.load(Ordering::Acquire)).then(|| {
+            failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the support desk is not set up yet",
+            )
+        })
+    }
+
     fn token(&self, user: &str, role: Role, ttl_seconds: u64) -> DemoResult<String> {
         let identity = Identity {
             tenant: self.inner.tenant.clone(),
@@ -452,8 +556,8 @@ impl Demo {
         Ok(())
     }
 
-    /// Opens a conversation for `visitor` with the agent and the bot, and
-    /// has the bot greet.
+    /// Opens a conversation for `visitor` with the bot, and has the bot
+    /// greet; agents join when the desk assigns it.
     async fn start(&self, visitor: &str) -> DemoResult<String> {
         let member = |user: &str, role: natter_proto::v1::Role| NewMember {
             user_id: user.to_owned(),
@@ -464,7 +568,6 @@ impl Demo {
             subject: "Website chat".into(),
             members: vec![
                 member(visitor, natter_proto::v1::Role::Customer),
-                member(AGENT, natter_proto::v1::Role::Agent),
                 member(BOT, natter_proto::v1::Role::Bot),
             ],
         };
@@ -491,7 +594,8 @@ impl Demo {
                     replies: vec![
                         reply("Track my order", "track-order"),
                         reply("Returns", "returns"),
-                        reply("Talk to a person", "human"),
+                        // The payload that asks the desk for a person.
+                        reply("Talk to a person", "natter:person"),
                     ],
                 })),
             }),
@@ -537,6 +641,14 @@ mod tests {
                 "{minted}"
             );
         }
+    }
+
+    #[test]
+    fn signs_in_as_a_demo_agent_only() {
+        assert_eq!(agent_named(""), Some("agent"));
+        assert_eq!(agent_named("as=agent-2"), Some("agent-2"));
+        assert_eq!(agent_named("x=1&as=agent"), Some("agent"));
+        assert_eq!(agent_named("as=bot"), None);
     }
 
     #[test]

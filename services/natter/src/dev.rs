@@ -79,6 +79,7 @@ pub(crate) async fn run(
                 listener,
                 demo::Config {
                     storage: storage.local_addr()?,
+                    desk: desk.local_addr()?,
                     gateway_http: gateway_http_addr,
                     secret: settings.auth.hs256_secret.clone(),
                 },

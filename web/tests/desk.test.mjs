@@ -1,0 +1,108 @@
+// The support desk in real browsers, against a `natter dev` of its own:
+// the demo's two agents at their consoles, and visitors with the widget
+// who ask for a person, wait in line, are answered, transferred and
+// resolved.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  PHONE, acceptOffer, agentReply, launchBrowser, openConsole, openWidget, resolveConversation, say, screenshotPath,
+  setPresence, shows, showsActivity, signIn, startNatter, state, until, visitDemo,
+} from './harness.mjs';
+
+/** @type {Awaited<ReturnType<typeof startNatter>>} */
+let natter;
+/** @type {import('playwright-core').Browser} */
+let browser;
+
+before(async () => {
+  [natter, browser] = await Promise.all([startNatter(), launchBrowser()]);
+});
+
+after(async () => {
+  await browser?.close();
+  await natter?.stop();
+});
+
+/** Both demo agents at their consoles, each in a browser context of their own, by user id. */
+async function consoles() {
+  const [ann, ben] = await Promise.all([openConsole(natter, browser, 'agent'), openConsole(natter, browser, 'agent-2')]);
+  return { ann, ben, byId: { agent: ann, 'agent-2': ben }, close: () => Promise.all([ann.context().close(), ben.context().close()]) };
+}
+
+/** A visitor (signed in as `name`, if given) who opens the widget and asks for a person. */
+async function visitorAsking(name) {
+  const context = await browser.newContext(PHONE);
+  const page = await visitDemo(natter, context);
+  if (name) await signIn(page, name);
+  await openWidget(page);
+  await say(page, 'Can I talk to a person?');
+  await showsActivity(page, 'Asking for a person');
+  return { page, conversationId: (await state(page)).conversationId, close: () => context.close() };
+}
+
+test('a visitor who asks for a person is offered to an agent, transferred to the other, and resolved', async () => {
+  const agents = await consoles();
+  const visitor = await visitorAsking();
+  const { conversationId, page } = visitor;
+
+  // Whichever agent it is offered to takes it.
+  const firstId = await until(async () => {
+    for (const [id, agent] of Object.entries(agents.byId)) {
+      if (await agent.locator(`[data-offer="${conversationId}"]`).count()) return id;
+    }
+  }, 'an offer at either console');
+  const secondId = firstId === 'agent' ? 'agent-2' : 'agent';
+  const [firstConsole, secondConsole] = [agents.byId[firstId], agents.byId[secondId]];
+  await acceptOffer(firstConsole, conversationId);
+  await showsActivity(page, `${firstId} joined the conversation`);
+  await agentReply(firstConsole, 'Hi! Let me find someone who knows tents.');
+  await shows(page, 'Hi! Let me find someone who knows tents.');
+
+  // Transferred to the other agent: offered to them alone.
+  await firstConsole.selectOption('#transfer-to', `agent:${secondId}`);
+  await firstConsole.click('#transfer button');
+  await firstConsole.locator(`#mine [data-conversation="${conversationId}"]`).waitFor({ state: 'detached' });
+  await acceptOffer(secondConsole, conversationId);
+  await showsActivity(page, `${secondId} joined the conversation`);
+  await agentReply(secondConsole, 'Hello, tents are my thing.');
+  await shows(page, 'Hello, tents are my thing.');
+
+  await resolveConversation(secondConsole, conversationId);
+  await showsActivity(page, 'Conversation resolved');
+  await Promise.all([visitor.close(), agents.close()]);
+});
+
+test('visitors wait in line while no agent has room, and are offered once one has', async () => {
+  const { ann, ben, close } = await consoles();
+  await setPresence(ben, 'Away');
+  // Only Ann takes conversations: the first visitor is hers.
+  const maya = await visitorAsking('maya');
+  await acceptOffer(ann, maya.conversationId);
+  await showsActivity(maya.page, 'agent joined the conversation');
+  await agentReply(ann, 'Hi Maya! Which order is it about?');
+  await shows(maya.page, 'Hi Maya! Which order is it about?');
+
+  // Ann steps away too: the next visitors wait, each told their place.
+  await setPresence(ann, 'Away');
+  const waiting = [await visitorAsking(), await visitorAsking()];
+  const lines = waiting.map(({ page }) => page.locator('natter-chat .queue'));
+  await lines[0].waitFor();
+  assert.match(await lines[0].textContent(), /^You're next in line — an agent will be with you in about \d+ min$/);
+  await until(async () => /^1 person ahead of you · about \d+ min$/.test(await lines[1].textContent()), 'the second in line');
+  for (const { conversationId } of waiting) await ann.locator(`#queue [data-waiting="${conversationId}"]`).waitFor();
+  await ann.locator(`#team .agent`, { hasText: 'agent-2 · away' }).waitFor();
+  // The README's picture of the console (docs/console.png).
+  await ann.screenshot({ path: screenshotPath('console.png') });
+  await waiting[1].page.screenshot({ path: screenshotPath('widget-queue.png') });
+
+  // Ben is back: both are offered to him, and the lines give way to him.
+  await setPresence(ben, 'Online');
+  for (const [i, { conversationId, page }] of waiting.entries()) {
+    await acceptOffer(ben, conversationId);
+    await showsActivity(page, 'agent-2 joined the conversation');
+    await lines[i].waitFor({ state: 'hidden' });
+  }
+  await ann.locator('#queue', { hasText: 'Nobody is waiting' }).waitFor();
+  await Promise.all([maya.close(), ...waiting.map((v) => v.close()), close()]);
+});
