@@ -388,6 +388,75 @@ pub async fn lead_capture(mode: Mode) {
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 }
 
+/// A team that closes what was resolved and left alone: closed after its
+/// idle time, and reopened, to the same agent, when the customer writes.
+pub async fn auto_close(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let service = cluster.token("crm", Role::Service);
+    let mut desk = cluster.desk().await;
+    desk.put_team(authed(
+        &service,
+        PutTeamRequest {
+            team: Some(Team {
+                team_id: "support".into(),
+                auto_close_after_seconds: 1,
+                ..Team::default()
+            }),
+        },
+    ))
+    .await
+    .expect("a team that closes");
+    desk.put_agent(authed(
+        &service,
+        PutAgentRequest {
+            agent: Some(Agent {
+                user_id: "ann".into(),
+                team_ids: vec!["support".into()],
+                skills: Vec::new(),
+                capacity: 1,
+            }),
+        },
+    ))
+    .await
+    .expect("an agent");
+    let mut ann = connect(&cluster, Transport::WsJson, "ann", Role::Agent).await;
+    desk_until(&mut desk, &service, "ann online", |d| {
+        d.agents
+            .iter()
+            .any(|a| a.presence() == AgentPresence::Online)
+    })
+    .await;
+    let mut web = connect(&cluster, Transport::WsJson, "sleepy", Role::Customer).await;
+    let conversation = own_conversation(&cluster, "sleepy").await;
+    web.send_text(&conversation, "hello", "A person, please")
+        .await
+        .expect("stored");
+    assert_eq!(offered(&mut ann).await, conversation);
+    call(
+        &mut ann,
+        Call::AcceptOffer(AcceptOfferRequest {
+            conversation_id: conversation.clone(),
+        }),
+    )
+    .await;
+    activity(&mut web, &conversation, true).await;
+    resolve(&cluster, "ann", &conversation).await;
+    loop {
+        let closed = activity(&mut web, &conversation, true).await;
+        if closed.status() == ConversationStatus::Closed {
+            assert_eq!(closed.assignee_id, "ann", "closing keeps who answered");
+            break;
+        }
+    }
+    web.send_text(&conversation, "again", "Sorry, one more thing")
+        .await
+        .expect("stored");
+    desk_until(&mut desk, &service, "the reopened one back with ann", |d| {
+        assigned_to(d, "ann") == [conversation.clone()]
+    })
+    .await;
+}
+
 async fn connect(cluster: &Cluster, transport: Transport, user: &str, role: Role) -> Device {
     let token = cluster.token(user, role);
     Device::connect(cluster, transport, &token, "console", 0)

@@ -61,6 +61,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_desk_closes_what_was_resolved_and_left() {
+                natter_tests::desk::auto_close(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn access_and_bad_input_over_websocket() {
                 scenarios::access_and_bad_input(MODE, Transport::WsJson).await;
             }

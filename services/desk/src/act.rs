@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use natter_bus::Bus;
 use natter_contract::{Backoff, Holders, encode, request, subjects};
-use natter_core::{ConversationId, LifecycleChange, Owner, Role, TenantId, UserId};
+use natter_core::{ConversationId, LifecycleChange, Owner, Role, Status, TenantId, UserId};
 use natter_proto::bus::v1::{
     Actor, AddMembersCommand, AddMembersOutcome, EphemeralSignal, SendCommand, ephemeral_signal,
     send_outcome,
@@ -133,6 +133,21 @@ impl Acts {
                     .await;
                 if !done {
                     tracing::error!(tenant = %tenant, %conversation, %agent, "assignment not carried out");
+                }
+            }
+            Effect::Close {
+                tenant,
+                conversation,
+            } => {
+                let change = LifecycleChange {
+                    status: Some(Status::Closed),
+                    ..LifecycleChange::default()
+                };
+                let done = self
+                    .retried(stop, || self.change(&tenant, conversation, &change))
+                    .await;
+                if !done {
+                    tracing::error!(tenant = %tenant, %conversation, "auto-close not carried out");
                 }
             }
             Effect::Requeue {

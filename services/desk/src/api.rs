@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use natter_core::{Invalid, PageRequest, Role, TenantId};
-use natter_proto::convert::parse_id;
 use natter_proto::page::{next_page_token, page_request};
 use natter_store::DeskKind;
 
@@ -123,20 +122,9 @@ rpcs! {
             decline_offer(DeclineOfferRequest) -> DeclineOfferResponse = DeclineOffer;
         transfer(TransferRequest) -> TransferResponse = Transfer;
         update_contact(UpdateContactRequest) -> UpdateContactResponse = UpdateContact;
+        get_contact(GetContactRequest) -> GetContactResponse = GetContact;
     }
     here {
-        async fn get_contact(
-            &self,
-            request: Request<GetContactRequest>,
-        ) -> Result<Response<GetContactResponse>, Status> {
-            let (tenant, request) = self.reader(request, &[Role::Agent, Role::Service])?;
-            let user = parse_id("user_id", &request.user_id).map_err(status::invalid_argument)?;
-            let contact = self.contacts.get(&tenant, &user).await.map_err(contact_status)?;
-            Ok(Response::new(GetContactResponse {
-                contact: Some(contact),
-            }))
-        }
-
         async fn list_contacts(
             &self,
             request: Request<ListContactsRequest>,

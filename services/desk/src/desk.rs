@@ -90,6 +90,11 @@ pub(crate) enum Effect {
         agent: UserId,
         team: TeamId,
     },
+    /// Close the conversation: resolved and left alone long enough.
+    Close {
+        tenant: TenantId,
+        conversation: ConversationId,
+    },
     /// The conversation waits again, in `team`'s queue: no assignee.
     Requeue {
         tenant: TenantId,
@@ -151,6 +156,8 @@ struct Tenant {
     /// connected.
     manual: HashMap<UserId, Presence>,
     routes: BTreeMap<ConversationId, Route>,
+    /// Resolved conversations of teams that close them, and when.
+    closing: BTreeMap<ConversationId, Timestamp>,
     /// Webhook settings by id.
     webhooks: BTreeMap<String, v1::Webhook>,
     /// Kept once the tenant has a webhook.
@@ -305,6 +312,12 @@ impl Desk {
                     .ok_or_else(|| DeskError::NotFound("webhook", id.clone()))?;
                 Answer::ReplayWebhook(v1::ReplayWebhookResponse {
                     webhook: self.webhook(&tenant_id, &id),
+                })
+            }
+            Call::GetContact(request) => {
+                let user = parse_id("user_id", &request.user_id)?;
+                Answer::GetContact(v1::GetContactResponse {
+                    contact: Some(self.contacts.get(&tenant_id, &user).await?),
                 })
             }
             Call::UpdateContact(request) => {
@@ -532,26 +545,22 @@ impl Desk {
 
     /// When the next offer times out.
     pub(crate) fn next_timeout(&self) -> Option<Timestamp> {
-        self.tenants
-            .values()
-            .filter_map(|t| t.router.next_timeout())
-            .min()
+        self.tenants.values().filter_map(Tenant::next_due).min()
     }
 
-    /// Withdraws the offers whose time is up.
+    /// Withdraws the offers whose time is up, and closes the resolved
+    /// conversations left alone long enough.
     pub(crate) async fn tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) -> Result<()> {
         let due: Vec<TenantId> = self
             .tenants
             .iter()
-            .filter(|(_, t)| t.router.next_timeout().is_some_and(|at| at <= now))
+            .filter(|(_, t)| t.next_due().is_some_and(|at| at <= now))
             .map(|(id, _)| id.clone())
             .collect();
         for tenant_id in due {
             let mut changes = Changes::new(now);
             if let Some(tenant) = self.tenants.get_mut(&tenant_id) {
-                let steps = tenant.router.tick(now);
-                tenant.apply(&tenant_id, steps, &mut changes);
-                changes.changed = true;
+                tenant.tick(&tenant_id, &mut changes);
             }
             self.commit(&tenant_id, changes, out).await?;
         }
@@ -669,6 +678,7 @@ async fn read(
         agents: BTreeMap::new(),
         manual: HashMap::new(),
         routes: BTreeMap::new(),
+        closing: BTreeMap::new(),
         webhooks: BTreeMap::new(),
         log: None,
     };
@@ -717,6 +727,20 @@ async fn read(
     for record in records_of(store, tenant_id, DeskKind::Route).await? {
         let route = decode::<DeskRoute>(&record).and_then(|r| Ok(Route::try_from(r)?));
         match route {
+            Ok(route) if route.resolved_at.is_some() => {
+                let closes_after = tenant.closes_after(&route.request.team);
+                match (route.resolved_at, closes_after) {
+                    (Some(at), Some(after)) => {
+                        tenant
+                            .closing
+                            .insert(route.request.conversation, plus(at, after));
+                    }
+                    // The team no longer closes: forget it.
+                    _ => changes
+                        .writes
+                        .push(delete_route(route.request.conversation)),
+                }
+            }
             Ok(route) if tenant.teams.contains_key(&route.request.team) => {
                 match route
                     .agent
@@ -810,14 +834,30 @@ impl Tenant {
         let routed = self.routes.contains_key(&conversation);
         let steps = match lifecycle.status {
             Status::Resolved | Status::Closed if routed => {
-                self.routes.remove(&conversation);
-                changes.writes.push(DeskWrite::Delete {
-                    kind: DeskKind::Route,
-                    id: conversation.to_string(),
-                });
+                let route = self.routes.remove(&conversation);
+                let closes_after = route
+                    .as_ref()
+                    .and_then(|r| self.closes_after(&r.request.team));
+                match (lifecycle.status, route, closes_after) {
+                    (Status::Resolved, Some(mut route), Some(after)) => {
+                        route.resolved_at = Some(at);
+                        changes.writes.push(route_write(&route));
+                        self.closing.insert(conversation, plus(at, after));
+                    }
+                    _ => changes.writes.push(delete_route(conversation)),
+                }
                 Ok(self.router.resolve(conversation, now))
             }
+            Status::Closed if self.closing.remove(&conversation).is_some() => {
+                changes.writes.push(delete_route(conversation));
+                return;
+            }
             Status::Open if !routed => {
+                // Reopened before it was closed; routed again below if it
+                // asks for a person.
+                if self.closing.remove(&conversation).is_some() {
+                    changes.writes.push(delete_route(conversation));
+                }
                 let for_people = lifecycle.owner == Owner::Inbox || lifecycle.control_requested;
                 let Some(request) = self.request(conversation, lifecycle, at) else {
                     return;
@@ -846,6 +886,40 @@ impl Tenant {
                 tracing::warn!(tenant = %tenant_id, %conversation, error = %e, "cannot route")
             }
         }
+    }
+
+    /// How long `team` leaves a resolved conversation before closing it.
+    fn closes_after(&self, team: &TeamId) -> Option<u64> {
+        let seconds = self.teams.get(team)?.auto_close_after_seconds;
+        (seconds > 0).then_some(u64::from(seconds) * 1000)
+    }
+
+    /// When the next offer times out or resolved conversation closes.
+    fn next_due(&self) -> Option<Timestamp> {
+        let closing = self.closing.values().min().copied();
+        self.router.next_timeout().into_iter().chain(closing).min()
+    }
+
+    /// Withdraws the offers whose time is up and closes the resolved
+    /// conversations left alone long enough.
+    fn tick(&mut self, tenant: &TenantId, changes: &mut Changes) {
+        let steps = self.router.tick(changes.now);
+        self.apply(tenant, steps, changes);
+        let due: Vec<ConversationId> = self
+            .closing
+            .iter()
+            .filter(|(_, at)| **at <= changes.now)
+            .map(|(id, _)| *id)
+            .collect();
+        for conversation in due {
+            self.closing.remove(&conversation);
+            changes.writes.push(delete_route(conversation));
+            changes.effects.push(Effect::Close {
+                tenant: tenant.clone(),
+                conversation,
+            });
+        }
+        changes.changed = true;
     }
 
     /// When `team` opens again, if it is closed at `now`.
@@ -906,6 +980,7 @@ impl Tenant {
         let route = Route {
             request: request.clone(),
             agent: None,
+            resolved_at: None,
         };
         let steps = match last_agent {
             None => self.router.enqueue(request, now)?,
@@ -1022,6 +1097,20 @@ impl Tenant {
             .collect();
         v1::GetDeskResponse { waiting, agents }
     }
+}
+
+fn delete_route(conversation: ConversationId) -> DeskWrite {
+    DeskWrite::Delete {
+        kind: DeskKind::Route,
+        id: conversation.to_string(),
+    }
+}
+
+fn plus(at: Timestamp, ms: u64) -> Timestamp {
+    Timestamp::from_millis(
+        at.as_millis()
+            .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+    )
 }
 
 fn route_write(route: &Route) -> DeskWrite {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use natter_core::{ConversationId, Invalid, Priority, TeamId, UserId};
+use natter_core::{ConversationId, Invalid, Priority, TeamId, Timestamp, UserId};
 use natter_proto::bus::v1::DeskRoute;
 use natter_proto::convert::{parse_id, priority_from_wire, timestamp_from_wire, timestamp_to_wire};
 use natter_proto::v1;
@@ -15,6 +15,8 @@ use natter_routing::{Agent, Date, Opening, Presence, Request, Schedule, Strategy
 const DEFAULT_OFFER_TIMEOUT_SECONDS: u32 = 30;
 /// The longest offer timeout a team may set.
 const MAX_OFFER_TIMEOUT_SECONDS: u32 = 3600;
+/// The longest a resolved conversation may wait to be closed.
+const MAX_AUTO_CLOSE_SECONDS: u32 = 90 * 24 * 3600;
 /// The most conversations one agent may hold at once.
 const MAX_CAPACITY: u32 = 1000;
 /// The most teams and skills one agent may have.
@@ -26,8 +28,10 @@ pub(crate) type Result<T, E = Invalid> = std::result::Result<T, E>;
 
 /// The most openings and holidays a team's hours may list.
 const MAX_HOURS_ENTRIES: usize = 400;
-/// The longest automatic reply out of hours.
+/// The longest automatic reply out of hours, and canned reply.
 const MAX_REPLY_BYTES: usize = 2000;
+const MAX_CANNED_REPLIES: usize = 100;
+const MAX_SHORTCUT_BYTES: usize = 32;
 
 /// A team's hours and what it tells customers while closed.
 #[derive(Debug, Clone)]
@@ -58,6 +62,12 @@ pub(crate) fn team(mut wire: v1::Team) -> Result<(v1::Team, Team, Option<Hours>)
     if wire.offer_timeout_seconds == 0 {
         wire.offer_timeout_seconds = DEFAULT_OFFER_TIMEOUT_SECONDS;
     }
+    if wire.auto_close_after_seconds > MAX_AUTO_CLOSE_SECONDS {
+        return Err(Invalid::new(
+            "team.auto_close_after_seconds",
+            "must be at most 90 days",
+        ));
+    }
     if wire.offer_timeout_seconds > MAX_OFFER_TIMEOUT_SECONDS {
         return Err(Invalid::new(
             "team.offer_timeout_seconds",
@@ -69,6 +79,17 @@ pub(crate) fn team(mut wire: v1::Team) -> Result<(v1::Team, Team, Option<Hours>)
         strategy,
         offer_timeout_ms: u64::from(wire.offer_timeout_seconds) * 1000,
     };
+    if wire.canned_replies.len() > MAX_CANNED_REPLIES
+        || wire.canned_replies.iter().any(|r| {
+            !(1..=MAX_SHORTCUT_BYTES).contains(&r.shortcut.len())
+                || !(1..=MAX_REPLY_BYTES).contains(&r.text.len())
+        })
+    {
+        return Err(Invalid::new(
+            "team.canned_replies",
+            "at most 100, each a shortcut of 1 to 32 bytes and a text of 1 to 2000",
+        ));
+    }
     let hours = wire.hours.as_mut().map(hours).transpose()?;
     Ok((wire, team, hours))
 }
@@ -189,6 +210,8 @@ pub(crate) fn presence_to_wire(presence: Presence) -> v1::AgentPresence {
 pub(crate) struct Route {
     pub(crate) request: Request,
     pub(crate) agent: Option<UserId>,
+    /// Set once resolved, while it waits to be closed.
+    pub(crate) resolved_at: Option<Timestamp>,
 }
 
 impl From<&Route> for DeskRoute {
@@ -204,6 +227,7 @@ impl From<&Route> for DeskRoute {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            resolved_at: route.resolved_at.map(timestamp_to_wire),
         }
     }
 }
@@ -223,6 +247,10 @@ impl TryFrom<DeskRoute> for Route {
             },
             agent: (!wire.agent_id.is_empty())
                 .then(|| parse_id("agent_id", &wire.agent_id))
+                .transpose()?,
+            resolved_at: wire
+                .resolved_at
+                .map(|at| timestamp_from_wire("resolved_at", Some(at)))
                 .transpose()?,
         })
     }
@@ -245,7 +273,6 @@ pub(crate) fn priority_to_wire(priority: Priority) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_core::Timestamp;
 
     #[test]
     fn a_team_gets_its_defaults() {
@@ -357,6 +384,7 @@ mod tests {
                 since: Timestamp::from_millis(1_700_000_000_123),
             },
             agent: Some(UserId::new("ann").unwrap()),
+            resolved_at: Some(Timestamp::from_millis(1_700_000_100_000)),
         };
         assert_eq!(Route::try_from(DeskRoute::from(&route)).unwrap(), route);
     }
