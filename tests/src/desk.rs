@@ -15,9 +15,9 @@ use natter_proto::v1::{
     AcceptOfferRequest, Agent, AgentPresence, BusinessHours, Contact, ConversationStatus,
     CreateConversationRequest, DeskCall, ExportContactsRequest, Form, FormField, FormFieldKind,
     FormReply, GetContactRequest, GetDeskRequest, GetDeskResponse, Lifecycle, LifecycleChange,
-    ListContactsRequest, Message, MessageContent, NewMember, Opening, PutAgentRequest,
-    PutTeamRequest, QueuePosition, SendMessageRequest, Team, ThreadOwner, UpdateContactRequest,
-    UpdateLifecycleRequest, message_content,
+    ListContactsRequest, Message, MessageContent, NewMember, Opening, Priority, PutAgentRequest,
+    PutRuleRequest, PutTeamRequest, QueuePosition, RoutingRule, SendMessageRequest, Team,
+    ThreadOwner, UpdateContactRequest, UpdateLifecycleRequest, message_content,
 };
 use tonic::transport::Channel;
 
@@ -455,6 +455,99 @@ pub async fn auto_close(mode: Mode) {
         assigned_to(d, "ann") == [conversation.clone()]
     })
     .await;
+}
+
+/// Rules pick the team, skills and priority from what the customer wrote
+/// first and from their contact; a conversation no rule matches goes to
+/// the first team.
+pub async fn rules(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let service = cluster.token("crm", Role::Service);
+    let mut desk = cluster.desk().await;
+    for team in ["general", "german", "returns"] {
+        desk.put_team(authed(
+            &service,
+            PutTeamRequest {
+                team: Some(Team {
+                    team_id: team.into(),
+                    ..Team::default()
+                }),
+            },
+        ))
+        .await
+        .expect("a team");
+    }
+    let rule =
+        |id: &str, team: &str, keywords: &[&str], attributes: &[(&str, &str)]| PutRuleRequest {
+            rule: Some(RoutingRule {
+                rule_id: id.into(),
+                team_id: team.into(),
+                keywords: keywords.iter().map(|k| (*k).to_owned()).collect(),
+                contact_attributes: attributes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                skills: vec!["returns".into()],
+                priority: if team == "returns" {
+                    Priority::High.into()
+                } else {
+                    Priority::Unspecified.into()
+                },
+            }),
+        };
+    desk.put_rule(authed(
+        &service,
+        rule("1-returns", "returns", &["refund", "return"], &[]),
+    ))
+    .await
+    .expect("a keyword rule");
+    desk.put_rule(authed(
+        &service,
+        rule("2-german", "german", &[], &[("language", "DE")]),
+    ))
+    .await
+    .expect("a contact rule");
+    desk.update_contact(authed(
+        &service,
+        UpdateContactRequest {
+            contact: Some(Contact {
+                user_id: "hans".into(),
+                attributes: [("language".to_owned(), "de".to_owned())].into(),
+                ..Contact::default()
+            }),
+        },
+    ))
+    .await
+    .expect("the CRM knows Hans speaks German");
+
+    let mut asked = Vec::new();
+    for (customer, text) in [
+        ("rosa", "I want to return my boots. Can I talk to a person?"),
+        ("hans", "Hallo! Can I talk to a person?"),
+        ("gil", "Can I talk to a person?"),
+    ] {
+        let mut web = connect(&cluster, Transport::WsJson, customer, Role::Customer).await;
+        let conversation = own_conversation(&cluster, customer).await;
+        web.send_text(&conversation, "hello", text)
+            .await
+            .expect("stored");
+        asked.push(conversation);
+    }
+    let now = desk_until(&mut desk, &service, "all three waiting", |d| {
+        d.waiting.len() == 3
+    })
+    .await;
+    let team_of = |conversation: &str| {
+        let waiting = now
+            .waiting
+            .iter()
+            .find(|w| w.conversation_id == conversation)
+            .expect("waiting");
+        (waiting.team_id.as_str(), waiting.priority())
+    };
+    assert_eq!(team_of(&asked[0]), ("returns", Priority::High));
+    assert_eq!(team_of(&asked[1]), ("german", Priority::Normal));
+    assert_eq!(team_of(&asked[2]), ("general", Priority::Normal));
 }
 
 async fn connect(cluster: &Cluster, transport: Transport, user: &str, role: Role) -> Device {

@@ -66,6 +66,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rules_pick_the_team() {
+                natter_tests::desk::rules(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn access_and_bad_input_over_websocket() {
                 scenarios::access_and_bad_input(MODE, Transport::WsJson).await;
             }

@@ -485,10 +485,12 @@ pub enum DeskKind {
     Event,
     /// The event log's head: one record, `head`.
     EventHead,
+    /// A routing rule, by rule id.
+    Rule,
 }
 
 impl DeskKind {
-    pub const ALL: [DeskKind; 10] = [
+    pub const ALL: [DeskKind; 11] = [
         DeskKind::Team,
         DeskKind::Agent,
         DeskKind::Route,
@@ -499,6 +501,7 @@ impl DeskKind {
         DeskKind::WebhookState,
         DeskKind::Event,
         DeskKind::EventHead,
+        DeskKind::Rule,
     ];
 
     /// Its name in storage; never changes once released.
@@ -514,6 +517,7 @@ impl DeskKind {
             DeskKind::WebhookState => "webhook-state",
             DeskKind::Event => "event",
             DeskKind::EventHead => "event-head",
+            DeskKind::Rule => "rule",
         }
     }
 }

@@ -123,6 +123,9 @@ rpcs! {
         transfer(TransferRequest) -> TransferResponse = Transfer;
         update_contact(UpdateContactRequest) -> UpdateContactResponse = UpdateContact;
         get_contact(GetContactRequest) -> GetContactResponse = GetContact;
+        put_rule(PutRuleRequest) -> PutRuleResponse = PutRule;
+        list_rules(ListRulesRequest) -> ListRulesResponse = ListRules;
+        delete_rule(DeleteRuleRequest) -> DeleteRuleResponse = DeleteRule;
     }
     here {
         async fn list_contacts(

@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use natter_auth::Identity;
 use natter_bus::{Bus, Outgoing};
-use natter_core::{ConversationId, Invalid, Lifecycle, Owner, Role, Status, TeamId, TenantId};
+use natter_core::{
+    Content, ConversationId, Event, Invalid, Lifecycle, MembershipKind, Owner, Role, Status,
+    TeamId, TenantId,
+};
 use natter_core::{Timestamp, UserId};
 use natter_proto::bus::v1::DeskRoute;
 use natter_proto::convert::{parse_id, timestamp_to_wire};
@@ -23,7 +26,7 @@ use thiserror::Error;
 use crate::contacts::{ContactError, Contacts, Patch};
 use crate::events::{self, EventLog};
 use crate::presence::{AgentKey, Sessions};
-use crate::records::{self, Hours, Route};
+use crate::records::{self, Hours, Route, Rule};
 use crate::webhooks::{self, Webhooks};
 
 /// How many records one store read returns while a tenant loads.
@@ -158,6 +161,11 @@ struct Tenant {
     routes: BTreeMap<ConversationId, Route>,
     /// Resolved conversations of teams that close them, and when.
     closing: BTreeMap<ConversationId, Timestamp>,
+    /// Routing rules by id, as given and as applied.
+    rules: BTreeMap<String, (v1::RoutingRule, Rule)>,
+    /// What the rules look at, for conversations not routed yet: kept
+    /// only while the tenant has rules.
+    context: HashMap<ConversationId, Context>,
     /// Webhook settings by id.
     webhooks: BTreeMap<String, v1::Webhook>,
     /// Kept once the tenant has a webhook.
@@ -313,6 +321,31 @@ impl Desk {
                 Answer::ReplayWebhook(v1::ReplayWebhookResponse {
                     webhook: self.webhook(&tenant_id, &id),
                 })
+            }
+            Call::PutRule(request) => {
+                let (wire, rule) = records::rule(request.rule.unwrap_or_default())?;
+                changes
+                    .writes
+                    .push(put(DeskKind::Rule, &wire.rule_id, &wire));
+                tenant
+                    .rules
+                    .insert(wire.rule_id.clone(), (wire.clone(), rule));
+                Answer::PutRule(v1::PutRuleResponse { rule: Some(wire) })
+            }
+            Call::ListRules(_) => Answer::ListRules(v1::ListRulesResponse {
+                rules: tenant
+                    .rules
+                    .values()
+                    .map(|(wire, _)| wire.clone())
+                    .collect(),
+            }),
+            Call::DeleteRule(request) => {
+                tenant.rules.remove(&request.rule_id);
+                changes.writes.push(DeskWrite::Delete {
+                    kind: DeskKind::Rule,
+                    id: request.rule_id,
+                });
+                Answer::DeleteRule(v1::DeleteRuleResponse {})
             }
             Call::GetContact(request) => {
                 let user = parse_id("user_id", &request.user_id)?;
@@ -482,6 +515,29 @@ impl Desk {
         self.webhooks.stop_all().await;
     }
 
+    /// Lets the tenant's rules see an event of a conversation.
+    pub(crate) async fn note(
+        &mut self,
+        tenant_id: &TenantId,
+        event: &Event,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) -> Result<()> {
+        let mut changes = Changes::new(now);
+        let tenant = load(
+            &mut self.tenants,
+            &mut self.webhooks,
+            &*self.store,
+            &self.sessions,
+            tenant_id,
+            now,
+            &mut changes,
+        )
+        .await?;
+        tenant.note(event);
+        self.commit(tenant_id, changes, out).await
+    }
+
     /// A conversation's lifecycle changed (an activity stored at `at`):
     /// it may now wait for a person, be resolved, or be reopened.
     pub(crate) async fn lifecycle(
@@ -504,7 +560,22 @@ impl Desk {
             &mut changes,
         )
         .await?;
-        tenant.on_lifecycle(tenant_id, conversation, lifecycle, at, now, &mut changes);
+        let contact = match tenant.customer_to_read(conversation) {
+            Some(customer) => match self.contacts.get(tenant_id, customer).await {
+                Ok(contact) => Some(contact),
+                Err(ContactError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        tenant.on_lifecycle(
+            tenant_id,
+            conversation,
+            lifecycle,
+            at,
+            contact.as_ref(),
+            &mut changes,
+        );
         self.commit(tenant_id, changes, out).await
     }
 
@@ -603,6 +674,19 @@ impl Desk {
     }
 }
 
+/// What routing rules look at in a conversation not routed yet.
+#[derive(Debug, Default)]
+struct Context {
+    customer: Option<UserId>,
+    /// The start of the customer's first text.
+    first: Option<String>,
+}
+
+/// Conversations whose context a tenant keeps at most.
+const MAX_CONTEXTS: usize = 10_000;
+/// How much of a customer's first text the rules see.
+const MAX_FIRST_BYTES: usize = 1000;
+
 /// Events to log, by tenant, and the effects loading their tenants set
 /// off.
 #[derive(Debug, Default)]
@@ -624,6 +708,8 @@ fn allowed(actor: &Identity, call: &Call) -> Result<()> {
             Call::PutTeam(_)
             | Call::PutAgent(_)
             | Call::PutWebhook(_)
+            | Call::PutRule(_)
+            | Call::DeleteRule(_)
             | Call::ListWebhooks(_)
             | Call::DeleteWebhook(_)
             | Call::ReplayWebhook(_),
@@ -679,9 +765,21 @@ async fn read(
         manual: HashMap::new(),
         routes: BTreeMap::new(),
         closing: BTreeMap::new(),
+        rules: BTreeMap::new(),
+        context: HashMap::new(),
         webhooks: BTreeMap::new(),
         log: None,
     };
+    for record in records_of(store, tenant_id, DeskKind::Rule).await? {
+        match decode::<v1::RoutingRule>(&record).and_then(|r| Ok(records::rule(r)?)) {
+            Ok(rule) => {
+                tenant.rules.insert(record.id, rule);
+            }
+            Err(e) => {
+                tracing::error!(tenant = %tenant_id, id = record.id, error = %e, "unreadable rule skipped")
+            }
+        }
+    }
     for record in records_of(store, tenant_id, DeskKind::Webhook).await? {
         match decode::<v1::Webhook>(&record) {
             Ok(webhook) => {
@@ -828,10 +926,14 @@ impl Tenant {
         conversation: ConversationId,
         lifecycle: &Lifecycle,
         at: Timestamp,
-        now: Timestamp,
+        contact: Option<&v1::Contact>,
         changes: &mut Changes,
     ) {
+        let now = changes.now;
         let routed = self.routes.contains_key(&conversation);
+        if routed || lifecycle.status != Status::Open {
+            self.context.remove(&conversation);
+        }
         let steps = match lifecycle.status {
             Status::Resolved | Status::Closed if routed => {
                 let route = self.routes.remove(&conversation);
@@ -859,7 +961,7 @@ impl Tenant {
                     changes.writes.push(delete_route(conversation));
                 }
                 let for_people = lifecycle.owner == Owner::Inbox || lifecycle.control_requested;
-                let Some(request) = self.request(conversation, lifecycle, at) else {
+                let Some(request) = self.request(conversation, lifecycle, at, contact) else {
                     return;
                 };
                 match &lifecycle.assignee {
@@ -955,19 +1057,94 @@ impl Tenant {
         conversation: ConversationId,
         lifecycle: &Lifecycle,
         at: Timestamp,
+        contact: Option<&v1::Contact>,
     ) -> Option<Request> {
-        let team = lifecycle
-            .team
-            .clone()
-            .filter(|t| self.teams.contains_key(t))
-            .or_else(|| self.teams.keys().next().cloned())?;
-        Some(Request {
+        let mut request = Request {
             conversation,
-            team,
+            team: lifecycle
+                .team
+                .clone()
+                .filter(|t| self.teams.contains_key(t))
+                .or_else(|| self.teams.keys().next().cloned())?,
             priority: lifecycle.priority,
             skills: Default::default(),
             since: at,
-        })
+        };
+        if lifecycle.team.is_none()
+            && let Some(rule) = self.rule_for(conversation, contact)
+        {
+            request.team = rule.team.clone();
+            request.skills.clone_from(&rule.skills);
+            request.priority = request.priority.max(rule.priority.unwrap_or_default());
+        }
+        Some(request)
+    }
+
+    /// The first rule, in id order, that holds for the conversation and
+    /// names a team that exists.
+    fn rule_for(
+        &self,
+        conversation: ConversationId,
+        contact: Option<&v1::Contact>,
+    ) -> Option<&Rule> {
+        let first = self
+            .context
+            .get(&conversation)
+            .and_then(|c| c.first.as_deref())
+            .unwrap_or_default();
+        let no_attributes = BTreeMap::new();
+        let attributes = contact.map_or(&no_attributes, |c| &c.attributes);
+        self.rules
+            .values()
+            .map(|(_, rule)| rule)
+            .find(|rule| self.teams.contains_key(&rule.team) && rule.holds(first, attributes))
+    }
+
+    /// The customer of a conversation not routed yet, if the tenant's rules
+    /// need their contact.
+    fn customer_to_read(&self, conversation: ConversationId) -> Option<&UserId> {
+        if !self.rules.values().any(|(_, rule)| rule.reads_contact()) {
+            return None;
+        }
+        self.context.get(&conversation)?.customer.as_ref()
+    }
+
+    /// Remembers what the rules look at: who the customer is, and the
+    /// first thing they wrote.
+    fn note(&mut self, event: &Event) {
+        if self.rules.is_empty() {
+            return;
+        }
+        if self.context.len() >= MAX_CONTEXTS {
+            // Conversations that never ask for a person would pile up.
+            self.context.clear();
+        }
+        match event {
+            Event::Membership(change)
+                if change.role == Role::Customer && change.kind == MembershipKind::Joined =>
+            {
+                let context = self.context.entry(change.conversation_id).or_default();
+                context
+                    .customer
+                    .get_or_insert_with(|| change.user_id.clone());
+            }
+            Event::Message(message) => {
+                let Content::Text(text) = &message.content else {
+                    return;
+                };
+                if let Some(context) = self.context.get_mut(&message.conversation_id)
+                    && context.customer.as_ref() == Some(&message.sender_id)
+                    && context.first.is_none()
+                {
+                    let mut end = text.len().min(MAX_FIRST_BYTES);
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    context.first = Some(text[..end].to_owned());
+                }
+            }
+            Event::Read(_) | Event::Membership(_) => {}
+        }
     }
 
     fn route(

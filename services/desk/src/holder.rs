@@ -267,18 +267,21 @@ async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect
             let event = Event::try_from(wire.clone())?;
             Ok::<_, natter_core::Invalid>((tenant, wire, event))
         })();
-        let (tenant, wire, message) = match parsed {
-            Ok((tenant, wire, Event::Message(message))) => match wire.kind {
-                Some(event::Kind::Message(wire)) => (tenant, wire, message),
-                _ => continue,
-            },
-            Ok(_) => continue,
+        let (tenant, wire, event) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => {
                 tracing::error!(error = %e, "invalid conversation event skipped");
                 continue;
             }
         };
         let now = now();
+        if let Err(e) = desk.note(&tenant, &event, now, out).await {
+            tracing::warn!(error = %e, "cannot take a conversation event; retrying");
+            return Handled::Retry(RETRY_EVENTS);
+        }
+        let (Event::Message(message), Some(event::Kind::Message(wire))) = (event, wire.kind) else {
+            continue;
+        };
         let applied = match &message.content {
             Content::Activity(lifecycle) => desk
                 .lifecycle(

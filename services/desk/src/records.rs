@@ -3,7 +3,7 @@
 //! turned into `natter_routing` types. The store keeps the wire messages
 //! (`v1::Team`, `v1::Agent`, `bus::v1::DeskRoute`) as protobuf.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use natter_core::{ConversationId, Invalid, Priority, TeamId, Timestamp, UserId};
 use natter_proto::bus::v1::DeskRoute;
@@ -183,6 +183,95 @@ pub(crate) fn agent(mut wire: v1::Agent) -> Result<(v1::Agent, Agent)> {
         capacity: wire.capacity,
     };
     Ok((wire, agent))
+}
+
+/// A routing rule as the desk applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rule {
+    pub(crate) team: TeamId,
+    /// In lower case.
+    keywords: Vec<String>,
+    /// Values in lower case.
+    attributes: BTreeMap<String, String>,
+    pub(crate) skills: BTreeSet<String>,
+    pub(crate) priority: Option<Priority>,
+}
+
+/// The most keywords, attributes and skills a rule may name.
+const MAX_RULE_TERMS: usize = 50;
+
+/// A routing rule as given, and as the desk applies it.
+pub(crate) fn rule(wire: v1::RoutingRule) -> Result<(v1::RoutingRule, Rule)> {
+    let _: TeamId = parse_id("rule.rule_id", &wire.rule_id)?;
+    let team = parse_id("rule.team_id", &wire.team_id)?;
+    if wire.keywords.len() > MAX_RULE_TERMS
+        || wire.contact_attributes.len() > MAX_RULE_TERMS
+        || wire.skills.len() > MAX_RULE_TERMS
+    {
+        return Err(Invalid::new(
+            "rule",
+            "at most 50 keywords, attributes and skills each",
+        ));
+    }
+    if !labels(wire.keywords.iter())
+        || !labels(wire.skills.iter())
+        || !labels(wire.contact_attributes.keys())
+    {
+        return Err(Invalid::new(
+            "rule",
+            "keywords, attribute names and skills must be 1 to 64 bytes",
+        ));
+    }
+    let rule = Rule {
+        team,
+        keywords: wire
+            .keywords
+            .iter()
+            .map(|k| k.trim().to_lowercase())
+            .collect(),
+        attributes: wire
+            .contact_attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_lowercase()))
+            .collect(),
+        skills: wire.skills.iter().cloned().collect(),
+        priority: priority_from_wire("rule.priority", wire.priority)?,
+    };
+    Ok((wire, rule))
+}
+
+/// Each value 1 to 64 bytes, not blank.
+fn labels<'a>(mut values: impl Iterator<Item = &'a String>) -> bool {
+    values.all(|v| !v.trim().is_empty() && v.len() <= MAX_LABEL_BYTES)
+}
+
+impl Rule {
+    /// Whether the rule holds for a customer who wrote `first` and has
+    /// `attributes` on their contact.
+    pub(crate) fn holds(&self, first: &str, attributes: &BTreeMap<String, String>) -> bool {
+        let text = first.to_lowercase();
+        let words: BTreeSet<&str> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let said = |keyword: &String| {
+            if keyword.contains(char::is_whitespace) {
+                text.contains(keyword.as_str())
+            } else {
+                words.contains(keyword.as_str())
+            }
+        };
+        (self.keywords.is_empty() || self.keywords.iter().any(said))
+            && self
+                .attributes
+                .iter()
+                .all(|(k, v)| attributes.get(k).is_some_and(|a| a.to_lowercase() == *v))
+    }
+
+    /// Whether it asks anything of the contact.
+    pub(crate) fn reads_contact(&self) -> bool {
+        !self.attributes.is_empty()
+    }
 }
 
 pub(crate) fn presence_from_wire(presence: i32) -> Result<Presence> {
@@ -371,6 +460,27 @@ mod tests {
             }),
             "agent.user_id"
         );
+    }
+
+    #[test]
+    fn a_rule_holds_on_a_keyword_and_every_attribute() {
+        let (_, rule) = rule(v1::RoutingRule {
+            rule_id: "billing-de".into(),
+            team_id: "billing".into(),
+            keywords: vec!["Invoice".into(), "money back".into()],
+            contact_attributes: [("language".to_owned(), "DE".to_owned())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let german = BTreeMap::from([("language".to_owned(), "de".to_owned())]);
+        assert!(rule.holds("Where is my invoice?", &german));
+        assert!(rule.holds("I want my MONEY BACK", &german));
+        assert!(
+            !rule.holds("Where are my invoices?", &german),
+            "words, not parts"
+        );
+        assert!(!rule.holds("Where is my invoice?", &BTreeMap::new()));
+        assert!(rule.reads_contact());
     }
 
     #[test]
