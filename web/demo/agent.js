@@ -15,6 +15,10 @@
  * cursor 0 on each load); the open conversation is watched from the first
  * message the console lacks, which brings the history from before the
  * agent joined. Replies go out as `send` frames.
+ *
+ * Beside the open conversation it shows its customers' contacts
+ * (`get_contact`), and typing `/` in the composer offers the canned
+ * replies of the agent's teams (`list_teams`).
  */
 (function () {
   'use strict';
@@ -22,12 +26,15 @@
   /**
    * @typedef {{ seq: number, sender_id: string, client_message_id?: string, content: any }} Message
    * @typedef {{ id: string, customers: string[], messages: Map<number, Message>, readSeq: number }} Conversation
-   * @typedef {{ agent?: { user_id: string, capacity?: number }, presence?: string,
+   * @typedef {{ agent?: { user_id: string, team_ids?: string[], capacity?: number }, presence?: string,
    *   assigned_conversation_ids?: string[], offered_conversation_ids?: string[] }} AgentDesk
    * @typedef {{ conversation_id: string, team_id?: string, since?: string,
    *   position?: { ahead?: number, estimated_wait_seconds?: number } }} Waiting
    * @typedef {{ waiting?: Waiting[], agents?: AgentDesk[] }} DeskView
-   * @typedef {{ team_id: string, name?: string }} Team
+   * @typedef {{ shortcut: string, text: string }} CannedReply
+   * @typedef {{ team_id: string, name?: string, canned_replies?: CannedReply[] }} Team
+   * @typedef {{ user_id: string, name?: string, email?: string, phone?: string, company?: string,
+   *   attributes?: Record<string, string>, updated_at?: string }} Contact
    */
 
   const gatewayMeta = /** @type {HTMLMetaElement} */ (document.querySelector('meta[name="natter-gateway"]'));
@@ -46,6 +53,9 @@
   const quick = /** @type {HTMLFormElement} */ ($('quick'));
   const transfer = /** @type {HTMLFormElement} */ ($('transfer'));
   const transferTo = /** @type {HTMLSelectElement} */ ($('transfer-to'));
+  const contactPanel = $('contact');
+  const contactDetails = $('contact-details');
+  const cannedList = $('canned');
 
   /** @type {Map<string, Conversation>} */
   const conversations = new Map();
@@ -79,6 +89,18 @@
   /** The conversation just accepted: opened once the agent is a member. */
   let opening = '';
   let noticeTimer = 0;
+  /** Customers' contacts as the desk last told, by user id: null when they have none. @type {Map<string, Contact | null>} */
+  const contacts = new Map();
+  /** Customers whose contact is being asked for. @type {Set<string>} */
+  const contactAsked = new Set();
+  /** How many times a contact older than the form reply that fills it is asked for again. */
+  const CONTACT_RETRIES = 5;
+  /** The canned replies the composer offers, and the one Enter picks. @type {CannedReply[]} */
+  let cannedOffered = [];
+  let cannedActive = 0;
+
+  /** Proto maps, whose keys are data. */
+  const MAPS = new Set(['values', 'attributes', 'consents']);
 
   /** @param {any} value @returns {any} */
   function snake(value) {
@@ -86,7 +108,10 @@
     if (!value || typeof value !== 'object') return value;
     /** @type {Record<string, any>} */
     const out = {};
-    for (const key of Object.keys(value)) out[key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())] = snake(value[key]);
+    for (const key of Object.keys(value)) {
+      const name = key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase());
+      out[name] = MAPS.has(name) ? value[key] : snake(value[key]);
+    }
     return out;
   }
 
@@ -156,7 +181,11 @@
         teams = a.list_teams.teams || [];
         renderThreadBar();
       }, report);
-      if (selected) watch(selected);
+      if (selected) {
+        watch(selected);
+        // Asks for what a call cut off by the disconnect did not bring.
+        renderContact();
+      }
     } else if (f.update) {
       cursor = Number(f.update.cursor || cursor);
       const e = f.update.event || {};
@@ -165,6 +194,7 @@
         const c = conversation(m.conversation_id);
         if (m.role === 'ROLE_CUSTOMER' && m.kind !== 'MEMBERSHIP_CHANGE_KIND_LEFT' && !c.customers.includes(m.user_id)) {
           c.customers.push(m.user_id);
+          if (c.id === selected) renderContact();
         }
       } else if (e.message) accept(e.message);
       else if (e.read_marker && e.read_marker.user_id === me) {
@@ -504,12 +534,14 @@
     if (c.messages.has(seq)) return;
     const content = m.content || {};
     c.messages.set(seq, { ...m, seq, content });
-    // A request for a person is the customer's own activity: how an agent
-    // who joined late learns who the customer is.
-    if (content.activity && content.activity.control_requested && !c.customers.includes(m.sender_id)) c.customers.push(m.sender_id);
+    // A request for a person, or an answered form, is the customer's own:
+    // how an agent who joined late learns who the customer is.
+    const own = (content.activity && content.activity.control_requested) || content.form_reply;
+    if (own && !c.customers.includes(m.sender_id)) c.customers.push(m.sender_id);
     // Assignments show as activities; the desk signals no `changed` for them.
     if (content.activity) refreshDesk();
     if (m.conversation_id === selected) {
+      if (content.form_reply) loadContact(m.sender_id, Date.parse(m.sent_at));
       renderThread();
       markRead();
     }
@@ -553,6 +585,8 @@
   function select(id) {
     if (selected && selected !== id) send({ unwatch: { conversation_id: selected } });
     selected = id;
+    // Contacts change while nobody looks: asked for afresh on opening.
+    contacts.clear();
     $('empty').hidden = true;
     log.hidden = reply.hidden = quick.hidden = false;
     watch(id);
@@ -572,6 +606,7 @@
     const c = conversations.get(selected);
     if (!c) return;
     renderThreadBar();
+    renderContact();
     log.textContent = '';
     for (const m of Array.from(c.messages.values()).sort((a, b) => a.seq - b.seq)) {
       const li = el('li', m.sender_id === me ? 'mine' : '');
@@ -603,6 +638,55 @@
       log.append(li);
     }
     log.scrollTop = log.scrollHeight;
+  }
+
+  /** The open conversation's customers, each with what the desk knows of them. */
+  function renderContact() {
+    const c = conversations.get(selected);
+    contactPanel.hidden = !c;
+    contactDetails.textContent = '';
+    if (!c) return;
+    for (const userId of c.customers) {
+      const section = el('section');
+      section.dataset.contact = userId;
+      section.append(el('h3', '', userId));
+      const contact = contacts.get(userId);
+      if (contact === undefined) {
+        if (online && !contactAsked.has(userId)) loadContact(userId);
+      } else {
+        const rows = contact
+          ? [['Name', contact.name], ['Email', contact.email], ['Phone', contact.phone], ['Company', contact.company],
+            ...Object.entries(contact.attributes || {}).sort()].filter(([, value]) => value)
+          : [];
+        const dl = el('dl');
+        for (const [term, value] of rows) dl.append(el('dt', '', term), el('dd', '', value));
+        section.append(rows.length ? dl : el('p', 'none', 'No contact details yet'));
+      }
+      contactDetails.append(section);
+    }
+  }
+
+  /**
+   * Asks the desk for a customer's contact and shows it. The desk fills a
+   * contact in from a form reply after it is stored, so with `since` (the
+   * reply's time) it asks again, a few times and ever later, while the
+   * contact is older.
+   * @param {string} userId @param {number} [since] @param {number} [retry]
+   */
+  function loadContact(userId, since = 0, retry = 0) {
+    contactAsked.add(userId);
+    deskCall({ get_contact: { user_id: userId } })
+      .then((a) => a.get_contact.contact, (e) => {
+        if (e.code === 5) return null; // NOT_FOUND: none yet
+        throw e;
+      })
+      .then((contact) => {
+        contacts.set(userId, contact);
+        renderContact();
+        const stale = since && !(contact && Date.parse(contact.updated_at || '') >= since);
+        if (stale && retry < CONTACT_RETRIES) setTimeout(() => loadContact(userId, since, retry + 1), 300 * 2 ** retry);
+      }, report)
+      .finally(() => contactAsked.delete(userId));
   }
 
   function renderTyping() {
@@ -643,16 +727,75 @@
     send({ typing: { conversation_id: selected, active: false } });
   });
   replyText.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey) {
+    const n = cannedOffered.length;
+    if (n && (e.key === 'ArrowDown' || e.key === 'ArrowUp')) {
       e.preventDefault();
-      reply.requestSubmit();
+      cannedActive = (cannedActive + (e.key === 'ArrowDown' ? 1 : n - 1)) % n;
+      renderCanned();
+    } else if (n && e.key === 'Escape') {
+      showCanned([]);
+    } else if (e.key === 'Enter' && !e.shiftKey) {
+      e.preventDefault();
+      if (n) pickCanned(cannedOffered[cannedActive]);
+      else reply.requestSubmit();
     }
   });
+  replyText.addEventListener('blur', () => showCanned([]));
   replyText.addEventListener('input', () => {
+    showCanned(cannedMatches());
     if (!selected || Date.now() - typingSentAt < 3000) return;
     typingSentAt = Date.now();
     send({ typing: { conversation_id: selected, active: true } });
   });
+  /** The canned replies of the agent's teams whose shortcut starts with what the composer holds, a `/word`. */
+  function cannedMatches() {
+    const typed = replyText.value.toLowerCase();
+    if (!/^\/\S*$/.test(typed)) return [];
+    const own = ((mine() || {}).agent || {}).team_ids || [];
+    return teams
+      .filter((t) => own.includes(t.team_id))
+      .flatMap((t) => t.canned_replies || [])
+      .filter((r) => ('/' + r.shortcut.replace(/^\//, '')).toLowerCase().startsWith(typed));
+  }
+
+  /** @param {CannedReply[]} replies */
+  function showCanned(replies) {
+    cannedOffered = replies;
+    cannedActive = 0;
+    renderCanned();
+  }
+
+  function renderCanned() {
+    cannedList.textContent = '';
+    cannedList.hidden = !cannedOffered.length;
+    replyText.removeAttribute('aria-activedescendant');
+    cannedOffered.forEach((r, i) => {
+      const li = el('li');
+      li.id = 'canned-' + i;
+      li.setAttribute('role', 'option');
+      li.setAttribute('aria-selected', String(i === cannedActive));
+      li.dataset.shortcut = r.shortcut;
+      li.append(el('span', 'shortcut', r.shortcut), el('span', 'text', r.text));
+      // On mousedown, so the composer keeps the focus.
+      li.addEventListener('mousedown', (e) => {
+        e.preventDefault();
+        pickCanned(r);
+      });
+      cannedList.append(li);
+      if (i === cannedActive) {
+        replyText.setAttribute('aria-activedescendant', li.id);
+        li.scrollIntoView({ block: 'nearest' });
+      }
+    });
+  }
+
+  /** Fills the composer with a canned reply, to edit or send. @param {CannedReply} r */
+  function pickCanned(r) {
+    replyText.value = r.text;
+    showCanned([]);
+    replyText.focus();
+  }
+
   quick.addEventListener('submit', (e) => {
     e.preventDefault();
     const text = /** @type {HTMLInputElement} */ ($('quick-text')).value.trim();

@@ -1,7 +1,8 @@
 // The support desk in real browsers, against a `natter dev` of its own:
 // the demo's two agents at their consoles, and visitors with the widget
 // who ask for a person, wait in line, are answered, transferred and
-// resolved.
+// resolved; and what the console gives the agent: the customer's contact
+// and the team's canned replies.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -38,7 +39,18 @@ async function visitorAsking(name) {
   await openWidget(page);
   await say(page, 'Can I talk to a person?');
   await showsActivity(page, 'Asking for a person');
-  return { page, conversationId: (await state(page)).conversationId, close: () => context.close() };
+  const { conversationId, userId } = await state(page);
+  return { page, conversationId, userId, close: () => context.close() };
+}
+
+/** The console of the agent the conversation is offered to, and that agent's id. */
+async function offeredAt(agents, conversationId) {
+  const id = await until(async () => {
+    for (const [id, agent] of Object.entries(agents.byId)) {
+      if (await agent.locator(`[data-offer="${conversationId}"]`).count()) return id;
+    }
+  }, 'an offer at either console');
+  return { id, agent: agents.byId[id] };
 }
 
 test('a visitor who asks for a person is offered to an agent, transferred to the other, and resolved', async () => {
@@ -47,13 +59,9 @@ test('a visitor who asks for a person is offered to an agent, transferred to the
   const { conversationId, page } = visitor;
 
   // Whichever agent it is offered to takes it.
-  const firstId = await until(async () => {
-    for (const [id, agent] of Object.entries(agents.byId)) {
-      if (await agent.locator(`[data-offer="${conversationId}"]`).count()) return id;
-    }
-  }, 'an offer at either console');
+  const { id: firstId, agent: firstConsole } = await offeredAt(agents, conversationId);
   const secondId = firstId === 'agent' ? 'agent-2' : 'agent';
-  const [firstConsole, secondConsole] = [agents.byId[firstId], agents.byId[secondId]];
+  const secondConsole = agents.byId[secondId];
   await acceptOffer(firstConsole, conversationId);
   await showsActivity(page, `${firstId} joined the conversation`);
   await agentReply(firstConsole, 'Hi! Let me find someone who knows tents.');
@@ -104,5 +112,52 @@ test('visitors wait in line while no agent has room, and are offered once one ha
     await lines[i].waitFor({ state: 'hidden' });
   }
   await ann.locator('#queue', { hasText: 'Nobody is waiting' }).waitFor();
+
+  // The desk as the next test expects it: both online, holding nothing
+  // (an agent's away stays set, and what they hold goes back to the queue).
+  await setPresence(ann, 'Online');
+  await resolveConversation(ann, maya.conversationId);
+  for (const { conversationId } of waiting) {
+    await ben.click(`#mine [data-conversation="${conversationId}"]`);
+    await resolveConversation(ben, conversationId);
+  }
   await Promise.all([maya.close(), ...waiting.map((v) => v.close()), close()]);
+});
+
+test("the console shows the customer's contact as their lead form fills it, and offers the team's canned replies", async () => {
+  const agents = await consoles();
+  const visitor = await visitorAsking();
+  const { conversationId, userId, page } = visitor;
+  const { agent } = await offeredAt(agents, conversationId);
+  await acceptOffer(agent, conversationId);
+  const contact = agent.locator(`#contact [data-contact="${userId}"]`);
+  await contact.locator('.none', { hasText: 'No contact details yet' }).waitFor();
+
+  // The visitor answers the lead form; the desk fills in their contact.
+  await agent.click('#send-lead-form');
+  const form = page.locator('natter-chat form.form');
+  await form.locator('input[name=name]').fill('Rosa Trail');
+  await form.locator('input[name=email]').fill('Rosa@Example.com');
+  await form.locator('button').click();
+  await contact.locator('dd', { hasText: 'Rosa Trail' }).waitFor();
+  const details = await contact.locator('dt, dd').allTextContents();
+  assert.deepEqual(details, ['Name', 'Rosa Trail', 'Email', 'rosa@example.com']);
+
+  // `/` offers the team's canned replies; `/ref` only the refund one, which
+  // Enter puts in the composer and Enter again sends.
+  const options = agent.locator('#canned [role=option]');
+  await agent.fill('#reply-text', '/');
+  await until(async () => (await options.count()) >= 3, 'the canned replies');
+  await agent.fill('#reply-text', '/ref');
+  await until(async () => (await options.count()) === 1, 'only the refund reply');
+  assert.equal(await options.first().getAttribute('data-shortcut'), '/refund');
+  const refund = await options.first().locator('.text').textContent();
+  await agent.press('#reply-text', 'Enter');
+  await agent.locator('#canned').waitFor({ state: 'hidden' });
+  assert.equal(await agent.inputValue('#reply-text'), refund);
+  await agent.press('#reply-text', 'Enter');
+  await shows(page, refund);
+
+  await resolveConversation(agent, conversationId);
+  await Promise.all([visitor.close(), agents.close()]);
 });

@@ -12,8 +12,9 @@
 //! minting tokens with the development secret exactly as a business
 //! backend mints them with its own.
 //!
-//! At start-up it sets up the support desk: a team (`support`) and two
-//! agents (`agent`, `agent-2`) who take up to three conversations each.
+//! At start-up it sets up the support desk: a team (`support`) with a few
+//! canned replies, and two agents (`agent`, `agent-2`) who take up to
+//! three conversations each.
 //! Until the desk has answered, both token endpoints answer 503: a
 //! customer who asked for a person before the desk knew its team would
 //! never be routed.
@@ -48,9 +49,9 @@ use natter_proto::v1::conversation_service_client::ConversationServiceClient;
 use natter_proto::v1::desk_service_client::DeskServiceClient;
 use natter_proto::v1::message_content::Kind;
 use natter_proto::v1::{
-    AddMembersRequest, Agent, Conversation, CreateConversationRequest, ListConversationsRequest,
-    ListMembersRequest, MessageContent, NewMember, PutAgentRequest, PutTeamRequest, QuickReplies,
-    QuickReply, RoutingStrategy, SendMessageRequest, Team,
+    AddMembersRequest, Agent, CannedReply, Conversation, CreateConversationRequest,
+    ListConversationsRequest, ListMembersRequest, MessageContent, NewMember, PutAgentRequest,
+    PutTeamRequest, QuickReplies, QuickReply, RoutingStrategy, SendMessageRequest, Team,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -68,6 +69,27 @@ const TENANT: &str = "demo";
 /// (the first unless the console asks for another).
 const TEAM: &str = "support";
 const AGENTS: [&str; 2] = ["agent", "agent-2"];
+/// The team's ready answers, by shortcut, for the console's composer.
+const CANNED_REPLIES: [(&str, &str); 4] = [
+    (
+        "/hello",
+        "Hi, thanks for contacting Acme Outdoor! How can I help you today?",
+    ),
+    (
+        "/refund",
+        "Sorry it didn't work out! Anything unused can come back within 30 days for a full \
+         refund. Send me your order number and I'll start the return right away.",
+    ),
+    (
+        "/shipping",
+        "Orders leave our warehouse within one business day and arrive in 3 to 5 days; \
+         the tracking link comes by email as soon as yours ships.",
+    ),
+    (
+        "/bye",
+        "Glad I could help. Enjoy the trail, and write any time if anything comes up!",
+    ),
+];
 /// How many conversations each agent takes at once.
 const AGENT_CAPACITY: u32 = 3;
 /// The bot that greets every new conversation.
@@ -390,6 +412,13 @@ impl Demo {
                 team_id: TEAM.into(),
                 name: "Support".into(),
                 strategy: RoutingStrategy::LeastBusy.into(),
+                canned_replies: CANNED_REPLIES
+                    .iter()
+                    .map(|&(shortcut, text)| CannedReply {
+                        shortcut: shortcut.into(),
+                        text: text.into(),
+                    })
+                    .collect(),
                 ..Team::default()
             }),
         };
