@@ -103,25 +103,29 @@ pub(crate) async fn serve_desk(
     match bus.subscribe(subjects::DESK_CALL, Some("desk")).await {
         Ok(calls) => {
             let inputs = inputs.clone();
-            tasks.spawn(serve(
-                bus.clone(),
-                calls,
-                CALL_CONCURRENCY,
-                move |command| {
-                    let inputs = inputs.clone();
-                    async move {
-                        let (reply, answer) = oneshot::channel();
-                        if inputs
-                            .send(Input::Call(Box::new(command), reply))
-                            .await
-                            .is_err()
-                        {
-                            return giving_up();
-                        }
-                        answer.await.unwrap_or_else(|_| giving_up())
+            let answering = serve(bus.clone(), calls, CALL_CONCURRENCY, move |command| {
+                let inputs = inputs.clone();
+                async move {
+                    let (reply, answer) = oneshot::channel();
+                    if inputs
+                        .send(Input::Call(Box::new(command), reply))
+                        .await
+                        .is_err()
+                    {
+                        return giving_up();
                     }
-                },
-            ));
+                    answer.await.unwrap_or_else(|_| giving_up())
+                }
+            });
+            // The subscription does not end with the holding: stop
+            // answering when it does.
+            let stopped = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = stopped.cancelled() => {}
+                    () = answering => {}
+                }
+            });
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot take desk calls; giving the desk up");
