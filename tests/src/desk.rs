@@ -32,32 +32,9 @@ pub async fn queue(mode: Mode) {
     let cluster = Cluster::start(mode).await;
     let service = cluster.token("crm", Role::Service);
     let mut desk = cluster.desk().await;
-    desk.put_team(authed(
-        &service,
-        PutTeamRequest {
-            team: Some(Team {
-                team_id: "support".into(),
-                name: "Support".into(),
-                ..Team::default()
-            }),
-        },
-    ))
-    .await
-    .expect("a service sets up a team");
+    put_team(&mut desk, &service, team("support")).await;
     for agent in ["ann", "bob"] {
-        desk.put_agent(authed(
-            &service,
-            PutAgentRequest {
-                agent: Some(Agent {
-                    user_id: agent.into(),
-                    team_ids: vec!["support".into()],
-                    skills: Vec::new(),
-                    capacity: 1,
-                }),
-            },
-        ))
-        .await
-        .expect("a service adds an agent");
+        put_agent(&mut desk, &service, agent).await;
     }
     let mut ann = connect(&cluster, Transport::WsJson, "ann", Role::Agent).await;
     let mut bob = connect(&cluster, Transport::Grpc, "bob", Role::Agent).await;
@@ -185,30 +162,21 @@ pub async fn out_of_hours(mode: Mode) {
         / DAY_MS;
     let opens = today + 2;
     let weekday = u32::try_from((opens + 3) % 7 + 1).expect("a weekday");
-    cluster
-        .desk()
-        .await
-        .put_team(authed(
-            &service,
-            PutTeamRequest {
-                team: Some(Team {
-                    team_id: "support".into(),
-                    hours: Some(BusinessHours {
-                        time_zone: "UTC".into(),
-                        openings: vec![Opening {
-                            weekday,
-                            start_minute: 9 * 60,
-                            end_minute: 17 * 60,
-                        }],
-                        holidays: Vec::new(),
-                        closed_reply: "We are closed; back soon.".into(),
-                    }),
-                    ..Team::default()
-                }),
-            },
-        ))
-        .await
-        .expect("a service sets up a team with hours");
+    let hours = BusinessHours {
+        time_zone: "UTC".into(),
+        openings: vec![Opening {
+            weekday,
+            start_minute: 9 * 60,
+            end_minute: 17 * 60,
+        }],
+        holidays: Vec::new(),
+        closed_reply: "We are closed; back soon.".into(),
+    };
+    let with_hours = Team {
+        hours: Some(hours),
+        ..team("support")
+    };
+    put_team(&mut cluster.desk().await, &service, with_hours).await;
 
     let mut web = connect(&cluster, Transport::WsJson, "night-owl", Role::Customer).await;
     let conversation = own_conversation(&cluster, "night-owl").await;
@@ -394,31 +362,12 @@ pub async fn auto_close(mode: Mode) {
     let cluster = Cluster::start(mode).await;
     let service = cluster.token("crm", Role::Service);
     let mut desk = cluster.desk().await;
-    desk.put_team(authed(
-        &service,
-        PutTeamRequest {
-            team: Some(Team {
-                team_id: "support".into(),
-                auto_close_after_seconds: 1,
-                ..Team::default()
-            }),
-        },
-    ))
-    .await
-    .expect("a team that closes");
-    desk.put_agent(authed(
-        &service,
-        PutAgentRequest {
-            agent: Some(Agent {
-                user_id: "ann".into(),
-                team_ids: vec!["support".into()],
-                skills: Vec::new(),
-                capacity: 1,
-            }),
-        },
-    ))
-    .await
-    .expect("an agent");
+    let closing = Team {
+        auto_close_after_seconds: 1,
+        ..team("support")
+    };
+    put_team(&mut desk, &service, closing).await;
+    put_agent(&mut desk, &service, "ann").await;
     let mut ann = connect(&cluster, Transport::WsJson, "ann", Role::Agent).await;
     desk_until(&mut desk, &service, "ann online", |d| {
         d.agents
@@ -464,18 +413,8 @@ pub async fn rules(mode: Mode) {
     let cluster = Cluster::start(mode).await;
     let service = cluster.token("crm", Role::Service);
     let mut desk = cluster.desk().await;
-    for team in ["general", "german", "returns"] {
-        desk.put_team(authed(
-            &service,
-            PutTeamRequest {
-                team: Some(Team {
-                    team_id: team.into(),
-                    ..Team::default()
-                }),
-            },
-        ))
-        .await
-        .expect("a team");
+    for id in ["general", "german", "returns"] {
+        put_team(&mut desk, &service, team(id)).await;
     }
     let rule =
         |id: &str, team: &str, keywords: &[&str], attributes: &[(&str, &str)]| PutRuleRequest {
@@ -548,6 +487,32 @@ pub async fn rules(mode: Mode) {
     assert_eq!(team_of(&asked[0]), ("returns", Priority::High));
     assert_eq!(team_of(&asked[1]), ("german", Priority::Normal));
     assert_eq!(team_of(&asked[2]), ("general", Priority::Normal));
+}
+
+fn team(id: &str) -> Team {
+    Team {
+        team_id: id.into(),
+        ..Team::default()
+    }
+}
+
+async fn put_team(desk: &mut DeskServiceClient<Channel>, service: &str, team: Team) {
+    desk.put_team(authed(service, PutTeamRequest { team: Some(team) }))
+        .await
+        .expect("a service sets up a team");
+}
+
+/// An agent of the support team with room for one conversation.
+async fn put_agent(desk: &mut DeskServiceClient<Channel>, service: &str, user: &str) {
+    let agent = Agent {
+        user_id: user.into(),
+        team_ids: vec!["support".into()],
+        skills: Vec::new(),
+        capacity: 1,
+    };
+    desk.put_agent(authed(service, PutAgentRequest { agent: Some(agent) }))
+        .await
+        .expect("a service adds an agent");
 }
 
 async fn connect(cluster: &Cluster, transport: Transport, user: &str, role: Role) -> Device {
