@@ -26,6 +26,14 @@ DURABLE_SYSTEMS = {
     "natter-services-cql": "CQL (Cassandra 5.0), the four services on NATS",
 }
 
+# The desk part's systems: the services on NATS (embedded stores) without
+# and with the desk process.
+DESK_SYSTEMS = {
+    "natter-services-no-desk": "without the desk: storage, sync, fanout, gateway",
+    "natter-services-desk": "with the desk: the same and the desk, a team and 3 agents set up",
+}
+DESK_BUDGET = 0.10
+
 
 def load_runs(runs):
     lines = (runs / "runs.jsonl").read_text().splitlines() if (runs / "runs.jsonl").exists() else []
@@ -186,6 +194,58 @@ def durable(records):
     return out
 
 
+def desk(records):
+    """The desk's cost: per system the saturated stored/s (median over
+    rounds, and each round's), send → ack at half the baseline's rate, and
+    the CPU seconds over the runs; then with ÷ without, per round and of
+    the medians."""
+    systems = {}
+    for system in DESK_SYSTEMS:
+        mine = [r for r in records if r["part"] == "desk" and r["system"] == system]
+        saturated = sorted((r for r in mine if r["kind"] == "saturated" and r["report"]), key=lambda r: r["round"])
+        if not saturated:
+            continue
+        half = [r for r in mine if r["kind"] == "half" and r["report"]]
+
+        def figure(kind, rs=mine):
+            return median([r["value"] for r in rs if r["kind"] == kind])
+
+        systems[system] = {
+            "stored_per_s": median([r["report"]["acked_per_s"] for r in saturated]),
+            "rounds_stored_per_s": {r["round"]: r["report"]["acked_per_s"] for r in saturated},
+            "delivered_per_s": median([r["report"]["delivered_per_s"] for r in saturated]),
+            "offered_per_s": median([r["value"] for r in saturated]),
+            "lost": sum(r["report"]["lost"] for r in saturated),
+            "half_offered_per_s": median([r["value"] for r in half]),
+            "ack_p50_ms": median([r["report"]["ack_latency"]["p50_ms"] for r in half]),
+            "ack_p99_ms": median([r["report"]["ack_latency"]["p99_ms"] for r in half]),
+            "half_lost": sum(r["report"]["lost"] for r in half),
+            "saturated_services_cpu_s": figure("saturated_services_cpu_s"),
+            "saturated_desk_cpu_s": figure("saturated_desk_cpu_s"),
+            "saturated_nats_cpu_s": figure("saturated_nats_cpu_s"),
+            "half_services_cpu_s": figure("half_services_cpu_s"),
+            "half_desk_cpu_s": figure("half_desk_cpu_s"),
+            "half_nats_cpu_s": figure("half_nats_cpu_s"),
+            "desk_behind": max([r["value"] for r in mine if r["kind"].endswith("_desk_behind")
+                                and r["value"] is not None], default=None),
+            "saturated_costs": costs(saturated),
+            "half_costs": costs(half),
+            "load": load_note(saturated + half),
+        }
+    a = systems.get("natter-services-no-desk")
+    b = systems.get("natter-services-desk")
+    out = {"systems": systems, "budget": DESK_BUDGET}
+    if a and b and a["stored_per_s"]:
+        out["ratio"] = b["stored_per_s"] / a["stored_per_s"]
+        out["cost"] = 1 - out["ratio"]
+        out["rounds_ratio"] = {
+            round_: b["rounds_stored_per_s"][round_] / stored
+            for round_, stored in a["rounds_stored_per_s"].items()
+            if stored and round_ in b["rounds_stored_per_s"]
+        }
+    return out
+
+
 def sync(records):
     mine = [r for r in records if r["part"] == "sync" and r["report"]]
     catch = [r for r in mine if r["kind"] == "catch_up"]
@@ -313,6 +373,13 @@ def targets(results):
             stored = d[system]["stored_per_s"]
             rows.append((f"stored msgs/s, acked only when durable: {DURABLE_SYSTEMS[system]}", f"≥ {want:,}",
                          fmt(stored), "–", verdict(None if stored is None else stored >= want)))
+    dk = results["desk"]
+    if dk.get("ratio") is not None:
+        a, b = (dk["systems"][s]["stored_per_s"] for s in DESK_SYSTEMS)
+        rows.append(("routing's cost to the message path: 1 − stored msgs/s with the desk ÷ without "
+                     "(50 pairs saturated, services on NATS, embedded stores)", f"< {DESK_BUDGET * 100:.0f} %",
+                     f"{dk['cost'] * 100:.1f} % ({fmt(b)}/s ÷ {fmt(a)}/s = {dk['ratio']:.3f})", "–",
+                     verdict(dk["cost"] < DESK_BUDGET)))
     paid = d.get("natter-services-cql", {})
     for key, label, want, digits in (("lwt_per_message", "LWTs per message in the steady state", 0, 2),
                                      ("nats_msgs_per_message", "NATS messages per 1:1 message", 6, 1)):
@@ -378,7 +445,8 @@ def markdown(results):
         f"{m['settings']['measured']} measured per run. Machine: {mach['nproc']} cores "
         f"({mach['cpu_model']}), {mach['memory_gib']} GiB, Linux {mach['kernel']}, open files limited to "
         f"{mach.get('open_files_limit', '?'):,} per process (hard limit); server and load "
-        "generator share it. Versions: Natter " + v["natter"] + f", Centrifugo {v['centrifugo']}, "
+        "generator share it. Versions: Natter " + v["natter"]
+        + (f", Centrifugo {v['centrifugo']}" if v["centrifugo"] else "") + ", "
         f"{v['nats_server']}, natscli {v['natscli']}, {v['rustc']}.",
         "",
         "## Targets",
@@ -491,6 +559,43 @@ def markdown(results):
                 f"| {name} | {fmt(r['stored_per_s'])} | {fmt(r['ack_p50_ms'], 2, ' ms')} | "
                 f"{fmt(r['ack_p99_ms'], 2, ' ms')} | {r['load']} |"
             )
+    dk = results["desk"]
+    if dk.get("systems"):
+        lines += [
+            "",
+            "## The desk's cost: 50 pairs on the services on NATS, without and with the desk",
+            "",
+            "The durable part's workload on the services as processes on NATS with embedded stores, "
+            "alternating without the desk process and with it. With it, the traffic's tenant is first "
+            "given a desk (`natter-load desk-setup`: one team and three agents, answered by the desk's "
+            "holder), so the holder routes and consumes EVENTS through its own durable consumer while "
+            "the messages flow. Saturated: offered more than it stores; then send → ack at half the "
+            "baseline's saturated rate of the round, for both. CPU: seconds of CPU time over each run "
+            "(set-up, ramp, warmup, measured window and drain), medians; behind: EVENTS deliveries "
+            "the desk's consumers had not acknowledged after the drain, the most of any run.",
+            "",
+            "| system | stored msgs/s (rounds) | delivered/s | at 50 %: send → ack p50 | p99 "
+            "| CPU s, saturated: services (desk) · NATS | desk behind | load |",
+            "|---|---|---:|---:|---:|---|---:|---|",
+        ]
+        for system, r in dk["systems"].items():
+            rounds = " · ".join(fmt(v) for _, v in sorted(r["rounds_stored_per_s"].items()))
+            cpu = fmt(r["saturated_services_cpu_s"], 1)
+            if r["saturated_desk_cpu_s"] is not None:
+                cpu += f" ({fmt(r['saturated_desk_cpu_s'], 1)})"
+            cpu += f" · {fmt(r['saturated_nats_cpu_s'], 1)}"
+            lines.append(
+                f"| {system}: {DESK_SYSTEMS[system]} | **{fmt(r['stored_per_s'])}** ({rounds}) | "
+                f"{fmt(r['delivered_per_s'])} | {fmt(r['ack_p50_ms'], 2, ' ms')} | {fmt(r['ack_p99_ms'], 2, ' ms')} | "
+                f"{cpu} | {fmt(r['desk_behind'])} | {r['load']} |"
+            )
+        if dk.get("ratio") is not None:
+            per_round = " · ".join(f"{v:.3f}" for _, v in sorted(dk["rounds_ratio"].items()))
+            lines += [
+                "",
+                f"With the desk ÷ without: **{dk['ratio']:.3f}** (medians; per round {per_round}), a cost of "
+                f"{dk['cost'] * 100:.1f} % against a budget of {DESK_BUDGET * 100:.0f} %: {verdict(dk['cost'] < DESK_BUDGET)}.",
+            ]
     rows = cost_rows(results)
     if rows:
         lines += [
@@ -556,6 +661,11 @@ def cost_rows(results):
             rows.append(("durable, 50 pairs", system, "1,500 (saturated)", r["saturated_costs"]))
         if r.get("half_costs"):
             rows.append(("durable, 50 pairs", system, fmt(r["half_offered_per_s"]), r["half_costs"]))
+    for system, r in results["desk"].get("systems", {}).items():
+        if r.get("saturated_costs"):
+            rows.append(("desk, 50 pairs", system, f"{fmt(r['offered_per_s'])} (saturated)", r["saturated_costs"]))
+        if r.get("half_costs"):
+            rows.append(("desk, 50 pairs", system, fmt(r["half_offered_per_s"]), r["half_costs"]))
     return rows
 
 
@@ -611,6 +721,7 @@ def main():
         "idle": idle(records),
         "ceiling": ceiling(records),
         "durable": durable(records),
+        "desk": desk(records),
         "sync": sync(records),
         "scale": scale(records),
         "plot": f"{name}.png",

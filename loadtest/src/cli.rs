@@ -53,6 +53,12 @@ pub(crate) enum Command {
     /// window of sends in flight) and the time until the returning device
     /// has them all.
     CatchUp(CatchUpArgs),
+    /// Not a scenario: gives the tenant a support desk so routing is live
+    /// while a scenario runs, one team and its agents, created through the
+    /// desk service's DeskService with a service-role token. Retries until
+    /// the desk's holder answers (it routes a moment after it starts), then
+    /// prints what the holder has (GetDesk).
+    DeskSetup(DeskSetupArgs),
 }
 
 /// Where the gateway is and how devices reach it.
@@ -272,6 +278,33 @@ pub(crate) struct CatchUpArgs {
     pub(crate) slo: Slo,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeskSetupArgs {
+    /// The desk service's gRPC address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) desk: String,
+    /// The HS256 secret the server verifies tokens with.
+    #[arg(long, env = "NATTER_LOAD_SECRET", hide_env_values = true)]
+    pub(crate) secret: String,
+    /// The tenant whose desk it is: the tenant of the scenario's users.
+    #[arg(long, default_value = "load")]
+    pub(crate) tenant: String,
+    /// The team's id; its queue takes the tenant's waiting conversations.
+    #[arg(long, value_name = "ID", default_value = "load")]
+    pub(crate) team: String,
+    /// Agents of the team, `<team>-agent-1` and on.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) agents: u32,
+    /// Conversations each agent holds at most.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) capacity: u32,
+    /// How long to keep trying while the desk does not answer.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds (`1.5`).

@@ -144,3 +144,110 @@ async fn create(
     }
     Ok(id)
 }
+
+/// Gives `args.tenant` a desk: one team (least busy) and `args.agents`
+/// agents of it, through `DeskService` at `args.desk` with a service-role
+/// token. Each call travels to the desk's holder, so the calls succeed
+/// once it routes; until `args.timeout` they are retried (puts change
+/// nothing the second time). Returns what the holder then has, one line.
+pub(crate) async fn desk(args: &crate::cli::DeskSetupArgs) -> anyhow::Result<String> {
+    use natter_proto::v1::desk_service_client::DeskServiceClient;
+    use natter_proto::v1::{
+        Agent, AgentPresence, GetDeskRequest, PutAgentRequest, PutTeamRequest, RoutingStrategy,
+        Team,
+    };
+
+    let minter = Minter::new(&args.secret, &args.tenant, Duration::from_secs(600))?;
+    let bearer: MetadataValue<Ascii> =
+        format!("Bearer {}", minter.token("natter-load", Role::Service)?)
+            .parse()
+            .context("a token is not a valid header value")?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.desk))
+        .with_context(|| format!("--desk {:?} must be host:port", args.desk))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    let mut desk = DeskServiceClient::new(channel);
+    let agents: Vec<String> = (1..=args.agents)
+        .map(|a| format!("{}-agent-{a}", args.team))
+        .collect();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let answer = loop {
+        let attempt = async {
+            desk.put_team(authorized(
+                &bearer,
+                PutTeamRequest {
+                    team: Some(Team {
+                        team_id: args.team.clone(),
+                        name: "natter-load".into(),
+                        strategy: RoutingStrategy::LeastBusy.into(),
+                        ..Team::default()
+                    }),
+                },
+            ))
+            .await?;
+            for agent in &agents {
+                desk.put_agent(authorized(
+                    &bearer,
+                    PutAgentRequest {
+                        agent: Some(Agent {
+                            user_id: agent.clone(),
+                            team_ids: vec![args.team.clone()],
+                            skills: Vec::new(),
+                            capacity: args.capacity,
+                        }),
+                    },
+                ))
+                .await?;
+            }
+            desk.get_desk(authorized(&bearer, GetDeskRequest {}))
+                .await
+                .map(tonic::Response::into_inner)
+        };
+        match attempt.await {
+            Ok(answer) => break answer,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(status) => anyhow::bail!(
+                "the desk at {} did not take the team and agents within {:?}: {:?}: {}",
+                args.desk,
+                args.timeout,
+                status.code(),
+                status.message()
+            ),
+        }
+    };
+    let known: Vec<String> = answer
+        .agents
+        .iter()
+        .filter_map(|a| {
+            let agent = a.agent.as_ref()?;
+            let presence =
+                AgentPresence::try_from(a.presence).map_or("unknown", |p| p.as_str_name());
+            Some(format!("{} ({presence})", agent.user_id))
+        })
+        .collect();
+    anyhow::ensure!(
+        agents.iter().all(|a| answer
+            .agents
+            .iter()
+            .any(|d| d.agent.as_ref().is_some_and(|d| &d.user_id == a))),
+        "the desk's holder does not list every agent put: {known:?}"
+    );
+    Ok(format!(
+        "desk of tenant {}: team {}, agents {}; {} waiting",
+        args.tenant,
+        args.team,
+        known.join(", "),
+        answer.waiting.len()
+    ))
+}
+
+fn authorized<T>(bearer: &MetadataValue<Ascii>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
