@@ -29,6 +29,22 @@ use crate::presence::{AgentKey, Sessions};
 use crate::records::{self, Hours, Route, Rule};
 use crate::webhooks::{self, Webhooks};
 
+/// [`load`] with the desk's own fields, borrowed apart so the caller may
+/// use the others while it holds the tenant.
+macro_rules! load {
+    ($desk:ident, $tenant:expr, $changes:expr) => {
+        load(
+            &mut $desk.tenants,
+            &mut $desk.webhooks,
+            &*$desk.store,
+            &$desk.sessions,
+            $tenant,
+            $changes,
+        )
+        .await
+    };
+}
+
 /// How many records one store read returns while a tenant loads.
 const LOAD_PAGE: u32 = 500;
 
@@ -231,16 +247,7 @@ impl Desk {
     ) -> Result<Answer> {
         let tenant_id = actor.tenant.clone();
         let sessions = &self.sessions;
-        let tenant = load(
-            &mut self.tenants,
-            &mut self.webhooks,
-            &*self.store,
-            sessions,
-            &tenant_id,
-            now,
-            changes,
-        )
-        .await?;
+        let tenant = load!(self, &tenant_id, changes)?;
         let answer = match call {
             Call::PutTeam(request) => {
                 let (wire, team, hours) = records::team(request.team.unwrap_or_default())?;
@@ -463,16 +470,7 @@ impl Desk {
         logged: &mut Logged,
     ) -> Result<()> {
         let mut changes = Changes::new(now);
-        let tenant = load(
-            &mut self.tenants,
-            &mut self.webhooks,
-            &*self.store,
-            &self.sessions,
-            tenant_id,
-            now,
-            &mut changes,
-        )
-        .await?;
+        let tenant = load!(self, tenant_id, &mut changes)?;
         if let Some(log) = tenant.log.as_mut()
             && log.is_new(message)
         {
@@ -524,16 +522,7 @@ impl Desk {
         out: &mut Vec<Effect>,
     ) -> Result<()> {
         let mut changes = Changes::new(now);
-        let tenant = load(
-            &mut self.tenants,
-            &mut self.webhooks,
-            &*self.store,
-            &self.sessions,
-            tenant_id,
-            now,
-            &mut changes,
-        )
-        .await?;
+        let tenant = load!(self, tenant_id, &mut changes)?;
         tenant.note(event);
         self.commit(tenant_id, changes, out).await
     }
@@ -550,16 +539,7 @@ impl Desk {
         out: &mut Vec<Effect>,
     ) -> Result<()> {
         let mut changes = Changes::new(now);
-        let tenant = load(
-            &mut self.tenants,
-            &mut self.webhooks,
-            &*self.store,
-            &self.sessions,
-            tenant_id,
-            now,
-            &mut changes,
-        )
-        .await?;
+        let tenant = load!(self, tenant_id, &mut changes)?;
         let contact = match tenant.customer_to_read(conversation) {
             Some(customer) => match self.contacts.get(tenant_id, customer).await {
                 Ok(contact) => Some(contact),
@@ -735,11 +715,10 @@ async fn load<'a>(
     store: &dyn DeskStore,
     sessions: &Sessions,
     tenant_id: &TenantId,
-    now: Timestamp,
     changes: &mut Changes,
 ) -> Result<&'a mut Tenant> {
     if !tenants.contains_key(tenant_id) {
-        let tenant = read(store, sessions, tenant_id, now, changes).await?;
+        let tenant = read(store, sessions, tenant_id, changes).await?;
         for webhook in tenant.webhooks.values() {
             webhooks.start(tenant_id, webhook.clone(), 0).await?;
         }
@@ -754,9 +733,9 @@ async fn read(
     store: &dyn DeskStore,
     sessions: &Sessions,
     tenant_id: &TenantId,
-    now: Timestamp,
     changes: &mut Changes,
 ) -> Result<Tenant> {
+    let now = changes.now;
     let mut tenant = Tenant {
         router: Router::new(),
         teams: BTreeMap::new(),
