@@ -51,7 +51,8 @@
    *   template?: { text: string, buttons?: Button[] },
    *   postback?: { title: string, payload: string },
    *   activity?: { status?: string, owner?: string, control_requested?: boolean, assignee_id?: string },
-   *   form?: Form, form_reply?: { form_id: string, values?: Record<string, string> } }} Content
+   *   form?: Form, form_reply?: { form_id: string, values?: Record<string, string> },
+   *   reply?: { to_seq: string | number, text: string } }} Content
    * @typedef {{ name: string, label: string, kind?: string, required?: boolean }} FormField
    * @typedef {{ form_id: string, text: string, fields?: FormField[] }} Form
    * @typedef {{ message_id?: string, conversation_id: string, seq: number,
@@ -285,6 +286,8 @@ h2{margin:0;font-size:16px;font-weight:600;flex:1;white-space:nowrap;overflow:hi
 .meta{font-size:11px;color:#6c757d;margin:1px 4px}
 .failed .meta{color:#c92a2a}
 .bubble img{display:block;max-width:100%;max-height:240px;border-radius:8px;margin:2px 0}
+.quote{margin:0 0 4px;padding:2px 8px;border-left:3px solid currentColor;opacity:.75;font-size:12px;
+  overflow:hidden;text-overflow:ellipsis;white-space:nowrap;max-width:240px}
 .choices{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px}
 .choices button,.choices a{border:1px solid var(--accent);color:var(--accent);background:#fff;border-radius:16px;padding:5px 12px;
   cursor:pointer;text-decoration:none;font-size:13px}
@@ -346,7 +349,9 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
   /** @param {Content} c @param {HTMLElement} bubble */
   function renderContent(c, bubble) {
     if (c.text != null) bubble.textContent = c.text;
-    else if (c.attachment) {
+    else if (c.reply) {
+      bubble.append(quote(Number(c.reply.to_seq)), c.reply.text);
+    } else if (c.attachment) {
       const a = c.attachment;
       const url = safeUrl(a.url);
       const name = a.file_name || 'file';
@@ -394,6 +399,21 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       const values = c.form_reply.values || {};
       bubble.textContent = Object.keys(values).sort().map((k) => `${k}: ${values[k]}`).join('\n');
     }
+  }
+
+  /**
+   * The message a reply quotes, in a line above it: its words if the widget
+   * has it, else only that it is an earlier message.
+   * @param {number} seq
+   */
+  function quote(seq) {
+    const m = messages.get(seq);
+    /** @type {any} */
+    const c = m ? m.content : {};
+    const words = c.text || (c.reply || c.quick_replies || c.template || {}).text || (c.postback || {}).title || (c.attachment || {}).file_name;
+    const q = el('blockquote', 'quote', words || 'an earlier message');
+    q.dataset.seq = String(seq);
+    return q;
   }
 
   /** What a form field's value must look like; the server's rules. @type {Record<string, RegExp>} */

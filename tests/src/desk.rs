@@ -12,11 +12,12 @@ use natter_proto::v1::desk_service_client::DeskServiceClient;
 use natter_proto::v1::desk_signal::Signal;
 use natter_proto::v1::server_frame::Frame as ServerKind;
 use natter_proto::v1::{
-    AcceptOfferRequest, Agent, AgentPresence, BusinessHours, Contact, ConversationStatus,
-    CreateConversationRequest, DeskCall, ExportContactsRequest, Form, FormField, FormFieldKind,
-    FormReply, GetContactRequest, GetDeskRequest, GetDeskResponse, Lifecycle, LifecycleChange,
-    ListContactsRequest, Message, MessageContent, NewMember, Opening, Priority, PutAgentRequest,
-    PutRuleRequest, PutTeamRequest, QueuePosition, RoutingRule, SendMessageRequest, Team,
+    AcceptOfferRequest, AddNoteRequest, Agent, AgentPresence, BusinessHours, Contact,
+    ConversationStatus, CreateConversationRequest, DeskCall, ExportContactsRequest, Form,
+    FormField, FormFieldKind, FormReply, GetContactRequest, GetDeskRequest, GetDeskResponse,
+    Lifecycle, LifecycleChange, ListContactsRequest, ListMessagesRequest, ListNotesRequest,
+    MergeContactsRequest, Message, MessageContent, NewMember, Opening, Priority, PutAgentRequest,
+    PutRuleRequest, PutTeamRequest, QueuePosition, Reply, RoutingRule, SendMessageRequest, Team,
     ThreadOwner, UpdateContactRequest, UpdateLifecycleRequest, message_content,
 };
 use tonic::transport::Channel;
@@ -354,6 +355,259 @@ pub async fn lead_capture(mode: Mode) {
         .await
         .expect_err("customers do not read contacts");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // The guest signs in as a customer the CRM knows: the merge keeps
+    // what the lead form captured, the known contact's own fields win, and
+    // the guest's id leads to the merged contact.
+    desk.update_contact(authed(
+        &service,
+        UpdateContactRequest {
+            contact: Some(Contact {
+                user_id: "known-1".into(),
+                name: "Ann L.".into(),
+                company: "Acme".into(),
+                ..Contact::default()
+            }),
+        },
+    ))
+    .await
+    .expect("the CRM knows the customer");
+    let merge = MergeContactsRequest {
+        from_user_id: "lead-1".into(),
+        into_user_id: "known-1".into(),
+    };
+    let denied = desk
+        .merge_contacts(authed(&agent, merge.clone()))
+        .await
+        .expect_err("agents do not merge contacts");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    for _ in 0..2 {
+        let merged = desk
+            .merge_contacts(authed(&service, merge.clone()))
+            .await
+            .expect("the CRM merges, twice alike")
+            .into_inner()
+            .contact
+            .expect("the merged contact");
+        assert_eq!(
+            (
+                merged.user_id.as_str(),
+                merged.name.as_str(),
+                merged.email.as_str(),
+                merged.phone.as_str(),
+                merged.company.as_str(),
+                merged.attributes.get("plan").map(String::as_str),
+            ),
+            (
+                "known-1",
+                "Ann L.",
+                "ann.lee@example.com",
+                "+49301234567",
+                "Acme",
+                Some("pro")
+            )
+        );
+    }
+    let by_guest = desk
+        .get_contact(authed(
+            &service,
+            GetContactRequest {
+                user_id: "lead-1".into(),
+            },
+        ))
+        .await
+        .expect("the guest's id still finds the contact")
+        .into_inner()
+        .contact
+        .expect("a contact");
+    assert_eq!(by_guest.user_id, "known-1");
+    let found = desk
+        .list_contacts(authed(&service, find("ann.lee@example.com", "")))
+        .await
+        .expect("the CRM searches")
+        .into_inner()
+        .contacts;
+    assert_eq!(
+        found.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(),
+        ["known-1"]
+    );
+    let backwards = desk
+        .merge_contacts(authed(
+            &service,
+            MergeContactsRequest {
+                from_user_id: "known-1".into(),
+                into_user_id: "lead-1".into(),
+            },
+        ))
+        .await
+        .expect_err("nothing merges into a merged id");
+    assert_eq!(backwards.code(), tonic::Code::FailedPrecondition);
+}
+
+/// Agents write internal notes that reach the other agents at once and
+/// never the customer, and reply quoting one of the customer's messages.
+pub async fn notes_and_quotes(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let service = cluster.token("crm", Role::Service);
+    let mut desk = cluster.desk().await;
+    put_team(&mut desk, &service, team("support")).await;
+    for agent in ["ann", "bob"] {
+        put_agent(&mut desk, &service, agent).await;
+    }
+    let conversation =
+        crate::scenarios::conversation(&cluster, &[("cus", Role::Customer), ("ann", Role::Agent)])
+            .await;
+    let mut ann = connect(&cluster, Transport::WsJson, "ann", Role::Agent).await;
+    let mut bob = connect(&cluster, Transport::Grpc, "bob", Role::Agent).await;
+    let mut web = connect(&cluster, Transport::WsJson, "cus", Role::Customer).await;
+    desk_until(&mut desk, &service, "both agents online", |d| {
+        d.agents
+            .iter()
+            .filter(|a| a.presence() == AgentPresence::Online)
+            .count()
+            == 2
+    })
+    .await;
+    let question = web
+        .send_text(
+            &conversation,
+            "q",
+            "Does it ship to Norway? Is it waterproof?",
+        )
+        .await
+        .expect("the customer asks")
+        .seq;
+
+    let Answer::AddNote(added) = call(
+        &mut ann,
+        Call::AddNote(AddNoteRequest {
+            conversation_id: conversation.clone(),
+            text: "VIP: refunded twice before".into(),
+        }),
+    )
+    .await
+    else {
+        panic!("a note answers AddNote");
+    };
+    let note = added.note.expect("the note");
+    assert_eq!(note.author_id, "ann");
+    let told = bob
+        .expect(|frame| match desk_signal(frame) {
+            Some(Signal::Note(note)) => Some(note.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(told, note);
+
+    // The agent answers the second question, quoting the message.
+    let quoted = |to_seq: u64| MessageContent {
+        kind: Some(message_content::Kind::Reply(Reply {
+            to_seq,
+            text: "Yes, fully waterproof.".into(),
+        })),
+    };
+    let ahead = ann
+        .send_content(&conversation, "too-far", quoted(question + 5))
+        .await
+        .expect_err("a reply quotes only what is there");
+    assert_eq!(ahead.code, tonic::Code::InvalidArgument as i32, "{ahead:?}");
+    let reply = ann
+        .send_content(&conversation, "a", quoted(question))
+        .await
+        .expect("the agent replies quoting");
+    assert_eq!(reply.seq, question + 1, "the note took no seq");
+
+    // The customer gets the question and the reply, gap-free, and never
+    // the note: not live, not in a read of the conversation.
+    let got = web.messages(&conversation, 2).await;
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [question, question + 1]
+    );
+    assert_eq!(
+        got[1].content.as_ref().and_then(|c| c.kind.clone()),
+        quoted(question).kind
+    );
+    let customer = cluster.token("cus", Role::Customer);
+    let read = cluster
+        .conversations()
+        .await
+        .list_messages(authed(
+            &customer,
+            ListMessagesRequest {
+                conversation_id: conversation.clone(),
+                ..ListMessagesRequest::default()
+            },
+        ))
+        .await
+        .expect("the customer reads the conversation")
+        .into_inner();
+    assert!(!format!("{read:?}").contains("VIP"), "{read:?}");
+    web.send(ClientKind::Desk(DeskCall {
+        client_call_id: "peek".into(),
+        call: Some(Call::ListNotes(ListNotesRequest {
+            conversation_id: conversation.clone(),
+            ..ListNotesRequest::default()
+        })),
+    }))
+    .await;
+    let refused = web.error().await;
+    assert_eq!(
+        (refused.client_message_id.as_str(), refused.code),
+        ("peek", tonic::Code::PermissionDenied as i32)
+    );
+    let denied = desk
+        .list_notes(authed(
+            &customer,
+            ListNotesRequest {
+                conversation_id: conversation.clone(),
+                ..ListNotesRequest::default()
+            },
+        ))
+        .await
+        .expect_err("customers do not read notes");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // The notes are there for the business, oldest first.
+    let second = desk
+        .add_note(authed(
+            &service,
+            AddNoteRequest {
+                conversation_id: conversation.clone(),
+                text: "CRM: order 1234 shipped".into(),
+            },
+        ))
+        .await
+        .expect("a service writes a note")
+        .into_inner()
+        .note
+        .expect("the note");
+    let listed = desk
+        .list_notes(authed(
+            &service,
+            ListNotesRequest {
+                conversation_id: conversation.clone(),
+                page_size: 1,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .expect("a service reads the notes")
+        .into_inner();
+    assert_eq!(listed.notes, [note]);
+    let rest = desk
+        .list_notes(authed(
+            &cluster.token("bob", Role::Agent),
+            ListNotesRequest {
+                conversation_id: conversation.clone(),
+                page_size: 1,
+                page_token: listed.next_page_token,
+            },
+        ))
+        .await
+        .expect("an agent reads the notes")
+        .into_inner();
+    assert_eq!(rest.notes, [second]);
 }
 
 /// A team that closes what was resolved and left alone: closed after its

@@ -56,6 +56,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn notes_stay_with_agents_and_replies_quote() {
+                natter_tests::desk::notes_and_quotes(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_webhook_down_for_a_while_gets_every_event() {
                 natter_tests::webhooks::webhooks(MODE).await;
             }

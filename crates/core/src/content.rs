@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::error::{Invalid, Result};
+use crate::ids::Seq;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 
@@ -22,6 +23,18 @@ pub enum Content {
     Activity(Lifecycle),
     Form(Form),
     FormReply(FormReply),
+    Reply(Reply),
+}
+
+/// Text that quotes an earlier message of the same conversation, as an
+/// agent answers one question of several. Whoever shows it finds the
+/// quoted message by its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub text: String,
+    /// The quoted message: stored already, so below the reply's own seq
+    /// (the sequencer checks).
+    pub to: Seq,
 }
 
 /// A form for the customer to fill in, such as a lead form: the widget
@@ -112,7 +125,7 @@ impl Content {
     /// The bytes this content weighs against [`Limits::max_message_bytes`].
     pub fn size_bytes(&self) -> usize {
         match self {
-            Content::Text(text) => text.len(),
+            Content::Text(text) | Content::Reply(Reply { text, .. }) => text.len(),
             Content::Attachment(a) => {
                 a.url.len()
                     + a.mime_type.len()
@@ -175,6 +188,12 @@ impl Content {
         }
         match self {
             Content::Text(text) => non_blank("content.text", text),
+            Content::Reply(r) => {
+                if r.to == Seq::ZERO {
+                    return Err(Invalid::new("content.reply.to_seq", "must name a message"));
+                }
+                non_blank("content.reply.text", &r.text)
+            }
             Content::Attachment(a) => {
                 check_url("content.attachment.url", &a.url)?;
                 check_mime("content.attachment.mime_type", &a.mime_type)?;
@@ -278,6 +297,15 @@ impl Content {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// What the sender wrote in words, if the content is words: a text or
+    /// a reply's text.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Content::Text(text) | Content::Reply(Reply { text, .. }) => Some(text),
+            _ => None,
         }
     }
 
@@ -552,6 +580,16 @@ mod tests {
                 .field,
             "content.text"
         );
+        let reply = |text: &str, to| {
+            Content::Reply(Reply {
+                text: text.into(),
+                to: Seq::new(to),
+            })
+            .validate(&limits())
+        };
+        assert!(reply("yes", 1).is_ok());
+        assert_eq!(reply("yes", 0).unwrap_err().field, "content.reply.to_seq");
+        assert_eq!(reply(" ", 1).unwrap_err().field, "content.reply.text");
         let big = Content::Text("x".repeat(64 * 1024 + 1));
         assert_eq!(big.validate(&limits()).unwrap_err().field, "content");
     }

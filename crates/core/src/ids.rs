@@ -144,6 +144,11 @@ uuid_id!(
     /// A stored message; UUIDv7, so ids sort by the time the store accepted it.
     MessageId, "message_id"
 );
+uuid_id!(
+    /// An agent's internal note on a conversation; UUIDv7, so a
+    /// conversation's notes sort by when they were written.
+    NoteId, "note_id"
+);
 
 /// A message's position in its conversation: 1, 2, 3, … with no gaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

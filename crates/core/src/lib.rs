@@ -18,12 +18,12 @@ pub mod sequencer;
 
 pub use content::{
     Attachment, Button, ButtonAction, Content, FieldKind, Form, FormField, FormReply, Postback,
-    QuickReplies, QuickReply, Template,
+    QuickReplies, QuickReply, Reply, Template,
 };
 pub use error::{Invalid, Result};
 pub use ids::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, Seq, Tag, TeamId, TenantId,
-    Timestamp, UserId,
+    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, NoteId, Seq, Tag, TeamId,
+    TenantId, Timestamp, UserId,
 };
 pub use lifecycle::{
     ASK_FOR_A_PERSON, Lifecycle, LifecycleChange, Owner, Priority, Status, asks_for_a_person,

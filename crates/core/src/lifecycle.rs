@@ -104,7 +104,7 @@ const PERSON_WORDS: [&str; 6] = [
 ];
 
 /// Whether a customer's message asks for a person: a text with one of
-/// [`PERSON_WORDS`] as a word (any case), or a postback with the payload
+/// [`PERSON_WORDS`] as a word (any case) or a reply with one, or a postback with the payload
 /// [`ASK_FOR_A_PERSON`] or such a word in its title.
 pub fn asks_for_a_person(content: &Content) -> bool {
     let has_word = |text: &str| {
@@ -112,9 +112,8 @@ pub fn asks_for_a_person(content: &Content) -> bool {
             .any(|word| PERSON_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)))
     };
     match content {
-        Content::Text(text) => has_word(text),
         Content::Postback(p) => p.payload == ASK_FOR_A_PERSON || has_word(&p.title),
-        _ => false,
+        _ => content.text().is_some_and(has_word),
     }
 }
 
@@ -262,6 +261,10 @@ mod tests {
         let start = Lifecycle::default();
         assert!(start.may_send(Role::Bot) && start.may_send(Role::Agent));
         let person = Content::Text("Can I talk to a HUMAN, please?".into());
+        assert!(asks_for_a_person(&Content::Reply(crate::Reply {
+            text: "No, an agent please".into(),
+            to: crate::Seq::new(1),
+        })));
         let asked = start.follow_up(Role::Customer, &person);
         assert!(asked.request_control && asked.status.is_none());
         let requested = start.apply(&asked, &limits).unwrap().unwrap();

@@ -445,6 +445,15 @@ impl<W, S: BuildHasher> Sequencer<W, S> {
                 steps.push(Step::Refused { why, waiter });
                 return;
             }
+            Submission::Message { new, .. } if matches!(&new.content, Content::Reply(r) if r.to > known.last) =>
+            {
+                let why = Refusal::Invalid(Invalid::new(
+                    "content.reply.to_seq",
+                    format!("quotes a message after the newest, {}", known.last),
+                ));
+                steps.push(Step::Refused { why, waiter });
+                return;
+            }
             Submission::Message { new, role } => (new, Some(role)),
             Submission::Change(new) => match known.lifecycle.apply(&new.change, &self.limits) {
                 Ok(Some(next)) => {
@@ -1250,5 +1259,39 @@ mod tests {
         );
         let steps = sequencer.submit(key.0.clone(), from(Role::Agent, "ann", "a1", "Ann here"), 5);
         assert!(matches!(&steps[..], [Step::Write(batch)] if batch.len() == 1));
+    }
+
+    #[test]
+    fn a_reply_quotes_only_what_is_already_in_the_conversation() {
+        let mut sequencer: Sequencer<u32, Fixed> = Sequencer::new(
+            SequencerConfig::default(),
+            Limits::default(),
+            Fixed::default(),
+        );
+        let key = (TenantId::new("acme").unwrap(), ConversationId::generate());
+        let reply = |client, to| Submission::Message {
+            new: NewMessage {
+                content: Content::Reply(crate::Reply {
+                    text: "About that:".into(),
+                    to: Seq::new(to),
+                }),
+                ..text(key.1, "ann", client, "")
+            },
+            role: Role::Agent,
+        };
+        sequencer.submit(key.0.clone(), reply("r0", 1), 1);
+        let steps = sequencer.loaded(&key, &[], Lifecycle::default());
+        assert!(
+            matches!(&steps[..], [Step::Refused { why: Refusal::Invalid(why), waiter: 1 }] if why.field == "content.reply.to_seq"),
+            "{steps:?}"
+        );
+        let question = Submission::Message {
+            new: text(key.1, "cus", "c1", "Does it ship today?"),
+            role: Role::Customer,
+        };
+        sequencer.submit(key.0.clone(), question, 2);
+        sequencer.written(true);
+        let steps = sequencer.submit(key.0.clone(), reply("r1", 1), 3);
+        assert!(matches!(&steps[..], [Step::Write(batch)] if batch[0].1.seq == Seq::new(2)));
     }
 }

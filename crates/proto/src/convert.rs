@@ -20,7 +20,7 @@ use natter_core::{
     Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, FieldKind,
     Form, FormField, FormReply, Invalid, Lifecycle, LifecycleChange, Member, MembershipChange,
     MembershipKind, Message, Owner, Postback, Priority, QuickReplies, QuickReply, ReadMarker,
-    Result, Role, Seq, Status, Template, TenantId, Timestamp, Update, UserId,
+    Reply, Result, Role, Seq, Status, Template, TenantId, Timestamp, Update, UserId,
 };
 
 use crate::bus::v1::{Actor, LiveUser};
@@ -155,6 +155,10 @@ impl From<Content> for v1::MessageContent {
                 form_id: r.form_id,
                 values: r.values.into_iter().collect(),
             }),
+            Content::Reply(r) => Kind::Reply(v1::Reply {
+                to_seq: r.to.get(),
+                text: r.text,
+            }),
         };
         v1::MessageContent { kind: Some(kind) }
     }
@@ -231,6 +235,10 @@ impl TryFrom<v1::MessageContent> for Content {
             Kind::FormReply(r) => Content::FormReply(FormReply {
                 form_id: r.form_id,
                 values: r.values.into_iter().collect(),
+            }),
+            Kind::Reply(r) => Content::Reply(Reply {
+                text: r.text,
+                to: Seq::new(r.to_seq),
             }),
         })
     }

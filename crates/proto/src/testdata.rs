@@ -86,6 +86,10 @@ pub(crate) fn contents() -> Vec<Content> {
             form_id: "lead".into(),
             values: [("email".to_owned(), "ann@example.com".to_owned())].into(),
         }),
+        Content::Reply(natter_core::Reply {
+            text: "Yes, it ships today.".into(),
+            to: natter_core::Seq::new(3),
+        }),
     ]
 }
 

@@ -487,10 +487,16 @@ pub enum DeskKind {
     EventHead,
     /// A routing rule, by rule id.
     Rule,
+    /// An internal note: `<conversation id> <note id>`, so a
+    /// conversation's notes are one range, oldest first.
+    Note,
+    /// A user whose contact was merged into another's, by user id; the
+    /// body is the other's user id.
+    ContactMerged,
 }
 
 impl DeskKind {
-    pub const ALL: [DeskKind; 11] = [
+    pub const ALL: [DeskKind; 13] = [
         DeskKind::Team,
         DeskKind::Agent,
         DeskKind::Route,
@@ -502,6 +508,8 @@ impl DeskKind {
         DeskKind::Event,
         DeskKind::EventHead,
         DeskKind::Rule,
+        DeskKind::Note,
+        DeskKind::ContactMerged,
     ];
 
     /// Its name in storage; never changes once released.
@@ -518,6 +526,8 @@ impl DeskKind {
             DeskKind::Event => "event",
             DeskKind::EventHead => "event-head",
             DeskKind::Rule => "rule",
+            DeskKind::Note => "note",
+            DeskKind::ContactMerged => "contact-merged",
         }
     }
 }

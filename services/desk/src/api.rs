@@ -126,6 +126,9 @@ rpcs! {
         put_rule(PutRuleRequest) -> PutRuleResponse = PutRule;
         list_rules(ListRulesRequest) -> ListRulesResponse = ListRules;
         delete_rule(DeleteRuleRequest) -> DeleteRuleResponse = DeleteRule;
+        merge_contacts(MergeContactsRequest) -> MergeContactsResponse = MergeContacts;
+        add_note(AddNoteRequest) -> AddNoteResponse = AddNote;
+        list_notes(ListNotesRequest) -> ListNotesResponse = ListNotes;
     }
     here {
         async fn list_contacts(
@@ -144,7 +147,7 @@ rpcs! {
             };
             if let Some((kind, key)) = by {
                 let key = key.map_err(contact_status)?;
-                let contacts = self.contacts.find(&tenant, kind, &key).await.map_err(contact_status)?;
+                let contacts = self.contacts.find_by(&tenant, kind, &key).await.map_err(contact_status)?;
                 return Ok(Response::new(ListContactsResponse {
                     contacts,
                     next_page_token: String::new(),

@@ -33,6 +33,8 @@ pub(crate) enum ContactError {
     Invalid(#[from] Invalid),
     #[error("no contact for {0}")]
     NotFound(UserId),
+    #[error("{0}'s contact was merged into {1}'s")]
+    Merged(UserId, UserId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -165,17 +167,53 @@ impl std::fmt::Debug for Contacts {
 }
 
 impl Contacts {
+    /// `user`'s contact, or the one it was merged into.
     pub(crate) async fn get(&self, tenant: &TenantId, user: &UserId) -> Result<v1::Contact> {
+        let (owner, contact) = self.find(tenant, user).await?;
+        contact.ok_or(ContactError::NotFound(owner))
+    }
+
+    /// Whose contact stands for `user` (`user`, or whom it was merged
+    /// into), and that contact if there is one.
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<(UserId, Option<v1::Contact>)> {
+        if let Some(contact) = self.read(tenant, user).await? {
+            return Ok((user.clone(), Some(contact)));
+        }
+        match self.merged_into(tenant, user).await? {
+            Some(owner) => {
+                let contact = self.read(tenant, &owner).await?;
+                Ok((owner, contact))
+            }
+            None => Ok((user.clone(), None)),
+        }
+    }
+
+    async fn read(&self, tenant: &TenantId, user: &UserId) -> Result<Option<v1::Contact>> {
         let record = self
             .store
             .desk_record(tenant, DeskKind::Contact, user.as_str())
-            .await?
-            .ok_or_else(|| ContactError::NotFound(user.clone()))?;
-        decode(&record)
+            .await?;
+        record.as_ref().map(decode).transpose()
     }
 
-    /// Applies `patch` to `user`'s contact, creating it if need be, and
-    /// moves its index records along. Only the holder calls this.
+    async fn merged_into(&self, tenant: &TenantId, user: &UserId) -> Result<Option<UserId>> {
+        let record = self
+            .store
+            .desk_record(tenant, DeskKind::ContactMerged, user.as_str())
+            .await?;
+        record
+            .map(|r| parse_id("merged_into", &String::from_utf8_lossy(&r.body)))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Applies `patch` to `user`'s contact (or the one it was merged
+    /// into), creating it if need be, and moves its index records along.
+    /// Only the holder calls this.
     pub(crate) async fn update(
         &self,
         tenant: &TenantId,
@@ -183,16 +221,8 @@ impl Contacts {
         patch: Patch,
         now: Timestamp,
     ) -> Result<v1::Contact> {
-        let old = match self.get(tenant, user).await {
-            Ok(contact) => Some(contact),
-            Err(ContactError::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let mut contact = old.clone().unwrap_or_else(|| v1::Contact {
-            user_id: user.to_string(),
-            created_at: Some(timestamp_to_wire(now)),
-            ..v1::Contact::default()
-        });
+        let (user, old) = self.find(tenant, user).await?;
+        let mut contact = old.clone().unwrap_or_else(|| new_contact(&user, now));
         let set = |field: &mut String, value: String| {
             if !value.is_empty() {
                 *field = value;
@@ -221,39 +251,65 @@ impl Contacts {
             return Ok(contact);
         }
         contact.updated_at = Some(timestamp_to_wire(now));
-
         let mut writes = Vec::new();
-        let was = old.unwrap_or_default();
-        for (kind, before, after) in [
-            (DeskKind::ContactEmail, &was.email, &contact.email),
-            (DeskKind::ContactPhone, &was.phone, &contact.phone),
-        ] {
-            if before == after {
-                continue;
-            }
-            if !before.is_empty() {
-                writes.push(DeskWrite::Delete {
-                    kind,
-                    id: index_id(before, user),
-                });
-            }
-            if !after.is_empty() {
-                writes.push(DeskWrite::Put {
-                    kind,
-                    id: index_id(after, user),
-                    body: Vec::new(),
-                });
-            }
-        }
-        // The contact last: an index record without its contact is
-        // skipped by lookups, a contact without its index is not found.
-        writes.push(DeskWrite::Put {
-            kind: DeskKind::Contact,
-            id: user.to_string(),
-            body: contact.encode_to_vec(),
-        });
+        move_index(&user, &old.unwrap_or_default(), &contact, &mut writes);
+        writes.push(put_contact(&user, &contact));
         self.store.write_desk(tenant, &writes).await?;
         Ok(contact)
+    }
+
+    /// Merges `from`'s contact into `into`'s (see `MergeContactsRequest`),
+    /// and leaves a record that sends `from` on to `into`. Only the holder
+    /// calls this.
+    pub(crate) async fn merge(
+        &self,
+        tenant: &TenantId,
+        from: &UserId,
+        into: &UserId,
+        now: Timestamp,
+    ) -> Result<Option<v1::Contact>> {
+        if let Some(owner) = self.merged_into(tenant, into).await? {
+            return Err(ContactError::Merged(into.clone(), owner));
+        }
+        if from == into {
+            return self.read(tenant, into).await;
+        }
+        match self.merged_into(tenant, from).await? {
+            Some(owner) if &owner == into => return self.read(tenant, into).await,
+            Some(owner) => return Err(ContactError::Merged(from.clone(), owner)),
+            None => {}
+        }
+        let gone = self.read(tenant, from).await?;
+        let kept = self.read(tenant, into).await?;
+        let mut writes = Vec::new();
+        let merged = match &gone {
+            Some(gone) => {
+                move_index(from, gone, &v1::Contact::default(), &mut writes);
+                writes.push(DeskWrite::Delete {
+                    kind: DeskKind::Contact,
+                    id: from.to_string(),
+                });
+                let mut merged = kept.clone().unwrap_or_else(|| v1::Contact {
+                    created_at: gone.created_at,
+                    ..new_contact(into, now)
+                });
+                fill(&mut merged, gone);
+                merged.updated_at = Some(timestamp_to_wire(now));
+                Some(merged)
+            }
+            None => kept.clone(),
+        };
+        writes.push(DeskWrite::Put {
+            kind: DeskKind::ContactMerged,
+            id: from.to_string(),
+            body: into.to_string().into_bytes(),
+        });
+        if let (Some(merged), Some(_)) = (&merged, &gone) {
+            move_index(into, &kept.unwrap_or_default(), merged, &mut writes);
+            writes.push(put_contact(into, merged));
+        }
+        self.store.write_desk(tenant, &writes).await?;
+        Ok(merged)
     }
 
     /// A page of contacts in user id order.
@@ -286,7 +342,7 @@ impl Contacts {
 
     /// The contacts whose email (`kind` ContactEmail) or phone is `key`,
     /// up to the page size.
-    pub(crate) async fn find(
+    pub(crate) async fn find_by(
         &self,
         tenant: &TenantId,
         kind: DeskKind,
@@ -310,13 +366,83 @@ impl Contacts {
             let Some(user) = record.id.strip_prefix(&prefix) else {
                 break;
             };
-            match self.get(tenant, &parse_id("user_id", user)?).await {
-                Ok(contact) => found.push(contact),
-                Err(ContactError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
+            if let Some(contact) = self.read(tenant, &parse_id("user_id", user)?).await? {
+                found.push(contact);
             }
         }
         Ok(found)
+    }
+}
+
+fn new_contact(user: &UserId, now: Timestamp) -> v1::Contact {
+    v1::Contact {
+        user_id: user.to_string(),
+        created_at: Some(timestamp_to_wire(now)),
+        ..v1::Contact::default()
+    }
+}
+
+/// Takes what `contact` lacks from `other`: empty fields, and attributes
+/// and consents it has no value for, while there is room.
+fn fill(contact: &mut v1::Contact, other: &v1::Contact) {
+    for (field, theirs) in [
+        (&mut contact.name, &other.name),
+        (&mut contact.email, &other.email),
+        (&mut contact.phone, &other.phone),
+        (&mut contact.company, &other.company),
+    ] {
+        if field.is_empty() {
+            field.clone_from(theirs);
+        }
+    }
+    for (key, value) in &other.attributes {
+        if contact.attributes.len() < MAX_ATTRIBUTES {
+            contact
+                .attributes
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+    }
+    for (key, value) in &other.consents {
+        if contact.consents.len() < MAX_CONSENTS {
+            contact.consents.entry(key.clone()).or_insert(*value);
+        }
+    }
+}
+
+/// The index writes that take `user`'s contact from `was` to `now`.
+fn move_index(user: &UserId, was: &v1::Contact, now: &v1::Contact, writes: &mut Vec<DeskWrite>) {
+    for (kind, before, after) in [
+        (DeskKind::ContactEmail, &was.email, &now.email),
+        (DeskKind::ContactPhone, &was.phone, &now.phone),
+    ] {
+        if before == after {
+            continue;
+        }
+        if !before.is_empty() {
+            writes.push(DeskWrite::Delete {
+                kind,
+                id: index_id(before, user),
+            });
+        }
+        if !after.is_empty() {
+            writes.push(DeskWrite::Put {
+                kind,
+                id: index_id(after, user),
+                body: Vec::new(),
+            });
+        }
+    }
+}
+
+/// The contact's own record, written after its index records: an index
+/// record without its contact is skipped by lookups, a contact without its
+/// index is not found.
+fn put_contact(user: &UserId, contact: &v1::Contact) -> DeskWrite {
+    DeskWrite::Put {
+        kind: DeskKind::Contact,
+        id: user.to_string(),
+        body: contact.encode_to_vec(),
     }
 }
 
@@ -380,6 +506,36 @@ pub(crate) fn csv(contacts: &[v1::Contact], header: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_takes_only_what_the_contact_lacks() {
+        let mut kept = v1::Contact {
+            user_id: "known".into(),
+            name: "Ann L.".into(),
+            attributes: [("plan".to_owned(), "team".to_owned())].into(),
+            ..v1::Contact::default()
+        };
+        let guest = v1::Contact {
+            user_id: "guest-1".into(),
+            name: "Ann".into(),
+            email: "ann@example.com".into(),
+            attributes: [
+                ("plan".to_owned(), "pro".to_owned()),
+                ("page".to_owned(), "/tents".to_owned()),
+            ]
+            .into(),
+            consents: [("marketing".to_owned(), true)].into(),
+            ..v1::Contact::default()
+        };
+        fill(&mut kept, &guest);
+        assert_eq!(
+            (kept.user_id.as_str(), kept.name.as_str(), kept.email.as_str()),
+            ("known", "Ann L.", "ann@example.com")
+        );
+        assert_eq!(kept.attributes["plan"], "team");
+        assert_eq!(kept.attributes["page"], "/tents");
+        assert!(kept.consents["marketing"]);
+    }
 
     #[test]
     fn emails_and_phones_are_kept_as_they_are_looked_up() {

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use natter_auth::Identity;
 use natter_bus::{Bus, Outgoing};
 use natter_core::{
-    Content, ConversationId, Event, Invalid, Lifecycle, MembershipKind, Owner, Role, Status,
-    TeamId, TenantId,
+    ConversationId, Event, Invalid, Lifecycle, MembershipKind, Owner, Role, Status, TeamId,
+    TenantId,
 };
 use natter_core::{Timestamp, UserId};
 use natter_proto::bus::v1::DeskRoute;
 use natter_proto::convert::{parse_id, timestamp_to_wire};
+use natter_proto::page::{next_page_token, page_request};
 use natter_proto::status::{self, reason};
 use natter_proto::v1::{self, desk_answer::Answer, desk_call::Call, desk_signal::Signal};
 use natter_routing::{Presence, Request, Router, RoutingError, Step};
@@ -25,6 +26,7 @@ use thiserror::Error;
 
 use crate::contacts::{ContactError, Contacts, Patch};
 use crate::events::{self, EventLog};
+use crate::notes;
 use crate::presence::{AgentKey, Sessions};
 use crate::records::{self, Hours, Route, Rule};
 use crate::webhooks::{self, Webhooks};
@@ -90,6 +92,9 @@ impl DeskError {
             DeskError::NotFound(kind, id) => status::not_found(kind, &id),
             DeskError::Contact(ContactError::NotFound(user)) => {
                 status::not_found("contact", user.as_str())
+            }
+            DeskError::Contact(e @ ContactError::Merged(..)) => {
+                status::failed_precondition(reason::FAILED_PRECONDITION, e.to_string())
             }
         }
     }
@@ -367,6 +372,37 @@ impl Desk {
                     contact: Some(contact),
                 })
             }
+            Call::MergeContacts(request) => {
+                let from = parse_id("from_user_id", &request.from_user_id)?;
+                let into = parse_id("into_user_id", &request.into_user_id)?;
+                Answer::MergeContacts(v1::MergeContactsResponse {
+                    contact: self.contacts.merge(&tenant_id, &from, &into, now).await?,
+                })
+            }
+            Call::AddNote(request) => {
+                let conversation = parse_id("conversation_id", &request.conversation_id)?;
+                let (note, write) = notes::write(conversation, &actor.user, &request.text, now)?;
+                changes.writes.push(write);
+                let users = tenant.online_agents(sessions, &tenant_id);
+                if !users.is_empty() {
+                    changes.effects.push(Effect::Tell {
+                        tenant: tenant_id.clone(),
+                        users,
+                        signal: Signal::Note(note.clone()),
+                    });
+                }
+                Answer::AddNote(v1::AddNoteResponse { note: Some(note) })
+            }
+            Call::ListNotes(request) => {
+                let conversation = parse_id("conversation_id", &request.conversation_id)?;
+                let limits = &self.contacts.limits;
+                let page = page_request(request.page_size, &request.page_token, limits)?;
+                let page = notes::page(&*self.store, &tenant_id, conversation, page).await?;
+                Answer::ListNotes(v1::ListNotesResponse {
+                    next_page_token: next_page_token(&page),
+                    notes: page.items,
+                })
+            }
             Call::SetPresence(request) => {
                 let user = match request.user_id.as_str() {
                     "" => actor.user.clone(),
@@ -636,12 +672,7 @@ impl Desk {
         if changes.changed
             && let Some(tenant) = self.tenants.get(tenant_id)
         {
-            let users: Vec<UserId> = tenant
-                .agents
-                .keys()
-                .filter(|a| self.sessions.connected(tenant_id, a))
-                .cloned()
-                .collect();
+            let users = tenant.online_agents(&self.sessions, tenant_id);
             if !users.is_empty() {
                 out.push(Effect::Tell {
                     tenant: tenant_id.clone(),
@@ -692,8 +723,11 @@ fn allowed(actor: &Identity, call: &Call) -> Result<()> {
             | Call::DeleteRule(_)
             | Call::ListWebhooks(_)
             | Call::DeleteWebhook(_)
-            | Call::ReplayWebhook(_),
-        ) => Err(DeskError::Denied("only a service may configure the desk")),
+            | Call::ReplayWebhook(_)
+            | Call::MergeContacts(_),
+        ) => Err(DeskError::Denied(
+            "only a service may configure the desk or merge contacts",
+        )),
         (Role::Agent, Call::SetPresence(r))
             if !r.user_id.is_empty() && r.user_id != actor.user.as_str() =>
         {
@@ -890,6 +924,15 @@ fn put(kind: DeskKind, id: &str, message: &impl prost::Message) -> DeskWrite {
 }
 
 impl Tenant {
+    /// The tenant's agents with a live session.
+    fn online_agents(&self, sessions: &Sessions, tenant: &TenantId) -> Vec<UserId> {
+        self.agents
+            .keys()
+            .filter(|a| sessions.connected(tenant, a))
+            .cloned()
+            .collect()
+    }
+
     /// What the router should take `user`'s presence to be.
     fn presence(&self, sessions: &Sessions, tenant: &TenantId, user: &UserId) -> Presence {
         if sessions.connected(tenant, user) {
@@ -1108,7 +1151,7 @@ impl Tenant {
                     .get_or_insert_with(|| change.user_id.clone());
             }
             Event::Message(message) => {
-                let Content::Text(text) = &message.content else {
+                let Some(text) = message.content.text() else {
                     return;
                 };
                 if let Some(context) = self.context.get_mut(&message.conversation_id)

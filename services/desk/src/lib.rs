@@ -30,6 +30,7 @@ mod contacts;
 mod desk;
 mod events;
 mod holder;
+mod notes;
 mod presence;
 mod records;
 mod webhooks;

@@ -50,8 +50,9 @@ use natter_proto::v1::desk_service_client::DeskServiceClient;
 use natter_proto::v1::message_content::Kind;
 use natter_proto::v1::{
     AddMembersRequest, Agent, CannedReply, Conversation, CreateConversationRequest,
-    ListConversationsRequest, ListMembersRequest, MessageContent, NewMember, PutAgentRequest,
-    PutTeamRequest, QuickReplies, QuickReply, RoutingStrategy, SendMessageRequest, Team,
+    ListConversationsRequest, ListMembersRequest, MergeContactsRequest, MessageContent, NewMember,
+    PutAgentRequest, PutTeamRequest, QuickReplies, QuickReply, RoutingStrategy, SendMessageRequest,
+    Team,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -561,8 +562,20 @@ impl Demo {
     }
 
     /// Adds `user` to the guest's conversations that hold more than the
-    /// bot's greeting; a member already is left as it is.
+    /// bot's greeting (a member already is left as it is), and merges the
+    /// guest's contact into the user's, so what the guest told a lead form
+    /// stays known.
     async fn link(&self, guest: &str, user: &str) -> DemoResult<()> {
+        let merge = MergeContactsRequest {
+            from_user_id: guest.to_owned(),
+            into_user_id: user.to_owned(),
+        };
+        self.inner
+            .desk
+            .clone()
+            .merge_contacts(self.call(merge, BACKEND, Role::Service)?)
+            .await
+            .map_err(|e| format!("MergeContacts: {}", e.message()))?;
         for conversation in self.conversations(guest, MAX_LINKED).await? {
             if conversation.last_seq <= 1 {
                 continue;
