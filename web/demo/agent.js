@@ -24,8 +24,10 @@
   'use strict';
 
   /**
-   * @typedef {{ seq: number, sender_id: string, client_message_id?: string, content: any }} Message
-   * @typedef {{ id: string, customers: string[], messages: Map<number, Message>, readSeq: number }} Conversation
+   * @typedef {{ seq: number, sender_id: string, client_message_id?: string, sent_at?: string, content: any }} Message
+   * @typedef {{ note_id: string, author_id: string, text: string, created_at?: string }} Note
+ * @typedef {{ id: string, customers: string[], messages: Map<number, Message>, readSeq: number,
+ *   notes: Map<string, Note> | null }} Conversation
    * @typedef {{ agent?: { user_id: string, team_ids?: string[], capacity?: number }, presence?: string,
    *   assigned_conversation_ids?: string[], offered_conversation_ids?: string[] }} AgentDesk
    * @typedef {{ conversation_id: string, team_id?: string, since?: string,
@@ -56,6 +58,8 @@
   const contactPanel = $('contact');
   const contactDetails = $('contact-details');
   const cannedList = $('canned');
+  const asNote = /** @type {HTMLInputElement} */ ($('as-note'));
+  const quoting = $('quoting');
 
   /** @type {Map<string, Conversation>} */
   const conversations = new Map();
@@ -98,6 +102,8 @@
   /** The canned replies the composer offers, and the one Enter picks. @type {CannedReply[]} */
   let cannedOffered = [];
   let cannedActive = 0;
+  /** The seq of the message the next reply quotes; 0 for none. */
+  let quotedSeq = 0;
 
   /** Proto maps, whose keys are data. */
   const MAPS = new Set(['values', 'attributes', 'consents']);
@@ -124,7 +130,7 @@
   function conversation(id) {
     let c = conversations.get(id);
     if (!c) {
-      c = { id, customers: [], messages: new Map(), readSeq: 0 };
+      c = { id, customers: [], messages: new Map(), readSeq: 0, notes: null };
       conversations.set(id, c);
     }
     return c;
@@ -282,7 +288,28 @@
       renderOffers();
     } else if (s.changed) {
       refreshDesk();
+    } else if (s.note) {
+      addNotes(s.note.conversation_id, [s.note]);
     }
+  }
+
+  // ---- internal notes: the desk's, never sent to the customer ----
+
+  /** @param {string} id @param {Note[]} notes */
+  function addNotes(id, notes) {
+    const c = conversation(id);
+    c.notes = c.notes || new Map();
+    for (const n of notes) c.notes.set(n.note_id, n);
+    if (id === selected) renderThread();
+  }
+
+  /** Asks the desk for a conversation's notes, page by page. @param {string} id @param {string} [token] */
+  function loadNotes(id, token = '') {
+    deskCall({ list_notes: { conversation_id: id, page_token: token } }).then((a) => {
+      const page = a.list_notes || {};
+      addNotes(id, page.notes || []);
+      if (page.next_page_token) loadNotes(id, page.next_page_token);
+    }, report);
   }
 
   /** This agent on the desk. @returns {AgentDesk | undefined} */
@@ -541,7 +568,7 @@
     // Assignments show as activities; the desk signals no `changed` for them.
     if (content.activity) refreshDesk();
     if (m.conversation_id === selected) {
-      if (content.form_reply) loadContact(m.sender_id, Date.parse(m.sent_at));
+      if (content.form_reply) loadContact(m.sender_id, Date.parse(m.sent_at || ''));
       renderThread();
       markRead();
     }
@@ -557,6 +584,7 @@
   /** @param {any} content */
   function preview(content) {
     if (content.text) return content.text;
+    if (content.reply) return '↪ ' + content.reply.text;
     if (content.postback) return '↩ ' + content.postback.title;
     if (content.quick_replies) return content.quick_replies.text;
     if (content.template) return content.template.text;
@@ -587,6 +615,8 @@
     selected = id;
     // Contacts change while nobody looks: asked for afresh on opening.
     contacts.clear();
+    quote(0);
+    if (!conversation(id).notes) loadNotes(id);
     $('empty').hidden = true;
     log.hidden = reply.hidden = quick.hidden = false;
     watch(id);
@@ -608,7 +638,17 @@
     renderThreadBar();
     renderContact();
     log.textContent = '';
+    // Notes go after the messages sent before them.
+    const notes = Array.from((c.notes || new Map()).values()).sort((a, b) => (a.note_id < b.note_id ? -1 : 1));
+    const noteLi = (/** @type {Note} */ n) => {
+      const li = el('li', 'note');
+      li.dataset.note = n.note_id;
+      li.append(el('div', 'who', 'Note · ' + n.author_id), el('div', 'bubble', n.text));
+      return li;
+    };
     for (const m of Array.from(c.messages.values()).sort((a, b) => a.seq - b.seq)) {
+      const sent = Date.parse(m.sent_at || '') || 0;
+      while (notes.length && (Date.parse(notes[0].created_at || '') || 0) < sent) log.append(noteLi(/** @type {Note} */ (notes.shift())));
       const li = el('li', m.sender_id === me ? 'mine' : '');
       li.dataset.seq = String(m.seq);
       li.dataset.sender = m.sender_id;
@@ -627,6 +667,8 @@
         img.src = content.attachment.url;
         img.alt = content.attachment.file_name || '';
         bubble.append(img);
+      } else if (content.reply) {
+        bubble.append(el('span', 'quote', quotedLine(c, Number(content.reply.to_seq))), content.reply.text);
       } else {
         bubble.textContent = preview(content);
         const options = content.quick_replies ? content.quick_replies.replies || [] : content.template ? content.template.buttons || [] : [];
@@ -634,10 +676,43 @@
           bubble.append(el('div', 'choices', 'Options: ' + options.map((/** @type {any} */ o) => o.title).join(' · ')));
         }
       }
-      li.append(el('div', 'who', m.sender_id + ' · #' + m.seq), bubble);
+      const who = el('div', 'who', m.sender_id + ' · #' + m.seq);
+      if (!content.activity) {
+        const button = el('button', 'quote-button', '↩ Quote');
+        button.setAttribute('aria-label', 'Reply quoting #' + m.seq);
+        button.addEventListener('click', () => quote(m.seq));
+        who.append(button);
+      }
+      li.append(who, bubble);
       log.append(li);
     }
+    for (const n of notes) log.append(noteLi(n));
     log.scrollTop = log.scrollHeight;
+  }
+
+  /** The line a quote shows: the quoted message's sender and words. @param {Conversation} c @param {number} seq */
+  function quotedLine(c, seq) {
+    const m = c.messages.get(seq);
+    return m ? m.sender_id + ': ' + preview(m.content) : '#' + seq;
+  }
+
+  /** Makes the next reply quote message `seq` (0: none). @param {number} seq */
+  function quote(seq) {
+    quotedSeq = seq;
+    const c = conversations.get(selected);
+    quoting.hidden = !seq || !c;
+    if (seq && c) {
+      $('quoting-text').textContent = 'Quoting ' + quotedLine(c, seq);
+      asNote.checked = false;
+      noteMode();
+      replyText.focus();
+    }
+  }
+
+  function noteMode() {
+    reply.classList.toggle('note', asNote.checked);
+    $('reply-send').textContent = asNote.checked ? 'Add note' : 'Send';
+    if (asNote.checked) quote(0);
   }
 
   /** The open conversation's customers, each with what the desk knows of them. */
@@ -721,11 +796,19 @@
   reply.addEventListener('submit', (e) => {
     e.preventDefault();
     const text = replyText.value.trim();
-    if (!text) return;
+    if (!text || !selected) return;
     replyText.value = '';
-    sendContent({ text });
+    if (asNote.checked) {
+      const id = selected;
+      deskCall({ add_note: { conversation_id: id, text } }).then((a) => addNotes(id, [a.add_note.note]), report);
+      return;
+    }
+    sendContent(quotedSeq ? { reply: { to_seq: String(quotedSeq), text } } : { text });
+    quote(0);
     send({ typing: { conversation_id: selected, active: false } });
   });
+  asNote.addEventListener('change', noteMode);
+  $('quoting-cancel').addEventListener('click', () => quote(0));
   replyText.addEventListener('keydown', (e) => {
     const n = cannedOffered.length;
     if (n && (e.key === 'ArrowDown' || e.key === 'ArrowUp')) {
@@ -743,7 +826,7 @@
   replyText.addEventListener('blur', () => showCanned([]));
   replyText.addEventListener('input', () => {
     showCanned(cannedMatches());
-    if (!selected || Date.now() - typingSentAt < 3000) return;
+    if (!selected || asNote.checked || Date.now() - typingSentAt < 3000) return;
     typingSentAt = Date.now();
     send({ typing: { conversation_id: selected, active: true } });
   });

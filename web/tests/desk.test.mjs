@@ -1,14 +1,14 @@
 // The support desk in real browsers, against a `natter dev` of its own:
 // the demo's two agents at their consoles, and visitors with the widget
 // who ask for a person, wait in line, are answered, transferred and
-// resolved; and what the console gives the agent: the customer's contact
-// and the team's canned replies.
+// resolved; and what the console gives the agent: the customer's contact,
+// the team's canned replies, internal notes and quoted replies.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   PHONE, acceptOffer, agentReply, launchBrowser, openConsole, openWidget, resolveConversation, say, screenshotPath,
-  setPresence, shows, showsActivity, signIn, startNatter, state, until, visitDemo,
+  setPresence, shows, showsActivity, signIn, startNatter, state, transcript, until, visitDemo,
 } from './harness.mjs';
 
 /** @type {Awaited<ReturnType<typeof startNatter>>} */
@@ -159,5 +159,48 @@ test("the console shows the customer's contact as their lead form fills it, and 
   await shows(page, refund);
 
   await resolveConversation(agent, conversationId);
+  await Promise.all([visitor.close(), agents.close()]);
+});
+
+test('an agent replies quoting the question and hands over with notes the visitor never sees', async () => {
+  const agents = await consoles();
+  const visitor = await visitorAsking();
+  const { conversationId, page } = visitor;
+  const { id, agent } = await offeredAt(agents, conversationId);
+  const otherId = id === 'agent' ? 'agent-2' : 'agent';
+  const other = agents.byId[otherId];
+  await acceptOffer(agent, conversationId);
+  await showsActivity(page, `${id} joined the conversation`);
+  const question = 'Does the Trail tent come in green?';
+  await say(page, question);
+  const asked = agent.locator('#messages li', { hasText: question });
+  await asked.waitFor();
+
+  // A reply quoting the question, in the widget and the console.
+  await asked.locator('.quote-button').click();
+  await agent.locator('#quoting', { hasText: question }).waitFor();
+  await agentReply(agent, 'Yes, in green and in sand.');
+  const answer = page.locator('natter-chat li.msg', { hasText: 'Yes, in green and in sand.' });
+  await answer.locator('.quote', { hasText: question }).waitFor();
+  await agent.locator('#messages li', { hasText: 'Yes, in green and in sand.' }).locator('.quote', { hasText: question }).waitFor();
+
+  // A note for whoever takes over, then the transfer: the other agent
+  // finds the note, and sees the next one as it is written.
+  const notes = ['Wants it before Friday', 'Offered free shipping'];
+  await agent.check('#as-note');
+  await agentReply(agent, notes[0]);
+  await agent.locator('#messages li.note', { hasText: notes[0] }).waitFor();
+  await agent.selectOption('#transfer-to', `agent:${otherId}`);
+  await agent.click('#transfer button');
+  await acceptOffer(other, conversationId);
+  await other.locator('#messages li.note', { hasText: notes[0] }).waitFor();
+  await agentReply(agent, notes[1]);
+  await other.locator('#messages li.note', { hasText: notes[1] }).waitFor();
+
+  await agentReply(other, 'Green it is, shipping free.');
+  await shows(page, 'Green it is, shipping free.');
+  const seen = (await transcript(page)).map((m) => m.text).join('\n');
+  assert.ok(notes.every((n) => !seen.includes(n)), `notes never reach the widget: ${seen}`);
+  await resolveConversation(other, conversationId);
   await Promise.all([visitor.close(), agents.close()]);
 });
