@@ -184,6 +184,8 @@
   let readSeq = 0;
   let othersReadSeq = 0;
   let isOpen = false;
+  /** Whether this connection asked the desk for the visitor's place. */
+  let placeAsked = false;
   /** Users typing now, with the timer that forgets them. @type {Map<string, number>} */
   const typing = new Map();
   let typingSentAt = 0;
@@ -597,7 +599,22 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     // Nobody waits once the newest lifecycle has an assignee or is not open.
     const newest = !list.querySelector(`[data-lifecycle][data-seq="${m.seq}"] ~ [data-lifecycle]`);
     if (newest && (after.assignee || after.status !== 'CONVERSATION_STATUS_OPEN')) queueLine.hidden = true;
+    else if (newest) askPlace();
     scrollDown();
+  }
+
+  /**
+   * Asks the desk, once per connection, to tell the visitor's place again
+   * while the newest lifecycle waits for a person: places are signals,
+   * so a reload or a reconnect has none until the queue moves.
+   */
+  function askPlace() {
+    const newest = /** @type {HTMLElement | null} */ (Array.from(list.querySelectorAll('[data-lifecycle]')).pop() || null);
+    const l = newest ? JSON.parse(newest.dataset.lifecycle || '{}') : null;
+    const waits = l && !l.assignee && l.status === 'CONVERSATION_STATUS_OPEN' && (l.owner === 'THREAD_OWNER_INBOX' || l.control_requested);
+    if (!online || placeAsked || !waits || !auth) return;
+    placeAsked = true;
+    send({ desk: { client_call_id: 'place-' + Date.now(), tell_place: { conversation_id: auth.conversationId } } });
   }
 
   /** Status under the visitor's own messages: sending, sent, read, failed. */
@@ -638,15 +655,23 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
   /**
    * The visitor's place in the queue for a person, as the desk last told
    * it; hidden once somebody is assigned (`showActivity`).
+   * While the team is closed, the line says when it opens instead of a wait.
    * @param {{ ahead?: number, estimated_wait_seconds?: number }} p
+   * @param {string} [opensAt]
    */
-  function showQueue(p) {
+  function showQueue(p, opensAt) {
     const ahead = Number(p.ahead || 0);
     const seconds = Number(p.estimated_wait_seconds || 0);
+    const opens = opensAt && Date.parse(opensAt);
+    const when = opens
+      ? new Date(opens).toLocaleString([], { weekday: 'short', hour: 'numeric', minute: '2-digit' })
+      : '';
     const wait = seconds ? `about ${Math.max(1, Math.round(seconds / 60))} min` : '';
-    queueLine.textContent = ahead
-      ? `${ahead} ${ahead > 1 ? 'people' : 'person'} ahead of you${wait ? ' · ' + wait : ''}`
-      : `You're next in line${wait ? ' — an agent will be with you in ' + wait : ''}`;
+    queueLine.textContent = when
+      ? `We're closed now and open ${when}; ${ahead ? `${ahead} ahead of you` : "you're first in line"}`
+      : ahead
+        ? `${ahead} ${ahead > 1 ? 'people' : 'person'} ahead of you${wait ? ' · ' + wait : ''}`
+        : `You're next in line${wait ? ' — an agent will be with you in ' + wait : ''}`;
     queueLine.hidden = false;
   }
 
@@ -900,6 +925,8 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       send({ watch: { conversation_id: auth.conversationId, after_seq: String(top) } });
       flush();
       markRead();
+      placeAsked = false;
+      askPlace();
     } else if (f.update) {
       const event = f.update.event || {};
       if (event.message) accept(toMessage(event.message));
@@ -922,7 +949,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       refreshTyping();
     } else if (f.desk_signal) {
       const queued = f.desk_signal.queued;
-      if (queued && queued.conversation_id === auth.conversationId) showQueue(queued.position || {});
+      if (queued && queued.conversation_id === auth.conversationId) showQueue(queued.position || {}, queued.opens_at);
     } else if (f.resync_required) {
       // Too far behind for the update log: the watch below refetches the
       // conversation, and the log continues from the server's position.
@@ -971,6 +998,8 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       console.warn('natter: ' + (e.reason || e.code) + ': ' + e.message);
       return;
     }
+    // A place not told now is told when the queue next moves.
+    if (id.startsWith('place-')) return;
     inFlight.delete(id);
     // UNAVAILABLE (14) and DEADLINE_EXCEEDED (4): keep it and send it again
     // a little later with the same id.

@@ -18,7 +18,7 @@ use natter_proto::v1::{
     Lifecycle, LifecycleChange, ListContactsRequest, ListMessagesRequest, ListNotesRequest,
     MergeContactsRequest, Message, MessageContent, NewMember, Opening, Priority, PutAgentRequest,
     PutRuleRequest, PutTeamRequest, QueuePosition, Reply, RoutingRule, SendMessageRequest, Team,
-    ThreadOwner, UpdateContactRequest, UpdateLifecycleRequest, message_content,
+    TellPlaceRequest, ThreadOwner, UpdateContactRequest, UpdateLifecycleRequest, message_content,
 };
 use tonic::transport::Channel;
 
@@ -68,6 +68,19 @@ pub async fn queue(mode: Mode) {
     assert_eq!(offered(&mut bob).await, *c2);
     let place = queued(third, c3).await;
     assert_eq!(place.ahead, 0);
+    // Places are signals: a customer who reconnects asks to be told again,
+    // the one desk call a customer may make.
+    let Answer::TellPlace(_) = call(
+        third,
+        Call::TellPlace(TellPlaceRequest {
+            conversation_id: c3.clone(),
+        }),
+    )
+    .await
+    else {
+        panic!("tell_place answers TellPlace");
+    };
+    assert_eq!(queued(third, c3).await.ahead, 0);
     call(
         &mut ann,
         Call::AcceptOffer(AcceptOfferRequest {

@@ -7,7 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  PHONE, acceptOffer, agentReply, launchBrowser, openConsole, openWidget, resolveConversation, say, screenshotPath,
+  PHONE, acceptOffer, agentReply, launchBrowser, online, openConsole, openWidget, resolveConversation, say, screenshotPath,
   setPresence, shows, showsActivity, signIn, startNatter, state, transcript, until, visitDemo,
 } from './harness.mjs';
 
@@ -103,6 +103,11 @@ test('visitors wait in line while no agent has room, and are offered once one ha
   // The README's picture of the console (docs/console.png).
   await ann.screenshot({ path: screenshotPath('console.png') });
   await waiting[1].page.screenshot({ path: screenshotPath('widget-queue.png') });
+  // A reload keeps the place: the widget asks the desk to tell it again.
+  await waiting[1].page.reload();
+  await online(waiting[1].page);
+  await openWidget(waiting[1].page);
+  await until(async () => /^1 person ahead of you/.test(await lines[1].textContent()), 'the place after a reload');
 
   // Ben is back: both are offered to him, and the lines give way to him.
   await setPresence(ben, 'Online');

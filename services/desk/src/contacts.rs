@@ -529,7 +529,11 @@ mod tests {
         };
         fill(&mut kept, &guest);
         assert_eq!(
-            (kept.user_id.as_str(), kept.name.as_str(), kept.email.as_str()),
+            (
+                kept.user_id.as_str(),
+                kept.name.as_str(),
+                kept.email.as_str()
+            ),
             ("known", "Ann L.", "ann@example.com")
         );
         assert_eq!(kept.attributes["plan"], "team");

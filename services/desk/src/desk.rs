@@ -403,6 +403,21 @@ impl Desk {
                     notes: page.items,
                 })
             }
+            Call::TellPlace(request) => {
+                let id: ConversationId = parse_id("conversation_id", &request.conversation_id)?;
+                // Told to the conversation's members, never to the caller:
+                // asking about another's conversation tells the asker
+                // nothing.
+                if let Some((_, position)) = tenant
+                    .router
+                    .waiting()
+                    .into_iter()
+                    .find(|(r, _)| r.conversation == id)
+                {
+                    tenant.tell_place(&tenant_id, id, position, changes);
+                }
+                Answer::TellPlace(v1::TellPlaceResponse {})
+            }
             Call::SetPresence(request) => {
                 let user = match request.user_id.as_str() {
                     "" => actor.user.clone(),
@@ -733,7 +748,7 @@ fn allowed(actor: &Identity, call: &Call) -> Result<()> {
         {
             Err(DeskError::Denied("an agent sets only their own presence"))
         }
-        (Role::Agent, _) => Ok(()),
+        (_, Call::TellPlace(_)) | (Role::Agent, _) => Ok(()),
         (Role::Customer | Role::Bot, _) => Err(DeskError::Denied(
             "the desk is for the business's agents and services",
         )),
@@ -1249,23 +1264,35 @@ impl Tenant {
                 }
                 Step::Positions(positions) => {
                     for (conversation, position) in positions {
-                        let opens_at = self
-                            .routes
-                            .get(&conversation)
-                            .and_then(|r| self.opens_at(&r.request.team, changes.now));
-                        changes.effects.push(Effect::TellConversation {
-                            tenant: tenant.clone(),
-                            conversation,
-                            signal: Signal::Queued(v1::Queued {
-                                conversation_id: conversation.to_string(),
-                                position: Some(records::position_to_wire(position)),
-                                opens_at: opens_at.map(timestamp_to_wire),
-                            }),
-                        });
+                        self.tell_place(tenant, conversation, position, changes);
                     }
                 }
             }
         }
+    }
+
+    /// Tells a waiting conversation's members its place, and when its team
+    /// opens if it is closed.
+    fn tell_place(
+        &self,
+        tenant: &TenantId,
+        conversation: ConversationId,
+        position: natter_routing::Position,
+        changes: &mut Changes,
+    ) {
+        let opens_at = self
+            .routes
+            .get(&conversation)
+            .and_then(|r| self.opens_at(&r.request.team, changes.now));
+        changes.effects.push(Effect::TellConversation {
+            tenant: tenant.clone(),
+            conversation,
+            signal: Signal::Queued(v1::Queued {
+                conversation_id: conversation.to_string(),
+                position: Some(records::position_to_wire(position)),
+                opens_at: opens_at.map(timestamp_to_wire),
+            }),
+        });
     }
 
     fn view(&self) -> v1::GetDeskResponse {

@@ -627,11 +627,7 @@ impl Session {
     fn on_desk(&mut self, call: v1::DeskCall) -> Flow {
         if call.call.is_none() {
             return self.reject(
-                Invalid::new(
-                    "call",
-                    "is required: one of set_presence, get_desk, accept_offer, decline_offer, \
-                     transfer, list_teams, put_team or put_agent",
-                ),
+                Invalid::new("call", "is required: one of the calls of a DeskCall"),
                 &call.client_call_id,
             );
         }
