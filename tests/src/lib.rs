@@ -1,6 +1,7 @@
 //! The end-to-end harness: run Natter as its users would (the real binaries
 //! on real infrastructure) and drive it as clients would.
 
+pub mod bots;
 pub mod cluster;
 pub mod desk;
 pub mod device;

@@ -41,6 +41,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_bot_on_the_sdk_answers_hands_over_and_reconnects() {
+                natter_tests::bots::sdk(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_desk_queues_offers_and_requeues() {
                 natter_tests::desk::queue(MODE).await;
             }
