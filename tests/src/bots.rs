@@ -1,11 +1,18 @@
 //! A bot built on the bot SDK, as a business's internal service would
 //! build one: it answers customers, hands over to people, stays silent
-//! while they have control, and survives a gateway restart.
+//! while they have control, and survives a gateway restart; and the
+//! sample FAQ bot built on it.
 
 use natter_bot::{Bot, Config, Error, Incoming};
 use natter_core::Role;
-use natter_proto::v1::{LifecycleChange, ThreadOwner, UpdateLifecycleRequest, message_content};
+use std::time::{Duration, Instant};
+
+use natter_proto::v1::{
+    FaqEntry, LifecycleChange, PutFaqEntryRequest, ThreadOwner, UpdateLifecycleRequest,
+    message_content,
+};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, Mode, Service, authed};
 use crate::device::{Device, Transport, WAIT, text_of};
@@ -29,15 +36,7 @@ pub async fn sdk(mode: Mode) {
         )
     };
     let mut bot = Bot::connect(config).await.expect("the bot connects");
-    let mut web = Device::connect(
-        &cluster,
-        Transport::WsJson,
-        &cluster.token("cus", Role::Customer),
-        "web",
-        0,
-    )
-    .await
-    .expect("the customer connects");
+    let mut web = customer(&cluster, 0).await;
 
     web.send_text(&conversation, "c1", "Where is my parcel?")
         .await
@@ -60,15 +59,7 @@ pub async fn sdk(mode: Mode) {
     assert_eq!(lifecycle.owner(), ThreadOwner::Inbox);
     if cluster.services().contains(&Service::Gateway) {
         cluster.restart(Service::Gateway).await;
-        web = Device::connect(
-            &cluster,
-            Transport::WsJson,
-            &cluster.token("cus", Role::Customer),
-            "web",
-            web.cursor,
-        )
-        .await
-        .expect("the customer reconnects");
+        web = customer(&cluster, web.cursor).await;
     }
     web.send_text(&conversation, "c2", "Thanks, and can I change the address?")
         .await
@@ -118,6 +109,14 @@ pub async fn sdk(mode: Mode) {
         .expect("the bot answers again");
 }
 
+/// The customer `cus` on the web, from `cursor`.
+async fn customer(cluster: &Cluster, cursor: u64) -> Device {
+    let token = cluster.token("cus", Role::Customer);
+    Device::connect(cluster, Transport::WsJson, &token, "web", cursor)
+        .await
+        .expect("the customer connects")
+}
+
 /// The next text the bot hears, passing over lifecycle changes.
 async fn next_text(bot: &mut Bot) -> Incoming {
     timeout(WAIT, async {
@@ -130,4 +129,141 @@ async fn next_text(bot: &mut Bot) -> Incoming {
     })
     .await
     .expect("the bot hears a text in time")
+}
+
+/// The sample FAQ bot: it answers from the FAQ the business keeps through
+/// the desk, by meaning, offers a person when unsure, and picks up edits
+/// of the FAQ without a restart.
+pub async fn faq(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let service = cluster.token("crm", Role::Service);
+    let mut desk = cluster.desk().await;
+    let entry = |id: &str, question: &str, answer: &str| FaqEntry {
+        entry_id: id.into(),
+        questions: vec![question.into()],
+        answer: answer.into(),
+    };
+    let put = |entry: FaqEntry| PutFaqEntryRequest { entry: Some(entry) };
+    for e in [
+        entry(
+            "shipping",
+            "How long does shipping take?",
+            "Orders arrive in 3 to 5 working days.",
+        ),
+        entry(
+            "returns",
+            "How do I return an item?",
+            "Send it back within 30 days with the return label.",
+        ),
+        entry(
+            "hours",
+            "When is your store open?",
+            "Our store is open 9 to 6, Monday to Saturday.",
+        ),
+    ] {
+        desk.put_faq_entry(authed(&service, put(e)))
+            .await
+            .expect("a service writes the faq");
+    }
+    let blank = desk
+        .put_faq_entry(authed(&service, put(entry("blank", " ", "An answer."))))
+        .await
+        .expect_err("a blank question is refused");
+    assert_eq!(blank.code(), tonic::Code::InvalidArgument);
+    let agent = desk
+        .put_faq_entry(authed(
+            &cluster.token("ann", Role::Agent),
+            put(entry("x", "Why?", "Because.")),
+        ))
+        .await
+        .expect_err("agents do not edit the faq");
+    assert_eq!(agent.code(), tonic::Code::PermissionDenied);
+
+    let shutdown = CancellationToken::new();
+    let config = natter_faqbot::Config {
+        bot: Config {
+            device_id: "faq-1".into(),
+            ..Config::new(
+                format!("http://{}", cluster.addrs.gateway_grpc),
+                cluster.token("faq", Role::Bot),
+            )
+        },
+        refresh: Duration::from_millis(500),
+    };
+    let bot = tokio::spawn(natter_faqbot::run(config, shutdown.clone()));
+    let conversation =
+        crate::scenarios::conversation(&cluster, &[("cus", Role::Customer), ("faq", Role::Bot)])
+            .await;
+    let mut web = customer(&cluster, 0).await;
+
+    // In other words than the FAQ's: answered, quoting the question.
+    let asked = web
+        .send_text(&conversation, "q1", "how long till my order ships")
+        .await
+        .expect("the customer asks")
+        .seq;
+    match bot_says(&mut web, &conversation).await {
+        message_content::Kind::Reply(reply) => {
+            assert_eq!(reply.to_seq, asked);
+            assert_eq!(reply.text, "Orders arrive in 3 to 5 working days.");
+        }
+        other => panic!("expected the shipping answer, got {other:?}"),
+    }
+    web.send_text(&conversation, "q2", "what is the capital of peru")
+        .await
+        .expect("the customer asks");
+    match bot_says(&mut web, &conversation).await {
+        message_content::Kind::QuickReplies(offer) => {
+            assert_eq!(offer.text, natter_faqbot::UNSURE);
+            assert_eq!(offer.replies[0].payload, natter_core::ASK_FOR_A_PERSON);
+        }
+        other => panic!("expected an offer of a person, got {other:?}"),
+    }
+
+    // The business adds an entry; the bot answers from it soon after.
+    desk.put_faq_entry(authed(
+        &service,
+        put(entry(
+            "gift-cards",
+            "Do you sell gift cards?",
+            "Yes, from 10 to 500 euros.",
+        )),
+    ))
+    .await
+    .expect("a service adds an entry");
+    let deadline = Instant::now() + WAIT;
+    for attempt in 0.. {
+        web.send_text(
+            &conversation,
+            &format!("g{attempt}"),
+            "can i buy a gift card",
+        )
+        .await
+        .expect("the customer asks");
+        if let message_content::Kind::Reply(reply) = bot_says(&mut web, &conversation).await {
+            assert_eq!(reply.text, "Yes, from 10 to 500 euros.");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bot never learned the new entry"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    shutdown.cancel();
+    bot.await
+        .expect("the bot's task")
+        .expect("the bot stops cleanly");
+}
+
+/// What the bot sends the conversation next.
+async fn bot_says(web: &mut Device, conversation: &str) -> message_content::Kind {
+    loop {
+        let message = web.messages(conversation, 1).await.remove(0);
+        if message.sender_id == "faq"
+            && let Some(kind) = message.content.and_then(|c| c.kind)
+        {
+            return kind;
+        }
+    }
 }

@@ -39,14 +39,7 @@ pub async fn queue(mode: Mode) {
     }
     let mut ann = connect(&cluster, Transport::WsJson, "ann", Role::Agent).await;
     let mut bob = connect(&cluster, Transport::Grpc, "bob", Role::Agent).await;
-    desk_until(&mut desk, &service, "both agents online", |d| {
-        d.agents
-            .iter()
-            .filter(|a| a.presence() == AgentPresence::Online)
-            .count()
-            == 2
-    })
-    .await;
+    both_online(&mut desk, &service).await;
 
     let mut customers = Vec::new();
     for n in 1..=3 {
@@ -473,14 +466,7 @@ pub async fn notes_and_quotes(mode: Mode) {
     let mut ann = connect(&cluster, Transport::WsJson, "ann", Role::Agent).await;
     let mut bob = connect(&cluster, Transport::Grpc, "bob", Role::Agent).await;
     let mut web = connect(&cluster, Transport::WsJson, "cus", Role::Customer).await;
-    desk_until(&mut desk, &service, "both agents online", |d| {
-        d.agents
-            .iter()
-            .filter(|a| a.presence() == AgentPresence::Online)
-            .count()
-            == 2
-    })
-    .await;
+    both_online(&mut desk, &service).await;
     let question = web
         .send_text(
             &conversation,
@@ -900,6 +886,18 @@ fn assigned_to(desk: &GetDeskResponse, agent: &str) -> Vec<String> {
         .find(|a| a.agent.as_ref().is_some_and(|a| a.user_id == agent))
         .map(|a| a.assigned_conversation_ids.clone())
         .unwrap_or_default()
+}
+
+/// Waits until the desk sees both agents online.
+async fn both_online(desk: &mut DeskServiceClient<Channel>, service: &str) {
+    desk_until(desk, service, "both agents online", |d| {
+        d.agents
+            .iter()
+            .filter(|a| a.presence() == AgentPresence::Online)
+            .count()
+            == 2
+    })
+    .await;
 }
 
 /// Polls the desk until `done` holds, and returns it then.

@@ -46,6 +46,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_faq_bot_answers_by_meaning_and_offers_a_person() {
+                natter_tests::bots::faq(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_desk_queues_offers_and_requeues() {
                 natter_tests::desk::queue(MODE).await;
             }

@@ -209,3 +209,17 @@ test('an agent replies quoting the question and hands over with notes the visito
   await resolveConversation(other, conversationId);
   await Promise.all([visitor.close(), agents.close()]);
 });
+
+test("the demo's bot answers from the FAQ, quoting the question, and offers a person when unsure", async () => {
+  const context = await browser.newContext(PHONE);
+  const page = await visitDemo(natter, context);
+  await openWidget(page);
+  await say(page, 'How long does shipping take?');
+  const answer = page.locator('natter-chat li.msg', { hasText: 'Standard shipping takes 3 to 5 business days' });
+  await answer.locator('.quote', { hasText: 'How long does shipping take?' }).waitFor();
+  await say(page, 'Do you repair bicycles?');
+  await page.locator('natter-chat li.msg', { hasText: "I'm not sure I can answer that one" }).waitFor();
+  await page.locator('natter-chat .choices button', { hasText: 'Talk to a person' }).last().click();
+  await showsActivity(page, 'Asking for a person');
+  await context.close();
+});

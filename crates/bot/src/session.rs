@@ -2,12 +2,13 @@
 //! matches the server's answers to the calls waiting for them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use natter_proto::v1::client_frame::Frame as Out;
 use natter_proto::v1::gateway_service_client::GatewayServiceClient;
 use natter_proto::v1::server_frame::Frame as In;
-use natter_proto::v1::{self, event, message_content};
+use natter_proto::v1::{self, desk_answer, desk_call, event, message_content};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,6 +31,8 @@ pub struct Bot {
     calls: mpsc::Sender<Call>,
     inbox: Inbox,
     timeout: Duration,
+    /// Numbers desk calls, whose keys only match answers to calls.
+    calls_made: AtomicU64,
 }
 
 /// A frame to send and who waits for its answer.
@@ -62,6 +65,7 @@ impl Bot {
             calls,
             inbox,
             timeout,
+            calls_made: AtomicU64::new(0),
         })
     }
 
@@ -108,6 +112,46 @@ impl Bot {
     /// Takes control back (`take_thread_control`), where the server allows.
     pub async fn take_control(&self, conversation_id: &str, key: &str) -> Result<v1::Lifecycle> {
         self.owner(conversation_id, key, v1::ThreadOwner::Bot).await
+    }
+
+    /// Calls the support desk over the session, as `DeskService` does; a
+    /// bot may read the tenant's FAQ ([`Bot::faq`]).
+    pub async fn desk(&self, call: desk_call::Call) -> Result<desk_answer::Answer> {
+        let key = format!(
+            "natter-bot-desk-{}",
+            self.calls_made.fetch_add(1, Ordering::Relaxed)
+        );
+        let frame = Out::Desk(v1::DeskCall {
+            client_call_id: key.clone(),
+            call: Some(call),
+        });
+        match self.call(&key, frame).await? {
+            In::DeskAnswer(v1::DeskAnswer {
+                answer: Some(answer),
+                ..
+            }) => Ok(answer),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The tenant's whole FAQ, page by page.
+    pub async fn faq(&self) -> Result<Vec<v1::FaqEntry>> {
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let call = desk_call::Call::ListFaqEntries(v1::ListFaqEntriesRequest {
+                page_size: 0,
+                page_token,
+            });
+            let desk_answer::Answer::ListFaqEntries(page) = self.desk(call).await? else {
+                return Err(unexpected(&In::DeskAnswer(v1::DeskAnswer::default())));
+            };
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                return Ok(entries);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     async fn owner(
@@ -275,6 +319,7 @@ impl Session {
         let key = match &frame {
             In::SendAck(ack) => Some(ack.client_message_id.clone()),
             In::LifecycleUpdated(updated) => Some(updated.client_change_id.clone()),
+            In::DeskAnswer(answer) => Some(answer.client_call_id.clone()),
             In::Error(e) if !e.client_message_id.is_empty() => Some(e.client_message_id.clone()),
             _ => None,
         };

@@ -493,10 +493,12 @@ pub enum DeskKind {
     /// A user whose contact was merged into another's, by user id; the
     /// body is the other's user id.
     ContactMerged,
+    /// An entry of the tenant's FAQ, by entry id.
+    FaqEntry,
 }
 
 impl DeskKind {
-    pub const ALL: [DeskKind; 13] = [
+    pub const ALL: [DeskKind; 14] = [
         DeskKind::Team,
         DeskKind::Agent,
         DeskKind::Route,
@@ -510,6 +512,7 @@ impl DeskKind {
         DeskKind::Rule,
         DeskKind::Note,
         DeskKind::ContactMerged,
+        DeskKind::FaqEntry,
     ];
 
     /// Its name in storage; never changes once released.
@@ -528,6 +531,7 @@ impl DeskKind {
             DeskKind::Rule => "rule",
             DeskKind::Note => "note",
             DeskKind::ContactMerged => "contact-merged",
+            DeskKind::FaqEntry => "faq-entry",
         }
     }
 }

@@ -129,6 +129,9 @@ rpcs! {
         merge_contacts(MergeContactsRequest) -> MergeContactsResponse = MergeContacts;
         add_note(AddNoteRequest) -> AddNoteResponse = AddNote;
         list_notes(ListNotesRequest) -> ListNotesResponse = ListNotes;
+        put_faq_entry(PutFaqEntryRequest) -> PutFaqEntryResponse = PutFaqEntry;
+        list_faq_entries(ListFaqEntriesRequest) -> ListFaqEntriesResponse = ListFaqEntries;
+        delete_faq_entry(DeleteFaqEntryRequest) -> DeleteFaqEntryResponse = DeleteFaqEntry;
     }
     here {
         async fn list_contacts(

@@ -65,6 +65,8 @@ pub(crate) enum DeskError {
     Contact(#[from] ContactError),
     #[error("no {0} {1}")]
     NotFound(&'static str, String),
+    #[error("{0}")]
+    Full(&'static str),
 }
 
 impl DeskError {
@@ -90,6 +92,7 @@ impl DeskError {
             }
             DeskError::Contact(ContactError::Invalid(e)) => status::invalid_argument(e),
             DeskError::NotFound(kind, id) => status::not_found(kind, &id),
+            DeskError::Full(why) => status::failed_precondition(reason::LIMIT_EXCEEDED, why),
             DeskError::Contact(ContactError::NotFound(user)) => {
                 status::not_found("contact", user.as_str())
             }
@@ -402,6 +405,50 @@ impl Desk {
                     next_page_token: next_page_token(&page),
                     notes: page.items,
                 })
+            }
+            Call::PutFaqEntry(request) => {
+                let entry = records::faq_entry(request.entry.unwrap_or_default())?;
+                let id = entry.entry_id.as_str();
+                let store = &*self.store;
+                if store
+                    .desk_record(&tenant_id, DeskKind::FaqEntry, id)
+                    .await?
+                    .is_none()
+                    && records_of(store, &tenant_id, DeskKind::FaqEntry)
+                        .await?
+                        .len()
+                        >= records::MAX_FAQ_ENTRIES
+                {
+                    return Err(DeskError::Full("the FAQ holds 1000 entries"));
+                }
+                changes.writes.push(put(DeskKind::FaqEntry, id, &entry));
+                Answer::PutFaqEntry(v1::PutFaqEntryResponse { entry: Some(entry) })
+            }
+            Call::ListFaqEntries(request) => {
+                let size = match request.page_size {
+                    0 => records::FAQ_PAGE,
+                    n => n.min(records::FAQ_PAGE),
+                };
+                let after = match request.page_token.as_str() {
+                    "" => None,
+                    token => Some(token.to_owned()),
+                };
+                let page = PageRequest { after, size };
+                let page = self
+                    .store
+                    .desk_records(&tenant_id, DeskKind::FaqEntry, page)
+                    .await?;
+                Answer::ListFaqEntries(v1::ListFaqEntriesResponse {
+                    entries: page.items.iter().map(decode).collect::<Result<_>>()?,
+                    next_page_token: page.next.unwrap_or_default(),
+                })
+            }
+            Call::DeleteFaqEntry(request) => {
+                changes.writes.push(DeskWrite::Delete {
+                    kind: DeskKind::FaqEntry,
+                    id: request.entry_id,
+                });
+                Answer::DeleteFaqEntry(v1::DeleteFaqEntryResponse {})
             }
             Call::TellPlace(request) => {
                 let id: ConversationId = parse_id("conversation_id", &request.conversation_id)?;
@@ -739,7 +786,9 @@ fn allowed(actor: &Identity, call: &Call) -> Result<()> {
             | Call::ListWebhooks(_)
             | Call::DeleteWebhook(_)
             | Call::ReplayWebhook(_)
-            | Call::MergeContacts(_),
+            | Call::MergeContacts(_)
+            | Call::PutFaqEntry(_)
+            | Call::DeleteFaqEntry(_),
         ) => Err(DeskError::Denied(
             "only a service may configure the desk or merge contacts",
         )),
@@ -748,7 +797,7 @@ fn allowed(actor: &Identity, call: &Call) -> Result<()> {
         {
             Err(DeskError::Denied("an agent sets only their own presence"))
         }
-        (_, Call::TellPlace(_)) | (Role::Agent, _) => Ok(()),
+        (_, Call::TellPlace(_)) | (Role::Bot, Call::ListFaqEntries(_)) | (Role::Agent, _) => Ok(()),
         (Role::Customer | Role::Bot, _) => Err(DeskError::Denied(
             "the desk is for the business's agents and services",
         )),

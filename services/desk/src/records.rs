@@ -240,6 +240,44 @@ pub(crate) fn rule(wire: v1::RoutingRule) -> Result<(v1::RoutingRule, Rule)> {
     Ok((wire, rule))
 }
 
+/// The most entries a tenant's FAQ holds.
+pub(crate) const MAX_FAQ_ENTRIES: usize = 1000;
+/// The most entries a page of the FAQ holds: what a bus answer carries.
+pub(crate) const FAQ_PAGE: u32 = 100;
+const MAX_FAQ_QUESTIONS: usize = 10;
+const MAX_FAQ_QUESTION_BYTES: usize = 300;
+const MAX_FAQ_ANSWER_BYTES: usize = 2000;
+
+/// An FAQ entry, checked and trimmed.
+pub(crate) fn faq_entry(mut wire: v1::FaqEntry) -> Result<v1::FaqEntry> {
+    let _: TeamId = parse_id("entry.entry_id", &wire.entry_id)?;
+    for question in &mut wire.questions {
+        *question = question.trim().to_owned();
+    }
+    wire.answer = wire.answer.trim().to_owned();
+    let questions = 1..=MAX_FAQ_QUESTIONS;
+    if !questions.contains(&wire.questions.len())
+        || wire
+            .questions
+            .iter()
+            .any(|q| q.is_empty() || q.len() > MAX_FAQ_QUESTION_BYTES)
+    {
+        return Err(Invalid::new(
+            "entry.questions",
+            format!(
+                "1 to {MAX_FAQ_QUESTIONS} questions of 1 to {MAX_FAQ_QUESTION_BYTES} bytes each"
+            ),
+        ));
+    }
+    if wire.answer.is_empty() || wire.answer.len() > MAX_FAQ_ANSWER_BYTES {
+        return Err(Invalid::new(
+            "entry.answer",
+            format!("must be 1 to {MAX_FAQ_ANSWER_BYTES} bytes and not blank"),
+        ));
+    }
+    Ok(wire)
+}
+
 /// Each value 1 to 64 bytes, not blank.
 fn labels<'a>(mut values: impl Iterator<Item = &'a String>) -> bool {
     values.all(|v| !v.trim().is_empty() && v.len() <= MAX_LABEL_BYTES)

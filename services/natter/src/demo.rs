@@ -13,8 +13,9 @@
 //! backend mints them with its own.
 //!
 //! At start-up it sets up the support desk: a team (`support`) with a few
-//! canned replies, and two agents (`agent`, `agent-2`) who take up to
-//! three conversations each.
+//! canned replies, two agents (`agent`, `agent-2`) who take up to three
+//! conversations each, and the sample shop FAQ; then it runs the FAQ bot
+//! (`natter-faqbot`) as its bot, over the gateway like any business's bot.
 //! Until the desk has answered, both token endpoints answer 503: a
 //! customer who asked for a person before the desk knew its team would
 //! never be routed.
@@ -24,7 +25,8 @@
 //! - A guest (no sign-in cookie) gets a guest id (`guest-…`) unless it sent
 //!   one, and the guest's newest conversation, or a new one: the guest as
 //!   customer and the demo bot (`bot`), which greets with quick replies,
-//!   one of them asking for a person. Agents join through the desk.
+//!   one of them asking for a person, and answers questions from the FAQ.
+//!   Agents join through the desk.
 //! - A signed-in visitor (`user-<name>`) who sends a guest id has the
 //!   guest's conversations with more than the greeting linked to them: the
 //!   known user is added as a member, so the whole history comes along and
@@ -49,10 +51,10 @@ use natter_proto::v1::conversation_service_client::ConversationServiceClient;
 use natter_proto::v1::desk_service_client::DeskServiceClient;
 use natter_proto::v1::message_content::Kind;
 use natter_proto::v1::{
-    AddMembersRequest, Agent, CannedReply, Conversation, CreateConversationRequest,
+    AddMembersRequest, Agent, CannedReply, Conversation, CreateConversationRequest, FaqEntry,
     ListConversationsRequest, ListMembersRequest, MergeContactsRequest, MessageContent, NewMember,
-    PutAgentRequest, PutTeamRequest, QuickReplies, QuickReply, RoutingStrategy, SendMessageRequest,
-    Team,
+    PutAgentRequest, PutFaqEntryRequest, PutTeamRequest, QuickReplies, QuickReply, RoutingStrategy,
+    SendMessageRequest, Team,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -103,6 +105,12 @@ const SIGN_IN_COOKIE: &str = "natter_demo_user";
 /// for a new one when its token expires.
 const VISITOR_TOKEN_SECONDS: u64 = 3600;
 const AGENT_TOKEN_SECONDS: u64 = 12 * 3600;
+/// How long the demo's FAQ bot's token is valid: it connects again with
+/// it whenever its session drops.
+const BOT_TOKEN_SECONDS: u64 = 30 * 24 * 3600;
+/// The FAQ the demo's bot answers from: the sample shop FAQ the FAQ
+/// bot's accuracy is measured on.
+const SAMPLE_FAQ: &str = include_str!("../../../crates/faq/data/shop.json");
 /// Guest conversations looked at when a visitor signs in.
 const MAX_LINKED: u32 = 20;
 
@@ -115,6 +123,8 @@ pub(crate) struct Config {
     pub(crate) desk: SocketAddr,
     /// The gateway's HTTP address (`/widget.js`, `/v1/connect`).
     pub(crate) gateway_http: SocketAddr,
+    /// The gateway's gRPC address, where the demo's FAQ bot connects.
+    pub(crate) gateway_grpc: SocketAddr,
     /// The HS256 secret Natter verifies tokens with.
     pub(crate) secret: String,
 }
@@ -166,7 +176,11 @@ pub(crate) async fn serve(
         .with_state(demo.clone());
     let serve =
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let ((), served) = tokio::join!(demo.set_up_desk(&shutdown), serve);
+    let bot = async {
+        demo.set_up_desk(&shutdown).await;
+        demo.run_faq_bot(config.gateway_grpc, &shutdown).await;
+    };
+    let ((), served) = tokio::join!(bot, serve);
     served
 }
 
@@ -372,6 +386,26 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The sample FAQ as the desk keeps it.
+fn sample_faq() -> DemoResult<Vec<FaqEntry>> {
+    #[derive(Deserialize)]
+    struct Sample {
+        id: String,
+        questions: Vec<String>,
+        answer: String,
+    }
+    let sample: Vec<Sample> =
+        serde_json::from_str(SAMPLE_FAQ).map_err(|e| format!("the sample faq: {e}"))?;
+    Ok(sample
+        .into_iter()
+        .map(|s| FaqEntry {
+            entry_id: s.id,
+            questions: s.questions,
+            answer: s.answer,
+        })
+        .collect())
+}
+
 /// A guest id the demo minted, or a new one.
 fn guest_id(given: &str) -> String {
     let valid = given.len() <= 64
@@ -440,7 +474,39 @@ impl Demo {
                 .await
                 .map_err(|e| format!("PutAgent: {}", e.message()))?;
         }
+        for entry in sample_faq()? {
+            let request = PutFaqEntryRequest { entry: Some(entry) };
+            desk.put_faq_entry(self.call(request, BACKEND, Role::Service)?)
+                .await
+                .map_err(|e| format!("PutFaqEntry: {}", e.message()))?;
+        }
         Ok(())
+    }
+
+    /// Runs the FAQ bot as the demo's bot until `shutdown`, connecting
+    /// again if it cannot at first.
+    async fn run_faq_bot(&self, gateway: SocketAddr, shutdown: &CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while !shutdown.is_cancelled() {
+            let token = match self.token(BOT, Role::Bot, BOT_TOKEN_SECONDS) {
+                Ok(token) => token,
+                Err(e) => return tracing::warn!(error = %e, "the demo's bot has no token"),
+            };
+            let config = natter_faqbot::Config {
+                bot: natter_bot::Config {
+                    device_id: "demo-faqbot".into(),
+                    ..natter_bot::Config::new(format!("http://{gateway}"), token)
+                },
+                refresh: Duration::from_secs(30),
+            };
+            match natter_faqbot::run(config, shutdown.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::info!(error = %e, "the demo's faq bot cannot connect yet; retrying");
+                    backoff.wait(shutdown).await;
+                }
+            }
+        }
     }
 
     /// A 503 while the desk is not set up.

@@ -81,6 +81,7 @@ pub(crate) async fn run(
                     storage: storage.local_addr()?,
                     desk: desk.local_addr()?,
                     gateway_http: gateway_http_addr,
+                    gateway_grpc: gateway_grpc.local_addr()?,
                     secret: settings.auth.hs256_secret.clone(),
                 },
             ))
