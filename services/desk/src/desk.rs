@@ -444,6 +444,7 @@ impl Desk {
                 })
             }
             Call::DeleteFaqEntry(request) => {
+                let _: TeamId = parse_id("entry_id", &request.entry_id)?;
                 changes.writes.push(DeskWrite::Delete {
                     kind: DeskKind::FaqEntry,
                     id: request.entry_id,
