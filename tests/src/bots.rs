@@ -41,7 +41,7 @@ pub async fn sdk(mode: Mode) {
     web.send_text(&conversation, "c1", "Where is my parcel?")
         .await
         .expect("the customer asks");
-    let asked = next_text(&mut bot).await;
+    let asked = hears(&mut bot, "a text", |i| i.text().is_some()).await;
     assert_eq!(asked.text(), Some("Where is my parcel?"));
     assert!(asked.from_customer() && asked.bot_answers, "{asked:?}");
     bot.say(&conversation, "b1", "It left our warehouse today.")
@@ -64,7 +64,7 @@ pub async fn sdk(mode: Mode) {
     web.send_text(&conversation, "c2", "Thanks, and can I change the address?")
         .await
         .expect("the customer asks again");
-    let heard = next_text(&mut bot).await;
+    let heard = hears(&mut bot, "a text", |i| i.text().is_some()).await;
     assert_eq!(heard.text(), Some("Thanks, and can I change the address?"));
     assert!(!heard.bot_answers, "people have control: {heard:?}");
     let refused = bot
@@ -90,16 +90,7 @@ pub async fn sdk(mode: Mode) {
         ))
         .await
         .expect("the agent passes control back");
-    let back = timeout(WAIT, async {
-        loop {
-            let incoming = bot.next().await.expect("the bot runs");
-            if incoming.bot_answers {
-                return incoming;
-            }
-        }
-    })
-    .await
-    .expect("the bot hears control come back");
+    let back = hears(&mut bot, "control come back", |i| i.bot_answers).await;
     assert!(matches!(
         back.message.content.and_then(|c| c.kind),
         Some(message_content::Kind::Activity(_))
@@ -117,18 +108,19 @@ async fn customer(cluster: &Cluster, cursor: u64) -> Device {
         .expect("the customer connects")
 }
 
-/// The next text the bot hears, passing over lifecycle changes.
-async fn next_text(bot: &mut Bot) -> Incoming {
+/// The next message the bot hears that `wanted` accepts, passing over
+/// the others.
+async fn hears(bot: &mut Bot, what: &str, wanted: impl Fn(&Incoming) -> bool) -> Incoming {
     timeout(WAIT, async {
         loop {
             let incoming = bot.next().await.expect("the bot runs");
-            if incoming.text().is_some() {
+            if wanted(&incoming) {
                 return incoming;
             }
         }
     })
     .await
-    .expect("the bot hears a text in time")
+    .unwrap_or_else(|_| panic!("the bot never hears {what}"))
 }
 
 /// The sample FAQ bot: it answers from the FAQ the business keeps through
