@@ -52,7 +52,11 @@
    *   postback?: { title: string, payload: string },
    *   activity?: { status?: string, owner?: string, control_requested?: boolean, assignee_id?: string },
    *   form?: Form, form_reply?: { form_id: string, values?: Record<string, string> },
-   *   reply?: { to_seq: string | number, text: string } }} Content
+   *   reply?: { to_seq: string | number, text: string },
+   *   payment_request?: PaymentRequest, payment_update?: { payment_id: string, status?: string } }} Content
+   * @typedef {{ name: string, quantity?: string | number, unit_amount?: string | number }} LineItem
+   * @typedef {{ payment_id: string, amount?: string | number, currency?: string, description?: string,
+   *   line_items?: LineItem[], checkout_url?: string, status?: string }} PaymentRequest
    * @typedef {{ name: string, label: string, kind?: string, required?: boolean }} FormField
    * @typedef {{ form_id: string, text: string, fields?: FormField[] }} Form
    * @typedef {{ message_id?: string, conversation_id: string, seq: number,
@@ -299,7 +303,20 @@ h2{margin:0;font-size:16px;font-weight:600;flex:1;white-space:nowrap;overflow:hi
 .form input{font:inherit;padding:5px 8px;border:1px solid #d0d4d9;border-radius:8px}
 .form input[aria-invalid=true]{border-color:#d1242f}
 .form-error{color:#d1242f;margin:0;font-size:12px}
+.form .rating{display:flex;flex-direction:column;font-size:12px;gap:2px}
+.form .stars{display:flex;gap:2px}
+.form .star{background:none;color:#c4c8cc;font-size:22px;line-height:1;padding:0 2px;border-radius:4px}
+.form .star.lit{color:#e3a008}
+.form .star:focus-visible{outline:2px solid var(--accent)}
 .form button{align-self:flex-start;border:0;border-radius:16px;background:var(--accent);color:#fff;padding:5px 12px;cursor:pointer}
+.pay{display:flex;flex-direction:column;gap:4px;min-width:200px}
+.pay ul{list-style:none;margin:0;padding:0;font-size:13px}
+.pay li,.pay .total{display:flex;justify-content:space-between;gap:12px}
+.pay .total{font-weight:600;border-top:1px solid #e3e5e8;padding-top:4px}
+.pay .state{font-size:12px;color:#6c757d}
+.pay .state[data-status=PAYMENT_STATUS_PAID]{color:#2b8a3e;font-weight:600}
+.pay .state[data-status=PAYMENT_STATUS_FAILED]{color:#c92a2a}
+.pay a{align-self:flex-start;border-radius:16px;background:var(--accent);color:#fff;padding:5px 14px;text-decoration:none}
 .queue{margin:0;padding:6px 14px;font-size:12px;color:#495057;background:#eef1f6;text-align:center}
 .typing{min-height:20px;padding:0 14px;font-size:12px;color:#6c757d;background:#f6f7f9}
 .composer{display:flex;gap:8px;align-items:flex-end;padding:10px;border-top:1px solid #e3e5e8;background:#fff}
@@ -397,6 +414,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       bubble.append(choices);
     } else if (c.postback) bubble.textContent = c.postback.title;
     else if (c.form) renderForm(c.form, bubble);
+    else if (c.payment_request) renderPayment(c.payment_request, bubble);
     else if (c.form_reply) {
       const values = c.form_reply.values || {};
       bubble.textContent = Object.keys(values).sort().map((k) => `${k}: ${values[k]}`).join('\n');
@@ -422,6 +440,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
   const FIELD_PATTERNS = {
     FORM_FIELD_KIND_EMAIL: /^[^\s@]+@[^\s@.]+(\.[^\s@.]+)+$/,
     FORM_FIELD_KIND_PHONE: /^(?=(?:\D*\d){6,20}\D*$)[\d +\-().]+$/,
+    FORM_FIELD_KIND_RATING: /^[1-5]$/,
   };
   const FIELD_TYPES = { FORM_FIELD_KIND_EMAIL: 'email', FORM_FIELD_KIND_PHONE: 'tel' };
 
@@ -438,12 +457,16 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
     /** @type {[FormField, HTMLInputElement][]} */
     const inputs = [];
     for (const field of form.fields || []) {
-      const label = el('label', '', field.label + (field.required ? ' *' : ''));
+      // A rating is five star buttons, not a labelled input: a label
+      // would pass its clicks to the first star.
+      const rating = field.kind === 'FORM_FIELD_KIND_RATING';
+      const label = el(rating ? 'div' : 'label', rating ? 'rating' : '', field.label + (field.required ? ' *' : ''));
       const input = /** @type {HTMLInputElement} */ (el('input'));
       input.name = field.name;
-      input.type = FIELD_TYPES[/** @type {keyof typeof FIELD_TYPES} */ (field.kind || '')] || 'text';
+      input.type = rating ? 'hidden' : FIELD_TYPES[/** @type {keyof typeof FIELD_TYPES} */ (field.kind || '')] || 'text';
       input.required = !!field.required;
       label.append(input);
+      if (rating) label.append(stars(field, input));
       f.append(label);
       inputs.push([field, input]);
     }
@@ -463,7 +486,8 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
         input.setAttribute('aria-invalid', String(!!wrong));
         if (wrong) {
           error.textContent = value ? `Please check ${field.label}.` : `${field.label} is required.`;
-          input.focus();
+          const star = input.type === 'hidden' ? input.parentElement?.querySelector('button') : null;
+          (star || input).focus();
           return;
         }
         if (value) values[field.name] = value;
@@ -474,6 +498,108 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
       submit({ form_reply: { form_id: form.form_id, values } });
     });
     bubble.append(f);
+  }
+
+  /**
+   * Five star buttons that set a rating field's value, 1 to 5. Each is a
+   * button, so Tab reaches it and Enter or Space chooses it; the chosen one
+   * is pressed (`aria-pressed`) and the stars up to it are lit.
+   * @param {FormField} field @param {HTMLInputElement} input
+   */
+  function stars(field, input) {
+    const group = el('span', 'stars');
+    group.setAttribute('role', 'group');
+    group.setAttribute('aria-label', field.label);
+    /** @type {HTMLButtonElement[]} */
+    const buttons = [];
+    for (let n = 1; n <= 5; n++) {
+      const star = /** @type {HTMLButtonElement} */ (el('button', 'star', '\u2605'));
+      star.type = 'button';
+      star.setAttribute('aria-label', n === 1 ? '1 star' : `${n} stars`);
+      star.setAttribute('aria-pressed', 'false');
+      star.addEventListener('click', () => {
+        input.value = String(n);
+        buttons.forEach((b, i) => {
+          b.classList.toggle('lit', i < n);
+          b.setAttribute('aria-pressed', String(i === n - 1));
+        });
+      });
+      buttons.push(star);
+      group.append(star);
+    }
+    return group;
+  }
+
+  /** Payments' statuses as their newest update left them, by payment id. @type {Map<string, string>} */
+  const paymentStatus = new Map();
+  /** What the visitor is told of a payment's status. @type {Record<string, string>} */
+  const PAYMENT_LINES = {
+    PAYMENT_STATUS_PENDING: 'Waiting for payment',
+    PAYMENT_STATUS_PAID: 'Paid',
+    PAYMENT_STATUS_FAILED: 'Payment failed',
+    PAYMENT_STATUS_EXPIRED: 'Expired',
+  };
+
+  /**
+   * An amount in a currency's minor unit (cents), as the visitor's locale
+   * writes money.
+   * @param {string | number | undefined} minor @param {string} currency
+   */
+  function money(minor, currency) {
+    try {
+      const format = new Intl.NumberFormat(undefined, { style: 'currency', currency: currency.toUpperCase() });
+      return format.format(Number(minor || 0) / 10 ** (format.resolvedOptions().maximumFractionDigits || 0));
+    } catch (_) {
+      return `${minor} ${currency}`;
+    }
+  }
+
+  /**
+   * A payment request: what it is for, its lines and total, its status,
+   * and while it is pending a button that opens the checkout page.
+   * @param {PaymentRequest} p @param {HTMLElement} bubble
+   */
+  function renderPayment(p, bubble) {
+    const currency = p.currency || 'usd';
+    const card = el('div', 'pay');
+    card.dataset.payment = p.payment_id;
+    card.append(el('strong', '', p.description || 'Payment'));
+    const items = el('ul');
+    for (const item of p.line_items || []) {
+      const li = el('li');
+      li.append(el('span', '', `${item.quantity || 1} × ${item.name}`), el('span', '', money(Number(item.unit_amount || 0) * Number(item.quantity || 1), currency)));
+      items.append(li);
+    }
+    const total = el('div', 'total');
+    total.append(el('span', '', 'Total'), el('span', '', money(p.amount, currency)));
+    const state = el('span', 'state');
+    const url = safeUrl(p.checkout_url || '');
+    const pay = /** @type {HTMLAnchorElement} */ (el('a', '', 'Pay ' + money(p.amount, currency)));
+    if (url) pay.href = url;
+    pay.target = '_blank';
+    pay.rel = 'noopener noreferrer';
+    card.append(items, total, state, pay);
+    bubble.append(card);
+    paymentState(card, paymentStatus.get(p.payment_id) || p.status || 'PAYMENT_STATUS_PENDING');
+  }
+
+  /** Shows a payment card's status; the Pay button only while pending. @param {Element} card @param {string} status */
+  function paymentState(card, status) {
+    const state = /** @type {HTMLElement} */ (card.querySelector('.state'));
+    state.dataset.status = status;
+    state.textContent = PAYMENT_LINES[status] || '';
+    /** @type {HTMLElement} */ (card.querySelector('a')).hidden = status !== 'PAYMENT_STATUS_PENDING';
+  }
+
+  /**
+   * A payment's new status: shown on its request, never as a message of
+   * its own. Updates come in seq order, so the newest wins.
+   * @param {{ payment_id: string, status?: string }} u
+   */
+  function showPaymentUpdate(u) {
+    const status = u.status || 'PAYMENT_STATUS_PENDING';
+    paymentStatus.set(u.payment_id, status);
+    for (const card of list.querySelectorAll(`[data-payment="${CSS.escape(u.payment_id)}"]`)) paymentState(card, status);
   }
 
   /** @param {string} label @param {string} payload */
@@ -501,6 +627,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
   function show(m) {
     const stored = 'seq' in m && m.seq > 0;
     if (m.content.activity) return showActivity(/** @type {Message} */ (m));
+    if (m.content.payment_update) return showPaymentUpdate(m.content.payment_update);
     const mine = isMine(senderOf(m));
     const li = /** @type {HTMLLIElement} */ (el('li', 'msg' + (mine ? ' mine' : '')));
     li.dataset.key = keyOf(m);
@@ -637,7 +764,7 @@ textarea{flex:1;resize:none;border:1px solid #ced4da;border-radius:18px;padding:
 
   function unread() {
     let n = 0;
-    for (const m of messages.values()) if (!isMine(m.sender_id) && !m.content.activity && m.seq > readSeq) n++;
+    for (const m of messages.values()) if (!isMine(m.sender_id) && !m.content.activity && !m.content.payment_update && m.seq > readSeq) n++;
     return n;
   }
 

@@ -84,6 +84,8 @@ pub struct Addrs {
     pub sync: SocketAddr,
     pub fanout: SocketAddr,
     pub desk: SocketAddr,
+    /// The desk's HTTP endpoint for payment webhooks.
+    pub desk_http: SocketAddr,
     /// The standby storage process's gRPC address, once started.
     pub standby_storage: SocketAddr,
 }
@@ -100,8 +102,20 @@ pub struct Cluster {
     tenant: TenantId,
 }
 
+/// The Stripe webhook signing secret of clusters that take payments.
+pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_end_to_end_test_secret";
+
 impl Cluster {
     pub async fn start(mode: Mode) -> Cluster {
+        Self::start_with(mode, false).await
+    }
+
+    /// A cluster whose desk takes payments through the test stripe-mock.
+    pub async fn start_paying(mode: Mode) -> Cluster {
+        Self::start_with(mode, true).await
+    }
+
+    async fn start_with(mode: Mode, payments: bool) -> Cluster {
         let name = natter_testkit::unique_name("e2e");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("create the cluster's directory");
@@ -112,6 +126,7 @@ impl Cluster {
             sync: natter_testkit::free_port(),
             fanout: natter_testkit::free_port(),
             desk: natter_testkit::free_port(),
+            desk_http: natter_testkit::free_port(),
             standby_storage: natter_testkit::free_port(),
         };
         let infra = match mode {
@@ -133,14 +148,24 @@ impl Cluster {
              [auth]\nhs256_secret = {SECRET:?}\n\n\
              [gateway]\ngrpc_addr = \"{}\"\nhttp_addr = \"{}\"\n\n\
              [storage]\ngrpc_addr = \"{}\"\n\n[sync]\ngrpc_addr = \"{}\"\n\n[fanout]\ngrpc_addr = \"{}\"\n\n\
-             [desk]\ngrpc_addr = \"{}\"\n",
+             [desk]\ngrpc_addr = \"{}\"\nhttp_addr = \"{}\"\n",
             addrs.gateway_grpc,
             addrs.gateway_http,
             addrs.storage,
             addrs.sync,
             addrs.fanout,
             addrs.desk,
+            addrs.desk_http,
         );
+        let settings = if payments {
+            format!(
+                "{settings}\n[desk.stripe]\napi_key = \"sk_test_123\"\napi_base = {:?}\n\
+                 webhook_secrets = [\"whsec_an_older_secret_still_valid\", {STRIPE_WEBHOOK_SECRET:?}]\n",
+                natter_testkit::stripe_url(),
+            )
+        } else {
+            settings
+        };
         std::fs::write(&config, settings).expect("write the cluster's settings");
 
         let mut cluster = Cluster {

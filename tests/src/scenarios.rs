@@ -1075,11 +1075,43 @@ async fn list_all(cluster: &Cluster, conv: &str) -> Vec<natter_proto::v1::Messag
 }
 
 /// SIGTERM: the gateway tells connected devices it is going away and every
-/// process exits cleanly within its grace period (2 s in these settings).
+/// process exits cleanly within its grace period (2 s in these settings),
+/// also while a backend is sending, so consumers are mid-delivery.
 pub async fn graceful_shutdown(mode: Mode) {
+    const SENDERS: usize = 8;
     let mut cluster = Cluster::start(mode).await;
     let mut web = device(&cluster, Transport::WsJson, "alice", Role::Customer, "web").await;
     let mut phone = device(&cluster, Transport::Grpc, "alice", Role::Customer, "phone").await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let backend = cluster.token("crm", Role::Service);
+    let (sent, mut sending) = tokio::sync::mpsc::channel::<()>(1);
+    for sender in 0..SENDERS {
+        let (mut api, backend, conv, sent) = (
+            cluster.conversations().await,
+            backend.clone(),
+            conv.clone(),
+            sent.clone(),
+        );
+        tokio::spawn(async move {
+            for i in 0.. {
+                let request = SendMessageRequest {
+                    conversation_id: conv.clone(),
+                    client_message_id: format!("busy-{sender}-{i}"),
+                    content: Some(MessageContent {
+                        kind: Some(message_content::Kind::Text("busy".into())),
+                    }),
+                };
+                if api.send_message(authed(&backend, request)).await.is_err() {
+                    return;
+                }
+                let _ = sent.try_send(());
+            }
+        });
+    }
+    drop(sent);
+    for _ in 0..100 {
+        sending.recv().await.expect("the backend sends");
+    }
     let front = match mode {
         Mode::Separate => Service::Gateway,
         Mode::Single => Service::All,

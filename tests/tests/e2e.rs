@@ -76,6 +76,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_payment_is_requested_and_paid_through_stripe() {
+                natter_tests::payments::pay(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_desk_closes_what_was_resolved_and_left() {
                 natter_tests::desk::auto_close(MODE).await;
             }
@@ -119,6 +124,16 @@ macro_rules! scenarios {
             async fn survives_kill_9() {
                 scenarios::survives_kill_9(MODE).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn analytics_from_a_day_of_traffic() {
+                natter_tests::analytics::day_of_traffic(MODE, false).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn analytics_exact_after_kill_9_mid_stream() {
+                natter_tests::analytics::day_of_traffic(MODE, true).await;
+            }
         }
     };
 }
@@ -130,3 +145,8 @@ async fn a_sequencer_takeover_while_sends_are_in_flight() {
     natter_tests::scenarios::sequencer_takeover(natter_tests::Mode::Separate).await;
 }
 scenarios!(single, Mode::Single);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_need_a_provider() {
+    natter_tests::payments::no_provider(natter_tests::Mode::Single).await;
+}

@@ -577,7 +577,7 @@
   /** @param {Conversation} c */
   function unread(c) {
     let n = 0;
-    for (const m of c.messages.values()) if (m.sender_id !== me && !m.content.activity && m.seq > c.readSeq) n++;
+    for (const m of c.messages.values()) if (m.sender_id !== me && !m.content.activity && !m.content.payment_update && m.seq > c.readSeq) n++;
     return n;
   }
 
@@ -591,11 +591,66 @@
     if (content.attachment) return '📎 ' + (content.attachment.file_name || 'file');
     if (content.activity) return activityLine(content.activity);
     if (content.form) return '📋 ' + content.form.text;
+    if (content.payment_request) return '💳 ' + (content.payment_request.description || 'Payment') + ' · ' + money(content.payment_request.amount, content.payment_request.currency);
+    if (content.payment_update) return '💳 ' + (PAYMENT_LINES[content.payment_update.status] || '');
     if (content.form_reply) {
       const values = content.form_reply.values || {};
       return '📋 ' + Object.keys(values).sort().map((k) => k + ': ' + values[k]).join(' · ');
     }
     return '';
+  }
+
+  /** A payment's status as the console shows it. @type {Record<string, string>} */
+  const PAYMENT_LINES = {
+    PAYMENT_STATUS_PENDING: 'Waiting for payment',
+    PAYMENT_STATUS_PAID: 'Paid',
+    PAYMENT_STATUS_FAILED: 'Payment failed',
+    PAYMENT_STATUS_EXPIRED: 'Expired',
+  };
+
+  /** Fraction digits of a currency's minor unit (2 for eur, 0 for jpy). @param {string} currency */
+  function minorDigits(currency) {
+    try {
+      return new Intl.NumberFormat('en', { style: 'currency', currency: currency.toUpperCase() }).resolvedOptions().maximumFractionDigits || 0;
+    } catch (_) {
+      return 2;
+    }
+  }
+
+  /** An amount in a currency's minor unit, as money. @param {any} minor @param {string} currency */
+  function money(minor, currency) {
+    const c = (currency || 'usd').toUpperCase();
+    try {
+      return new Intl.NumberFormat(undefined, { style: 'currency', currency: c }).format(Number(minor || 0) / 10 ** minorDigits(c));
+    } catch (_) {
+      return minor + ' ' + c;
+    }
+  }
+
+  /** A payment's status as the newest of its updates left it. @param {Conversation} c @param {any} p */
+  function paymentStatusOf(c, p) {
+    let status = p.status || 'PAYMENT_STATUS_PENDING';
+    for (const m of Array.from(c.messages.values()).sort((a, b) => a.seq - b.seq)) {
+      const u = m.content.payment_update;
+      if (u && u.payment_id === p.payment_id) status = u.status || status;
+    }
+    return status;
+  }
+
+  /** A payment request as a card: what it is for, its lines, its total and status. @param {Conversation} c @param {any} p */
+  function paymentCard(c, p) {
+    const card = el('div', 'pay');
+    card.dataset.payment = p.payment_id;
+    card.append(el('strong', '', '💳 ' + (p.description || 'Payment')));
+    for (const item of p.line_items || []) {
+      card.append(el('div', 'line', (item.quantity || 1) + ' × ' + item.name + ' · ' + money(Number(item.unit_amount || 0) * Number(item.quantity || 1), p.currency)));
+    }
+    card.append(el('div', 'total', 'Total ' + money(p.amount, p.currency)));
+    const status = paymentStatusOf(c, p);
+    const state = el('div', 'state', PAYMENT_LINES[status] || '');
+    state.dataset.status = status;
+    card.append(state);
+    return card;
   }
 
   /** A lifecycle change as the console shows it: status, then who and where. @param {any} l */
@@ -618,7 +673,7 @@
     quote(0);
     if (!conversation(id).notes) loadNotes(id);
     $('empty').hidden = true;
-    log.hidden = reply.hidden = quick.hidden = false;
+    log.hidden = reply.hidden = quick.hidden = $('payment').hidden = false;
     watch(id);
     renderThread();
     renderLists();
@@ -669,6 +724,11 @@
         bubble.append(img);
       } else if (content.reply) {
         bubble.append(el('span', 'quote', quotedLine(c, Number(content.reply.to_seq))), content.reply.text);
+      } else if (content.payment_request) {
+        bubble.append(paymentCard(c, content.payment_request));
+      } else if (content.payment_update) {
+        bubble.classList.add('activity');
+        bubble.textContent = preview(content);
       } else {
         bubble.textContent = preview(content);
         const options = content.quick_replies ? content.quick_replies.replies || [] : content.template ? content.template.buttons || [] : [];
@@ -792,6 +852,18 @@
     send({ send: { conversation_id: selected, client_message_id: crypto.randomUUID(), content } });
     typingSentAt = 0;
   }
+
+  // A payment asked of the customer: the desk opens the checkout page and
+  // sends the request into the conversation.
+  $('payment').addEventListener('submit', (e) => {
+    e.preventDefault();
+    if (!selected) return;
+    const currency = /** @type {HTMLInputElement} */ ($('payment-currency')).value.trim() || 'EUR';
+    const amount = Math.round(Number(/** @type {HTMLInputElement} */ ($('payment-amount')).value) * 10 ** minorDigits(currency));
+    const description = /** @type {HTMLInputElement} */ ($('payment-description')).value.trim();
+    if (!(amount > 0) || !description) return report(new Error('A payment needs an amount and a description'));
+    deskCall({ request_payment: { conversation_id: selected, amount: String(amount), currency, description } }).catch(report);
+  });
 
   reply.addEventListener('submit', (e) => {
     e.preventDefault();

@@ -60,18 +60,32 @@ async function freePort() {
   }
 }
 
+/** The webhook signing secret of a `natter dev` that takes payments. */
+export const STRIPE_WEBHOOK_SECRET = 'whsec_browser_test_secret';
+
 /**
  * Starts `natter dev` with its demo, waits until the demo, the gateway and
  * the demo's desk (the agent token needs it) answer, and returns their
- * addresses and a `stop`.
+ * addresses and a `stop`. With `stripe` (a stripe-mock's URL) its desk
+ * takes payments there, and `payments` is its webhook endpoint.
+ * @param {{ stripe?: string }} [options]
  */
-export async function startNatter() {
+export async function startNatter(options = {}) {
   const bin = process.env.NATTER_BIN || join(repo, 'target/debug/natter');
   const dir = mkdtempSync(join(tmpdir(), 'natter-web-'));
-  const [grpc, http, storage, sync, fanout, desk, demo] = [
+  const [grpc, http, storage, sync, fanout, desk, demo, deskHttp] = [
     await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort(),
-    await freePort(),
+    await freePort(), await freePort(),
   ];
+  const stripe = options.stripe
+    ? [
+      `http_addr = "127.0.0.1:${deskHttp}"`,
+      '[desk.stripe]',
+      'api_key = "sk_test_123"',
+      `api_base = "${options.stripe}"`,
+      `webhook_secrets = ["${STRIPE_WEBHOOK_SECRET}"]`,
+    ]
+    : [];
   const config = join(dir, 'natter.toml');
   writeFileSync(
     config,
@@ -88,6 +102,7 @@ export async function startNatter() {
       `grpc_addr = "127.0.0.1:${fanout}"`,
       '[desk]',
       `grpc_addr = "127.0.0.1:${desk}"`,
+      ...stripe,
       '',
     ].join('\n'),
   );
@@ -106,6 +121,7 @@ export async function startNatter() {
   const urls = {
     demo: `http://127.0.0.1:${demo}`,
     gateway: `http://127.0.0.1:${http}`,
+    payments: options.stripe ? `http://127.0.0.1:${deskHttp}/v1/payments/stripe` : '',
   };
   try {
     await until(async () => {

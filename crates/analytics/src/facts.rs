@@ -259,6 +259,26 @@ impl ConversationFacts {
         }
     }
 
+    /// The facts of a conversation whose messages up to `last_seq` were
+    /// never seen (it is older than the analytics): the next message they
+    /// take is `last_seq + 1`, and what came before counts nowhere, so a
+    /// conversation first seen mid-way starts its figures there instead of
+    /// waiting forever for seqs nobody will deliver again.
+    pub fn starting_after(tenant: TenantId, conversation: ConversationId, last_seq: Seq) -> Self {
+        let mut facts = ConversationFacts::new(tenant, conversation);
+        facts.last_seq = last_seq.get();
+        facts
+    }
+
+    /// Skips the facts forward past messages that will never be seen (lost
+    /// from the stream): the next message they take is `last_seq + 1`.
+    /// What the skipped messages would have changed is missing from the
+    /// figures; nothing counted is undone. Earlier than where they stand,
+    /// it changes nothing.
+    pub fn skip_to(&mut self, last_seq: Seq) {
+        self.last_seq = self.last_seq.max(last_seq.get());
+    }
+
     /// Applies the next message of the conversation: seq `last_seq + 1`.
     /// An earlier seq is a replay and changes nothing; a later one is a
     /// gap, and so is an error, as is another conversation's message.

@@ -50,9 +50,11 @@
 //!
 //! Rollup rows are shared by conversations, so their read-modify-write
 //! needs one writer at a time per tenant (a lease holder, as the desk
-//! routes): two writers could each add to the row they read. Facts must be
-//! built from seq 1; a conversation older than the analytics is filled in
-//! by reading its messages from the start.
+//! routes, or one consumer per stream partition writing rows of its own):
+//! two writers could each add to the row they read. Facts are built from
+//! seq 1; a conversation older than the analytics is either filled in by
+//! reading its messages from the start or, as the desk does, counted from
+//! the first message seen ([`ConversationFacts::starting_after`]).
 
 mod error;
 mod facts;

@@ -5,7 +5,7 @@ use natter_core::{Content, ConversationId, Lifecycle, Seq, TenantId, Timestamp, 
 /// The `form_id` of the satisfaction survey a customer answers when their
 /// conversation is resolved: a [`natter_core::FormReply`] with a `score`
 /// of 1 to 5 and an optional `comment`.
-pub const CSAT_FORM_ID: &str = "csat";
+pub const CSAT_FORM_ID: &str = natter_core::CSAT_FORM_ID;
 
 /// Who sent a message, as the caller knows from the sender's role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

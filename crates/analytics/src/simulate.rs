@@ -566,12 +566,160 @@ fn nearest_rank(values: &mut [u32], p: usize) -> Option<u32> {
     Some(values[rank - 1])
 }
 
+/// Every figure a stream of stored messages implies, by the definitions in
+/// the crate's docs, walked message by message: for a test that carried a
+/// plan out against a running system, whose clock stamped the messages
+/// (so the plan's times are not theirs) and which may have added messages
+/// of its own (the desk's survey, its assignments). `stream` holds each
+/// conversation's messages in seq order (conversations may interleave);
+/// each activity holds the lifecycle after it, so nothing is recomputed.
+/// Like [`records`], it shares no code with the facts or the rollups.
+pub fn stream_records(stream: &[Numbered], targets: &SlaTargets) -> Vec<Record> {
+    #[derive(Default)]
+    struct Convo {
+        tenant: Option<TenantId>,
+        life: Lifecycle,
+        opened: Option<i64>,
+        first_team: Option<TeamId>,
+        first_agent: Option<UserId>,
+        asked: Option<i64>,
+        answered: bool,
+        since: i64,
+        waiting: Option<i64>,
+        csat: Option<Record>,
+    }
+    let waits = |l: &Lifecycle| {
+        l.status == Status::Open
+            && l.assignee.is_none()
+            && (l.owner == Owner::Inbox || l.control_requested)
+    };
+    let done = |s: Status| matches!(s, Status::Resolved | Status::Closed);
+    let mut convos: BTreeMap<ConversationId, Convo> = BTreeMap::new();
+    let mut out = Vec::new();
+    for m in stream {
+        let c = convos.entry(m.conversation).or_default();
+        c.tenant = Some(m.tenant.clone());
+        let at = m.at.as_millis();
+        let record = |team: Option<TeamId>, agent: Option<UserId>, figure| Record {
+            tenant: m.tenant.clone(),
+            hour: at.div_euclid(3_600_000),
+            team,
+            agent,
+            figure,
+        };
+        if let Content::Activity(next) = &m.content {
+            let prev = std::mem::replace(&mut c.life, next.clone());
+            if c.opened.is_none() {
+                c.opened = Some(at);
+                c.since = at;
+            }
+            if c.first_team.is_none() {
+                c.first_team.clone_from(&next.team);
+            }
+            if c.first_agent.is_none() {
+                c.first_agent.clone_from(&next.assignee);
+            }
+            let team = next.team.clone().or(prev.team.clone());
+            let agent = next.assignee.clone().or(prev.assignee.clone());
+            if !done(prev.status) && done(next.status) {
+                out.push(record(team, agent, Figure::Resolution(secs(c.since, at))));
+            } else if done(prev.status) && !done(next.status) {
+                out.push(record(team, agent, Figure::Reopened));
+                c.since = at;
+            }
+            if !waits(&prev) && waits(next) {
+                c.waiting = Some(at);
+            } else if waits(&prev) && !waits(next) {
+                if let (Some(since), Some(who)) = (c.waiting, &next.assignee) {
+                    out.push(record(
+                        next.team.clone(),
+                        Some(who.clone()),
+                        Figure::QueueWait(secs(since, at)),
+                    ));
+                }
+                c.waiting = None;
+            }
+            continue;
+        }
+        let team = c.life.team.clone();
+        match &m.side {
+            Side::Customer => {
+                if let Content::FormReply(reply) = &m.content
+                    && reply.form_id == CSAT_FORM_ID
+                    && let Some(score) = reply
+                        .values
+                        .get("score")
+                        .and_then(|s| s.trim().parse::<u8>().ok())
+                        .filter(|s| (1..=5).contains(s))
+                {
+                    let agent = c.life.assignee.clone();
+                    c.csat = Some(record(team, agent, Figure::Csat(score)));
+                    continue;
+                }
+                let agent = c.life.assignee.clone();
+                out.push(record(team, agent, Figure::Message(Role::Customer)));
+                if c.opened.is_none() {
+                    c.opened = Some(at);
+                    c.since = at;
+                }
+                c.asked.get_or_insert(at);
+            }
+            Side::Agent(user) => {
+                let agent = Some(user.clone());
+                out.push(record(
+                    team.clone(),
+                    agent.clone(),
+                    Figure::Message(Role::Agent),
+                ));
+                if let (Some(asked), false) = (c.asked, c.answered) {
+                    c.answered = true;
+                    let seconds = secs(asked, at);
+                    let missed = targets
+                        .target_for(team.as_ref())
+                        .is_some_and(|t| seconds > t);
+                    out.push(record(
+                        team,
+                        agent,
+                        Figure::FirstResponse { seconds, missed },
+                    ));
+                }
+            }
+            Side::Bot(_) => out.push(record(team, None, Figure::Message(Role::Bot))),
+            Side::Service => out.push(record(team, None, Figure::Message(Role::Service))),
+        }
+    }
+    for c in convos.into_values() {
+        if let (Some(opened), Some(tenant)) = (c.opened, c.tenant) {
+            out.push(Record {
+                tenant,
+                hour: opened.div_euclid(3_600_000),
+                team: c.first_team,
+                agent: c.first_agent,
+                figure: Figure::Opened,
+            });
+        }
+        out.extend(c.csat);
+    }
+    out
+}
+
 /// The rows `q` must give for the plan, computed from [`records`] by brute
 /// force.
 pub fn expected(traffic: &Traffic, q: &Query) -> Vec<Row> {
+    rows_of(records(traffic), q)
+}
+
+/// The rows `q` must give for a stream of stored messages, computed from
+/// [`stream_records`] by brute force.
+pub fn expected_from_stream(stream: &[Numbered], targets: &SlaTargets, q: &Query) -> Vec<Row> {
+    rows_of(stream_records(stream, targets), q)
+}
+
+/// The rows `q` asks for, grouped from figures by brute force.
+pub fn rows_of(records: Vec<Record>, q: &Query) -> Vec<Row> {
     type Key = (TenantId, Option<TeamId>, Option<UserId>, PeriodKey);
     let mut groups: BTreeMap<Key, Vec<Figure>> = BTreeMap::new();
-    for r in records(traffic) {
+    for r in records {
         if r.hour < q.from_hour
             || r.hour >= q.to_hour
             || q.tenant.as_ref().is_some_and(|t| *t != r.tenant)

@@ -642,3 +642,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn facts_first_seen_mid_way_start_there() {
+    let tenant = tenant();
+    let conversation = ConversationId::generate();
+    let mut facts =
+        crate::ConversationFacts::starting_after(tenant.clone(), conversation, Seq::new(6));
+    let side = crate::Side::Customer;
+    let content = Content::Text("hello".into());
+    let at = |seq: u64| crate::Observed {
+        tenant: &tenant,
+        conversation,
+        seq: Seq::new(seq),
+        at: Timestamp::from_millis(3_600_000),
+        side: &side,
+        content: &content,
+    };
+    let targets = crate::SlaTargets::default();
+    assert_eq!(facts.apply(&at(6), &targets), Ok(crate::Applied::Replay));
+    assert!(matches!(
+        facts.apply(&at(7), &targets),
+        Ok(crate::Applied::Advanced(_))
+    ));
+    assert_eq!(facts.messages().customer, 1);
+    assert!(facts.apply(&at(9), &targets).is_err());
+    facts.skip_to(Seq::new(8));
+    assert!(matches!(
+        facts.apply(&at(9), &targets),
+        Ok(crate::Applied::Advanced(_))
+    ));
+    assert_eq!(facts.last_seq(), Seq::new(9));
+}
+
+#[test]
+fn the_stream_walk_agrees_with_the_plan_walk() {
+    // Two independent walks of one day: the plan's, replaying the
+    // lifecycle rules, and the stored stream's, reading each activity.
+    let traffic = simulate::day_of_traffic(7);
+    let stream = traffic.numbered();
+    for (group, period) in [
+        (Group::Agent, Period::Hour),
+        (Group::Team, Period::Total),
+        (Group::Tenant, Period::HourOfDay),
+    ] {
+        let q = Query {
+            tenant: None,
+            from_hour: traffic.from_hour,
+            to_hour: traffic.to_hour,
+            group,
+            period,
+            team: None,
+            agent: None,
+        };
+        let from_stream = simulate::expected_from_stream(&stream, &traffic.targets, &q);
+        assert!(!from_stream.is_empty());
+        assert_eq!(from_stream, simulate::expected(&traffic, &q));
+    }
+}

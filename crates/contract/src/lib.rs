@@ -127,6 +127,16 @@ pub const EVENTS_CONSUMER: &str = "fanout";
 /// records (the desk's routes) are what it resumes from.
 pub const DESK_CONSUMER: &str = "desk";
 
+/// The desk's analytics consume EVENTS through durable consumers of their
+/// own, `<this>-<partition>`, beside the desk's: one delivery at a time per
+/// partition, each the only writer of its partition's rollup records.
+pub const ANALYTICS_CONSUMER: &str = "analytics";
+
+/// The user the desk acts as, with the service role: the sender of what
+/// it writes into conversations. The sequencer takes content only the
+/// desk writes (payment requests and updates) from this sender alone.
+pub const DESK_USER: &str = "desk";
+
 impl Stream {
     pub fn config(&self, topology: &Topology) -> StreamConfig {
         let subject = format!("{}.*", self.base);

@@ -31,6 +31,12 @@ pub const DESK_SESSIONS: &str = "desk.sessions";
 /// answers by publishing its full `AgentSessions` at once.
 pub const DESK_HELD: &str = "desk.held";
 
+/// A payment provider's verified word about a payment, from the desk
+/// process whose HTTP endpoint received it to the holder: a
+/// `PaymentReport` request (queue group `desk`), answered with a
+/// `PaymentReportOutcome`.
+pub const DESK_PAYMENT: &str = "desk.payment";
+
 /// Where gateway `id` gets `LiveFrames` for its sessions' users from the
 /// holders of their partitions: one subscription per gateway.
 pub fn gateway(id: &str) -> String {

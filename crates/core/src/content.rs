@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::error::{Invalid, Result};
-use crate::ids::Seq;
+use crate::ids::{PaymentId, Seq};
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 
@@ -24,6 +24,167 @@ pub enum Content {
     Form(Form),
     FormReply(FormReply),
     Reply(Reply),
+    /// A request for payment with a link to pay it. Written by the desk
+    /// only (`RequestPayment`): a sender cannot send one.
+    PaymentRequest(PaymentRequest),
+    /// A payment's new status. Written by the desk only.
+    PaymentUpdate(PaymentUpdate),
+}
+
+/// The most line items a payment request lists.
+pub const MAX_LINE_ITEMS: usize = 20;
+/// The most a payment request may ask for, in the currency's minor unit
+/// (the payment provider's bound: eight digits).
+pub const MAX_PAYMENT_MINOR: u64 = 99_999_999;
+/// The longest description or line item name, in characters.
+const MAX_PAYMENT_TEXT_CHARS: usize = 500;
+
+/// A request for payment: what it is for, how much, and where the customer
+/// pays it (a page of the payment provider's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRequest {
+    pub payment_id: PaymentId,
+    /// The total, in the currency's minor unit (cents); the sum of the
+    /// line items when there are any.
+    pub amount_minor: u64,
+    /// ISO 4217, three lowercase letters ([`currency_code`] normalises).
+    pub currency: String,
+    pub description: String,
+    pub line_items: Vec<LineItem>,
+    /// Where the customer pays: the provider's checkout page.
+    pub checkout_url: String,
+    /// The status when requested (pending).
+    pub status: PaymentStatus,
+}
+
+/// One line of a [`PaymentRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineItem {
+    pub name: String,
+    pub quantity: u64,
+    pub unit_amount_minor: u64,
+}
+
+/// A payment's new status, after the provider said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentUpdate {
+    pub payment_id: PaymentId,
+    pub status: PaymentStatus,
+}
+
+/// Where a payment stands: pending until the provider settles it, then
+/// paid, failed or expired for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentStatus {
+    Pending,
+    Paid,
+    Failed,
+    Expired,
+}
+
+impl PaymentStatus {
+    /// Whether a payment may move from `self` to `next`: only out of
+    /// pending, so a late or repeated word from the provider changes
+    /// nothing once a payment is settled.
+    pub fn may_become(self, next: PaymentStatus) -> bool {
+        self == PaymentStatus::Pending && next != PaymentStatus::Pending
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Paid => "paid",
+            PaymentStatus::Failed => "failed",
+            PaymentStatus::Expired => "expired",
+        }
+    }
+}
+
+/// An ISO 4217 currency code in the form kept: three ASCII letters, in
+/// lower case (as the payment provider spells them).
+pub fn currency_code(code: &str) -> Result<String> {
+    let code = code.trim();
+    if code.len() != 3 || !code.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(Invalid::new(
+            "currency",
+            "must be an ISO 4217 code of three letters, such as eur",
+        ));
+    }
+    Ok(code.to_ascii_lowercase())
+}
+
+impl PaymentRequest {
+    /// Checks the request: a description, a known-looking currency, an
+    /// amount within bounds that the line items add up to, and a link to
+    /// pay.
+    pub fn validate(&self) -> Result<()> {
+        non_blank("content.payment_request.description", &self.description)?;
+        max_chars(
+            "content.payment_request.description",
+            &self.description,
+            MAX_PAYMENT_TEXT_CHARS,
+        )?;
+        if currency_code(&self.currency).ok().as_deref() != Some(self.currency.as_str()) {
+            return Err(Invalid::new(
+                "content.payment_request.currency",
+                "must be three lowercase letters (ISO 4217)",
+            ));
+        }
+        if self.amount_minor == 0 || self.amount_minor > MAX_PAYMENT_MINOR {
+            return Err(Invalid::new(
+                "content.payment_request.amount",
+                format!("must be 1 to {MAX_PAYMENT_MINOR} in the currency's minor unit"),
+            ));
+        }
+        if self.line_items.len() > MAX_LINE_ITEMS {
+            return Err(Invalid::new(
+                "content.payment_request.line_items",
+                format!("at most {MAX_LINE_ITEMS}"),
+            ));
+        }
+        let mut total: u64 = 0;
+        for item in &self.line_items {
+            non_blank("content.payment_request.line_items.name", &item.name)?;
+            max_chars(
+                "content.payment_request.line_items.name",
+                &item.name,
+                MAX_PAYMENT_TEXT_CHARS,
+            )?;
+            if item.quantity == 0 || item.unit_amount_minor == 0 {
+                return Err(Invalid::new(
+                    "content.payment_request.line_items",
+                    "quantity and unit_amount must be positive",
+                ));
+            }
+            total = item
+                .quantity
+                .checked_mul(item.unit_amount_minor)
+                .and_then(|line| total.checked_add(line))
+                .ok_or_else(|| Invalid::new("content.payment_request.line_items", "too large"))?;
+        }
+        if !self.line_items.is_empty() && total != self.amount_minor {
+            return Err(Invalid::new(
+                "content.payment_request.amount",
+                format!(
+                    "is {}, but the line items add up to {total}",
+                    self.amount_minor
+                ),
+            ));
+        }
+        check_url("content.payment_request.checkout_url", &self.checkout_url)?;
+        Ok(())
+    }
+}
+
+fn max_chars(field: &'static str, value: &str, max: usize) -> Result<()> {
+    let chars = value.chars().count();
+    if chars > max {
+        return Err(Invalid::new(
+            field,
+            format!("must be at most {max} characters, got {chars}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Text that quotes an earlier message of the same conversation, as an
@@ -62,6 +223,8 @@ pub enum FieldKind {
     Text,
     Email,
     Phone,
+    /// A whole number from 1 to 5: a satisfaction score, shown as stars.
+    Rating,
 }
 
 /// The customer's answer to a [`Form`]: a value per field filled in.
@@ -169,6 +332,16 @@ impl Content {
                         .map(|(k, v)| k.len() + v.len())
                         .sum::<usize>()
             }
+            Content::PaymentRequest(p) => {
+                p.currency.len()
+                    + p.description.len()
+                    + p.checkout_url.len()
+                    + p.line_items
+                        .iter()
+                        .map(|item| item.name.len())
+                        .sum::<usize>()
+            }
+            Content::PaymentUpdate(_) => 0,
         }
     }
 
@@ -297,6 +470,16 @@ impl Content {
                 }
                 Ok(())
             }
+            Content::PaymentRequest(p) => p.validate(),
+            Content::PaymentUpdate(u) => {
+                if u.status == PaymentStatus::Pending {
+                    return Err(Invalid::new(
+                        "content.payment_update.status",
+                        "a payment starts pending; an update settles it",
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -309,15 +492,30 @@ impl Content {
         }
     }
 
-    /// Refuses what only the server writes: an activity.
+    /// Refuses what only the server writes: an activity, a payment
+    /// request or a payment's update.
     pub fn sendable(&self) -> Result<()> {
         match self {
             Content::Activity(_) => Err(Invalid::new(
                 "content.activity",
                 "is written by the server; change a conversation's lifecycle with UpdateLifecycle",
             )),
+            Content::PaymentRequest(_) => Err(Invalid::new(
+                "content.payment_request",
+                "is written by the server; ask for a payment with RequestPayment",
+            )),
+            Content::PaymentUpdate(_) => Err(Invalid::new(
+                "content.payment_update",
+                "is written by the server when the payment provider reports",
+            )),
             _ => Ok(()),
         }
+    }
+
+    /// Whether only the desk writes this kind: a payment request or
+    /// update, which the sequencer takes from the desk alone.
+    pub fn desk_writes(&self) -> bool {
+        matches!(self, Content::PaymentRequest(_) | Content::PaymentUpdate(_))
     }
 }
 
@@ -385,6 +583,7 @@ impl FieldKind {
                         .chars()
                         .all(|c| c.is_ascii_digit() || " +-().".contains(c))
             }
+            FieldKind::Rating => matches!(value, "1" | "2" | "3" | "4" | "5"),
         }
     }
 }
@@ -620,6 +819,111 @@ mod tests {
                 .field,
             "content.attachment.thumbnail"
         );
+    }
+
+    fn payment() -> PaymentRequest {
+        PaymentRequest {
+            payment_id: PaymentId::generate(),
+            amount_minor: 2 * 1250 + 500,
+            currency: "eur".into(),
+            description: "Order 1042".into(),
+            line_items: vec![
+                LineItem {
+                    name: "Trail tent".into(),
+                    quantity: 2,
+                    unit_amount_minor: 1250,
+                },
+                LineItem {
+                    name: "Shipping".into(),
+                    quantity: 1,
+                    unit_amount_minor: 500,
+                },
+            ],
+            checkout_url: "https://checkout.example/c/pay/cs_1".into(),
+            status: PaymentStatus::Pending,
+        }
+    }
+
+    #[test]
+    fn payment_requests_add_up_and_only_the_server_writes_them() {
+        let ok = payment();
+        assert!(
+            Content::PaymentRequest(ok.clone())
+                .validate(&limits())
+                .is_ok()
+        );
+        let field = |p: PaymentRequest| {
+            Content::PaymentRequest(p)
+                .validate(&limits())
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            field(PaymentRequest {
+                amount_minor: 3001,
+                ..ok.clone()
+            }),
+            "content.payment_request.amount"
+        );
+        assert_eq!(
+            field(PaymentRequest {
+                currency: "EUR".into(),
+                ..ok.clone()
+            }),
+            "content.payment_request.currency"
+        );
+        assert_eq!(
+            field(PaymentRequest {
+                description: " ".into(),
+                ..ok.clone()
+            }),
+            "content.payment_request.description"
+        );
+        assert_eq!(
+            field(PaymentRequest {
+                amount_minor: MAX_PAYMENT_MINOR + 1,
+                line_items: Vec::new(),
+                ..ok.clone()
+            }),
+            "content.payment_request.amount"
+        );
+        let mut overflow = ok.clone();
+        overflow.line_items[0].quantity = u64::MAX;
+        assert_eq!(field(overflow), "content.payment_request.line_items");
+        assert!(
+            Content::PaymentRequest(PaymentRequest {
+                line_items: Vec::new(),
+                amount_minor: 999,
+                ..ok.clone()
+            })
+            .validate(&limits())
+            .is_ok()
+        );
+        assert_eq!(currency_code(" USD ").unwrap(), "usd");
+        assert!(currency_code("eu").is_err() && currency_code("e1r").is_err());
+
+        let update = Content::PaymentUpdate(PaymentUpdate {
+            payment_id: ok.payment_id,
+            status: PaymentStatus::Paid,
+        });
+        assert!(update.validate(&limits()).is_ok());
+        for content in [Content::PaymentRequest(ok), update] {
+            assert!(content.desk_writes());
+            assert!(content.sendable().is_err());
+        }
+        assert!(!Content::Text("hi".into()).desk_writes());
+    }
+
+    #[test]
+    fn a_payment_settles_once() {
+        use PaymentStatus::*;
+        for next in [Paid, Failed, Expired] {
+            assert!(Pending.may_become(next));
+            for settled in [Paid, Failed, Expired] {
+                assert!(!settled.may_become(next), "{settled:?} -> {next:?}");
+            }
+        }
+        assert!(!Pending.may_become(Pending));
     }
 
     #[test]

@@ -149,6 +149,11 @@ uuid_id!(
     /// conversation's notes sort by when they were written.
     NoteId, "note_id"
 );
+uuid_id!(
+    /// A payment the desk asked a customer for; UUIDv7, so a
+    /// conversation's payments sort by when they were requested.
+    PaymentId, "payment_id"
+);
 
 /// A message's position in its conversation: 1, 2, 3, … with no gaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

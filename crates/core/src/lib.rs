@@ -17,16 +17,18 @@ mod page;
 pub mod sequencer;
 
 pub use content::{
-    Attachment, Button, ButtonAction, Content, FieldKind, Form, FormField, FormReply, Postback,
-    QuickReplies, QuickReply, Reply, Template,
+    Attachment, Button, ButtonAction, Content, FieldKind, Form, FormField, FormReply, LineItem,
+    MAX_LINE_ITEMS, MAX_PAYMENT_MINOR, PaymentRequest, PaymentStatus, PaymentUpdate, Postback,
+    QuickReplies, QuickReply, Reply, Template, currency_code,
 };
 pub use error::{Invalid, Result};
 pub use ids::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, NoteId, Seq, Tag, TeamId,
-    TenantId, Timestamp, UserId,
+    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, NoteId, PaymentId, Seq, Tag,
+    TeamId, TenantId, Timestamp, UserId,
 };
 pub use lifecycle::{
-    ASK_FOR_A_PERSON, Lifecycle, LifecycleChange, Owner, Priority, Status, asks_for_a_person,
+    ASK_FOR_A_PERSON, CSAT_FORM_ID, Lifecycle, LifecycleChange, Owner, Priority, Status,
+    asks_for_a_person,
 };
 pub use limits::Limits;
 pub use model::{

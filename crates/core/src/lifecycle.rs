@@ -21,6 +21,16 @@ use crate::ids::{Tag, TeamId, UserId};
 use crate::limits::Limits;
 use crate::model::Role;
 
+/// The `form_id` of the satisfaction survey the desk sends when a
+/// conversation is resolved: a `score` (a [`FieldKind::Rating`](crate::FieldKind::Rating))
+/// and an optional `comment`. The customer's answer does not reopen the
+/// conversation ([`Lifecycle::follow_up`]).
+pub const CSAT_FORM_ID: &str = "csat";
+
+fn is_csat_answer(content: &Content) -> bool {
+    matches!(content, Content::FormReply(reply) if reply.form_id == CSAT_FORM_ID)
+}
+
 /// Where a conversation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Status {
@@ -188,8 +198,10 @@ impl Lifecycle {
     /// What a message from `role` changes by itself: a customer's opens the
     /// conversation if it is not open, and asks for control while the bot
     /// has it if it asks for a person.
+    /// An answer to the satisfaction survey ([`CSAT_FORM_ID`]) changes
+    /// nothing: rating a resolved conversation does not reopen it.
     pub fn follow_up(&self, role: Role, content: &Content) -> LifecycleChange {
-        if role != Role::Customer {
+        if role != Role::Customer || is_csat_answer(content) {
             return LifecycleChange::default();
         }
         LifecycleChange {
@@ -253,6 +265,37 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((cleared.assignee, cleared.team), (None, None));
+    }
+
+    #[test]
+    fn a_csat_answer_does_not_reopen_but_other_forms_do() {
+        let resolved = Lifecycle {
+            status: Status::Resolved,
+            ..Lifecycle::default()
+        };
+        let answer = |form_id: &str| {
+            Content::FormReply(crate::FormReply {
+                form_id: form_id.to_owned(),
+                values: [("score".to_owned(), "5".to_owned())].into(),
+            })
+        };
+        assert_eq!(
+            resolved.follow_up(Role::Customer, &answer(CSAT_FORM_ID)),
+            LifecycleChange::default()
+        );
+        let rating = crate::FieldKind::Rating;
+        assert!(rating.accepts("1") && rating.accepts(" 5 "));
+        assert!(!rating.accepts("0") && !rating.accepts("6") && !rating.accepts("4.5"));
+        assert_eq!(
+            resolved.follow_up(Role::Customer, &answer("lead")).status,
+            Some(Status::Open)
+        );
+        assert_eq!(
+            resolved
+                .follow_up(Role::Customer, &Content::Text("again".into()))
+                .status,
+            Some(Status::Open)
+        );
     }
 
     #[test]

@@ -18,9 +18,10 @@ use std::str::FromStr;
 use natter_auth::Identity;
 use natter_core::{
     Attachment, Button, ButtonAction, Content, Conversation, Cursor, Device, Event, FieldKind,
-    Form, FormField, FormReply, Invalid, Lifecycle, LifecycleChange, Member, MembershipChange,
-    MembershipKind, Message, Owner, Postback, Priority, QuickReplies, QuickReply, ReadMarker,
-    Reply, Result, Role, Seq, Status, Template, TenantId, Timestamp, Update, UserId,
+    Form, FormField, FormReply, Invalid, Lifecycle, LifecycleChange, LineItem, Member,
+    MembershipChange, MembershipKind, Message, Owner, PaymentRequest, PaymentStatus, PaymentUpdate,
+    Postback, Priority, QuickReplies, QuickReply, ReadMarker, Reply, Result, Role, Seq, Status,
+    Template, TenantId, Timestamp, Update, UserId,
 };
 
 use crate::bus::v1::{Actor, LiveUser};
@@ -159,6 +160,19 @@ impl From<Content> for v1::MessageContent {
                 to_seq: r.to.get(),
                 text: r.text,
             }),
+            Content::PaymentRequest(p) => Kind::PaymentRequest(v1::PaymentRequest {
+                payment_id: p.payment_id.to_string(),
+                amount: p.amount_minor,
+                currency: p.currency,
+                description: p.description,
+                line_items: p.line_items.into_iter().map(Into::into).collect(),
+                checkout_url: p.checkout_url,
+                status: v1::PaymentStatus::from(p.status).into(),
+            }),
+            Content::PaymentUpdate(u) => Kind::PaymentUpdate(v1::PaymentUpdate {
+                payment_id: u.payment_id.to_string(),
+                status: v1::PaymentStatus::from(u.status).into(),
+            }),
         };
         v1::MessageContent { kind: Some(kind) }
     }
@@ -240,7 +254,63 @@ impl TryFrom<v1::MessageContent> for Content {
                 text: r.text,
                 to: Seq::new(r.to_seq),
             }),
+            Kind::PaymentRequest(p) => Content::PaymentRequest(PaymentRequest {
+                payment_id: parse_id("content.payment_request.payment_id", &p.payment_id)?,
+                amount_minor: p.amount,
+                currency: p.currency,
+                description: p.description,
+                line_items: p.line_items.into_iter().map(LineItem::from).collect(),
+                checkout_url: p.checkout_url,
+                status: payment_status_from_wire("content.payment_request.status", p.status)?,
+            }),
+            Kind::PaymentUpdate(u) => Content::PaymentUpdate(PaymentUpdate {
+                payment_id: parse_id("content.payment_update.payment_id", &u.payment_id)?,
+                status: payment_status_from_wire("content.payment_update.status", u.status)?,
+            }),
         })
+    }
+}
+
+impl From<LineItem> for v1::PaymentLineItem {
+    fn from(item: LineItem) -> Self {
+        v1::PaymentLineItem {
+            name: item.name,
+            quantity: item.quantity,
+            unit_amount: item.unit_amount_minor,
+        }
+    }
+}
+
+impl From<v1::PaymentLineItem> for LineItem {
+    fn from(item: v1::PaymentLineItem) -> Self {
+        LineItem {
+            name: item.name,
+            quantity: item.quantity,
+            unit_amount_minor: item.unit_amount,
+        }
+    }
+}
+
+impl From<PaymentStatus> for v1::PaymentStatus {
+    fn from(status: PaymentStatus) -> Self {
+        match status {
+            PaymentStatus::Pending => v1::PaymentStatus::Pending,
+            PaymentStatus::Paid => v1::PaymentStatus::Paid,
+            PaymentStatus::Failed => v1::PaymentStatus::Failed,
+            PaymentStatus::Expired => v1::PaymentStatus::Expired,
+        }
+    }
+}
+
+/// A wire payment status (a prost enum field holds an `i32`) in the domain.
+pub fn payment_status_from_wire(field: &'static str, status: i32) -> Result<PaymentStatus> {
+    match v1::PaymentStatus::try_from(status) {
+        Ok(v1::PaymentStatus::Unspecified) => Err(Invalid::new(field, "is required")),
+        Ok(v1::PaymentStatus::Pending) => Ok(PaymentStatus::Pending),
+        Ok(v1::PaymentStatus::Paid) => Ok(PaymentStatus::Paid),
+        Ok(v1::PaymentStatus::Failed) => Ok(PaymentStatus::Failed),
+        Ok(v1::PaymentStatus::Expired) => Ok(PaymentStatus::Expired),
+        Err(_) => Err(Invalid::new(field, format!("unknown status {status}"))),
     }
 }
 
@@ -250,6 +320,7 @@ impl From<FieldKind> for v1::FormFieldKind {
             FieldKind::Text => v1::FormFieldKind::Text,
             FieldKind::Email => v1::FormFieldKind::Email,
             FieldKind::Phone => v1::FormFieldKind::Phone,
+            FieldKind::Rating => v1::FormFieldKind::Rating,
         }
     }
 }
@@ -261,6 +332,7 @@ fn field_kind_from_wire(kind: i32) -> Result<FieldKind> {
         Ok(v1::FormFieldKind::Text) => Ok(FieldKind::Text),
         Ok(v1::FormFieldKind::Email) => Ok(FieldKind::Email),
         Ok(v1::FormFieldKind::Phone) => Ok(FieldKind::Phone),
+        Ok(v1::FormFieldKind::Rating) => Ok(FieldKind::Rating),
         Err(_) => Err(Invalid::new(FIELD, format!("unknown kind {kind}"))),
     }
 }

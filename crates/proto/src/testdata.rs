@@ -90,6 +90,23 @@ pub(crate) fn contents() -> Vec<Content> {
             text: "Yes, it ships today.".into(),
             to: natter_core::Seq::new(3),
         }),
+        Content::PaymentRequest(natter_core::PaymentRequest {
+            payment_id: natter_core::PaymentId::generate(),
+            amount_minor: 3000,
+            currency: "eur".into(),
+            description: "Order 1042".into(),
+            line_items: vec![natter_core::LineItem {
+                name: "Trail tent".into(),
+                quantity: 2,
+                unit_amount_minor: 1500,
+            }],
+            checkout_url: "https://checkout.stripe.com/c/pay/cs_test_1".into(),
+            status: natter_core::PaymentStatus::Pending,
+        }),
+        Content::PaymentUpdate(natter_core::PaymentUpdate {
+            payment_id: natter_core::PaymentId::generate(),
+            status: natter_core::PaymentStatus::Paid,
+        }),
     ]
 }
 

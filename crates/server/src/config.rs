@@ -121,7 +121,23 @@ mod tests {
         let mut without_keys = settings;
         without_keys.auth.jwks_file = Default::default();
         without_keys.auth.hs256_secret = "x".repeat(32);
+        // So do Stripe's secrets: here from files of our own.
+        let dir = tempfile::tempdir().unwrap();
+        let (key, secrets) = (dir.path().join("key"), dir.path().join("secrets"));
+        std::fs::write(&key, "sk_test_123\n").unwrap();
+        std::fs::write(
+            &secrets,
+            "whsec_first_secret_0123\n\nwhsec_second_secret_012\n",
+        )
+        .unwrap();
+        without_keys.desk.stripe.api_key_file = key;
+        without_keys.desk.stripe.webhook_secrets_file = secrets;
         without_keys.validate().unwrap();
+        let stripe = without_keys.stripe().unwrap().expect("a key is set");
+        assert_eq!(stripe.api_key, "sk_test_123");
+        assert_eq!(stripe.webhook_secrets.len(), 2);
+        without_keys.desk.stripe.api_key = "sk_test_456".into();
+        assert!(without_keys.validate().is_err(), "a key and a key file");
     }
 
     #[test]

@@ -20,5 +20,5 @@ pub use config::{ConfigError, load_config};
 pub use grpc::GrpcServer;
 pub use launch::{InfraArgs, StartError, run_binary, run_with};
 pub use listen::{bind, listen};
-pub use settings::{Infra, Settings, Stores};
+pub use settings::{Infra, Settings, Stores, Stripe};
 pub use store_status::store_status;

@@ -31,7 +31,7 @@ pub struct Settings {
     pub storage: ServiceSettings,
     pub sync: SyncSettings,
     pub fanout: FanoutSettings,
-    pub desk: ServiceSettings,
+    pub desk: DeskSettings,
 }
 
 impl Default for Settings {
@@ -47,7 +47,7 @@ impl Default for Settings {
             storage: ServiceSettings::at("127.0.0.1:7200"),
             sync: SyncSettings::default(),
             fanout: FanoutSettings::default(),
-            desk: ServiceSettings::at("127.0.0.1:7500"),
+            desk: DeskSettings::default(),
         }
     }
 }
@@ -71,6 +71,109 @@ impl ServiceSettings {
 impl Default for ServiceSettings {
     fn default() -> Self {
         Self::at("127.0.0.1:0")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeskSettings {
+    /// Where the desk's gRPC API listens.
+    pub grpc_addr: String,
+    /// Where the desk's HTTP endpoint for payment providers' webhooks
+    /// (`POST /v1/payments/stripe`) listens; empty for none (`natter dev`
+    /// listens on 127.0.0.1:7580 when Stripe is configured).
+    pub http_addr: String,
+    /// Payments through Stripe; without an API key the desk asks for none.
+    pub stripe: StripeSettings,
+}
+
+impl Default for DeskSettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:7500".into(),
+            http_addr: String::new(),
+            stripe: StripeSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeSettings {
+    /// The secret API key (`sk_live_…`, `sk_test_…`); or `api_key_file`.
+    pub api_key: String,
+    /// A file holding the secret API key.
+    pub api_key_file: PathBuf,
+    /// Stripe's API; a stripe-mock's address in tests.
+    pub api_base: String,
+    /// The endpoint's signing secrets (`whsec_…`): a delivery signed with
+    /// any of them is taken, so a new one can be added before the old one
+    /// goes.
+    pub webhook_secrets: Vec<String>,
+    /// A file holding more signing secrets, one a line.
+    pub webhook_secrets_file: PathBuf,
+    /// How old a signed delivery may be, in seconds.
+    pub tolerance_seconds: u64,
+    /// Where the checkout page sends a customer who paid, and one who went
+    /// back; the business's own pages.
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
+impl Default for StripeSettings {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            api_key_file: PathBuf::new(),
+            api_base: "https://api.stripe.com".into(),
+            webhook_secrets: Vec::new(),
+            webhook_secrets_file: PathBuf::new(),
+            tolerance_seconds: 300,
+            success_url: "https://example.com/paid".into(),
+            cancel_url: "https://example.com/not-paid".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StripeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeSettings")
+            .field(
+                "api_key",
+                &if self.api_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("api_key_file", &self.api_key_file)
+            .field("api_base", &self.api_base)
+            .field("webhook_secrets", &self.webhook_secrets.len())
+            .field("webhook_secrets_file", &self.webhook_secrets_file)
+            .field("tolerance_seconds", &self.tolerance_seconds)
+            .field("success_url", &self.success_url)
+            .field("cancel_url", &self.cancel_url)
+            .finish()
+    }
+}
+
+/// The Stripe settings with their secrets read, for the desk.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stripe {
+    pub api_key: String,
+    pub api_base: String,
+    pub webhook_secrets: Vec<String>,
+    pub tolerance: Duration,
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
+impl std::fmt::Debug for Stripe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stripe")
+            .field("api_base", &self.api_base)
+            .field("webhook_secrets", &self.webhook_secrets.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -304,6 +407,18 @@ impl Settings {
         if !matches!(self.log_format.as_str(), "json" | "pretty") {
             return Err(ConfigError::key("log_format", "must be json or pretty"));
         }
+        if !self.desk.http_addr.is_empty() {
+            self.desk
+                .http_addr
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| {
+                    ConfigError::key(
+                        "desk.http_addr",
+                        format!("{:?} is not host:port: {e}", self.desk.http_addr),
+                    )
+                })?;
+        }
+        self.stripe()?;
         self.verifier().map(drop)
     }
 
@@ -323,6 +438,76 @@ impl Settings {
                 .unwrap_or(std::num::NonZeroU32::MIN),
             ..Topology::default()
         }
+    }
+
+    /// The Stripe settings with their secrets read from their files;
+    /// `None` without an API key (the desk then takes no payments).
+    pub fn stripe(&self) -> Result<Option<Stripe>, ConfigError> {
+        let stripe = &self.desk.stripe;
+        let api_key = match (
+            stripe.api_key.is_empty(),
+            stripe.api_key_file.as_os_str().is_empty(),
+        ) {
+            (true, true) => return Ok(None),
+            (false, true) => stripe.api_key.clone(),
+            (true, false) => read("desk.stripe.api_key_file", &stripe.api_key_file)?
+                .trim()
+                .to_owned(),
+            (false, false) => {
+                return Err(ConfigError::key(
+                    "desk.stripe",
+                    "set api_key or api_key_file, not both",
+                ));
+            }
+        };
+        if api_key.is_empty() || api_key.chars().any(char::is_whitespace) {
+            return Err(ConfigError::key(
+                "desk.stripe.api_key",
+                "must be one word without spaces",
+            ));
+        }
+        let mut secrets = stripe.webhook_secrets.clone();
+        if !stripe.webhook_secrets_file.as_os_str().is_empty() {
+            let file = read(
+                "desk.stripe.webhook_secrets_file",
+                &stripe.webhook_secrets_file,
+            )?;
+            secrets.extend(
+                file.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        if secrets.iter().any(|s| s.len() < 16) {
+            return Err(ConfigError::key(
+                "desk.stripe.webhook_secrets",
+                "each secret must be at least 16 bytes",
+            ));
+        }
+        for (key, url) in [
+            ("desk.stripe.api_base", &stripe.api_base),
+            ("desk.stripe.success_url", &stripe.success_url),
+            ("desk.stripe.cancel_url", &stripe.cancel_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::key(key, "must be an http or https URL"));
+            }
+        }
+        if stripe.tolerance_seconds == 0 {
+            return Err(ConfigError::key(
+                "desk.stripe.tolerance_seconds",
+                "must be positive",
+            ));
+        }
+        Ok(Some(Stripe {
+            api_key,
+            api_base: stripe.api_base.trim_end_matches('/').to_owned(),
+            webhook_secrets: secrets,
+            tolerance: Duration::from_secs(stripe.tolerance_seconds),
+            success_url: stripe.success_url.clone(),
+            cancel_url: stripe.cancel_url.clone(),
+        }))
     }
 
     pub fn grace_period(&self) -> Duration {

@@ -11,6 +11,11 @@ use natter_store::{
     DeskKind, DeskRecord, DeskStore, DeskWrite, Page, PageRequest, Result, validate_desk_writes,
 };
 
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::writers::RowWriter;
+use scylla::statement::batch::{Batch, BatchType};
+
 use crate::announcements::now_micros;
 use crate::conversations::ROWS_PER_READ;
 use crate::db::corrupt;
@@ -37,6 +42,29 @@ fn next_timestamp() -> i64 {
 fn record(kind: DeskKind, id: String, body: Option<Vec<u8>>) -> Result<DeskRecord> {
     let body = body.ok_or_else(|| corrupt(&format!("desk {} {id}", kind.as_str()), "no body"))?;
     Ok(DeskRecord { id, body })
+}
+
+/// The values of one statement of a batch of puts and deletes.
+enum Row<'a> {
+    Put((&'a str, &'a str, &'a str, &'a [u8], i64)),
+    Delete((i64, &'a str, &'a str, &'a str)),
+}
+
+impl SerializeRow for Row<'_> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> std::result::Result<(), SerializationError> {
+        match self {
+            Row::Put(values) => values.serialize(ctx, writer),
+            Row::Delete(values) => values.serialize(ctx, writer),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -72,6 +100,46 @@ impl DeskStore for CqlStore {
             }
         }
         Ok(())
+    }
+
+    async fn write_desk_together(&self, tenant: &TenantId, writes: &[DeskWrite]) -> Result<()> {
+        validate_desk_writes(writes)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // One logged batch: the batch log makes it land whole, across the
+        // partitions of its kinds, or not at all. Each statement keeps its
+        // own timestamp, raised in order, so later writes of one record in
+        // the call stand.
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
+        let mut values = Vec::with_capacity(writes.len());
+        for write in writes {
+            match write {
+                DeskWrite::Put { kind, id, body } => {
+                    batch.append_statement(self.statements.desk_record_put.clone());
+                    values.push(Row::Put((
+                        tenant.as_str(),
+                        kind.as_str(),
+                        id.as_str(),
+                        body.as_slice(),
+                        next_timestamp(),
+                    )));
+                }
+                DeskWrite::Delete { kind, id } => {
+                    batch.append_statement(self.statements.desk_record_delete.clone());
+                    values.push(Row::Delete((
+                        next_timestamp(),
+                        tenant.as_str(),
+                        kind.as_str(),
+                        id.as_str(),
+                    )));
+                }
+            }
+        }
+        self.db()
+            .batch("write desk records together", &batch, values)
+            .await
     }
 
     async fn desk_record(

@@ -39,6 +39,11 @@ impl DeskStore for EmbeddedStore {
         .await
     }
 
+    async fn write_desk_together(&self, tenant: &TenantId, writes: &[DeskWrite]) -> Result<()> {
+        // `write_desk` is one transaction already.
+        self.write_desk(tenant, writes).await
+    }
+
     async fn desk_record(
         &self,
         tenant: &TenantId,

@@ -67,6 +67,7 @@ macro_rules! store_conformance {
             desk_kinds_and_tenants_are_apart,
             desk_pages_meet_at_their_boundaries,
             desk_write_rejects_bad_input_and_writes_nothing,
+            desk_writes_together_land_together,
         );
     };
     (@each $factory:path; $($check:ident,)*) => {
@@ -2318,4 +2319,48 @@ pub async fn desk_write_rejects_bad_input_and_writes_nothing<S: Store>(
 
     write_desk(&store, &tenant, &[good]).await;
     assert_eq!(desk_ids(&store, &tenant, kind).await, ["good"]);
+}
+
+pub async fn desk_writes_together_land_together<S: Store>(make: impl AsyncFn(Limits) -> S) {
+    let store = make(Limits::default()).await;
+    let tenant = tenant();
+    let (facts, rollups) = (DeskKind::AnalyticsFacts, DeskKind::AnalyticsRollup);
+    let together = async |writes: &[DeskWrite]| {
+        store
+            .write_desk_together(&tenant, writes)
+            .await
+            .expect("write desk records together");
+    };
+    together(&[
+        put(facts, "c1", b"facts v1"),
+        put(rollups, "00000000000000476376 001", b"rollup"),
+        put(rollups, "00000000000000476377 001", b"gone soon"),
+    ])
+    .await;
+    together(&[
+        put(facts, "c1", b"facts v2"),
+        delete(rollups, "00000000000000476377 001"),
+        put(rollups, "00000000000000476376 001", b"rollup v2"),
+    ])
+    .await;
+    assert_eq!(
+        desk_body(&store, &tenant, facts, "c1").await,
+        Some(b"facts v2".to_vec())
+    );
+    assert_eq!(
+        desk_ids(&store, &tenant, rollups).await,
+        ["00000000000000476376 001"]
+    );
+    assert_eq!(
+        desk_body(&store, &tenant, rollups, "00000000000000476376 001").await,
+        Some(b"rollup v2".to_vec())
+    );
+    together(&[]).await;
+    let bad = [put(facts, "c2", b"facts"), put(rollups, "", b"no id")];
+    assert_invalid(store.write_desk_together(&tenant, &bad).await, "id");
+    assert_eq!(
+        desk_body(&store, &tenant, facts, "c2").await,
+        None,
+        "a refused write stores nothing"
+    );
 }

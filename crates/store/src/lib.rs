@@ -495,10 +495,20 @@ pub enum DeskKind {
     ContactMerged,
     /// An entry of the tenant's FAQ, by entry id.
     FaqEntry,
+    /// A payment asked of a customer: `<conversation id> <payment id>`, so
+    /// a conversation's payments are one range, oldest first.
+    Payment,
+    /// What the analytics know of a conversation (`natter-analytics`'
+    /// facts and its members' roles), by conversation id.
+    AnalyticsFacts,
+    /// Hourly analytics rollups: `<Unix hour as 20 digits> <EVENTS
+    /// partition as 3 digits>`, so an hour range is one id range; each is
+    /// written by that partition's consumer alone.
+    AnalyticsRollup,
 }
 
 impl DeskKind {
-    pub const ALL: [DeskKind; 14] = [
+    pub const ALL: [DeskKind; 17] = [
         DeskKind::Team,
         DeskKind::Agent,
         DeskKind::Route,
@@ -513,6 +523,9 @@ impl DeskKind {
         DeskKind::Note,
         DeskKind::ContactMerged,
         DeskKind::FaqEntry,
+        DeskKind::Payment,
+        DeskKind::AnalyticsFacts,
+        DeskKind::AnalyticsRollup,
     ];
 
     /// Its name in storage; never changes once released.
@@ -532,6 +545,9 @@ impl DeskKind {
             DeskKind::Note => "note",
             DeskKind::ContactMerged => "contact-merged",
             DeskKind::FaqEntry => "faq-entry",
+            DeskKind::Payment => "payment",
+            DeskKind::AnalyticsFacts => "analytics-facts",
+            DeskKind::AnalyticsRollup => "analytics-rollup",
         }
     }
 }
@@ -570,6 +586,14 @@ pub trait DeskStore: LeaseStore {
     /// `writes`. An id that is empty or longer than 255 bytes, or a body
     /// over [`MAX_DESK_RECORD_BYTES`], is `Invalid`, and nothing is written.
     async fn write_desk(&self, tenant: &TenantId, writes: &[DeskWrite]) -> Result<()>;
+
+    /// Applies `writes` all together or not at all: what a failed call
+    /// leaves is nothing or everything, never a part (one transaction
+    /// embedded, one logged batch on CQL). For a few small records that
+    /// must agree (a conversation's analytics facts and the rollups they
+    /// changed): a CQL batch has a size limit (`batch_size_fail_threshold`,
+    /// 1 MiB on ScyllaDB and the test node). Validated like `write_desk`.
+    async fn write_desk_together(&self, tenant: &TenantId, writes: &[DeskWrite]) -> Result<()>;
 
     /// The record `id` of `kind`, if there is one.
     async fn desk_record(

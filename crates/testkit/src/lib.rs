@@ -26,6 +26,15 @@ pub fn cql_node() -> String {
     node
 }
 
+/// The stripe-mock (Stripe's API mock) payment tests use, as an
+/// `http://` URL.
+pub fn stripe_url() -> String {
+    let url = required_env("NATTER_TEST_STRIPE_URL", "stripe-mock");
+    let address = url.trim_start_matches("http://").trim_end_matches('/');
+    ensure_reachable("stripe-mock", "NATTER_TEST_STRIPE_URL", address);
+    url
+}
+
 /// The CQL node's datacenter, for `NetworkTopologyStrategy`.
 pub fn cql_datacenter() -> String {
     std::env::var("NATTER_TEST_CQL_DC").unwrap_or_else(|_| "datacenter1".to_owned())

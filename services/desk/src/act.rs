@@ -33,13 +33,13 @@ use crate::desk::Effect;
 
 /// The user the desk acts as, with the service role: the sender of the
 /// activities it causes.
-pub(crate) const DESK_USER: &str = "desk";
+pub(crate) const DESK_USER: &str = natter_contract::DESK_USER;
 
 /// How many times an assignment is tried before it is given up (and
 /// carried out again when the tenant next loads).
 const ATTEMPTS: u32 = 8;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Acts {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) holders: Holders,
@@ -99,19 +99,13 @@ impl Acts {
                 key,
                 text,
             } => {
-                let command = SendCommand {
-                    actor: Some(actor(&tenant)),
-                    conversation_id: conversation.to_string(),
-                    client_message_id: key,
-                    content: Some(v1::MessageContent {
-                        kind: Some(v1::message_content::Kind::Text(text)),
-                    }),
-                    sent_at: Some(timestamp_to_wire(now())),
-                    ..SendCommand::default()
+                let content = v1::MessageContent {
+                    kind: Some(v1::message_content::Kind::Text(text)),
                 };
                 let done = self
-                    .retried(stop, || self.sequence(conversation, command.clone()))
-                    .await;
+                    .post(&tenant, conversation, key, content, stop)
+                    .await
+                    .is_ok();
                 if !done {
                     tracing::error!(tenant = %tenant, %conversation, "automatic reply not sent");
                 }
@@ -130,7 +124,8 @@ impl Acts {
                 };
                 let done = self
                     .retried(stop, || self.assign(&tenant, conversation, &agent, &change))
-                    .await;
+                    .await
+                    .is_ok();
                 if !done {
                     tracing::error!(tenant = %tenant, %conversation, %agent, "assignment not carried out");
                 }
@@ -145,7 +140,8 @@ impl Acts {
                 };
                 let done = self
                     .retried(stop, || self.change(&tenant, conversation, &change))
-                    .await;
+                    .await
+                    .is_ok();
                 if !done {
                     tracing::error!(tenant = %tenant, %conversation, "auto-close not carried out");
                 }
@@ -162,7 +158,8 @@ impl Acts {
                 };
                 let done = self
                     .retried(stop, || self.change(&tenant, conversation, &change))
-                    .await;
+                    .await
+                    .is_ok();
                 if !done {
                     tracing::error!(tenant = %tenant, %conversation, "requeue not carried out");
                 }
@@ -170,28 +167,56 @@ impl Acts {
         }
     }
 
+    /// Sends `content` into the conversation as the desk, under the
+    /// idempotency key `key`, retried while storage is unreachable; what
+    /// stopped it if it was not stored.
+    pub(crate) async fn post(
+        &self,
+        tenant: &TenantId,
+        conversation: ConversationId,
+        key: String,
+        content: v1::MessageContent,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let command = SendCommand {
+            actor: Some(actor(tenant)),
+            conversation_id: conversation.to_string(),
+            client_message_id: key,
+            content: Some(content),
+            sent_at: Some(timestamp_to_wire(now())),
+            ..SendCommand::default()
+        };
+        self.retried(stop, || self.sequence(conversation, command.clone()))
+            .await
+    }
+
     /// Tries `attempt` until it succeeds, fails for good, or runs out of
-    /// tries; whether it succeeded.
-    async fn retried<F, Fut>(&self, stop: &CancellationToken, attempt: F) -> bool
+    /// tries; why it did not succeed.
+    async fn retried<F, Fut>(&self, stop: &CancellationToken, attempt: F) -> Result<(), String>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<(), Failed>>,
     {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut last = String::from("not tried");
         for _ in 0..ATTEMPTS {
             match attempt().await {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
                 Err(Failed::ForGood(why)) => {
                     tracing::warn!(%why, "desk action refused");
-                    return false;
+                    return Err(why);
                 }
                 Err(Failed::Retry(why)) => {
                     tracing::info!(%why, "desk action failed; retrying");
+                    last = why;
+                    if stop.is_cancelled() {
+                        break;
+                    }
                     backoff.wait(stop).await;
                 }
             }
         }
-        false
+        Err(last)
     }
 
     async fn assign(

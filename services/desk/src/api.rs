@@ -132,6 +132,9 @@ rpcs! {
         put_faq_entry(PutFaqEntryRequest) -> PutFaqEntryResponse = PutFaqEntry;
         list_faq_entries(ListFaqEntriesRequest) -> ListFaqEntriesResponse = ListFaqEntries;
         delete_faq_entry(DeleteFaqEntryRequest) -> DeleteFaqEntryResponse = DeleteFaqEntry;
+        request_payment(RequestPaymentRequest) -> RequestPaymentResponse = RequestPayment;
+        get_payment(GetPaymentRequest) -> GetPaymentResponse = GetPayment;
+        list_payments(ListPaymentsRequest) -> ListPaymentsResponse = ListPayments;
     }
     here {
         async fn list_contacts(

@@ -25,8 +25,9 @@ use natter_store::{DeskKind, DeskRecord, DeskStore, DeskWrite, PageRequest, Stor
 use thiserror::Error;
 
 use crate::contacts::{ContactError, Contacts, Patch};
-use crate::events::{self, EventLog};
+use crate::events::{self, Also, EventLog};
 use crate::notes;
+use crate::payments;
 use crate::presence::{AgentKey, Sessions};
 use crate::records::{self, Hours, Route, Rule};
 use crate::webhooks::{self, Webhooks};
@@ -451,6 +452,29 @@ impl Desk {
                 });
                 Answer::DeleteFaqEntry(v1::DeleteFaqEntryResponse {})
             }
+            Call::RequestPayment(_) => {
+                // Answered beside the loop (`holder.rs`): it waits for the
+                // payment provider.
+                return Err(Invalid::new("call", "request_payment is not taken here").into());
+            }
+            Call::GetPayment(request) => {
+                let payment = payments::get(&*self.store, &tenant_id, &request)
+                    .await?
+                    .ok_or_else(|| DeskError::NotFound("payment", request.payment_id.clone()))?;
+                Answer::GetPayment(v1::GetPaymentResponse {
+                    payment: Some(payment),
+                })
+            }
+            Call::ListPayments(request) => {
+                let conversation = parse_id("conversation_id", &request.conversation_id)?;
+                let limits = &self.contacts.limits;
+                let page = page_request(request.page_size, &request.page_token, limits)?;
+                let page = payments::page(&*self.store, &tenant_id, conversation, page).await?;
+                Answer::ListPayments(v1::ListPaymentsResponse {
+                    next_page_token: next_page_token(&page),
+                    payments: page.items,
+                })
+            }
             Call::TellPlace(request) => {
                 let id: ConversationId = parse_id("conversation_id", &request.conversation_id)?;
                 // Told to the conversation's members, never to the caller:
@@ -557,6 +581,24 @@ impl Desk {
         }
     }
 
+    /// The payment a payment message concerns, for the event log of a
+    /// tenant that keeps one.
+    pub(crate) async fn logged_payment(
+        &mut self,
+        tenant_id: &TenantId,
+        message: &natter_core::Message,
+    ) -> Result<Option<Also>> {
+        let mut changes = Changes::new(message.sent_at);
+        let tenant = load!(self, tenant_id, &mut changes)?;
+        if tenant.log.is_none() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.commit(tenant_id, changes, &mut out).await?;
+        let payment = payments::logged(&*self.store, tenant_id, message).await?;
+        Ok(payment.map(Also::Payment))
+    }
+
     /// Adds `message` (and the contact its lead form filled in) to the
     /// tenant's event log, if it keeps one and does not hold it yet; the
     /// writes wait in `logged` for [`Desk::write_log`].
@@ -564,7 +606,7 @@ impl Desk {
         &mut self,
         tenant_id: &TenantId,
         message: &v1::Message,
-        lead: Option<v1::Contact>,
+        also: Option<Also>,
         now: Timestamp,
         logged: &mut Logged,
     ) -> Result<()> {
@@ -574,7 +616,7 @@ impl Desk {
             && log.is_new(message)
         {
             let writes = logged.0.entry(tenant_id.clone()).or_default();
-            log.append(message, lead, now, writes);
+            log.append(message, also, now, writes);
         }
         let mut out = Vec::new();
         self.commit(tenant_id, changes, &mut out).await?;

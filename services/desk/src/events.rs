@@ -23,6 +23,16 @@ const HEAD_ID: &str = "head";
 pub(crate) const MESSAGE_CREATED: &str = "message.created";
 pub(crate) const CONVERSATION_UPDATED: &str = "conversation.updated";
 pub(crate) const LEAD_CAPTURED: &str = "lead.captured";
+pub(crate) const PAYMENT_UPDATED: &str = "payment.updated";
+
+/// What a message brought about besides itself, logged right after it.
+#[derive(Debug, Clone)]
+pub(crate) enum Also {
+    /// A lead form's answers landed on this contact.
+    Lead(v1::Contact),
+    /// A payment was requested or settled: as it stands after.
+    Payment(v1::Payment),
+}
 
 /// The id of the record of event `seq`: sorts as the number does.
 pub(crate) fn record_id(seq: u64) -> String {
@@ -93,13 +103,13 @@ impl EventLog {
             .is_ok_and(|c| self.logged.get(&c).is_none_or(|seq| message.seq > *seq))
     }
 
-    /// Logs `message` (and the contact it filled in, if any), adding the
-    /// writes to `writes`; the head is the caller's to write last
+    /// Logs `message` (and what it brought about, if anything), adding
+    /// the writes to `writes`; the head is the caller's to write last
     /// ([`EventLog::head_write`]).
     pub(crate) fn append(
         &mut self,
         message: &v1::Message,
-        lead: Option<v1::Contact>,
+        also: Option<Also>,
         now: Timestamp,
         writes: &mut Vec<DeskWrite>,
     ) {
@@ -120,8 +130,18 @@ impl EventLog {
             id.clone(),
             Data::Message(message.clone()),
         )];
-        if let Some(contact) = lead {
-            events.push((LEAD_CAPTURED, format!("{id}:lead"), Data::Contact(contact)));
+        match also {
+            Some(Also::Lead(contact)) => {
+                events.push((LEAD_CAPTURED, format!("{id}:lead"), Data::Contact(contact)));
+            }
+            Some(Also::Payment(payment)) => {
+                events.push((
+                    PAYMENT_UPDATED,
+                    format!("{id}:payment"),
+                    Data::Payment(payment),
+                ));
+            }
+            None => {}
         }
         for (kind, event_id, data) in events {
             self.head += 1;

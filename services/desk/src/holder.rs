@@ -11,11 +11,16 @@ use natter_bus::{Bus, Outgoing};
 use natter_contract::{
     DESK_CONSUMER, EVENTS, Handled, Holders, Topology, consume_partitions, decode, serve, subjects,
 };
-use natter_core::{Content, Event, Limits, TenantId};
-use natter_proto::bus::v1::{AgentSessions, ConversationEvents, DeskCommand, DeskOutcome};
+use natter_core::{Content, ConversationId, Event, Limits, PaymentId, TenantId};
+use natter_proto::bus::v1::{
+    AgentSessions, ConversationEvents, DeskCommand, DeskOutcome, DeskPayment, PaymentReport,
+    PaymentReportOutcome,
+};
 use natter_proto::convert::{actor_from_wire, parse_id, required};
 use natter_proto::status::{self, reason, to_failure};
-use natter_proto::v1::{DeskAnswer, DeskCall, event};
+use natter_proto::v1::desk_answer::Answer;
+use natter_proto::v1::desk_call::Call;
+use natter_proto::v1::{DeskAnswer, DeskCall, RequestPaymentResponse, event};
 use natter_server::clock::now;
 use natter_store::{DeskStore, Lease};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::act::Acts;
 use crate::contacts::Contacts;
 use crate::desk::{Desk, DeskError, Effect, Logged};
+use crate::events::Also;
+use crate::payments::{self, Payments, Settle};
 use crate::presence::Sessions;
 use crate::webhooks::Webhooks;
 
@@ -50,11 +57,23 @@ pub(crate) struct Config {
     pub(crate) topology: Topology,
     pub(crate) limits: Limits,
     pub(crate) peer_timeout: Duration,
+    pub(crate) payments: Payments,
 }
 
 enum Input {
     Call(Box<DeskCommand>, oneshot::Sender<DeskOutcome>),
     Events(ConversationEvents, oneshot::Sender<Handled>),
+    Payment(PaymentInput, oneshot::Sender<Result<Settle, tonic::Status>>),
+}
+
+/// What the loop does to a payment's record.
+enum PaymentInput {
+    /// Keep a new payment's record.
+    Keep(Box<DeskPayment>),
+    /// Apply a provider's report.
+    Report(PaymentReport),
+    /// The update a report settled is in the conversation.
+    Announced(TenantId, ConversationId, PaymentId),
 }
 
 /// Routes while this process holds the desk's lease, until `stop`.
@@ -99,24 +118,46 @@ pub(crate) async fn serve_desk(
         holders: Holders::new(bus.clone(), config.topology),
         peer_timeout: config.peer_timeout,
     };
+    let payment_acts = acts.clone();
+    // Analytics consume EVENTS on their own, beside the loop.
+    let analytics = crate::analytics::Analytics::new(config.store.clone(), acts.clone());
+    tasks.spawn(analytics.run(config.topology, stop.clone()));
     tasks.spawn(acts.run(effects_in, stop.clone()));
     match bus.subscribe(subjects::DESK_CALL, Some("desk")).await {
         Ok(calls) => {
             let inputs = inputs.clone();
-            let answering = serve(bus.clone(), calls, CALL_CONCURRENCY, move |command| {
-                let inputs = inputs.clone();
-                async move {
-                    let (reply, answer) = oneshot::channel();
-                    if inputs
-                        .send(Input::Call(Box::new(command), reply))
-                        .await
-                        .is_err()
-                    {
-                        return giving_up();
+            let (payments, acts, stopping) =
+                (config.payments.clone(), payment_acts.clone(), stop.clone());
+            let answering = serve(
+                bus.clone(),
+                calls,
+                CALL_CONCURRENCY,
+                move |command: DeskCommand| {
+                    let inputs = inputs.clone();
+                    let (payments, acts, stopping) =
+                        (payments.clone(), acts.clone(), stopping.clone());
+                    async move {
+                        // It waits for the payment provider: beside the loop.
+                        if let Some(DeskCall {
+                            call: Some(Call::RequestPayment(_)),
+                            ..
+                        }) = &command.call
+                        {
+                            return request_payment(command, &payments, &acts, &inputs, &stopping)
+                                .await;
+                        }
+                        let (reply, answer) = oneshot::channel();
+                        if inputs
+                            .send(Input::Call(Box::new(command), reply))
+                            .await
+                            .is_err()
+                        {
+                            return giving_up();
+                        }
+                        answer.await.unwrap_or_else(|_| giving_up())
                     }
-                    answer.await.unwrap_or_else(|_| giving_up())
-                }
-            });
+                },
+            );
             // The subscription does not end with the holding: stop
             // answering when it does.
             let stopped = stop.clone();
@@ -129,6 +170,33 @@ pub(crate) async fn serve_desk(
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot take desk calls; giving the desk up");
+            return;
+        }
+    }
+    match bus.subscribe(subjects::DESK_PAYMENT, Some("desk")).await {
+        Ok(reports) => {
+            let inputs = inputs.clone();
+            let stopping = stop.clone();
+            let answering = serve(
+                bus.clone(),
+                reports,
+                CALL_CONCURRENCY,
+                move |report: PaymentReport| {
+                    let (inputs, acts, stopping) =
+                        (inputs.clone(), payment_acts.clone(), stopping.clone());
+                    async move { reported(report, &acts, &inputs, &stopping).await }
+                },
+            );
+            let stopped = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = stopped.cancelled() => {}
+                    () = answering => {}
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take payment reports; giving the desk up");
             return;
         }
     }
@@ -172,6 +240,9 @@ pub(crate) async fn serve_desk(
                 Input::Events(batch, reply) => {
                     let _ = reply.send(events(&mut desk, batch, &mut out).await);
                 }
+                Input::Payment(input, reply) => {
+                    let _ = reply.send(payment(&*config.store, input).await);
+                }
             },
             Some(report) = sessions_in.next() => {
                 if let Ok(report) = decode::<AgentSessions>(&report.payload) {
@@ -199,10 +270,156 @@ pub(crate) async fn serve_desk(
             }
         }
     }
+    // What waits in the channel would never be answered, and its
+    // consumer never stop: dropping it answers each with a retry.
+    drop(input);
     drop(effects);
     desk.stop_webhooks().await;
     while tasks.join_next().await.is_some() {}
     tracing::info!(epoch, "desk given up");
+}
+
+/// Has the loop do `input` to a payment's record.
+async fn ask(inputs: &mpsc::Sender<Input>, input: PaymentInput) -> Result<Settle, tonic::Status> {
+    let (reply, answer) = oneshot::channel();
+    let gone = || {
+        status::unavailable(
+            reason::SERVICE_UNAVAILABLE,
+            "the desk is changing hands; retry",
+        )
+    };
+    inputs
+        .send(Input::Payment(input, reply))
+        .await
+        .map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
+/// A payment's record, read and written in the loop, so the reports of one
+/// payment apply one at a time.
+async fn payment(store: &dyn DeskStore, input: PaymentInput) -> Result<Settle, tonic::Status> {
+    let invalid = |e: natter_core::Invalid| status::invalid_argument(e);
+    let (tenant, writes, settle): (TenantId, _, _) = match input {
+        PaymentInput::Keep(record) => (
+            parse_id("tenant_id", &record.tenant_id).map_err(invalid)?,
+            vec![payments::keep(&record).map_err(invalid)?],
+            Settle::Nothing,
+        ),
+        PaymentInput::Report(report) => {
+            let tenant = parse_id("tenant_id", &report.tenant_id).map_err(invalid)?;
+            let (writes, settle) = payments::settle(store, &report, now())
+                .await
+                .map_err(|e| e.into_status())?;
+            (tenant, writes, settle)
+        }
+        PaymentInput::Announced(tenant, conversation, payment) => {
+            let writes = payments::announced(store, &tenant, conversation, payment)
+                .await
+                .map_err(|e| e.into_status())?;
+            (tenant, writes, Settle::Nothing)
+        }
+    };
+    if !writes.is_empty() {
+        store
+            .write_desk(&tenant, &writes)
+            .await
+            .map_err(natter_server::store_status)?;
+    }
+    Ok(settle)
+}
+
+/// `RequestPayment`: the checkout page, then the record (in the loop),
+/// then the message.
+async fn request_payment(
+    command: DeskCommand,
+    payments: &Payments,
+    acts: &Acts,
+    inputs: &mpsc::Sender<Input>,
+    stop: &CancellationToken,
+) -> DeskOutcome {
+    let actor = match actor_from_wire(command.actor) {
+        Ok(actor) => actor,
+        Err(e) => return failed(e.into()),
+    };
+    let DeskCall {
+        client_call_id,
+        call,
+    } = command.call.unwrap_or_default();
+    let Some(Call::RequestPayment(request)) = call else {
+        return failed(natter_core::Invalid::new("call", "is not request_payment").into());
+    };
+    let keep = |record: DeskPayment| async move {
+        ask(inputs, PaymentInput::Keep(Box::new(record)))
+            .await
+            .map(drop)
+    };
+    match payments
+        .request(&actor, request, acts, keep, now(), stop)
+        .await
+    {
+        Ok(payment) => DeskOutcome {
+            failure: None,
+            answer: Some(DeskAnswer {
+                client_call_id,
+                answer: Some(Answer::RequestPayment(RequestPaymentResponse {
+                    payment: Some(payment),
+                })),
+            }),
+        },
+        Err(status) => refused(&status),
+    }
+}
+
+/// A provider's report: applied in the loop, then its update sent into
+/// the conversation, then marked sent.
+async fn reported(
+    report: PaymentReport,
+    acts: &Acts,
+    inputs: &mpsc::Sender<Input>,
+    stop: &CancellationToken,
+) -> PaymentReportOutcome {
+    let refused = |status: tonic::Status| PaymentReportOutcome {
+        failure: Some(to_failure(&status)),
+        changed: false,
+    };
+    let (tenant, conversation, update, changed) =
+        match ask(inputs, PaymentInput::Report(report)).await {
+            Err(status) => return refused(status),
+            Ok(Settle::Nothing) => {
+                return PaymentReportOutcome {
+                    failure: None,
+                    changed: false,
+                };
+            }
+            Ok(Settle::Announce {
+                tenant,
+                conversation,
+                update,
+                changed,
+            }) => (tenant, conversation, update, changed),
+        };
+    let key = payments::message_key(update.payment_id, update.status);
+    let payment = update.payment_id;
+    let content = Content::PaymentUpdate(update).into();
+    if let Err(why) = acts.post(&tenant, conversation, key, content, stop).await {
+        return refused(status::unavailable(
+            reason::SERVICE_UNAVAILABLE,
+            format!("the payment's update was not sent: {why}"),
+        ));
+    }
+    if let Err(status) = ask(
+        inputs,
+        PaymentInput::Announced(tenant, conversation, payment),
+    )
+    .await
+    {
+        // Sent, but not marked: a replay sends it again, recognised.
+        tracing::warn!(status = %status.message(), "payment update not marked as sent");
+    }
+    PaymentReportOutcome {
+        failure: None,
+        changed,
+    }
 }
 
 /// Sleeps until `at`, or forever.
@@ -298,9 +515,12 @@ async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect
                 )
                 .await
                 .map(|()| None),
-            Content::FormReply(reply) => {
-                desk.lead(&tenant, &message.sender_id, &reply.values, now)
-                    .await
+            Content::FormReply(reply) => desk
+                .lead(&tenant, &message.sender_id, &reply.values, now)
+                .await
+                .map(|lead| lead.map(Also::Lead)),
+            Content::PaymentRequest(_) | Content::PaymentUpdate(_) => {
+                desk.logged_payment(&tenant, &message).await
             }
             _ => Ok(None),
         };

@@ -12,6 +12,12 @@
 //!   lead forms, which land on their contacts (`contacts.rs`). Gateways report which agents
 //!   have sessions (`desk.sessions`), which is what makes an agent online.
 //! - **Rules.** `natter_routing::Router`, one per tenant (`desk.rs`).
+//! - **Analytics.** The holder also consumes EVENTS as `analytics`
+//!   (`analytics.rs`), beside the loop: per-conversation facts and hourly
+//!   rollups, written together per delivery, so a crash changes no figure;
+//!   and the satisfaction survey when a conversation of a team with `csat`
+//!   is resolved. Every process answers `AnalyticsService` from the store
+//!   (`analytics_api.rs`).
 //! - **Outputs.** Through the message path only (`act.rs`): an assignment
 //!   makes the agent a member and is a lifecycle change at the
 //!   conversation's sequencer; offers and queue positions are signals to
@@ -25,14 +31,19 @@
 //! connected agent is online until they set it again.
 
 mod act;
+mod analytics;
+mod analytics_api;
 mod api;
 mod contacts;
 mod desk;
 mod events;
 mod holder;
+mod http;
 mod notes;
+mod payments;
 mod presence;
 mod records;
+mod stripe;
 mod webhooks;
 
 use std::sync::Arc;
@@ -51,6 +62,9 @@ const SCOPE: &str = "desk";
 
 /// How long a call to a peer service, or to the holder, may take.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the holder may take to apply a payment provider's report: it
+/// sends the payment's update into the conversation first.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the service runs on, built by [`start`] or by whoever composes the
 /// services in one process.
@@ -60,6 +74,9 @@ pub struct Deps {
     pub store: Arc<dyn DeskStore>,
     /// Unique per process; names this process in logs and in its lease.
     pub instance: String,
+    /// Where the HTTP endpoint for payment providers' webhooks listens
+    /// (`desk.http_addr`), if anywhere.
+    pub http: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -82,12 +99,28 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
+    let provider: Option<Arc<dyn payments::PaymentProvider>> = settings
+        .stripe()?
+        .map(|stripe| Arc::new(stripe::Stripe::new(stripe)) as _);
+    let payments = payments::Payments {
+        provider: provider.clone(),
+    };
+    if let Some(listener) = deps.http {
+        tasks.spawn(http::serve(
+            listener,
+            deps.bus.clone(),
+            provider,
+            WEBHOOK_TIMEOUT,
+            stop.clone(),
+        ));
+    }
     let config = holder::Config {
         bus: deps.bus.clone(),
         store: deps.store.clone(),
         topology: settings.topology(),
         limits: settings.limits(),
         peer_timeout: PEER_TIMEOUT,
+        payments,
     };
     let leases: Arc<dyn LeaseStore> = deps.store.clone();
     tasks.spawn(partitions::hold(
@@ -98,6 +131,10 @@ pub async fn run(
         stop.clone(),
         move |lease, stop| holder::serve_desk(config.clone(), lease, stop),
     ));
+    let analytics = analytics_api::AnalyticsApi {
+        verifier: deps.verifier.clone(),
+        store: deps.store.clone(),
+    };
     let api = Arc::new(api::Api {
         bus: deps.bus,
         verifier: deps.verifier,
@@ -112,6 +149,9 @@ pub async fn run(
             natter_proto::v1::desk_service_server::DeskServiceServer::from_arc(api.clone()),
         )
         .add_service(natter_proto::v1::event_service_server::EventServiceServer::from_arc(api))
+        .add_service(
+            natter_proto::v1::analytics_service_server::AnalyticsServiceServer::new(analytics),
+        )
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
         .await?;
     Ok(())
@@ -123,11 +163,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<()
     let infra = settings.infra("desk").await?;
     let stores = settings.open_stores().await?;
     let listener = natter_server::bind("desk", &settings.desk.grpc_addr).await?;
+    let http = match settings.desk.http_addr.as_str() {
+        "" => None,
+        addr => Some(natter_server::bind("desk (HTTP)", addr).await?),
+    };
     let deps = Deps {
         bus: infra.bus,
         verifier: infra.verifier,
         store: stores.desk,
         instance: infra.instance,
+        http,
     };
     run(&settings, deps, listener, shutdown).await
 }

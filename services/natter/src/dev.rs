@@ -33,6 +33,13 @@ pub(crate) fn defaults(settings: &mut Settings) {
     {
         settings.auth.hs256_secret = DEV_SECRET.into();
     }
+    // Payments need the webhook endpoint: listen where the docs say.
+    let stripe = &settings.desk.stripe;
+    if settings.desk.http_addr.is_empty()
+        && !(stripe.api_key.is_empty() && stripe.api_key_file.as_os_str().is_empty())
+    {
+        settings.desk.http_addr = "127.0.0.1:7580".into();
+    }
 }
 
 pub(crate) async fn run(
@@ -53,6 +60,10 @@ pub(crate) async fn run(
     let sync = natter_server::listen(&settings.sync.grpc_addr).await?;
     let fanout = natter_server::listen(&settings.fanout.grpc_addr).await?;
     let desk = natter_server::listen(&settings.desk.grpc_addr).await?;
+    let desk_http = match settings.desk.http_addr.as_str() {
+        "" => None,
+        addr => Some(natter_server::listen(addr).await?),
+    };
     let gateway_http_addr = gateway_http.local_addr()?;
     let mut addrs = vec![
         ("gateway (gRPC)", gateway_grpc.local_addr()?.to_string()),
@@ -69,6 +80,12 @@ pub(crate) async fn run(
         ("fanout", fanout.local_addr()?.to_string()),
         ("desk", desk.local_addr()?.to_string()),
     ];
+    if let Some(http) = &desk_http {
+        addrs.push((
+            "payment webhooks",
+            format!("http://{}/v1/payments/stripe", http.local_addr()?),
+        ));
+    }
     // The demo is a convenience: when it cannot run, the services still do.
     let demo = match demo_listener(&settings, &demo_addr).await {
         Ok(Some(listener)) => {
@@ -141,6 +158,7 @@ pub(crate) async fn run(
             verifier: verifier.clone(),
             store: stores.desk,
             instance: format!("{instance}-desk"),
+            http: desk_http,
         },
         desk,
         shutdown.clone(),

@@ -6,7 +6,8 @@
 //! So each sequencer write keeps its announcement (the EVENTS message it
 //! is about to publish) in the same store write as its messages, and other
 //! changes keep theirs before publishing. The holder of the partition
-//! forgets them once fanout's consumer has acknowledged them
+//! forgets them once fanout's consumer and the desk's analytics consumer
+//! have both acknowledged them
 //! ([`forget_consumed`]), and a new holder first publishes again whatever
 //! is still kept ([`announce_kept`]): fanout and sync recognise events they
 //! have by their keys. On NATS, EVENTS itself is durable and nothing is
@@ -216,7 +217,12 @@ pub(crate) async fn forget_consumed(
         return;
     };
     let (bus, store) = (&storage.bus, &storage.store);
-    let consumer = EVENTS.consumer(natter_contract::EVENTS_CONSUMER, partition);
+    // Fanout's, and the desk's analytics, whose figures would miss what
+    // a crash took from the in-process stream before they consumed it.
+    let consumers = [
+        EVENTS.consumer(natter_contract::EVENTS_CONSUMER, partition),
+        EVENTS.consumer(natter_contract::ANALYTICS_CONSUMER, partition),
+    ];
     let mut every = tokio::time::interval(FORGET_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -224,13 +230,17 @@ pub(crate) async fn forget_consumed(
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        let floor = match bus.ack_floor(EVENTS.name, &consumer).await {
-            Ok(floor) => floor,
-            Err(e) => {
-                tracing::warn!(partition, error = %e, "cannot read how far fanout has come");
-                continue;
+        let mut floor = Some(u64::MAX);
+        for consumer in &consumers {
+            match bus.ack_floor(EVENTS.name, consumer).await {
+                Ok(reached) => floor = floor.map(|f| f.min(reached)),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read how far fanout has come");
+                    floor = None;
+                }
             }
-        };
+        }
+        let Some(floor) = floor else { continue };
         if let Some(through) = kept.consumed(partition, floor)
             && let Err(e) = store.forget_announcements(partition, through).await
         {

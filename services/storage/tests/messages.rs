@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_invalid, assert_status, next_event, text_content, who};
-use natter_contract::{EVENTS, EVENTS_CONSUMER, Holders, subjects};
+use natter_contract::{ANALYTICS_CONSUMER, EVENTS, EVENTS_CONSUMER, Holders, subjects};
 use natter_core::Timestamp;
 use natter_core::{ConversationId, Event, Role};
 use natter_proto::bus::v1::{Actor, SendCommand, send_outcome};
@@ -269,7 +269,8 @@ async fn an_event_lost_after_the_store_write_is_published_by_the_retry() {
 }
 
 /// The in-process bus keeps EVENTS in memory only, so storage keeps each
-/// announcement in the store until fanout's consumer has acknowledged it,
+/// announcement in the store until fanout's consumer (and the desk's
+/// analytics consumer) has acknowledged it,
 /// and after a restart the partition's next holder announces what is still
 /// kept, and nothing fanout had taken.
 #[tokio::test]
@@ -286,6 +287,19 @@ async fn a_new_holder_announces_what_fanout_had_not_taken() {
         Event::Membership(_)
     ));
     assert!(matches!(next_event(&mut fanout).await.1, Event::Message(_)));
+    // The desk's analytics must have it too before it is forgotten.
+    let analytics_name = EVENTS.consumer(ANALYTICS_CONSUMER, partition);
+    let mut analytics = h
+        .consume(&analytics_name, &EVENTS.subject_of(partition))
+        .await;
+    assert!(matches!(
+        next_event(&mut analytics).await.1,
+        Event::Membership(_)
+    ));
+    assert!(matches!(
+        next_event(&mut analytics).await.1,
+        Event::Message(_)
+    ));
     // Acknowledged, so forgotten within a round of the holder's checks.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !kept(&h, partition).await.is_empty() {
