@@ -423,29 +423,117 @@ fn secs(from: i64, to: i64) -> u32 {
     u32::try_from((to - from).max(0) / 1000).unwrap_or(u32::MAX)
 }
 
+/// A conversation as the independent walks see it.
+#[derive(Default)]
+struct Convo {
+    tenant: Option<TenantId>,
+    life: Lifecycle,
+    opened: Option<i64>,
+    first_team: Option<TeamId>,
+    first_agent: Option<UserId>,
+    asked: Option<i64>,
+    answered: bool,
+    since: i64,
+    waiting: Option<i64>,
+    csat: Option<Record>,
+}
+
+fn waits(l: &Lifecycle) -> bool {
+    l.status == Status::Open
+        && l.assignee.is_none()
+        && (l.owner == Owner::Inbox || l.control_requested)
+}
+
+fn done(s: Status) -> bool {
+    matches!(s, Status::Resolved | Status::Closed)
+}
+
+impl Convo {
+    fn open(&mut self, at: i64) {
+        if self.opened.is_none() {
+            self.opened = Some(at);
+            self.since = at;
+        }
+    }
+
+    /// The customer wrote at `at`.
+    fn asked(&mut self, at: i64) {
+        self.open(at);
+        self.asked.get_or_insert(at);
+    }
+
+    /// An agent wrote at `at`: the first response, if it is one.
+    fn answer(&mut self, at: i64, target: Option<u32>) -> Option<Figure> {
+        let (Some(asked), false) = (self.asked, self.answered) else {
+            return None;
+        };
+        self.answered = true;
+        let seconds = secs(asked, at);
+        let missed = target.is_some_and(|t| seconds > t);
+        Some(Figure::FirstResponse { seconds, missed })
+    }
+
+    /// The lifecycle became `next` at `at`.
+    fn changed(
+        &mut self,
+        next: Lifecycle,
+        at: i64,
+        record: &dyn Fn(Option<TeamId>, Option<UserId>, Figure) -> Record,
+        out: &mut Vec<Record>,
+    ) {
+        let prev = std::mem::replace(&mut self.life, next.clone());
+        self.open(at);
+        if self.first_team.is_none() {
+            self.first_team.clone_from(&next.team);
+        }
+        if self.first_agent.is_none() {
+            self.first_agent.clone_from(&next.assignee);
+        }
+        let team = next.team.clone().or(prev.team.clone());
+        let agent = next.assignee.clone().or(prev.assignee.clone());
+        if !done(prev.status) && done(next.status) {
+            out.push(record(
+                team,
+                agent,
+                Figure::Resolution(secs(self.since, at)),
+            ));
+        } else if done(prev.status) && !done(next.status) {
+            out.push(record(team, agent, Figure::Reopened));
+            self.since = at;
+        }
+        if !waits(&prev) && waits(&next) {
+            self.waiting = Some(at);
+        } else if waits(&prev) && !waits(&next) {
+            if let (Some(since), Some(who)) = (self.waiting, &next.assignee) {
+                out.push(record(
+                    next.team.clone(),
+                    Some(who.clone()),
+                    Figure::QueueWait(secs(since, at)),
+                ));
+            }
+            self.waiting = None;
+        }
+    }
+
+    /// Its opening and its CSAT, once the walk is over.
+    fn finish(self, out: &mut Vec<Record>) {
+        if let (Some(opened), Some(tenant)) = (self.opened, self.tenant) {
+            out.push(Record {
+                tenant,
+                hour: opened.div_euclid(3_600_000),
+                team: self.first_team,
+                agent: self.first_agent,
+                figure: Figure::Opened,
+            });
+        }
+        out.extend(self.csat);
+    }
+}
+
 /// Every figure the plan implies, by the definitions in the crate's docs,
 /// walked step by step.
 pub fn records(traffic: &Traffic) -> Vec<Record> {
     let limits = Limits::default();
-    #[derive(Default)]
-    struct Convo {
-        tenant: Option<TenantId>,
-        life: Lifecycle,
-        opened: Option<i64>,
-        first_team: Option<TeamId>,
-        first_agent: Option<UserId>,
-        asked: Option<i64>,
-        answered: bool,
-        since: i64,
-        waiting: Option<i64>,
-        csat: Option<Record>,
-    }
-    let waits = |l: &Lifecycle| {
-        l.status == Status::Open
-            && l.assignee.is_none()
-            && (l.owner == Owner::Inbox || l.control_requested)
-    };
-    let done = |s: Status| matches!(s, Status::Resolved | Status::Closed);
     let mut convos: BTreeMap<ConversationId, Convo> = BTreeMap::new();
     let mut out = Vec::new();
     for step in &traffic.steps {
@@ -481,23 +569,12 @@ pub fn records(traffic: &Traffic) -> Vec<Record> {
                 out.push(record(team.clone(), agent.clone(), Figure::Message(role)));
                 match &step.actor {
                     Actor::Customer(_) => {
-                        if c.opened.is_none() {
-                            c.opened = Some(at);
-                            c.since = at;
-                        }
-                        c.asked.get_or_insert(at);
+                        c.asked(at);
                     }
                     Actor::Agent(_) => {
-                        if let (Some(asked), false) = (c.asked, c.answered) {
-                            c.answered = true;
-                            let seconds = secs(asked, at);
-                            let target = traffic.targets.target_for(team.as_ref());
-                            let missed = target.is_some_and(|t| seconds > t);
-                            out.push(record(
-                                team,
-                                agent,
-                                Figure::FirstResponse { seconds, missed },
-                            ));
+                        let target = traffic.targets.target_for(team.as_ref());
+                        if let Some(first) = c.answer(at, target) {
+                            out.push(record(team, agent, first));
                         }
                     }
                     _ => {}
@@ -510,49 +587,10 @@ pub fn records(traffic: &Traffic) -> Vec<Record> {
         let Ok(Some(next)) = c.life.apply(&change, &limits) else {
             continue;
         };
-        let prev = std::mem::replace(&mut c.life, next.clone());
-        if c.opened.is_none() {
-            c.opened = Some(at);
-            c.since = at;
-        }
-        if c.first_team.is_none() {
-            c.first_team.clone_from(&next.team);
-        }
-        if c.first_agent.is_none() {
-            c.first_agent.clone_from(&next.assignee);
-        }
-        let team = next.team.clone().or(prev.team.clone());
-        let agent = next.assignee.clone().or(prev.assignee.clone());
-        if !done(prev.status) && done(next.status) {
-            out.push(record(team, agent, Figure::Resolution(secs(c.since, at))));
-        } else if done(prev.status) && !done(next.status) {
-            out.push(record(team, agent, Figure::Reopened));
-            c.since = at;
-        }
-        if !waits(&prev) && waits(&next) {
-            c.waiting = Some(at);
-        } else if waits(&prev) && !waits(&next) {
-            if let (Some(since), Some(who)) = (c.waiting, &next.assignee) {
-                out.push(record(
-                    next.team.clone(),
-                    Some(who.clone()),
-                    Figure::QueueWait(secs(since, at)),
-                ));
-            }
-            c.waiting = None;
-        }
+        c.changed(next, at, &record, &mut out);
     }
     for c in convos.into_values() {
-        if let (Some(opened), Some(tenant)) = (c.opened, c.tenant) {
-            out.push(Record {
-                tenant,
-                hour: opened.div_euclid(3_600_000),
-                team: c.first_team,
-                agent: c.first_agent,
-                figure: Figure::Opened,
-            });
-        }
-        out.extend(c.csat);
+        c.finish(&mut out);
     }
     out
 }
@@ -575,25 +613,6 @@ fn nearest_rank(values: &mut [u32], p: usize) -> Option<u32> {
 /// each activity holds the lifecycle after it, so nothing is recomputed.
 /// Like [`records`], it shares no code with the facts or the rollups.
 pub fn stream_records(stream: &[Numbered], targets: &SlaTargets) -> Vec<Record> {
-    #[derive(Default)]
-    struct Convo {
-        tenant: Option<TenantId>,
-        life: Lifecycle,
-        opened: Option<i64>,
-        first_team: Option<TeamId>,
-        first_agent: Option<UserId>,
-        asked: Option<i64>,
-        answered: bool,
-        since: i64,
-        waiting: Option<i64>,
-        csat: Option<Record>,
-    }
-    let waits = |l: &Lifecycle| {
-        l.status == Status::Open
-            && l.assignee.is_none()
-            && (l.owner == Owner::Inbox || l.control_requested)
-    };
-    let done = |s: Status| matches!(s, Status::Resolved | Status::Closed);
     let mut convos: BTreeMap<ConversationId, Convo> = BTreeMap::new();
     let mut out = Vec::new();
     for m in stream {
@@ -608,37 +627,7 @@ pub fn stream_records(stream: &[Numbered], targets: &SlaTargets) -> Vec<Record> 
             figure,
         };
         if let Content::Activity(next) = &m.content {
-            let prev = std::mem::replace(&mut c.life, next.clone());
-            if c.opened.is_none() {
-                c.opened = Some(at);
-                c.since = at;
-            }
-            if c.first_team.is_none() {
-                c.first_team.clone_from(&next.team);
-            }
-            if c.first_agent.is_none() {
-                c.first_agent.clone_from(&next.assignee);
-            }
-            let team = next.team.clone().or(prev.team.clone());
-            let agent = next.assignee.clone().or(prev.assignee.clone());
-            if !done(prev.status) && done(next.status) {
-                out.push(record(team, agent, Figure::Resolution(secs(c.since, at))));
-            } else if done(prev.status) && !done(next.status) {
-                out.push(record(team, agent, Figure::Reopened));
-                c.since = at;
-            }
-            if !waits(&prev) && waits(next) {
-                c.waiting = Some(at);
-            } else if waits(&prev) && !waits(next) {
-                if let (Some(since), Some(who)) = (c.waiting, &next.assignee) {
-                    out.push(record(
-                        next.team.clone(),
-                        Some(who.clone()),
-                        Figure::QueueWait(secs(since, at)),
-                    ));
-                }
-                c.waiting = None;
-            }
+            c.changed(next.clone(), at, &record, &mut out);
             continue;
         }
         let team = c.life.team.clone();
@@ -658,11 +647,7 @@ pub fn stream_records(stream: &[Numbered], targets: &SlaTargets) -> Vec<Record> 
                 }
                 let agent = c.life.assignee.clone();
                 out.push(record(team, agent, Figure::Message(Role::Customer)));
-                if c.opened.is_none() {
-                    c.opened = Some(at);
-                    c.since = at;
-                }
-                c.asked.get_or_insert(at);
+                c.asked(at);
             }
             Side::Agent(user) => {
                 let agent = Some(user.clone());
@@ -671,17 +656,8 @@ pub fn stream_records(stream: &[Numbered], targets: &SlaTargets) -> Vec<Record> 
                     agent.clone(),
                     Figure::Message(Role::Agent),
                 ));
-                if let (Some(asked), false) = (c.asked, c.answered) {
-                    c.answered = true;
-                    let seconds = secs(asked, at);
-                    let missed = targets
-                        .target_for(team.as_ref())
-                        .is_some_and(|t| seconds > t);
-                    out.push(record(
-                        team,
-                        agent,
-                        Figure::FirstResponse { seconds, missed },
-                    ));
+                if let Some(first) = c.answer(at, targets.target_for(team.as_ref())) {
+                    out.push(record(team, agent, first));
                 }
             }
             Side::Bot(_) => out.push(record(team, None, Figure::Message(Role::Bot))),
@@ -689,16 +665,7 @@ pub fn stream_records(stream: &[Numbered], targets: &SlaTargets) -> Vec<Record> 
         }
     }
     for c in convos.into_values() {
-        if let (Some(opened), Some(tenant)) = (c.opened, c.tenant) {
-            out.push(Record {
-                tenant,
-                hour: opened.div_euclid(3_600_000),
-                team: c.first_team,
-                agent: c.first_agent,
-                figure: Figure::Opened,
-            });
-        }
-        out.extend(c.csat);
+        c.finish(&mut out);
     }
     out
 }

@@ -3,6 +3,7 @@
 //! lifecycle changes from EVENTS, the agents' sessions (`desk.sessions`)
 //! and the offers' timeouts; what they decide goes to [`Acts`] in order.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,13 +161,7 @@ pub(crate) async fn serve_desk(
             );
             // The subscription does not end with the holding: stop
             // answering when it does.
-            let stopped = stop.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    () = stopped.cancelled() => {}
-                    () = answering => {}
-                }
-            });
+            tasks.spawn(until(stop.clone(), answering));
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot take desk calls; giving the desk up");
@@ -187,13 +182,7 @@ pub(crate) async fn serve_desk(
                     async move { reported(report, &acts, &inputs, &stopping).await }
                 },
             );
-            let stopped = stop.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    () = stopped.cancelled() => {}
-                    () = answering => {}
-                }
-            });
+            tasks.spawn(until(stop.clone(), answering));
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot take payment reports; giving the desk up");
@@ -419,6 +408,14 @@ async fn reported(
     PaymentReportOutcome {
         failure: None,
         changed,
+    }
+}
+
+/// Runs `work` until `stop`.
+async fn until(stop: CancellationToken, work: impl Future<Output = ()>) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = work => {}
     }
 }
 

@@ -6,10 +6,12 @@
 use natter_core::{
     ConversationId, Invalid, NoteId, Page, PageRequest, TenantId, Timestamp, UserId,
 };
-use natter_proto::convert::{parse_id, timestamp_to_wire};
+use natter_proto::convert::timestamp_to_wire;
 use natter_proto::v1;
 use natter_store::{DeskKind, DeskStore, DeskWrite, StoreError};
 use prost::Message as _;
+
+use crate::records;
 
 /// The most a note may say.
 const MAX_NOTE_BYTES: usize = 4096;
@@ -51,44 +53,19 @@ pub(crate) async fn page(
     conversation: ConversationId,
     page: PageRequest<NoteId>,
 ) -> Result<Page<v1::Note, NoteId>, StoreError> {
-    let prefix = format!("{conversation} ");
-    let records = store
-        .desk_records(
-            tenant,
-            DeskKind::Note,
-            PageRequest {
-                // The conversation's first note sorts after its prefix.
-                after: Some(
-                    page.after
-                        .map_or(prefix.clone(), |after| record_id(conversation, after)),
-                ),
-                size: page.size,
-            },
-        )
-        .await?;
-    let mut notes = Vec::new();
-    for record in records.items {
-        let Some(id) = record.id.strip_prefix(&prefix) else {
-            // Past the conversation's range: no more pages.
-            return Ok(Page {
-                items: notes,
-                next: None,
-            });
-        };
-        let note = v1::Note::decode(record.body.as_slice())
-            .map_err(|e| StoreError::Corrupt(format!("note {id}: {e}")))?;
-        notes.push(note);
-    }
-    let next = match (records.next, notes.last()) {
-        (Some(_), Some(last)) => Some(
-            parse_id("note_id", &last.note_id)
-                .map_err(|e| StoreError::Corrupt(format!("note: {e}")))?,
-        ),
-        _ => None,
-    };
-    Ok(Page { items: notes, next })
+    records::conversation_page(
+        store,
+        tenant,
+        DeskKind::Note,
+        conversation,
+        page,
+        |id, body| {
+            v1::Note::decode(body).map_err(|e| StoreError::Corrupt(format!("note {id}: {e}")))
+        },
+    )
+    .await
 }
 
 fn record_id(conversation: ConversationId, note: NoteId) -> String {
-    format!("{conversation} {note}")
+    records::by_conversation(conversation, note)
 }

@@ -40,6 +40,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::act::Acts;
+use crate::records;
 
 /// What the provider is asked to open a checkout page for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +128,7 @@ pub(crate) fn message_key(payment: PaymentId, status: PaymentStatus) -> String {
 
 /// The record id of a payment: its conversation's payments are one range.
 fn record_id(conversation: ConversationId, payment: PaymentId) -> String {
-    format!("{conversation} {payment}")
+    records::by_conversation(conversation, payment)
 }
 
 impl Payments {
@@ -408,42 +409,22 @@ pub(crate) async fn page(
     conversation: ConversationId,
     page: PageRequest<PaymentId>,
 ) -> Result<Page<v1::Payment, PaymentId>, StoreError> {
-    let prefix = format!("{conversation} ");
-    let records = store
-        .desk_records(
-            tenant,
-            DeskKind::Payment,
-            PageRequest {
-                after: Some(
-                    page.after
-                        .map_or(prefix.clone(), |after| record_id(conversation, after)),
-                ),
-                size: page.size,
-            },
-        )
-        .await?;
-    let mut payments = Vec::new();
-    for record in records.items {
-        let Some(id) = record.id.strip_prefix(&prefix) else {
-            return Ok(Page {
-                items: payments,
-                next: None,
-            });
-        };
-        let kept = DeskPayment::decode(record.body.as_slice())
-            .map_err(|e| StoreError::Corrupt(format!("payment {id}: {e}")))?;
-        payments.extend(kept.payment);
-    }
-    let next = match (records.next, payments.last()) {
-        (Some(_), Some(last)) => Some(
-            parse_id("payment_id", &last.payment_id)
-                .map_err(|e| StoreError::Corrupt(format!("payment: {e}")))?,
-        ),
-        _ => None,
-    };
+    let page = records::conversation_page(
+        store,
+        tenant,
+        DeskKind::Payment,
+        conversation,
+        page,
+        |id, body| {
+            DeskPayment::decode(body)
+                .map(|kept| kept.payment)
+                .map_err(|e| StoreError::Corrupt(format!("payment {id}: {e}")))
+        },
+    )
+    .await?;
     Ok(Page {
-        items: payments,
-        next,
+        items: page.items.into_iter().flatten().collect(),
+        next: page.next,
     })
 }
 

@@ -5,11 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use natter_core::{ConversationId, Invalid, Priority, TeamId, Timestamp, UserId};
+use natter_core::{
+    ConversationId, Invalid, Page, PageRequest, Priority, TeamId, TenantId, Timestamp, UserId,
+};
 use natter_proto::bus::v1::DeskRoute;
 use natter_proto::convert::{parse_id, priority_from_wire, timestamp_from_wire, timestamp_to_wire};
 use natter_proto::v1;
 use natter_routing::{Agent, Date, Opening, Presence, Request, Schedule, Strategy, Team};
+use natter_store::{DeskKind, DeskStore, StoreError};
 
 /// An offer stands this long unless the team says otherwise.
 const DEFAULT_OFFER_TIMEOUT_SECONDS: u32 = 30;
@@ -395,6 +398,64 @@ pub(crate) fn position_to_wire(position: natter_routing::Position) -> v1::QueueP
 /// The priority a waiting conversation has on the wire.
 pub(crate) fn priority_to_wire(priority: Priority) -> i32 {
     v1::Priority::from(priority).into()
+}
+
+/// The id of a record kept by conversation: `<conversation id> <item id>`,
+/// so a conversation's items are one range, in item id order.
+pub(crate) fn by_conversation(
+    conversation: ConversationId,
+    item: impl std::fmt::Display,
+) -> String {
+    format!("{conversation} {item}")
+}
+
+/// A page of the conversation's records of `kind` (kept by
+/// [`by_conversation`]), each decoded by `decode` from its item id and
+/// body; the next page starts after the last item's id.
+pub(crate) async fn conversation_page<I, T>(
+    store: &dyn DeskStore,
+    tenant: &TenantId,
+    kind: DeskKind,
+    conversation: ConversationId,
+    page: PageRequest<I>,
+    decode: impl Fn(&str, &[u8]) -> Result<T, StoreError>,
+) -> Result<Page<T, I>, StoreError>
+where
+    I: std::fmt::Display + std::str::FromStr<Err = Invalid>,
+{
+    let prefix = by_conversation(conversation, "");
+    let records = store
+        .desk_records(
+            tenant,
+            kind,
+            PageRequest {
+                // The conversation's first item sorts after its prefix.
+                after: Some(
+                    page.after
+                        .map_or(prefix.clone(), |after| by_conversation(conversation, after)),
+                ),
+                size: page.size,
+            },
+        )
+        .await?;
+    let mut items = Vec::new();
+    let mut last = None;
+    for record in records.items {
+        // Past the conversation's range: no more pages.
+        let Some(id) = record.id.strip_prefix(&prefix) else {
+            return Ok(Page { items, next: None });
+        };
+        items.push(decode(id, &record.body)?);
+        last = Some(id.to_owned());
+    }
+    let next = match (records.next, last) {
+        (Some(_), Some(last)) => Some(
+            last.parse()
+                .map_err(|e: Invalid| StoreError::Corrupt(format!("{kind:?} {last}: {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(Page { items, next })
 }
 
 #[cfg(test)]
