@@ -11,14 +11,12 @@ use natter_store::{
     DeskKind, DeskRecord, DeskStore, DeskWrite, Page, PageRequest, Result, validate_desk_writes,
 };
 
-use scylla::serialize::SerializationError;
-use scylla::serialize::row::{RowSerializationContext, SerializeRow};
-use scylla::serialize::writers::RowWriter;
 use scylla::statement::batch::{Batch, BatchType};
 
 use crate::announcements::now_micros;
 use crate::conversations::ROWS_PER_READ;
 use crate::db::corrupt;
+use crate::sequences::Either;
 use crate::{CqlStore, page};
 
 /// The timestamp this process gave a desk write last.
@@ -42,29 +40,6 @@ fn next_timestamp() -> i64 {
 fn record(kind: DeskKind, id: String, body: Option<Vec<u8>>) -> Result<DeskRecord> {
     let body = body.ok_or_else(|| corrupt(&format!("desk {} {id}", kind.as_str()), "no body"))?;
     Ok(DeskRecord { id, body })
-}
-
-/// The values of one statement of a batch of puts and deletes.
-enum Row<'a> {
-    Put((&'a str, &'a str, &'a str, &'a [u8], i64)),
-    Delete((i64, &'a str, &'a str, &'a str)),
-}
-
-impl SerializeRow for Row<'_> {
-    fn serialize(
-        &self,
-        ctx: &RowSerializationContext<'_>,
-        writer: &mut RowWriter,
-    ) -> std::result::Result<(), SerializationError> {
-        match self {
-            Row::Put(values) => values.serialize(ctx, writer),
-            Row::Delete(values) => values.serialize(ctx, writer),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        false
-    }
 }
 
 #[async_trait]
@@ -118,7 +93,7 @@ impl DeskStore for CqlStore {
             match write {
                 DeskWrite::Put { kind, id, body } => {
                     batch.append_statement(self.statements.desk_record_put.clone());
-                    values.push(Row::Put((
+                    values.push(Either::Left((
                         tenant.as_str(),
                         kind.as_str(),
                         id.as_str(),
@@ -128,7 +103,7 @@ impl DeskStore for CqlStore {
                 }
                 DeskWrite::Delete { kind, id } => {
                     batch.append_statement(self.statements.desk_record_delete.clone());
-                    values.push(Row::Delete((
+                    values.push(Either::Right((
                         next_timestamp(),
                         tenant.as_str(),
                         kind.as_str(),

@@ -140,11 +140,11 @@ impl CqlStore {
                 let mut values = Vec::with_capacity(part.len() + 1);
                 for (_, row) in part {
                     batch.append_statement(sequence.insert.clone());
-                    values.push(Either::Row(row));
+                    values.push(Either::Left(row));
                 }
                 if let Some((statement, row)) = &closing {
                     batch.append_statement((*statement).clone());
-                    values.push(Either::Closing(row));
+                    values.push(Either::Right(row));
                 }
                 db.batch(sequence.what, &batch, values).await?;
             }
@@ -171,27 +171,27 @@ impl CqlStore {
 }
 
 /// A row of a batch that mixes two statements' values.
-enum Either<'a, R, C> {
-    Row(&'a R),
-    Closing(&'a C),
+pub(crate) enum Either<L, R> {
+    Left(L),
+    Right(R),
 }
 
-impl<R: SerializeRow, C: SerializeRow> SerializeRow for Either<'_, R, C> {
+impl<L: SerializeRow, R: SerializeRow> SerializeRow for Either<L, R> {
     fn serialize(
         &self,
         ctx: &RowSerializationContext<'_>,
         writer: &mut RowWriter,
     ) -> std::result::Result<(), SerializationError> {
         match self {
-            Either::Row(row) => row.serialize(ctx, writer),
-            Either::Closing(row) => row.serialize(ctx, writer),
+            Either::Left(row) => row.serialize(ctx, writer),
+            Either::Right(row) => row.serialize(ctx, writer),
         }
     }
 
     fn is_empty(&self) -> bool {
         match self {
-            Either::Row(row) => row.is_empty(),
-            Either::Closing(row) => row.is_empty(),
+            Either::Left(row) => row.is_empty(),
+            Either::Right(row) => row.is_empty(),
         }
     }
 }

@@ -235,7 +235,7 @@ pub(crate) async fn forget_consumed(
             match bus.ack_floor(EVENTS.name, consumer).await {
                 Ok(reached) => floor = floor.map(|f| f.min(reached)),
                 Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot read how far fanout has come");
+                    tracing::warn!(partition, consumer, error = %e, "cannot read how far a consumer has come");
                     floor = None;
                 }
             }
