@@ -80,6 +80,9 @@ def load_note(records):
     note = f"load {min(loads):.1f}–{max(loads):.1f}"
     if psis:
         note += f", CPU pressure {min(psis):.0f}–{max(psis):.0f} %"
+    steals = [r["cpu_steal_pct"] for r in records if r.get("cpu_steal_pct") is not None]
+    if steals:
+        note += f", CPU stolen by the host {min(steals):.0f}–{max(steals):.0f} %"
     return note
 
 

@@ -129,6 +129,26 @@ pub struct MessageCounts {
     pub service: u64,
 }
 
+impl MessageCounts {
+    fn add(&mut self, other: &MessageCounts) {
+        self.customer += other.customer;
+        self.agent += other.agent;
+        self.bot += other.bot;
+        self.service += other.service;
+    }
+
+    /// What these messages add to a rollup.
+    fn rollup(&self) -> Rollup {
+        Rollup {
+            messages_customer: self.customer,
+            messages_agent: self.agent,
+            messages_bot: self.bot,
+            messages_service: self.service,
+            ..Rollup::default()
+        }
+    }
+}
+
 /// Messages of one hour, team and agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Bucket {
@@ -301,15 +321,29 @@ impl ConversationFacts {
                 got: event.seq,
             });
         }
-        let before = self.contributions();
+        let signal = classify(event.side, event.content);
+        // Most messages only add one to their bucket: their delta is that
+        // count, with no need to compare every contribution around them.
+        let only_counted = match signal {
+            Signal::Customer => self.opened_at.is_some(),
+            Signal::Agent(_) => self.first_customer_at.is_none() || self.first_response.is_some(),
+            Signal::Bot(_) | Signal::Service => true,
+            Signal::Activity(_) | Signal::Csat { .. } => false,
+        };
+        let before = (!only_counted).then(|| self.contributions());
         self.last_seq = seq;
         let at = event.at;
-        match classify(event.side, event.content) {
+        let one = |side: fn(&mut MessageCounts)| {
+            let mut counts = MessageCounts::default();
+            side(&mut counts);
+            counts
+        };
+        let counted = match signal {
             Signal::Customer => {
                 self.open(at);
                 self.first_customer_at.get_or_insert(at);
                 let agent = self.lifecycle.assignee.clone();
-                self.count(at, agent).customer += 1;
+                Some(self.count(at, agent, one(|c| c.customer = 1)))
             }
             Signal::Agent(user) => {
                 if let (Some(asked), None) = (self.first_customer_at, &self.first_response) {
@@ -322,11 +356,14 @@ impl ConversationFacts {
                         team,
                     });
                 }
-                self.count(at, Some(user.clone())).agent += 1;
+                Some(self.count(at, Some(user.clone()), one(|c| c.agent = 1)))
             }
-            Signal::Bot(_) => self.count(at, None).bot += 1,
-            Signal::Service => self.count(at, None).service += 1,
-            Signal::Activity(lifecycle) => self.activity(at, Seen::from(lifecycle)),
+            Signal::Bot(_) => Some(self.count(at, None, one(|c| c.bot = 1))),
+            Signal::Service => Some(self.count(at, None, one(|c| c.service = 1))),
+            Signal::Activity(lifecycle) => {
+                self.activity(at, Seen::from(lifecycle));
+                None
+            }
             Signal::Csat { score, comment } => {
                 self.csat = Some(Csat {
                     mark: Mark {
@@ -337,12 +374,14 @@ impl ConversationFacts {
                     score,
                     comment: comment.map(str::to_owned),
                 });
+                None
             }
-        }
-        Ok(Applied::Advanced(Delta::between(
-            before,
-            self.contributions(),
-        )))
+        };
+        Ok(Applied::Advanced(match (before, counted) {
+            (Some(before), _) => Delta::between(before, self.contributions()),
+            (None, Some((key, added))) => Delta::added(key, added),
+            (None, None) => Delta::default(),
+        }))
     }
 
     fn open(&mut self, at: Timestamp) {
@@ -352,28 +391,38 @@ impl ConversationFacts {
         }
     }
 
-    fn count(&mut self, at: Timestamp, agent: Option<UserId>) -> &mut MessageCounts {
+    /// Adds `added` to the bucket of `at`, the team and `agent`; returns
+    /// where that counts in the rollups, and what it adds there.
+    fn count(
+        &mut self,
+        at: Timestamp,
+        agent: Option<UserId>,
+        added: MessageCounts,
+    ) -> (HourKey, Rollup) {
         let hour = hour_of(at);
         let team = self.lifecycle.team.clone();
         let found = self
             .messages
             .binary_search_by(|b| (b.hour, &b.team, &b.agent).cmp(&(hour, &team, &agent)));
-        let index = match found {
-            Ok(index) => index,
-            Err(index) => {
-                self.messages.insert(
-                    index,
-                    Bucket {
-                        hour,
-                        team,
-                        agent,
-                        counts: MessageCounts::default(),
-                    },
-                );
-                index
-            }
+        let key = HourKey {
+            tenant: self.tenant.clone(),
+            hour,
+            team: team.clone(),
+            agent: agent.clone(),
         };
-        &mut self.messages[index].counts
+        match found {
+            Ok(index) => self.messages[index].counts.add(&added),
+            Err(index) => self.messages.insert(
+                index,
+                Bucket {
+                    hour,
+                    team,
+                    agent,
+                    counts: added,
+                },
+            ),
+        }
+        (key, added.rollup())
     }
 
     fn activity(&mut self, at: Timestamp, next: Seen) {
@@ -463,10 +512,7 @@ impl ConversationFacts {
         for b in &self.messages {
             let when = Timestamp::from_millis(b.hour * 3_600_000);
             add(when, &b.team, &b.agent, &mut |r| {
-                r.messages_customer += b.counts.customer;
-                r.messages_agent += b.counts.agent;
-                r.messages_bot += b.counts.bot;
-                r.messages_service += b.counts.service;
+                r.merge(&b.counts.rollup())
             });
         }
         if let Some(c) = &self.csat {

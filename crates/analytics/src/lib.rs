@@ -26,7 +26,8 @@
 //! 2. **Rollups are a function of the facts.** The rollup of an hour key is
 //!    the sum, over every conversation, of [`ConversationFacts::contributions`]
 //!    for that key. A [`Delta`] is exactly the difference between a
-//!    conversation's contributions after and before a message, and
+//!    conversation's contributions after and before a message (computed
+//!    directly when the message only adds to a count), and
 //!    [`Rollup::subtract`] is exact (durations are kept as multisets, not
 //!    as summaries), so the sum can be kept up to date incrementally.
 //!

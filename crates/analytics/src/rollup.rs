@@ -204,8 +204,9 @@ impl Rollup {
     }
 }
 
-/// What one message changes in the rollups: for each touched key, the
-/// conversation's old contribution to take away and its new one to add.
+/// What one message changes in the rollups: for each touched key, what to
+/// take away and what to add (the conversation's old and new contribution
+/// there, or only what the message added).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delta {
     pub changes: Vec<(HourKey, Change)>,
@@ -219,6 +220,19 @@ pub struct Change {
 }
 
 impl Delta {
+    /// `added` at `key`, nothing taken away.
+    pub(crate) fn added(key: HourKey, added: Rollup) -> Delta {
+        Delta {
+            changes: vec![(
+                key,
+                Change {
+                    remove: Rollup::default(),
+                    add: added,
+                },
+            )],
+        }
+    }
+
     /// The difference between a conversation's contributions before and
     /// after.
     pub(crate) fn between(

@@ -6,18 +6,21 @@
 //! not through it, as durable consumers of its own (`analytics-<p>`), so
 //! nothing waits for it on the message path and the desk's routing does
 //! not wait for it either. Each partition's consumer takes one delivery at
-//! a time and is the only writer of its partition's rollup records
-//! (`<hour> <partition>`), so their read-modify-write is safe; a query sums
-//! every partition's records over the hours it reads.
+//! a time and is the only writer of its partition's rollup records (one
+//! per hour, team and agent: `<hour> <partition> <team> <agent>`) and of
+//! its conversations' facts, so their read-modify-write is safe, and it
+//! keeps what it wrote in memory ([`Kept`]) for the rest of its term
+//! instead of reading it back; a query sums every partition's records over
+//! the hours it reads.
 //!
-//! Per delivery, per tenant: read each conversation's facts record (the
+//! Per delivery, per tenant: take each conversation's facts record (the
 //! facts and the roles of its members, learnt from membership events,
 //! since a message names only its sender), apply each message (a replay
 //! changes nothing), then write the facts and the rollup records their
 //! deltas touched in one [`DeskStore::write_desk_together`] call, and
-//! only then acknowledge. A crash before the write loses both and the
-//! delivery comes again; after it, the redelivered messages are replays.
-//! So a `kill -9` anywhere changes no figure.
+//! only then acknowledge and keep them. A crash before the write loses
+//! both and the delivery comes again; after it, the redelivered messages
+//! are replays. So a `kill -9` anywhere changes no figure.
 //!
 //! What a crash does not repair: where the bus keeps no streams (`natter
 //! dev`), EVENTS messages published but not yet consumed here are gone
@@ -64,6 +67,12 @@ const RETRY: Duration = Duration::from_secs(1);
 const MAX_ROLES: usize = 1000;
 /// Team records read at once.
 const TEAM_PAGE: u32 = 500;
+/// Conversations' facts, and tenants' hours of rollups, a partition's
+/// consumer keeps in memory at most.
+const KEPT_FACTS: usize = 4096;
+const KEPT_HOURS: usize = 256;
+/// Rollup records read at once.
+const ROLLUP_PAGE: u32 = 500;
 
 /// What the store keeps of one conversation (`DeskKind::AnalyticsFacts`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -89,9 +98,27 @@ impl FactsRecord {
     }
 }
 
-/// The id of the rollup record of `hour` written by `partition`'s consumer.
-pub(crate) fn rollup_id(hour: i64, partition: u32) -> String {
+/// What every rollup record id of `hour` written by `partition`'s consumer
+/// starts with; the prefix sorts just before them.
+fn rollup_prefix(hour: i64, partition: u32) -> String {
     format!("{hour:020} {partition:03}")
+}
+
+/// The id of the rollup record of `hour`, the team and the agent written by
+/// `partition`'s consumer. Ids hold no whitespace, so the fields (empty for
+/// none) cannot run into each other.
+pub(crate) fn rollup_id(
+    hour: i64,
+    partition: u32,
+    team: Option<&TeamId>,
+    agent: Option<&UserId>,
+) -> String {
+    format!(
+        "{} {} {}",
+        rollup_prefix(hour, partition),
+        team.map_or("", TeamId::as_str),
+        agent.map_or("", UserId::as_str)
+    )
 }
 
 /// The hour a rollup record's id names.
@@ -99,14 +126,14 @@ pub(crate) fn rollup_hour(id: &str) -> Option<i64> {
     id.get(..20)?.parse().ok()
 }
 
-/// One rollup record: the rollups of an hour, by team and agent.
-pub(crate) type RollupRows = Vec<(HourKey, Rollup)>;
+/// One rollup record: the rollup of an hour, team and agent.
+pub(crate) type RollupRow = (HourKey, Rollup);
 
 pub(crate) fn decode_facts(body: &[u8]) -> Result<FactsRecord, StoreError> {
     serde_json::from_slice(body).map_err(|e| StoreError::Corrupt(format!("analytics facts: {e}")))
 }
 
-pub(crate) fn decode_rollups(body: &[u8]) -> Result<RollupRows, StoreError> {
+pub(crate) fn decode_rollup(body: &[u8]) -> Result<RollupRow, StoreError> {
     serde_json::from_slice(body).map_err(|e| StoreError::Corrupt(format!("analytics rollup: {e}")))
 }
 
@@ -135,7 +162,36 @@ struct Pending {
     facts: BTreeMap<ConversationId, (FactsRecord, bool)>,
     /// Rollups by hour, then team and agent, as read and changed.
     rollups: BTreeMap<i64, HourRows>,
-    touched: BTreeSet<i64>,
+    /// The rollup rows changed: hour, team and agent.
+    touched: BTreeSet<(i64, Option<TeamId>, Option<UserId>)>,
+}
+
+/// The records a partition's consumer alone writes, as it last wrote them
+/// or read them this term, so that most deliveries read nothing. A
+/// delivery takes what it needs out and gives it back only once written,
+/// so what is kept is always what the store holds. Bounded: past its
+/// limits it starts again empty, and a miss costs one read.
+#[derive(Default)]
+pub(crate) struct Kept {
+    facts: HashMap<(TenantId, ConversationId), FactsRecord>,
+    rollups: HashMap<(TenantId, i64), HourRows>,
+}
+
+impl Kept {
+    fn keep(&mut self, tenant: &TenantId, pending: Pending) {
+        if self.facts.len() + pending.facts.len() > KEPT_FACTS {
+            self.facts.clear();
+        }
+        if self.rollups.len() + pending.rollups.len() > KEPT_HOURS {
+            self.rollups.clear();
+        }
+        for (conversation, (record, _)) in pending.facts {
+            self.facts.insert((tenant.clone(), conversation), record);
+        }
+        for (hour, rows) in pending.rollups {
+            self.rollups.insert((tenant.clone(), hour), rows);
+        }
+    }
 }
 
 impl Analytics {
@@ -153,9 +209,14 @@ impl Analytics {
         for partition in 0..topology.partitions.get() {
             let this = self.clone();
             let stopping = stop.clone();
+            let kept = Arc::new(tokio::sync::Mutex::new(Kept::default()));
             let handler = Arc::new(move |batch: ConversationEvents, _delivered: u32| {
-                let (this, stopping) = (this.clone(), stopping.clone());
-                async move { this.handle(partition, batch, &stopping).await }
+                let (this, stopping, kept) = (this.clone(), stopping.clone(), kept.clone());
+                async move {
+                    // One delivery at a time: never contended.
+                    let mut kept = kept.lock().await;
+                    this.handle(partition, batch, &mut kept, &stopping).await
+                }
             });
             tasks.spawn(consume_partition(
                 self.acts.bus.clone(),
@@ -174,9 +235,10 @@ impl Analytics {
         &self,
         partition: u32,
         batch: ConversationEvents,
+        kept: &mut Kept,
         stop: &CancellationToken,
     ) -> Handled {
-        match self.apply(partition, batch, stop).await {
+        match self.apply(partition, batch, kept, stop).await {
             Ok(()) => Handled::Done,
             Err(StoreError::Invalid(e)) => {
                 // Too big to store, say: retrying cannot help.
@@ -194,6 +256,7 @@ impl Analytics {
         &self,
         partition: u32,
         batch: ConversationEvents,
+        kept: &mut Kept,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         let mut tenants: BTreeMap<TenantId, Pending> = BTreeMap::new();
@@ -213,8 +276,9 @@ impl Analytics {
             let pending = tenants.entry(tenant.clone()).or_default();
             match event {
                 Event::Membership(change) if change.kind == MembershipKind::Joined => {
-                    let (record, dirty) =
-                        self.facts(&tenant, change.conversation_id, pending).await?;
+                    let (record, dirty) = self
+                        .facts(&tenant, change.conversation_id, pending, kept)
+                        .await?;
                     let user = change.user_id.as_str();
                     if record.roles.get(user).map(String::as_str) != Some(change.role.as_str())
                         && (record.roles.len() < MAX_ROLES || record.roles.contains_key(user))
@@ -226,30 +290,38 @@ impl Analytics {
                     }
                 }
                 Event::Message(message) => {
-                    self.message(&tenant, partition, message, pending, stop)
+                    self.message(&tenant, partition, message, pending, kept, stop)
                         .await?;
                 }
                 _ => {}
             }
         }
+        for (tenant, pending) in &tenants {
+            let writes = pending.writes(partition, tenant)?;
+            self.store.write_desk_together(tenant, &writes).await?;
+        }
         for (tenant, pending) in tenants {
-            let writes = pending.writes(partition, &tenant)?;
-            self.store.write_desk_together(&tenant, &writes).await?;
+            kept.keep(&tenant, pending);
         }
         Ok(())
     }
 
-    /// The conversation's facts record, read once per delivery.
+    /// The conversation's facts record, taken from what is kept or read,
+    /// once per delivery.
     async fn facts<'a>(
         &self,
         tenant: &TenantId,
         conversation: ConversationId,
         pending: &'a mut Pending,
+        kept: &mut Kept,
     ) -> Result<&'a mut (FactsRecord, bool), StoreError> {
         let vacant = match pending.facts.entry(conversation) {
             Entry::Occupied(known) => return Ok(known.into_mut()),
             Entry::Vacant(vacant) => vacant,
         };
+        if let Some(record) = kept.facts.remove(&(tenant.clone(), conversation)) {
+            return Ok(vacant.insert((record, false)));
+        }
         let stored = self
             .store
             .desk_record(tenant, DeskKind::AnalyticsFacts, &conversation.to_string())
@@ -267,11 +339,12 @@ impl Analytics {
         partition: u32,
         message: Message,
         pending: &mut Pending,
+        kept: &mut Kept,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         let settings = self.settings(tenant).await?;
         let conversation = message.conversation_id;
-        let (record, dirty) = self.facts(tenant, conversation, pending).await?;
+        let (record, dirty) = self.facts(tenant, conversation, pending, kept).await?;
         let side = record.side(&message.sender_id);
         let facts = record.facts.get_or_insert_with(|| {
             // A conversation older than the analytics starts here.
@@ -324,7 +397,7 @@ impl Analytics {
         };
         for (key, change) in delta.changes {
             let rows = pending
-                .rollup(&*self.store, tenant, key.hour, partition)
+                .rollup(&*self.store, tenant, key.hour, partition, kept)
                 .await?;
             let at = (key.team.clone(), key.agent.clone());
             match change.apply_to(rows.get(&at).cloned()) {
@@ -342,7 +415,7 @@ impl Analytics {
                     );
                 }
             }
-            pending.touched.insert(key.hour);
+            pending.touched.insert((key.hour, key.team, key.agent));
         }
         if let Some(seq) = survey {
             self.survey(tenant, conversation, seq, stop).await;
@@ -433,75 +506,86 @@ impl Analytics {
 }
 
 impl Pending {
-    /// The rollups of `hour` this partition keeps, read once per delivery.
+    /// The rollups of `hour` this partition writes, taken from what is kept
+    /// or read, once per delivery.
     async fn rollup(
         &mut self,
         store: &dyn DeskStore,
         tenant: &TenantId,
         hour: i64,
         partition: u32,
+        kept: &mut Kept,
     ) -> Result<&mut HourRows, StoreError> {
         let vacant = match self.rollups.entry(hour) {
             Entry::Occupied(known) => return Ok(known.into_mut()),
             Entry::Vacant(vacant) => vacant,
         };
-        let stored = store
-            .desk_record(
-                tenant,
-                DeskKind::AnalyticsRollup,
-                &rollup_id(hour, partition),
-            )
-            .await?;
-        let rows = match stored {
-            Some(record) => decode_rollups(&record.body)?
-                .into_iter()
-                .map(|(key, rollup)| ((key.team, key.agent), rollup))
-                .collect(),
-            None => BTreeMap::new(),
-        };
-        Ok(vacant.insert(rows))
+        if let Some(rows) = kept.rollups.remove(&(tenant.clone(), hour)) {
+            return Ok(vacant.insert(rows));
+        }
+        let prefix = rollup_prefix(hour, partition);
+        let within = format!("{prefix} ");
+        let mut rows = HourRows::new();
+        let mut after = Some(prefix);
+        loop {
+            let page = store
+                .desk_records(
+                    tenant,
+                    DeskKind::AnalyticsRollup,
+                    PageRequest {
+                        after,
+                        size: ROLLUP_PAGE,
+                    },
+                )
+                .await?;
+            for record in &page.items {
+                if !record.id.starts_with(&within) {
+                    return Ok(vacant.insert(rows));
+                }
+                let (key, rollup) = decode_rollup(&record.body)?;
+                rows.insert((key.team, key.agent), rollup);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(vacant.insert(rows)),
+            }
+        }
     }
 
     /// The facts and rollup records this delivery changed.
-    fn writes(self, partition: u32, tenant: &TenantId) -> Result<Vec<DeskWrite>, StoreError> {
+    fn writes(&self, partition: u32, tenant: &TenantId) -> Result<Vec<DeskWrite>, StoreError> {
         let encode = |e: serde_json::Error| StoreError::Corrupt(format!("analytics: {e}"));
         let mut writes = Vec::new();
-        for (conversation, (record, dirty)) in self.facts {
-            if dirty {
+        for (conversation, (record, dirty)) in &self.facts {
+            if *dirty {
                 writes.push(DeskWrite::Put {
                     kind: DeskKind::AnalyticsFacts,
                     id: conversation.to_string(),
-                    body: serde_json::to_vec(&record).map_err(encode)?,
+                    body: serde_json::to_vec(record).map_err(encode)?,
                 });
             }
         }
-        for hour in self.touched {
-            let id = rollup_id(hour, partition);
-            let rows: RollupRows = self
-                .rollups
-                .get(&hour)
-                .into_iter()
-                .flatten()
-                .map(|((team, agent), rollup)| {
+        for (hour, team, agent) in &self.touched {
+            let id = rollup_id(*hour, partition, team.as_ref(), agent.as_ref());
+            let at = (team.clone(), agent.clone());
+            let row = self.rollups.get(hour).and_then(|rows| rows.get(&at));
+            writes.push(match row {
+                None => DeskWrite::Delete {
+                    kind: DeskKind::AnalyticsRollup,
+                    id,
+                },
+                Some(rollup) => {
                     let key = HourKey {
                         tenant: tenant.clone(),
-                        hour,
+                        hour: *hour,
                         team: team.clone(),
                         agent: agent.clone(),
                     };
-                    (key, rollup.clone())
-                })
-                .collect();
-            writes.push(if rows.is_empty() {
-                DeskWrite::Delete {
-                    kind: DeskKind::AnalyticsRollup,
-                    id,
-                }
-            } else {
-                DeskWrite::Put {
-                    kind: DeskKind::AnalyticsRollup,
-                    id,
-                    body: serde_json::to_vec(&rows).map_err(encode)?,
+                    DeskWrite::Put {
+                        kind: DeskKind::AnalyticsRollup,
+                        id,
+                        body: serde_json::to_vec(&(key, rollup)).map_err(encode)?,
+                    }
                 }
             });
         }
@@ -561,6 +645,8 @@ mod tests {
         conversation: ConversationId,
         seq: u64,
         stop: CancellationToken,
+        /// What the consumer keeps between deliveries.
+        kept: Kept,
     }
 
     impl Fixture {
@@ -584,6 +670,7 @@ mod tests {
                 conversation: ConversationId::generate(),
                 seq: 0,
                 stop: CancellationToken::new(),
+                kept: Kept::default(),
             }
         }
 
@@ -611,7 +698,7 @@ mod tests {
             })
         }
 
-        async fn deliver(&self, events: &[Event]) {
+        async fn deliver(&mut self, events: &[Event]) {
             let batch = ConversationEvents {
                 events: events
                     .iter()
@@ -621,7 +708,10 @@ mod tests {
                     })
                     .collect(),
             };
-            let handled = self.analytics.handle(0, batch, &self.stop).await;
+            let handled = self
+                .analytics
+                .handle(0, batch, &mut self.kept, &self.stop)
+                .await;
             assert_eq!(handled, Handled::Done);
         }
 
@@ -682,7 +772,13 @@ mod tests {
         f.deliver(&first).await;
         f.deliver(&second).await;
         let once = f.total(Group::Agent).await;
-        // Delivered again, as after a crash before the ack: replays.
+        // Delivered again, as after a crash before the ack: replays, both
+        // to a consumer that kept the records and to one that starts cold
+        // (another term) and reads them.
+        f.deliver(&first).await;
+        f.deliver(&second).await;
+        assert_eq!(f.total(Group::Agent).await, once);
+        f.kept = Kept::default();
         f.deliver(&first).await;
         f.deliver(&second).await;
         assert_eq!(f.total(Group::Agent).await, once);
@@ -699,7 +795,15 @@ mod tests {
         assert_eq!((ann.csat_count, ann.csat_average), (1, Some(4.0)));
         assert_eq!(ann.queue_waits, 0, "assigned at once, it never waited");
 
-        // Two hours, so two rollup records of partition 0.
+        // A cold consumer reads the hour's rows before it adds to them.
+        f.kept = Kept::default();
+        let later = vec![f.message("carol", 3_800, Content::Text("thanks".into()))];
+        f.deliver(&later).await;
+        let now = f.total(Group::Agent).await;
+        assert_eq!((now[1].messages_customer, now[1].opened), (1, 1));
+        assert_eq!(now[0], once[0]);
+
+        // A record per hour, team and agent, all of partition 0.
         let records = f
             .analytics
             .store
@@ -715,7 +819,15 @@ mod tests {
             .expect("records");
         let ids: Vec<_> = records.items.iter().map(|r| r.id.clone()).collect();
         let hour = T0 / 3_600_000;
-        assert_eq!(ids, [rollup_id(hour, 0), rollup_id(hour + 1, 0)]);
+        let (support, ann) = (Some(id("support")), Some(id("ann")));
+        assert_eq!(
+            ids,
+            [
+                rollup_id(hour, 0, None, None),
+                rollup_id(hour, 0, support.as_ref(), ann.as_ref()),
+                rollup_id(hour + 1, 0, support.as_ref(), ann.as_ref()),
+            ]
+        );
 
         let stored = f
             .analytics
@@ -730,7 +842,7 @@ mod tests {
             .expect("the facts are stored");
         let record = decode_facts(&stored.body).expect("readable");
         let facts = record.facts.expect("facts");
-        assert_eq!(facts.last_seq(), Seq::new(5));
+        assert_eq!(facts.last_seq(), Seq::new(6));
         assert_eq!(facts.csat().map(|c| c.score), Some(4));
         assert_eq!(
             record.roles.get("carol").map(String::as_str),

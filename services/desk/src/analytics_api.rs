@@ -20,7 +20,7 @@ use natter_proto::v1::{
 use natter_store::{DeskKind, DeskStore, StoreError};
 use tonic::{Request, Response, Status};
 
-use crate::analytics::{decode_facts, decode_rollups, rollup_hour};
+use crate::analytics::{decode_facts, decode_rollup, rollup_hour};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The longest range a query reads, in hours.
@@ -55,30 +55,31 @@ impl AnalyticsApi {
         }
         Ok((identity.tenant, request.into_inner()))
     }
+}
 
-    /// The rows a query asks for, read from every partition's rollups.
-    async fn rows(
-        &self,
-        tenant: TenantId,
-        wire: Option<AnalyticsQuery>,
-    ) -> Result<Vec<Row>, Status> {
-        let asked = query_from_wire(tenant.clone(), wire).map_err(status::invalid_argument)?;
-        let q = &asked.query;
-        let rollups = read_rollups(&*self.store, &tenant, q.from_hour, q.to_hour)
-            .await
-            .map_err(natter_server::store_status)?;
-        let mut rows = natter_analytics::query(rollups, q);
-        if rows.len() > MAX_ROWS {
-            return Err(status::invalid_argument(Invalid::new(
-                "query",
-                format!("gives more than {MAX_ROWS} rows; narrow the range or the period"),
-            )));
-        }
-        if asked.busiest {
-            natter_analytics::sort_busiest(&mut rows);
-        }
-        Ok(rows)
+/// The rows a query asks for, read from every partition's rollups: for
+/// this service and for the consoles' desk calls.
+pub(crate) async fn rows(
+    store: &dyn DeskStore,
+    tenant: TenantId,
+    wire: Option<AnalyticsQuery>,
+) -> Result<Vec<Row>, Status> {
+    let asked = query_from_wire(tenant.clone(), wire).map_err(status::invalid_argument)?;
+    let q = &asked.query;
+    let rollups = read_rollups(store, &tenant, q.from_hour, q.to_hour)
+        .await
+        .map_err(natter_server::store_status)?;
+    let mut rows = natter_analytics::query(rollups, q);
+    if rows.len() > MAX_ROWS {
+        return Err(status::invalid_argument(Invalid::new(
+            "query",
+            format!("gives more than {MAX_ROWS} rows; narrow the range or the period"),
+        )));
     }
+    if asked.busiest {
+        natter_analytics::sort_busiest(&mut rows);
+    }
+    Ok(rows)
 }
 
 /// Every rollup record of `tenant` from `from_hour` up to `to_hour`.
@@ -89,7 +90,8 @@ pub(crate) async fn read_rollups(
     to_hour: i64,
 ) -> Result<Vec<(HourKey, Rollup)>, StoreError> {
     let mut out = Vec::new();
-    // Ids are `<hour> <partition>`: the bare hour sorts just before them.
+    // Ids are `<hour> <partition> <team> <agent>`: the bare hour sorts
+    // just before them.
     let mut after = Some(format!("{from_hour:020}"));
     loop {
         let page = store
@@ -105,7 +107,7 @@ pub(crate) async fn read_rollups(
         for record in &page.items {
             match rollup_hour(&record.id) {
                 Some(hour) if hour >= to_hour => return Ok(out),
-                Some(_) => out.extend(decode_rollups(&record.body)?),
+                Some(_) => out.push(decode_rollup(&record.body)?),
                 None => {
                     return Err(StoreError::Corrupt(format!(
                         "analytics rollup id {:?}",
@@ -229,7 +231,7 @@ impl AnalyticsService for AnalyticsApi {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         let (tenant, request) = self.reader(request)?;
-        let rows = self.rows(tenant, request.query).await?;
+        let rows = rows(&*self.store, tenant, request.query).await?;
         Ok(Response::new(QueryResponse {
             rows: rows.iter().map(row_to_wire).collect(),
         }))
@@ -243,7 +245,7 @@ impl AnalyticsService for AnalyticsApi {
         request: Request<ExportCsvRequest>,
     ) -> Result<Response<Self::ExportCsvStream>, Status> {
         let (tenant, request) = self.reader(request)?;
-        let rows = self.rows(tenant, request.query).await?;
+        let rows = rows(&*self.store, tenant, request.query).await?;
         let csv = natter_analytics::to_csv(&rows).map_err(|e| {
             status::internal(
                 reason::FAILED_PRECONDITION,
