@@ -359,6 +359,27 @@
   presenceSelect.addEventListener('change', () => {
     deskCall({ set_presence: { presence: presenceSelect.value } }).then(refreshDesk, report);
   });
+  // ---- the analytics page, in place of the desk ----
+
+  const viewButton = $('view');
+  const analytics = $('analytics');
+  const analyticsDays = /** @type {HTMLSelectElement} */ ($('analytics-days'));
+  const layout = /** @type {HTMLElement} */ (document.querySelector('.layout'));
+
+  function showAnalytics() {
+    /** @type {any} */ (window).natterAnalytics.show($('analytics-body'), deskCall, Number(analyticsDays.value)).catch(report);
+  }
+  viewButton.addEventListener('click', () => {
+    const on = analytics.hidden;
+    analytics.hidden = !on;
+    layout.hidden = on;
+    viewButton.setAttribute('aria-pressed', String(on));
+    viewButton.textContent = on ? 'Conversations' : 'Analytics';
+    if (on) showAnalytics();
+  });
+  analyticsDays.addEventListener('change', showAnalytics);
+  $('analytics-refresh').addEventListener('click', showAnalytics);
+
   agentSelect.addEventListener('change', () => {
     location.search = '?as=' + encodeURIComponent(agentSelect.value);
   });

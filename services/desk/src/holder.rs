@@ -21,7 +21,7 @@ use natter_proto::convert::{actor_from_wire, parse_id, required};
 use natter_proto::status::{self, reason, to_failure};
 use natter_proto::v1::desk_answer::Answer;
 use natter_proto::v1::desk_call::Call;
-use natter_proto::v1::{DeskAnswer, DeskCall, RequestPaymentResponse, event};
+use natter_proto::v1::{DeskAnswer, DeskCall, QueryResponse, RequestPaymentResponse, event};
 use natter_server::clock::now;
 use natter_store::{DeskStore, Lease};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -127,16 +127,24 @@ pub(crate) async fn serve_desk(
     match bus.subscribe(subjects::DESK_CALL, Some("desk")).await {
         Ok(calls) => {
             let inputs = inputs.clone();
-            let (payments, acts, stopping) =
-                (config.payments.clone(), payment_acts.clone(), stop.clone());
+            let (payments, acts, stopping, store) = (
+                config.payments.clone(),
+                payment_acts.clone(),
+                stop.clone(),
+                config.store.clone(),
+            );
             let answering = serve(
                 bus.clone(),
                 calls,
                 CALL_CONCURRENCY,
                 move |command: DeskCommand| {
                     let inputs = inputs.clone();
-                    let (payments, acts, stopping) =
-                        (payments.clone(), acts.clone(), stopping.clone());
+                    let (payments, acts, stopping, store) = (
+                        payments.clone(),
+                        acts.clone(),
+                        stopping.clone(),
+                        store.clone(),
+                    );
                     async move {
                         // It waits for the payment provider: beside the loop.
                         if let Some(DeskCall {
@@ -146,6 +154,14 @@ pub(crate) async fn serve_desk(
                         {
                             return request_payment(command, &payments, &acts, &inputs, &stopping)
                                 .await;
+                        }
+                        // It may read many records: beside the loop too.
+                        if let Some(DeskCall {
+                            call: Some(Call::QueryAnalytics(_)),
+                            ..
+                        }) = &command.call
+                        {
+                            return query_analytics(command, &*store).await;
                         }
                         let (reply, answer) = oneshot::channel();
                         if inputs
@@ -359,6 +375,39 @@ async fn request_payment(
     }
 }
 
+/// A console's analytics query, for the caller's tenant.
+async fn query_analytics(command: DeskCommand, store: &dyn DeskStore) -> DeskOutcome {
+    let actor = match actor_from_wire(command.actor) {
+        Ok(actor) => actor,
+        Err(e) => return failed(e.into()),
+    };
+    let DeskCall {
+        client_call_id,
+        call,
+    } = command.call.unwrap_or_default();
+    let Some(call) = call else {
+        return failed(natter_core::Invalid::new("call", "is required").into());
+    };
+    if let Err(e) = crate::desk::allowed(&actor, &call) {
+        return failed(e);
+    }
+    let Call::QueryAnalytics(request) = call else {
+        return failed(natter_core::Invalid::new("call", "is not query_analytics").into());
+    };
+    match crate::analytics_api::rows(store, actor.tenant, request.query).await {
+        Ok(rows) => DeskOutcome {
+            failure: None,
+            answer: Some(DeskAnswer {
+                client_call_id,
+                answer: Some(Answer::QueryAnalytics(QueryResponse {
+                    rows: rows.iter().map(crate::analytics_api::row_to_wire).collect(),
+                })),
+            }),
+        },
+        Err(status) => refused(&status),
+    }
+}
+
 /// A provider's report: applied in the loop, then its update sent into
 /// the conversation, then marked sent.
 async fn reported(
@@ -512,7 +561,9 @@ async fn events(desk: &mut Desk, batch: ConversationEvents, out: &mut Vec<Effect
                 )
                 .await
                 .map(|()| None),
-            Content::FormReply(reply) => desk
+            // A satisfaction survey's answer goes to the analytics, not
+            // onto the contact as lead data.
+            Content::FormReply(reply) if reply.form_id != natter_core::CSAT_FORM_ID => desk
                 .lead(&tenant, &message.sender_id, &reply.values, now)
                 .await
                 .map(|lead| lead.map(Also::Lead)),

@@ -13,12 +13,12 @@
 //! backend mints them with its own.
 //!
 //! At start-up it sets up the support desk: a team (`support`) with a few
-//! canned replies, two agents (`agent`, `agent-2`) who take up to three
-//! conversations each, and the sample shop FAQ; then it runs the FAQ bot
-//! (`natter-faqbot`) as its bot, over the gateway like any business's bot.
-//! Until the desk has answered, both token endpoints answer 503: a
-//! customer who asked for a person before the desk knew its team would
-//! never be routed.
+//! canned replies and a satisfaction survey, two agents (`agent`,
+//! `agent-2`) who take up to three conversations each, and the sample shop
+//! FAQ; then it runs the FAQ bot (`natter-faqbot`) as its bot, over the
+//! gateway like any business's bot. Until the desk has answered, both
+//! token endpoints answer 503: a customer who asked for a person before
+//! the desk knew its team would never be routed.
 //!
 //! The token endpoint's rules, which a real business would choose itself:
 //!
@@ -63,8 +63,32 @@ use tonic::transport::Channel;
 
 const INDEX_HTML: &str = include_str!("../../../web/demo/index.html");
 const AGENT_HTML: &str = include_str!("../../../web/demo/agent.html");
-const AGENT_JS: &str = include_str!("../../../web/demo/agent.js");
-const TENT_SVG: &str = include_str!("../../../web/demo/trail-tent.svg");
+const JS: &str = "text/javascript; charset=utf-8";
+/// The files the pages load, by path: what type, what body.
+const FILES: [(&str, &str, &str); 5] = [
+    ("/agent.js", JS, include_str!("../../../web/demo/agent.js")),
+    (
+        "/analytics.js",
+        JS,
+        include_str!("../../../web/demo/analytics.js"),
+    ),
+    // The console's charts: uPlot (MIT), vendored as released.
+    (
+        "/uplot.js",
+        JS,
+        include_str!("../../../web/vendor/uplot/uPlot.iife.min.js"),
+    ),
+    (
+        "/uplot.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/vendor/uplot/uPlot.min.css"),
+    ),
+    (
+        "/trail-tent.svg",
+        "image/svg+xml",
+        include_str!("../../../web/demo/trail-tent.svg"),
+    ),
+];
 
 /// The demo business.
 const TENANT: &str = "demo";
@@ -166,14 +190,15 @@ pub(crate) async fn serve(
             gateway_http: config.gateway_http,
         }),
     };
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/", get(index))
         .route("/agent", get(agent_page))
-        .route("/agent.js", get(agent_js))
-        .route("/trail-tent.svg", get(tent))
         .route("/agent-token", get(agent_token))
         .route("/natter-token", post(natter_token))
         .with_state(demo.clone());
+    for (path, content_type, body) in FILES {
+        router = router.route(path, get(move || async move { page(content_type, body) }));
+    }
     let serve =
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let bot = async {
@@ -206,7 +231,7 @@ fn gateway_origin(demo: &Demo, headers: &HeaderMap) -> String {
     format!("{host}:{}", addr.port())
 }
 
-fn page(content_type: &'static str, body: String) -> Response {
+fn page(content_type: &'static str, body: impl IntoResponse) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
@@ -231,14 +256,6 @@ async fn agent_page(State(demo): State<Demo>, headers: HeaderMap) -> Response {
         "text/html; charset=utf-8",
         AGENT_HTML.replace("{{GATEWAY_WS}}", &ws),
     )
-}
-
-async fn agent_js() -> Response {
-    page("text/javascript; charset=utf-8", AGENT_JS.to_owned())
-}
-
-async fn tent() -> Response {
-    page("image/svg+xml", TENT_SVG.to_owned())
 }
 
 /// What the token endpoint answers; the widget's contract.
@@ -454,6 +471,10 @@ impl Demo {
                         text: text.into(),
                     })
                     .collect(),
+                // The customer rates each resolved conversation; a first
+                // reply within two minutes is on time.
+                csat: true,
+                first_response_target_seconds: 120,
                 ..Team::default()
             }),
         };
