@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use natter_core::{Role, TenantId, UserId};
+use natter_core::{DESK_USER, Role, TenantId, UserId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -166,6 +166,9 @@ impl Verifier {
 
 fn identity(claims: Claims) -> Result<Identity, AuthError> {
     let bad = |claim, reason: String| AuthError::BadClaim { claim, reason };
+    if claims.sub == DESK_USER {
+        return Err(bad("sub", format!("{DESK_USER:?} is the desk's own user")));
+    }
     Ok(Identity {
         tenant: TenantId::new(claims.tid).map_err(|e| bad("tid", e.reason))?,
         user: UserId::new(claims.sub).map_err(|e| bad("sub", e.reason))?,

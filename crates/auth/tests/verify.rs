@@ -77,6 +77,15 @@ fn claims_are_validated() {
         verifier.verify(&spaced_user).unwrap_err(),
         AuthError::BadClaim { claim: "sub", .. }
     ));
+    // The desk's own user sends what only the desk may (payment requests):
+    // no token may name it, whatever its role.
+    for role in ["service", "agent", "customer"] {
+        let desk = sign(json!({"sub": "desk", "tid": "acme", "role": role, "exp": far_future()}));
+        assert!(matches!(
+            verifier.verify(&desk).unwrap_err(),
+            AuthError::BadClaim { claim: "sub", .. }
+        ));
+    }
 }
 
 #[test]

@@ -132,10 +132,7 @@ pub const DESK_CONSUMER: &str = "desk";
 /// partition, each the only writer of its partition's rollup records.
 pub const ANALYTICS_CONSUMER: &str = "analytics";
 
-/// The user the desk acts as, with the service role: the sender of what
-/// it writes into conversations. The sequencer takes content only the
-/// desk writes (payment requests and updates) from this sender alone.
-pub const DESK_USER: &str = "desk";
+pub use natter_core::DESK_USER;
 
 impl Stream {
     pub fn config(&self, topology: &Topology) -> StreamConfig {

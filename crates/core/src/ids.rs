@@ -94,6 +94,12 @@ text_id!(
     Tag, "tag", 64
 );
 
+/// The user the desk acts as, with the service role: the sender of what it
+/// writes into conversations. The sequencer takes content only the desk
+/// writes (payment requests and updates) from this sender alone, and no
+/// token may name it, so only the desk's own commands on the bus do.
+pub const DESK_USER: &str = "desk";
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*

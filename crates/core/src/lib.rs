@@ -23,8 +23,8 @@ pub use content::{
 };
 pub use error::{Invalid, Result};
 pub use ids::{
-    ClientMessageId, ConversationId, Cursor, DeviceId, MessageId, NoteId, PaymentId, Seq, Tag,
-    TeamId, TenantId, Timestamp, UserId,
+    ClientMessageId, ConversationId, Cursor, DESK_USER, DeviceId, MessageId, NoteId, PaymentId,
+    Seq, Tag, TeamId, TenantId, Timestamp, UserId,
 };
 pub use lifecycle::{
     ASK_FOR_A_PERSON, CSAT_FORM_ID, Lifecycle, LifecycleChange, Owner, Priority, Status,

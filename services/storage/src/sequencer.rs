@@ -453,7 +453,8 @@ async fn checked(storage: &Storage, payload: &[u8]) -> Result<(TenantId, Submiss
             let content = content_from_wire(command.content).map_err(invalid)?;
             content.validate(&storage.limits).map_err(invalid)?;
             // What only the desk writes (payments) is taken from the desk
-            // alone: a client's session or SendMessage never sends as it.
+            // alone: no token may name its user (`natter_auth`), so a
+            // client's session or SendMessage never sends as it.
             let from_desk =
                 sender.role == Role::Service && sender.user.as_str() == natter_contract::DESK_USER;
             if !(from_desk && content.desk_writes()) {
