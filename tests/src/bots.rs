@@ -11,6 +11,7 @@ use natter_proto::v1::{
     FaqEntry, LifecycleChange, PutFaqEntryRequest, ThreadOwner, UpdateLifecycleRequest,
     message_content,
 };
+use tokio::io::AsyncBufReadExt;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -194,7 +195,7 @@ pub async fn faq(mode: Mode) {
         .await
         .expect("the customer asks")
         .seq;
-    match bot_says(&mut web, &conversation).await {
+    match bot_says(&mut web, &conversation, "faq").await {
         message_content::Kind::Reply(reply) => {
             assert_eq!(reply.to_seq, asked);
             assert_eq!(reply.text, "Orders arrive in 3 to 5 working days.");
@@ -204,7 +205,7 @@ pub async fn faq(mode: Mode) {
     web.send_text(&conversation, "q2", "what is the capital of peru")
         .await
         .expect("the customer asks");
-    match bot_says(&mut web, &conversation).await {
+    match bot_says(&mut web, &conversation, "faq").await {
         message_content::Kind::QuickReplies(offer) => {
             assert_eq!(offer.text, natter_faqbot::UNSURE);
             assert_eq!(offer.replies[0].payload, natter_core::ASK_FOR_A_PERSON);
@@ -232,7 +233,8 @@ pub async fn faq(mode: Mode) {
         )
         .await
         .expect("the customer asks");
-        if let message_content::Kind::Reply(reply) = bot_says(&mut web, &conversation).await {
+        if let message_content::Kind::Reply(reply) = bot_says(&mut web, &conversation, "faq").await
+        {
             assert_eq!(reply.text, "Yes, from 10 to 500 euros.");
             break;
         }
@@ -248,11 +250,79 @@ pub async fn faq(mode: Mode) {
         .expect("the bot stops cleanly");
 }
 
-/// What the bot sends the conversation next.
-async fn bot_says(web: &mut Device, conversation: &str) -> message_content::Kind {
+/// The FAQ bot's Python example (`services/faqbot/python`), on stubs
+/// generated from the protos: another language calling Natter through the
+/// public API alone answers a customer from the business's FAQ.
+pub async fn python(mode: Mode) {
+    let (python, stubs) = match (
+        std::env::var("NATTER_TEST_PYTHON"),
+        std::env::var("NATTER_TEST_PYTHON_STUBS"),
+    ) {
+        (Ok(python), Ok(stubs)) => (python, stubs),
+        _ => panic!(
+            "NATTER_TEST_PYTHON and NATTER_TEST_PYTHON_STUBS must name a python with grpcio \
+             and the generated stubs: run the tests with scripts/test, which makes them"
+        ),
+    };
+    let cluster = Cluster::start(mode).await;
+    let mut desk = cluster.desk().await;
+    desk.put_faq_entry(authed(
+        &cluster.token("crm", Role::Service),
+        PutFaqEntryRequest {
+            entry: Some(FaqEntry {
+                entry_id: "shipping".into(),
+                questions: vec!["How long does shipping take?".into()],
+                answer: "Orders arrive in 3 to 5 working days.".into(),
+            }),
+        },
+    ))
+    .await
+    .expect("a service writes the faq");
+    let conversation =
+        crate::scenarios::conversation(&cluster, &[("cus", Role::Customer), ("py", Role::Bot)])
+            .await;
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/faqbot/python/faq_bot.py"
+    );
+    let mut bot = tokio::process::Command::new(&python)
+        .arg(example)
+        .arg(cluster.addrs.gateway_grpc.to_string())
+        .arg(cluster.token("py", Role::Bot))
+        .env("PYTHONPATH", &stubs)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    // Its first line says it has read the FAQ.
+    let mut said = tokio::io::BufReader::new(bot.stdout.take().expect("its stdout")).lines();
+    let first = timeout(WAIT, said.next_line())
+        .await
+        .expect("the Python bot reads the FAQ in time")
+        .expect("its output");
+    assert_eq!(first.as_deref(), Some("answering from 1 entries"));
+
+    let mut web = customer(&cluster, 0).await;
+    let asked = web
+        .send_text(&conversation, "q1", "how long does shipping take to Lyon?")
+        .await
+        .expect("the customer asks")
+        .seq;
+    match bot_says(&mut web, &conversation, "py").await {
+        message_content::Kind::Reply(reply) => {
+            assert_eq!(reply.to_seq, asked);
+            assert_eq!(reply.text, "Orders arrive in 3 to 5 working days.");
+        }
+        other => panic!("expected the shipping answer, got {other:?}"),
+    }
+    bot.kill().await.expect("the Python bot stops");
+}
+
+/// What `bot` sends the conversation next.
+async fn bot_says(web: &mut Device, conversation: &str, bot: &str) -> message_content::Kind {
     loop {
         let message = web.messages(conversation, 1).await.remove(0);
-        if message.sender_id == "faq"
+        if message.sender_id == bot
             && let Some(kind) = message.content.and_then(|c| c.kind)
         {
             return kind;

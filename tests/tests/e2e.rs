@@ -51,6 +51,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_python_faq_bot_answers_on_generated_stubs() {
+                natter_tests::bots::python(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_desk_queues_offers_and_requeues() {
                 natter_tests::desk::queue(MODE).await;
             }
