@@ -3,36 +3,20 @@
 // in the widget's satisfaction survey, and the agent's analytics page then
 // charts it and counts it in the agent's row.
 
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  PHONE, acceptOffer, agentReply, launchBrowser, openConsole, openWidget, resolveConversation, say, screenshotPath,
-  shows, showsActivity, startNatter, state, until, visitDemo,
+  acceptOffer, agentReply, natterAndBrowser, openConsole, resolveConversation, screenshotPath, shows, until,
+  visitorAsking,
 } from './harness.mjs';
 
-/** @type {Awaited<ReturnType<typeof startNatter>>} */
-let natter;
-/** @type {import('playwright-core').Browser} */
-let browser;
-
-before(async () => {
-  [natter, browser] = await Promise.all([startNatter(), launchBrowser()]);
-});
-
-after(async () => {
-  await browser?.close();
-  await natter?.stop();
-});
+const running = natterAndBrowser();
 
 test('a rated conversation shows on the analytics page', async () => {
+  const { natter, browser } = running;
   // Only `agent` is at a console, so the desk offers it the conversation.
   const ann = await openConsole(natter, browser, 'agent');
-  const context = await browser.newContext(PHONE);
-  const page = await visitDemo(natter, context);
-  await openWidget(page);
-  await say(page, 'Can I talk to a person?');
-  await showsActivity(page, 'Asking for a person');
-  const { conversationId } = await state(page);
+  const { page, conversationId, close } = await visitorAsking(natter, browser);
   await acceptOffer(ann, conversationId);
   await agentReply(ann, 'Hi! Happy to help with your tent.');
   await shows(page, 'Hi! Happy to help with your tent.');
@@ -68,5 +52,5 @@ test('a rated conversation shows on the analytics page', async () => {
   await ann.locator('nav[aria-label="Desk"]').waitFor();
   await ann.locator('#contact section').first().waitFor();
   assert.equal(await ann.locator('#contact dt', { hasText: /^(score|comment)$/ }).count(), 0);
-  await context.close();
+  await close();
 });

@@ -7,8 +7,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  PHONE, acceptOffer, agentReply, launchBrowser, online, openConsole, openWidget, resolveConversation, say, screenshotPath,
-  setPresence, shows, showsActivity, signIn, startNatter, state, transcript, until, visitDemo,
+  PHONE, acceptOffer, agentReply, launchBrowser, online, openConsole, openWidget, resolveConversation, say,
+  screenshotPath, setPresence, shows, showsActivity, startNatter, state, transcript, until, visitDemo, visitorAsking,
 } from './harness.mjs';
 
 /** @type {Awaited<ReturnType<typeof startNatter>>} */
@@ -31,18 +31,6 @@ async function consoles() {
   return { ann, ben, byId: { agent: ann, 'agent-2': ben }, close: () => Promise.all([ann.context().close(), ben.context().close()]) };
 }
 
-/** A visitor (signed in as `name`, if given) who opens the widget and asks for a person. */
-async function visitorAsking(name) {
-  const context = await browser.newContext(PHONE);
-  const page = await visitDemo(natter, context);
-  if (name) await signIn(page, name);
-  await openWidget(page);
-  await say(page, 'Can I talk to a person?');
-  await showsActivity(page, 'Asking for a person');
-  const { conversationId, userId } = await state(page);
-  return { page, conversationId, userId, close: () => context.close() };
-}
-
 /** The console of the agent the conversation is offered to, and that agent's id. */
 async function offeredAt(agents, conversationId) {
   const id = await until(async () => {
@@ -55,7 +43,7 @@ async function offeredAt(agents, conversationId) {
 
 test('a visitor who asks for a person is offered to an agent, transferred to the other, and resolved', async () => {
   const agents = await consoles();
-  const visitor = await visitorAsking();
+  const visitor = await visitorAsking(natter, browser);
   const { conversationId, page } = visitor;
 
   // Whichever agent it is offered to takes it.
@@ -85,7 +73,7 @@ test('visitors wait in line while no agent has room, and are offered once one ha
   const { ann, ben, close } = await consoles();
   await setPresence(ben, 'Away');
   // Only Ann takes conversations: the first visitor is hers.
-  const maya = await visitorAsking('maya');
+  const maya = await visitorAsking(natter, browser, 'maya');
   await acceptOffer(ann, maya.conversationId);
   await showsActivity(maya.page, 'agent joined the conversation');
   await agentReply(ann, 'Hi Maya! Which order is it about?');
@@ -93,7 +81,7 @@ test('visitors wait in line while no agent has room, and are offered once one ha
 
   // Ann steps away too: the next visitors wait, each told their place.
   await setPresence(ann, 'Away');
-  const waiting = [await visitorAsking(), await visitorAsking()];
+  const waiting = [await visitorAsking(natter, browser), await visitorAsking(natter, browser)];
   const lines = waiting.map(({ page }) => page.locator('natter-chat .queue'));
   await lines[0].waitFor();
   assert.match(await lines[0].textContent(), /^You're next in line — an agent will be with you in about \d+ min$/);
@@ -131,7 +119,7 @@ test('visitors wait in line while no agent has room, and are offered once one ha
 
 test("the console shows the customer's contact as their lead form fills it, and offers the team's canned replies", async () => {
   const agents = await consoles();
-  const visitor = await visitorAsking();
+  const visitor = await visitorAsking(natter, browser);
   const { conversationId, userId, page } = visitor;
   const { agent } = await offeredAt(agents, conversationId);
   await acceptOffer(agent, conversationId);
@@ -169,7 +157,7 @@ test("the console shows the customer's contact as their lead form fills it, and 
 
 test('an agent replies quoting the question and hands over with notes the visitor never sees', async () => {
   const agents = await consoles();
-  const visitor = await visitorAsking();
+  const visitor = await visitorAsking(natter, browser);
   const { conversationId, page } = visitor;
   const { id, agent } = await offeredAt(agents, conversationId);
   const otherId = id === 'agent' ? 'agent-2' : 'agent';

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { after, before } from 'node:test';
 
 export const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const artifacts = process.env.NATTER_ARTIFACTS || join(repo, 'target/artifacts');
@@ -152,6 +153,23 @@ export async function startNatter(options = {}) {
   };
 }
 
+/**
+ * A `natter dev` and a browser for a test file, started before its tests
+ * and stopped after them: read them from the object once tests run.
+ * @returns {{ natter: Awaited<ReturnType<typeof startNatter>>, browser: import('playwright-core').Browser }}
+ */
+export function natterAndBrowser(options = {}) {
+  const running = /** @type {any} */ ({});
+  before(async () => {
+    [running.natter, running.browser] = await Promise.all([startNatter(options), launchBrowser()]);
+  });
+  after(async () => {
+    await running.browser?.close();
+    await running.natter?.stop();
+  });
+  return running;
+}
+
 export async function launchBrowser() {
   return chromium.launch({
     executablePath: process.env.NATTER_CHROMIUM || '/usr/bin/chromium',
@@ -241,6 +259,21 @@ export async function transcript(page) {
 /** Waits until the widget shows `text` stored (with a seq) and returns it. */
 export async function shows(page, text, ms) {
   return until(async () => (await transcript(page)).find((m) => m.text === text && m.seq > 0), `"${text}" in the widget`, ms);
+}
+
+/**
+ * A visitor (signed in as `name`, if given) on a phone, who opens the
+ * widget and asks for a person.
+ */
+export async function visitorAsking(natter, browser, name) {
+  const context = await browser.newContext(PHONE);
+  const page = await visitDemo(natter, context);
+  if (name) await signIn(page, name);
+  await openWidget(page);
+  await say(page, 'Can I talk to a person?');
+  await showsActivity(page, 'Asking for a person');
+  const { conversationId, userId } = await state(page);
+  return { context, page, conversationId, userId, close: () => context.close() };
 }
 
 /** Waits until the widget shows a lifecycle line with `text`. */

@@ -9,8 +9,8 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import {
-  PHONE, STRIPE_WEBHOOK_SECRET, acceptOffer, launchBrowser, openConsole, openWidget, say, screenshotPath,
-  showsActivity, startNatter, state, until, visitDemo,
+  STRIPE_WEBHOOK_SECRET, acceptOffer, launchBrowser, openConsole, openWidget, screenshotPath, startNatter, state,
+  until, visitorAsking,
 } from './harness.mjs';
 
 const stripeMock = process.env.NATTER_TEST_STRIPE_URL;
@@ -58,12 +58,7 @@ async function stripeSays(type, payment, conversationId) {
 
 test('a visitor pays a payment request in the widget and both screens show it paid', async () => {
   const [ann, ben] = await Promise.all([openConsole(natter, browser, 'agent'), openConsole(natter, browser, 'agent-2')]);
-  const context = await browser.newContext(PHONE);
-  const page = await visitDemo(natter, context);
-  await openWidget(page);
-  await say(page, 'Can I talk to a person?');
-  await showsActivity(page, 'Asking for a person');
-  const { conversationId } = await state(page);
+  const { context, page, conversationId } = await visitorAsking(natter, browser);
   const agent = await until(async () => {
     for (const console of [ann, ben]) if (await console.locator(`[data-offer="${conversationId}"]`).count()) return console;
   }, 'an offer at either console');

@@ -129,6 +129,40 @@ pub(crate) fn rollup_hour(id: &str) -> Option<i64> {
 /// One rollup record: the rollup of an hour, team and agent.
 pub(crate) type RollupRow = (HourKey, Rollup);
 
+/// The rollup records of `tenant` in id order from just after `after`, as
+/// long as `within` holds for their ids.
+pub(crate) async fn rollups_from(
+    store: &dyn DeskStore,
+    tenant: &TenantId,
+    after: String,
+    within: impl Fn(&str) -> Result<bool, StoreError>,
+) -> Result<Vec<RollupRow>, StoreError> {
+    let mut out = Vec::new();
+    let mut after = Some(after);
+    loop {
+        let page = store
+            .desk_records(
+                tenant,
+                DeskKind::AnalyticsRollup,
+                PageRequest {
+                    after,
+                    size: ROLLUP_PAGE,
+                },
+            )
+            .await?;
+        for record in &page.items {
+            if !within(&record.id)? {
+                return Ok(out);
+            }
+            out.push(decode_rollup(&record.body)?);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
 pub(crate) fn decode_facts(body: &[u8]) -> Result<FactsRecord, StoreError> {
     serde_json::from_slice(body).map_err(|e| StoreError::Corrupt(format!("analytics facts: {e}")))
 }
@@ -525,31 +559,12 @@ impl Pending {
         }
         let prefix = rollup_prefix(hour, partition);
         let within = format!("{prefix} ");
-        let mut rows = HourRows::new();
-        let mut after = Some(prefix);
-        loop {
-            let page = store
-                .desk_records(
-                    tenant,
-                    DeskKind::AnalyticsRollup,
-                    PageRequest {
-                        after,
-                        size: ROLLUP_PAGE,
-                    },
-                )
-                .await?;
-            for record in &page.items {
-                if !record.id.starts_with(&within) {
-                    return Ok(vacant.insert(rows));
-                }
-                let (key, rollup) = decode_rollup(&record.body)?;
-                rows.insert((key.team, key.agent), rollup);
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(vacant.insert(rows)),
-            }
-        }
+        let rows = rollups_from(store, tenant, prefix, |id| Ok(id.starts_with(&within)))
+            .await?
+            .into_iter()
+            .map(|(key, rollup)| ((key.team, key.agent), rollup))
+            .collect();
+        Ok(vacant.insert(rows))
     }
 
     /// The facts and rollup records this delivery changed.

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use natter_analytics::{Group, HourKey, Period, PeriodKey, Query, Rollup, Row};
+use natter_analytics::{Group, Period, PeriodKey, Query, Row};
 use natter_auth::{Identity, Verifier};
-use natter_core::{ConversationId, Invalid, PageRequest, Role, TenantId, Timestamp};
+use natter_core::{ConversationId, Invalid, Role, TenantId, Timestamp};
 use natter_proto::convert::{parse_id, timestamp_from_wire, timestamp_to_wire};
 use natter_proto::status::{self, reason};
 use natter_proto::v1::analytics_service_server::AnalyticsService;
@@ -20,15 +20,13 @@ use natter_proto::v1::{
 use natter_store::{DeskKind, DeskStore, StoreError};
 use tonic::{Request, Response, Status};
 
-use crate::analytics::{decode_facts, decode_rollup, rollup_hour};
+use crate::analytics::{RollupRow, decode_facts, rollup_hour, rollups_from};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The longest range a query reads, in hours.
 const MAX_HOURS: i64 = 366 * 24;
 /// The most rows a query answers.
 const MAX_ROWS: usize = 10_000;
-/// Rollup records read at once.
-const READ_PAGE: u32 = 200;
 /// The size of a CSV chunk.
 const CSV_CHUNK: usize = 64 * 1024;
 
@@ -88,39 +86,19 @@ pub(crate) async fn read_rollups(
     tenant: &TenantId,
     from_hour: i64,
     to_hour: i64,
-) -> Result<Vec<(HourKey, Rollup)>, StoreError> {
-    let mut out = Vec::new();
-    // Ids are `<hour> <partition> <team> <agent>`: the bare hour sorts
-    // just before them.
-    let mut after = Some(format!("{from_hour:020}"));
-    loop {
-        let page = store
-            .desk_records(
-                tenant,
-                DeskKind::AnalyticsRollup,
-                PageRequest {
-                    after,
-                    size: READ_PAGE,
-                },
-            )
-            .await?;
-        for record in &page.items {
-            match rollup_hour(&record.id) {
-                Some(hour) if hour >= to_hour => return Ok(out),
-                Some(_) => out.push(decode_rollup(&record.body)?),
-                None => {
-                    return Err(StoreError::Corrupt(format!(
-                        "analytics rollup id {:?}",
-                        record.id
-                    )));
-                }
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(out),
-        }
-    }
+) -> Result<Vec<RollupRow>, StoreError> {
+    // Ids are `<hour> <partition> <team> <agent>`: the bare hour sorts just
+    // before them.
+    rollups_from(
+        store,
+        tenant,
+        format!("{from_hour:020}"),
+        |id| match rollup_hour(id) {
+            Some(hour) => Ok(hour < to_hour),
+            None => Err(StoreError::Corrupt(format!("analytics rollup id {id:?}"))),
+        },
+    )
+    .await
 }
 
 fn whole_hour(field: &'static str, at: Option<pbjson_types::Timestamp>) -> Result<i64, Invalid> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use natter_auth::Identity;
 use natter_bus::{Bus, Outgoing};
 use natter_contract::{
     DESK_CONSUMER, EVENTS, Handled, Holders, Topology, consume_partitions, decode, serve, subjects,
@@ -342,15 +343,11 @@ async fn request_payment(
     inputs: &mpsc::Sender<Input>,
     stop: &CancellationToken,
 ) -> DeskOutcome {
-    let actor = match actor_from_wire(command.actor) {
-        Ok(actor) => actor,
-        Err(e) => return failed(e.into()),
+    let (actor, client_call_id, call) = match unpacked(command) {
+        Ok(unpacked) => unpacked,
+        Err(e) => return failed(e),
     };
-    let DeskCall {
-        client_call_id,
-        call,
-    } = command.call.unwrap_or_default();
-    let Some(Call::RequestPayment(request)) = call else {
+    let Call::RequestPayment(request) = call else {
         return failed(natter_core::Invalid::new("call", "is not request_payment").into());
     };
     let keep = |record: DeskPayment| async move {
@@ -362,31 +359,21 @@ async fn request_payment(
         .request(&actor, request, acts, keep, now(), stop)
         .await
     {
-        Ok(payment) => DeskOutcome {
-            failure: None,
-            answer: Some(DeskAnswer {
-                client_call_id,
-                answer: Some(Answer::RequestPayment(RequestPaymentResponse {
-                    payment: Some(payment),
-                })),
+        Ok(payment) => answered(
+            client_call_id,
+            Answer::RequestPayment(RequestPaymentResponse {
+                payment: Some(payment),
             }),
-        },
+        ),
         Err(status) => refused(&status),
     }
 }
 
 /// A console's analytics query, for the caller's tenant.
 async fn query_analytics(command: DeskCommand, store: &dyn DeskStore) -> DeskOutcome {
-    let actor = match actor_from_wire(command.actor) {
-        Ok(actor) => actor,
-        Err(e) => return failed(e.into()),
-    };
-    let DeskCall {
-        client_call_id,
-        call,
-    } = command.call.unwrap_or_default();
-    let Some(call) = call else {
-        return failed(natter_core::Invalid::new("call", "is required").into());
+    let (actor, client_call_id, call) = match unpacked(command) {
+        Ok(unpacked) => unpacked,
+        Err(e) => return failed(e),
     };
     if let Err(e) = crate::desk::allowed(&actor, &call) {
         return failed(e);
@@ -395,15 +382,12 @@ async fn query_analytics(command: DeskCommand, store: &dyn DeskStore) -> DeskOut
         return failed(natter_core::Invalid::new("call", "is not query_analytics").into());
     };
     match crate::analytics_api::rows(store, actor.tenant, request.query).await {
-        Ok(rows) => DeskOutcome {
-            failure: None,
-            answer: Some(DeskAnswer {
-                client_call_id,
-                answer: Some(Answer::QueryAnalytics(QueryResponse {
-                    rows: rows.iter().map(crate::analytics_api::row_to_wire).collect(),
-                })),
+        Ok(rows) => answered(
+            client_call_id,
+            Answer::QueryAnalytics(QueryResponse {
+                rows: rows.iter().map(crate::analytics_api::row_to_wire).collect(),
             }),
-        },
+        ),
         Err(status) => refused(&status),
     }
 }
@@ -480,26 +464,34 @@ async fn sleep_until(at: Option<natter_core::Timestamp>) {
 }
 
 async fn call(desk: &mut Desk, command: DeskCommand, out: &mut Vec<Effect>) -> DeskOutcome {
-    let actor = match actor_from_wire(command.actor) {
-        Ok(actor) => actor,
-        Err(e) => return failed(e.into()),
+    let (actor, client_call_id, call) = match unpacked(command) {
+        Ok(unpacked) => unpacked,
+        Err(e) => return failed(e),
     };
+    match desk.call(&actor, call, now(), out).await {
+        Ok(answer) => answered(client_call_id, answer),
+        Err(e) => failed(e),
+    }
+}
+
+/// A command's caller, call id and call.
+fn unpacked(command: DeskCommand) -> Result<(Identity, String, Call), DeskError> {
+    let actor = actor_from_wire(command.actor)?;
     let DeskCall {
         client_call_id,
         call,
     } = command.call.unwrap_or_default();
-    let Some(call) = call else {
-        return failed(natter_core::Invalid::new("call", "is required").into());
-    };
-    match desk.call(&actor, call, now(), out).await {
-        Ok(answer) => DeskOutcome {
-            failure: None,
-            answer: Some(DeskAnswer {
-                client_call_id,
-                answer: Some(answer),
-            }),
-        },
-        Err(e) => failed(e),
+    let call = call.ok_or_else(|| natter_core::Invalid::new("call", "is required"))?;
+    Ok((actor, client_call_id, call))
+}
+
+fn answered(client_call_id: String, answer: Answer) -> DeskOutcome {
+    DeskOutcome {
+        failure: None,
+        answer: Some(DeskAnswer {
+            client_call_id,
+            answer: Some(answer),
+        }),
     }
 }
 
