@@ -120,7 +120,7 @@ mod tests {
         // Validation needs the JWKS file itself; everything else must pass.
         let mut without_keys = settings;
         without_keys.auth.jwks_file = Default::default();
-        without_keys.auth.hs256_secret = "x".repeat(32);
+        without_keys.auth.hs256_secret = "x".repeat(32).into();
         // So do Stripe's secrets: here from files of our own.
         let dir = tempfile::tempdir().unwrap();
         let (key, secrets) = (dir.path().join("key"), dir.path().join("secrets"));
@@ -138,6 +138,10 @@ mod tests {
         assert_eq!(stripe.webhook_secrets.len(), 2);
         without_keys.desk.stripe.api_key = "sk_test_456".into();
         assert!(without_keys.validate().is_err(), "a key and a key file");
+        // The settings print without their secrets.
+        let printed = format!("{without_keys:?}");
+        assert!(!printed.contains(&"x".repeat(32)) && !printed.contains("sk_test_456"));
+        assert!(printed.contains("<redacted>"), "{printed}");
     }
 
     #[test]

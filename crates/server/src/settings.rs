@@ -16,6 +16,44 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
+/// A secret setting: a string that is never printed. Its `Debug` says
+/// whether it is set, not what it is, so logging the settings is safe.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -97,11 +135,11 @@ impl Default for DeskSettings {
     }
 }
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StripeSettings {
     /// The secret API key (`sk_live_…`, `sk_test_…`); or `api_key_file`.
-    pub api_key: String,
+    pub api_key: Secret,
     /// A file holding the secret API key.
     pub api_key_file: PathBuf,
     /// Stripe's API; a stripe-mock's address in tests.
@@ -109,7 +147,7 @@ pub struct StripeSettings {
     /// The endpoint's signing secrets (`whsec_…`): a delivery signed with
     /// any of them is taken, so a new one can be added before the old one
     /// goes.
-    pub webhook_secrets: Vec<String>,
+    pub webhook_secrets: Vec<Secret>,
     /// A file holding more signing secrets, one a line.
     pub webhook_secrets_file: PathBuf,
     /// How old a signed delivery may be, in seconds.
@@ -123,7 +161,7 @@ pub struct StripeSettings {
 impl Default for StripeSettings {
     fn default() -> Self {
         Self {
-            api_key: String::new(),
+            api_key: Secret::default(),
             api_key_file: PathBuf::new(),
             api_base: "https://api.stripe.com".into(),
             webhook_secrets: Vec::new(),
@@ -132,28 +170,6 @@ impl Default for StripeSettings {
             success_url: "https://example.com/paid".into(),
             cancel_url: "https://example.com/not-paid".into(),
         }
-    }
-}
-
-impl std::fmt::Debug for StripeSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeSettings")
-            .field(
-                "api_key",
-                &if self.api_key.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
-            .field("api_key_file", &self.api_key_file)
-            .field("api_base", &self.api_base)
-            .field("webhook_secrets", &self.webhook_secrets.len())
-            .field("webhook_secrets_file", &self.webhook_secrets_file)
-            .field("tolerance_seconds", &self.tolerance_seconds)
-            .field("success_url", &self.success_url)
-            .field("cancel_url", &self.cancel_url)
-            .finish()
     }
 }
 
@@ -303,7 +319,7 @@ impl Default for StoreSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// HS256 secret, at least 32 bytes (development).
-    pub hs256_secret: String,
+    pub hs256_secret: Secret,
     /// A file holding the HS256 secret (for Kubernetes secrets).
     pub hs256_secret_file: PathBuf,
     /// A JWKS file with the RS256 or EdDSA keys tokens are signed with.
@@ -449,7 +465,7 @@ impl Settings {
             stripe.api_key_file.as_os_str().is_empty(),
         ) {
             (true, true) => return Ok(None),
-            (false, true) => stripe.api_key.clone(),
+            (false, true) => stripe.api_key.expose().to_owned(),
             (true, false) => read("desk.stripe.api_key_file", &stripe.api_key_file)?
                 .trim()
                 .to_owned(),
@@ -466,7 +482,11 @@ impl Settings {
                 "must be one word without spaces",
             ));
         }
-        let mut secrets = stripe.webhook_secrets.clone();
+        let mut secrets: Vec<String> = stripe
+            .webhook_secrets
+            .iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
         if !stripe.webhook_secrets_file.as_os_str().is_empty() {
             let file = read(
                 "desk.stripe.webhook_secrets_file",
@@ -524,7 +544,7 @@ impl Settings {
             !auth.jwks_file.as_os_str().is_empty(),
         ];
         match given {
-            [true, false, false] => Verifier::hs256(auth.hs256_secret.as_bytes())
+            [true, false, false] => Verifier::hs256(auth.hs256_secret.expose().as_bytes())
                 .map_err(|e| ConfigError::key("auth.hs256_secret", e.to_string())),
             [false, true, false] => {
                 let secret = read("auth.hs256_secret_file", &auth.hs256_secret_file)?;

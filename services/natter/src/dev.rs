@@ -99,7 +99,7 @@ pub(crate) async fn run(
                     desk: desk.local_addr()?,
                     gateway_http: gateway_http_addr,
                     gateway_grpc: gateway_grpc.local_addr()?,
-                    secret: settings.auth.hs256_secret.clone(),
+                    secret: settings.auth.hs256_secret.expose().to_owned(),
                 },
             ))
         }
@@ -238,7 +238,7 @@ fn banner(settings: &Settings, addrs: &[(&str, String)]) {
         "  {:<20} {bus}\n  {:<20} {store}\n",
         "bus", "store"
     ));
-    if settings.auth.hs256_secret == DEV_SECRET {
+    if settings.auth.hs256_secret.expose() == DEV_SECRET {
         text.push_str(
             "\nTokens are signed with the built-in development secret.\n\
              Mint one with: natter token --tenant demo --user alice --role customer\n",

@@ -48,7 +48,7 @@ fn mint(args: &TokenArgs) -> Result<String, String> {
         user: UserId::new(&args.user).map_err(|e| e.to_string())?,
         role: Role::parse(&args.role).map_err(|e| e.to_string())?,
     };
-    Signer::hs256(settings.auth.hs256_secret.as_bytes())
+    Signer::hs256(settings.auth.hs256_secret.expose().as_bytes())
         .token(&identity, args.ttl_seconds)
         .map_err(|e| e.to_string())
 }

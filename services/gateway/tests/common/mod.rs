@@ -56,7 +56,7 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub fn settings() -> Settings {
     let mut settings = Settings::default();
-    settings.auth.hs256_secret = String::from_utf8_lossy(SECRET).into_owned();
+    settings.auth.hs256_secret = String::from_utf8_lossy(SECRET).into_owned().into();
     settings.grace_period_seconds = 5;
     settings.bus.partitions = 4;
     settings

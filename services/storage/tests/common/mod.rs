@@ -55,7 +55,7 @@ impl Harness {
     /// in-process bus, which keeps nothing of the old one's streams.
     pub async fn start_on(store: Arc<EmbeddedStore>) -> Self {
         let mut settings = Settings::default();
-        settings.auth.hs256_secret = SECRET.to_owned();
+        settings.auth.hs256_secret = SECRET.into();
         settings.bus.partitions = 4;
         settings.grace_period_seconds = 2;
         let topology = settings.topology();
