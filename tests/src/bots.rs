@@ -190,18 +190,13 @@ pub async fn faq(mode: Mode) {
     let mut web = customer(&cluster, 0).await;
 
     // In other words than the FAQ's: answered, quoting the question.
-    let asked = web
-        .send_text(&conversation, "q1", "how long till my order ships")
-        .await
-        .expect("the customer asks")
-        .seq;
-    match bot_says(&mut web, &conversation, "faq").await {
-        message_content::Kind::Reply(reply) => {
-            assert_eq!(reply.to_seq, asked);
-            assert_eq!(reply.text, "Orders arrive in 3 to 5 working days.");
-        }
-        other => panic!("expected the shipping answer, got {other:?}"),
-    }
+    answers_shipping(
+        &mut web,
+        &conversation,
+        "faq",
+        "how long till my order ships",
+    )
+    .await;
     web.send_text(&conversation, "q2", "what is the capital of peru")
         .await
         .expect("the customer asks");
@@ -303,19 +298,31 @@ pub async fn python(mode: Mode) {
     assert_eq!(first.as_deref(), Some("answering from 1 entries"));
 
     let mut web = customer(&cluster, 0).await;
+    answers_shipping(
+        &mut web,
+        &conversation,
+        "py",
+        "how long does shipping take to Lyon?",
+    )
+    .await;
+    bot.kill().await.expect("the Python bot stops");
+}
+
+/// The customer asks `question`; `bot` answers with the shipping entry,
+/// as a reply to it.
+async fn answers_shipping(web: &mut Device, conversation: &str, bot: &str, question: &str) {
     let asked = web
-        .send_text(&conversation, "q1", "how long does shipping take to Lyon?")
+        .send_text(conversation, "q1", question)
         .await
         .expect("the customer asks")
         .seq;
-    match bot_says(&mut web, &conversation, "py").await {
+    match bot_says(web, conversation, bot).await {
         message_content::Kind::Reply(reply) => {
             assert_eq!(reply.to_seq, asked);
             assert_eq!(reply.text, "Orders arrive in 3 to 5 working days.");
         }
         other => panic!("expected the shipping answer, got {other:?}"),
     }
-    bot.kill().await.expect("the Python bot stops");
 }
 
 /// What `bot` sends the conversation next.

@@ -280,9 +280,16 @@ impl Change {
     /// store has no row); `None` back means the row is to be deleted.
     pub fn apply_to(&self, stored: Option<Rollup>) -> Result<Option<Rollup>> {
         let mut rollup = stored.unwrap_or_default();
+        self.apply_in(&mut rollup)?;
+        Ok((!rollup.is_empty()).then_some(rollup))
+    }
+
+    /// Applies this change to a rollup in place; fails, changing nothing,
+    /// when it takes away what the rollup does not hold.
+    pub fn apply_in(&self, rollup: &mut Rollup) -> Result<()> {
         rollup.subtract(&self.remove)?;
         rollup.merge(&self.add);
-        Ok((!rollup.is_empty()).then_some(rollup))
+        Ok(())
     }
 }
 

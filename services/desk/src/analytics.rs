@@ -433,23 +433,21 @@ impl Analytics {
             let rows = pending
                 .rollup(&*self.store, tenant, key.hour, partition, kept)
                 .await?;
-            let at = (key.team.clone(), key.agent.clone());
-            match change.apply_to(rows.get(&at).cloned()) {
-                Ok(Some(rollup)) => {
-                    rows.insert(at, rollup);
-                }
-                Ok(None) => {
-                    rows.remove(&at);
-                }
-                Err(e) => {
-                    tracing::error!(
-                        hour = key.hour,
-                        error = %e,
-                        "analytics rollup disagrees with the facts; left as it was"
-                    );
-                }
+            // In place: a row's duration samples grow with the hour's
+            // conversations, and this runs for every message.
+            let at = (key.team, key.agent);
+            let row = rows.entry(at.clone()).or_default();
+            if let Err(e) = change.apply_in(row) {
+                tracing::error!(
+                    hour = key.hour,
+                    error = %e,
+                    "analytics rollup disagrees with the facts; left as it was"
+                );
             }
-            pending.touched.insert((key.hour, key.team, key.agent));
+            if row.is_empty() {
+                rows.remove(&at);
+            }
+            pending.touched.insert((key.hour, at.0, at.1));
         }
         if let Some(seq) = survey {
             self.survey(tenant, conversation, seq, stop).await;
