@@ -17,14 +17,14 @@ use tantivy::collector::TopDocs;
 use tantivy::fieldnorm::FieldNormReader;
 use tantivy::query::{
     Bm25StatisticsProvider, Bm25Weight, BooleanQuery, BoostQuery, DisjunctionMaxQuery,
-    FuzzyTermQuery, Occur, Query, TermQuery,
+    EnableScoring, FuzzyTermQuery, Occur, Query, Scorer, TermQuery,
 };
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::{
-    DocAddress, Index, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument, TantivyError,
-    Term,
+    DocAddress, DocSet, Index, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument,
+    TantivyError, Term,
 };
 
 use crate::analyzer::{self, Analyzer, Word};
@@ -58,6 +58,9 @@ const MIN_PART_CHARS: usize = 3;
 /// Only the first words of a question are read, stop words included: a
 /// pasted essay costs no more than a long question.
 const MAX_QUESTION_WORDS: usize = 64;
+
+/// How many of BM25's best entries are weighed again, concept by concept.
+const CANDIDATES: usize = 5;
 
 /// The writer's memory: tantivy's minimum. A larger FAQ is written in more
 /// than one segment, which the searches handle.
@@ -218,7 +221,7 @@ impl Faq {
     /// A word neither the FAQ nor the lexicon knows that runs two of the
     /// FAQ's words together is read as those two ("forgotpassword").
     ///
-    /// The confidence is the best entry's score divided by the score the
+    /// The confidence is an entry's score divided by the score the
     /// question would get against an entry asked exactly as the customer
     /// asked it: for each concept, the BM25 score of one occurrence in a
     /// question as long as the customer's, weighted by how rare the
@@ -228,11 +231,15 @@ impl Faq {
     /// the most there is. Raw BM25
     /// grows with the number and rarity of the words, so it cannot be
     /// compared across questions; the ratio can: 1 means every concept
-    /// matched an entry's question in the customer's own words (capped
-    /// there, as repeated words and the answer add more), near 0 that next
-    /// to nothing did. A question about something the FAQ never mentions
+    /// matched an entry's question in the customer's own words, near 0
+    /// that next to nothing did. Each concept counts at most its own part
+    /// of that ideal, so repeated words and the answer cannot make up for
+    /// a concept the entry lacks: "delete my instagram account" does not
+    /// fit the entry on deleting an account better for its answer saying
+    /// "account" twice. A question about something the FAQ never mentions
     /// ("do you sell cars") scores low even when its other words match,
-    /// because its unknown words weigh the most.
+    /// because its unknown words weigh the most. BM25 picks the
+    /// [`CANDIDATES`] best entries, and the confidence orders them.
     ///
     /// The bot answers when the confidence reaches [`Config::threshold`]
     /// and leads the runner-up's, measured the same way, by
@@ -266,28 +273,57 @@ impl Faq {
         let concepts = self.concepts(&words)?;
         let length = concepts.iter().map(|concept| concept.words).sum::<usize>();
         let length = u32::try_from(length).unwrap_or(u32::MAX);
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let mut queries: Vec<(Box<dyn Query>, Score)> = Vec::new();
         let mut ideal: Score = 0.0;
         for concept in &concepts {
-            ideal += self.ideal(concept, length);
-            clauses.extend(self.query(concept).map(|query| (Occur::Should, query)));
+            let most = self.ideal(concept, length);
+            ideal += most;
+            queries.extend(self.query(concept).map(|query| (query, most)));
         }
-        if clauses.is_empty() {
+        if queries.is_empty() {
             return Ok(Ranking::default());
         }
+        let clauses = queries
+            .iter()
+            .map(|(query, _)| (Occur::Should, query.box_clone()))
+            .collect();
         let hits = self.searcher.search(
             &BooleanQuery::new(clauses),
-            &TopDocs::with_limit(2).order_by_score(),
+            &TopDocs::with_limit(CANDIDATES).order_by_score(),
         )?;
-        let confidence = |score: Score| (score / ideal).min(1.0);
-        let Some(&(best_score, best)) = hits.first() else {
+        let mut fits = Vec::with_capacity(hits.len());
+        for (_, address) in hits {
+            let mut score: Score = 0.0;
+            for (query, most) in &queries {
+                score += self.score_of(query.as_ref(), address)?.min(*most);
+            }
+            fits.push((score / ideal, address));
+        }
+        fits.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let Some(&(confidence, best)) = fits.first() else {
             return Ok(Ranking::default());
         };
-        let runner_up = hits.get(1).map_or(0.0, |&(score, _)| confidence(score));
+        let runner_up = fits.get(1).map_or(0.0, |&(fit, _)| fit);
         Ok(Ranking {
             best: Some(self.entry(best)?),
-            confidence: confidence(best_score),
-            margin: confidence(best_score) - runner_up,
+            confidence,
+            margin: confidence - runner_up,
+        })
+    }
+
+    /// The score of `query` for the entry at `address`; 0 if it does not
+    /// match.
+    fn score_of(&self, query: &dyn Query, address: DocAddress) -> tantivy::Result<Score> {
+        let weight = query.weight(EnableScoring::enabled_from_searcher(&self.searcher))?;
+        let mut scorer = weight.scorer(self.searcher.segment_reader(address.segment_ord), 1.0)?;
+        let at = match scorer.doc() {
+            doc if doc < address.doc_id => scorer.seek(address.doc_id),
+            doc => doc,
+        };
+        Ok(if at == address.doc_id {
+            scorer.score()
+        } else {
+            0.0
         })
     }
 
