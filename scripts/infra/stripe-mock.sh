@@ -74,7 +74,7 @@ build() {
 }
 
 cmd_start() {
-  local bin port pid
+  local bin port https_port pid
   if pid=$(our_pid); then
     log "already running (pid $pid) on port $(<"$state_dir/port")"
     return 0
@@ -85,11 +85,14 @@ cmd_start() {
   port=${NATTER_STRIPE_MOCK_PORT:-$(pick_port 12111)}
   port_in_use "$port" && die "port $port is already in use (set NATTER_STRIPE_MOCK_PORT)"
   echo "$port" >"$state_dir/port"
+  # It also serves HTTPS, on 12112 unless told: another copy (another
+  # checkout's tests) may hold that one.
+  https_port=$(pick_port 12112)
   # Started through a link in the state dir, so our_pid recognises it by
   # its command line.
   ln -s "$bin" "$state_dir/stripe-mock"
   log "starting stripe-mock $version on 127.0.0.1:$port, log $log_file"
-  setsid "$state_dir/stripe-mock" -http-addr "127.0.0.1:$port" </dev/null >"$log_file" 2>&1 &
+  setsid "$state_dir/stripe-mock" -http-addr "127.0.0.1:$port" -https-addr "127.0.0.1:$https_port" </dev/null >"$log_file" 2>&1 &
   echo $! >"$state_dir/pid"
   wait_exec
 }

@@ -875,15 +875,73 @@
   }
 
   // A payment asked of the customer: the desk opens the checkout page and
-  // sends the request into the conversation.
+  // sends the request into the conversation. With lines, the total is
+  // their sum and the amount field only shows it.
+  const paymentLines = $('payment-lines');
+  const paymentAmount = /** @type {HTMLInputElement} */ ($('payment-amount'));
+  const paymentCurrency = /** @type {HTMLInputElement} */ ($('payment-currency'));
+
+  /** The typed currency's digits after the point. */
+  const paymentDigits = () => minorDigits(paymentCurrency.value.trim() || 'EUR');
+
+  /** A price typed in the currency's major unit, in its minor unit. @param {string} typed */
+  function minorOf(typed) {
+    return Math.round(Number(typed) * 10 ** paymentDigits());
+  }
+
+  /** The lines as typed: name, quantity and the price of one, in the minor unit. */
+  function typedLines() {
+    return [...paymentLines.children].map((li) => {
+      const [name, quantity, price] = [...li.querySelectorAll('input')].map((i) => /** @type {HTMLInputElement} */ (i).value.trim());
+      return { name, quantity: Number(quantity), unit_amount: minorOf(price) };
+    });
+  }
+
+  function showPaymentTotal() {
+    const lines = typedLines();
+    paymentAmount.readOnly = lines.length > 0;
+    if (!lines.length) return;
+    const total = lines.reduce((sum, l) => sum + (l.quantity > 0 && l.unit_amount > 0 ? l.quantity * l.unit_amount : 0), 0);
+    paymentAmount.value = (total / 10 ** paymentDigits()).toFixed(paymentDigits());
+  }
+
+  $('payment-add-line').addEventListener('click', () => {
+    const li = el('li', '');
+    const n = paymentLines.children.length + 1;
+    for (const [label, type, value, size] of [['name', 'text', '', '16'], ['quantity', 'number', '1', '3'], ['price of one', 'number', '', '8']]) {
+      const input = /** @type {HTMLInputElement} */ (el('input', ''));
+      Object.assign(input, { type, value, size: Number(size), placeholder: label });
+      input.setAttribute('aria-label', `Line ${n}: ${label}`);
+      if (type === 'number') Object.assign(input, { min: label === 'quantity' ? '1' : '0.01', step: label === 'quantity' ? '1' : '0.01' });
+      input.addEventListener('input', showPaymentTotal);
+      li.append(input);
+    }
+    const remove = el('button', 'remove', '✕');
+    Object.assign(remove, { type: 'button', title: 'Remove the line' });
+    remove.addEventListener('click', () => { li.remove(); showPaymentTotal(); });
+    li.append(remove);
+    paymentLines.append(li);
+    showPaymentTotal();
+    /** @type {HTMLInputElement} */ (li.querySelector('input')).focus();
+  });
+  paymentCurrency.addEventListener('input', showPaymentTotal);
+
   $('payment').addEventListener('submit', (e) => {
     e.preventDefault();
     if (!selected) return;
-    const currency = /** @type {HTMLInputElement} */ ($('payment-currency')).value.trim() || 'EUR';
-    const amount = Math.round(Number(/** @type {HTMLInputElement} */ ($('payment-amount')).value) * 10 ** minorDigits(currency));
+    const currency = paymentCurrency.value.trim() || 'EUR';
     const description = /** @type {HTMLInputElement} */ ($('payment-description')).value.trim();
+    const lines = typedLines();
+    if (lines.some((l) => !l.name || !(l.quantity >= 1) || !Number.isInteger(l.quantity) || !(l.unit_amount > 0))) {
+      return report(new Error('Each line needs a name, a whole quantity and a price'));
+    }
+    const amount = lines.length ? lines.reduce((sum, l) => sum + l.quantity * l.unit_amount, 0) : minorOf(paymentAmount.value);
     if (!(amount > 0) || !description) return report(new Error('A payment needs an amount and a description'));
-    deskCall({ request_payment: { conversation_id: selected, amount: String(amount), currency, description } }).catch(report);
+    const line_items = lines.map((l) => ({ name: l.name, quantity: String(l.quantity), unit_amount: String(l.unit_amount) }));
+    deskCall({ request_payment: { conversation_id: selected, amount: String(amount), currency, description, line_items } }).then(() => {
+      paymentLines.replaceChildren();
+      showPaymentTotal();
+    }, report);
   });
 
   reply.addEventListener('submit', (e) => {

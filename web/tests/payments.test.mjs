@@ -1,6 +1,7 @@
 // Payments in the conversation, in real browsers against a `natter dev`
 // whose desk takes payments through stripe-mock (Stripe's API mock,
-// started by `scripts/test`): an agent asks for a payment at the console,
+// started by `scripts/test`): an agent asks for a payment of two lines at
+// the console,
 // the visitor's widget shows it with a Pay button that opens the checkout
 // page, and once Stripe (this test, signing as Stripe does) says it is
 // paid, both screens show it.
@@ -64,18 +65,30 @@ test('a visitor pays a payment request in the widget and both screens show it pa
   }, 'an offer at either console');
   await acceptOffer(agent, conversationId);
 
-  // The agent asks for a payment.
+  // The agent asks for a payment of two lines; the amount is their sum.
   await agent.fill('#payment-description', 'Trail tent, 2 persons');
-  await agent.fill('#payment-amount', '189.50');
   await agent.fill('#payment-currency', 'EUR');
-  await agent.click('#payment button');
+  for (const [name, quantity, price] of [['Trail tent', '1', '175.50'], ['Tent pegs', '4', '3.50']]) {
+    await agent.click('#payment-add-line');
+    const line = agent.locator('#payment-lines li').last();
+    await line.getByPlaceholder('name').fill(name);
+    await line.getByPlaceholder('quantity').fill(quantity);
+    await line.getByPlaceholder('price of one').fill(price);
+  }
+  assert.equal(await agent.inputValue('#payment-amount'), '189.50');
+  await agent.click('#payment button[type=submit]');
   const consoleCard = agent.locator('#messages .pay');
   await consoleCard.locator('.state', { hasText: 'Waiting for payment' }).waitFor({ timeout: 15000 });
+  assert.equal(await agent.locator('#payment-lines li').count(), 0, 'the form is cleared once asked');
 
-  // The widget shows the request as a card with a Pay button.
+  // The widget shows the request as a card with its lines and a Pay button.
   const card = page.locator('natter-chat .pay');
   await card.locator('.state', { hasText: 'Waiting for payment' }).waitFor({ timeout: 15000 });
   assert.match(await card.locator('.total').textContent(), /189[.,]50/);
+  const lines = await card.locator('li').allTextContents();
+  assert.equal(lines.length, 2, String(lines));
+  assert.match(lines[0], /1 × Trail tent.*175[.,]50/);
+  assert.match(lines[1], /4 × Tent pegs.*14[.,]00/);
   const payment = await card.getAttribute('data-payment');
   assert.ok(payment, 'the card names its payment');
   await page.screenshot({ path: screenshotPath('payment-requested.png') });
