@@ -28,6 +28,10 @@ impl GrpcServer {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(file_descriptor_set)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // The error details every error carries (`google.rpc.ErrorInfo`,
+            // `BadRequest`), so that grpcurl and other reflection clients
+            // decode them instead of printing bytes.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         Ok(Self {
             routes: Routes::new(health_service).add_service(reflection),

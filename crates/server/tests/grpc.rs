@@ -48,3 +48,77 @@ async fn health_turns_not_serving_on_shutdown_and_the_server_exits_within_grace(
         .unwrap()
         .unwrap();
 }
+
+/// What grpcurl does to print an error's details: asks reflection for the
+/// file that defines each detail's type, then for every file it imports,
+/// and decodes them all.
+#[tokio::test]
+async fn reflection_describes_the_error_details_with_their_imports() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = GrpcServer::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_millis(500),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let mut ask = async |request: MessageRequest| {
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::FileDescriptorResponse(files)) => files
+                .file_descriptor_proto
+                .iter()
+                .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+                .collect::<Vec<_>>(),
+            other => panic!("no file for {other:?}"),
+        }
+    };
+
+    for symbol in ["google.rpc.ErrorInfo", "google.rpc.BadRequest"] {
+        let mut files = ask(MessageRequest::FileContainingSymbol(symbol.to_owned())).await;
+        let name = symbol.rsplit('.').next().unwrap();
+        assert!(
+            files[0].message_type.iter().any(|m| m.name() == name),
+            "{symbol} is not in {:?}",
+            files[0].name()
+        );
+        let mut seen = Vec::new();
+        while let Some(file) = files.pop() {
+            seen.push(file.name().to_owned());
+            for import in &file.dependency {
+                if !seen.contains(import) {
+                    files.extend(ask(MessageRequest::FileByFilename(import.clone())).await);
+                }
+            }
+        }
+        assert!(
+            seen.iter().any(|f| f == "google/protobuf/duration.proto"),
+            "{seen:?}"
+        );
+    }
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
