@@ -122,6 +122,24 @@ pub async fn two_devices_and_an_agent(mode: Mode, transport: Transport) {
         assert_eq!(got[0].sender_id, "bob");
         assert_eq!(text_of(&got[0]), "sorry, checking now");
     }
+
+    // The operators' probe says each service is serving.
+    let addrs = &cluster.addrs;
+    for addr in [
+        addrs.gateway_grpc,
+        addrs.storage,
+        addrs.sync,
+        addrs.fanout,
+        addrs.desk,
+    ] {
+        let probe = std::process::Command::new(natter_testkit::binary("natter"))
+            .args(["health", &addr.to_string()])
+            .output()
+            .expect("run natter health");
+        let said = String::from_utf8_lossy(&probe.stdout);
+        assert!(probe.status.success(), "{addr}: {said} {probe:?}");
+        assert_eq!(said.trim(), "SERVING");
+    }
 }
 
 /// A device that was away gets exactly what it missed, in order, then

@@ -139,8 +139,13 @@ mod tests {
         without_keys.desk.stripe.api_key = "sk_test_456".into();
         assert!(without_keys.validate().is_err(), "a key and a key file");
         // The settings print without their secrets.
+        without_keys.bus.nats_url = "nats://ann:pa55word@nats-0:4222".into();
         let printed = format!("{without_keys:?}");
         assert!(!printed.contains(&"x".repeat(32)) && !printed.contains("sk_test_456"));
+        assert!(
+            printed.contains("nats://ann:<redacted>@nats-0:4222"),
+            "{printed}"
+        );
         assert!(printed.contains("<redacted>"), "{printed}");
     }
 

@@ -18,9 +18,17 @@ use crate::config::ConfigError;
 
 /// A secret setting: a string that is never printed. Its `Debug` says
 /// whether it is set, not what it is, so logging the settings is safe.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// Masked too: settings are serialized only as the defaults, where secrets
+/// are empty, and to be printed (`natter config check`).
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.masked())
+    }
+}
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -29,6 +37,10 @@ impl Secret {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    fn masked(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { "<redacted>" }
     }
 }
 
@@ -49,7 +61,7 @@ impl std::fmt::Debug for Secret {
         f.write_str(if self.0.is_empty() {
             "<unset>"
         } else {
-            "<redacted>"
+            self.masked()
         })
     }
 }
@@ -265,11 +277,13 @@ impl Default for FanoutSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusSettings {
     /// NATS server URLs, comma-separated. Empty: the in-process bus, which
-    /// only works when all services run in one process.
+    /// only works when all services run in one process. Printed without
+    /// the passwords or tokens they may hold.
+    #[serde(serialize_with = "serialize_without_passwords")]
     pub nats_url: String,
     /// Prepended to every subject and stream name.
     pub prefix: String,
@@ -288,6 +302,45 @@ impl Default for BusSettings {
             replicas: 1,
         }
     }
+}
+
+impl std::fmt::Debug for BusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusSettings")
+            .field("nats_url", &without_passwords(&self.nats_url))
+            .field("prefix", &self.prefix)
+            .field("partitions", &self.partitions)
+            .field("replicas", &self.replicas)
+            .finish()
+    }
+}
+
+/// `urls` (comma-separated) with each one's password, or token, masked:
+/// `nats://ann:pw@host` prints as `nats://ann:<redacted>@host`.
+fn without_passwords(urls: &str) -> String {
+    let masked: Vec<String> = urls
+        .split(',')
+        .map(|url| {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_owned();
+            };
+            let Some((user_info, host)) = rest.rsplit_once('@') else {
+                return url.to_owned();
+            };
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+                None => format!("{scheme}://<redacted>@{host}"),
+            }
+        })
+        .collect();
+    masked.join(",")
+}
+
+fn serialize_without_passwords<S: serde::Serializer>(
+    urls: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&without_passwords(urls))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

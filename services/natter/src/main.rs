@@ -7,6 +7,7 @@ use natter_server::{InfraArgs, run_binary, run_with};
 
 mod demo;
 mod dev;
+mod operate;
 mod token;
 
 #[derive(Debug, Parser)]
@@ -39,6 +40,12 @@ enum Command {
     Token(token::TokenArgs),
     /// Create or upgrade the CQL schema, then exit.
     Migrate(InfraArgs),
+    /// Check settings before deploying them.
+    #[command(subcommand)]
+    Config(operate::ConfigCommand),
+    /// Ask a running service whether it is serving (gRPC health); exits 0
+    /// if it is, 1 if not or if it does not answer.
+    Health(operate::HealthArgs),
 }
 
 #[tokio::main]
@@ -61,5 +68,7 @@ async fn main() -> ExitCode {
         Command::Desk(args) => run_binary("desk", &args, natter_desk::start).await,
         Command::Token(args) => token::print(&args),
         Command::Migrate(args) => run_binary("migrate", &args, dev::migrate).await,
+        Command::Config(command) => operate::config(&command),
+        Command::Health(args) => operate::health(&args).await,
     }
 }
