@@ -236,6 +236,10 @@ fn is_jetstream_error(error: &jetstream::Error, code: ErrorCode) -> bool {
 
 #[async_trait]
 impl Bus for NatsBus {
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     async fn publish(&self, subject: &str, message: Outgoing) -> Result<()> {
         let full = self.prefix.subject(subject)?;
         let message = message.prepare()?;

@@ -253,6 +253,13 @@ impl ConsumerConfig {
 /// delivery guarantees.
 #[async_trait]
 pub trait Bus: Send + Sync + fmt::Debug + 'static {
+    /// Whether the bus can carry messages now: false while the connection
+    /// to NATS is lost (it reconnects by itself). Services report
+    /// NOT_SERVING meanwhile.
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Publishes on core NATS: fire and forget, delivered to the current
     /// subscribers (and stored if a stream captures the subject).
     async fn publish(&self, subject: &str, message: Outgoing) -> Result<()>;

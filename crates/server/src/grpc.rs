@@ -1,5 +1,8 @@
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use natter_bus::Bus;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -19,7 +22,11 @@ pub struct GrpcServer {
     routes: Routes,
     health: HealthReporter,
     names: Vec<&'static str>,
+    bus: Option<Arc<dyn Bus>>,
 }
+
+/// How often readiness looks at the bus again.
+const READINESS_EVERY: Duration = Duration::from_millis(500);
 
 impl GrpcServer {
     /// `file_descriptor_set` describes the added services for reflection.
@@ -37,6 +44,7 @@ impl GrpcServer {
             routes: Routes::new(health_service).add_service(reflection),
             health,
             names: Vec::new(),
+            bus: None,
         })
     }
 
@@ -55,6 +63,14 @@ impl GrpcServer {
     {
         self.names.push(S::NAME);
         self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Serving only while `bus` is connected: NOT_SERVING while NATS is
+    /// lost, so that load balancers and Kubernetes send callers elsewhere.
+    #[must_use]
+    pub fn ready_while_connected(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
         self
     }
 
@@ -91,14 +107,16 @@ impl GrpcServer {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) -> Result<(), tonic::transport::Error> {
-        for name in &self.names {
-            self.health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-        }
-        self.health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
+        set_status(&self.health, &self.names, ServingStatus::Serving).await;
+        let watching = CancellationToken::new();
+        let watcher = self.bus.clone().map(|bus| {
+            tokio::spawn(watch_readiness(
+                bus,
+                self.health.clone(),
+                self.names.clone(),
+                watching.clone(),
+            ))
+        });
 
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -112,11 +130,12 @@ impl GrpcServer {
             () = shutdown => {}
         }
 
-        for name in self.names.iter().copied().chain([""]) {
-            self.health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
+        // Stopped first, so that it cannot turn the status back.
+        watching.cancel();
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
         }
+        set_status(&self.health, &self.names, ServingStatus::NotServing).await;
         let _ = stop.send(());
         match tokio::time::timeout(grace, server).await {
             Ok(result) => result,
@@ -127,6 +146,42 @@ impl GrpcServer {
                 );
                 Ok(())
             }
+        }
+    }
+}
+
+/// Every service of the server, and the server as a whole ("").
+async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    for name in names.iter().copied().chain([""]) {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Follows the bus's connection into the health status until `stop`.
+async fn watch_readiness(
+    bus: Arc<dyn Bus>,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    stop: CancellationToken,
+) {
+    let mut ready = true;
+    let mut every = tokio::time::interval(READINESS_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let connected = bus.connected();
+        if connected == ready {
+            continue;
+        }
+        ready = connected;
+        if ready {
+            tracing::info!("the bus is back: serving");
+            set_status(&health, &names, ServingStatus::Serving).await;
+        } else {
+            tracing::warn!("the bus is lost: not serving until it is back");
+            set_status(&health, &names, ServingStatus::NotServing).await;
         }
     }
 }

@@ -97,6 +97,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let readiness = deps.bus.clone();
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
     let provider: Option<Arc<dyn payments::PaymentProvider>> = settings
@@ -145,6 +146,7 @@ pub async fn run(
         timeout: PEER_TIMEOUT,
     });
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .ready_while_connected(readiness)
         .add_service(
             natter_proto::v1::desk_service_server::DeskServiceServer::from_arc(api.clone()),
         )

@@ -125,6 +125,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let readiness = deps.bus.clone();
     let limits = settings.limits();
     let stats = Arc::new(Stats::new(now()));
     let directory = Arc::new(Directory::new(
@@ -177,6 +178,7 @@ pub async fn run(
         stats,
     };
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .ready_while_connected(readiness)
         .add_service(FanoutServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), work, tasks)
         .await?;

@@ -238,12 +238,14 @@ pub async fn run(
     http_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let readiness = deps.bus.clone();
     // Either server failing stops the other and every session.
     let stop = shutdown.child_token();
     let gateway = Gateway::new(settings, deps, stop.clone()).await?;
     let grace = settings.grace_period();
 
     let grpc = GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .ready_while_connected(readiness)
         .add_service(gateway.grpc_service())
         .serve(grpc_listener, stop.clone().cancelled_owned(), grace);
     let grpc = async {

@@ -116,6 +116,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let readiness = deps.bus.clone();
     let storage = Arc::new(Storage {
         store: deps.conversations,
         bus: deps.bus.clone(),
@@ -173,6 +174,7 @@ pub async fn run(
 
     let api = ConversationApi::new(storage, sends, deps.verifier);
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .ready_while_connected(readiness)
         .add_service(ConversationServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
         .await?;

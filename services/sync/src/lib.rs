@@ -73,6 +73,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let readiness = deps.bus.clone();
     let limits = settings.limits();
     // Stops the bus side when the server ends for any reason, not only on
     // `shutdown`.
@@ -107,6 +108,7 @@ pub async fn run(
 
     let api = api::Api::new(deps.bus, deps.verifier, deps.store, limits);
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
+        .ready_while_connected(readiness)
         .add_service(natter_proto::v1::sync_service_server::SyncServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
         .await?;
