@@ -2,16 +2,24 @@ use std::time::Duration;
 
 use natter_server::GrpcServer;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-#[tokio::test]
-async fn health_turns_not_serving_on_shutdown_and_the_server_exits_within_grace() {
+/// A server on a port of its own, a channel to it, what stops it (with a
+/// grace period of 500 ms) and its task.
+async fn serving() -> (
+    Channel,
+    oneshot::Sender<()>,
+    JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = GrpcServer::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(
         listener,
         async {
@@ -19,12 +27,17 @@ async fn health_turns_not_serving_on_shutdown_and_the_server_exits_within_grace(
         },
         Duration::from_millis(500),
     ));
-
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
+    (channel, stop, serving)
+}
+
+#[tokio::test]
+async fn health_turns_not_serving_on_shutdown_and_the_server_exits_within_grace() {
+    let (channel, stop, serving) = serving().await;
     let mut client = HealthClient::new(channel);
     let mut watch = client
         .watch(HealthCheckRequest {
@@ -60,22 +73,7 @@ async fn reflection_describes_the_error_details_with_their_imports() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = GrpcServer::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_millis(500),
-    ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (channel, stop, serving) = serving().await;
     let mut client = ServerReflectionClient::new(channel);
     let mut ask = async |request: MessageRequest| {
         let mut answers = client
