@@ -16,9 +16,9 @@ async fn serving() -> (
     oneshot::Sender<()>,
     JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = GrpcServer::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    let server = GrpcServer::new(tonic_health::pb::FILE_DESCRIPTOR_SET).expect("a server");
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(
         listener,
@@ -28,10 +28,10 @@ async fn serving() -> (
         Duration::from_millis(500),
     ));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
+        .expect("an endpoint")
         .connect()
         .await
-        .unwrap();
+        .expect("a connection");
     (channel, stop, serving)
 }
 
