@@ -98,6 +98,8 @@ pub struct Cluster {
     config: PathBuf,
     dir: PathBuf,
     children: HashMap<Service, Child>,
+    /// Where each process serves `/metrics`.
+    metrics: HashMap<Service, SocketAddr>,
     signer: Signer,
     tenant: TenantId,
 }
@@ -174,6 +176,7 @@ impl Cluster {
             config,
             dir,
             children: HashMap::new(),
+            metrics: HashMap::new(),
             signer: Signer::hs256(SECRET.as_bytes()),
             tenant: TenantId::new(natter_testkit::unique_name("tenant")).expect("tenant id"),
         };
@@ -184,6 +187,30 @@ impl Cluster {
             cluster.wait_serving(service).await;
         }
         cluster
+    }
+
+    /// What a process's `/metrics` says now, in Prometheus' text format.
+    pub async fn scrape(&self, service: Service) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics[&service];
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{service:?} serves no metrics on {addr}: {e}"));
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: natter\r\n\r\n")
+            .await
+            .expect("ask for the metrics");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .await
+            .expect("read the metrics");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        body.to_owned()
     }
 
     /// The processes this cluster runs.
@@ -204,6 +231,11 @@ impl Cluster {
             .open(&log)
             .expect("open the service log");
         let mut command = Command::new(&path);
+        let metrics = *self
+            .metrics
+            .entry(service)
+            .or_insert_with(natter_testkit::free_port);
+        command.env("NATTER_METRICS_ADDR", metrics.to_string());
         if service == Service::StandbyStorage {
             command.env(
                 "NATTER_STORAGE__GRPC_ADDR",

@@ -142,6 +142,104 @@ pub async fn two_devices_and_an_agent(mode: Mode, transport: Transport) {
     }
 }
 
+/// Every service's `/metrics` counts what devices sent and received:
+/// messages accepted and delivered at the gateway, stored by storage,
+/// fanned out, open sessions and gRPC calls by method and code.
+pub async fn metrics_count_the_traffic(mode: Mode) {
+    let cluster = Cluster::start(mode).await;
+    let conv = conversation(&cluster, &[("alice", Role::Customer), ("bob", Role::Agent)]).await;
+    let mut web = device(&cluster, Transport::WsJson, "alice", Role::Customer, "web").await;
+    let mut agent = device(&cluster, Transport::Grpc, "bob", Role::Agent, "console").await;
+    const SENT: u64 = 5;
+    for i in 0..SENT {
+        web.send_text(&conv, &format!("m{i}"), "hello")
+            .await
+            .expect("the send is acknowledged");
+    }
+    for receiver in [&mut web, &mut agent] {
+        assert_eq!(
+            receiver.messages(&conv, SENT as usize).await.len(),
+            SENT as usize
+        );
+    }
+
+    let of = |service: Service| match mode {
+        Mode::Separate => service,
+        Mode::Single => Service::All,
+    };
+    let gateway = cluster.scrape(of(Service::Gateway)).await;
+    assert_eq!(
+        sample(&gateway, "natter_gateway_messages_accepted_total"),
+        SENT as f64
+    );
+    assert_eq!(
+        sample(&gateway, "natter_gateway_messages_delivered_total"),
+        2.0 * SENT as f64,
+        "each of the two devices got each message once"
+    );
+    assert_eq!(sample(&gateway, "natter_gateway_sessions"), 2.0);
+    assert_eq!(
+        sample(&gateway, "natter_gateway_send_ack_seconds_count"),
+        SENT as f64
+    );
+    assert_eq!(
+        sample(&gateway, "natter_gateway_send_deliver_seconds_count"),
+        2.0 * SENT as f64
+    );
+    let storage = cluster.scrape(of(Service::Storage)).await;
+    assert_eq!(
+        sample(&storage, "natter_storage_messages_stored_total"),
+        SENT as f64
+    );
+    assert!(
+        sample(&storage, "natter_storage_write_seconds_count") >= 1.0,
+        "{storage}"
+    );
+    assert_eq!(
+        sample(
+            &storage,
+            "natter_grpc_server_handled_total{grpc_method=\"/natter.v1.ConversationService/CreateConversation\",grpc_code=\"OK\"}"
+        ),
+        1.0,
+        "{storage}"
+    );
+    let fanout = cluster.scrape(of(Service::Fanout)).await;
+    assert!(
+        sample(&fanout, "natter_fanout_events_total") >= SENT as f64,
+        "{fanout}"
+    );
+    assert!(
+        sample(&fanout, "natter_fanout_updates_written_total") >= 2.0 * SENT as f64,
+        "{fanout}"
+    );
+
+    // Nothing names a user or a conversation.
+    for text in [&gateway, &storage, &fanout] {
+        for id in ["alice", "bob", conv.as_str()] {
+            assert!(!text.contains(id), "{id} in the metrics");
+        }
+    }
+}
+
+/// The sum of every series named `series` (a name, or a name and its
+/// labels in the order they are printed) in a Prometheus text page.
+fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            let rest = if series.ends_with('}') {
+                rest
+            } else if let Some(labels) = rest.strip_prefix('{') {
+                labels.split_once('}')?.1
+            } else {
+                rest
+            };
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// A device that was away gets exactly what it missed, in order, then
 /// continues live without a gap or a repeat at the hand-off.
 pub async fn offline_device_catches_up(mode: Mode, transport: Transport) {

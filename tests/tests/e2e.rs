@@ -21,6 +21,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn metrics_count_the_traffic() {
+                scenarios::metrics_count_the_traffic(MODE).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn offline_device_catches_up_over_websocket() {
                 scenarios::offline_device_catches_up(MODE, Transport::WsProto).await;
             }

@@ -120,6 +120,7 @@ impl GrpcServer {
 
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
+            .layer(crate::metrics::GrpcMetrics)
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stopped.await;

@@ -111,6 +111,19 @@ where
     };
     natter_telemetry::init(name, format, "info");
     let shutdown = CancellationToken::new();
+    if !settings.metrics_addr.is_empty() {
+        // Before the service takes its handles, so that they record.
+        natter_telemetry::metrics();
+        match crate::bind("metrics", &settings.metrics_addr).await {
+            Ok(listener) => {
+                tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
+            }
+            Err(e) => {
+                tracing::error!(service = name, error = %e, "cannot serve metrics");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         crate::shutdown::signal().await;

@@ -10,6 +10,7 @@ pub mod config;
 mod grpc;
 pub mod launch;
 mod listen;
+pub mod metrics;
 pub mod partitions;
 pub mod settings;
 pub mod shutdown;

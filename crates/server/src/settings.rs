@@ -77,6 +77,10 @@ pub struct Settings {
     pub grace_period_seconds: u64,
     /// `json` (one object per line) or `pretty`.
     pub log_format: String,
+    /// Where the process serves `GET /metrics` for Prometheus, host:port;
+    /// empty: nowhere. One per process (`natter dev` serves all five
+    /// services' metrics on one).
+    pub metrics_addr: String,
     pub gateway: GatewaySettings,
     pub storage: ServiceSettings,
     pub sync: SyncSettings,
@@ -93,6 +97,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             grace_period_seconds: 10,
             log_format: "json".into(),
+            metrics_addr: String::new(),
             gateway: GatewaySettings::default(),
             storage: ServiceSettings::at("127.0.0.1:7200"),
             sync: SyncSettings::default(),
@@ -476,16 +481,15 @@ impl Settings {
         if !matches!(self.log_format.as_str(), "json" | "pretty") {
             return Err(ConfigError::key("log_format", "must be json or pretty"));
         }
-        if !self.desk.http_addr.is_empty() {
-            self.desk
-                .http_addr
-                .parse::<std::net::SocketAddr>()
-                .map_err(|e| {
-                    ConfigError::key(
-                        "desk.http_addr",
-                        format!("{:?} is not host:port: {e}", self.desk.http_addr),
-                    )
+        for (key, addr) in [
+            ("desk.http_addr", &self.desk.http_addr),
+            ("metrics_addr", &self.metrics_addr),
+        ] {
+            if !addr.is_empty() {
+                addr.parse::<std::net::SocketAddr>().map_err(|e| {
+                    ConfigError::key(key, format!("{addr:?} is not host:port: {e}"))
                 })?;
+            }
         }
         self.stripe()?;
         self.verifier().map(drop)

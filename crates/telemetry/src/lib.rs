@@ -1,8 +1,12 @@
-//! Logging and tracing for every Natter binary: JSON lines on stdout, and
-//! spans bridged to OpenTelemetry so trace context can cross NATS in W3C
-//! `traceparent` headers. Exporting spans to a collector comes with the
+//! Logging, tracing and metrics for every Natter binary: JSON lines on
+//! stdout, spans bridged to OpenTelemetry so trace context can cross NATS
+//! in W3C `traceparent` headers, and metrics in Prometheus' text format
+//! (see [`metrics`]). Exporting spans to a collector comes with the
 //! observability work; until then spans live in-process only.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -29,6 +33,36 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines, for a terminal.
     Pretty,
+}
+
+/// Histogram buckets of every `*_seconds` metric: from a millisecond to
+/// half a minute, finer where a message's latency should be.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process's metrics, recorded through the `metrics` crate's macros
+/// and rendered for Prometheus by the handle. The first call installs the
+/// recorder: make it before a service starts, so that the handles it takes
+/// record; without it they are no-ops that cost nothing. Histograms keep
+/// their samples until [`PrometheusHandle::run_upkeep`] folds them in, so
+/// whoever installs it must run that now and then. Names follow Prometheus' conventions (`natter_`
+/// prefix, `_total` counters, `_seconds` histograms) and no label carries
+/// a user or conversation id.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        // Fails only for an empty bucket list, which this is not.
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; then that one records.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
 }
 
 /// Installs the global subscriber and the W3C trace-context propagator.

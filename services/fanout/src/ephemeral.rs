@@ -149,7 +149,7 @@ impl Relay {
             .holders
             .publish_frames(&signal.tenant, others, frame)
             .await;
-        Stats::add(&self.stats.ephemeral_published, 1);
+        self.stats.ephemeral_published.add(1);
         Ok(sent)
     }
 
@@ -185,7 +185,7 @@ impl Relay {
             };
             backoff.reset();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                Stats::add(&self.stats.ephemeral_dropped, 1);
+                self.stats.ephemeral_dropped.add(1);
                 tracing::debug!("ephemeral signal dropped: too many in flight");
                 continue;
             };
@@ -200,7 +200,7 @@ impl Relay {
     #[tracing::instrument(skip_all)]
     async fn relay_incoming(&self, incoming: Incoming) {
         let dropped = |why: &str| {
-            Stats::add(&self.stats.ephemeral_dropped, 1);
+            self.stats.ephemeral_dropped.add(1);
             tracing::debug!(why, "ephemeral signal dropped");
         };
         let parsed = decode::<EphemeralSignal>(&incoming.payload)

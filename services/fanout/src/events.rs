@@ -163,7 +163,7 @@ impl Expander {
                 Ok(AppendOutcome {
                     failure: None,
                     written,
-                }) => Stats::add(&self.stats.updates_written, u64::from(written)),
+                }) => self.stats.updates_written.add(u64::from(written)),
                 Ok(AppendOutcome {
                     failure: Some(failure),
                     ..

@@ -64,6 +64,7 @@
 
 mod grpc;
 mod live;
+mod meters;
 mod outbound;
 mod peers;
 mod revoke;
@@ -162,6 +163,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
+    pub(crate) meters: meters::Meters,
 }
 
 impl Gateway {
@@ -194,6 +196,7 @@ impl Gateway {
                 live,
                 shutdown,
                 sessions: TaskTracker::new(),
+                meters: meters::Meters::new(),
             }),
         })
     }

@@ -110,12 +110,16 @@ pub(crate) async fn send(
     command: SendCommand,
 ) -> Option<Frame> {
     let key = (&client_message_id, "client_message_id");
+    let arrived = std::time::Instant::now();
     let outcome = match sequence(&shared, conversation, command, key).await {
         Ok(outcome) => outcome,
         Err(frame) => return Some(frame),
     };
     match outcome {
         send_outcome::Result::Stored(stored) => {
+            if !stored.duplicate {
+                shared.meters.accepted(arrived.elapsed());
+            }
             let message = stored.message.unwrap_or_default();
             Some(Frame::SendAck(SendAck {
                 client_message_id: client_message_id.to_string(),

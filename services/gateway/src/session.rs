@@ -100,6 +100,7 @@ pub(crate) async fn run<S>(
 where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
+    let _open = shared.meters.session();
     let result = open_and_serve(&shared, &mut inbound, outbound, fallback_token).await;
     match result {
         Ok(()) | Err(Stop::Gone) => {
@@ -361,6 +362,9 @@ impl Session {
                     for update in updates {
                         let cursor = update.cursor;
                         self.left(&update);
+                        if let Event::Message(message) = &update.event {
+                            self.shared.meters.delivered(message.sent_at, !catching_up);
+                        }
                         match self.out.push(Frame::Update(update.into())) {
                             Ok(()) => {}
                             Err(Refused::Full) if catching_up => {

@@ -137,6 +137,7 @@ async fn serve(storage: Arc<Storage>, lease: watch::Receiver<Lease>, stop: Cance
         window: config.window,
         versions: Versions::default(),
         writing: None,
+        meters: Meters::new(),
     };
     let mut checks: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
     let mut trust = tokio::time::interval(Duration::from_millis(250));
@@ -226,6 +227,33 @@ struct Shell<'a> {
     versions: Versions,
     /// The EVENTS message of the write under way.
     writing: Option<Announced>,
+    meters: Meters,
+}
+
+/// Taken once per partition: recording is then an atomic operation.
+struct Meters {
+    /// Messages (activities included) written and announced.
+    stored: metrics::Counter,
+    /// How long each batch's write to the store took.
+    write_seconds: metrics::Histogram,
+}
+
+impl Meters {
+    fn new() -> Self {
+        metrics::describe_counter!(
+            "natter_storage_messages_stored_total",
+            "Messages, activities included, written to the store and announced."
+        );
+        metrics::describe_histogram!(
+            "natter_storage_write_seconds",
+            metrics::Unit::Seconds,
+            "How long one batch of messages took to write to the store."
+        );
+        Self {
+            stored: metrics::counter!("natter_storage_messages_stored_total"),
+            write_seconds: metrics::histogram!("natter_storage_write_seconds"),
+        }
+    }
 }
 
 impl Shell<'_> {
@@ -251,15 +279,19 @@ impl Shell<'_> {
                 Step::Write(batch) => {
                     let (version, announcement) = self.announcement(&batch);
                     let (storage, done) = (self.storage.clone(), self.done.clone());
+                    let write_seconds = self.meters.write_seconds.clone();
                     tokio::spawn(async move {
+                        let started = std::time::Instant::now();
                         let written = storage
                             .store
                             .write_messages(&batch, announcement.as_ref(), version)
                             .await;
+                        write_seconds.record(started.elapsed());
                         let _ = done.send(Done::Written(written));
                     });
                 }
                 Step::Stored(stored) => {
+                    self.meters.stored.increment(stored.len() as u64);
                     let announced = self.writing.take();
                     let _ = self
                         .announce
