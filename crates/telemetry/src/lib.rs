@@ -65,6 +65,25 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// A counter, described for Prometheus' `# HELP` line.
+pub fn counter(name: &'static str, help: &'static str) -> metrics::Counter {
+    metrics::describe_counter!(name, help);
+    metrics::counter!(name)
+}
+
+/// A gauge, described for Prometheus' `# HELP` line.
+pub fn gauge(name: &'static str, help: &'static str) -> metrics::Gauge {
+    metrics::describe_gauge!(name, help);
+    metrics::gauge!(name)
+}
+
+/// A histogram of durations in seconds (`name` ends in `_seconds`),
+/// described for Prometheus' `# HELP` line.
+pub fn seconds(name: &'static str, help: &'static str) -> metrics::Histogram {
+    metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    metrics::histogram!(name)
+}
+
 /// Installs the global subscriber and the W3C trace-context propagator.
 /// `RUST_LOG` (or `default_filter`) selects what is logged. Call once, first
 /// thing in `main`; a second call is a no-op so tests may call it freely.

@@ -32,10 +32,10 @@ pub(crate) struct Count {
 }
 
 impl Count {
-    fn new(metric: metrics::Counter) -> Self {
+    fn new(name: &'static str, help: &'static str) -> Self {
         Self {
             value: AtomicU64::new(0),
-            metric,
+            metric: natter_telemetry::counter(name, help),
         }
     }
 
@@ -51,39 +51,29 @@ impl Count {
 
 impl Stats {
     pub(crate) fn new(started_at: Timestamp) -> Self {
-        for (name, help) in [
-            (
+        Self {
+            started_at,
+            events_received: Count::new(
                 "natter_fanout_events_total",
                 "Durable events handled, redeliveries included.",
             ),
-            (
+            updates_written: Count::new(
                 "natter_fanout_updates_written_total",
                 "Events appended to members' update logs as new.",
             ),
-            (
+            events_pending: AtomicU64::new(0),
+            pending_gauge: natter_telemetry::gauge(
+                "natter_fanout_events_pending",
+                "Events being handled now.",
+            ),
+            ephemeral_published: Count::new(
                 "natter_fanout_ephemeral_published_total",
                 "Typing and presence signals relayed.",
             ),
-            (
+            ephemeral_dropped: Count::new(
                 "natter_fanout_ephemeral_dropped_total",
                 "Typing and presence signals dropped: stale, from a non-member, or over the bound.",
             ),
-        ] {
-            metrics::describe_counter!(name, help);
-        }
-        metrics::describe_gauge!("natter_fanout_events_pending", "Events being handled now.");
-        Self {
-            started_at,
-            events_received: Count::new(metrics::counter!("natter_fanout_events_total")),
-            updates_written: Count::new(metrics::counter!("natter_fanout_updates_written_total")),
-            events_pending: AtomicU64::new(0),
-            pending_gauge: metrics::gauge!("natter_fanout_events_pending"),
-            ephemeral_published: Count::new(metrics::counter!(
-                "natter_fanout_ephemeral_published_total"
-            )),
-            ephemeral_dropped: Count::new(metrics::counter!(
-                "natter_fanout_ephemeral_dropped_total"
-            )),
         }
     }
 

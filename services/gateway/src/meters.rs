@@ -18,31 +18,25 @@ pub(crate) struct Meters {
 
 impl Meters {
     pub(crate) fn new() -> Self {
-        metrics::describe_gauge!("natter_gateway_sessions", "Device sessions open now.");
-        metrics::describe_counter!(
-            "natter_gateway_messages_accepted_total",
-            "Messages devices sent that were stored and acknowledged (retries not counted again)."
-        );
-        metrics::describe_histogram!(
-            "natter_gateway_send_ack_seconds",
-            metrics::Unit::Seconds,
-            "From a device's send reaching the gateway to its acknowledgement."
-        );
-        metrics::describe_counter!(
-            "natter_gateway_messages_delivered_total",
-            "Messages written to devices, live or in a catch-up."
-        );
-        metrics::describe_histogram!(
-            "natter_gateway_send_deliver_seconds",
-            metrics::Unit::Seconds,
-            "From a message's send to its delivery to a live device (by the senders' clocks)."
-        );
+        use natter_telemetry::{counter, gauge, seconds};
         Self {
-            sessions: metrics::gauge!("natter_gateway_sessions"),
-            accepted: metrics::counter!("natter_gateway_messages_accepted_total"),
-            send_ack: metrics::histogram!("natter_gateway_send_ack_seconds"),
-            delivered: metrics::counter!("natter_gateway_messages_delivered_total"),
-            send_deliver: metrics::histogram!("natter_gateway_send_deliver_seconds"),
+            sessions: gauge("natter_gateway_sessions", "Device sessions open now."),
+            accepted: counter(
+                "natter_gateway_messages_accepted_total",
+                "Messages devices sent that were stored and acknowledged (retries not counted again).",
+            ),
+            send_ack: seconds(
+                "natter_gateway_send_ack_seconds",
+                "From a device's send reaching the gateway to its acknowledgement.",
+            ),
+            delivered: counter(
+                "natter_gateway_messages_delivered_total",
+                "Messages written to devices, live or in a catch-up.",
+            ),
+            send_deliver: seconds(
+                "natter_gateway_send_deliver_seconds",
+                "From a message's send to its delivery to a live device (by the senders' clocks).",
+            ),
         }
     }
 

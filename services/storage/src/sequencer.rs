@@ -240,18 +240,15 @@ struct Meters {
 
 impl Meters {
     fn new() -> Self {
-        metrics::describe_counter!(
-            "natter_storage_messages_stored_total",
-            "Messages, activities included, written to the store and announced."
-        );
-        metrics::describe_histogram!(
-            "natter_storage_write_seconds",
-            metrics::Unit::Seconds,
-            "How long one batch of messages took to write to the store."
-        );
         Self {
-            stored: metrics::counter!("natter_storage_messages_stored_total"),
-            write_seconds: metrics::histogram!("natter_storage_write_seconds"),
+            stored: natter_telemetry::counter(
+                "natter_storage_messages_stored_total",
+                "Messages, activities included, written to the store and announced.",
+            ),
+            write_seconds: natter_telemetry::seconds(
+                "natter_storage_write_seconds",
+                "How long one batch of messages took to write to the store.",
+            ),
         }
     }
 }
