@@ -1,7 +1,7 @@
 //! Readiness means something: a service reports NOT_SERVING while it has
-//! lost NATS, and SERVING again once NATS is back, without a restart. NATS
-//! is lost by cutting a relay between the service and the tests' NATS
-//! server, which the other tests share and which must keep running.
+//! lost NATS or its database, and SERVING again once it is back, without a
+//! restart. Each is lost by cutting a relay between the service and the
+//! tests' server, which the other tests share and which must keep running.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -90,39 +90,80 @@ async fn until(addr: SocketAddr, want: ServingStatus, within: Duration) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_is_not_ready_while_nats_is_lost() {
-    let nats = natter_testkit::nats_url();
-    let mut relay = Relay::start(nats.trim_start_matches("nats://").to_owned()).await;
-    let grpc = natter_testkit::free_port();
+/// Starts `binary` on `settings` (the auth section added), and waits until
+/// it serves on `grpc`.
+async fn serving(binary: &str, grpc: SocketAddr, settings: &str) -> (Killed, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(natter_testkit::unique_name("readiness"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("natter.toml");
     std::fs::write(
         &config,
-        format!(
-            "[auth]\nhs256_secret = \"a-secret-that-is-at-least-32-bytes-long\"\n\n\
-             [bus]\nnats_url = \"nats://{}\"\nprefix = {:?}\npartitions = 2\n\n\
+        format!("[auth]\nhs256_secret = \"a-secret-that-is-at-least-32-bytes-long\"\n\n{settings}"),
+    )
+    .expect("settings file");
+    let service = Killed(
+        Command::new(natter_testkit::binary(binary))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}")),
+    );
+    until(grpc, ServingStatus::Serving, Duration::from_secs(60)).await;
+    (service, dir)
+}
+
+/// The service on `grpc` goes NOT_SERVING once `relay` is cut, and SERVING
+/// once it is restored (the database's driver reconnects with a backoff of
+/// some seconds).
+async fn cut_and_restore(relay: &mut Relay, grpc: SocketAddr) {
+    relay.cut();
+    until(grpc, ServingStatus::NotServing, Duration::from_secs(15)).await;
+    relay.restore().await;
+    until(grpc, ServingStatus::Serving, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_not_ready_while_nats_is_lost() {
+    let nats = natter_testkit::nats_url();
+    let mut relay = Relay::start(nats.trim_start_matches("nats://").to_owned()).await;
+    let grpc = natter_testkit::free_port();
+    let (_fanout, dir) = serving(
+        "natter-fanout",
+        grpc,
+        &format!(
+            "[bus]\nnats_url = \"nats://{}\"\nprefix = {:?}\npartitions = 2\n\n\
              [fanout]\ngrpc_addr = \"{grpc}\"\n",
             relay.at,
             natter_testkit::unique_name("ready"),
         ),
     )
-    .expect("settings file");
-    let _fanout = Killed(
-        Command::new(natter_testkit::binary("natter-fanout"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start natter-fanout"),
-    );
-    until(grpc, ServingStatus::Serving, Duration::from_secs(30)).await;
+    .await;
 
-    relay.cut();
-    until(grpc, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    cut_and_restore(&mut relay, grpc).await;
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
 
-    relay.restore().await;
-    until(grpc, ServingStatus::Serving, Duration::from_secs(30)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_not_ready_while_its_database_is_lost() {
+    let mut relay = Relay::start(natter_testkit::cql_node()).await;
+    let grpc = natter_testkit::free_port();
+    let name = natter_testkit::unique_name("ready");
+    let (_storage, dir) = serving(
+        "natter-storage",
+        grpc,
+        &format!(
+            "[bus]\nnats_url = {:?}\nprefix = {name:?}\npartitions = 2\n\n\
+             [store]\ncql_nodes = [\"{}\"]\nkeyspace = {:?}\ndatacenter = {:?}\n\
+             replication_factor = 1\n\n[storage]\ngrpc_addr = \"{grpc}\"\n",
+            natter_testkit::nats_url(),
+            relay.at,
+            name.replace('-', "_"),
+            natter_testkit::cql_datacenter(),
+        ),
+    )
+    .await;
+
+    cut_and_restore(&mut relay, grpc).await;
     std::fs::remove_dir_all(&dir).expect("clean up");
 }

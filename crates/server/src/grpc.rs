@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_bus::Bus;
+use natter_store::LeaseStore;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -22,11 +23,29 @@ pub struct GrpcServer {
     routes: Routes,
     health: HealthReporter,
     names: Vec<&'static str>,
-    bus: Option<Arc<dyn Bus>>,
+    needs: Needs,
 }
 
-/// How often readiness looks at the bus again.
+/// What the service cannot serve without.
+#[derive(Clone, Default)]
+struct Needs {
+    bus: Option<Arc<dyn Bus>>,
+    store: Option<Arc<dyn LeaseStore>>,
+}
+
+impl std::fmt::Debug for Needs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Needs")
+            .field("bus", &self.bus.is_some())
+            .field("store", &self.store.is_some())
+            .finish()
+    }
+}
+
+/// How often readiness looks at the bus and the store again.
 const READINESS_EVERY: Duration = Duration::from_millis(500);
+/// How long the store may take to answer before it counts as lost.
+const STORE_ANSWERS_WITHIN: Duration = Duration::from_secs(2);
 
 impl GrpcServer {
     /// `file_descriptor_set` describes the added services for reflection.
@@ -44,7 +63,7 @@ impl GrpcServer {
             routes: Routes::new(health_service).add_service(reflection),
             health,
             names: Vec::new(),
-            bus: None,
+            needs: Needs::default(),
         })
     }
 
@@ -70,7 +89,15 @@ impl GrpcServer {
     /// lost, so that load balancers and Kubernetes send callers elsewhere.
     #[must_use]
     pub fn ready_while_connected(mut self, bus: Arc<dyn Bus>) -> Self {
-        self.bus = Some(bus);
+        self.needs.bus = Some(bus);
+        self
+    }
+
+    /// Serving only while `store` answers: NOT_SERVING while the database
+    /// cannot be reached.
+    #[must_use]
+    pub fn ready_while_reachable(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.needs.store = Some(store);
         self
     }
 
@@ -109,9 +136,10 @@ impl GrpcServer {
     ) -> Result<(), tonic::transport::Error> {
         set_status(&self.health, &self.names, ServingStatus::Serving).await;
         let watching = CancellationToken::new();
-        let watcher = self.bus.clone().map(|bus| {
+        let needs = self.needs.clone();
+        let watcher = (needs.bus.is_some() || needs.store.is_some()).then(|| {
             tokio::spawn(watch_readiness(
-                bus,
+                needs,
                 self.health.clone(),
                 self.names.clone(),
                 watching.clone(),
@@ -158,31 +186,53 @@ async fn set_status(health: &HealthReporter, names: &[&'static str], status: Ser
     }
 }
 
-/// Follows the bus's connection into the health status until `stop`.
+/// Follows what the service needs into the health status until `stop`.
 async fn watch_readiness(
-    bus: Arc<dyn Bus>,
+    needs: Needs,
     health: HealthReporter,
     names: Vec<&'static str>,
     stop: CancellationToken,
 ) {
     let mut ready = true;
     let mut every = tokio::time::interval(READINESS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        let connected = bus.connected();
-        if connected == ready {
+        let lost = needs.lost().await;
+        if lost.is_none() == ready {
             continue;
         }
-        ready = connected;
-        if ready {
-            tracing::info!("the bus is back: serving");
-            set_status(&health, &names, ServingStatus::Serving).await;
-        } else {
-            tracing::warn!("the bus is lost: not serving until it is back");
-            set_status(&health, &names, ServingStatus::NotServing).await;
+        ready = lost.is_none();
+        match lost {
+            None => {
+                tracing::info!("the bus and the store are back: serving");
+                set_status(&health, &names, ServingStatus::Serving).await;
+            }
+            Some(what) => {
+                tracing::warn!(lost = what, "not serving until it is back");
+                set_status(&health, &names, ServingStatus::NotServing).await;
+            }
         }
+    }
+}
+
+impl Needs {
+    /// What is lost now, if anything.
+    async fn lost(&self) -> Option<&'static str> {
+        if let Some(bus) = &self.bus
+            && !bus.connected()
+        {
+            return Some("bus");
+        }
+        if let Some(store) = &self.store {
+            let answered = tokio::time::timeout(STORE_ANSWERS_WITHIN, store.reachable()).await;
+            if !matches!(answered, Ok(Ok(()))) {
+                return Some("store");
+            }
+        }
+        None
     }
 }

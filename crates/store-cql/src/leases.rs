@@ -193,4 +193,12 @@ impl LeaseStore for CqlStore {
             .await?;
         Ok(())
     }
+
+    async fn reachable(&self) -> Result<()> {
+        self.session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await
+            .map(drop)
+            .map_err(|e| crate::db::driver_error("reachability check", e))
+    }
 }

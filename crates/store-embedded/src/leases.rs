@@ -181,6 +181,11 @@ impl LeaseStore for EmbeddedStore {
         })
         .await
     }
+
+    /// A file of this process: reachable while the process runs.
+    async fn reachable(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -287,6 +287,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Gives `lease` up so another may take it at once, with a higher
     /// epoch; nothing if it was lost already.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Answers `Ok` once the store can be reached, with the cheapest read
+    /// it has: services report NOT_SERVING while it cannot. Every store's
+    /// traits build on this one, so every service holding a store can ask.
+    async fn reachable(&self) -> Result<()>;
 }
 
 /// Checks a [`write_messages`](ConversationStore::write_messages) call as

@@ -98,6 +98,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let readiness = deps.bus.clone();
+    let reachable: Arc<dyn natter_store::LeaseStore> = deps.store.clone();
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
     let provider: Option<Arc<dyn payments::PaymentProvider>> = settings
@@ -147,6 +148,7 @@ pub async fn run(
     });
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .ready_while_reachable(reachable)
         .add_service(
             natter_proto::v1::desk_service_server::DeskServiceServer::from_arc(api.clone()),
         )

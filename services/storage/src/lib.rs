@@ -117,6 +117,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let readiness = deps.bus.clone();
+    let reachable: Arc<dyn natter_store::LeaseStore> = deps.conversations.clone();
     let storage = Arc::new(Storage {
         store: deps.conversations,
         bus: deps.bus.clone(),
@@ -175,6 +176,7 @@ pub async fn run(
     let api = ConversationApi::new(storage, sends, deps.verifier);
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .ready_while_reachable(reachable)
         .add_service(ConversationServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
         .await?;

@@ -74,6 +74,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let readiness = deps.bus.clone();
+    let reachable: Arc<dyn natter_store::LeaseStore> = deps.store.clone();
     let limits = settings.limits();
     // Stops the bus side when the server ends for any reason, not only on
     // `shutdown`.
@@ -109,6 +110,7 @@ pub async fn run(
     let api = api::Api::new(deps.bus, deps.verifier, deps.store, limits);
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .ready_while_reachable(reachable)
         .add_service(natter_proto::v1::sync_service_server::SyncServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)
         .await?;

@@ -631,4 +631,8 @@ impl LeaseStore for FlakyStore {
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
         self.inner.release_lease(lease).await
     }
+
+    async fn reachable(&self) -> StoreResult<()> {
+        self.inner.reachable().await
+    }
 }
