@@ -3,6 +3,10 @@
 //! expiry (`exp`). Development installs sign with a shared HS256 secret;
 //! production installs verify RS256 or EdDSA signatures against the keys in
 //! a JWKS file the business publishes, so Natter never holds a signing key.
+//! A token not yet valid (`nbf`) is refused; so are, when the install says
+//! so, one from another issuer (`iss`), for another audience (`aud`), or
+//! one that expires further ahead than the install allows: a stolen token
+//! is good for that long at most.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,6 +67,18 @@ struct Claims {
 pub struct Verifier {
     keys: Keys,
     leeway_seconds: u64,
+    policy: Policy,
+}
+
+/// What a token must say beyond a valid signature, as the install sets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The `iss` every token must carry, if any.
+    pub issuer: Option<String>,
+    /// An audience every token's `aud` must include, if any.
+    pub audience: Option<String>,
+    /// How far ahead a token may expire, in seconds, if limited.
+    pub max_lifetime_seconds: Option<u64>,
 }
 
 enum Keys {
@@ -92,6 +108,7 @@ impl Verifier {
         Ok(Self {
             keys: Keys::Secret(DecodingKey::from_secret(secret)),
             leeway_seconds: 30,
+            policy: Policy::default(),
         })
     }
 
@@ -121,10 +138,24 @@ impl Verifier {
         Ok(Self {
             keys: Keys::Set(keys),
             leeway_seconds: 30,
+            policy: Policy::default(),
         })
     }
 
+    /// Refuses tokens that do not meet `policy`.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_until(token).map(|(identity, _)| identity)
+    }
+
+    /// The caller and when its token expires (Unix seconds): a session
+    /// lasts no longer than its token.
+    pub fn verify_until(&self, token: &str) -> Result<(Identity, u64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let (key, algorithm) = match &self.keys {
@@ -148,19 +179,53 @@ impl Verifier {
         }
         let mut validation = Validation::new(algorithm);
         validation.leeway = self.leeway_seconds;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.validate_aud = false;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.policy.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.policy.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
+            let bad = |claim, reason: &str| AuthError::BadClaim {
+                claim,
+                reason: reason.to_owned(),
+            };
             match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => bad("nbf", "the token is not valid yet"),
+                ErrorKind::InvalidIssuer => bad("iss", "not the issuer this install trusts"),
+                ErrorKind::InvalidAudience => bad("aud", "not for this install"),
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                    bad("iss", "is required")
+                }
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                    bad("aud", "is required")
+                }
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     AuthError::BadSignature(e.to_string())
                 }
                 _ => AuthError::Malformed(e.to_string()),
             }
         })?;
-        identity(data.claims)
+        let exp = data.claims.exp;
+        if let Some(max) = self.policy.max_lifetime_seconds
+            && exp > unix_now()?.saturating_add(max + self.leeway_seconds)
+        {
+            return Err(AuthError::BadClaim {
+                claim: "exp",
+                reason: format!("expires more than {max} s ahead; ask for a shorter-lived token"),
+            });
+        }
+        Ok((identity(data.claims)?, exp))
     }
 }
 
@@ -198,11 +263,7 @@ impl Signer {
 
     /// A token for `identity` that expires `ttl_seconds` from now.
     pub fn token(&self, identity: &Identity, ttl_seconds: u64) -> Result<String, AuthError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|e| AuthError::Keys(e.to_string()))?
-            .as_secs();
-        self.token_expiring_at(identity, now + ttl_seconds)
+        self.token_expiring_at(identity, unix_now()? + ttl_seconds)
     }
 
     /// A token for `identity` with an explicit `exp` (Unix seconds).
@@ -216,4 +277,11 @@ impl Signer {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
             .map_err(|e| AuthError::Keys(e.to_string()))
     }
+}
+
+fn unix_now() -> Result<u64, AuthError> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| AuthError::Keys(e.to_string()))?
+        .as_secs())
 }

@@ -115,3 +115,73 @@ fn eddsa_tokens_verify_against_a_jwks_and_other_algorithms_do_not() {
     let hs = Signer::hs256(SECRET).token(&alice(), 60).unwrap();
     assert!(verifier.verify(&hs).is_err());
 }
+
+/// The install's policy: issuer, audience, not-before and how far ahead a
+/// token may expire.
+#[test]
+fn the_policy_refuses_other_issuers_audiences_early_and_long_lived_tokens() {
+    let key = EncodingKey::from_secret(SECRET);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |extra: serde_json::Value| {
+        let mut claims =
+            json!({"sub": "alice", "tid": "acme", "role": "customer", "exp": now + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    };
+    let strict = Verifier::hs256(SECRET)
+        .unwrap()
+        .with_policy(natter_auth::Policy {
+            issuer: Some("https://id.acme.example".into()),
+            audience: Some("natter".into()),
+            max_lifetime_seconds: Some(3600),
+        });
+    let claim_of = |e: AuthError| match e {
+        AuthError::BadClaim { claim, .. } => claim,
+        other => panic!("not a claim error: {other:?}"),
+    };
+
+    let good = sign(json!({"iss": "https://id.acme.example", "aud": ["crm", "natter"]}));
+    let (identity, exp) = strict.verify_until(&good).unwrap();
+    assert_eq!((identity, exp), (alice(), now + 600));
+
+    for (token, claim) in [
+        (
+            sign(json!({"iss": "https://evil.example", "aud": "natter"})),
+            "iss",
+        ),
+        (sign(json!({"aud": "natter"})), "iss"),
+        (
+            sign(json!({"iss": "https://id.acme.example", "aud": "other"})),
+            "aud",
+        ),
+        (sign(json!({"iss": "https://id.acme.example"})), "aud"),
+        (
+            sign(json!({"iss": "https://id.acme.example", "aud": "natter", "nbf": now + 600})),
+            "nbf",
+        ),
+        (
+            sign(
+                json!({"iss": "https://id.acme.example", "aud": "natter", "exp": now + 7 * 24 * 3600}),
+            ),
+            "exp",
+        ),
+    ] {
+        assert_eq!(claim_of(strict.verify(&token).unwrap_err()), claim);
+    }
+
+    // Without a policy, none of those is asked for, but nbf still holds.
+    let lax = Verifier::hs256(SECRET).unwrap();
+    assert!(
+        lax.verify(&sign(json!({"exp": now + 7 * 24 * 3600})))
+            .is_ok()
+    );
+    assert_eq!(
+        claim_of(lax.verify(&sign(json!({"nbf": now + 600}))).unwrap_err()),
+        "nbf"
+    );
+}

@@ -373,7 +373,7 @@ impl Default for StoreSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// HS256 secret, at least 32 bytes (development).
@@ -382,6 +382,25 @@ pub struct AuthSettings {
     pub hs256_secret_file: PathBuf,
     /// A JWKS file with the RS256 or EdDSA keys tokens are signed with.
     pub jwks_file: PathBuf,
+    /// The `iss` every token must carry; empty: not checked.
+    pub issuer: String,
+    /// An audience every token's `aud` must include; empty: not checked.
+    pub audience: String,
+    /// How far ahead a token may expire; 0: no limit.
+    pub max_token_lifetime_seconds: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            hs256_secret: Secret::default(),
+            hs256_secret_file: PathBuf::new(),
+            jwks_file: PathBuf::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            max_token_lifetime_seconds: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -594,6 +613,17 @@ impl Settings {
     /// The token verifier the auth settings describe: exactly one of the
     /// secret, the secret file or the JWKS file.
     pub fn verifier(&self) -> Result<Verifier, ConfigError> {
+        let auth = &self.auth;
+        let policy = natter_auth::Policy {
+            issuer: (!auth.issuer.is_empty()).then(|| auth.issuer.clone()),
+            audience: (!auth.audience.is_empty()).then(|| auth.audience.clone()),
+            max_lifetime_seconds: (auth.max_token_lifetime_seconds > 0)
+                .then_some(auth.max_token_lifetime_seconds),
+        };
+        Ok(self.keys()?.with_policy(policy))
+    }
+
+    fn keys(&self) -> Result<Verifier, ConfigError> {
         let auth = &self.auth;
         let given = [
             !auth.hs256_secret.is_empty(),

@@ -50,7 +50,7 @@ use crate::live::{Feed, Listener};
 use crate::outbound::{Outbound, Refused};
 use crate::peers;
 use crate::revoke::Watch;
-use crate::stop::{Stop, device_revoked, shutting_down, too_many_watches};
+use crate::stop::{Stop, device_revoked, shutting_down, token_expired, too_many_watches};
 use crate::typing::TypingLimiter;
 use crate::watches::{self, Watches};
 
@@ -234,6 +234,15 @@ struct Session {
     /// The conversations watched; boxed and only once one is, so sessions
     /// that watch nothing stay small.
     watches: Option<Box<Watches>>,
+    /// When its token expires, and the session ends.
+    expires: tokio::time::Instant,
+}
+
+/// The monotonic instant of a token's `exp` (Unix seconds).
+fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let left = now().as_millis().max(0).unsigned_abs();
+    let left = (exp.saturating_mul(1000)).saturating_sub(left);
+    tokio::time::Instant::now() + std::time::Duration::from_millis(left)
 }
 
 impl Session {
@@ -255,7 +264,7 @@ impl Session {
                 )));
             }
         };
-        let identity = shared.verifier.verify(&token).map_err(|e| {
+        let (identity, expires) = shared.verifier.verify_until(&token).map_err(|e| {
             tracing::info!(error = %e, "token refused");
             Stop::Fail(status::unauthenticated(
                 reason::TOKEN_INVALID,
@@ -306,6 +315,7 @@ impl Session {
             typing: TypingLimiter::new(TYPING_INTERVAL),
             acked: 0,
             watches: None,
+            expires: expiry_instant(expires),
         };
         session.steps(vec![first])?;
         tracing::debug!(cursor = hello.cursor, "session open");
@@ -316,11 +326,15 @@ impl Session {
     where
         S: Stream<Item = Inbound> + Unpin,
     {
+        // One timer for the session's life, not one per turn of the loop.
+        let expiry = tokio::time::sleep_until(self.expires);
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
                 () = self.shared.shutdown.cancelled() => return Err(Stop::Fail(shutting_down())),
                 () = watch.revoked() => return Err(Stop::Fail(device_revoked())),
+                () = &mut expiry => return Err(Stop::Fail(token_expired())),
                 answer = self.replies.next() => {
                     if let Some(frame) = answer {
                         self.out.push(frame)?;

@@ -45,6 +45,15 @@ pub(crate) fn shutting_down() -> Status {
     status::unavailable(reason::SHUTTING_DOWN, "server shutting down; reconnect")
 }
 
+/// A session lasts no longer than its token; the client reconnects with a
+/// new one (the widget asks the business's token endpoint again).
+pub(crate) fn token_expired() -> Status {
+    status::unauthenticated(
+        reason::TOKEN_INVALID,
+        "the session's token expired: reconnect with a new token",
+    )
+}
+
 pub(crate) fn device_revoked() -> Status {
     status::permission_denied(reason::DEVICE_REVOKED, "device revoked")
 }

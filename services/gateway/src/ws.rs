@@ -5,8 +5,11 @@
 //! per text message in the proto3 JSON mapping; `natter.v1.proto` one per
 //! binary message, protobuf-encoded. A client that offers neither gets
 //! HTTP 400; one that offers no subprotocol at all gets JSON. The token
-//! comes from `hello.token`, else the `access_token` query parameter, else
-//! `Authorization: Bearer`.
+//! comes from `hello.token`, else a subprotocol offered as
+//! `natter.token.<jwt>` (never chosen; proxies log query strings, not
+//! this header), else the `access_token` query parameter, else
+//! `Authorization: Bearer`. A session ends when its token expires (1008,
+//! `TOKEN_INVALID`), and the client reconnects with a new one.
 //!
 //! A frame that cannot be decoded is answered with an `error` frame and
 //! the session goes on, as the WebSocket framing around it is intact.
@@ -59,6 +62,8 @@ use crate::Shared;
 use crate::outbound;
 use crate::session::{self, Inbound, Undecodable};
 
+/// Offered with a token after it, the subprotocol that carries the token.
+const TOKEN_PROTOCOL_PREFIX: &str = "natter.token.";
 /// The JSON subprotocol.
 pub const JSON_PROTOCOL: &str = "natter.v1.json";
 /// The protobuf subprotocol.
@@ -172,7 +177,21 @@ async fn connect(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
     }
-    let offered = upgrade.requested_protocols().next().is_some();
+    // A browser cannot set headers on a WebSocket, but it can offer
+    // subprotocols: one named `natter.token.<jwt>` carries the token where
+    // proxies do not log it (they log query strings). It is never chosen.
+    let offered_token = upgrade.requested_protocols().find_map(|protocol| {
+        let token = protocol
+            .to_str()
+            .ok()?
+            .strip_prefix(TOKEN_PROTOCOL_PREFIX)?;
+        (!token.is_empty()).then(|| token.to_owned())
+    });
+    let offered = upgrade.requested_protocols().any(|protocol| {
+        !protocol
+            .as_bytes()
+            .starts_with(TOKEN_PROTOCOL_PREFIX.as_bytes())
+    });
     let upgrade = upgrade.protocols([JSON_PROTOCOL, PROTO_PROTOCOL]);
     let codec = match upgrade.selected_protocol().map(HeaderValue::as_bytes) {
         Some(protocol) if protocol == PROTO_PROTOCOL.as_bytes() => Codec::Proto,
@@ -186,9 +205,8 @@ async fn connect(
         }
         None => Codec::Json,
     };
-    let token = query
-        .access_token
-        .filter(|token| !token.is_empty())
+    let token = offered_token
+        .or_else(|| query.access_token.filter(|token| !token.is_empty()))
         .or_else(|| bearer(&headers));
     let max_frame_bytes = shared.config.max_frame_bytes;
     upgrade

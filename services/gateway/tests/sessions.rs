@@ -109,6 +109,32 @@ async fn bad_expired_and_wrongly_signed_tokens_end_the_session() {
 }
 
 #[tokio::test]
+async fn a_session_ends_when_its_token_expires() {
+    let harness = Harness::start().await;
+    for (i, transport) in ALL.into_iter().enumerate() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let short = Signer::hs256(SECRET)
+            .token_expiring_at(&identity("alice"), now + 3)
+            .unwrap();
+        let mut device = harness.device(transport).await;
+        let mut frame = hello("alice", &format!("d{i}"), 0);
+        if let Some(client_frame::Frame::Hello(hello)) = &mut frame.frame {
+            hello.token = short;
+        }
+        device.send(frame).await;
+        assert!(matches!(device.frame().await, Frame::Welcome(_)));
+        device.round_trip(1).await;
+        let ended = device.ended().await;
+        ended.assert(Code::Unauthenticated, 1008, "TOKEN_INVALID");
+        assert!(ended.message().contains("token expired"), "{ended:?}");
+    }
+    harness.stop().await;
+}
+
+#[tokio::test]
 async fn the_first_frame_must_be_a_valid_hello() {
     let harness = Harness::start().await;
     for transport in ALL {

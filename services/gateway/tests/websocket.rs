@@ -163,7 +163,7 @@ async fn subprotocols_are_negotiated_and_unknown_ones_refused() {
 }
 
 #[tokio::test]
-async fn the_token_may_come_from_the_query_or_the_authorization_header() {
+async fn the_token_may_come_from_the_query_a_subprotocol_or_the_authorization_header() {
     let harness = Harness::start().await;
     let hello_without_token = |device: &str| ClientFrame {
         frame: Some(client_frame::Frame::Hello(natter_proto::v1::Hello {
@@ -178,15 +178,31 @@ async fn the_token_may_come_from_the_query_or_the_authorization_header() {
     device.send(hello_without_token("d1")).await;
     assert!(matches!(device.frame().await, Frame::Welcome(w) if w.user_id == "alice"));
 
-    let socket = ws_connect(&url(&harness), Some("natter.v1.json"), Some(&token("bob")))
+    // Who a JSON socket's session opens as, after a hello without a token.
+    let welcomed = async |socket| {
+        let mut device = Device::Ws {
+            socket,
+            proto: false,
+        };
+        device.send(hello_without_token("d1")).await;
+        match device.frame().await {
+            Frame::Welcome(welcome) => welcome.user_id,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    };
+    let (bob, dave) = (token("bob"), token("dave"));
+    let bearer = ws_connect(&url(&harness), Some("natter.v1.json"), Some(&bob))
         .await
         .unwrap();
-    let mut device = Device::Ws {
-        socket,
-        proto: false,
-    };
-    device.send(hello_without_token("d1")).await;
-    assert!(matches!(device.frame().await, Frame::Welcome(w) if w.user_id == "bob"));
+    assert_eq!(welcomed(bearer).await, "bob");
+
+    // Offered as a subprotocol, which the server never chooses: it
+    // answers with the JSON one.
+    let offered = format!("natter.token.{dave}, natter.v1.json");
+    let subprotocol = ws_connect(&url(&harness), Some(&offered), None)
+        .await
+        .unwrap();
+    assert_eq!(welcomed(subprotocol).await, "dave");
 
     // A token in hello wins over the one in the query.
     let mut device = Device::connect(&harness, Transport::WsJson, Some("garbage")).await;

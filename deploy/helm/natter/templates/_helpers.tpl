@@ -111,6 +111,9 @@ jwks_file = "/etc/natter-auth/{{ .Values.auth.jwksKey }}"
 {{- else }}
 hs256_secret_file = "/etc/natter-auth/{{ .Values.auth.hs256Key }}"
 {{- end }}
+issuer = {{ .Values.auth.issuer | quote }}
+audience = {{ .Values.auth.audience | quote }}
+max_token_lifetime_seconds = {{ .Values.auth.maxTokenLifetimeSeconds }}
 
 [limits]
 max_message_bytes = {{ $v.limits.maxMessageBytes }}
