@@ -9,6 +9,7 @@
 //! is good for that long at most.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -63,11 +64,28 @@ struct Claims {
     exp: u64,
 }
 
-/// Verifies tokens against one HS256 secret or a JWKS key set.
+/// Verifies tokens against one HS256 secret or a JWKS key set shared by
+/// every tenant, and against key sets bound to one tenant each: a token
+/// for a tenant with keys of its own is verified with those alone, so one
+/// business cannot mint tokens for another. The keys can be replaced
+/// while the verifier is in use (rotation without a restart).
 pub struct Verifier {
-    keys: Keys,
+    ring: RwLock<Arc<KeyRing>>,
     leeway_seconds: u64,
     policy: Policy,
+}
+
+#[derive(Clone, Default)]
+struct KeyRing {
+    /// For tenants without keys of their own.
+    shared: Option<Keys>,
+    tenants: HashMap<String, Keys>,
+}
+
+/// Only the claim that picks the keys, read before the signature is.
+#[derive(Deserialize)]
+struct TenantClaim {
+    tid: String,
 }
 
 /// What a token must say beyond a valid signature, as the install sets it.
@@ -81,6 +99,7 @@ pub struct Policy {
     pub max_lifetime_seconds: Option<u64>,
 }
 
+#[derive(Clone)]
 enum Keys {
     Secret(DecodingKey),
     /// By key id; a set with one key also verifies tokens without `kid`.
@@ -89,11 +108,16 @@ enum Keys {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys = match &self.keys {
-            Keys::Secret(_) => "hs256 secret".to_owned(),
-            Keys::Set(set) => format!("{} jwks keys", set.len()),
+        let ring = self.ring();
+        let shared = match &ring.shared {
+            None => "none".to_owned(),
+            Some(Keys::Secret(_)) => "hs256 secret".to_owned(),
+            Some(Keys::Set(set)) => format!("{} jwks keys", set.len()),
         };
-        f.debug_struct("Verifier").field("keys", &keys).finish()
+        f.debug_struct("Verifier")
+            .field("shared", &shared)
+            .field("tenants", &ring.tenants.len())
+            .finish()
     }
 }
 
@@ -105,43 +129,89 @@ impl Verifier {
                 "an HS256 secret must be at least 32 bytes".into(),
             ));
         }
-        Ok(Self {
-            keys: Keys::Secret(DecodingKey::from_secret(secret)),
-            leeway_seconds: 30,
-            policy: Policy::default(),
-        })
+        Ok(Self::with_shared(Some(Keys::Secret(
+            DecodingKey::from_secret(secret),
+        ))))
     }
 
     /// Verifies RS256 and EdDSA tokens against the keys of a JWKS document.
     pub fn jwks(document: &str) -> Result<Self, AuthError> {
-        let set: JwkSet =
-            serde_json::from_str(document).map_err(|e| AuthError::Keys(e.to_string()))?;
-        let mut keys = HashMap::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            let algorithm = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-                _ => {
-                    return Err(AuthError::Keys(format!(
-                        "key {i}: only RSA (RS256) and OKP (EdDSA) keys are accepted"
-                    )));
-                }
-            };
-            let key =
-                DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Keys(format!("key {i}: {e}")))?;
-            let kid = jwk.common.key_id.clone().unwrap_or_default();
-            keys.insert(kid, (key, algorithm));
-        }
-        if keys.is_empty() {
-            return Err(AuthError::Keys("the key set has no keys".into()));
-        }
-        Ok(Self {
-            keys: Keys::Set(keys),
-            leeway_seconds: 30,
-            policy: Policy::default(),
-        })
+        Ok(Self::with_shared(Some(key_set(document)?)))
     }
 
+    /// No shared keys: only tenants given keys with
+    /// [`with_tenant_jwks`](Self::with_tenant_jwks) are served.
+    pub fn tenants_only() -> Self {
+        Self::with_shared(None)
+    }
+
+    fn with_shared(shared: Option<Keys>) -> Self {
+        Self {
+            ring: RwLock::new(Arc::new(KeyRing {
+                shared,
+                tenants: HashMap::new(),
+            })),
+            leeway_seconds: 30,
+            policy: Policy::default(),
+        }
+    }
+
+    /// Tokens for `tenant` are verified against this JWKS document's keys,
+    /// and no others.
+    pub fn with_tenant_jwks(mut self, tenant: &str, document: &str) -> Result<Self, AuthError> {
+        let keys =
+            key_set(document).map_err(|e| AuthError::Keys(format!("tenant {tenant}: {e}")))?;
+        let ring = self
+            .ring
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::make_mut(ring).tenants.insert(tenant.to_owned(), keys);
+        Ok(self)
+    }
+
+    /// Takes `other`'s keys, keeping this verifier's policy: for keys
+    /// reloaded from their files.
+    pub fn replace_keys(&self, other: Verifier) {
+        *self
+            .ring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = other.ring();
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        self.ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The keys of a JWKS document.
+fn key_set(document: &str) -> Result<Keys, AuthError> {
+    let set: JwkSet = serde_json::from_str(document).map_err(|e| AuthError::Keys(e.to_string()))?;
+    let mut keys = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let algorithm = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+            _ => {
+                return Err(AuthError::Keys(format!(
+                    "key {i}: only RSA (RS256) and OKP (EdDSA) keys are accepted"
+                )));
+            }
+        };
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Keys(format!("key {i}: {e}")))?;
+        let kid = jwk.common.key_id.clone().unwrap_or_default();
+        keys.insert(kid, (key, algorithm));
+    }
+    if keys.is_empty() {
+        return Err(AuthError::Keys("the key set has no keys".into()));
+    }
+    Ok(Keys::Set(keys))
+}
+
+impl Verifier {
     /// Refuses tokens that do not meet `policy`.
     #[must_use]
     pub fn with_policy(mut self, policy: Policy) -> Self {
@@ -158,7 +228,19 @@ impl Verifier {
     pub fn verify_until(&self, token: &str) -> Result<(Identity, u64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
-        let (key, algorithm) = match &self.keys {
+        let ring = self.ring();
+        let tenant = jsonwebtoken::dangerous::insecure_decode_claims::<TenantClaim>(token)
+            .map_err(|e| AuthError::Malformed(e.to_string()))?
+            .tid;
+        let keys = ring
+            .tenants
+            .get(&tenant)
+            .or(ring.shared.as_ref())
+            .ok_or_else(|| AuthError::BadClaim {
+                claim: "tid",
+                reason: "no keys verify tokens of this tenant".into(),
+            })?;
+        let (key, algorithm) = match keys {
             Keys::Secret(key) => (key, Algorithm::HS256),
             Keys::Set(set) => {
                 let kid = header.kid.clone().unwrap_or_default();

@@ -11,6 +11,11 @@ const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
 MC4CAQAwBQYDK2VwBCIEIBY1IacCS4jzvBW3bEJiksvXkaIczpNpbscip6KuA13Q
 -----END PRIVATE KEY-----";
 const ED_PUBLIC_X: &str = "JA-gZLVGrXO4mrz4EvB7hk_2TATofcPEfZ0YBUPH9eA";
+// Another business's test-only pair.
+const ED_OTHER_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIEWu1DauA0WhsR0uB/R/hcIHfe/zid22uSQ3K8+r1QPI
+-----END PRIVATE KEY-----";
+const ED_OTHER_PUBLIC_X: &str = "Zam7xcEVHyM7sCdgzPdw_z5GvOZspPvkAWd5ftnuHxA";
 
 fn alice() -> Identity {
     Identity {
@@ -183,5 +188,57 @@ fn the_policy_refuses_other_issuers_audiences_early_and_long_lived_tokens() {
     assert_eq!(
         claim_of(lax.verify(&sign(json!({"nbf": now + 600}))).unwrap_err()),
         "nbf"
+    );
+}
+
+/// Keys bound to a tenant sign for that tenant alone: one business cannot
+/// mint tokens for another, nor for a tenant without keys when no keys
+/// are shared. Replacing the keys (a rotation) takes effect at once.
+#[test]
+fn tenant_keys_sign_for_their_tenant_alone_and_rotate_in_place() {
+    let jwks = |x: &str| {
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}]}).to_string()
+    };
+    let sign = |pem: &str, tenant: &str| {
+        let claims = json!({"sub": "alice", "tid": tenant, "role": "service", "exp": far_future()});
+        let key = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap()
+    };
+    let verifier = Verifier::tenants_only()
+        .with_tenant_jwks("acme", &jwks(ED_PUBLIC_X))
+        .unwrap()
+        .with_tenant_jwks("globex", &jwks(ED_OTHER_PUBLIC_X))
+        .unwrap();
+    let tenant_of = |token: &str| verifier.verify(token).map(|i| i.tenant.to_string());
+
+    assert_eq!(tenant_of(&sign(ED_PRIVATE, "acme")).unwrap(), "acme");
+    assert_eq!(
+        tenant_of(&sign(ED_OTHER_PRIVATE, "globex")).unwrap(),
+        "globex"
+    );
+    // Globex's key minting for Acme, and anyone's for a tenant without keys.
+    assert_eq!(
+        tenant_of(&sign(ED_OTHER_PRIVATE, "acme"))
+            .unwrap_err()
+            .reason(),
+        "TOKEN_SIGNATURE_INVALID"
+    );
+    assert_eq!(
+        tenant_of(&sign(ED_PRIVATE, "initech"))
+            .unwrap_err()
+            .reason(),
+        "TOKEN_CLAIM_INVALID"
+    );
+
+    // Acme rotates to Globex's pair (a stand-in for a new key).
+    verifier.replace_keys(
+        Verifier::tenants_only()
+            .with_tenant_jwks("acme", &jwks(ED_OTHER_PUBLIC_X))
+            .unwrap(),
+    );
+    assert_eq!(tenant_of(&sign(ED_OTHER_PRIVATE, "acme")).unwrap(), "acme");
+    assert!(
+        tenant_of(&sign(ED_PRIVATE, "acme")).is_err(),
+        "the old key is gone"
     );
 }

@@ -388,6 +388,20 @@ pub struct AuthSettings {
     pub audience: String,
     /// How far ahead a token may expire; 0: no limit.
     pub max_token_lifetime_seconds: u64,
+    /// Keys bound to one tenant each: tokens of a tenant listed here are
+    /// verified with its keys alone. With tenants, the shared keys above
+    /// are optional (they serve the tenants not listed).
+    pub tenants: std::collections::BTreeMap<String, TenantKeys>,
+    /// How often key files are read again, so that rotated keys take
+    /// effect without a restart; 0: never.
+    pub keys_reload_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantKeys {
+    /// The tenant's JWKS file (RS256 or EdDSA keys).
+    pub jwks_file: PathBuf,
 }
 
 impl Default for AuthSettings {
@@ -399,6 +413,8 @@ impl Default for AuthSettings {
             issuer: String::new(),
             audience: String::new(),
             max_token_lifetime_seconds: 24 * 3600,
+            tenants: std::collections::BTreeMap::new(),
+            keys_reload_seconds: 30,
         }
     }
 }
@@ -623,7 +639,25 @@ impl Settings {
         Ok(self.keys()?.with_policy(policy))
     }
 
-    fn keys(&self) -> Result<Verifier, ConfigError> {
+    /// The keys alone, read from the settings and their files.
+    pub fn keys(&self) -> Result<Verifier, ConfigError> {
+        let mut verifier = self.shared_keys()?;
+        for (tenant, keys) in &self.auth.tenants {
+            let key = format!("auth.tenants.{tenant}.jwks_file");
+            let jwks = std::fs::read_to_string(&keys.jwks_file).map_err(|e| {
+                ConfigError::key(
+                    &key,
+                    format!("cannot read {}: {e}", keys.jwks_file.display()),
+                )
+            })?;
+            verifier = verifier
+                .with_tenant_jwks(tenant, &jwks)
+                .map_err(|e| ConfigError::key(&key, e.to_string()))?;
+        }
+        Ok(verifier)
+    }
+
+    fn shared_keys(&self) -> Result<Verifier, ConfigError> {
         let auth = &self.auth;
         let given = [
             !auth.hs256_secret.is_empty(),
@@ -642,9 +676,11 @@ impl Settings {
                 let jwks = read("auth.jwks_file", &auth.jwks_file)?;
                 Verifier::jwks(&jwks).map_err(|e| ConfigError::key("auth.jwks_file", e.to_string()))
             }
+            [false, false, false] if !auth.tenants.is_empty() => Ok(Verifier::tenants_only()),
             _ => Err(ConfigError::key(
                 "auth",
-                "set exactly one of hs256_secret, hs256_secret_file and jwks_file",
+                "set exactly one of hs256_secret, hs256_secret_file and jwks_file \
+                 (or none, with keys under auth.tenants)",
             )),
         }
     }
@@ -714,9 +750,13 @@ impl Settings {
     pub async fn infra(&self, service: &str) -> Result<Infra, crate::StartError> {
         let bus = self.connect_bus().await?;
         natter_contract::ensure_streams(bus.as_ref(), &self.topology()).await?;
+        let verifier = Arc::new(self.verifier()?);
+        if self.auth.keys_reload_seconds > 0 {
+            tokio::spawn(reload_keys(self.clone(), Arc::downgrade(&verifier)));
+        }
         Ok(Infra {
             bus,
-            verifier: Arc::new(self.verifier()?),
+            verifier,
             instance: format!("{service}-{}", uuid::Uuid::now_v7().simple()),
         })
     }
@@ -733,6 +773,26 @@ pub struct Stores {
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Stores")
+    }
+}
+
+/// Reads the key files again every `auth.keys_reload_seconds`, for as long
+/// as the verifier is in use: a rotated key (a Kubernetes Secret updated in
+/// place) takes effect without a restart. Keys that do not load leave the
+/// last good ones in place.
+pub async fn reload_keys(settings: Settings, verifier: std::sync::Weak<Verifier>) {
+    let every = Duration::from_secs(settings.auth.keys_reload_seconds);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(verifier) = verifier.upgrade() else {
+            return;
+        };
+        match settings.keys() {
+            Ok(keys) => verifier.replace_keys(keys),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reload the token keys; keeping the last ones")
+            }
+        }
     }
 }
 
