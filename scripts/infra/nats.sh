@@ -20,7 +20,7 @@
 #   up       start + wait
 #   stop     stop it (SIGTERM, then SIGKILL) and forget its state
 #   status   exit 0 if ours is running
-#   env      print `export NATTER_TEST_NATS_URL=...`
+#   env      print `export NATTER_TEST_NATS_URL=...` and NATTER_TEST_NATS_SERVER (the binary)
 #   version  print the running server's version (from its /varz)
 #
 # Environment:
@@ -178,6 +178,8 @@ cmd_wait() {
 cmd_env() {
   our_pid >/dev/null || die "not running"
   echo "export NATTER_TEST_NATS_URL=nats://127.0.0.1:$(<"$state_dir/port")"
+  # The binary too, for tests that run a server of their own (TLS).
+  echo "export NATTER_TEST_NATS_SERVER=$(cmd_ensure)"
 }
 
 cmd_version() {

@@ -22,6 +22,7 @@
 //! - `async-nats` reconnects on its own; connection events are logged.
 //!   Headers NATS sets itself (`Nats-*`) are not passed on.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use async_nats::jetstream::stream::{
 };
 use async_nats::jetstream::{self, AckKind, ErrorCode};
 use async_nats::{ConnectOptions, Event, RequestErrorKind};
+
 use async_trait::async_trait;
 use futures::StreamExt;
 use natter_bus::{
@@ -60,9 +62,11 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 const PULL_BATCH: usize = 128;
 
 /// Where and how to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct NatsConfig {
-    /// One or more server URLs, comma-separated (`nats://host:4222`).
+    /// One or more server URLs, comma-separated (`nats://host:4222`). A
+    /// user and password, or a token, may be in them; they are never
+    /// printed (see [`redacted`]).
     pub url: String,
     /// See [`natter_bus::Prefix`].
     pub prefix: String,
@@ -72,6 +76,49 @@ pub struct NatsConfig {
     pub subscription_capacity: usize,
     /// The name the server shows for this connection.
     pub connection_name: Option<String>,
+    /// A NATS credentials file (a user JWT and its nkey seed), or none.
+    pub credentials_file: Option<PathBuf>,
+    /// Trust servers whose certificate this CA (PEM) signed, and require
+    /// TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Present this certificate and key (PEM) to servers that ask for one.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("replicas", &self.replicas)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("connection_name", &self.connection_name)
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client", &self.tls_client)
+            .finish()
+    }
+}
+
+/// `urls` (comma-separated) with each one's password, or token, masked:
+/// `nats://ann:pw@host` prints as `nats://ann:<redacted>@host`.
+pub fn redacted(urls: &str) -> String {
+    let masked: Vec<String> = urls
+        .split(',')
+        .map(|url| {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_owned();
+            };
+            let Some((user_info, host)) = rest.rsplit_once('@') else {
+                return url.to_owned();
+            };
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+                None => format!("{scheme}://<redacted>@{host}"),
+            }
+        })
+        .collect();
+    masked.join(",")
 }
 
 impl NatsConfig {
@@ -82,6 +129,9 @@ impl NatsConfig {
             replicas: 1,
             subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
             connection_name: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_client: None,
         }
     }
 }
@@ -117,7 +167,7 @@ impl NatsBus {
             .custom_inbox_prefix(format!("{prefix}._INBOX"))
             .subscription_capacity(config.subscription_capacity)
             .event_callback({
-                let url = config.url.clone();
+                let url = redacted(&config.url);
                 move |event| {
                     let url = url.clone();
                     async move { log_event(&url, event) }
@@ -126,8 +176,25 @@ impl NatsBus {
         if let Some(name) = &config.connection_name {
             options = options.name(name);
         }
+        if let Some(path) = &config.credentials_file {
+            options = options.credentials_file(path).await.map_err(|err| {
+                BusError::Unavailable(format!(
+                    "cannot read the NATS credentials file {}: {err}",
+                    path.display()
+                ))
+            })?;
+        }
+        if let Some(ca) = &config.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &config.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
         let client = options.connect(config.url.as_str()).await.map_err(|err| {
-            BusError::Unavailable(format!("cannot connect to NATS at {}: {err}", config.url))
+            BusError::Unavailable(format!(
+                "cannot connect to NATS at {}: {err}",
+                redacted(&config.url)
+            ))
         })?;
         Ok(Self {
             jetstream: jetstream::new(client.clone()),

@@ -296,6 +296,15 @@ pub struct BusSettings {
     pub partitions: u32,
     /// Copies of each stream: 1 on a single server, 3 in a cluster.
     pub replicas: usize,
+    /// A NATS credentials file (user JWT and nkey seed); empty: none.
+    pub credentials_file: PathBuf,
+    /// The CA (PEM) that signed the servers' certificates; set, TLS is
+    /// required.
+    pub tls_ca_file: PathBuf,
+    /// A client certificate and its key (PEM), for servers that verify
+    /// clients; both or neither.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
 }
 
 impl Default for BusSettings {
@@ -305,6 +314,10 @@ impl Default for BusSettings {
             prefix: "natter".into(),
             partitions: 16,
             replicas: 1,
+            credentials_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -312,40 +325,23 @@ impl Default for BusSettings {
 impl std::fmt::Debug for BusSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusSettings")
-            .field("nats_url", &without_passwords(&self.nats_url))
+            .field("nats_url", &natter_bus_nats::redacted(&self.nats_url))
             .field("prefix", &self.prefix)
             .field("partitions", &self.partitions)
             .field("replicas", &self.replicas)
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
-}
-
-/// `urls` (comma-separated) with each one's password, or token, masked:
-/// `nats://ann:pw@host` prints as `nats://ann:<redacted>@host`.
-fn without_passwords(urls: &str) -> String {
-    let masked: Vec<String> = urls
-        .split(',')
-        .map(|url| {
-            let Some((scheme, rest)) = url.split_once("://") else {
-                return url.to_owned();
-            };
-            let Some((user_info, host)) = rest.rsplit_once('@') else {
-                return url.to_owned();
-            };
-            match user_info.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-                None => format!("{scheme}://<redacted>@{host}"),
-            }
-        })
-        .collect();
-    masked.join(",")
 }
 
 fn serialize_without_passwords<S: serde::Serializer>(
     urls: &str,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&without_passwords(urls))
+    serializer.serialize_str(&natter_bus_nats::redacted(urls))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,6 +451,27 @@ impl Settings {
                 "bus.nats_url",
                 "must be nats:// or tls:// URLs, comma-separated",
             ));
+        }
+        if self.bus.tls_cert_file.as_os_str().is_empty()
+            != self.bus.tls_key_file.as_os_str().is_empty()
+        {
+            return Err(ConfigError::key(
+                "bus.tls_cert_file",
+                "set both bus.tls_cert_file and bus.tls_key_file, or neither",
+            ));
+        }
+        for (key, path) in [
+            ("bus.credentials_file", &self.bus.credentials_file),
+            ("bus.tls_ca_file", &self.bus.tls_ca_file),
+            ("bus.tls_cert_file", &self.bus.tls_cert_file),
+            ("bus.tls_key_file", &self.bus.tls_key_file),
+        ] {
+            if !path.as_os_str().is_empty() && !path.is_file() {
+                return Err(ConfigError::key(
+                    key,
+                    format!("{} is not a file", path.display()),
+                ));
+            }
         }
         if !(1..=1024).contains(&self.bus.partitions) {
             return Err(ConfigError::key("bus.partitions", "must be 1 to 1024"));
@@ -691,8 +708,13 @@ impl Settings {
             // In memory: the storage service keeps what must survive a crash in its store.
             return Ok(Arc::new(natter_bus_local::LocalBus::new(&self.bus.prefix)?));
         }
-        let mut config = natter_bus_nats::NatsConfig::new(&self.bus.nats_url, &self.bus.prefix);
-        config.replicas = self.bus.replicas;
+        let bus = &self.bus;
+        let mut config = natter_bus_nats::NatsConfig::new(&bus.nats_url, &bus.prefix);
+        config.replicas = bus.replicas;
+        let given = |path: &PathBuf| (!path.as_os_str().is_empty()).then(|| path.clone());
+        config.credentials_file = given(&bus.credentials_file);
+        config.tls_ca_file = given(&bus.tls_ca_file);
+        config.tls_client = given(&bus.tls_cert_file).zip(given(&bus.tls_key_file));
         Ok(Arc::new(
             natter_bus_nats::NatsBus::connect_with(config).await?,
         ))

@@ -19,6 +19,17 @@ pub fn nats_url() -> String {
     url
 }
 
+/// The nats-server binary, for tests that run a server of their own.
+pub fn nats_server_binary() -> PathBuf {
+    let path = PathBuf::from(required_env("NATTER_TEST_NATS_SERVER", "nats-server"));
+    assert!(
+        path.is_file(),
+        "NATTER_TEST_NATS_SERVER={} is not a file",
+        path.display()
+    );
+    path
+}
+
 /// The CQL node (Cassandra or ScyllaDB) tests use, as `host:port`.
 pub fn cql_node() -> String {
     let node = required_env("NATTER_TEST_CQL", "CQL");

@@ -70,6 +70,16 @@ named second) and secrets. Pass (list $ "configmap-name"). */}}
   secret:
     secretName: {{ $root.Values.payments.stripe.existingSecret }}
 {{- end }}
+{{- with $root.Values.natter.bus.tls.existingSecret }}
+- name: nats-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with $root.Values.natter.bus.credentialsSecret }}
+- name: nats-creds
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- end -}}
 
 {{- define "natter.volumeMounts" -}}
@@ -82,6 +92,16 @@ named second) and secrets. Pass (list $ "configmap-name"). */}}
 {{- if .Values.payments.stripe.enabled }}
 - name: stripe
   mountPath: /etc/natter-stripe
+  readOnly: true
+{{- end }}
+{{- if .Values.natter.bus.tls.existingSecret }}
+- name: nats-tls
+  mountPath: /etc/natter-nats-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.natter.bus.credentialsSecret }}
+- name: nats-creds
+  mountPath: /etc/natter-nats-creds
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -98,6 +118,16 @@ nats_url = {{ $v.bus.natsUrl | quote }}
 prefix = {{ $v.bus.prefix | quote }}
 partitions = {{ $v.bus.partitions }}
 replicas = {{ $v.bus.replicas }}
+{{- if $v.bus.tls.existingSecret }}
+tls_ca_file = "/etc/natter-nats-tls/ca.crt"
+{{- if $v.bus.tls.clientAuth }}
+tls_cert_file = "/etc/natter-nats-tls/tls.crt"
+tls_key_file = "/etc/natter-nats-tls/tls.key"
+{{- end }}
+{{- end }}
+{{- if $v.bus.credentialsSecret }}
+credentials_file = "/etc/natter-nats-creds/nats.creds"
+{{- end }}
 
 [store]
 cql_nodes = [{{ range $i, $n := $v.store.cqlNodes }}{{ if $i }}, {{ end }}{{ $n | quote }}{{ end }}]
