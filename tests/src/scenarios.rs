@@ -219,6 +219,40 @@ pub async fn metrics_count_the_traffic(mode: Mode) {
             assert!(!text.contains(id), "{id} in the metrics");
         }
     }
+
+    // On NATS, each durable consumer's backlog; and every metric the
+    // Grafana dashboard charts is served.
+    if mode == Mode::Separate {
+        assert!(
+            fanout.contains("natter_bus_consumer_pending{stream="),
+            "{fanout}"
+        );
+        let pages = [gateway, storage, fanout].concat();
+        let dashboard = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/natter.json"),
+        )
+        .expect("the dashboard");
+        let mut charted: Vec<&str> = dashboard
+            .match_indices("natter_")
+            .map(|(at, _)| {
+                let name = &dashboard[at..];
+                let end = name
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(name.len());
+                name[..end].trim_end_matches("_bucket")
+            })
+            .filter(|name| name.len() > "natter_".len() && !name.starts_with("natter_overview"))
+            .collect();
+        charted.sort_unstable();
+        charted.dedup();
+        assert!(charted.len() >= 10, "{charted:?}");
+        for name in charted {
+            assert!(
+                pages.contains(&format!("\n{name}")),
+                "the dashboard charts {name}, which no service serves"
+            );
+        }
+    }
 }
 
 /// The sum of every series named `series` (a name, or a name and its

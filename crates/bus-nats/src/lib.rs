@@ -205,6 +205,32 @@ impl NatsBus {
     }
 }
 
+/// How often a consumer's backlog is measured.
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
+/// Reports how many of the stream's messages the consumer has not yet
+/// had acknowledged (`natter_bus_consumer_pending`), every [`LAG_EVERY`].
+/// Labels name the stream and the consumer, which are few and fixed.
+async fn report_lag(
+    mut consumer: jetstream::consumer::Consumer<pull::Config>,
+    stream: String,
+    name: String,
+) {
+    metrics::describe_gauge!(
+        "natter_bus_consumer_pending",
+        "Messages of a durable stream its consumer has not yet had acknowledged."
+    );
+    let pending =
+        metrics::gauge!("natter_bus_consumer_pending", "stream" => stream, "consumer" => name);
+    let mut every = tokio::time::interval(LAG_EVERY);
+    loop {
+        every.tick().await;
+        if let Ok(info) = consumer.info().await {
+            pending.set((info.num_pending + info.num_ack_pending as u64) as f64);
+        }
+    }
+}
+
 fn log_event(url: &str, event: Event) {
     match event {
         Event::Connected => tracing::info!(url, "nats connection established"),
@@ -517,6 +543,12 @@ impl Bus for NatsBus {
                 }
                 _ => unavailable("consume", err),
             })?;
+        // The consumer's backlog, for as long as it is consumed.
+        let lag = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(report_lag(
+            consumer.clone(),
+            config.stream.clone(),
+            config.name.clone(),
+        )));
         let messages = consumer
             .stream()
             .max_messages_per_batch(PULL_BATCH)
@@ -527,6 +559,7 @@ impl Bus for NatsBus {
             .map_err(|err| unavailable("consume", err))?;
         let prefix = self.prefix.clone();
         Ok(Deliveries::new(messages.map(move |message| {
+            let _lag = &lag;
             message
                 .map_err(|err| unavailable("consume", err))
                 .and_then(|message| delivery(&prefix, message))
