@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use natter_bus::Bus;
 use natter_store::LeaseStore;
-
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -24,6 +23,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     names: Vec<&'static str>,
     needs: Needs,
+    max_connection_age: Option<Duration>,
 }
 
 /// What the service cannot serve without.
@@ -64,6 +64,7 @@ impl GrpcServer {
             health,
             names: Vec::new(),
             needs: Needs::default(),
+            max_connection_age: None,
         })
     }
 
@@ -93,18 +94,21 @@ impl GrpcServer {
         self
     }
 
+    /// Closes each client connection after `age` (a GOAWAY; its calls get
+    /// the grace period to end), so that long-lived streams and pooled
+    /// channels spread over the replicas that scaling adds. `None`: never.
+    #[must_use]
+    pub fn max_connection_age(mut self, age: Option<Duration>) -> Self {
+        self.max_connection_age = age;
+        self
+    }
+
     /// Serving only while `store` answers: NOT_SERVING while the database
     /// cannot be reached.
     #[must_use]
     pub fn ready_while_reachable(mut self, store: Arc<dyn LeaseStore>) -> Self {
         self.needs.store = Some(store);
         self
-    }
-
-    /// The reporter, so a service can report NOT_SERVING while a dependency
-    /// (NATS, the database) is down.
-    pub fn health(&self) -> HealthReporter {
-        self.health.clone()
     }
 
     /// [`serve`](Self::serve) until `shutdown`, then cancels `stop`, which the
@@ -147,7 +151,13 @@ impl GrpcServer {
         });
 
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(age) = self.max_connection_age {
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(grace);
+        }
+        let server = builder
             .layer(crate::metrics::GrpcMetrics)
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {

@@ -77,6 +77,9 @@ pub struct Settings {
     pub grace_period_seconds: u64,
     /// `json` (one object per line) or `pretty`.
     pub log_format: String,
+    /// Client connections to the gRPC APIs are closed after this long, so
+    /// that long-lived streams rebalance over new replicas; 0: never.
+    pub grpc_max_connection_age_seconds: u64,
     /// Where the process serves `GET /metrics` for Prometheus, host:port;
     /// empty: nowhere. One per process (`natter dev` serves all five
     /// services' metrics on one).
@@ -97,6 +100,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             grace_period_seconds: 10,
             log_format: "json".into(),
+            grpc_max_connection_age_seconds: 0,
             metrics_addr: String::new(),
             gateway: GatewaySettings::default(),
             storage: ServiceSettings::at("127.0.0.1:7200"),
@@ -637,6 +641,11 @@ impl Settings {
             success_url: stripe.success_url.clone(),
             cancel_url: stripe.cancel_url.clone(),
         }))
+    }
+
+    pub fn grpc_max_connection_age(&self) -> Option<Duration> {
+        (self.grpc_max_connection_age_seconds > 0)
+            .then(|| Duration::from_secs(self.grpc_max_connection_age_seconds))
     }
 
     pub fn grace_period(&self) -> Duration {

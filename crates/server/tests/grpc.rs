@@ -16,9 +16,21 @@ async fn serving() -> (
     oneshot::Sender<()>,
     JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
+    serving_with(|server| server).await
+}
+
+/// [`serving`], the server configured by `configure`.
+async fn serving_with(
+    configure: impl FnOnce(GrpcServer) -> GrpcServer,
+) -> (
+    Channel,
+    oneshot::Sender<()>,
+    JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let addr = listener.local_addr().expect("its address");
-    let server = GrpcServer::new(tonic_health::pb::FILE_DESCRIPTOR_SET).expect("a server");
+    let server =
+        configure(GrpcServer::new(tonic_health::pb::FILE_DESCRIPTOR_SET).expect("a server"));
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(
         listener,
@@ -117,6 +129,43 @@ async fn reflection_describes_the_error_details_with_their_imports() {
         );
     }
 
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
+
+/// A connection older than the maximum age is closed, its open stream
+/// ending after the grace period, so that clients connect again, maybe to
+/// another replica.
+#[tokio::test]
+async fn connections_are_closed_at_their_maximum_age() {
+    let (channel, stop, serving) =
+        serving_with(|server| server.max_connection_age(Some(Duration::from_secs(1)))).await;
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = watch.message().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream outlived its connection's maximum age"
+    );
+    // Age (1 s) plus the grace period (0.5 s), give or take.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     stop.send(()).unwrap();
     serving.await.unwrap().unwrap();
 }

@@ -148,6 +148,7 @@ pub async fn run(
     });
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .max_connection_age(settings.grpc_max_connection_age())
         .ready_while_reachable(reachable)
         .add_service(
             natter_proto::v1::desk_service_server::DeskServiceServer::from_arc(api.clone()),

@@ -179,6 +179,7 @@ pub async fn run(
     };
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .max_connection_age(settings.grpc_max_connection_age())
         .add_service(FanoutServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), work, tasks)
         .await?;

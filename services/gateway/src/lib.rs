@@ -249,6 +249,7 @@ pub async fn run(
 
     let grpc = GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .max_connection_age(settings.grpc_max_connection_age())
         .add_service(gateway.grpc_service())
         .serve(grpc_listener, stop.clone().cancelled_owned(), grace);
     let grpc = async {

@@ -176,6 +176,7 @@ pub async fn run(
     let api = ConversationApi::new(storage, sends, deps.verifier);
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .max_connection_age(settings.grpc_max_connection_age())
         .ready_while_reachable(reachable)
         .add_service(ConversationServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)

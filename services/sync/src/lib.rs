@@ -110,6 +110,7 @@ pub async fn run(
     let api = api::Api::new(deps.bus, deps.verifier, deps.store, limits);
     GrpcServer::new(natter_proto::FILE_DESCRIPTOR_SET)?
         .ready_while_connected(readiness)
+        .max_connection_age(settings.grpc_max_connection_age())
         .ready_while_reachable(reachable)
         .add_service(natter_proto::v1::sync_service_server::SyncServiceServer::new(api))
         .serve_with_work(listener, &shutdown, settings.grace_period(), stop, tasks)

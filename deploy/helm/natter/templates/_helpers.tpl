@@ -110,6 +110,7 @@ named second) and secrets. Pass (list $ "configmap-name"). */}}
 {{- define "natter.settings" -}}
 {{- $v := .Values.natter -}}
 grace_period_seconds = {{ $v.gracePeriodSeconds }}
+grpc_max_connection_age_seconds = {{ $v.grpcMaxConnectionAgeSeconds }}
 log_format = {{ $v.logFormat | quote }}
 metrics_addr = "0.0.0.0:{{ $v.metrics.port }}"
 
