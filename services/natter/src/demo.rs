@@ -129,9 +129,12 @@ const SIGN_IN_COOKIE: &str = "natter_demo_user";
 /// for a new one when its token expires.
 const VISITOR_TOKEN_SECONDS: u64 = 3600;
 const AGENT_TOKEN_SECONDS: u64 = 12 * 3600;
-/// How long the demo's FAQ bot's token is valid: it connects again with
-/// it whenever its session drops.
-const BOT_TOKEN_SECONDS: u64 = 30 * 24 * 3600;
+/// How long the demo's FAQ bot's token is valid: within the maximum token
+/// lifetime (a day by default). The bot connects again with it whenever
+/// its session drops, and starts over with a new token every
+/// [`BOT_SESSION`], before the token (and so the session) expires.
+const BOT_TOKEN_SECONDS: u64 = 12 * 3600;
+const BOT_SESSION: Duration = Duration::from_secs(11 * 3600);
 /// The FAQ the demo's bot answers from: the sample shop FAQ the FAQ
 /// bot's accuracy is measured on.
 const SAMPLE_FAQ: &str = include_str!("../../../crates/faq/data/shop.json");
@@ -520,8 +523,22 @@ impl Demo {
                 },
                 refresh: Duration::from_secs(30),
             };
-            match natter_faqbot::run(config, shutdown.clone()).await {
-                Ok(()) => return,
+            let session = shutdown.child_token();
+            let renew = tokio::spawn({
+                let session = session.clone();
+                async move {
+                    tokio::time::sleep(BOT_SESSION).await;
+                    session.cancel();
+                }
+            });
+            let ran = natter_faqbot::run(config, session).await;
+            renew.abort();
+            match ran {
+                // Stopped, or time for a new token.
+                Ok(()) if shutdown.is_cancelled() => return,
+                Ok(()) => {
+                    backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+                }
                 Err(e) => {
                     tracing::info!(error = %e, "the demo's faq bot cannot connect yet; retrying");
                     backoff.wait(shutdown).await;
